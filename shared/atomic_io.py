@@ -1,0 +1,68 @@
+"""Small atomic file-writing helpers shared by the worker and the supervisor.
+
+Readers of our state files (heartbeats, supervisor.json) poll them while they are rewritten, so
+every rewrite goes through a temporary file in the same directory followed by ``os.replace``:
+a reader sees either the old or the new content, never half of one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename inside ``directory`` durable (POSIX needs the directory fsynced too)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: Path, text: str, *, durable: bool = False) -> None:
+    """Replace ``path`` with ``text`` atomically; ``durable`` adds fsyncs for crash safety."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+        if durable:
+            fsync_directory(path.parent)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_json_atomic(path: Path, data: Any, *, durable: bool = False) -> None:
+    """Replace ``path`` with the JSON encoding of ``data`` atomically."""
+    write_text_atomic(path, json.dumps(data, sort_keys=True) + "\n", durable=durable)
+
+
+def read_json(path: Path) -> Any | None:
+    """Read a JSON file written by :func:`write_json_atomic`; ``None`` if absent or unreadable."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line; a single ``write`` of a short line keeps appends whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(record, sort_keys=True) + "\n"
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(line)
+        handle.flush()

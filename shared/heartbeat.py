@@ -1,0 +1,56 @@
+"""Heartbeat schema (DESIGN §5): the worker's only live channel to the supervisor.
+
+Each rank rewrites ``heartbeat/rank{R}.json`` atomically from its training loop, at least once per
+optimizer step and at every phase change. It is never written from a background thread: a thread
+would keep beating while the loop is stuck, which is exactly the hang we must detect.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from shared.atomic_io import read_json, write_json_atomic
+
+
+@dataclass
+class Heartbeat:
+    pid: int
+    rank: int
+    world_size: int
+    step: int  # last completed optimizer step (-1 before the first one)
+    phase: str  # one of shared.exit_codes.PHASES
+    time: float  # wall-clock seconds since the epoch when written
+    loss: float | None = None
+    tokens_per_s: float | None = None
+    last_checkpoint: str | None = None  # file name of the newest checkpoint this run saved/loaded
+    status: str = "running"  # one of shared.exit_codes.STATUSES
+    max_steps: int | None = None  # extension: lets status compute progress and ETA
+    message: str | None = None  # extension: last notable event (e.g. a skipped save on low disk)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Heartbeat":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def age(self, now: float | None = None) -> float:
+        return (time.time() if now is None else now) - self.time
+
+
+def write_heartbeat(path: Path, heartbeat: Heartbeat) -> None:
+    write_json_atomic(path, heartbeat.to_dict())
+
+
+def read_heartbeat(path: Path) -> Heartbeat | None:
+    """The heartbeat at ``path``, or ``None`` when missing or malformed."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        return None
+    try:
+        return Heartbeat.from_dict(data)
+    except TypeError:
+        return None

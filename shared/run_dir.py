@@ -1,0 +1,119 @@
+"""The run directory layout (DESIGN §3): one place that names every file both sides use."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_LOG_DIR = "log"
+CHECKPOINT_NAME_RE = re.compile(r"^model_(\d+)\.pt$")
+LATEST_LINK_NAME = "latest_checkpoint.pt"
+QUARANTINE_SUFFIX = ".corrupt"
+TMP_SUFFIX = ".tmp"
+
+
+def checkpoint_name(step: int) -> str:
+    """``model_{step:05d}.pt`` as in the reference guide."""
+    return f"model_{step:05d}.pt"
+
+
+def step_from_checkpoint_name(name: str) -> int | None:
+    """The step encoded in a checkpoint file name, or ``None`` if it is not one."""
+    match = CHECKPOINT_NAME_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths inside one run directory. Pure path arithmetic plus directory listing."""
+
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | Path) -> "RunDir":
+        return cls(Path(root))
+
+    # --- worker-written files -------------------------------------------------------------
+    def checkpoint(self, step: int) -> Path:
+        return self.root / checkpoint_name(step)
+
+    @property
+    def latest_link(self) -> Path:
+        return self.root / LATEST_LINK_NAME
+
+    @property
+    def log_txt(self) -> Path:
+        return self.root / "log.txt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def heartbeat_dir(self) -> Path:
+        return self.root / "heartbeat"
+
+    def heartbeat(self, rank: int) -> Path:
+        return self.heartbeat_dir / f"rank{rank}.json"
+
+    # --- supervisor-written files ---------------------------------------------------------
+    @property
+    def supervisor_state(self) -> Path:
+        return self.root / "supervisor.json"
+
+    @property
+    def supervisor_lock(self) -> Path:
+        return self.root / "supervisor.lock"
+
+    @property
+    def events(self) -> Path:
+        return self.root / "events.jsonl"
+
+    @property
+    def attempts_dir(self) -> Path:
+        return self.root / "attempts"
+
+    def attempt_log(self, attempt: int) -> Path:
+        return self.attempts_dir / f"{attempt:03d}.log"
+
+    @property
+    def incidents_dir(self) -> Path:
+        return self.root / "incidents"
+
+    def incident_dir(self, number: int) -> Path:
+        return self.incidents_dir / f"{number:03d}"
+
+    # --- listings ---------------------------------------------------------------------------
+    def list_checkpoints(self) -> list[tuple[int, Path]]:
+        """Complete checkpoint files (``model_N.pt``), sorted by step ascending.
+
+        Staging ``.tmp`` files and quarantined ``.corrupt`` files never match the pattern.
+        """
+        found: list[tuple[int, Path]] = []
+        try:
+            entries = list(self.root.iterdir())
+        except OSError:
+            return []
+        for entry in entries:
+            step = step_from_checkpoint_name(entry.name)
+            if step is not None and entry.is_file() and not entry.is_symlink():
+                found.append((step, entry))
+        found.sort(key=lambda item: item[0])
+        return found
+
+    def list_heartbeats(self) -> list[Path]:
+        try:
+            return sorted(self.heartbeat_dir.glob("rank*.json"))
+        except OSError:
+            return []
+
+    def resolve_latest_link(self) -> Path | None:
+        """The file ``latest_checkpoint.pt`` points to, if the link exists and its target does."""
+        link = self.latest_link
+        if not link.is_symlink():
+            return link if link.is_file() else None
+        try:
+            target = link.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return None
+        return target if target.is_file() else None
