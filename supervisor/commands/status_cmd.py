@@ -1,0 +1,108 @@
+"""``gpt2sup status``: the operator's glance at a run, read only from files.
+
+It must answer in a fraction of a second while a job is training, so it imports neither torch nor
+any supervisor module that would (the snapshot and dashboard modules are torch-free by contract).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+from supervisor.snapshot import RunSnapshot, collect_snapshot
+
+EXIT_OK = 0
+EXIT_NO_RUN = 1
+
+
+def _print_once(snapshot: RunSnapshot, as_json: bool, is_tty: bool) -> None:
+    # Imported here so `--json` in a script does not pay for rich.
+    if as_json:
+        click.echo(json.dumps(snapshot.to_dict(), indent=2, sort_keys=True, default=str))
+        return
+    from supervisor.dashboard import render_panel, status_lines
+
+    if is_tty:
+        from rich.console import Console
+
+        Console().print(render_panel(snapshot))
+    else:
+        for line in status_lines(snapshot):
+            click.echo(line)
+
+
+def _watch(log_dir: str, as_json: bool, is_tty: bool, interval: float, max_updates: int | None) -> None:
+    """Redraw until Ctrl-C (or ``max_updates`` redraws, for tests and scripts)."""
+    count = 0
+    if is_tty and not as_json:
+        from rich.console import Console
+        from rich.live import Live
+
+        from supervisor.dashboard import render_panel
+
+        with Live(console=Console(), auto_refresh=False) as live:
+            while True:
+                live.update(render_panel(collect_snapshot(log_dir)), refresh=True)
+                count += 1
+                if max_updates is not None and count >= max_updates:
+                    return
+                time.sleep(interval)
+    while True:
+        snapshot = collect_snapshot(log_dir)
+        if as_json:
+            click.echo(json.dumps(snapshot.to_dict(), sort_keys=True, default=str))
+        else:
+            from supervisor.dashboard import status_lines, utc_timestamp
+
+            stamp = utc_timestamp(snapshot.time)
+            for line in status_lines(snapshot):
+                click.echo(f"{stamp} {line}")
+        sys.stdout.flush()
+        count += 1
+        if max_updates is not None and count >= max_updates:
+            return
+        time.sleep(interval)
+
+
+@click.command("status")
+@click.option(
+    "--log-dir", default="log", show_default=True, type=click.Path(file_okay=False),
+    help="Run directory to inspect.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the snapshot as JSON (for scripts).")
+@click.option("--watch", is_flag=True, help="Keep refreshing until Ctrl-C (waits for a run to appear).")
+@click.option(
+    "--interval", default=2.0, show_default=True, type=click.FloatRange(min=0.1),
+    help="Seconds between refreshes with --watch.",
+)
+@click.option("--max-updates", type=click.IntRange(min=1), default=None, hidden=True)
+def status(log_dir: str, as_json: bool, watch: bool, interval: float, max_updates: int | None) -> None:
+    """Show a run at a glance: alive or not, step / max and ETA, loss, tokens/s, heartbeat age
+    per rank, restarts and the last failure, checkpoints and their validation, disk.
+
+    Reads only files in the run directory (never imports torch), so it is safe and quick to run
+    while training. Works when the supervisor is dead and on a bare `torchrun` run.
+
+    \b
+    Verdicts: running, finished, stopped, gave up, crashed,
+              dead (supervisor gone, run not finished), bare worker (no supervisor), no run.
+    Exit codes: 0 a run was shown, 1 the directory holds no run, 2 bad usage.
+    """
+    is_tty = sys.stdout.isatty()
+    if watch:
+        try:
+            _watch(log_dir, as_json, is_tty, interval, max_updates)
+        except KeyboardInterrupt:
+            pass
+        sys.exit(EXIT_OK)
+
+    snapshot = collect_snapshot(log_dir)
+    if not snapshot.has_run and not as_json:
+        from supervisor.dashboard import no_run_line
+
+        click.echo(no_run_line(snapshot), err=True)
+        sys.exit(EXIT_NO_RUN)
+    _print_once(snapshot, as_json, is_tty)
+    sys.exit(EXIT_OK if snapshot.has_run else EXIT_NO_RUN)

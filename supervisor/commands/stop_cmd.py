@@ -1,0 +1,145 @@
+"""``gpt2sup stop``: ask a run to save at its next step boundary and exit.
+
+A stop is a *request*, never a kill: the supervisor forwards it to the worker, which finishes the
+step, writes a checkpoint and exits 0, so ``gpt2sup run`` can continue later from that step.
+We only signal processes whose identity we can confirm (pid *and* start time), because a pid
+read from a stale file may by now belong to something else entirely.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from shared.run_dir import RunDir
+from shared.supervisor_state import read_supervisor_state
+from supervisor.snapshot import collect_snapshot, heartbeat_pid_alive, process_matches
+
+EXIT_DELIVERED = 0
+EXIT_NOTHING_OR_TIMEOUT = 1
+POLL_INTERVAL_S = 0.2
+# Between the two signals of --force: long enough that a handler has run for the first, so the
+# second is seen as a repeat even by a process that treats two identical signals as one.
+FORCE_GAP_S = 0.3
+
+
+@dataclass(frozen=True)
+class Target:
+    pid: int
+    label: str  # "supervisor" or "worker rank N"
+    create_time: float | None  # for the supervisor: recorded start time
+    heartbeat_time: float | None  # for a worker: when its heartbeat was written
+
+    def alive(self) -> bool:
+        if self.create_time is not None:
+            return process_matches(self.pid, self.create_time)
+        return heartbeat_pid_alive(self.pid, self.heartbeat_time or time.time())
+
+
+def find_targets(log_dir: str | Path) -> tuple[list[Target], str]:
+    """What to signal, and a short description of what was found (for the "nothing" line)."""
+    run = RunDir.at(log_dir)
+    state = read_supervisor_state(run.supervisor_state)
+    if state is not None and process_matches(state.pid, state.pid_create_time):
+        return [Target(state.pid, "supervisor", state.pid_create_time, None)], state.state
+    snapshot = collect_snapshot(run.root)
+    workers = [
+        Target(r.pid, f"worker rank {r.rank}", None, snapshot.time - r.age_s)
+        for r in snapshot.ranks
+        if r.pid_alive and r.status == "running" and r.pid != os.getpid()
+    ]
+    return workers, snapshot.verdict
+
+
+def _send(target: Target, signum: int) -> bool:
+    # Re-check identity right before signalling: the process may have exited meanwhile.
+    if target.pid <= 1 or not target.alive():
+        return False
+    try:
+        os.kill(target.pid, signum)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        click.echo(f"gpt2sup stop: not allowed to signal {target.label} (pid {target.pid})", err=True)
+        return False
+
+
+def _wait_until_gone(targets: list[Target], timeout_s: float) -> list[Target]:
+    deadline = time.monotonic() + timeout_s
+    remaining = [t for t in targets if t.alive()]
+    while remaining and time.monotonic() < deadline:
+        time.sleep(POLL_INTERVAL_S)
+        remaining = [t for t in remaining if t.alive()]
+    return remaining
+
+
+def _final_line(log_dir: str) -> str:
+    snapshot = collect_snapshot(log_dir)
+    parts = [f"run {snapshot.log_dir}: {snapshot.verdict}"]
+    if snapshot.progress is not None and snapshot.progress.step is not None:
+        parts.append(f"at step {snapshot.progress.step}")
+    if snapshot.checkpoints.newest_name:
+        parts.append(f"newest checkpoint {snapshot.checkpoints.newest_name}")
+    return ", ".join(parts)
+
+
+@click.command("stop")
+@click.option(
+    "--log-dir", default="log", show_default=True, type=click.Path(file_okay=False),
+    help="Run directory whose supervisor (or bare workers) to stop.",
+)
+@click.option(
+    "--force", is_flag=True,
+    help="Send a second stop signal right away (SIGTERM then SIGINT): the supervisor treats a "
+    "repeated request as 'stop now' without waiting for the step boundary.",
+)
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until the run has exited.")
+@click.option(
+    "--timeout", "timeout_s", default=600.0, show_default=True, type=click.FloatRange(min=0),
+    help="Seconds to wait with --wait before giving up (the run keeps stopping).",
+)
+def stop(log_dir: str, force: bool, wait: bool, timeout_s: float) -> None:
+    """Ask a running supervisor to stop cleanly: the worker saves at its next step boundary and
+    everything exits; `gpt2sup run` later resumes from that checkpoint.
+
+    Without a live supervisor but with live workers (a bare `torchrun` run, or workers orphaned
+    by a killed supervisor) each worker rank gets SIGTERM instead. Processes are identified by
+    pid and start time, so a reused pid is never signalled.
+
+    \b
+    Exit codes: 0 stop delivered (with --wait: and the run exited),
+                1 nothing to stop, or still running after --timeout; 2 bad usage.
+    """
+    targets, found = find_targets(log_dir)
+    if not targets:
+        where = str(log_dir).rstrip("/") + "/"
+        click.echo(f"nothing to stop in {where}: no live supervisor or worker (run: {found})", err=True)
+        sys.exit(EXIT_NOTHING_OR_TIMEOUT)
+
+    already_stopping = len(targets) == 1 and targets[0].label == "supervisor" and found == "stopping"
+    signalled = [t for t in targets if _send(t, signal.SIGINT if force and already_stopping else signal.SIGTERM)]
+    if force and not already_stopping:
+        time.sleep(FORCE_GAP_S)
+        for t in signalled:
+            _send(t, signal.SIGINT)
+    if not signalled:
+        click.echo(f"nothing to stop in {log_dir}: the processes exited before the signal", err=True)
+        sys.exit(EXIT_NOTHING_OR_TIMEOUT)
+    names = ", ".join(f"{t.label} (pid {t.pid})" for t in signalled)
+    click.echo(f"{'forced stop' if force else 'stop requested'}: {names}")
+    if not wait:
+        sys.exit(EXIT_DELIVERED)
+
+    left = _wait_until_gone(signalled, timeout_s)
+    if left:
+        names = ", ".join(f"{t.label} (pid {t.pid})" for t in left)
+        click.echo(f"still running after {timeout_s:g}s: {names}; try `gpt2sup stop --force`", err=True)
+        sys.exit(EXIT_NOTHING_OR_TIMEOUT)
+    click.echo(_final_line(log_dir))
+    sys.exit(EXIT_DELIVERED)

@@ -1,0 +1,392 @@
+"""How a run looks to a person: the rich live panel on a terminal, plain timestamped lines off one.
+
+Both ``gpt2sup run`` (through :func:`make_reporter`) and ``gpt2sup status`` draw from the same
+:class:`~supervisor.snapshot.RunSnapshot` with the same formatters here, so the panel a user
+watches during a run and the one ``status`` prints never disagree. Off a terminal (nohup, CI,
+a pipe) colour and cursor tricks are noise in a log file, hence plain lines, rate-limited so a
+multi-day run does not write a progress line every monitor interval.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime, timezone
+from typing import IO, Callable
+
+from rich.console import Console, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from supervisor.snapshot import RankInfo, RunSnapshot
+
+DEFAULT_PLAIN_INTERVAL_S = 30.0
+
+VERDICT_STYLE = {
+    "running": "bold green",
+    "finished": "bold green",
+    "stopped": "bold yellow",
+    "gave up": "bold red",
+    "crashed": "bold red",
+    "dead": "bold red",
+    "bare worker": "bold cyan",
+    "no run": "dim",
+}
+
+
+# --- formatting ----------------------------------------------------------------------------------
+def format_bytes(n: int | float | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} PiB"  # pragma: no cover - loop always returns
+
+
+def format_duration(seconds: float | None) -> str:
+    """``h:mm:ss`` (hours keep counting past a day: a 3-day ETA reads 72:00:00)."""
+    if seconds is None:
+        return "-"
+    total = max(0, int(round(seconds)))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def format_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.1f}s" if seconds < 60 else format_duration(seconds)
+
+
+def format_rate(tokens_per_s: float | None) -> str:
+    return "-" if tokens_per_s is None else f"{tokens_per_s:,.0f}"
+
+
+def format_loss(loss: float | None) -> str:
+    return "-" if loss is None else f"{loss:.4f}"
+
+
+def utc_timestamp(t: float | None = None) -> str:
+    moment = datetime.fromtimestamp(time.time() if t is None else t, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _step_text(snapshot: RunSnapshot) -> str:
+    progress = snapshot.progress
+    if progress is None or progress.step is None:
+        return "-"
+    return f"{progress.step}/{progress.max_steps}" if progress.max_steps else str(progress.step)
+
+
+def _restarts_text(snapshot: RunSnapshot) -> str | None:
+    sup = snapshot.supervisor
+    return None if sup is None else f"{sup.restarts_used}/{sup.max_restarts}"
+
+
+def progress_line(snapshot: RunSnapshot) -> str:
+    """One line: ``step 120/300 loss 5.1234 12,345 tok/s eta 0:01:10 restarts 1/10``."""
+    progress = snapshot.progress
+    parts = [f"step {_step_text(snapshot)}"]
+    if progress is not None:
+        parts.append(f"loss {format_loss(progress.loss)}")
+        parts.append(f"{format_rate(progress.tokens_per_s)} tok/s")
+        parts.append(f"eta {format_duration(progress.eta_s)}")
+    restarts = _restarts_text(snapshot)
+    if restarts is not None:
+        parts.append(f"restarts {restarts}")
+    return " ".join(parts)
+
+
+def _checkpoint_text(snapshot: RunSnapshot) -> str:
+    ck = snapshot.checkpoints
+    if ck.count == 0:
+        text = "none"
+    else:
+        text = f"{ck.count} ({format_bytes(ck.total_bytes)}), newest {ck.newest_name} (step {ck.newest_step}, {format_bytes(ck.newest_bytes)})"
+        if ck.newest_valid is True:
+            text += " valid"
+        elif ck.newest_valid is False:
+            text += f" INVALID: {ck.newest_reason or 'no reason recorded'}"
+        else:
+            text += " not validated yet"
+    if ck.quarantined:
+        text += f", {ck.quarantined} quarantined"
+    return text
+
+
+def _supervisor_text(snapshot: RunSnapshot) -> str:
+    sup = snapshot.supervisor
+    if sup is None:
+        return "none (no supervisor.json)"
+    alive = {True: "alive", False: "not running", None: f"on {sup.hostname}, cannot check"}[sup.alive]
+    return f"pid {sup.pid} {alive}, state {sup.state}, attempt {sup.attempt}, restarts {sup.restarts_used}/{sup.max_restarts}"
+
+
+# A rank is called out as the quietest only when its heartbeat is this much older than the
+# freshest one; otherwise ranks beating in lock-step would get an arbitrary, alarming mark.
+QUIET_SPREAD_S = 1.0
+
+
+def _marked_quiet_rank(snapshot: RunSnapshot) -> int | None:
+    active = [r for r in snapshot.ranks if r.status == "running"]
+    if len(active) < 2:
+        return None
+    quietest = max(active, key=lambda r: r.age_s)
+    freshest = min(r.age_s for r in active)
+    return quietest.rank if quietest.age_s - freshest > QUIET_SPREAD_S else None
+
+
+def _rank_line(rank: RankInfo, quietest: int | None) -> str:
+    mark = " (quietest)" if quietest is not None and rank.rank == quietest else ""
+    return (
+        f"rank {rank.rank} pid {rank.pid} {'alive' if rank.pid_alive else 'gone'} "
+        f"phase {rank.phase} status {rank.status} step {rank.step} "
+        f"heartbeat {format_age(rank.age_s)} ago loss {format_loss(rank.loss)} "
+        f"{format_rate(rank.tokens_per_s)} tok/s{mark}"
+    )
+
+
+def _disk_text(snapshot: RunSnapshot) -> str:
+    disk = snapshot.disk
+    if disk is None:
+        return "unknown"
+    return (
+        f"{format_bytes(disk.used_bytes)} used of {format_bytes(disk.total_bytes)} "
+        f"({disk.used_fraction:.0%}), {format_bytes(disk.free_bytes)} free"
+    )
+
+
+def no_run_line(snapshot: RunSnapshot) -> str:
+    where = snapshot.log_dir.rstrip("/") + "/"
+    if not snapshot.exists:
+        return f"no run in {where}: the directory does not exist"
+    return f"no run in {where}: no heartbeats, checkpoints or supervisor.json"
+
+
+def status_lines(snapshot: RunSnapshot) -> list[str]:
+    """``gpt2sup status`` off a terminal: plain, grep-able lines."""
+    if not snapshot.has_run:
+        return [no_run_line(snapshot)]
+    progress = snapshot.progress
+    lines = [f"run {snapshot.log_dir}: {snapshot.verdict}"]
+    lines.append(f"supervisor: {_supervisor_text(snapshot)}")
+    if progress is not None:
+        pct = f" ({progress.fraction:.1%})" if progress.fraction is not None else ""
+        lines.append(
+            f"progress: step {_step_text(snapshot)}{pct} phase {progress.phase or '-'} "
+            f"loss {format_loss(progress.loss)} {format_rate(progress.tokens_per_s)} tok/s "
+            f"eta {format_duration(progress.eta_s)}"
+        )
+    sup = snapshot.supervisor
+    if sup is not None and sup.last_failure_reason:
+        lines.append(f"last failure: {sup.last_failure_kind}: {sup.last_failure_reason}")
+    quietest = _marked_quiet_rank(snapshot)
+    lines.extend(_rank_line(r, quietest) for r in snapshot.ranks)
+    lines.append(f"checkpoints: {_checkpoint_text(snapshot)}")
+    lines.append(f"disk: {_disk_text(snapshot)}")
+    return lines
+
+
+# --- the rich panel --------------------------------------------------------------------------------
+def _bar_row(completed: float, total: float, label: str, style: str = "bar.complete") -> Table:
+    row = Table.grid(padding=(0, 1))
+    row.add_column(width=32)
+    row.add_column()
+    row.add_row(ProgressBar(total=max(total, 1e-9), completed=completed, width=32, complete_style=style), label)
+    return row
+
+
+def _ranks_table(snapshot: RunSnapshot) -> Table:
+    quietest = _marked_quiet_rank(snapshot)
+    table = Table(box=None, padding=(0, 1), show_edge=False, header_style="bold")
+    for name in ("rank", "pid", "phase", "status", "step", "heartbeat", "loss", "tok/s"):
+        table.add_column(name, justify="right" if name in ("step", "heartbeat", "loss", "tok/s") else "left")
+    for r in snapshot.ranks:
+        age_style = "yellow" if r.rank == quietest else ""
+        table.add_row(
+            str(r.rank),
+            Text(str(r.pid), style="" if r.pid_alive else "red strike"),
+            r.phase,
+            r.status,
+            str(r.step),
+            Text(format_age(r.age_s) + " ago", style=age_style),
+            format_loss(r.loss),
+            format_rate(r.tokens_per_s),
+        )
+    return table
+
+
+def render_panel(snapshot: RunSnapshot) -> RenderableType:
+    """The panel of the issue: progress bar, loss, tok/s, ETA, phase, per-rank heartbeat age,
+    restarts, newest checkpoint, disk bar."""
+    verdict_style = VERDICT_STYLE.get(snapshot.verdict, "bold")
+    title = Text.assemble(("gpt2sup ", "bold"), (snapshot.log_dir, ""), " · ", (snapshot.verdict, verdict_style))
+    if not snapshot.has_run:
+        return Panel(Text(no_run_line(snapshot)), title=title, title_align="left")
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    progress = snapshot.progress
+    if progress is not None:
+        if progress.fraction is not None and progress.max_steps:
+            grid.add_row(
+                "step",
+                _bar_row(progress.fraction, 1.0, f"{_step_text(snapshot)}  {progress.fraction:.1%}", "cyan"),
+            )
+        else:
+            grid.add_row("step", _step_text(snapshot))
+        grid.add_row(
+            "loss",
+            Text.assemble(
+                (format_loss(progress.loss), "bold"),
+                f"   tok/s {format_rate(progress.tokens_per_s)}",
+                f"   eta {format_duration(progress.eta_s)}",
+                f"   phase {progress.phase or '-'}",
+            ),
+        )
+    sup = snapshot.supervisor
+    grid.add_row("supervisor", _supervisor_text(snapshot))
+    if sup is not None:
+        restarts_style = "red" if sup.restarts_used >= sup.max_restarts else ""
+        grid.add_row("restarts", Text(f"{sup.restarts_used}/{sup.max_restarts}", style=restarts_style))
+        if sup.last_failure_reason:
+            grid.add_row("last failure", Text(f"{sup.last_failure_kind}: {sup.last_failure_reason}", style="yellow"))
+    if snapshot.ranks:
+        grid.add_row("ranks", _ranks_table(snapshot))
+    ck_style = "red" if snapshot.checkpoints.newest_valid is False else ""
+    grid.add_row("checkpoints", Text(_checkpoint_text(snapshot), style=ck_style))
+    disk = snapshot.disk
+    if disk is not None:
+        disk_style = "red" if disk.used_fraction > 0.9 else "yellow" if disk.used_fraction > 0.8 else "green"
+        grid.add_row("disk", _bar_row(disk.used_bytes, disk.total_bytes, _disk_text(snapshot), disk_style))
+    return Panel(grid, title=title, title_align="left")
+
+
+# --- reporters used by `gpt2sup run` -----------------------------------------------------------------
+class Reporter:
+    """What the run loop talks to: ``update`` every monitor interval, ``event`` per event."""
+
+    def update(self, snapshot: RunSnapshot) -> None:
+        raise NotImplementedError
+
+    def event(self, line: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop drawing; safe to call twice."""
+
+
+class PlainReporter(Reporter):
+    """Timestamped lines for logs: every event, and a progress line at most every ``interval_s``."""
+
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        interval_s: float = DEFAULT_PLAIN_INTERVAL_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._stream = stream
+        self._interval_s = interval_s
+        self._clock = clock
+        self._last_progress_at: float | None = None
+        self._pending: RunSnapshot | None = None
+
+    def _write(self, text: str) -> None:
+        stream = self._stream if self._stream is not None else sys.stdout
+        stream.write(f"{utc_timestamp(self._clock())} {text}\n")
+        stream.flush()
+
+    def update(self, snapshot: RunSnapshot) -> None:
+        now = self._clock()
+        if self._last_progress_at is not None and now - self._last_progress_at < self._interval_s:
+            self._pending = snapshot  # shown at close() if nothing newer is printed first
+            return
+        self._last_progress_at = now
+        self._pending = None
+        self._write(progress_line(snapshot))
+
+    def event(self, line: str) -> None:
+        self._write(line)
+
+    def close(self) -> None:
+        if self._pending is not None:
+            snapshot, self._pending = self._pending, None
+            self._write(progress_line(snapshot))
+
+
+class LiveReporter(Reporter):
+    """A ``rich.live.Live`` panel redrawn on each update; events scroll above it.
+
+    Auto-refresh is off: the panel changes only when the run loop hands us a new snapshot, and a
+    supervisor watching a multi-day run should not burn CPU redrawing an unchanged screen.
+    """
+
+    def __init__(self, console: Console | None = None) -> None:
+        self._console = console if console is not None else Console()
+        self._live: Live | None = None
+        self._closed = False
+
+    def _ensure_live(self, renderable: RenderableType) -> Live:
+        if self._live is None:
+            self._live = Live(
+                renderable, console=self._console, auto_refresh=False, transient=False,
+                redirect_stdout=False, redirect_stderr=False,
+            )
+            self._live.start(refresh=True)
+        return self._live
+
+    def update(self, snapshot: RunSnapshot) -> None:
+        if self._closed:
+            return
+        panel = render_panel(snapshot)
+        live = self._ensure_live(panel)
+        live.update(panel, refresh=True)
+
+    def event(self, line: str) -> None:
+        text = Text.assemble((utc_timestamp(), "dim"), " ", line)
+        if self._live is not None and not self._closed:
+            self._live.console.print(text)
+        else:
+            self._console.print(text)
+
+    def close(self) -> None:
+        if self._live is not None and not self._closed:
+            self._live.stop()
+        self._closed = True
+
+
+def make_reporter(
+    is_tty: bool | None = None,
+    *,
+    console: Console | None = None,
+    stream: IO[str] | None = None,
+    plain_interval_s: float = DEFAULT_PLAIN_INTERVAL_S,
+) -> Reporter:
+    """The live panel on a terminal, plain lines otherwise (``is_tty=None``: ask stdout)."""
+    if is_tty is None:
+        target = stream if stream is not None else sys.stdout
+        is_tty = bool(getattr(target, "isatty", lambda: False)())
+    if is_tty:
+        return LiveReporter(console)
+    return PlainReporter(stream, interval_s=plain_interval_s)
+
+
+__all__ = [
+    "LiveReporter",
+    "PlainReporter",
+    "Reporter",
+    "format_bytes",
+    "format_duration",
+    "make_reporter",
+    "progress_line",
+    "render_panel",
+    "status_lines",
+    "utc_timestamp",
+]

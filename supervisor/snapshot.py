@@ -1,0 +1,406 @@
+"""One read-only look at a run directory: everything ``gpt2sup status`` and the live panel show.
+
+Why a separate module: ``status``, ``stop`` and the run loop's panel all need the same answers
+("is the supervisor alive?", "which rank went quiet?", "how far along are we?") and must agree on
+them. Everything here comes from the files of DESIGN §3 and from psutil; it never imports torch
+and never loads a checkpoint (the supervisor records the newest checkpoint's validation result in
+``supervisor.json``; we only repeat it). It must stay fast enough to call every monitor interval:
+checkpoints are only ``stat``-ed and ``metrics.jsonl`` / ``events.jsonl`` are read from the end.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from shared.heartbeat import Heartbeat, read_heartbeat
+from shared.run_dir import QUARANTINE_SUFFIX, RunDir
+from shared.supervisor_state import TERMINAL_STATES, SupervisorState, read_supervisor_state
+
+# psutil derives create_time from boot time + clock ticks; two reads of the same process agree to
+# well under this, while a reused pid starts seconds (usually far more) later.
+CREATE_TIME_TOLERANCE_S = 1.0
+# How much of a JSONL file's end to read. A metrics line is ~150 bytes, so this holds hundreds
+# of steps while keeping the read constant-time however long the run has been going.
+TAIL_BYTES = 64 * 1024
+# Step times used for the ETA: recent enough to follow a changed speed, many enough that one
+# slow step (an eval, a checkpoint save, the first compiled step) does not swing it.
+ETA_WINDOW_STEPS = 50
+RECENT_EVENTS = 5
+
+# Verdict words (one per run, shown first by status).
+VERDICTS = ("running", "finished", "stopped", "gave up", "crashed", "dead", "bare worker", "no run")
+_TERMINAL_VERDICT = {"finished": "finished", "stopped": "stopped", "gave_up": "gave up", "error": "crashed"}
+
+
+@dataclass
+class SupervisorInfo:
+    """What ``supervisor.json`` says, plus whether its process still lives."""
+
+    pid: int
+    alive: bool | None  # None: recorded on another host, we cannot tell
+    state: str
+    hostname: str
+    attempt: int
+    restarts_used: int
+    max_restarts: int
+    last_failure_kind: str | None
+    last_failure_reason: str | None
+    updated_at: float
+    exit_code: int | None
+
+
+@dataclass
+class RankInfo:
+    """One worker rank as its heartbeat describes it."""
+
+    rank: int
+    pid: int
+    pid_alive: bool
+    phase: str
+    status: str
+    step: int
+    age_s: float
+    loss: float | None
+    tokens_per_s: float | None
+    world_size: int
+    max_steps: int | None
+    last_checkpoint: str | None
+    message: str | None
+
+
+@dataclass
+class ProgressInfo:
+    step: int | None  # last completed step (the worker counts from 0)
+    max_steps: int | None
+    fraction: float | None  # completed steps / max_steps, 0..1
+    loss: float | None
+    tokens_per_s: float | None
+    step_time_s: float | None  # median of recent metrics.jsonl "dt"
+    eta_s: float | None  # only while something is running
+    phase: str | None
+    quietest_rank: int | None  # running rank with the oldest heartbeat
+    quietest_age_s: float | None
+    lagging_rank: int | None  # running rank with the lowest step, when ranks disagree
+
+
+@dataclass
+class CheckpointInfo:
+    count: int = 0
+    total_bytes: int = 0
+    newest_name: str | None = None
+    newest_step: int | None = None
+    newest_bytes: int | None = None
+    quarantined: int = 0
+    latest_link: str | None = None  # file latest_checkpoint.pt resolves to
+    newest_valid: bool | None = None  # as recorded by the supervisor; None = not validated
+    newest_reason: str | None = None
+
+
+@dataclass
+class DiskInfo:
+    total_bytes: int
+    used_bytes: int
+    free_bytes: int
+
+    @property
+    def used_fraction(self) -> float:
+        return self.used_bytes / self.total_bytes if self.total_bytes else 0.0
+
+
+@dataclass
+class RunSnapshot:
+    log_dir: str
+    time: float
+    exists: bool
+    has_run: bool
+    verdict: str
+    supervisor: SupervisorInfo | None = None
+    ranks: list[RankInfo] = field(default_factory=list)
+    progress: ProgressInfo | None = None
+    checkpoints: CheckpointInfo = field(default_factory=CheckpointInfo)
+    disk: DiskInfo | None = None
+    recent_events: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.disk is not None:
+            data["disk"]["used_fraction"] = round(self.disk.used_fraction, 4)
+        return data
+
+
+# --- process identity ---------------------------------------------------------------------------
+def process_matches(pid: int, create_time: float) -> bool:
+    """True iff ``pid`` is a live (non-zombie) process that started at ``create_time``.
+
+    A pid alone is not an identity: after a reboot or a long run it may belong to anything.
+    """
+    proc = _live_process(pid)
+    if proc is None:
+        return False
+    try:
+        return abs(proc.create_time() - float(create_time)) <= CREATE_TIME_TOLERANCE_S
+    except (psutil.Error, TypeError, ValueError):
+        return False
+
+
+def heartbeat_pid_alive(pid: int, heartbeat_time: float) -> bool:
+    """True iff ``pid`` lives and was already running when it wrote the heartbeat.
+
+    Heartbeats carry no start time, but a process created after the heartbeat was written cannot
+    be its writer: that rules out pid reuse for every practical case.
+    """
+    proc = _live_process(pid)
+    if proc is None:
+        return False
+    try:
+        return proc.create_time() <= float(heartbeat_time) + CREATE_TIME_TOLERANCE_S
+    except (psutil.Error, TypeError, ValueError):
+        return False
+
+
+def _live_process(pid: Any) -> psutil.Process | None:
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None  # exited, only waiting to be reaped
+        return proc
+    except psutil.Error:
+        return None
+
+
+# --- file readers --------------------------------------------------------------------------------
+def read_jsonl_tail(path: Path, max_records: int, tail_bytes: int = TAIL_BYTES) -> list[dict[str, Any]]:
+    """The last ``max_records`` well-formed JSON objects of a JSONL file, oldest first.
+
+    Seeks from the end, so the cost does not grow with the file. A line cut by the seek, or one
+    being appended right now, is skipped rather than trusted.
+    """
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            start = max(0, size - tail_bytes)
+            handle.seek(start)
+            chunk = handle.read(size - start)
+    except OSError:
+        return []
+    lines = chunk.split(b"\n")
+    if start > 0:
+        lines = lines[1:]  # first line is probably partial
+    records: list[dict[str, Any]] = []
+    for raw in reversed(lines):
+        if len(records) >= max_records:
+            break
+        raw = raw.strip()
+        if not raw:
+            continue
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    records.reverse()
+    return records
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+# --- the pieces of a snapshot ---------------------------------------------------------------------
+def _supervisor_info(state: SupervisorState) -> SupervisorInfo:
+    same_host = not state.hostname or state.hostname == socket.gethostname()
+    alive = process_matches(state.pid, state.pid_create_time) if same_host else None
+    failure = state.last_failure
+    return SupervisorInfo(
+        pid=state.pid,
+        alive=alive,
+        state=state.state,
+        hostname=state.hostname,
+        attempt=state.attempt,
+        restarts_used=state.restarts_used,
+        max_restarts=state.max_restarts,
+        last_failure_kind=failure.kind if failure else None,
+        last_failure_reason=failure.reason if failure else None,
+        updated_at=state.updated_at,
+        exit_code=state.exit_code,
+    )
+
+
+def _rank_info(hb: Heartbeat, now: float) -> RankInfo:
+    return RankInfo(
+        rank=hb.rank,
+        pid=hb.pid,
+        pid_alive=heartbeat_pid_alive(hb.pid, hb.time),
+        phase=hb.phase,
+        status=hb.status,
+        step=hb.step,
+        age_s=max(0.0, now - hb.time),
+        loss=_number(hb.loss),
+        tokens_per_s=_number(hb.tokens_per_s),
+        world_size=hb.world_size,
+        max_steps=hb.max_steps,
+        last_checkpoint=hb.last_checkpoint,
+        message=hb.message,
+    )
+
+
+def _checkpoint_info(run: RunDir, state: SupervisorState | None) -> CheckpointInfo:
+    info = CheckpointInfo()
+    newest: tuple[int, Path, int] | None = None
+    for step, path in run.list_checkpoints():
+        try:
+            size = path.stat().st_size
+        except OSError:
+            continue  # removed (pruned, quarantined) between listing and stat
+        info.count += 1
+        info.total_bytes += size
+        newest = (step, path, size)
+    if newest is not None:
+        info.newest_step, newest_path, info.newest_bytes = newest
+        info.newest_name = newest_path.name
+    try:
+        info.quarantined = sum(1 for e in os.scandir(run.root) if e.name.endswith(QUARANTINE_SUFFIX))
+    except OSError:
+        pass
+    latest = run.resolve_latest_link()
+    info.latest_link = latest.name if latest is not None else None
+    # Repeat the supervisor's verdict only when it is about the file that is newest now.
+    if state is not None and state.newest_checkpoint and info.newest_name:
+        if Path(state.newest_checkpoint).name == info.newest_name:
+            info.newest_valid = state.newest_checkpoint_valid
+            info.newest_reason = state.newest_checkpoint_reason
+    return info
+
+
+def _progress_info(
+    ranks: list[RankInfo], metrics_tail: list[dict[str, Any]], running: bool
+) -> ProgressInfo | None:
+    if not ranks and not metrics_tail:
+        return None
+    lead = next((r for r in ranks if r.rank == 0), ranks[0] if ranks else None)
+    last_metric = metrics_tail[-1] if metrics_tail else {}
+
+    step = lead.step if lead is not None else None
+    metric_step = last_metric.get("step")
+    if isinstance(metric_step, int) and (step is None or metric_step > step):
+        step = metric_step  # heartbeats of a finished run may lag the metrics by nothing, or be gone
+    max_steps = next((r.max_steps for r in ranks if isinstance(r.max_steps, int)), None)
+    loss = lead.loss if lead is not None and lead.loss is not None else _number(last_metric.get("loss"))
+    tok_s = (
+        lead.tokens_per_s
+        if lead is not None and lead.tokens_per_s is not None
+        else _number(last_metric.get("tokens_per_s"))
+    )
+
+    dts = [d for d in (_number(m.get("dt")) for m in metrics_tail[-ETA_WINDOW_STEPS:]) if d and d > 0]
+    step_time = statistics.median(dts) if dts else None
+
+    fraction = eta = None
+    if step is not None and max_steps:
+        # build-nanogpt runs steps 0..max_steps-1; ``step`` is the last completed one.
+        done = min(max(step + 1, 0), max_steps)
+        fraction = done / max_steps
+        if running and step_time is not None:
+            eta = (max_steps - done) * step_time
+
+    active = [r for r in ranks if r.status == "running"]
+    quietest = max(active, key=lambda r: r.age_s) if active else None
+    lagging = None
+    if active and len({r.step for r in active}) > 1:
+        lagging = min(active, key=lambda r: r.step).rank
+    return ProgressInfo(
+        step=step,
+        max_steps=max_steps,
+        fraction=fraction,
+        loss=loss,
+        tokens_per_s=tok_s,
+        step_time_s=step_time,
+        eta_s=eta,
+        phase=lead.phase if lead is not None else None,
+        quietest_rank=quietest.rank if quietest else None,
+        quietest_age_s=quietest.age_s if quietest else None,
+        lagging_rank=lagging,
+    )
+
+
+def _verdict(supervisor: SupervisorInfo | None, ranks: list[RankInfo], has_run: bool) -> str:
+    if not has_run:
+        return "no run"
+    live_worker = any(r.pid_alive and r.status == "running" for r in ranks)
+    if supervisor is not None:
+        if supervisor.state in TERMINAL_STATES:
+            if supervisor.alive is False and live_worker:
+                return "bare worker"  # a torchrun started by hand after the supervised run ended
+            return _TERMINAL_VERDICT.get(supervisor.state, supervisor.state)
+        return "dead" if supervisor.alive is False else "running"
+    # No supervisor: a bare `torchrun -m worker.train_gpt2`, or its leftovers.
+    if live_worker:
+        return "bare worker"
+    statuses = {r.status for r in ranks}
+    if statuses & {"diverged", "failed"} or "running" in statuses:
+        return "crashed"  # failed itself, or died without saying so
+    if statuses == {"finished"}:
+        return "finished"
+    return "stopped"  # stopped on request, or only checkpoints/metrics left: resumable
+
+
+def collect_snapshot(run_dir: Path | str, now: float | None = None) -> RunSnapshot:
+    """Read ``run_dir`` and describe the run in it. Never raises for missing or odd files."""
+    now = time.time() if now is None else now
+    run = RunDir.at(run_dir)
+    if not run.root.is_dir():
+        return RunSnapshot(log_dir=str(run.root), time=now, exists=False, has_run=False, verdict="no run")
+
+    state = read_supervisor_state(run.supervisor_state)
+    supervisor = _supervisor_info(state) if state is not None else None
+    ranks = []
+    for path in run.list_heartbeats():
+        hb = read_heartbeat(path)
+        if hb is not None:
+            ranks.append(_rank_info(hb, now))
+    ranks.sort(key=lambda r: r.rank)
+    metrics_tail = read_jsonl_tail(run.metrics, ETA_WINDOW_STEPS)
+    checkpoints = _checkpoint_info(run, state)
+
+    has_run = bool(
+        ranks
+        or state is not None
+        or run.supervisor_state.exists()
+        or checkpoints.count
+        or checkpoints.quarantined
+        or metrics_tail
+    )
+    verdict = _verdict(supervisor, ranks, has_run)
+    progress = _progress_info(ranks, metrics_tail, running=verdict in ("running", "bare worker"))
+    try:
+        usage = shutil.disk_usage(run.root)
+        disk: DiskInfo | None = DiskInfo(usage.total, usage.used, usage.free)
+    except OSError:
+        disk = None
+    return RunSnapshot(
+        log_dir=str(run.root),
+        time=now,
+        exists=True,
+        has_run=has_run,
+        verdict=verdict,
+        supervisor=supervisor,
+        ranks=ranks,
+        progress=progress,
+        checkpoints=checkpoints,
+        disk=disk,
+        recent_events=read_jsonl_tail(run.events, RECENT_EVENTS, tail_bytes=16 * 1024),
+    )
