@@ -89,8 +89,12 @@ def resolve_settings(args: argparse.Namespace, cuda_available: bool) -> Settings
     want_cuda = args.device.startswith("cuda") or (args.device == "auto" and cuda_available)
     if want_cuda and not cuda_available:
         raise WorkerError("--device cuda requested but no CUDA device is available", WorkerExit.USAGE)
-    profile, why = (CUDA_DEFAULTS, "a CUDA GPU is available") if want_cuda else (
-        CPU_DEFAULTS, "no GPU: a CPU-sized run that finishes in minutes")
+    if want_cuda and args.data_dir:
+        profile, why = CUDA_DEFAULTS, "a CUDA GPU and a --data_dir: the build-nanogpt GPT-2 124M run"
+    elif want_cuda:
+        profile, why = CPU_DEFAULTS, "no --data_dir: the small built-in corpus only fits a small run"
+    else:
+        profile, why = CPU_DEFAULTS, "no GPU: a CPU-sized run that finishes in minutes"
     chosen = []
     for key, value in profile.items():
         if getattr(args, key) is None:
