@@ -352,7 +352,7 @@ def train(args: argparse.Namespace) -> int:
             return int(WorkerExit.DIVERGED)
         say(f"step {step:5d} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm:.4f} | dt {dt * 1000:.2f}ms | tok/sec {tokens_per_s:.2f}")
         run_log.log_line(f"{step} train {loss_value:.6f}")
-        run_log.metrics({"step": step, "loss": loss_value, "lr": lr, "norm": float(norm), "dt": dt,
+        run_log.metrics({"step": step, "time": time.time(), "loss": loss_value, "lr": lr, "norm": float(norm), "dt": dt,
                          "tokens_per_s": tokens_per_s})
         heartbeat.beat(phase="train", step=step, loss=loss_value, tokens_per_s=tokens_per_s)
         maybe_inject_crash(step, rank)

@@ -1,0 +1,164 @@
+"""Worker overhead and checkpoint save cost (issue 2's "Measure and report").
+
+    python bench/bench_worker.py                 # defaults: tiny model, 200 steps, 3 rounds
+    python bench/bench_worker.py --model mini --steps 300
+
+1. Tokens/s of the real worker loop (``worker.train_gpt2.main`` in this process, with heartbeats,
+   logs, the data loader and ``--checkpoint_interval 100``) versus a bare forward/backward/clip/
+   AdamW loop of the same model and batch shape in the same process. Rounds alternate so machine
+   noise hits both sides alike; the table shows medians.
+2. ``CheckpointManager.save`` (torch.save into .tmp, fsync, rename, fsync dir, swing the link) versus
+   writing the same tensor bytes raw with numpy + fsync.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shared.run_dir import RunDir  # noqa: E402
+from worker import train_gpt2  # noqa: E402
+from worker.checkpoint import CheckpointManager  # noqa: E402
+from worker.model import GPT, build_config  # noqa: E402
+from worker.train_state import TrainProgress, compose_checkpoint  # noqa: E402
+
+
+def worker_tokens_per_s(args: argparse.Namespace, workdir: Path) -> float:
+    """Steady-state tokens/s of the real loop, from metrics.jsonl timestamps (first 5 steps dropped)."""
+    log_dir = workdir / "worker_run"
+    shutil.rmtree(log_dir, ignore_errors=True)
+    argv = ["--log_dir", str(log_dir), "--model", args.model, "--max_steps", str(args.steps),
+            "--micro_batch_size", str(args.batch), "--seq_len", str(args.seq_len),
+            "--total_batch_size", str(args.batch * args.seq_len * args.accum),
+            "--checkpoint_interval", "100", "--eval_interval", "0", "--generate_interval", "0",
+            "--hellaswag_interval", "0", "--device", "cpu"]
+    code = train_gpt2.main(argv)
+    assert code == 0, f"worker exited {code}"
+    records = [json.loads(line) for line in open(log_dir / "metrics.jsonl")]
+    steady = records[5:]
+    seconds = steady[-1]["time"] - steady[0]["time"]
+    tokens = (len(steady) - 1) * args.batch * args.seq_len * args.accum
+    return tokens / seconds
+
+
+def bare_tokens_per_s(args: argparse.Namespace) -> float:
+    torch.manual_seed(0)
+    model = GPT(build_config(args.model))
+    optimizer = model.configure_optimizers(0.1, 1e-3, "cpu")
+    x = torch.randint(0, 50257, (args.batch, args.seq_len))
+    y = torch.randint(0, 50257, (args.batch, args.seq_len))
+    times = []
+    for _ in range(args.steps):
+        t0 = time.time()
+        optimizer.zero_grad(set_to_none=True)
+        for _ in range(args.accum):
+            _, loss = model(x, y)
+            (loss / args.accum).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        loss.item()
+        times.append(time.time())
+    steady = times[5:]
+    return (len(steady) - 1) * args.batch * args.seq_len * args.accum / (steady[-1] - steady[0])
+
+
+def checkpoint_save_vs_raw(model_name: str, workdir: Path, rounds: int) -> tuple[float, float, int]:
+    torch.manual_seed(0)
+    model = GPT(build_config(model_name))
+    optimizer = model.configure_optimizers(0.1, 1e-3, "cpu")
+    _, loss = model(torch.randint(0, 50257, (1, 16)), torch.randint(0, 50257, (1, 16)))
+    loss.backward()
+    optimizer.step()  # so AdamW has its moment buffers
+
+    class _Loader:
+        def get_state(self):
+            return {"shard_index": 0, "position": 0}
+
+    state = compose_checkpoint(model, optimizer, TrainProgress(step=1), _Loader(), "cpu", {})
+    tensors = [t for t in _iter_tensors(state)]
+    seen, unique = set(), []
+    for t in tensors:  # the tied head is one storage
+        key = t.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            unique.append(t)
+    raw_bytes = sum(t.numel() * t.element_size() for t in unique)
+    run_dir = RunDir.at(workdir / "ckpt")
+    run_dir.root.mkdir(parents=True, exist_ok=True)
+    manager = CheckpointManager(run_dir, interval=1, keep_last_n=1, log=lambda m: None)
+    save_times, raw_times = [], []
+    for i in range(rounds):
+        outcome = manager.save(i + 1, state)
+        assert outcome.saved, outcome.error
+        save_times.append(outcome.seconds)
+        raw_path = workdir / "raw.bin"
+        t0 = time.perf_counter()
+        with open(raw_path, "wb") as handle:
+            for t in unique:
+                t.detach().numpy().tofile(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        raw_times.append(time.perf_counter() - t0)
+        raw_path.unlink()
+    return statistics.median(save_times), statistics.median(raw_times), raw_bytes
+
+
+def _iter_tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _iter_tensors(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _iter_tensors(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq_len", type=int, default=64)
+    parser.add_argument("--accum", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--checkpoint_model", default="gpt2", help="model whose checkpoint save is timed")
+    args = parser.parse_args()
+    os.environ.setdefault("GPT2SUP_CACHE_DIR", str(Path(tempfile.gettempdir()) / "gpt2sup-bench-cache"))
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        bare, worker = [], []
+        for _ in range(args.rounds):
+            bare.append(bare_tokens_per_s(args))
+            worker.append(worker_tokens_per_s(args, workdir))
+        save_s, raw_s, nbytes = checkpoint_save_vs_raw(args.checkpoint_model, workdir, args.rounds)
+
+    bare_m, worker_m = statistics.median(bare), statistics.median(worker)
+    print()
+    print(f"| measurement ({args.model}, B={args.batch}, T={args.seq_len}, accum={args.accum}, {args.steps} steps, median of {args.rounds}) | value |")
+    print("|---|---|")
+    print(f"| bare fwd/bwd/AdamW loop tokens/s | {bare_m:,.0f} |")
+    print(f"| worker loop tokens/s (--checkpoint_interval 100) | {worker_m:,.0f} |")
+    print(f"| worker overhead (goal < 3%) | {100 * (1 - worker_m / bare_m):+.2f}% |")
+    print(f"| rounds bare / worker | {', '.join(f'{v:,.0f}' for v in bare)} / {', '.join(f'{v:,.0f}' for v in worker)} |")
+    print(f"| checkpoint bytes ({args.checkpoint_model}: weights + AdamW moments) | {nbytes / 1e6:,.1f} MB |")
+    print(f"| CheckpointManager.save (atomic, fsynced) | {save_s:.3f} s |")
+    print(f"| raw numpy tofile + fsync of the same tensors | {raw_s:.3f} s |")
+    print(f"| save / raw (goal < 1.3x) | {save_s / raw_s:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
