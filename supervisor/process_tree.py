@@ -1,0 +1,241 @@
+"""The one module that spawns, signals and kills processes (DESIGN §2).
+
+torchrun starts in a session of its own so that a Ctrl-C in the user's terminal reaches only the
+supervisor (which then asks the workers to save), and so that the whole tree can be addressed as
+one process group. Descendants are also tracked by pid + create_time with psutil, because a
+worker may outlive torchrun (reparented to init) and pids get reused.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import psutil
+
+# create_time values of the same process read twice agree exactly; the slack guards rounding.
+CREATE_TIME_SLACK_S = 0.05
+
+
+@dataclass(frozen=True)
+class ProcessId:
+    """A process identity that survives pid reuse: pid plus its start time."""
+
+    pid: int
+    create_time: float
+
+    @classmethod
+    def of(cls, proc: psutil.Process) -> "ProcessId":
+        return cls(proc.pid, proc.create_time())
+
+
+def same_process_alive(pid: int, create_time: float) -> psutil.Process | None:
+    """The live process with this pid *and* start time, or None (gone, reused, or a zombie)."""
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - create_time) > CREATE_TIME_SLACK_S:
+            return None
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
+        return None
+
+
+def is_alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+@dataclass
+class LaunchedTree:
+    """A launched torchrun and every descendant we have ever seen (so reparented ones stay known)."""
+
+    popen: subprocess.Popen
+    root: psutil.Process
+    log_path: Path
+    launched_at: float
+    known: dict[int, psutil.Process] = field(default_factory=dict)  # pid -> process (incl. root)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def poll(self) -> int | None:
+        """torchrun's return code once it exited (negative: the signal that killed it)."""
+        return self.popen.poll()
+
+    def refresh(self) -> bool:
+        """Add newly spawned descendants to ``known``; True when the set changed."""
+        changed = False
+        try:
+            children = self.root.children(recursive=True)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            children = []
+        for child in children:
+            if child.pid not in self.known:
+                self.known[child.pid] = child
+                changed = True
+        return changed
+
+    def live_processes(self) -> list[psutil.Process]:
+        """Every known process of this attempt that is still running (root included)."""
+        return [p for p in self.known.values() if is_alive(p)]
+
+    def worker_processes(self) -> list[psutil.Process]:
+        """The training processes: torchrun's direct children (the local ranks)."""
+        try:
+            return [p for p in self.root.children(recursive=False) if is_alive(p)]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            # torchrun is gone; anything else we saw is a (reparented) worker.
+            return [p for pid, p in self.known.items() if pid != self.root.pid and is_alive(p)]
+
+    def identities(self) -> list[tuple[ProcessId, str]]:
+        """(identity, role) of every live known process, for supervisor.json."""
+        out: list[tuple[ProcessId, str]] = []
+        for pid, proc in self.known.items():
+            if not is_alive(proc):
+                continue
+            try:
+                out.append((ProcessId.of(proc), "torchrun" if pid == self.root.pid else "worker"))
+            except psutil.NoSuchProcess:
+                continue
+        return out
+
+
+def launch(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log_path: Path) -> LaunchedTree:
+    """Start ``argv`` in its own session with stdout+stderr appended to ``log_path``.
+
+    Raises OSError (e.g. torchrun not found) for the caller to turn into one line.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab", buffering=0) as log_handle:
+        popen = subprocess.Popen(
+            list(argv),
+            cwd=str(cwd),
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log_handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    # Until it is waited for, even an instantly-dead child is a zombie psutil can see.
+    root = psutil.Process(popen.pid)
+    return LaunchedTree(popen, root, log_path, time.time(), known={popen.pid: root})
+
+
+def send_signal(procs: Iterable[psutil.Process], sig: int) -> list[int]:
+    """Signal each live process; returns the pids actually signalled. Never raises."""
+    sent: list[int] = []
+    for proc in procs:
+        try:
+            proc.send_signal(sig)
+            sent.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
+            continue
+    return sent
+
+
+@dataclass
+class KillReport:
+    terminated: list[int]  # exited after SIGTERM
+    killed: list[int]  # needed SIGKILL
+    survivors: list[int]  # still alive after SIGKILL (should never happen)
+
+    @property
+    def clean(self) -> bool:
+        return not self.survivors
+
+
+def _expand_with_descendants(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
+    seen: dict[int, psutil.Process] = {}
+    for proc in procs:
+        if not is_alive(proc):
+            continue
+        seen[proc.pid] = proc
+        try:
+            for child in proc.children(recursive=True):
+                seen.setdefault(child.pid, child)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return list(seen.values())
+
+
+def kill_tree(
+    procs: Iterable[psutil.Process],
+    *,
+    grace_s: float,
+    reap: subprocess.Popen | None = None,
+) -> KillReport:
+    """SIGTERM every process (and descendant), wait ``grace_s``, SIGKILL the rest, confirm.
+
+    A SIGSTOPped process cannot act on SIGTERM but SIGKILL still removes it; we also send
+    SIGCONT after SIGTERM so a stopped process gets to run its handler within the grace.
+    ``reap`` is our own child (torchrun) to wait() so it does not linger as a zombie.
+    """
+    targets = _expand_with_descendants(procs)
+    if not targets:
+        _reap(reap)
+        return KillReport([], [], [])
+    send_signal(targets, signal.SIGTERM)
+    send_signal(targets, signal.SIGCONT)
+    _reap_soon(reap)
+    gone, alive = psutil.wait_procs(targets, timeout=max(0.0, grace_s))
+    # New descendants may have been forked during the grace (torchrun restarting nothing, but a
+    # worker's data loader could); pick them up before the hard kill.
+    alive = _expand_with_descendants(alive + [p for p in targets if is_alive(p)])
+    killed: list[int] = []
+    if alive:
+        killed = send_signal(alive, signal.SIGKILL)
+        _reap_soon(reap)
+        _, alive = psutil.wait_procs(alive, timeout=5.0)
+    _reap(reap)
+    survivors = [p.pid for p in alive if is_alive(p)]
+    terminated = [p.pid for p in gone]
+    return KillReport(terminated, killed, survivors)
+
+
+def _reap_soon(popen: subprocess.Popen | None) -> None:
+    if popen is not None:
+        try:
+            popen.poll()
+        except OSError:
+            pass
+
+
+def _reap(popen: subprocess.Popen | None) -> None:
+    if popen is None:
+        return
+    try:
+        popen.wait(timeout=5.0)
+    except (subprocess.TimeoutExpired, OSError):
+        pass
+
+
+def find_orphans(records: Iterable[tuple[int, float]]) -> list[psutil.Process]:
+    """Processes recorded by an earlier supervisor (pid, create_time) that are still alive.
+
+    Matching on create_time too means a pid the kernel has since given to an unrelated process
+    is left alone. Their current descendants are included.
+    """
+    alive = [p for p in (same_process_alive(pid, ct) for pid, ct in records) if p is not None]
+    return _expand_with_descendants(alive)
+
+
+def wait_for_exit(tree: LaunchedTree, timeout_s: float, poll_s: float = 0.2) -> int | None:
+    """Wait up to ``timeout_s`` for torchrun *and* every known descendant to exit."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        code = tree.poll()
+        if code is not None and not tree.live_processes():
+            return code
+        if time.monotonic() >= deadline:
+            return code
+        time.sleep(poll_s)

@@ -1,0 +1,190 @@
+"""process_tree, run_lock, evidence and checkpoint selection against real processes and files.
+
+The trees here are plain python/sleep processes, so these run in seconds without torch.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+from pathlib import Path
+
+import psutil
+import pytest
+
+from shared.run_dir import RunDir
+from supervisor import checkpoint_selection as cs
+from supervisor.evidence import capture_hang_evidence, next_incident_number
+from supervisor.process_tree import find_orphans, kill_tree, launch, same_process_alive
+from supervisor.run_lock import RunLock, RunLockHeld
+
+# A parent that spawns two children which IGNORE SIGTERM (like a worker busy saving), then waits.
+TREE_SCRIPT = textwrap.dedent(
+    """
+    import signal, subprocess, sys, time
+    child = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('child up', flush=True); time.sleep(600)"
+    procs = [subprocess.Popen([sys.executable, "-c", child]) for _ in range(2)]
+    print("parent up", flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def _wait_for_children(tree, count: int, timeout: float = 15.0) -> list[psutil.Process]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tree.refresh()
+        kids = [p for p in tree.known.values() if p.pid != tree.pid]
+        if len(kids) >= count and tree.log_path.read_text().count("child up") >= count:
+            return kids
+        time.sleep(0.05)
+    raise AssertionError("children did not start")
+
+
+def test_launch_runs_in_own_session_and_logs_both_streams(tmp_path):
+    log = tmp_path / "attempt.log"
+    tree = launch([sys.executable, "-c", "import os,sys; print('out', os.getsid(0)); print('err', file=sys.stderr)"],
+                  cwd=tmp_path, env=dict(os.environ), log_path=log)
+    assert tree.popen.wait(10) == 0
+    text = log.read_text()
+    assert "err" in text
+    sid = int(text.split("out ")[1].split()[0])
+    assert sid == tree.pid != os.getsid(0)  # its own session: Ctrl-C in our terminal does not reach it
+
+
+def test_kill_tree_escalates_to_sigkill_and_leaves_no_survivor(tmp_path):
+    tree = launch([sys.executable, "-c", TREE_SCRIPT], cwd=tmp_path, env=dict(os.environ), log_path=tmp_path / "a.log")
+    kids = _wait_for_children(tree, 2)
+    os.kill(kids[0].pid, signal.SIGSTOP)  # a stopped process must die too
+    pids = [tree.pid] + [k.pid for k in kids]
+    started = time.monotonic()
+    report = kill_tree(tree.live_processes(), grace_s=1.0, reap=tree.popen)
+    assert time.monotonic() - started < 10
+    assert report.clean
+    assert sorted(report.killed) == sorted(k.pid for k in kids)  # SIGTERM was ignored
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_kill_tree_finds_reparented_descendants(tmp_path):
+    tree = launch([sys.executable, "-c", TREE_SCRIPT], cwd=tmp_path, env=dict(os.environ), log_path=tmp_path / "a.log")
+    kids = _wait_for_children(tree, 2)
+    os.kill(tree.pid, signal.SIGKILL)  # the parent dies; its children are orphaned
+    tree.popen.wait(5)
+    assert all(k.is_running() for k in kids)
+    report = kill_tree(tree.live_processes(), grace_s=0.5, reap=tree.popen)
+    assert report.clean
+    assert not any(same_process_alive(k.pid, k.create_time()) for k in kids if k.is_running())
+
+
+def test_find_orphans_matches_pid_and_create_time(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ct = psutil.Process(proc.pid).create_time()
+        assert [p.pid for p in find_orphans([(proc.pid, ct)])] == [proc.pid]
+        assert find_orphans([(proc.pid, ct - 100.0)]) == []  # same pid, different process
+        assert find_orphans([(2**22 + 17, ct)]) == []  # no such pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_run_lock_refuses_second_holder_and_names_pid(tmp_path):
+    lock_path = tmp_path / "supervisor.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from supervisor.run_lock import RunLock; l = RunLock(sys.argv[1]); l.acquire();"
+         " print('locked', flush=True); time.sleep(60)", str(lock_path)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLockHeld) as info:
+            RunLock(lock_path).acquire()
+        assert info.value.pid == holder.pid
+        assert str(holder.pid) in str(info.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    # The kernel released the lock of the killed holder: no stale-lock cleanup needed.
+    with RunLock(lock_path) as lock:
+        assert lock.held
+
+
+def test_evidence_of_a_stopped_process_does_not_hang(tmp_path):
+    log = tmp_path / "attempt.log"
+    code = "import faulthandler, signal, time; faulthandler.register(signal.SIGUSR1, all_threads=True); time.sleep(60)"
+    with open(log, "ab") as handle:
+        running = subprocess.Popen([sys.executable, "-c", code], stderr=handle)
+        stopped = subprocess.Popen([sys.executable, "-c", code], stderr=handle)
+    try:
+        time.sleep(1.0)  # let both install the handler
+        os.kill(stopped.pid, signal.SIGSTOP)
+        incident = tmp_path / "incidents" / "001"
+        started = time.monotonic()
+        report = capture_hang_evidence(incident, worker_pids={0: running.pid, 1: stopped.pid},
+                                       attempt_log=log, summary={"reason": "test"})
+        assert time.monotonic() - started < 30
+        assert (incident / "summary.json").exists()
+        assert "do_signal_stop" in (incident / "proc-rank1.txt").read_text() or "T (stopped)" in (
+            incident / "proc-rank1.txt").read_text()
+        # faulthandler of the running process printed its stack into the attempt log copy
+        assert "sleep" in (incident / "faulthandler.log").read_text() or "line 1" in (
+            incident / "faulthandler.log").read_text()
+        if (incident / "py-spy-rank1.txt").exists():  # py-spy can read a stopped process
+            assert "<module>" in (incident / "py-spy-rank1.txt").read_text()
+        assert next_incident_number(tmp_path / "incidents") == 2
+        assert report.duration_s < 30
+    finally:
+        for proc in (running, stopped):
+            proc.kill()
+            proc.wait()
+
+
+# --- checkpoint selection with a fake validator (the real one is shared's; tested there) -------
+
+
+def _fake_checkpoint(path: Path, good: bool) -> None:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("data.pkl", b"x" * 100)
+    if not good:
+        path.write_bytes(path.read_bytes()[:20])
+
+
+def _validator(path, **_):
+    return cs._structural_validate(Path(path))
+
+
+def test_selection_quarantines_bad_newest_and_repoints_link(tmp_path):
+    run = RunDir.at(tmp_path)
+    for step, good in ((10, True), (20, True), (30, False)):
+        _fake_checkpoint(run.checkpoint(step), good)
+    os.symlink("model_00030.pt", run.latest_link)
+    selection = cs.select_checkpoint_for_restart(tmp_path, validator=_validator)
+    assert selection.chosen.path.name == "model_00020.pt"
+    assert (tmp_path / "model_00030.pt.corrupt").exists() and not (tmp_path / "model_00030.pt").exists()
+    assert os.readlink(run.latest_link) == "model_00020.pt"  # relative link
+    assert [s for s, _ in run.list_checkpoints()] == [10, 20]
+
+
+def test_selection_with_no_valid_checkpoint_removes_the_link(tmp_path):
+    run = RunDir.at(tmp_path)
+    _fake_checkpoint(run.checkpoint(5), False)
+    os.symlink("model_00005.pt", run.latest_link)
+    selection = cs.select_checkpoint_for_restart(tmp_path, validator=_validator)
+    assert selection.chosen is None
+    assert not run.latest_link.is_symlink() and not run.latest_link.exists()
+    assert (tmp_path / "model_00005.pt.corrupt").exists()
+
+
+def test_prune_keeps_newest_valid(tmp_path):
+    run = RunDir.at(tmp_path)
+    for step in (10, 20, 30):
+        _fake_checkpoint(run.checkpoint(step), True)
+    result = cs.prune_oldest_checkpoints(tmp_path, threshold_bytes=2**62, newest_valid_step=20)
+    assert [c.step for c in result.deleted] == [10]
+    assert run.checkpoint(20).exists() and run.checkpoint(30).exists()
