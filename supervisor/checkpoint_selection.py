@@ -29,6 +29,7 @@ class Verdict:
     step: int | None
     size_bytes: int | None
     seconds: float | None = None
+    inconclusive: bool = False  # could not be judged (e.g. torch failed to import): not the file's fault
 
 
 Validator = Callable[..., Any]
@@ -83,6 +84,7 @@ def _to_verdict(result: Any, path: Path, step: int, elapsed: float) -> Verdict:
         step=getattr(result, "step", None) if getattr(result, "step", None) is not None else step,
         size_bytes=getattr(result, "size_bytes", None),
         seconds=elapsed,
+        inconclusive=bool(getattr(result, "inconclusive", False)),
     )
 
 
@@ -153,7 +155,9 @@ def select_checkpoint_for_restart(
             result = _MinimalResult(path, False, f"validator error: {exc}", step, sizes.get(path.name))
         verdict = _to_verdict(result, path, step, time.monotonic() - started)
         selection.checked.append(verdict)
-        if verdict.ok:
+        if verdict.ok or verdict.inconclusive:
+            # Inconclusive: the probe itself could not run. Quarantining a possibly good file for
+            # that would destroy progress; the worker's own load will tell if it is really bad.
             selection.chosen = verdict
             break
         try:

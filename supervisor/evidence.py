@@ -73,7 +73,8 @@ def _py_spy_dump(pid: int, nonblocking: bool) -> tuple[str, str | None]:
         argv.append("--nonblocking")
     try:
         done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=PY_SPY_TIMEOUT_S, stdin=subprocess.DEVNULL
+            argv, capture_output=True, text=True, timeout=PY_SPY_TIMEOUT_S, stdin=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C meant for the supervisor must not kill the capture
         )
     except subprocess.TimeoutExpired:
         return "", f"py-spy timed out after {PY_SPY_TIMEOUT_S:.0f}s"

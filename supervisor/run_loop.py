@@ -43,8 +43,9 @@ from supervisor.process_tree import LaunchedTree, find_orphans, kill_tree, launc
 from supervisor.run_lock import RunLock
 
 DEFAULT_WORKER = "worker.train_gpt2"
-# Heartbeats written this long before our launch are still accepted (clock granularity).
-HEARTBEAT_SLACK_S = 0.5
+# Heartbeats older than our launch are leftovers of an earlier attempt. No slack: a relaunch can
+# follow a crash within milliseconds, and a stale "train" heartbeat would look like a hang.
+HEARTBEAT_SLACK_S = 0.0
 # After torchrun exits, how long stray descendants get before the tree is killed.
 EXIT_STRAGGLER_GRACE_S = 2.0
 REPORT_EVERY_S = 2.0
@@ -294,6 +295,9 @@ class Supervisor:
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        # torchrun exiting wakes the loop at once instead of at the next poll: crash detection
+        # latency is then torchrun's own, not our monitor interval.
+        signal.signal(signal.SIGCHLD, lambda *_: self._wake.set())
 
     # -- bookkeeping -----------------------------------------------------------------------------
     def event(self, event_name: str, line: str, **details: Any) -> None:
@@ -497,14 +501,18 @@ class Supervisor:
         if chosen is not None:
             self.event(
                 "checkpoint_valid",
-                f"resuming from {chosen.path.name} (validated in {chosen.seconds or 0:.2f}s)",
+                f"resuming from {chosen.path.name} (validated in {chosen.seconds or 0:.2f}s)"
+                if not chosen.inconclusive else
+                f"resuming from {chosen.path.name} UNVERIFIED: validation inconclusive ({chosen.reason})",
                 checkpoint=chosen.path.name,
                 step=chosen.step,
                 seconds=chosen.seconds,
+                inconclusive=chosen.inconclusive,
             )
             self.newest_valid_step = chosen.step
-            self.save_state(newest_checkpoint=chosen.path.name, newest_checkpoint_valid=True,
-                            newest_checkpoint_reason=None)
+            self.save_state(newest_checkpoint=chosen.path.name,
+                            newest_checkpoint_valid=None if chosen.inconclusive else True,
+                            newest_checkpoint_reason=chosen.reason if chosen.inconclusive else None)
         else:
             if selection.checked:
                 self.event("checkpoint_valid", "NO VALID CHECKPOINT: every checkpoint failed validation; "
