@@ -195,3 +195,67 @@ def test_a_suspect_rank_is_named_even_if_a_peer_went_quiet_earlier():
     beats = [RankBeat(rank=0, phase="train", time=now - 40, step=5), RankBeat(rank=1, phase="train", time=now - 39, step=5)]
     assert policy.find_hung_rank(beats, now, CFG).rank == 0  # oldest heartbeat
     assert policy.find_hung_rank(beats, now, CFG, suspect_ranks=[1]).rank == 1  # e.g. SIGSTOPped
+
+
+# --- pure helpers of the run loop: command line, environment, torchrun's failure summary -------
+
+TORCHRUN_FAILURE_LOG = """\
+step     5 | loss 10.60 | lr 3.3e-04
+injected crash after step 5
+W1126 17:57:07.550000 10256 site-packages/torch/distributed/elastic/multiprocessing/api.py:1028] Sending process 10486 closing signal SIGTERM
+Traceback (most recent call last):
+  File "<frozen runpy>", line 198, in _run_module_as_main
+  File "/x/site-packages/torch/distributed/run.py", line 1032, in <module>
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+worker.train_gpt2 FAILED
+------------------------------------------------------------
+Failures:
+[1]:
+  time      : 2026-11-26_17:57:07
+  host      : box
+  rank      : 0 (local_rank: 0)
+  exitcode  : -15 (pid: 10486)
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-11-26_17:57:07
+  host      : box
+  rank      : 1 (local_rank: 1)
+  exitcode  : -9 (pid: 10487)
+  error_file: <N/A>
+  traceback : Signal 9 (SIGKILL) received by PID 10487
+============================================================
+"""
+
+
+def test_parse_rank_exits_puts_the_root_cause_first():
+    from supervisor.run_loop import parse_rank_exits
+
+    assert parse_rank_exits(TORCHRUN_FAILURE_LOG) == [RankExit(1, -9), RankExit(0, -15)]
+    assert parse_rank_exits("no summary here") == []
+
+
+def test_meaningful_log_lines_drop_torchrun_noise():
+    from supervisor.run_loop import meaningful_log_lines
+
+    lines = meaningful_log_lines(TORCHRUN_FAILURE_LOG, count=2)
+    assert lines == ["step     5 | loss 10.60 | lr 3.3e-04", "injected crash after step 5"]
+
+
+def test_build_command_single_and_multi_node(tmp_path):
+    from supervisor.run_loop import MultiNode, RunConfig, build_command, build_env
+
+    cfg = RunConfig(log_dir=tmp_path, cwd=tmp_path, worker_args=["--max_steps", "5"], nproc_per_node=4)
+    argv = build_command(cfg)
+    assert "--standalone" in argv and argv[argv.index("--max-restarts") + 1] == "0"
+    assert argv[argv.index("-m", 3):] == ["-m", "worker.train_gpt2", "--auto_resume", "--log_dir", str(tmp_path),
+                                           "--max_steps", "5"]
+    cfg.multi_node = MultiNode(nnodes="2", node_rank=1, rdzv_endpoint="host:29500", rdzv_id="job")
+    cfg.worker_module = "worker.finetune"
+    argv = build_command(cfg)
+    assert "--standalone" not in argv
+    assert argv[argv.index("--rdzv-endpoint") + 1] == "host:29500" and argv[argv.index("--node-rank") + 1] == "1"
+    assert "worker.finetune" in argv
+    assert build_env(cfg, {"OMP_NUM_THREADS": "7"})["OMP_NUM_THREADS"] == "7"  # the user's choice wins
+    assert int(build_env(cfg, {})["OMP_NUM_THREADS"]) >= 1
