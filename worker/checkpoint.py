@@ -134,14 +134,9 @@ class CheckpointManager:
             os.replace(staging, final)
             fsync_directory(self.run_dir.root)
             self._point_latest_link_at(final)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             staging.unlink(missing_ok=True)
-            if exc.errno in _DISK_FULL_ERRNOS:
-                return self._failed(started, f"checkpoint of step {step} failed: disk full ({exc.strerror})")
-            raise
-        except RuntimeError as exc:  # torch wraps write errors from its zip writer
-            staging.unlink(missing_ok=True)
-            if "No space left" in str(exc) or "file write failed" in str(exc):
+            if _is_disk_full(exc):
                 return self._failed(started, f"checkpoint of step {step} failed: disk full")
             raise
         self.last_saved_step = step
@@ -182,6 +177,21 @@ class CheckpointManager:
                 self.log(f"pruned old checkpoint {path.name} (keep_last_n_checkpoints={self.keep_last_n})")
             except FileNotFoundError:
                 pass
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT anywhere in the chain: torch's zip writer re-raises a write failure as a
+    RuntimeError ("unexpected pos ...") whose cause or context holds the real OSError."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _DISK_FULL_ERRNOS:
+            return True
+        if "No space left" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _tensor_bytes(obj: Any) -> int:
