@@ -53,7 +53,7 @@ DISK_EVERY_S = 5.0
 MEMORY_TIGHT_FRACTION = 0.03
 MEMORY_TIGHT_MEMORY_S = 15.0
 LOG_TAIL_BYTES = 64 * 1024
-REASON_LOG_LINES = 5
+REASON_LOG_LINES = 3
 
 
 # ------------------------------------------------------------------------------------------------
