@@ -146,7 +146,21 @@ def maybe_inject_crash(step: int, rank: int) -> None:
             return
         Path(once_file).touch()
     print(f"[fault injection] crashing after step {step}", file=sys.stderr, flush=True)
+    _mark_heartbeat_failed(f"fault injection: crashed after step {step}")
     os._exit(int(WorkerExit.CRASHED))
+
+
+# The heartbeat of this process once it exists, so that a failure on the way out can be marked in
+# it (status "failed") for `gpt2sup status`, whatever raised it.
+_heartbeat: Any = None
+
+
+def _mark_heartbeat_failed(message: str) -> None:
+    if _heartbeat is not None:
+        try:
+            _heartbeat.beat(status="failed", message=message[:300])
+        except OSError:
+            pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,8 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return train(args)
     except WorkerError as exc:
+        _mark_heartbeat_failed(str(exc))
         print(f"train_gpt2: error: {exc}", file=sys.stderr, flush=True)
         return int(exc.code)
+    except BaseException as exc:  # crash: mark it, then let Python print the traceback
+        if not isinstance(exc, SystemExit):
+            _mark_heartbeat_failed(f"{type(exc).__name__}: {exc}")
+        raise
 
 
 def train(args: argparse.Namespace) -> int:
@@ -196,7 +215,8 @@ def train(args: argparse.Namespace) -> int:
 
     run_dir = RunDir.at(args.log_dir)
     run_dir.root.mkdir(parents=True, exist_ok=True)
-    heartbeat = HeartbeatWriter(run_dir, rank, world_size, args.max_steps)
+    global _heartbeat
+    heartbeat = _heartbeat = HeartbeatWriter(run_dir, rank, world_size, args.max_steps)
     heartbeat.beat(phase="startup")
     if settings.profile_note:
         say(settings.profile_note)

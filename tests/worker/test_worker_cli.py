@@ -121,6 +121,8 @@ def test_checkpoint_of_another_model_names_the_difference(cli):
     assert_one_line_error(cli["other_model"], WorkerExit.CHECKPOINT_ERROR, "different model", "n_layer 2 != 4",
                           "n_embd 64 != 128")
     assert checkpoint_steps(cli["other_model"].log_dir) == []  # nothing trained, nothing written
+    beat = read_heartbeat(cli["other_model"].log_dir)
+    assert beat["status"] == "failed" and "different model" in beat["message"]
 
 
 def test_missing_pretrained_checkpoint(cli):
@@ -145,7 +147,9 @@ def test_injected_crash_exits_1_right_after_the_step(cli):
     assert "fault injection" in result.stderr
     assert read_metrics(result.log_dir)[-1]["step"] == 2
     beat = read_heartbeat(result.log_dir)
-    assert beat["step"] == 2 and beat["status"] == "running"  # it died; it never said goodbye
+    # The heartbeat says the rank is dead, so `gpt2sup status` does not show it as running.
+    assert beat["step"] == 2 and beat["status"] == "failed"
+    assert "fault injection" in beat["message"]
 
 
 def test_non_finite_loss_exits_diverged_without_saving(cli):
