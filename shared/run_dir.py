@@ -1,6 +1,7 @@
 """The run directory layout (DESIGN §3): one place that names every file both sides use."""
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,26 @@ class RunDir:
             return sorted(self.heartbeat_dir.glob("rank*.json"))
         except OSError:
             return []
+
+    def point_latest_link(self, target: Path | None) -> None:
+        """Atomically re-point ``latest_checkpoint.pt`` at ``target`` (or remove it for ``None``).
+
+        The link is relative (the run directory can be moved) and replaced by renaming a new link
+        over it, so a reader always sees the old target or the new one. The directory is fsynced
+        so the new link survives a power loss together with the file it names.
+        """
+        from shared.atomic_io import fsync_directory
+
+        link = self.latest_link
+        if target is None:
+            if link.is_symlink() or link.exists():
+                link.unlink(missing_ok=True)
+        else:
+            staging = link.with_name(f".{link.name}.{os.getpid()}.new")
+            staging.unlink(missing_ok=True)
+            os.symlink(Path(target).name, staging)
+            os.replace(staging, link)
+        fsync_directory(self.root)
 
     def resolve_latest_link(self) -> Path | None:
         """The file ``latest_checkpoint.pt`` points to, if the link exists and its target does."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -33,47 +32,6 @@ class Verdict:
 
 
 Validator = Callable[..., Any]
-
-
-def _default_validator() -> Validator:
-    """``shared.checkpoint_validation.validate_checkpoint`` or a minimal stand-in.
-
-    The stand-in (size + zip directory) only exists so the supervisor still refuses obviously
-    broken files if the shared module is missing from an installation.
-    """
-    try:
-        from shared.checkpoint_validation import validate_checkpoint
-
-        return validate_checkpoint
-    except ImportError:
-        return _structural_validate
-
-
-@dataclass
-class _MinimalResult:
-    path: Path
-    ok: bool
-    reason: str | None
-    step: int | None
-    size_bytes: int | None
-    checks: list = field(default_factory=list)
-
-
-def _structural_validate(path: Path, **_: Any) -> _MinimalResult:
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        return _MinimalResult(path, False, f"unreadable: {exc.strerror}", None, None)
-    if size == 0:
-        return _MinimalResult(path, False, "empty file", None, 0)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-        if bad is not None:
-            return _MinimalResult(path, False, f"CRC mismatch in {bad}", None, size)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        return _MinimalResult(path, False, f"not a valid zip archive ({exc})", None, size)
-    return _MinimalResult(path, True, None, None, size)
 
 
 def _to_verdict(result: Any, path: Path, step: int, elapsed: float) -> Verdict:
@@ -99,25 +57,6 @@ def quarantine(path: Path) -> Path:
     return target
 
 
-def point_latest_link(run: RunDir, target: Path | None) -> None:
-    """Atomically re-point ``latest_checkpoint.pt`` (relative link) at ``target``, or remove it."""
-    link = run.latest_link
-    if target is None:
-        try:
-            if link.is_symlink() or link.exists():
-                link.unlink()
-        except FileNotFoundError:
-            pass
-        return
-    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
-    try:
-        tmp.unlink()
-    except FileNotFoundError:
-        pass
-    os.symlink(target.name, tmp)
-    os.replace(tmp, link)
-
-
 @dataclass
 class Selection:
     chosen: Verdict | None  # None: no valid checkpoint, the worker starts fresh
@@ -137,7 +76,9 @@ def select_checkpoint_for_restart(
     import time
 
     run = RunDir.at(run_dir)
-    validate = validator or _default_validator()
+    if validator is None:
+        from shared.checkpoint_validation import validate_checkpoint as validator
+    validate = validator
     checkpoints = run.list_checkpoints()
     sizes = {}
     for _, path in checkpoints:
@@ -152,8 +93,9 @@ def select_checkpoint_for_restart(
         try:
             result = validate(path, deep=deep, probe_timeout=probe_timeout, sibling_sizes=siblings)
         except Exception as exc:  # a validator bug must not be mistaken for a good file
-            result = _MinimalResult(path, False, f"validator error: {exc}", step, sizes.get(path.name))
-        verdict = _to_verdict(result, path, step, time.monotonic() - started)
+            verdict = Verdict(path, False, f"validator error: {exc}", step, sizes.get(path.name))
+        else:
+            verdict = _to_verdict(result, path, step, time.monotonic() - started)
         selection.checked.append(verdict)
         if verdict.ok or verdict.inconclusive:
             # Inconclusive: the probe itself could not run. Quarantining a possibly good file for
@@ -174,7 +116,7 @@ def select_checkpoint_for_restart(
         current = None
     wanted = target.name if target is not None else None
     if current != wanted or (wanted is None and link.exists()):
-        point_latest_link(run, target)
+        run.point_latest_link(target)
         selection.link_changed = True
     return selection
 

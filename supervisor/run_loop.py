@@ -582,10 +582,10 @@ class Supervisor:
         if newest is not None and (newest_valid is None or newest[0] > newest_valid):
             name = newest[1].name
             if name not in self._pruned_validated:
-                from supervisor.checkpoint_selection import _default_validator
+                from shared.checkpoint_validation import validate_checkpoint
 
                 try:
-                    result = _default_validator()(newest[1], probe_timeout=self.config.probe_timeout)
+                    result = validate_checkpoint(newest[1], probe_timeout=self.config.probe_timeout)
                     self._pruned_validated[name] = bool(getattr(result, "ok", False))
                 except Exception:
                     self._pruned_validated[name] = False

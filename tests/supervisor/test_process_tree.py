@@ -10,13 +10,13 @@ import subprocess
 import sys
 import textwrap
 import time
-import zipfile
 from pathlib import Path
 
 import psutil
 import pytest
 
 from shared.run_dir import RunDir
+from tests.checkpoint_factory import make_checkpoint, truncate_to_fraction
 from supervisor import checkpoint_selection as cs
 from supervisor.evidence import capture_hang_evidence, next_incident_number
 from supervisor.process_tree import find_orphans, kill_tree, launch, same_process_alive
@@ -145,18 +145,13 @@ def test_evidence_of_a_stopped_process_does_not_hang(tmp_path):
             proc.wait()
 
 
-# --- checkpoint selection with a fake validator (the real one is shared's; tested there) -------
+# --- checkpoint selection, with real checkpoint files and the real validator ----------------------
 
 
 def _fake_checkpoint(path: Path, good: bool) -> None:
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("data.pkl", b"x" * 100)
+    make_checkpoint(path, step=int(path.stem.split("_")[1]))
     if not good:
-        path.write_bytes(path.read_bytes()[:20])
-
-
-def _validator(path, **_):
-    return cs._structural_validate(Path(path))
+        truncate_to_fraction(path, 0.5)
 
 
 def test_selection_quarantines_bad_newest_and_repoints_link(tmp_path):
@@ -164,7 +159,7 @@ def test_selection_quarantines_bad_newest_and_repoints_link(tmp_path):
     for step, good in ((10, True), (20, True), (30, False)):
         _fake_checkpoint(run.checkpoint(step), good)
     os.symlink("model_00030.pt", run.latest_link)
-    selection = cs.select_checkpoint_for_restart(tmp_path, validator=_validator)
+    selection = cs.select_checkpoint_for_restart(tmp_path)
     assert selection.chosen.path.name == "model_00020.pt"
     assert (tmp_path / "model_00030.pt.corrupt").exists() and not (tmp_path / "model_00030.pt").exists()
     assert os.readlink(run.latest_link) == "model_00020.pt"  # relative link
@@ -175,7 +170,7 @@ def test_selection_with_no_valid_checkpoint_removes_the_link(tmp_path):
     run = RunDir.at(tmp_path)
     _fake_checkpoint(run.checkpoint(5), False)
     os.symlink("model_00005.pt", run.latest_link)
-    selection = cs.select_checkpoint_for_restart(tmp_path, validator=_validator)
+    selection = cs.select_checkpoint_for_restart(tmp_path)
     assert selection.chosen is None
     assert not run.latest_link.is_symlink() and not run.latest_link.exists()
     assert (tmp_path / "model_00005.pt.corrupt").exists()
