@@ -129,7 +129,10 @@ def build_env(config: RunConfig, base: dict[str, str] | None = None) -> dict[str
 # ------------------------------------------------------------------------------------------------
 
 _RANK_EXIT_RE = re.compile(r"rank\s*:\s*(\d+)[^\n]*\n\s*exitcode\s*:\s*(-?\d+)")
-_NOISE_RE = re.compile(r"torch/distributed/elastic|torch\.distributed\.elastic|^\*+$|^=+$|^\s*$")
+# torchrun's own chatter, and the worker's routine per-step progress lines: neither says why it died.
+_NOISE_RE = re.compile(
+    r"torch/distributed/elastic|torch\.distributed\.elastic|^\*+$|^=+$|^\s*$|^step\s+\d+ \| loss "
+)
 
 
 def read_log_tail(path: Path, max_bytes: int = LOG_TAIL_BYTES) -> str:

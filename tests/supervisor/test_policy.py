@@ -240,7 +240,7 @@ def test_meaningful_log_lines_drop_torchrun_noise():
     from supervisor.run_loop import meaningful_log_lines
 
     lines = meaningful_log_lines(TORCHRUN_FAILURE_LOG, count=2)
-    assert lines == ["step     5 | loss 10.60 | lr 3.3e-04", "injected crash after step 5"]
+    assert lines == ["injected crash after step 5"]  # the routine step line is noise too
 
 
 def test_build_command_single_and_multi_node(tmp_path):
@@ -259,3 +259,15 @@ def test_build_command_single_and_multi_node(tmp_path):
     assert "worker.finetune" in argv
     assert build_env(cfg, {"OMP_NUM_THREADS": "7"})["OMP_NUM_THREADS"] == "7"  # the user's choice wins
     assert int(build_env(cfg, {})["OMP_NUM_THREADS"]) >= 1
+
+
+def test_meaningful_log_lines_skip_routine_step_lines():
+    """The failure reason should say why it died, not repeat the last losses."""
+    from supervisor.run_loop import meaningful_log_lines
+
+    log = (
+        "step   141 | loss 5.078215 | lr 6.7404e-04 | norm 1.2974 | dt 710.46ms | tok/sec 1441.33\n"
+        "RuntimeError: CUDA error: an illegal memory access was encountered\n"
+        "step   142 | loss 5.426543 | lr 6.6900e-04 | norm 0.9982 | dt 721.33ms | tok/sec 1419.60\n"
+    )
+    assert meaningful_log_lines(log, count=3) == ["RuntimeError: CUDA error: an illegal memory access was encountered"]
