@@ -792,7 +792,8 @@ class Supervisor:
         label = {policy.OOM: "out of memory (kernel OOM kill)", policy.DIVERGED: "diverged (non-finite loss)",
                  policy.USAGE_ERROR: "rejected its command line"}.get(outcome.kind, "crashed")
         tail = meaningful_log_lines(log_text)
-        reason = f"{who} {label}: {how} at step {last_step}"
+        where = f"at step {last_step}" if last_step is not None else "before its first step"
+        reason = f"{who} {label}: {how} {where}"
         if tail:
             reason += " | last log lines: " + " / ".join(tail)
         self.event(

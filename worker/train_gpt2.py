@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
+    import random
+
     import numpy as np
     import torch
     import torch.distributed as dist
@@ -241,7 +243,6 @@ def train(args: argparse.Namespace) -> int:
     # ---- model and optimizer ------------------------------------------------------------------
     torch.manual_seed(args.seed)  # same seed on every rank: identical init and dropout streams
     np.random.seed(args.seed)
-    import random
     random.seed(args.seed)
     if device_type == "cuda":
         torch.cuda.manual_seed(args.seed)

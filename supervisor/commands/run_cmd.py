@@ -194,6 +194,13 @@ def _build_config(**opts: object) -> RunConfig:
     log_dir = (cwd / str(opts["log_dir"])).resolve()
     if log_dir.exists() and not log_dir.is_dir():
         _fail(f"--log-dir {opts['log_dir']} exists and is not a directory")
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        probe = log_dir / f".gpt2sup-write-test.{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        _fail(f"cannot use --log-dir {opts['log_dir']}: {exc.strerror or exc}")
     return RunConfig(
         log_dir=log_dir,
         cwd=cwd,
