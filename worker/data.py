@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import mmap
 import os
 import platform
 import shutil
@@ -30,6 +31,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
 SPLITS = ("train", "val")
+# Give already-read shard pages back every this many tokens (32 MB of uint16) to bound RSS.
+_RELEASE_EVERY_TOKENS = 16 * 1024 * 1024
 DEFAULT_CORPUS_NAME = "pydoc_topics_v1"
 DEFAULT_CORPUS_PREFIX = "pydoc"
 # Every VAL_EVERY-th topic (sorted by name) goes to val: ~10% of topics spread over the alphabet.
@@ -238,6 +241,7 @@ class ShardedTokenLoader:
         self.shard_index = 0
         self.position = 0
         self._micro_step = 0
+        self._released_up_to = 0
 
     def get_state(self) -> dict[str, int]:
         """Plain ints, safe for ``torch.load(weights_only=True)``; only legal between steps."""
@@ -265,6 +269,7 @@ class ShardedTokenLoader:
                 f"({self.shards[shard_index].num_tokens:,} tokens)"
             )
         self.shard_index, self.position, self._micro_step = shard_index, position, 0
+        self._released_up_to = position
 
     # torchtitan-style names so a checkpointer can compose stateful components uniformly.
     state_dict = get_state
@@ -287,6 +292,7 @@ class ShardedTokenLoader:
         ):
             self.shard_index = (self.shard_index + 1) % len(self.shards)
             self.position = 0
+            self._released_up_to = 0
         chunk = self.B * self.T
         j = self._micro_step * self.world_size + self.rank
         start = self.position + j * chunk
@@ -300,4 +306,29 @@ class ShardedTokenLoader:
         if self._micro_step == self.grad_accum_steps:
             self._micro_step = 0
             self.position += self.tokens_per_step
+            if self.position - self._released_up_to >= _RELEASE_EVERY_TOKENS:
+                self._release_consumed_pages()
         return x, y
+
+    def _release_consumed_pages(self) -> None:
+        """Drop the pages of the current shard before ``position`` from this process's RSS.
+
+        Reading a mapped shard faults its pages in and they stay counted in RSS until unmapped: a
+        pass over a 100M-token shard would grow RSS by 200 MB. They are clean page cache, so
+        ``MADV_DONTNEED`` just unmaps them (the kernel still caches the file; a re-read, e.g. the
+        val loader's reset, faults them back in).
+        """
+        self._released_up_to = self.position
+        memmap = self._tokens
+        mapping = getattr(memmap, "_mmap", None)
+        if mapping is None or not hasattr(mapping, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        # numpy maps from the allocation-granularity boundary below the array's file offset.
+        array_start = memmap.offset % mmap.ALLOCATIONGRANULARITY
+        consumed = array_start + self.position * memmap.itemsize
+        length = (consumed // mmap.PAGESIZE) * mmap.PAGESIZE
+        if length > 0:
+            try:
+                mapping.madvise(mmap.MADV_DONTNEED, 0, length)
+            except (OSError, ValueError):
+                pass  # an optimisation only
