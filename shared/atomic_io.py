@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 
-def fsync_directory(directory: Path) -> None:
-    """Make a rename inside ``directory`` durable (POSIX needs the directory fsynced too)."""
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """fsync a file, or a directory to make a rename inside it durable (POSIX needs both)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -36,7 +36,7 @@ def write_text_atomic(path: Path, text: str, *, durable: bool = False) -> None:
                 os.fsync(handle.fileno())
         os.replace(tmp_name, path)
         if durable:
-            fsync_directory(path.parent)
+            fsync_path(path.parent)
     except BaseException:
         try:
             os.unlink(tmp_name)

@@ -115,7 +115,7 @@ class RunDir:
         over it, so a reader always sees the old target or the new one. The directory is fsynced
         so the new link survives a power loss together with the file it names.
         """
-        from shared.atomic_io import fsync_directory
+        from shared.atomic_io import fsync_path
 
         link = self.latest_link
         if target is None:
@@ -126,7 +126,7 @@ class RunDir:
             staging.unlink(missing_ok=True)
             os.symlink(Path(target).name, staging)
             os.replace(staging, link)
-        fsync_directory(self.root)
+        fsync_path(self.root)
 
     def resolve_latest_link(self) -> Path | None:
         """The file ``latest_checkpoint.pt`` points to, if the link exists and its target does."""

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import torch
 
-from shared.atomic_io import fsync_directory
+from shared.atomic_io import fsync_path
 from shared.checkpoint_format import REQUIRED_KEYS
 from shared.run_dir import TMP_SUFFIX, RunDir, checkpoint_name
 
@@ -129,10 +129,10 @@ class CheckpointManager:
         try:
             with _BackgroundFlusher(staging):
                 torch.save(state, str(staging))  # a path: torch's own C++ writer, faster than a handle
-            _fsync_file(staging)
+            fsync_path(staging)
             size = staging.stat().st_size
             os.replace(staging, final)
-            fsync_directory(self.run_dir.root)
+            fsync_path(self.run_dir.root)
             self.run_dir.point_latest_link(final)
         except (OSError, RuntimeError) as exc:
             staging.unlink(missing_ok=True)
@@ -210,14 +210,6 @@ class _BackgroundFlusher:
         finally:
             if fd is not None:
                 os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _is_disk_full(exc: BaseException) -> bool:

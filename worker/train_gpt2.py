@@ -263,6 +263,7 @@ def train(args: argparse.Namespace) -> int:
         checkpoints.remove_stale_staging_files()
     progress = TrainProgress()
     resumed_from: Path | None = None
+    chosen: Path | None = Path(args.pretrained_checkpoint) if args.pretrained_checkpoint else None
     try:
         if args.pretrained_checkpoint:
             ckpt = checkpoints.load(Path(args.pretrained_checkpoint))
@@ -271,7 +272,6 @@ def train(args: argparse.Namespace) -> int:
             say(f"loaded pretrained weights from {args.pretrained_checkpoint}; optimizer, step and data start fresh")
             del ckpt
         elif args.resume or args.auto_resume:
-            chosen = None
             if master:
                 chosen = Path(args.checkpoint_path) if args.resume else checkpoints.find_latest()
             chosen = _broadcast_path(chosen, ddp)
@@ -289,9 +289,11 @@ def train(args: argparse.Namespace) -> int:
                 del ckpt
     except CheckpointError as exc:
         raise WorkerError(str(exc), WorkerExit.CHECKPOINT_ERROR) from None
+    except DataError as exc:  # the saved data position does not exist in this --data_dir
+        raise WorkerError(f"checkpoint {chosen} does not fit the data: {exc}",
+                          WorkerExit.DATA_ERROR) from None
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
-        where = resumed_from or args.checkpoint_path or args.pretrained_checkpoint
-        raise WorkerError(f"checkpoint {where} does not fit this run: {str(exc).splitlines()[0][:300]}",
+        raise WorkerError(f"checkpoint {chosen} does not fit this run: {str(exc).splitlines()[0][:300]}",
                           WorkerExit.CHECKPOINT_ERROR) from None
 
     run_log = RunLogger(run_dir, enabled=master)

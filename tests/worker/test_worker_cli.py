@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from shared.exit_codes import WorkerExit
 from tests.worker.conftest import (
@@ -58,6 +59,11 @@ def cli(launcher: WorkerLauncher, ref_bare: Path, tmp_path_factory) -> dict[str,
     truncated.write_bytes(whole[: len(whole) // 2])
     empty_data = base / "empty_data"
     empty_data.mkdir()
+    # A checkpoint whose data position names a shard this data directory does not have.
+    other_data = base / "model_00023_other_data.pt"
+    state = torch.load(ref_bare / FINAL_CHECKPOINT, weights_only=True)
+    state["train_loader_state"] = {"shard_index": 99, "position": 0}
+    torch.save(state, other_data)
     short = [*FAST_ARGS, "--max_steps", "2"]
     cases = {
         "help": CliCase(["--help"]),
@@ -70,6 +76,7 @@ def cli(launcher: WorkerLauncher, ref_bare: Path, tmp_path_factory) -> dict[str,
         "missing_pretrained": CliCase([*short, "--pretrained_checkpoint", str(base / "nope.pt")]),
         "auto_resume_empty": CliCase([*short, "--auto_resume"]),
         "empty_data_dir": CliCase([*short, "--data_dir", str(empty_data)]),
+        "other_data": CliCase([*short, "--resume", "--checkpoint_path", str(other_data)]),
         "crash_injection": CliCase([*FAST_ARGS, "--max_steps", "6"], env={"GPT2SUP_INJECT_CRASH_AT_STEP": "2"}),
         # AdamW's first update at lr 1e30 moves every weight by ~1e30: the next loss is NaN.
         "diverged": CliCase([*FAST_ARGS, "--max_steps", "6", "--warmup_steps", "0", "--max_lr", "1e30",
@@ -139,6 +146,10 @@ def test_auto_resume_with_nothing_to_resume_starts_fresh_and_says_so(cli):
 
 def test_data_dir_without_shards_is_a_data_error(cli):
     assert_one_line_error(cli["empty_data_dir"], WorkerExit.DATA_ERROR, "empty_data", "shards")
+
+
+def test_checkpoint_from_other_data_is_a_data_error(cli):
+    assert_one_line_error(cli["other_data"], WorkerExit.DATA_ERROR, "does not fit the data", "shard 99")
 
 
 def test_injected_crash_exits_1_right_after_the_step(cli):
