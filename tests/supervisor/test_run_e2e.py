@@ -144,6 +144,8 @@ def test_sigterm_to_supervisor_saves_stops_and_run_again_continues(tmp_path, ref
     log_dir = tmp_path / "run"
     proc = start_supervisor(log_dir)
     wait_for_step(log_dir, 2, rank=0)
+    attempt_processes = _recorded_processes(log_dir)
+    assert len(attempt_processes) >= 3  # torchrun + 2 ranks
     proc.send_signal(signal.SIGTERM)
     code = wait_exit(proc, log_dir, timeout=120)
     assert code == SupervisorExit.STOPPED, console_text(log_dir)[-3000:]
@@ -151,7 +153,7 @@ def test_sigterm_to_supervisor_saves_stops_and_run_again_continues(tmp_path, ref
     assert statuses == {"stopped"}
     stop_step = heartbeat(log_dir, 0)["step"]
     assert (log_dir / f"model_{stop_step:05d}.pt").exists()
-    assert not any(_alive(pid, ct) for pid, ct in _recorded_processes(log_dir))
+    assert not any(_alive(pid, ct) for pid, ct in attempt_processes)
     assert supervisor_json(log_dir)["state"] == "stopped"
 
     again = start_supervisor(log_dir)
@@ -224,3 +226,19 @@ def test_low_disk_warns_and_pruning_keeps_newest_valid(small_tmpfs):
     assert (log_dir / FINAL_CHECKPOINT).exists() and FINAL_CHECKPOINT not in deleted
     assert not list(log_dir.glob("*.corrupt"))
     assert shutil.disk_usage(log_dir).free > 0
+
+
+def test_no_first_heartbeat_is_a_startup_timeout(tmp_path):
+    """A worker that never beats is killed after --startup-timeout, restarted, then given up on."""
+    log_dir = tmp_path / "run"
+    proc = start_supervisor(log_dir, "--worker", "tests.supervisor.silent_worker", "--startup-timeout", "4",
+                            "--max-restarts", "1", "--max-no-progress-restarts", "0", nproc=1,
+                            worker_args=_one_proc_args())
+    first_attempt = wait_for(lambda: len(_recorded_processes(log_dir)) >= 2 and _recorded_processes(log_dir),
+                             60, "torchrun and its silent worker")
+    code = wait_exit(proc, log_dir, timeout=120)
+    assert code == SupervisorExit.GAVE_UP, console_text(log_dir)[-3000:]
+    hung = events_named(log_dir, "hung")
+    assert len(hung) == 2 and all(e["kind"] == "startup_timeout" for e in hung)
+    assert "start-up timeout" in supervisor_json(log_dir)["last_failure"]["reason"]
+    assert not any(_alive(pid, ct) for pid, ct in first_attempt)
