@@ -234,8 +234,14 @@ def test_no_first_heartbeat_is_a_startup_timeout(tmp_path):
     proc = start_supervisor(log_dir, "--worker", "tests.supervisor.silent_worker", "--startup-timeout", "4",
                             "--max-restarts", "1", "--max-no-progress-restarts", "0", nproc=1,
                             worker_args=_one_proc_args())
-    first_attempt = wait_for(lambda: len(_recorded_processes(log_dir)) >= 2 and _recorded_processes(log_dir),
-                             60, "torchrun and its silent worker")
+    def attempt_processes() -> list[tuple[int, float]]:
+        try:
+            recorded = _recorded_processes(log_dir)
+        except (OSError, ValueError):  # supervisor.json not written yet
+            return []
+        return recorded if len(recorded) >= 2 else []
+
+    first_attempt = wait_for(attempt_processes, 60, "torchrun and its silent worker")
     code = wait_exit(proc, log_dir, timeout=120)
     assert code == SupervisorExit.GAVE_UP, console_text(log_dir)[-3000:]
     hung = events_named(log_dir, "hung")
