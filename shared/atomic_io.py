@@ -1,4 +1,4 @@
-"""Small atomic file-writing helpers shared by the worker and the supervisor.
+"""Small file helpers shared by the worker and the supervisor: atomic rewrites, appends, tails.
 
 Readers of our state files (heartbeats, supervisor.json) poll them while they are rewritten, so
 every rewrite goes through a temporary file in the same directory followed by ``os.replace``:
@@ -67,3 +67,18 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(line)
         handle.flush()
+
+
+def read_file_tail(path: Path, max_bytes: int) -> tuple[bytes, bool]:
+    """The last ``max_bytes`` of a file (``b""`` if unreadable), and whether the start was cut.
+
+    Seeks from the end, so reading the tail of a long log costs the same as of a short one.
+    """
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            start = max(0, size - max_bytes)
+            handle.seek(start)
+            return handle.read(size - start), start > 0
+    except OSError:
+        return b"", False

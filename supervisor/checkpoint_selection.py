@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -73,8 +74,6 @@ def select_checkpoint_for_restart(
     probe_timeout: float = 60.0,
 ) -> Selection:
     """Validate newest-first, quarantine failures, re-point the link at the first valid one."""
-    import time
-
     run = RunDir.at(run_dir)
     if validator is None:
         from shared.checkpoint_validation import validate_checkpoint as validator

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import psutil
 
 from shared.exit_codes import SupervisorExit
+from shared.atomic_io import read_file_tail
 from shared.heartbeat import Heartbeat, read_heartbeat
 from shared.run_dir import RunDir
 from shared.supervisor_state import (
@@ -136,14 +137,7 @@ _NOISE_RE = re.compile(
 
 
 def read_log_tail(path: Path, max_bytes: int = LOG_TAIL_BYTES) -> str:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - max_bytes))
-            return handle.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
+    return read_file_tail(path, max_bytes)[0].decode("utf-8", errors="replace")
 
 
 def parse_rank_exits(log_text: str) -> list[policy.RankExit]:

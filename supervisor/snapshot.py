@@ -21,6 +21,7 @@ from typing import Any
 
 import psutil
 
+from shared.atomic_io import read_file_tail
 from shared.heartbeat import Heartbeat, read_heartbeat
 from shared.run_dir import QUARANTINE_SUFFIX, RunDir
 from shared.supervisor_state import TERMINAL_STATES, SupervisorState, read_supervisor_state
@@ -186,16 +187,9 @@ def read_jsonl_tail(path: Path, max_records: int, tail_bytes: int = TAIL_BYTES) 
     Seeks from the end, so the cost does not grow with the file. A line cut by the seek, or one
     being appended right now, is skipped rather than trusted.
     """
-    try:
-        with open(path, "rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            start = max(0, size - tail_bytes)
-            handle.seek(start)
-            chunk = handle.read(size - start)
-    except OSError:
-        return []
+    chunk, cut = read_file_tail(path, tail_bytes)
     lines = chunk.split(b"\n")
-    if start > 0:
+    if cut:
         lines = lines[1:]  # first line is probably partial
     records: list[dict[str, Any]] = []
     for raw in reversed(lines):
