@@ -248,3 +248,30 @@ def test_no_first_heartbeat_is_a_startup_timeout(tmp_path):
     assert len(hung) == 2 and all(e["kind"] == "startup_timeout" for e in hung)
     assert "start-up timeout" in supervisor_json(log_dir)["last_failure"]["reason"]
     assert not any(_alive(pid, ct) for pid, ct in first_attempt)
+
+
+def test_a_second_stop_request_forces(tmp_path):
+    """First SIGINT: ask the workers to save (this one ignores it, so the run keeps waiting up to
+    --stop-timeout). Second SIGINT: kill the tree now."""
+    log_dir = tmp_path / "run"
+    proc = start_supervisor(log_dir, "--worker", "tests.supervisor.stubborn_worker", "--stop-timeout", "600",
+                            nproc=1, worker_args=_one_proc_args())
+
+    def attempt_processes() -> list[tuple[int, float]]:
+        try:
+            recorded = _recorded_processes(log_dir)
+        except (OSError, ValueError):
+            return []
+        return recorded if len(recorded) >= 2 else []
+
+    recorded = wait_for(attempt_processes, 60, "torchrun and its worker")
+    proc.send_signal(signal.SIGINT)
+    wait_for(lambda: events_named(log_dir, "stop_requested"), 30, "the forwarded stop request")
+    time.sleep(2)
+    assert proc.poll() is None  # the worker ignored the request: still waiting, as it should
+    assert any(_alive(pid, ct) for pid, ct in recorded)
+    proc.send_signal(signal.SIGINT)
+    code = wait_exit(proc, log_dir, timeout=60)
+    assert code == SupervisorExit.STOPPED, console_text(log_dir)[-3000:]
+    assert any("second stop request" in e["message"] for e in events_named(log_dir, "stop_requested"))
+    assert not any(_alive(pid, ct) for pid, ct in recorded)
