@@ -1,4 +1,14 @@
-"""Exit codes and status words both processes agree on (documented in README.md)."""
+"""Exit codes both processes agree on (documented in README.md).
+
+A worker exit code is a verdict the supervisor acts on, so each code means one thing:
+
+* 4 CHECKPOINT_ERROR says "the checkpoint I was given is bad": the supervisor quarantines that
+  file and falls back to the previous valid one.
+* 2 USAGE, 5 DATA_ERROR, 6 RUN_MISMATCH and 8 RUN_DIR_BUSY are permanent: relaunching the same
+  command cannot succeed, so the supervisor gives up at once with the worker's own reason.
+* 7 FINAL_SAVE_FAILED: training reached its last step but the final state is not on disk; the
+  run must not be reported as finished.
+"""
 from __future__ import annotations
 
 from enum import IntEnum
@@ -11,20 +21,25 @@ class WorkerExit(IntEnum):
     CRASHED = 1  # unhandled exception (Python's default)
     USAGE = 2  # bad command line (argparse's default)
     DIVERGED = 3  # non-finite loss; restarting from the same checkpoint will not help by itself
-    CHECKPOINT_ERROR = 4  # requested checkpoint missing, unreadable or incompatible
+    CHECKPOINT_ERROR = 4  # the checkpoint to resume from is unreadable, damaged or does not restore
     DATA_ERROR = 5  # data directory missing or holding no shards
+    RUN_MISMATCH = 6  # the arguments describe another run than the one in --log_dir
+    FINAL_SAVE_FAILED = 7  # the last step's (or a stop request's) checkpoint could not be written
+    RUN_DIR_BUSY = 8  # another trainer holds --log_dir
+
+
+# Worker exits that no relaunch can fix: give up at once, quoting the worker's reason.
+PERMANENT_WORKER_EXITS = frozenset(
+    {WorkerExit.USAGE, WorkerExit.DATA_ERROR, WorkerExit.RUN_MISMATCH, WorkerExit.RUN_DIR_BUSY}
+)
 
 
 class SupervisorExit(IntEnum):
     """Exit codes of ``gpt2sup run`` (and the other ``gpt2sup`` commands)."""
 
-    FINISHED = 0  # training reached max steps
+    FINISHED = 0  # training reached max steps and its final checkpoint is on disk
     INTERNAL_ERROR = 1  # a bug in gpt2sup itself
-    REFUSED = 2  # refused to start: bad options, run directory locked by another supervisor
-    GAVE_UP = 3  # restart budget exhausted or no progress across restarts
-    STOPPED = 4  # stopped on request (SIGINT/SIGTERM/`gpt2sup stop`); resumable
-
-
-# Heartbeat vocabulary (DESIGN §5).
-PHASES = ("startup", "train", "eval", "hellaswag", "generate", "checkpoint")
-STATUSES = ("running", "finished", "stopped", "diverged", "failed")
+    REFUSED = 2  # refused to start: bad options, run directory busy, a different run's arguments
+    GAVE_UP = 3  # restart budget exhausted, no progress, or a permanent worker error
+    STOPPED = 4  # stopped on request (SIGINT/SIGTERM/SIGHUP/`gpt2sup stop`); resumable
+    FINISHED_WITHOUT_CHECKPOINT = 5  # reached max steps, but the final checkpoint was not written

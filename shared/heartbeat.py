@@ -20,12 +20,12 @@ class Heartbeat:
     rank: int
     world_size: int
     step: int  # last completed optimizer step (-1 before the first one)
-    phase: str  # one of shared.exit_codes.PHASES
+    phase: str  # a shared.vocabulary.Phase
     time: float  # wall-clock seconds since the epoch when written
     loss: float | None = None
     tokens_per_s: float | None = None
     last_checkpoint: str | None = None  # file name of the newest checkpoint this run saved/loaded
-    status: str = "running"  # one of shared.exit_codes.STATUSES
+    status: str = "running"  # a shared.vocabulary.RankStatus
     max_steps: int | None = None  # extension: lets status compute progress and ETA
     message: str | None = None  # extension: last notable event (e.g. a skipped save on low disk)
 

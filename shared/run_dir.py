@@ -5,6 +5,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 DEFAULT_LOG_DIR = "log"
 CHECKPOINT_NAME_RE = re.compile(r"^model_(\d+)\.pt$")
@@ -22,6 +23,14 @@ def step_from_checkpoint_name(name: str) -> int | None:
     """The step encoded in a checkpoint file name, or ``None`` if it is not one."""
     match = CHECKPOINT_NAME_RE.match(name)
     return int(match.group(1)) if match else None
+
+
+class CheckpointFile(NamedTuple):
+    """One complete ``model_N.pt`` in a run directory."""
+
+    step: int
+    path: Path
+    size: int
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,20 @@ class RunDir:
     def heartbeat(self, rank: int) -> Path:
         return self.heartbeat_dir / f"rank{rank}.json"
 
+    @property
+    def run_identity(self) -> Path:
+        """What this run is (resolved training config, data fingerprint), written at its first start."""
+        return self.root / "run_identity.json"
+
+    @property
+    def worker_lock(self) -> Path:
+        """flock held by worker rank 0 while it trains: two trainers never write one directory."""
+        return self.root / "worker.lock"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples.txt"
+
     # --- supervisor-written files ---------------------------------------------------------
     @property
     def supervisor_state(self) -> Path:
@@ -85,22 +108,32 @@ class RunDir:
         return self.incidents_dir / f"{number:03d}"
 
     # --- listings ---------------------------------------------------------------------------
-    def list_checkpoints(self) -> list[tuple[int, Path]]:
+    def list_checkpoints(self) -> list[CheckpointFile]:
         """Complete checkpoint files (``model_N.pt``), sorted by step ascending.
 
-        Staging ``.tmp`` files and quarantined ``.corrupt`` files never match the pattern.
+        Staging ``.tmp`` files and quarantined ``.corrupt`` files never match the pattern; a file
+        that vanishes while we list is skipped.
         """
-        found: list[tuple[int, Path]] = []
+        found: list[CheckpointFile] = []
         try:
-            entries = list(self.root.iterdir())
+            entries = list(os.scandir(self.root))
         except OSError:
             return []
         for entry in entries:
             step = step_from_checkpoint_name(entry.name)
-            if step is not None and entry.is_file() and not entry.is_symlink():
-                found.append((step, entry))
-        found.sort(key=lambda item: item[0])
+            if step is None:
+                continue
+            try:
+                if entry.is_file(follow_symlinks=False):
+                    found.append(CheckpointFile(step, Path(entry.path), entry.stat(follow_symlinks=False).st_size))
+            except OSError:
+                continue
+        found.sort(key=lambda item: item.step)
         return found
+
+    def newest_checkpoint(self) -> CheckpointFile | None:
+        checkpoints = self.list_checkpoints()
+        return checkpoints[-1] if checkpoints else None
 
     def list_heartbeats(self) -> list[Path]:
         try:

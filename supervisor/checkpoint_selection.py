@@ -78,13 +78,8 @@ def select_checkpoint_for_restart(
     if validator is None:
         from shared.checkpoint_validation import validate_checkpoint as validator
     validate = validator
-    checkpoints = run.list_checkpoints()
-    sizes = {}
-    for _, path in checkpoints:
-        try:
-            sizes[path.name] = path.stat().st_size
-        except OSError:
-            pass
+    checkpoints = [(c.step, c.path) for c in run.list_checkpoints()]
+    sizes = {c.path.name: c.size for c in run.list_checkpoints()}
     selection = Selection(chosen=None)
     for step, path in reversed(checkpoints):
         siblings = [size for name, size in sizes.items() if name != path.name]
@@ -122,13 +117,8 @@ def select_checkpoint_for_restart(
 
 def newest_checkpoint(run_dir: Path) -> tuple[int, Path, int] | None:
     """(step, path, size) of the newest complete checkpoint file, unvalidated."""
-    checkpoints = RunDir.at(run_dir).list_checkpoints()
-    for step, path in reversed(checkpoints):
-        try:
-            return step, path, path.stat().st_size
-        except OSError:
-            continue
-    return None
+    newest = RunDir.at(run_dir).newest_checkpoint()
+    return (newest.step, newest.path, newest.size) if newest is not None else None
 
 
 @dataclass
@@ -148,11 +138,8 @@ def prune_oldest_checkpoints(run_dir: Path, threshold_bytes: int, newest_valid_s
     run = RunDir.at(run_dir)
     free_before = shutil.disk_usage(run.root).free
     on_disk: list[CheckpointOnDisk] = []
-    for step, path in run.list_checkpoints():
-        try:
-            on_disk.append(CheckpointOnDisk(step, path.stat().st_size, path.name))
-        except OSError:
-            continue
+    for ckpt in run.list_checkpoints():
+        on_disk.append(CheckpointOnDisk(ckpt.step, ckpt.size, ckpt.path.name))
     chosen = choose_checkpoints_to_prune(on_disk, free_before, threshold_bytes, newest_valid_step)
     deleted: list[CheckpointOnDisk] = []
     link_target = run.resolve_latest_link()

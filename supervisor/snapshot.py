@@ -254,18 +254,12 @@ def _rank_info(hb: Heartbeat, now: float) -> RankInfo:
 
 def _checkpoint_info(run: RunDir, state: SupervisorState | None) -> CheckpointInfo:
     info = CheckpointInfo()
-    newest: tuple[int, Path, int] | None = None
-    for step, path in run.list_checkpoints():
-        try:
-            size = path.stat().st_size
-        except OSError:
-            continue  # removed (pruned, quarantined) between listing and stat
-        info.count += 1
-        info.total_bytes += size
-        newest = (step, path, size)
-    if newest is not None:
-        info.newest_step, newest_path, info.newest_bytes = newest
-        info.newest_name = newest_path.name
+    checkpoints = run.list_checkpoints()
+    info.count = len(checkpoints)
+    info.total_bytes = sum(c.size for c in checkpoints)
+    if checkpoints:
+        newest = checkpoints[-1]
+        info.newest_step, info.newest_bytes, info.newest_name = newest.step, newest.size, newest.path.name
     try:
         info.quarantined = sum(1 for e in os.scandir(run.root) if e.name.endswith(QUARANTINE_SUFFIX))
     except OSError:

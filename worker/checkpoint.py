@@ -81,7 +81,7 @@ class CheckpointManager:
         if linked is not None:
             return linked
         checkpoints = self.run_dir.list_checkpoints()
-        return checkpoints[-1][1] if checkpoints else None
+        return checkpoints[-1].path if checkpoints else None
 
     @staticmethod
     def load(path: Path) -> dict[str, Any]:
@@ -151,19 +151,16 @@ class CheckpointManager:
 
     def _estimate_bytes(self, state: dict[str, Any]) -> int:
         """The previous checkpoint's size if there is one (most exact), else the tensor bytes."""
-        previous = self.run_dir.list_checkpoints()
-        if previous:
-            try:
-                return previous[-1][1].stat().st_size
-            except OSError:
-                pass
+        previous = self.run_dir.newest_checkpoint()
+        if previous is not None:
+            return previous.size
         return _tensor_bytes(state)
 
     def _prune(self, keep: Path) -> None:
         """Keep the newest ``keep_last_n`` checkpoints; never remove the file just written."""
         if self.keep_last_n is None or self.keep_last_n < 1:
             return
-        others = [p for _, p in self.run_dir.list_checkpoints() if p != keep]
+        others = [c.path for c in self.run_dir.list_checkpoints() if c.path != keep]
         surplus = len(others) - (self.keep_last_n - 1)
         for path in others[: max(0, surplus)]:  # oldest first
             try:

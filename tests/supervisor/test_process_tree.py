@@ -163,7 +163,7 @@ def test_selection_quarantines_bad_newest_and_repoints_link(tmp_path):
     assert selection.chosen.path.name == "model_00020.pt"
     assert (tmp_path / "model_00030.pt.corrupt").exists() and not (tmp_path / "model_00030.pt").exists()
     assert os.readlink(run.latest_link) == "model_00020.pt"  # relative link
-    assert [s for s, _ in run.list_checkpoints()] == [10, 20]
+    assert [c.step for c in run.list_checkpoints()] == [10, 20]
 
 
 def test_selection_with_no_valid_checkpoint_removes_the_link(tmp_path):

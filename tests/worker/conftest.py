@@ -85,7 +85,7 @@ def step_losses(log_dir: Path) -> list[tuple[int, float]]:
 def checkpoint_steps(log_dir: Path) -> list[int]:
     from shared.run_dir import RunDir
 
-    return [step for step, _ in RunDir.at(log_dir).list_checkpoints()]
+    return [c.step for c in RunDir.at(log_dir).list_checkpoints()]
 
 
 def staging_files(log_dir: Path) -> list[str]:

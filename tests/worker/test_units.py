@@ -157,17 +157,17 @@ def test_pruning_never_removes_the_file_just_written(tmp_path):
     manager = CheckpointManager(run, interval=1, keep_last_n=2, log=lambda _: None)
     for step in (10, 20, 30):
         assert manager.save(step, small_state(step)).saved
-    assert [s for s, _ in run.list_checkpoints()] == [20, 30]  # ordinary pruning: oldest goes
+    assert [c.step for c in run.list_checkpoints()] == [20, 30]  # ordinary pruning: oldest goes
 
     outcome = manager.save(15, small_state(15))
     assert outcome.saved and outcome.path.exists()
-    remaining = [s for s, _ in run.list_checkpoints()]
+    remaining = [c.step for c in run.list_checkpoints()]
     assert 15 in remaining and len(remaining) == 2, remaining
     assert run.resolve_latest_link() == outcome.path
 
     keep_one = CheckpointManager(run, interval=1, keep_last_n=1, log=lambda _: None)
     assert keep_one.save(5, small_state(5)).saved
-    assert [s for s, _ in run.list_checkpoints()] == [5]
+    assert [c.step for c in run.list_checkpoints()] == [5]
 
 
 def test_keep_all_by_default(tmp_path):
@@ -175,7 +175,7 @@ def test_keep_all_by_default(tmp_path):
     manager = CheckpointManager(run, interval=1, log=lambda _: None)
     for step in range(1, 6):
         manager.save(step, small_state(step))
-    assert [s for s, _ in run.list_checkpoints()] == [1, 2, 3, 4, 5]
+    assert [c.step for c in run.list_checkpoints()] == [1, 2, 3, 4, 5]
 
 
 def test_find_latest_prefers_the_link_then_the_highest_complete_step(tmp_path):
