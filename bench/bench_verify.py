@@ -8,7 +8,7 @@ once before timing; nothing is dropped, so these are not cold-disk numbers):
 
 - raw read        read the whole file sequentially in 8 MB chunks: the floor for the CRC pass
 - crc32 in memory zlib.crc32 over the bytes already in memory: the compute part of the CRC pass
-- zip-crc         shared.checkpoint_validation.check_zip_crc (what runs before every restart)
+- zip-crc         shared.checkpoint_crc.check_zip_crc (what runs before every restart)
 - import torch    a bare ``python -c "import torch"`` child: the floor for any probe
 - load-probe      the probe child (import torch + torch.load(weights_only, mmap) + checks)
 - load-probe deep the same with --deep (touches every tensor)
@@ -31,7 +31,8 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.checkpoint_validation import check_zip_crc, run_probe, validate_checkpoint  # noqa: E402
+from shared.checkpoint_crc import check_zip_crc
+from shared.checkpoint_validation import run_probe, validate_checkpoint  # noqa: E402
 
 CHUNK = 8 * 1024 * 1024
 

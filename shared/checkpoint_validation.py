@@ -30,16 +30,15 @@ import statistics
 import subprocess
 import sys
 import time
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
+from shared.checkpoint_crc import check_zip_crc
 from shared.run_dir import step_from_checkpoint_name
 
 SIBLING_SIZE_FRACTION = 0.5  # below this fraction of the siblings' median size -> truncated
 DEFAULT_PROBE_TIMEOUT = 60.0
-_READ_CHUNK = 8 * 1024 * 1024
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the directory holding the `shared` package
 PROBE_EXIT_CANNOT_JUDGE = 3  # mirrors shared.checkpoint_probe.EXIT_CANNOT_JUDGE (not imported: keep this light)
 
@@ -135,48 +134,7 @@ def check_size(size: int, sibling_sizes: Iterable[int] | None) -> tuple[bool, st
     return True, f"{size:,} bytes ({size / median:.0%} of {len(siblings)} siblings' median)"
 
 
-# --- 3. zip structure and CRC ---------------------------------------------------------------------
-
-def check_zip_crc(path: Path) -> tuple[bool, str]:
-    """Parse the zip directory and recompute every member's CRC-32 (one sequential read).
-
-    Reading each member to its end through ``ZipFile.open`` makes zipfile check the local header
-    against the central directory and compare the CRC-32 (``BadZipFile`` on a mismatch). A
-    hand-rolled ``readinto`` loop over the stored members measured no faster (bench_verify.py):
-    zlib's CRC, not the copying, is the cost, so the standard library's checked path stays.
-    """
-    try:
-        archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile:
-        return False, ("not a zip archive (torch.save's format): no intact central directory, "
-                       "so the file is cut short, overwritten, or not a checkpoint")
-    except OSError as error:
-        return False, f"read error: {error.strerror or error}"
-    except Exception as error:  # a corrupt directory can trip zipfile in many ways
-        return False, f"zip directory unreadable: {type(error).__name__}: {error}"
-    total = 0
-    with archive:
-        members = sorted(archive.infolist(), key=lambda info: info.header_offset)  # read in file order
-        if not any(info.filename.endswith("/data.pkl") or info.filename == "data.pkl" for info in members):
-            return False, "zip archive holds no data.pkl: not written by torch.save"
-        for info in members:
-            try:
-                with archive.open(info) as member:
-                    while True:
-                        chunk = member.read(_READ_CHUNK)
-                        if not chunk:
-                            break
-                        total += len(chunk)
-            except zipfile.BadZipFile as error:
-                if "CRC" in str(error):
-                    return False, (f"CRC-32 mismatch in {info.filename}: its bytes changed after "
-                                   f"they were written (bit rot, a bad copy, an overwrite)")
-                return False, f"zip member {info.filename} damaged: {error}"
-            except OSError as error:
-                return False, f"read error in {info.filename}: {error.strerror or error}"
-            except Exception as error:  # zlib.error, EOFError, ... from a damaged member
-                return False, f"zip member {info.filename} damaged: {type(error).__name__}: {error}"
-    return True, f"{len(members)} members, {total:,} bytes, every CRC-32 matches"
+# --- 3. zip structure and CRC: shared.checkpoint_crc.check_zip_crc (the worker uses it too) ------
 
 
 # --- 4. load-probe in a child process --------------------------------------------------------------

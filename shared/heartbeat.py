@@ -27,7 +27,10 @@ class Heartbeat:
     last_checkpoint: str | None = None  # file name of the newest checkpoint this run saved/loaded
     status: str = "running"  # a shared.vocabulary.RankStatus
     max_steps: int | None = None  # extension: lets status compute progress and ETA
-    message: str | None = None  # extension: last notable event (e.g. a skipped save on low disk)
+    message: str | None = None  # extension: last notable event; with status "failed", the reason
+    save_seconds: float | None = None  # how long this rank's newest checkpoint save took
+    eval_seconds: float | None = None  # how long its newest eval/HellaSwag/sampling pass took
+    bad_checkpoint: str | None = None  # with exit 4: the checkpoint file that could not be used
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -18,9 +18,10 @@ import pytest
 import torch
 
 from shared import checkpoint_probe
+from shared.checkpoint_crc import check_zip_crc
 from shared.checkpoint_validation import (
     Check,
-    check_zip_crc,
+
     run_probe_command,
     validate_checkpoint,
     validate_many,
