@@ -78,15 +78,15 @@ class RunIdentity:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> RunIdentity:
-        """Tolerant reader: unknown keys are ignored, missing ones read as "not recorded"."""
+        """Tolerant reader: unknown keys are ignored; missing ones, and values of the wrong type
+        (a hand-edited file, a foreign checkpoint), read as "not recorded"."""
         if not isinstance(data, Mapping):
             return cls()
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        if not isinstance(values.get("settings"), Mapping):
-            values.pop("settings", None)
-        if not isinstance(values.get("argv"), list):
-            values.pop("argv", None)
+        values = {}
+        for f in fields(cls):
+            value = data.get(f.name)
+            if value is not None and _type_fits(f.name, value):
+                values[f.name] = dict(value) if isinstance(value, Mapping) else value
         return cls(**values)
 
     @classmethod
@@ -105,6 +105,21 @@ class RunIdentity:
             if identity.dropout is None and "dropout" in model_config:
                 identity = _replace(identity, dropout=model_config["dropout"])
         return identity
+
+
+_NUMBER_FIELDS = frozenset({"total_batch_size", "micro_batch_size", "seq_len", "max_steps", "warmup_steps",
+                            "max_lr", "weight_decay", "seed", "dropout", "world_size", "identity_version"})
+_MAPPING_FIELDS = frozenset({"model_config", "data", "pretrained", "settings"})
+
+
+def _type_fits(name: str, value: Any) -> bool:
+    if name in _NUMBER_FIELDS:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if name in _MAPPING_FIELDS:
+        return isinstance(value, Mapping)
+    if name == "argv":
+        return isinstance(value, list)
+    return isinstance(value, str)
 
 
 def _replace(identity: RunIdentity, **changes: Any) -> RunIdentity:
@@ -292,10 +307,12 @@ def _max_steps_difference(recorded: RunIdentity, current: RunIdentity, resumed_s
         return Difference("max_steps", str(before), str(after), changes_math=True,
                           note="a shorter run decays the learning rate sooner")
     note = "a longer run: allowed"
-    schedule_known = None not in (current.max_lr, current.warmup_steps)
-    if lr_schedule is not None and resumed_step is not None and schedule_known:
+    old_peak = recorded.max_lr if recorded.max_lr is not None else current.max_lr
+    old_warmup = recorded.warmup_steps if recorded.warmup_steps is not None else current.warmup_steps
+    schedule_known = None not in (current.max_lr, current.warmup_steps, old_peak, old_warmup)
+    if lr_schedule is not None and isinstance(resumed_step, int) and schedule_known:
         step = resumed_step + 1
-        old_lr = lr_schedule(step, current.max_lr, current.warmup_steps, before)  # type: ignore[arg-type]
+        old_lr = lr_schedule(step, old_peak, old_warmup, before)  # type: ignore[arg-type]
         new_lr = lr_schedule(step, current.max_lr, current.warmup_steps, after)  # type: ignore[arg-type]
         note += f"; the LR schedule now decays over {after} steps: lr at step {step} {old_lr:.4g} -> {new_lr:.4g}"
     else:

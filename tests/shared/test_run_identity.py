@@ -136,6 +136,17 @@ def test_an_older_checkpoint_is_compared_on_what_it_records_with_a_note(tmp_path
     assert [d.key for d in bare.differences] == ["dropout"] and "max_lr" in bare.notes[0]
 
 
+def test_values_of_the_wrong_type_read_as_not_recorded_never_as_a_crash(tmp_path):
+    junk = {"identity_version": 1, "max_steps": "sixty", "model_config": [1, 2], "data": "D", "seed": True,
+            "settings": None, "argv": "x", "max_lr": 6e-4, "pretrained": 7}
+    recorded = RunIdentity.from_dict(junk)
+    assert recorded.max_steps is None and recorded.model_config is None and recorded.seed is None
+    assert recorded.max_lr == 6e-4 and recorded.settings == {} and recorded.argv == []
+    diff = compare(recorded, identity(tmp_path))
+    assert "max_steps" in diff.notes[0] and "seed" in diff.notes[0]
+    assert [d.key for d in diff.math_changes] == ["data"]  # recorded as none by a versioned identity
+
+
 # ----------------------------------------------------------------------------- classification
 
 
