@@ -310,7 +310,7 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
             run_log.close()
             raise final_save_failed(step, stopping=stop_now and not last_step, reason=checkpoints.final_save_error)
         if stop_now and not last_step:
-            reason = stop.reason or "stop requested by another rank"
+            reason = dist.first_given(stop.reason) or "stop requested"
             say(f"{reason}: saved at step {step}, exiting")
             heartbeat.beat(status=RankStatus.STOPPED, message=reason)
             break
