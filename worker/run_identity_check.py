@@ -95,8 +95,12 @@ class RunIdentityCheck:
     def record_first_start(self, resumed: bool) -> None:
         """Rank 0, after start-up: a run that did not resume state starts here (so does one whose
         directory predates identities); write ``run_identity.json`` durably."""
-        if not resumed or not self.run_dir.run_identity.exists():
+        if resumed and self.run_dir.run_identity.exists():
+            return
+        try:
             write_json_atomic(self.run_dir.run_identity, self.identity.to_dict(), durable=True)
+        except OSError as exc:  # every checkpoint carries the identity too: warn and train on
+            self.log(f"WARNING: could not write {self.run_dir.run_identity}: {exc.strerror or exc}")
 
     # -----------------------------------------------------------------------------------------
     def _check(self, recorded: RunIdentity, source: str, resumed_step: int | None) -> None:
