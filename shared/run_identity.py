@@ -17,7 +17,8 @@ current one, sorting each difference into one of two kinds:
 
 Pure standard library, no torch: the worker and the supervisor both use it. The worker writes the
 identity to ``run_identity.json`` at a run's first start and into every checkpoint's
-``train_config`` (a flat dict whose older keys keep their names, so older readers still work).
+``train_config`` (a flat dict whose older keys keep their names, so older readers still work;
+without the command line, which differs between launches of the same training).
 """
 from __future__ import annotations
 
@@ -73,8 +74,16 @@ class RunIdentity:
         return self.identity_version is None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON/``weights_only``-safe data (the checkpoint's ``train_config``)."""
+        """Plain JSON data (``run_identity.json``)."""
         return asdict(self)
+
+    def to_train_config(self) -> dict[str, Any]:
+        """The checkpoint's ``train_config`` (``weights_only``-safe): everything but ``argv``.
+
+        The command line names the run directory and says ``--auto_resume`` or not; two runs of the
+        same training must write bitwise-equal checkpoints, so it stays in ``run_identity.json``.
+        """
+        return {k: v for k, v in asdict(self).items() if k != "argv"}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> RunIdentity:

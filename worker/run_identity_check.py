@@ -10,7 +10,7 @@ the rule where the worker starts, so a bare ``--auto_resume`` without the superv
 * ``--pretrained_checkpoint`` starts a new run: the file is not compared, but its path, content
   hash and step become part of the identity, so a later resume without it is refused;
 * rank 0 writes ``run_identity.json`` (durably) at a run's first start, and every checkpoint's
-  ``train_config`` carries the identity (``identity.to_dict()``).
+  ``train_config`` carries the identity (``identity.to_train_config()``).
 """
 from __future__ import annotations
 

@@ -241,7 +241,7 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
         is_writer=dist.master, log=say, final_save_retry_s=config.final_save_retry_s,
         state=state, heartbeat=heartbeat, distributed=dist, run_log=run_log)
     checkpoints.restore(config.restore_request(), raw_model.config.architecture(), identity)
-    state.train_config = identity.identity.to_dict()  # every checkpoint records what this run is
+    state.train_config = identity.identity.to_train_config()  # every checkpoint records what this run is
     if dist.master:
         identity.record_first_start(resumed=checkpoints.resumed_from is not None)
     # The losses logged after the checkpoint, read before the logger drops them: re-done, each

@@ -117,6 +117,14 @@ def test_identity_round_trips_through_a_plain_dict(tmp_path):
     assert compare(recorded, RunIdentity.from_dict(recorded.to_dict())).differences == ()
 
 
+def test_the_checkpoint_record_leaves_out_only_the_command_line(tmp_path):
+    recorded = identity(tmp_path)
+    train_config = recorded.to_train_config()
+    assert "argv" not in train_config
+    assert RunIdentity.from_dict(train_config) == replace(recorded, argv=[])
+    assert compare(RunIdentity.from_dict(train_config), recorded).differences == ()
+
+
 def test_an_older_checkpoint_is_compared_on_what_it_records_with_a_note(tmp_path):
     current = identity(tmp_path)
     legacy_checkpoint = {
