@@ -406,8 +406,8 @@ def final_save_failed(step: int, stopping: bool, reason: str) -> WorkerError:
     """The last step's (or a stop's) state is not on disk: never an exit 0."""
     what = "the stop request's checkpoint" if stopping else "the final checkpoint"
     return WorkerError(
-        f"{what} (step {step}) could not be written: {reason}; the newest checkpoint on disk "
-        "is older, so resuming redoes the steps after it", WorkerExit.FINAL_SAVE_FAILED,
+        f"{what} (step {step}) could not be written: {reason}. Free space and resume: "
+        "training continues from the newest checkpoint on disk, which is older", WorkerExit.FINAL_SAVE_FAILED,
         status=RankStatus.FAILED if stopping else RankStatus.FINISHED_WITHOUT_CHECKPOINT)
 
 
