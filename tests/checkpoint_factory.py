@@ -111,7 +111,7 @@ def make_checkpoint_dict(
         "config": dict(config),
         "step": int(step),
         "val_loss": 4.25,
-        "train_loader_state": {"position": 123456, "shard": 0},
+        "train_loader_state": {"shard_index": 0, "position": 123456},
         **rng_states(),
         "format_version": FORMAT_VERSION,
         "train_config": {"max_steps": 1000, "checkpoint_interval": 100},
@@ -175,3 +175,98 @@ def truncate_to_fraction(path: str | Path, fraction: float = 0.5) -> None:
     size = path.stat().st_size
     with open(path, "r+b") as handle:
         handle.truncate(int(size * fraction))
+
+
+# --- checkpoints in the build-nanogpt guide's own format ----------------------------------------
+
+# A trainer script as users have it: GPTConfig is a dataclass of the script itself (pickled as
+# ``__main__.GPTConfig`` when run as ``python train_gpt2.py``), and the checkpoint dict is the
+# guide's, line for line. The weights come from our GPT (same names and shapes as build-nanogpt's).
+GUIDE_TRAINER_SCRIPT = '''
+import random
+import sys
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from worker.model import GPT as _OurGPT, GPTConfig as _OurConfig
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50257
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+
+
+class GPT(_OurGPT):
+    def __init__(self, config):
+        super().__init__(_OurConfig(**asdict(config)))
+        self.config = config
+
+
+class DataLoaderLite:
+    def __init__(self, B, T):
+        self.B, self.T = B, T
+        self.current_shard, self.current_position = 0, 0
+
+    def next_batch(self):
+        self.current_position += self.B * self.T
+
+    def get_state(self):
+        return {"current_shard": self.current_shard, "current_position": self.current_position}
+
+
+if __name__ == "__main__":
+    out, step = sys.argv[1], int(sys.argv[2])
+    torch.manual_seed(1337)
+    np.random.seed(1337)
+    random.seed(1337)
+    model = GPT(GPTConfig(block_size=64, vocab_size=50304, n_layer=2, n_head=2, n_embd=32))
+    optimizer = model.configure_optimizers(weight_decay=0.1, learning_rate=6e-4, device_type="cpu")
+    train_loader = DataLoaderLite(B=2, T=64)
+    x = torch.randint(0, 50304, (2, 64))
+    _, loss = model(x, x)
+    loss.backward()
+    optimizer.step()
+    train_loader.next_batch()
+    val_loss = 4.5
+    checkpoint = {
+        "model": model.state_dict(),                    # model weights
+        "optimizer": optimizer.state_dict(),             # optimizer state
+        "config": model.config,                         # model config
+        "step": step,                                   # training step
+        "val_loss": val_loss,                          # validation loss
+        "train_loader_state": train_loader.get_state(), # data loader state
+        "rng_state": torch.get_rng_state(),            # PyTorch RNG state
+        "cuda_rng_state": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,  # CUDA RNG state
+        "numpy_rng_state": np.random.get_state(),      # NumPy RNG state
+        "python_rng_state": random.getstate(),         # Python RNG state
+    }
+    torch.save(checkpoint, out)
+'''
+
+
+def make_guide_checkpoint(path: str | Path, step: int, *, script_dir: str | Path | None = None) -> Path:
+    """Write a checkpoint with the guide's exact code, run as ``__main__`` in a real child process.
+
+    The only change to the guide's dict: ``cuda_rng_state`` is None on a machine without CUDA
+    (``torch.cuda.get_rng_state()`` raises there).
+    """
+    import os
+    import subprocess
+    import sys
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    script = Path(script_dir or path.parent) / "train_gpt2.py"
+    script.write_text(GUIDE_TRAINER_SCRIPT)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)}
+    subprocess.run([sys.executable, str(script), str(path), str(step)], check=True, env=env, timeout=300,
+                   cwd=script.parent)
+    script.unlink()
+    return path
