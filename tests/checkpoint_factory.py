@@ -183,6 +183,7 @@ def truncate_to_fraction(path: str | Path, fraction: float = 0.5) -> None:
 # ``__main__.GPTConfig`` when run as ``python train_gpt2.py``), and the checkpoint dict is the
 # guide's, line for line. The weights come from our GPT (same names and shapes as build-nanogpt's).
 GUIDE_TRAINER_SCRIPT = '''
+import json
 import random
 import sys
 from dataclasses import asdict, dataclass
@@ -221,18 +222,20 @@ class DataLoaderLite:
 
 
 if __name__ == "__main__":
-    out, step = sys.argv[1], int(sys.argv[2])
+    out, step, sizes, position = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
     torch.manual_seed(1337)
     np.random.seed(1337)
     random.seed(1337)
-    model = GPT(GPTConfig(block_size=64, vocab_size=50304, n_layer=2, n_head=2, n_embd=32))
+    model = GPT(GPTConfig(**sizes))
     optimizer = model.configure_optimizers(weight_decay=0.1, learning_rate=6e-4, device_type="cpu")
-    train_loader = DataLoaderLite(B=2, T=64)
-    x = torch.randint(0, 50304, (2, 64))
+    train_loader = DataLoaderLite(B=2, T=sizes["block_size"])
+    x = torch.randint(0, sizes["vocab_size"], (2, sizes["block_size"]))
     _, loss = model(x, x)
     loss.backward()
     optimizer.step()
     train_loader.next_batch()
+    if position is not None:
+        train_loader.current_shard, train_loader.current_position = position
     val_loss = 4.5
     checkpoint = {
         "model": model.state_dict(),                    # model weights
@@ -250,23 +253,30 @@ if __name__ == "__main__":
 '''
 
 
-def make_guide_checkpoint(path: str | Path, step: int, *, script_dir: str | Path | None = None) -> Path:
+GUIDE_SIZES = {"block_size": 64, "vocab_size": 50304, "n_layer": 2, "n_head": 2, "n_embd": 32}
+
+
+def make_guide_checkpoint(path: str | Path, step: int, *, sizes: dict[str, int] | None = None,
+                          loader_position: tuple[int, int] | None = None) -> Path:
     """Write a checkpoint with the guide's exact code, run as ``__main__`` in a real child process.
 
     The only change to the guide's dict: ``cuda_rng_state`` is None on a machine without CUDA
-    (``torch.cuda.get_rng_state()`` raises there).
+    (``torch.cuda.get_rng_state()`` raises there). ``sizes`` is the GPTConfig (default
+    ``GUIDE_SIZES``); ``loader_position`` overrides (current_shard, current_position).
     """
+    import json
     import os
     import subprocess
     import sys
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    script = Path(script_dir or path.parent) / "train_gpt2.py"
+    script = path.parent / "train_gpt2.py"
     script.write_text(GUIDE_TRAINER_SCRIPT)
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)}
-    subprocess.run([sys.executable, str(script), str(path), str(step)], check=True, env=env, timeout=300,
-                   cwd=script.parent)
+    argv = [sys.executable, str(script), str(path), str(step), json.dumps(sizes or GUIDE_SIZES),
+            json.dumps(loader_position)]
+    subprocess.run(argv, check=True, env=env, timeout=300, cwd=script.parent)
     script.unlink()
     return path
