@@ -135,6 +135,25 @@ def make_checkpoint(
 
 # --- ways to break a file ------------------------------------------------------------------------
 
+class _ShellCommand:
+    """Pickles as a call of ``os.system(command)``: what a hostile checkpoint would do on load."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple:
+        import os
+
+        return (os.system, (self.command,))
+
+
+def write_hostile_pickle(path: str | Path, marker: str | Path) -> Path:
+    """A zip-valid torch.save file whose pickle would ``touch marker`` if anything ran it."""
+    path = Path(path)
+    torch.save({"model": _ShellCommand(f"touch {marker}"), "step": 100}, path)
+    return path
+
+
 def tensor_data_span(path: str | Path) -> tuple[str, int, int]:
     """(member name, absolute offset of its first byte, length) of the largest ``*/data/*`` member.
 

@@ -6,7 +6,6 @@ exactly as a user's file does.
 """
 from __future__ import annotations
 
-import os
 import random
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from tests.checkpoint_factory import (
     make_checkpoint,
     make_checkpoint_dict,
     make_guide_checkpoint,
+    write_hostile_pickle,
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -79,13 +79,7 @@ def test_our_own_format_passes_through_unchanged(tmp_path: Path) -> None:
 
 def test_a_hostile_pickle_is_refused_and_never_runs(tmp_path: Path) -> None:
     marker = tmp_path / "code-ran"
-
-    class Exploit:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    path = tmp_path / "model_00100.pt"
-    torch.save({"model": Exploit(), "step": 100}, path)
+    path = write_hostile_pickle(tmp_path / "model_00100.pt", marker)
     with pytest.raises(CheckpointLoadError) as refused:
         load_checkpoint(path)
     message = str(refused.value)

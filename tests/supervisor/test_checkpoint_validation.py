@@ -37,6 +37,7 @@ from tests.checkpoint_factory import (
     make_checkpoint_dict,
     tensor_data_span,
     truncate_to_fraction,
+    write_hostile_pickle,
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -82,13 +83,7 @@ def test_deep_passes_on_a_good_checkpoint_and_reports_the_grouping(good: Path) -
 
 def test_malicious_pickle_is_rejected_without_running_code(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-
-    class Exploit:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    path = tmp_path / "model_00100.pt"
-    torch.save({"model": Exploit(), "step": 100}, path)  # zip-valid: only the unpickler can refuse it
+    path = write_hostile_pickle(tmp_path / "model_00100.pt", marker)  # zip-valid: only the unpickler can refuse it
     result = validate_checkpoint(path)
     assert result.verdict is Verdict.INVALID
     assert "refused" in result.reason and "posix.system" in result.reason

@@ -26,6 +26,7 @@ from tests.checkpoint_factory import (
     make_checkpoint_dict,
     make_guide_checkpoint,
     truncate_to_fraction,
+    write_hostile_pickle,
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -124,13 +125,7 @@ def test_good_file_gives_ok_line_and_exit_0(tmp_path: Path) -> None:
 
 def test_malicious_pickle_fails_and_runs_nothing(tmp_path: Path) -> None:
     marker = tmp_path / "code-ran"
-
-    class Exploit:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    path = tmp_path / "model_00100.pt"
-    torch.save({"model": Exploit()}, path)
+    path = write_hostile_pickle(tmp_path / "model_00100.pt", marker)
     result = verify(str(path))
     assert result.exit_code == 1
     (line,) = lines(result)
@@ -269,13 +264,7 @@ def test_a_guide_format_checkpoint_verifies_and_converts(tmp_path: Path) -> None
 
 def test_convert_refuses_a_hostile_pickle_and_writes_nothing(tmp_path: Path) -> None:
     marker = tmp_path / "code-ran"
-
-    class Exploit:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    old = tmp_path / "old.pt"
-    torch.save({"model": Exploit()}, old)
+    old = write_hostile_pickle(tmp_path / "old.pt", marker)
     new = tmp_path / "new.pt"
     result = CliRunner().invoke(cli, ["convert", str(old), str(new)])
     assert result.exit_code == 1 and "posix.system" in result.output and "weights_only" not in result.output
