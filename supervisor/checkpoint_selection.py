@@ -127,6 +127,8 @@ def select_checkpoint_for_restart(
     selection = Selection(chosen=None)
     inconclusive: list[CheckpointVerdict] = []
     with ProbeSession(probe_timeout) as session:
+        if checkpoints:
+            session.start()  # the child imports torch while the newest file's CRC is read
         for checkpoint in reversed(checkpoints):
             started = time.monotonic()
             try:
