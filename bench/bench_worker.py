@@ -29,12 +29,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.checkpoint_crc import check_zip_crc  # noqa: E402
-from shared.run_dir import RunDir  # noqa: E402
-from worker import train_gpt2  # noqa: E402
-from worker.checkpoint import CheckpointManager  # noqa: E402
-from worker.model import GPT, build_config  # noqa: E402
-from worker.train_state import TrainProgress, compose_checkpoint  # noqa: E402
+from shared.checkpoint_crc import check_zip_crc
+from shared.run_dir import RunDir
+from worker import train_gpt2
+from worker.checkpoint import CheckpointManager, iter_tensors
+from worker.model import GPT, build_config
+from worker.train_state import TrainProgress, compose_checkpoint
 
 
 def worker_tokens_per_s(args: argparse.Namespace, workdir: Path) -> float:
@@ -48,7 +48,7 @@ def worker_tokens_per_s(args: argparse.Namespace, workdir: Path) -> float:
             "--hellaswag_interval", "0", "--device", "cpu"]
     code = train_gpt2.main(argv)
     assert code == 0, f"worker exited {code}"
-    records = [json.loads(line) for line in open(log_dir / "metrics.jsonl")]
+    records = [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
     steady = records[5:]
     seconds = steady[-1]["time"] - steady[0]["time"]
     tokens = (len(steady) - 1) * args.batch * args.seq_len * args.accum
@@ -70,7 +70,6 @@ def bare_tokens_per_s(args: argparse.Namespace) -> float:
     y = torch.randint(0, 50257, (args.batch, args.seq_len))
     times = []
     for _ in range(args.steps):
-        t0 = time.time()
         optimizer.zero_grad(set_to_none=True)
         for _ in range(args.accum):
             _, loss = model(x, y)
@@ -98,7 +97,7 @@ def checkpoint_save_vs_raw(
             return {"shard_index": 0, "position": 0}
 
     state = compose_checkpoint(model, optimizer, TrainProgress(step=1), _Loader(), "cpu", {})
-    tensors = [t for t in _iter_tensors(state)]
+    tensors = list(iter_tensors(state))
     seen, unique = set(), []
     for t in tensors:  # the tied head is one storage
         key = t.untyped_storage().data_ptr()
@@ -153,17 +152,6 @@ def checkpoint_save_vs_raw(
 
 CRC_TIMES: list[float] = []
 LOAD_TIMES: list[float] = []
-
-
-def _iter_tensors(obj):
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for value in obj.values():
-            yield from _iter_tensors(value)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            yield from _iter_tensors(value)
 
 
 def main() -> None:

@@ -166,7 +166,7 @@ class CheckpointManager:
             restore()
         except WorkerError as exc:
             mine = exc
-        failed = self.distributed.first_error(None if mine is None else _encode_error(mine))
+        failed = self.distributed.first_given(None if mine is None else _encode_error(mine))
         if mine is not None:
             raise mine
         if failed is not None:
@@ -235,7 +235,7 @@ class CheckpointManager:
         Every rank returns the same answer.
         """
         final = last_step or force
-        if not (self.is_due(step, last_step) or force) or self.last_saved_step == step:
+        if not (self.is_due(step, last_step) or force):  # the same answer on every rank
             return True
         assert self.state is not None, "save_if_due() needs the registered TrainingState"
         self._beat(phase=Phase.CHECKPOINT)
@@ -439,18 +439,18 @@ def tensor_storage_bytes(obj: Any) -> int:
     """Bytes of the tensors in ``obj``, each storage counted once: the tied ``wte``/``lm_head``
     weight is one storage (torch.save writes it once), and views share their base's storage."""
     storages: dict[tuple[int, int], int] = {}
-    for tensor in _iter_tensors(obj):
+    for tensor in iter_tensors(obj):
         storage = tensor.untyped_storage()
         storages[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
     return sum(storages.values())
 
 
-def _iter_tensors(obj: Any):
+def iter_tensors(obj: Any):
     if isinstance(obj, torch.Tensor):
         yield obj
     elif isinstance(obj, dict):
         for value in obj.values():
-            yield from _iter_tensors(value)
+            yield from iter_tensors(value)
     elif isinstance(obj, (list, tuple)):
         for value in obj:
-            yield from _iter_tensors(value)
+            yield from iter_tensors(value)

@@ -310,7 +310,7 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
             run_log.close()
             raise final_save_failed(step, stopping=stop_now and not last_step, reason=checkpoints.final_save_error)
         if stop_now and not last_step:
-            reason = stop.reason or "stop requested by another rank"
+            reason = dist.first_given(stop.reason) or "stop requested"
             say(f"{reason}: saved at step {step}, exiting")
             heartbeat.beat(status=RankStatus.STOPPED, message=reason)
             break
@@ -396,8 +396,8 @@ def final_save_failed(step: int, stopping: bool, reason: str) -> WorkerError:
     """The last step's (or a stop's) state is not on disk: never an exit 0."""
     what = "the stop request's checkpoint" if stopping else "the final checkpoint"
     return WorkerError(
-        f"{what} (step {step}) could not be written: {reason}; the newest checkpoint on disk "
-        "is older, so resuming redoes the steps after it", WorkerExit.FINAL_SAVE_FAILED,
+        f"{what} (step {step}) could not be written: {reason}. Free space and resume: "
+        "training continues from the newest checkpoint on disk, which is older", WorkerExit.FINAL_SAVE_FAILED,
         status=RankStatus.FAILED if stopping else RankStatus.FINISHED_WITHOUT_CHECKPOINT)
 
 

@@ -198,7 +198,8 @@ class WorkerLauncher:
         return env
 
     def start(self, log_dir: Path, args: list[str], *, nproc: int = 1,
-              env: dict[str, str] | None = None, log_dir_flag: bool = True) -> WorkerLaunch:
+              env: dict[str, str] | None = None, log_dir_flag: bool = True,
+              output_dir: Path | None = None) -> WorkerLaunch:
         log_dir = Path(log_dir)
         log_dir.parent.mkdir(parents=True, exist_ok=True)
         if nproc == 1:
@@ -207,10 +208,12 @@ class WorkerLauncher:
             argv = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                     f"--nproc_per_node={nproc}", "-m", "worker.train_gpt2"]
         argv += (["--log_dir", str(log_dir)] if log_dir_flag else []) + list(args)
-        # Output files live beside the run dir, so the run dir holds only what the worker writes.
+        # Output files live beside the run dir (or in ``output_dir``, e.g. off a disk a test fills),
+        # so the run dir holds only what the worker writes.
         count = sum(1 for launch in self.launched if launch.log_dir == log_dir)
-        stdout_path = log_dir.parent / f"{log_dir.name}.{count}.stdout"
-        stderr_path = log_dir.parent / f"{log_dir.name}.{count}.stderr"
+        output_dir = Path(output_dir) if output_dir is not None else log_dir.parent
+        stdout_path = output_dir / f"{log_dir.name}.{count}.stdout"
+        stderr_path = output_dir / f"{log_dir.name}.{count}.stderr"
         with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
             proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=self.env(env), stdout=out, stderr=err,
                                     stdin=subprocess.DEVNULL, start_new_session=True)

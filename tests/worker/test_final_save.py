@@ -107,3 +107,22 @@ def test_a_final_save_that_fails_then_finds_space_during_the_retry_window_finish
     beat = read_heartbeat(run)
     assert beat["status"] == "finished" and beat["last_checkpoint"] == "model_00011.pt"
     assert beat["save_seconds"] > 0
+
+
+def test_a_stop_whose_checkpoint_cannot_be_written_fails_with_exit_7(launcher, mount_tmpfs):
+    mnt = mount_tmpfs(160)
+    run = mnt / "run"
+    launch = launcher.start(run, [*FAST_ARGS, "--max_steps", "1000", "--final_save_retry_s", "1"])
+    wait_for(lambda: (run / "latest_checkpoint.pt").exists() or not launch.alive(), 240, "the first checkpoint")
+    os.kill(launch.pid, signal.SIGSTOP)
+    try:
+        fill_leaving_free(mnt, 20 * MB)
+    finally:
+        os.kill(launch.pid, signal.SIGTERM)  # delivered on SIGCONT: stop at the next step boundary
+        os.kill(launch.pid, signal.SIGCONT)
+    assert launch.wait() == WorkerExit.FINAL_SAVE_FAILED, launch.output_tail()
+
+    beat = read_heartbeat(run)
+    assert beat["status"] == "failed", beat  # not "stopped": the stop's state is not on disk
+    assert f"the stop request's checkpoint (step {beat['step']}) could not be written" in beat["message"]
+    assert checkpoint_steps(run) == [8]

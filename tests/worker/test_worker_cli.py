@@ -85,6 +85,11 @@ def cli(launcher: WorkerLauncher, ref_bare: Path, tmp_path_factory) -> dict[str,
     flipped_pretrained = base / "flipped_pretrained.pt"
     shutil.copy(ref_bare / FINAL_CHECKPOINT, flipped_pretrained)
     flip_byte_in_tensor_data(flipped_pretrained)
+    # A loader state that is not one (a damaged or foreign file): a verdict on the file (exit 4),
+    # not "other data" (exit 5, which the supervisor would treat as permanent).
+    junk_loader = base / "model_00007.pt"
+    state["train_loader_state"] = {"shard_index": "zero", "position": 0}
+    torch.save(state, junk_loader)
     hostile = base / "model_00005.pt"
     torch.save({"model": RunsCodeWhenUnpickled()}, hostile)
     short = [*FAST_ARGS, "--max_steps", "2"]
@@ -102,6 +107,7 @@ def cli(launcher: WorkerLauncher, ref_bare: Path, tmp_path_factory) -> dict[str,
         "other_data": CliCase([*short, "--resume", "--checkpoint_path", str(other_data)]),
         "flipped_auto_resume": CliCase([*FAST_ARGS, "--max_steps", str(N_STEPS + 2), "--auto_resume"]),
         "flipped_pretrained": CliCase([*short, "--pretrained_checkpoint", str(flipped_pretrained)]),
+        "junk_loader_state": CliCase([*short, "--resume", "--checkpoint_path", str(junk_loader)]),
         "hostile_pickle": CliCase([*short, "--resume", "--checkpoint_path", str(hostile)]),
         "abbreviated_flag": CliCase([*FAST_ARGS, "--max_step", "2"]),
         "crash_injection": CliCase([*FAST_ARGS, "--max_steps", "6"], env={"GPT2SUP_INJECT_CRASH_AT_STEP": "2"}),
@@ -277,3 +283,10 @@ def test_train_config_is_frozen():
     config = TrainConfig.from_args(build_arg_parser().parse_args(["--device", "cpu"]), cuda_available=False)
     with pytest.raises(FrozenInstanceError):
         config.max_steps = 5  # type: ignore[misc]
+
+
+def test_a_malformed_loader_state_is_a_bad_checkpoint_not_a_data_error(cli):
+    result = cli["junk_loader_state"]
+    assert_one_line_error(result, WorkerExit.CHECKPOINT_ERROR, "model_00007.pt", "does not fit this run",
+                          "invalid data-loader state")
+    assert read_heartbeat(result.log_dir)["bad_checkpoint"] == "model_00007.pt"
