@@ -5,21 +5,22 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 import torch
 
 from shared.checkpoint_format import FORMAT_VERSION, REQUIRED_KEYS
+from shared.exit_codes import WorkerExit
 from shared.run_dir import CHECKPOINT_NAME_RE, RunDir, step_from_checkpoint_name
 from tests.worker.conftest import (
     FAST_ARGS,
     FINAL_CHECKPOINT,
-    WorkerLauncher,
+    MB,
     checkpoint_steps,
+    fill_leaving_free,
     load_checkpoint,
     read_heartbeat,
     read_metrics,
@@ -27,8 +28,6 @@ from tests.worker.conftest import (
     staging_files,
     wait_for,
 )
-
-MB = 1024 * 1024
 
 
 def assert_complete_checkpoint(path: Path) -> dict[str, Any]:
@@ -47,48 +46,6 @@ def linked_checkpoint(run: Path) -> Path:
     target = RunDir.at(run).resolve_latest_link()
     assert target is not None, f"latest_checkpoint.pt -> {os.readlink(link)} does not resolve to a file"
     return target
-
-
-# ----------------------------------------------------------------------------- a small tmpfs
-
-
-@pytest.fixture
-def mount_tmpfs(tmp_path, launcher: WorkerLauncher) -> Iterator[Callable[[int], Path]]:
-    """Mount tmpfs file systems of a given size (MiB); skip where mounting is not permitted."""
-    mounted: list[Path] = []
-
-    def mount(size_mb: int) -> Path:
-        target = tmp_path / f"tmpfs{len(mounted)}"
-        target.mkdir()
-        try:
-            done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(target)],
-                                  capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            pytest.skip(f"cannot mount a tmpfs here: {exc}")
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or f'mount exited {done.returncode}'}")
-        mounted.append(target)
-        return target
-
-    yield mount
-    launcher.cleanup()  # nothing may hold files on the mount when it goes
-    for target in reversed(mounted):
-        if subprocess.run(["umount", str(target)], capture_output=True, timeout=30).returncode != 0:
-            subprocess.run(["umount", "-l", str(target)], capture_output=True, timeout=30)
-
-
-def fill_leaving_free(directory: Path, free_bytes: int) -> Path:
-    """A ballast file that leaves about ``free_bytes`` free on ``directory``'s file system."""
-    import shutil
-
-    ballast = directory / "ballast.bin"
-    to_write = shutil.disk_usage(directory).free - free_bytes
-    chunk = b"\0" * (4 * MB)
-    with open(ballast, "wb") as handle:
-        while to_write > 0:
-            handle.write(chunk[: min(len(chunk), to_write)])
-            to_write -= len(chunk)
-    return ballast
 
 
 # ----------------------------------------------------------------------------- tests
@@ -186,10 +143,11 @@ def test_pretrained_checkpoint_loads_weights_only(launcher, ref_bare, default_da
     assert step0 == pytest.approx(expected, abs=1e-4), f"step-0 loss {step0}, pretrained {expected}, random {fresh}"
 
 
-def test_nearly_full_disk_skips_the_save_keeps_the_previous_and_trains_on(launcher, mount_tmpfs):
+def test_nearly_full_disk_skips_the_save_keeps_the_previous_trains_on_but_never_ends_finished(launcher, mount_tmpfs):
     mnt = mount_tmpfs(160)
     run = mnt / "run"
-    args = [*FAST_ARGS, "--max_steps", "20"]  # saves due at 8, 16 and 19
+    # saves due at 8, 16 and 19; no retry window, so the unsaved last step ends the run at once
+    args = [*FAST_ARGS, "--max_steps", "20", "--final_save_retry_s", "0"]
     launch = launcher.start(run, args)
     wait_for(lambda: (run / "latest_checkpoint.pt").exists() or not launch.alive(), 240, "the first checkpoint")
     assert launch.alive(), launch.output_tail()
@@ -199,7 +157,7 @@ def test_nearly_full_disk_skips_the_save_keeps_the_previous_and_trains_on(launch
         fill_leaving_free(mnt, 20 * MB)  # a checkpoint is ~40 MB
     finally:
         os.kill(launch.pid, signal.SIGCONT)
-    assert launch.wait() == 0, launch.output_tail()
+    assert launch.wait() == WorkerExit.FINAL_SAVE_FAILED, launch.output_tail()
 
     assert [m["step"] for m in read_metrics(run)] == list(range(20)), "training did not go on"
     assert checkpoint_steps(run) == [8]
@@ -209,9 +167,9 @@ def test_nearly_full_disk_skips_the_save_keeps_the_previous_and_trains_on(launch
     log = (run / "log.txt").read_text()
     assert "16 checkpoint_failed" in log and "19 checkpoint_failed" in log, log
     beat = read_heartbeat(run)
-    assert beat["status"] == "finished"
+    assert beat["status"] == "finished_without_checkpoint"  # the final state is not on disk
     assert beat["last_checkpoint"] == "model_00008.pt"
-    assert beat["message"] and "checkpoint" in beat["message"] and "19" in beat["message"], beat["message"]
+    assert beat["message"] and "final checkpoint (step 19)" in beat["message"], beat["message"]
 
 
 def test_disk_full_during_the_write_is_not_fatal(mount_tmpfs):
