@@ -43,6 +43,7 @@ from shared.vocabulary import Phase
 from worker.data import DataError
 from worker.distributed import Distributed
 from worker.errors import WorkerError, library_reason
+from worker.run_identity_check import RunIdentityCheck
 from worker.telemetry import HeartbeatWriter, RunLogger
 from worker.train_state import TrainingState, TrainProgress
 
@@ -61,11 +62,11 @@ class CheckpointError(WorkerError):
 
 @dataclass(frozen=True)
 class RestoreRequest:
-    """Where start-up state comes from (at most one of the three is set)."""
+    """Where start-up state comes from: the run's own checkpoint first, else pretrained weights."""
 
     checkpoint_path: Path | None = None  # --resume: this file, all state
     auto_resume: bool = False  # --auto_resume: the newest checkpoint in the run dir, if any
-    pretrained: Path | None = None  # --pretrained_checkpoint: model weights only
+    pretrained: Path | None = None  # --pretrained_checkpoint: model weights only, if nothing resumed
 
 
 @dataclass
@@ -128,33 +129,38 @@ class CheckpointManager:
         checkpoints = self.run_dir.list_checkpoints()
         return checkpoints[-1].path if checkpoints else None
 
-    def restore(self, request: RestoreRequest, architecture: dict[str, Any]) -> TrainProgress:
+    def restore(self, request: RestoreRequest, architecture: dict[str, Any],
+                identity: RunIdentityCheck | None = None) -> TrainProgress:
         """Find the file (rank 0), broadcast its path, then on every rank: CRC check, load, check
-        keys and architecture, restore the registered parts. Returns the (restored) progress.
+        keys, run identity and architecture, restore the registered parts. Returns the (restored)
+        progress. With ``--auto_resume`` and ``--pretrained_checkpoint`` (what a supervisor relaunch
+        of a fine-tune passes) the run's own checkpoint wins; the pretrained weights only start it.
 
-        Raises CheckpointError (exit 4) for a file that cannot be used and DataError when its data
-        position does not exist in this data directory; every rank raises the same error. A
-        failing collective (NCCL/gloo) is not mapped: it is a crash, not a verdict on the file.
+        Raises CheckpointError (exit 4) for a file that cannot be used, a WorkerError exit 6 for
+        another run's checkpoint (``identity``), and DataError when its data position does not
+        exist in this data directory; every rank raises the same error. A failing collective
+        (NCCL/gloo) is not mapped: it is a crash, not a verdict on the file.
         """
         assert self.state is not None, "restore() needs the registered TrainingState"
         if self.is_writer:
             self.remove_stale_staging_files()
+        if request.checkpoint_path is not None or request.auto_resume:
+            chosen = request.checkpoint_path if request.checkpoint_path is not None else (
+                self.find_latest() if self.is_writer else None)
+            box = self.distributed.broadcast_from_master(None if chosen is None else str(chosen))
+            if box is not None:
+                path = Path(box)
+                self._agree(lambda: self._load_full(path, architecture, identity))
+                self.resumed_from, self.last_checkpoint_name = path, path.name
+                step = self.state.progress.step
+                self.log(f"resumed from {path} (step {step}); continuing at step {step + 1}")
+                return self.state.progress
+            start = "from the pretrained weights" if request.pretrained is not None else "fresh"
+            self.log(f"--auto_resume: no checkpoint in {self.run_dir.root}/, starting {start}")
+            if identity is not None:
+                self._agree(identity.check_unstarted_run)
         if request.pretrained is not None:
-            self._agree(lambda: self._load_pretrained(request.pretrained, architecture))
-            return self.state.progress
-        if request.checkpoint_path is None and not request.auto_resume:
-            return self.state.progress
-        chosen = request.checkpoint_path if request.checkpoint_path is not None else (
-            self.find_latest() if self.is_writer else None)
-        box = self.distributed.broadcast_from_master(None if chosen is None else str(chosen))
-        if box is None:
-            self.log(f"--auto_resume: no checkpoint in {self.run_dir.root}/, starting fresh")
-            return self.state.progress
-        path = Path(box)
-        self._agree(lambda: self._load_full(path, architecture))
-        self.resumed_from, self.last_checkpoint_name = path, path.name
-        step = self.state.progress.step
-        self.log(f"resumed from {path} (step {step}); continuing at step {step + 1}")
+            self._agree(lambda: self._load_pretrained(request.pretrained, architecture, identity))
         return self.state.progress
 
     def _agree(self, restore: Callable[[], None]) -> None:
@@ -170,18 +176,22 @@ class CheckpointManager:
         if failed is not None:
             raise _decode_error(failed)
 
-    def _load_pretrained(self, path: Path, architecture: dict[str, Any]) -> None:
+    def _load_pretrained(self, path: Path, architecture: dict[str, Any], identity: RunIdentityCheck | None) -> None:
         checkpoint = self.load(path)
         check_architecture(checkpoint, architecture, path)
+        if identity is not None:
+            identity.note_pretrained(path, checkpoint)
         try:
             self.state.model.load_state_dict(checkpoint["model"])
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {path} does not fit this model: {library_reason(exc)}", path) from None
         self.log(f"loaded pretrained weights from {path}; optimizer, step and data start fresh")
 
-    def _load_full(self, path: Path, architecture: dict[str, Any]) -> None:
+    def _load_full(self, path: Path, architecture: dict[str, Any], identity: RunIdentityCheck | None) -> None:
         checkpoint = self.load(path)
         self.require_keys(checkpoint, path)
+        if identity is not None:  # another run's state is refused before any of it is used
+            identity.check_checkpoint(checkpoint, path)
         check_architecture(checkpoint, architecture, path)
         try:
             report = self.state.load_state_dict(checkpoint)
