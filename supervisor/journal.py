@@ -7,6 +7,7 @@ instead of changing how the run ends.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +87,5 @@ class Journal:
             append_event(self.run_dir.events, str(EventKind.WARNING), attempt=self.attempt or None,
                          message=f"console output failed ({type(exc).__name__}: {exc}); "
                                  "events and supervisor.json carry on")
-            try:
+            with contextlib.suppress(OSError):  # stderr may be the same broken pipe; the event above stays
                 sys.stderr.write(f"gpt2sup run: console output failed: {exc}\n")
-            except OSError:
-                pass

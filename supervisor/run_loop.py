@@ -233,7 +233,7 @@ class Supervisor:
             return self.config.stop_timeout
         newest = self.run_dir.newest_checkpoint()
         seen = policy.Measurements(newest_checkpoint_bytes=newest.size if newest else None)
-        return policy.phase_timeouts(self.config.timeouts, seen)[policy.Phase.CHECKPOINT]
+        return policy.stop_allowance(policy.phase_timeouts(self.config.timeouts, seen))
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _quarantine_rejected(self, result: AttemptResult) -> None:

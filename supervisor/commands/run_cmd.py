@@ -165,8 +165,8 @@ T, B, L = DEFAULTS.timeouts, DEFAULTS.backoff, DEFAULTS.limits
 @click.option("--kill-grace", default=DEFAULTS.kill_grace, type=NON_NEGATIVE,
               help="Seconds between SIGTERM and SIGKILL when killing a tree.")
 @click.option("--stop-timeout", default=AUTO, type=AUTO_SECONDS,
-              help="Seconds a stop request may take (save + exit) before the tree is killed; auto = the "
-                   "checkpoint timeout in force.")
+              help="Seconds a stop request may take (finish the step, save, exit) before the tree is killed; "
+                   "auto = the hang timeout plus the checkpoint timeout in force.")
 @click.option("--probe-timeout", default=DEFAULTS.probe_timeout, type=POSITIVE,
               help="Seconds for the checkpoint load-probe before restarts.")
 @click.option("--allow-config-change", is_flag=True, default=DEFAULTS.allow_config_change,
