@@ -13,7 +13,8 @@ file name. The rules it keeps (DESIGN §4):
   (space may be freed), and a run whose final state is not on disk never ends as a success.
 * Before a file is used (resume or ``--pretrained_checkpoint``) every zip member's CRC-32 is
   checked: ``torch.load`` checks none, and a byte may have flipped after the supervisor looked.
-* Loading uses ``torch.load(weights_only=True)``: a checkpoint never runs code.
+* Loading is ``shared.checkpoint_loading.load_checkpoint`` (``weights_only=True`` plus stand-ins for
+  the build-nanogpt guide's own format): a checkpoint never runs code.
 
 The training loop registers its stateful parts once (``TrainingState``) and then only calls
 ``restore(...)`` at start-up and ``save_if_due(step, last_step, force)`` after each step, in the
@@ -37,6 +38,7 @@ import torch
 from shared.atomic_io import fsync_path
 from shared.checkpoint_crc import check_zip_crc
 from shared.checkpoint_format import REQUIRED_KEYS
+from shared.checkpoint_loading import CheckpointLoadError, load_checkpoint
 from shared.exit_codes import WorkerExit
 from shared.run_dir import TMP_SUFFIX, RunDir
 from shared.vocabulary import Phase
@@ -214,10 +216,10 @@ class CheckpointManager:
         intact, detail = check_zip_crc(path)
         if not intact:
             raise CheckpointError(f"checkpoint {path} is damaged: {detail}", path)
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files; all mean "unusable"
-            raise CheckpointError(f"cannot load checkpoint {path}: {_load_failure_reason(exc)}", path) from None
+        try:  # weights_only + stand-ins: our format and the build-nanogpt guide's, never code from the file
+            checkpoint = load_checkpoint(path)
+        except CheckpointLoadError as exc:
+            raise CheckpointError(f"cannot load checkpoint {path}: {exc}", path) from None
         if not isinstance(checkpoint, dict):
             raise CheckpointError(f"{path} is not a checkpoint (holds a {type(checkpoint).__name__})", path)
         return checkpoint
@@ -377,17 +379,6 @@ def _encode_error(error: WorkerError) -> str:
 def _decode_error(text: str) -> WorkerError:
     code, bad, message = text.split("|", 2)
     return WorkerError(message, WorkerExit(int(code)), bad_checkpoint=bad or None)
-
-
-def _load_failure_reason(exc: BaseException) -> str:
-    """Why torch.load refused the file, in our words: never the advice to turn safe loading off."""
-    text = str(exc)
-    if "Weights only load failed" in text:
-        found = re.search(r"GLOBAL ([\w.]+)", text)
-        what = f"a Python object ({found.group(1)})" if found else "a Python object"
-        return (f"it holds {what} that safe loading does not execute; it is not a checkpoint in this "
-                "trainer's format (docs/checkpoints.md lists what one holds)")
-    return library_reason(exc)
 
 
 class _BackgroundFlusher:
