@@ -247,7 +247,7 @@ class Supervisor:
             return
         reason = result.cause or f"the worker could not use it (exit {int(WorkerExit.CHECKPOINT_ERROR)})"
         try:
-            new_path = quarantine(path)
+            new_path = quarantine(path, reason)
         except OSError as exc:
             self.journal.event(EventKind.WARNING, f"could not quarantine {path.name}: {exc.strerror or exc}")
             return
@@ -262,6 +262,9 @@ class Supervisor:
             self.journal.event(EventKind.QUARANTINED, f"checkpoint {verdict.path.name} failed validation "
                                f"({verdict.reason}); renamed to {new_path.name}", checkpoint=verdict.path.name,
                                reason=verdict.reason, renamed_to=new_path.name)
+        for skipped in selection.skipped_inconclusive:
+            self.journal.event(EventKind.WARNING, f"could not judge {skipped.path.name} ({skipped.reason}); kept it, "
+                               "resuming from an older file that passed", checkpoint=skipped.path.name)
         chosen = selection.chosen
         remaining = self.run_dir.newest_checkpoint()
         if chosen is None and remaining is not None:
