@@ -146,6 +146,7 @@ class TorchrunAttempts:
                 self.journal.save_state(processes=process_records(live.tree))
             self._read_heartbeats(live)
             self._watch_memory()
+            self.refresh_timeouts()
             if code is not None:
                 return self._on_exit(live, code)
             if self.stops.count:
@@ -157,7 +158,6 @@ class TorchrunAttempts:
                 if hang is not None:
                     return hang
             self.disk.check()
-            self.refresh_timeouts()
             if time.monotonic() - self._last_report >= REPORT_EVERY_S:
                 self._last_report = time.monotonic()
                 self.journal.show_progress()
