@@ -68,10 +68,14 @@ def permanent(cause: str | None, failure_reason: str, exit_code: int | None, log
 def refused(message: str | None, failure_reason: str) -> str:
     """The summary, then each difference on its own line (the worker wrote them that way)."""
     lines = [line.rstrip() for line in (message or failure_reason).strip().splitlines() if line.strip()]
-    head = f"refused: {lines[0]}" if lines else "refused"
+    # The worker names its own flags; the operator talks to gpt2sup run, which forwards them.
+    summary = (lines[0] if lines else "").replace("--allow_config_change", "--allow-config-change")
+    summary = summary.replace("--log_dir", "--log-dir")
+    head = f"refused: {summary}" if summary else "refused"
     tail = [f"  {line.strip()}" for line in lines[1:]]
-    hint = "  (pass --allow-config-change to resume anyway, or use another --log-dir)"
-    return "\n".join([head, *tail, hint])
+    hint = [] if "--allow-config-change" in summary else [
+        "  (pass --allow-config-change to resume anyway, or use another --log-dir)"]
+    return "\n".join([head, *tail, *hint])
 
 
 def finished(step: int | None, checkpoint: str | None) -> str:

@@ -204,3 +204,13 @@ def test_a_failing_console_is_noted_once_and_the_run_ends_as_it_would(tmp_path):
     assert sup.run() == SupervisorExit.STOPPED
     warnings = [e for e in events(tmp_path, "warning") if "console" in e["message"]]
     assert len(warnings) == 1
+
+
+def test_the_refusal_names_gpt2sups_flags_not_the_workers(tmp_path):
+    message = ("run holds another run: 1 setting(s) differ; pass --allow_config_change to resume anyway, or use a "
+               "new --log_dir\n  max_lr: 0.001 -> 0.5")
+    sup, _, reporter, _ = make(tmp_path, [ends(OutcomeKind.PERMANENT, code=WorkerExit.RUN_MISMATCH, message=message)])
+    assert sup.run() == SupervisorExit.REFUSED
+    summary = ("refused: run holds another run: 1 setting(s) differ; pass --allow-config-change to resume anyway, "
+               "or use a new --log-dir")
+    assert reporter.lines[-1].splitlines() == [summary, "  max_lr: 0.001 -> 0.5"]
