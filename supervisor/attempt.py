@@ -1,0 +1,50 @@
+"""One launch attempt as the cycle sees it: ``Attempts.run(n) -> AttemptResult``.
+
+The cycle (``run_loop``) only needs "run attempt n and tell me how it ended"; the real
+implementation launches torchrun and watches it (``supervisor.watch``), tests pass a fake that
+returns scripted endings. This is the seam torch elastic draws with ``_start_workers`` /
+``_monitor_workers``.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from supervisor.policy import Outcome
+
+
+@dataclass
+class AttemptResult:
+    outcome: Outcome
+    reason: str  # one human line: who, how, after which step, and the worker's own cause
+    duration_s: float
+    step: int | None = None  # last completed step seen
+    message: str | None = None  # the failing rank's full heartbeat message (may be several lines)
+    cause: str | None = None  # its one-line cause (heartbeat message, argparse error, exception)
+    bad_checkpoint: str | None = None  # with a BAD_CHECKPOINT outcome: the file the worker rejected
+    last_checkpoint: str | None = None  # the newest checkpoint the worker reported (saved or loaded)
+
+
+class Attempts(Protocol):
+    def run(self, number: int) -> AttemptResult: ...
+
+
+class StopRequests:
+    """Stop requests from signal handlers, and the one sleep that they (or a child's exit) cut short."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._wake = threading.Event()
+
+    def request(self, *_: Any) -> None:
+        """Signal-handler safe: count the request and wake the loop. A second one forces."""
+        self.count += 1
+        self._wake.set()
+
+    def wake(self, *_: Any) -> None:
+        self._wake.set()
+
+    def sleep(self, seconds: float) -> None:
+        self._wake.wait(max(0.0, seconds))
+        self._wake.clear()
