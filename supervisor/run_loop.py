@@ -27,11 +27,10 @@ from shared.heartbeat import Heartbeat, read_heartbeat
 from shared.run_dir import RunDir
 from shared.supervisor_state import (
     FailureRecord,
+    JournalWriter,
     ProcessRecord,
     SupervisorState,
-    append_event,
     read_supervisor_state,
-    write_supervisor_state,
 )
 from supervisor import policy
 from supervisor.checkpoint_selection import (
@@ -40,10 +39,13 @@ from supervisor.checkpoint_selection import (
     select_checkpoint_for_restart,
 )
 from supervisor.evidence import capture_hang_evidence, next_incident_number
-from supervisor.process_tree import LaunchedTree, find_orphans, kill_tree, launch, send_signal
+from supervisor.orphans import find_foreign_trainers, stop_orphans, survey_orphans
+from supervisor.process_tree import LaunchedTree, is_stopped, kill_tree, launch, own_identity, send_signal
 from supervisor.run_lock import RunLock
+from supervisor.stop_signals import StopRequested, StopSignals
 
 DEFAULT_WORKER = "worker.train_gpt2"
+SUPERVISOR_ENV = "GPT2SUP_SUPERVISOR"
 # Heartbeats older than our launch are leftovers of an earlier attempt. No slack: a relaunch can
 # follow a crash within milliseconds, and a stale "train" heartbeat would look like a hang.
 HEARTBEAT_SLACK_S = 0.0
@@ -90,6 +92,7 @@ class RunConfig:
     kill_grace: float = 10.0
     stop_timeout: float | None = None  # None: the checkpoint allowance
     probe_timeout: float = 60.0
+    workers_outlive_supervisor: bool = False  # True: no GPT2SUP_SUPERVISOR, workers do not watch us
     launcher: list[str] = field(default_factory=lambda: [sys.executable, "-m", "torch.distributed.run"])
 
     def describe(self) -> dict[str, Any]:
@@ -122,6 +125,11 @@ def build_env(config: RunConfig, base: dict[str, str] | None = None) -> dict[str
     if not env.get("OMP_NUM_THREADS"):
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(1, config.nproc_per_node)))
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # Workers stop (after saving) when the supervisor named here is gone, so a SIGKILLed
+    # supervisor does not leave a trainer running unwatched; opting out removes the name.
+    env.pop(SUPERVISOR_ENV, None)
+    if not config.workers_outlive_supervisor:
+        env[SUPERVISOR_ENV] = own_identity().token
     return env
 
 
@@ -193,13 +201,6 @@ def read_oom_kill_count() -> int | None:
     return None
 
 
-def _process_stopped(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
-
-
 def fresh_heartbeats(run: RunDir, launched_at: float) -> dict[int, Heartbeat]:
     """Heartbeats written by this attempt (older files are leftovers of earlier attempts)."""
     beats: dict[int, Heartbeat] = {}
@@ -268,8 +269,9 @@ class Supervisor:
         self.run_dir = RunDir.at(config.log_dir)
         self.reporter = reporter if reporter is not None else make_default_reporter()
         self.lock = RunLock(self.run_dir.supervisor_lock)
-        self.stop_requests = 0
         self._wake = threading.Event()
+        self.signals = StopSignals(self._wake)
+        self.journal = JournalWriter(self.run_dir.events, self.run_dir.supervisor_state, warn=self._console_line)
         self.pace = policy.StepPaceTracker()
         self.progress = policy.ProgressTracker()
         self.disk_watch = policy.DiskWatch()
@@ -284,21 +286,32 @@ class Supervisor:
         self._pruned_validated: dict[str, bool] = {}
 
     # -- signals ---------------------------------------------------------------------------------
+    @property
+    def stop_requests(self) -> int:
+        return self.signals.count
+
     def request_stop(self, *_: Any) -> None:
         """Signal-handler safe: count the request and wake the loop. A second one forces."""
-        self.stop_requests += 1
-        self._wake.set()
+        self.signals.request("request")
 
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+        self.signals.install()  # SIGINT, SIGTERM, SIGHUP
         # torchrun exiting wakes the loop at once instead of at the next poll: crash detection
         # latency is then torchrun's own, not our monitor interval.
         signal.signal(signal.SIGCHLD, lambda *_: self._wake.set())
 
     # -- bookkeeping -----------------------------------------------------------------------------
+    def _console_line(self, line: str) -> None:
+        try:
+            self.reporter.event(line)
+        except Exception:
+            pass
+
     def event(self, event_name: str, line: str, **details: Any) -> None:
-        append_event(self.run_dir.events, event_name, attempt=self.attempt or None, message=line, **details)
+        record: dict[str, Any] = {"time": time.time(), "event": event_name, "attempt": self.attempt or None,
+                                  "message": line}
+        record.update(details)
+        self.journal.append_event(record)
         try:
             self.reporter.event(line)
         except Exception:
@@ -316,7 +329,7 @@ class Supervisor:
             ]
         else:
             self.state.processes = []
-        write_supervisor_state(self.run_dir.supervisor_state, self.state)
+        self.journal.write_state(self.state)
 
     def _report(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -341,6 +354,10 @@ class Supervisor:
         self.lock.acquire()
         try:
             return self._run_locked()
+        except StopRequested as request:
+            self.tree = None
+            return self._finish("stopped", SupervisorExit.STOPPED,
+                                f"stopped on request ({request}) during checkpoint validation")
         except BaseException as exc:
             if self.tree is not None:
                 kill_tree(self.tree.live_processes(), grace_s=self.config.kill_grace, reap=self.tree.popen)
@@ -354,6 +371,9 @@ class Supervisor:
             raise
         finally:
             try:
+                if not self.journal.flush():
+                    self._console_line(f"{self.journal.pending_events} event(s) could not be written to "
+                                       f"{self.run_dir.events} ({self.journal.error})")
                 self.reporter.close()
             finally:
                 self.lock.release()
@@ -386,6 +406,9 @@ class Supervisor:
             self._prepare_launch(first=restarts_used == 0 and consecutive_failures == 0)
             if self.stop_requests:
                 return self._finish("stopped", SupervisorExit.STOPPED, "stopped on request before launch")
+            foreign = find_foreign_trainers(self.run_dir.root)
+            if foreign is not None:
+                return self._finish("refused", SupervisorExit.REFUSED, f"refusing to launch: {foreign.describe()}")
             result = self._run_attempt()
             kind = result.outcome.kind
             if kind == policy.FINISHED:
@@ -437,7 +460,7 @@ class Supervisor:
             )
 
     def _finish(self, state: str, code: SupervisorExit, line: str) -> SupervisorExit:
-        kind = {"finished": "finished", "stopped": "stopped", "gave_up": "gave_up"}[state]
+        kind = {"finished": "finished", "stopped": "stopped", "gave_up": "gave_up", "refused": "refused"}[state]
         self.tree = None
         self.save_state(state=state, exit_code=int(code))
         self.event(kind, line, exit_code=int(code))
@@ -457,24 +480,25 @@ class Supervisor:
 
     # -- orphans ---------------------------------------------------------------------------------
     def _kill_orphans(self, previous: SupervisorState) -> None:
-        """Processes an earlier (killed) supervisor launched and left running: stop them first."""
-        records = [(p.pid, p.create_time) for p in previous.processes]
-        orphans = find_orphans(records)
-        orphans = [p for p in orphans if p.pid != os.getpid()]
-        if not orphans:
+        """Processes an earlier (killed) supervisor of THIS directory left running: stop them first."""
+        survey = survey_orphans(previous, self.run_dir.root)
+        if survey.left_alone:
+            self.event("warning", f"not touching {len(survey.left_alone)} live process(es) recorded in supervisor.json: "
+                       + "; ".join(f"pid {pid}: {why}" for pid, why in sorted(survey.left_alone.items())),
+                       pids=sorted(survey.left_alone))
+        if not survey.orphans:
             return
-        # Workers first get the graceful stop (they save at the step boundary), then the tree goes.
-        roles = {p.pid: p.role for p in previous.processes}
-        workers = [p for p in orphans if roles.get(p.pid) == "worker"]
-        send_signal(workers, signal.SIGTERM)
-        psutil.wait_procs(workers, timeout=self._stop_timeout())
-        report = kill_tree(orphans, grace_s=self.config.kill_grace)
-        pids = sorted(p.pid for p in orphans)
+        report = stop_orphans(survey, self.run_dir.root, kill_grace_s=self.config.kill_grace,
+                              stop_timeout_s=self._stop_timeout(), stop_requests=lambda: self.stop_requests,
+                              wait=self._sleep)
+        how = f"killed ({report.forced})" if report.forced else "saved and stopped"
         self.event(
             "orphans_killed",
-            f"stopped {len(pids)} process(es) left by supervisor {previous.pid}: {pids}",
-            pids=pids,
+            f"{how}: {len(report.pids)} process(es) left by supervisor {previous.pid}: {report.pids}",
+            pids=report.pids,
+            forced=report.forced,
             survivors=report.survivors,
+            seconds=round(report.seconds, 2),
         )
 
     def _stop_timeout(self) -> float:
@@ -485,7 +509,8 @@ class Supervisor:
     # -- before a launch -------------------------------------------------------------------------
     def _validate_checkpoints(self) -> int | None:
         """Validate newest-first, quarantine, re-point the link. Returns the chosen step."""
-        selection = select_checkpoint_for_restart(self.run_dir.root, probe_timeout=self.config.probe_timeout)
+        with self.signals.interruptible():  # a load-probe can take minutes; Ctrl-C must not wait
+            selection = select_checkpoint_for_restart(self.run_dir.root, probe_timeout=self.config.probe_timeout)
         for verdict, new_path in selection.quarantined:
             self.event(
                 "quarantined",
@@ -660,8 +685,9 @@ class Supervisor:
                 self.save_state(state="stopping")
                 if workers:
                     send_signal(workers, signal.SIGTERM)
-                    self.event("stop_requested", f"stop requested: asked {len(workers)} worker(s) to save and exit "
-                               f"(a second Ctrl-C forces)", pids=[p.pid for p in workers])
+                    self.event("stop_requested", f"stop requested ({self.signals.names[0]}): asked {len(workers)} "
+                               f"worker(s) to save and exit (a second Ctrl-C forces)", pids=[p.pid for p in workers],
+                               signal=self.signals.names[0])
                 else:
                     self.event("stop_requested", "stop requested before workers started: stopping torchrun")
                     kill_tree(tree.live_processes(), grace_s=cfg.kill_grace, reap=tree.popen)
@@ -681,6 +707,8 @@ class Supervisor:
                     return verdict
 
             self._check_disk()
+            if self.journal.failing:
+                self.journal.flush()  # space may be back: write out what waits in memory
             self._report()
             self._sleep(cfg.monitor_interval)
 
@@ -707,7 +735,7 @@ class Supervisor:
         if hung is None:
             return None
         # Only now pay for process states: a stopped (SIGSTOP / T state) rank is the culprit.
-        stopped = [r for r, b in beats.items() if _process_stopped(int(b.pid))]
+        stopped = [r for r, b in beats.items() if is_stopped(int(b.pid))]
         if stopped:
             hung = policy.find_hung_rank(rank_beats, now, cfg.timeouts, self.pace.slowest_step_s, stopped) or hung
         return self._handle_hang(tree, beats, policy.HUNG, hung.describe(), rank=hung.rank, step=hung.step)

@@ -80,6 +80,10 @@ def _positive(name: str, value: float, allow_zero: bool = False) -> float:
               help="Seconds a stop request may take (save + exit) before the tree is killed "
                    "[default: the checkpoint timeout].", show_default=False)
 @click.option("--probe-timeout", default=60.0, type=float, help="Seconds for the checkpoint load-probe before restarts.")
+@click.option("--workers-outlive-supervisor", is_flag=True, default=False,
+              help="Let the workers keep training if this supervisor is killed (nohup/setsid users who "
+                   "restart the supervisor by hand). By default each worker saves and stops at its next "
+                   "step once the supervisor is gone.")
 @click.option("--worker", "worker_module", default=DEFAULT_WORKER, help="Python module torchrun runs (-m).")
 @click.option("--nnodes", default=None, help="Multi-node: number of nodes (torchrun --nnodes), one supervisor per node.")
 @click.option("--node-rank", default=None, type=int, help="Multi-node: this node's rank.")
@@ -105,6 +109,7 @@ def run(
     kill_grace: float,
     stop_timeout: float | None,
     probe_timeout: float,
+    workers_outlive_supervisor: bool,
     worker_module: str,
     nnodes: str | None,
     node_rank: int | None,
@@ -117,8 +122,8 @@ def run(
     checkpoint that passes validation, until training finishes.
 
     \b
-    SIGINT/SIGTERM (or `gpt2sup stop`) asks the workers to save at the next step and exit;
-    a second one kills them. Run `gpt2sup status` in another terminal to look in.
+    SIGINT/SIGTERM/SIGHUP (or `gpt2sup stop`) asks the workers to save at the next step and
+    exit; a second one kills them. Under nohup SIGHUP stays ignored. Run `gpt2sup status` in another terminal to look in.
     """
     config = _build_config(**locals())
     try:
@@ -229,4 +234,5 @@ def _build_config(**opts: object) -> RunConfig:
         kill_grace=float(opts["kill_grace"]),  # type: ignore[arg-type]
         stop_timeout=opts["stop_timeout"],  # type: ignore[arg-type]
         probe_timeout=float(opts["probe_timeout"]),  # type: ignore[arg-type]
+        workers_outlive_supervisor=bool(opts["workers_outlive_supervisor"]),
     )
