@@ -31,6 +31,7 @@ import psutil
 from shared.heartbeat import read_heartbeat
 from shared.run_dir import RunDir
 from shared.supervisor_state import SupervisorState
+from shared.vocabulary import TERMINAL_STATES
 from supervisor.process_tree import (
     ProcessId,
     command_line_log_dir,
@@ -88,6 +89,17 @@ def survey_orphans(previous: SupervisorState | None, run_dir: Path) -> OrphanSur
             survey.workers.append(proc)
     survey.orphans = with_descendants(proven)
     return survey
+
+
+def lost_supervisor(previous: SupervisorState | None) -> str | None:
+    """One line when the previous supervisor of this directory died without a final state
+    (SIGKILL, OOM kill, power loss), so that death is visible in events.jsonl; else None."""
+    if previous is None or previous.state in TERMINAL_STATES or previous.hostname != socket.gethostname():
+        return None
+    if same_process_alive(previous.pid, previous.pid_create_time) is not None:
+        return None
+    return (f"supervisor {previous.pid} died while '{previous.state}' (attempt {previous.attempt}) without "
+            "recording an ending: killed (SIGKILL, OOM) or the machine went down")
 
 
 def orphan_stop_verdict(

@@ -39,7 +39,7 @@ from supervisor.checkpoint_selection import (
     select_checkpoint_for_restart,
 )
 from supervisor.evidence import capture_hang_evidence, next_incident_number
-from supervisor.orphans import find_foreign_trainers, stop_orphans, survey_orphans
+from supervisor.orphans import find_foreign_trainers, lost_supervisor, stop_orphans, survey_orphans
 from supervisor.process_tree import LaunchedTree, is_stopped, kill_tree, launch, own_identity, send_signal
 from supervisor.run_lock import RunLock
 from supervisor.stop_signals import StopRequested, StopSignals
@@ -52,6 +52,7 @@ HEARTBEAT_SLACK_S = 0.0
 # After torchrun exits, how long stray descendants get before the tree is killed.
 EXIT_STRAGGLER_GRACE_S = 2.0
 REPORT_EVERY_S = 2.0
+MONITOR_GAP_S = 5.0
 DISK_EVERY_S = 5.0
 MEMORY_TIGHT_FRACTION = 0.03
 MEMORY_TIGHT_MEMORY_S = 15.0
@@ -481,6 +482,9 @@ class Supervisor:
     # -- orphans ---------------------------------------------------------------------------------
     def _kill_orphans(self, previous: SupervisorState) -> None:
         """Processes an earlier (killed) supervisor of THIS directory left running: stop them first."""
+        lost = lost_supervisor(previous)
+        if lost is not None:
+            self.event("warning", lost, previous_supervisor=previous.pid)
         survey = survey_orphans(previous, self.run_dir.root)
         if survey.left_alone:
             self.event("warning", f"not touching {len(survey.left_alone)} live process(es) recorded in supervisor.json: "
@@ -662,8 +666,15 @@ class Supervisor:
         cfg = self.config
         stop_sent_at: float | None = None
         last_step: int | None = None
+        last_poll = time.monotonic()
         while True:
             now = time.time()
+            gap = time.monotonic() - last_poll
+            if gap > max(10 * cfg.monitor_interval, MONITOR_GAP_S):
+                # SIGSTOP / a suspended VM / a starved host: say so, since everything we time just jumped.
+                self.event("warning", f"the supervisor itself was not scheduled for {gap:.0f}s "
+                           "(stopped, suspended or starved)", gap_s=round(gap, 1))
+            last_poll = time.monotonic()
             code = tree.poll()
             if tree.refresh():
                 self.save_state()
