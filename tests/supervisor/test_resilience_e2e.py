@@ -27,6 +27,7 @@ from tests.supervisor.conftest import (
     events_named,
     gpt2sup_argv,
     heartbeat,
+    read_events,
     requires_worker,
     start_supervisor,
     supervisor_json,
@@ -167,11 +168,12 @@ def test_a_copy_of_a_live_run_directory_is_trained_without_touching_the_original
     first = start_supervisor(run_a)
     wait_for_step(run_a, 3, rank=0)
     a_processes = _recorded(run_a)
-    shutil.copytree(run_a, run_b, symlinks=True)
+    shutil.copytree(run_a, run_b, symlinks=True)  # events.jsonl comes along: look only at B's own
+    copied = len(read_events(run_b))
     second = start_supervisor(run_b)
-    wait_for(lambda: events_named(run_b, "launched"), 120, "B's own launch")
+    wait_for(lambda: [e for e in read_events(run_b)[copied:] if e["event"] == "launched"], 120, "B's own launch")
     assert not events_named(run_b, "orphans_killed")
-    left_alone = [e for e in events_named(run_b, "warning") if "not touching" in e["message"]]
+    left_alone = [e for e in read_events(run_b)[copied:] if e["event"] == "warning" and "not touching" in e["message"]]
     assert left_alone and set(left_alone[0]["pids"]) <= {pid for pid, _ in a_processes}
     assert all(_alive(pid, ct) for pid, ct in a_processes)
     second.send_signal(signal.SIGTERM)
