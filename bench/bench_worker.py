@@ -90,7 +90,7 @@ def checkpoint_save_vs_raw(
     optimizer.step()  # so AdamW has its moment buffers
 
     class _Loader:
-        def get_state(self):
+        def state_dict(self):
             return {"shard_index": 0, "position": 0}
 
     state = compose_checkpoint(model, optimizer, TrainProgress(step=1), _Loader(), "cpu", {})

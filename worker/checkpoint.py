@@ -8,33 +8,64 @@ file name. The rules it keeps (DESIGN §4):
   ``latest_checkpoint.pt`` (a new relative link renamed over the old one). A crash or ENOSPC at any
   instant leaves the previous checkpoint and link intact.
 * A full disk is not fatal: the save is skipped (or its partial file removed), the failure is
-  recorded, and training goes on; the previous checkpoint stays the resume point.
+  recorded, and training goes on; the previous checkpoint stays the resume point. Except at the
+  end: the last step's (or a stop request's) checkpoint is retried for ``final_save_retry_s``
+  (space may be freed), and a run whose final state is not on disk never ends as a success.
+* Before a file is used (resume or ``--pretrained_checkpoint``) every zip member's CRC-32 is
+  checked: ``torch.load`` checks none, and a byte may have flipped after the supervisor looked.
 * Loading uses ``torch.load(weights_only=True)``: a checkpoint never runs code.
+
+The training loop registers its stateful parts once (``TrainingState``) and then only calls
+``restore(...)`` at start-up and ``save_if_due(step, last_step, force)`` after each step, in the
+manner of torchtitan's checkpointer.
 """
 from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from shared.atomic_io import fsync_path
+from shared.checkpoint_crc import check_zip_crc
 from shared.checkpoint_format import REQUIRED_KEYS
-from shared.run_dir import TMP_SUFFIX, RunDir, checkpoint_name
+from shared.exit_codes import WorkerExit
+from shared.run_dir import TMP_SUFFIX, RunDir
+from shared.vocabulary import Phase
+from worker.data import DataError
+from worker.distributed import Distributed
+from worker.errors import WorkerError, library_reason
+from worker.telemetry import HeartbeatWriter, RunLogger
+from worker.train_state import TrainingState, TrainProgress
 
 # Bytes we always want to leave free on top of the checkpoint itself (logs, heartbeats, metadata).
 FREE_SPACE_MARGIN_BYTES = 16 * 1024 * 1024
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
-class CheckpointError(Exception):
-    """A checkpoint cannot be used: the message is one line for the user."""
+class CheckpointError(WorkerError):
+    """The checkpoint file at ``path`` cannot be used (exit 4: the supervisor quarantines it)."""
+
+    def __init__(self, message: str, path: Path | str) -> None:
+        super().__init__(message, WorkerExit.CHECKPOINT_ERROR, bad_checkpoint=Path(path).name)
+        self.path = Path(path)
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    """Where start-up state comes from (at most one of the three is set)."""
+
+    checkpoint_path: Path | None = None  # --resume: this file, all state
+    auto_resume: bool = False  # --auto_resume: the newest checkpoint in the run dir, if any
+    pretrained: Path | None = None  # --pretrained_checkpoint: model weights only
 
 
 @dataclass
@@ -55,13 +86,27 @@ class CheckpointManager:
         keep_last_n: int = -1,
         is_writer: bool = True,
         log: Callable[[str], None] = print,
+        final_save_retry_s: float = 0.0,
+        state: TrainingState | None = None,
+        heartbeat: HeartbeatWriter | None = None,
+        distributed: Distributed | None = None,
+        run_log: RunLogger | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.interval = interval
         self.keep_last_n = keep_last_n
         self.is_writer = is_writer
         self.log = log
+        self.final_save_retry_s = final_save_retry_s
+        # The registered parts (None in unit tests that only exercise file handling).
+        self.state = state
+        self.heartbeat = heartbeat
+        self.distributed = distributed or Distributed(False, 0, 0, 1, "cpu")
+        self.run_log = run_log  # log.txt records each failed save as "{step} checkpoint_failed ..."
         self.last_saved_step: int | None = None
+        self.last_checkpoint_name: str | None = None  # newest file this run saved or resumed from
+        self.resumed_from: Path | None = None
+        self.final_save_error: str | None = None  # why the last final save failed, on every rank
 
     # --- start-up ---------------------------------------------------------------------------
     def remove_stale_staging_files(self) -> list[Path]:
@@ -83,33 +128,157 @@ class CheckpointManager:
         checkpoints = self.run_dir.list_checkpoints()
         return checkpoints[-1].path if checkpoints else None
 
+    def restore(self, request: RestoreRequest, architecture: dict[str, Any]) -> TrainProgress:
+        """Find the file (rank 0), broadcast its path, then on every rank: CRC check, load, check
+        keys and architecture, restore the registered parts. Returns the (restored) progress.
+
+        Raises CheckpointError (exit 4) for a file that cannot be used and DataError when its data
+        position does not exist in this data directory; every rank raises the same error. A
+        failing collective (NCCL/gloo) is not mapped: it is a crash, not a verdict on the file.
+        """
+        assert self.state is not None, "restore() needs the registered TrainingState"
+        if self.is_writer:
+            self.remove_stale_staging_files()
+        if request.pretrained is not None:
+            self._agree(lambda: self._load_pretrained(request.pretrained, architecture))
+            return self.state.progress
+        if request.checkpoint_path is None and not request.auto_resume:
+            return self.state.progress
+        chosen = request.checkpoint_path if request.checkpoint_path is not None else (
+            self.find_latest() if self.is_writer else None)
+        box = self.distributed.broadcast_from_master(None if chosen is None else str(chosen))
+        if box is None:
+            self.log(f"--auto_resume: no checkpoint in {self.run_dir.root}/, starting fresh")
+            return self.state.progress
+        path = Path(box)
+        self._agree(lambda: self._load_full(path, architecture))
+        self.resumed_from, self.last_checkpoint_name = path, path.name
+        step = self.state.progress.step
+        self.log(f"resumed from {path} (step {step}); continuing at step {step + 1}")
+        return self.state.progress
+
+    def _agree(self, restore: Callable[[], None]) -> None:
+        """Run ``restore`` on every rank; if it fails anywhere, fail everywhere with that error."""
+        mine: WorkerError | None = None
+        try:
+            restore()
+        except WorkerError as exc:
+            mine = exc
+        failed = self.distributed.first_error(None if mine is None else _encode_error(mine))
+        if mine is not None:
+            raise mine
+        if failed is not None:
+            raise _decode_error(failed)
+
+    def _load_pretrained(self, path: Path, architecture: dict[str, Any]) -> None:
+        checkpoint = self.load(path)
+        check_architecture(checkpoint, architecture, path)
+        try:
+            self.state.model.load_state_dict(checkpoint["model"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path} does not fit this model: {library_reason(exc)}", path) from None
+        self.log(f"loaded pretrained weights from {path}; optimizer, step and data start fresh")
+
+    def _load_full(self, path: Path, architecture: dict[str, Any]) -> None:
+        checkpoint = self.load(path)
+        self.require_keys(checkpoint, path)
+        check_architecture(checkpoint, architecture, path)
+        try:
+            report = self.state.load_state_dict(checkpoint)
+        except DataError as exc:  # the saved data position does not exist in this --data_dir
+            raise WorkerError(f"checkpoint {path} does not fit the data: {exc}", WorkerExit.DATA_ERROR) from None
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+            raise CheckpointError(f"checkpoint {path} does not fit this run: {library_reason(exc)}", path) from None
+        for note in report.notes:
+            self.log(f"note: {note}")
+
     @staticmethod
     def load(path: Path) -> dict[str, Any]:
-        """Load on CPU with ``weights_only=True``; any failure becomes one CheckpointError line."""
+        """Check every CRC-32, then load on CPU with ``weights_only=True``; any failure becomes
+        one CheckpointError line naming the file."""
         path = Path(path)
         if not path.exists():
-            raise CheckpointError(f"checkpoint not found: {path}")
+            raise CheckpointError(f"checkpoint not found: {path}", path)
         if not path.is_file():
-            raise CheckpointError(f"checkpoint is not a regular file: {path}")
+            raise CheckpointError(f"checkpoint is not a regular file: {path}", path)
+        intact, detail = check_zip_crc(path)
+        if not intact:
+            raise CheckpointError(f"checkpoint {path} is damaged: {detail}", path)
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types for bad files; all mean "unusable"
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"cannot load checkpoint {path}: {first_line[:300]}") from None
+        except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files; all mean "unusable"
+            raise CheckpointError(f"cannot load checkpoint {path}: {_load_failure_reason(exc)}", path) from None
         if not isinstance(checkpoint, dict):
-            raise CheckpointError(f"{path} is not a checkpoint (holds a {type(checkpoint).__name__})")
+            raise CheckpointError(f"{path} is not a checkpoint (holds a {type(checkpoint).__name__})", path)
         return checkpoint
 
     @staticmethod
     def require_keys(checkpoint: dict[str, Any], path: Path, keys=REQUIRED_KEYS) -> None:
         missing = [k for k in keys if k not in checkpoint and k != "format_version"]
         if missing:
-            raise CheckpointError(f"{path} is missing checkpoint keys: {', '.join(missing)}")
+            raise CheckpointError(f"{path} is missing checkpoint keys: {', '.join(missing)}", path)
 
     # --- saving -------------------------------------------------------------------------------
     def is_due(self, step: int, last_step: bool) -> bool:
         periodic = self.interval > 0 and step > 0 and step % self.interval == 0
         return periodic or last_step
+
+    def save_if_due(self, step: int, last_step: bool, force: bool = False) -> bool:
+        """Save the registered state after ``step`` if the schedule (or ``force``: a stop) asks.
+
+        Owns the whole save: heartbeat phase, composing the state (writer rank), the write, the
+        barrier that keeps the ranks together. Returns whether the state of ``step`` is on disk
+        when it has to be (the last step, or ``force``), True otherwise; a failed periodic save is
+        a warning. A failed final save is retried for ``final_save_retry_s`` seconds first.
+        Every rank returns the same answer.
+        """
+        final = last_step or force
+        if not (self.is_due(step, last_step) or force) or self.last_saved_step == step:
+            return True
+        assert self.state is not None, "save_if_due() needs the registered TrainingState"
+        self._beat(phase=Phase.CHECKPOINT)
+        outcome = self._save_state(step)
+        if final and self.is_writer and not outcome.saved:
+            outcome = self._retry_final_save(step, outcome)
+        self.distributed.barrier()
+        self._beat(phase=Phase.TRAIN, last_checkpoint=self.last_checkpoint_name, message=outcome.error,
+                   save_seconds=round(outcome.seconds, 3) if outcome.saved else None)
+        if not final:
+            return True
+        error = None if outcome.saved else (outcome.error or "not written")
+        self.final_save_error = self.distributed.broadcast_from_master(error)
+        return self.final_save_error is None
+
+    def _save_state(self, step: int) -> SaveOutcome:
+        if not self.is_writer:
+            return SaveOutcome(saved=False, path=None, seconds=0.0)
+        state = self.state.state_dict()
+        outcome = self.save(step, state)
+        if outcome.saved:
+            self.last_checkpoint_name = outcome.path.name
+            self.log(f"saved {outcome.path} ({outcome.size_bytes / 1e6:.1f} MB, {outcome.seconds:.2f}s)")
+        elif self.run_log is not None:
+            self.run_log.log_line(f"{step} checkpoint_failed {outcome.error}")
+        return outcome
+
+    def _retry_final_save(self, step: int, outcome: SaveOutcome) -> SaveOutcome:
+        """The final state must reach the disk: try again every few seconds (space may be freed)."""
+        window = self.final_save_retry_s
+        if window <= 0:
+            return outcome
+        pause = min(5.0, max(0.5, window / 10))
+        deadline = time.monotonic() + window
+        self.log(f"the final checkpoint (step {step}) was not written; retrying every {pause:.1f}s "
+                 f"for up to {window:.0f}s (free some space on {self.run_dir.root})")
+        while not outcome.saved and time.monotonic() < deadline:
+            self._beat(phase=Phase.CHECKPOINT, message=f"retrying the final checkpoint of step {step}: {outcome.error}")
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            outcome = self._save_state(step)
+        return outcome
+
+    def _beat(self, **changes: Any) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.beat(**changes)
 
     def save(self, step: int, state: dict[str, Any]) -> SaveOutcome:
         """Write ``state`` as the checkpoint of ``step`` (writer rank only; others return)."""
@@ -119,12 +288,16 @@ class CheckpointManager:
         final = self.run_dir.checkpoint(step)
         staging = final.with_name(final.name + TMP_SUFFIX)
         needed = self._estimate_bytes(state)
-        free = shutil.disk_usage(self.run_dir.root).free
+        try:
+            free = shutil.disk_usage(self.run_dir.root).free
+        except OSError as exc:
+            return self._failed(started, f"skipped checkpoint of step {step}: cannot reach {self.run_dir.root} "
+                                         f"({exc.strerror or exc})")
         if free < needed + FREE_SPACE_MARGIN_BYTES:
             return self._failed(
                 started,
-                f"skipped checkpoint of step {step}: needs ~{needed / 1e6:.1f} MB, "
-                f"{free / 1e6:.1f} MB free on {self.run_dir.root}",
+                f"skipped checkpoint of step {step}: needs ~{needed / 1e6:.1f} MB + "
+                f"{FREE_SPACE_MARGIN_BYTES / 1e6:.1f} MB margin, {free / 1e6:.1f} MB free on {self.run_dir.root}",
             )
         try:
             with _BackgroundFlusher(staging):
@@ -135,12 +308,18 @@ class CheckpointManager:
             fsync_path(self.run_dir.root)
             self.run_dir.point_latest_link(final)
         except (OSError, RuntimeError) as exc:
-            staging.unlink(missing_ok=True)
-            # torch's C++ writer reports a short write without errno; a disk that now has less
-            # room than the checkpoint needs is the tell.
-            if _is_disk_full(exc) or shutil.disk_usage(self.run_dir.root).free < needed:
-                return self._failed(started, f"checkpoint of step {step} failed: disk full")
-            raise
+            # torch's C++ writer reports a short write as a RuntimeError without errno; a disk that
+            # now has less room than the checkpoint needs is the tell. Any other IO failure (a
+            # read-only or deleted run dir) is a failed save too: the previous checkpoint stays.
+            try:
+                staging.unlink(missing_ok=True)
+                disk_full = _is_disk_full(exc) or shutil.disk_usage(self.run_dir.root).free < needed
+            except OSError:
+                disk_full = _is_disk_full(exc)
+            reason = "disk full" if disk_full else library_reason(exc)
+            if not disk_full and not _is_io_error(exc):
+                raise
+            return self._failed(started, f"checkpoint of step {step} failed: {reason}")
         self.last_saved_step = step
         self._prune(keep=final)
         return SaveOutcome(saved=True, path=final, seconds=time.perf_counter() - started, size_bytes=size)
@@ -154,7 +333,7 @@ class CheckpointManager:
         previous = self.run_dir.newest_checkpoint()
         if previous is not None:
             return previous.size
-        return _tensor_bytes(state)
+        return tensor_storage_bytes(state)
 
     def _prune(self, keep: Path) -> None:
         """Keep the newest ``keep_last_n`` checkpoints; never remove the file just written."""
@@ -168,6 +347,37 @@ class CheckpointManager:
                 self.log(f"pruned old checkpoint {path.name} (keep_last_n_checkpoints={self.keep_last_n})")
             except FileNotFoundError:
                 pass
+
+
+def check_architecture(checkpoint: dict[str, Any], architecture: dict[str, Any], path: Path) -> None:
+    """The file's model config must have this run's parameter shapes (dropout may differ)."""
+    saved = checkpoint.get("config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path} has no model config", path)
+    diffs = [f"{k} {saved.get(k)} != {v}" for k, v in architecture.items() if saved.get(k) != v]
+    if diffs:
+        raise CheckpointError(f"{path} was trained with a different model ({'; '.join(diffs)}); "
+                              "pass the matching --model", path)
+
+
+def _encode_error(error: WorkerError) -> str:
+    return f"{int(error.code)}|{error.bad_checkpoint or ''}|{error}"
+
+
+def _decode_error(text: str) -> WorkerError:
+    code, bad, message = text.split("|", 2)
+    return WorkerError(message, WorkerExit(int(code)), bad_checkpoint=bad or None)
+
+
+def _load_failure_reason(exc: BaseException) -> str:
+    """Why torch.load refused the file, in our words: never the advice to turn safe loading off."""
+    text = str(exc)
+    if "Weights only load failed" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f"a Python object ({found.group(1)})" if found else "a Python object"
+        return (f"it holds {what} that safe loading does not execute; it is not a checkpoint in this "
+                "trainer's format (docs/checkpoints.md lists what one holds)")
+    return library_reason(exc)
 
 
 class _BackgroundFlusher:
@@ -184,11 +394,11 @@ class _BackgroundFlusher:
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="checkpoint-flusher", daemon=True)
 
-    def __enter__(self) -> "_BackgroundFlusher":
+    def __enter__(self) -> _BackgroundFlusher:  # noqa: PYI034 - a private class, never subclassed
         self._thread.start()
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._done.set()
         self._thread.join()
 
@@ -209,28 +419,47 @@ class _BackgroundFlusher:
                 os.close(fd)
 
 
-def _is_disk_full(exc: BaseException) -> bool:
-    """ENOSPC/EDQUOT anywhere in the chain: torch's zip writer re-raises a write failure as a
-    RuntimeError ("unexpected pos ...") whose cause or context holds the real OSError."""
+def _exception_chain(exc: BaseException):
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in _DISK_FULL_ERRNOS:
-            return True
-        if "No space left" in str(current):
-            return True
+        yield current
         current = current.__cause__ or current.__context__
-    return False
 
 
-def _tensor_bytes(obj: Any) -> int:
+def _is_io_error(exc: BaseException) -> bool:
+    """An OSError anywhere in the chain, or torch's zip writer failing to open/write its file."""
+    return any(isinstance(e, OSError) or (isinstance(e, RuntimeError) and _TORCH_WRITE_FAILURE.search(str(e)))
+               for e in _exception_chain(exc))
+
+
+_TORCH_WRITE_FAILURE = re.compile(r"PytorchStreamWriter|cannot be opened|unexpected pos|file write failed")
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT anywhere in the chain: torch's zip writer re-raises a write failure as a
+    RuntimeError ("unexpected pos ...") whose cause or context holds the real OSError."""
+    return any((isinstance(e, OSError) and e.errno in _DISK_FULL_ERRNOS) or "No space left" in str(e)
+               for e in _exception_chain(exc))
+
+
+def tensor_storage_bytes(obj: Any) -> int:
+    """Bytes of the tensors in ``obj``, each storage counted once: the tied ``wte``/``lm_head``
+    weight is one storage (torch.save writes it once), and views share their base's storage."""
+    storages: dict[tuple[int, int], int] = {}
+    for tensor in _iter_tensors(obj):
+        storage = tensor.untyped_storage()
+        storages[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
+    return sum(storages.values())
+
+
+def _iter_tensors(obj: Any):
     if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(_tensor_bytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_tensor_bytes(v) for v in obj)
-    return 0
-
-
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _iter_tensors(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _iter_tensors(value)

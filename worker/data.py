@@ -138,7 +138,7 @@ def ensure_default_corpus() -> Path:
         return target
     try:
         root.mkdir(parents=True, exist_ok=True)
-        lock_handle = open(root / f"{DEFAULT_CORPUS_NAME}.lock", "a+")
+        lock_handle = open(root / f"{DEFAULT_CORPUS_NAME}.lock", "a+")  # noqa: SIM115 - closed by the with below
     except OSError as exc:
         raise DataError(
             f"cannot use cache directory {root} for the default corpus ({exc.strerror or exc}); "
@@ -170,6 +170,20 @@ def ensure_default_corpus() -> Path:
 
 
 # ----------------------------------------------------------------------------- the loader
+
+
+def validate_loader_state(state: object) -> None:
+    """Raise ``ValueError`` unless ``state`` has the shape :meth:`ShardedTokenLoader.state_dict`
+    writes: ``{"shard_index": int >= 0, "position": int >= 0}``. Needs no data directory, so the
+    checkpoint probe can judge a file's loader state on its own."""
+    if not isinstance(state, dict):
+        raise ValueError(f"invalid data-loader state: a {type(state).__name__}, not a dict")  # noqa: TRY004 - one error type for "malformed" (the probe's contract)
+    for key in ("shard_index", "position"):
+        value = state.get(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"invalid data-loader state {state!r}: {key} must be an int")  # noqa: TRY004
+        if value < 0:
+            raise ValueError(f"invalid data-loader state {state!r}: {key} is negative")
 
 
 @dataclass(frozen=True)
@@ -243,37 +257,35 @@ class ShardedTokenLoader:
         self._micro_step = 0
         self._released_up_to = 0
 
-    def get_state(self) -> dict[str, int]:
+    def state_dict(self) -> dict[str, int]:
         """Plain ints, safe for ``torch.load(weights_only=True)``; only legal between steps."""
         if self._micro_step != 0:
             raise AssertionError(
-                f"get_state() called mid-step ({self._micro_step}/{self.grad_accum_steps} "
+                f"state_dict() called mid-step ({self._micro_step}/{self.grad_accum_steps} "
                 "micro-batches read); the checkpoint must be taken at a step boundary"
             )
         return {"shard_index": int(self.shard_index), "position": int(self.position)}
 
-    def set_state(self, state: dict[str, int]) -> None:
-        """Continue from a :meth:`get_state` dict (possibly saved with another world size)."""
-        try:
-            shard_index, position = int(state["shard_index"]), int(state["position"])
-        except (KeyError, TypeError, ValueError):
-            raise DataError(f"invalid data-loader state {state!r}") from None
-        if not 0 <= shard_index < len(self.shards):
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from a :meth:`state_dict` (possibly saved with another world size).
+
+        A malformed state is a bad checkpoint (``ValueError``); a well-formed one that names a
+        shard or position this data directory does not have is a data mismatch (``DataError``).
+        """
+        validate_loader_state(state)
+        shard_index, position = int(state["shard_index"]), int(state["position"])
+        if shard_index >= len(self.shards):
             raise DataError(
                 f"data-loader state names {self.split} shard {shard_index} but the data directory "
                 f"has {len(self.shards)} {self.split} shards (was the checkpoint made on other data?)"
             )
-        if not 0 <= position <= self.shards[shard_index].num_tokens:
+        if position > self.shards[shard_index].num_tokens:
             raise DataError(
                 f"data-loader position {position:,} is outside {self.split} shard {shard_index} "
                 f"({self.shards[shard_index].num_tokens:,} tokens)"
             )
         self.shard_index, self.position, self._micro_step = shard_index, position, 0
         self._released_up_to = position
-
-    # torchtitan-style names so a checkpointer can compose stateful components uniformly.
-    state_dict = get_state
-    load_state_dict = set_state
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -285,7 +297,7 @@ class ShardedTokenLoader:
         assert self._tokens is not None
         return self._tokens
 
-    def next_batch(self) -> tuple["torch.Tensor", "torch.Tensor"]:
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's next ``(x, y)``, int64 CPU tensors of shape (B, T); y is x shifted by one."""
         if self._micro_step == 0 and (
             self.position + self.tokens_per_step + 1 > self.shards[self.shard_index].num_tokens

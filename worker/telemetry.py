@@ -1,17 +1,48 @@
 """What the worker tells the outside world: heartbeats (every rank), log.txt and metrics.jsonl
 (rank 0). Kept out of the training loop so the loop reads like build-nanogpt.
+
+None of these writes may stop training: a full disk, a read-only or deleted run directory makes a
+write fail with an OSError, and losing a step of a multi-day run over a heartbeat would be absurd.
+A failed write is a warning (printed once per kind of file until it works again) and is retried at
+the next step; log and metrics lines are kept in memory until they are written, so the files end
+complete once space comes back.
 """
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from shared.atomic_io import write_text_atomic
 from shared.heartbeat import Heartbeat, write_heartbeat
 from shared.run_dir import RunDir
+from shared.vocabulary import Phase, RankStatus
+
+
+class WriteWarnings:
+    """One warning per kind of failing write, one note when it works again."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+        self.failing: set[str] = set()
+
+    def attempt(self, kind: str, write: Callable[[], None]) -> bool:
+        try:
+            write()
+        except OSError as exc:
+            if kind not in self.failing:
+                self.failing.add(kind)
+                print(f"WARNING: rank {self.rank} cannot write its {kind} ({exc.strerror or exc}); "
+                      "training continues, retrying every step", file=sys.stderr, flush=True)
+            return False
+        if kind in self.failing:
+            self.failing.discard(kind)
+            print(f"rank {self.rank}: writing its {kind} works again", file=sys.stderr, flush=True)
+        return True
 
 
 class HeartbeatWriter:
@@ -19,16 +50,22 @@ class HeartbeatWriter:
 
     def __init__(self, run_dir: RunDir, rank: int, world_size: int, max_steps: int) -> None:
         self.path = run_dir.heartbeat(rank)
+        self.warnings = WriteWarnings(rank)
         self.state = Heartbeat(
-            pid=os.getpid(), rank=rank, world_size=world_size, step=-1, phase="startup",
+            pid=os.getpid(), rank=rank, world_size=world_size, step=-1, phase=Phase.STARTUP,
             time=time.time(), max_steps=max_steps,
         )
 
-    def beat(self, **changes: Any) -> None:
+    def beat(self, **changes: Any) -> bool:
+        """Apply ``changes`` and rewrite the file; False (after a warning) when it cannot be written."""
         for key, value in changes.items():
             setattr(self.state, key, value)
         self.state.time = time.time()
-        write_heartbeat(self.path, self.state)
+        return self.warnings.attempt("heartbeat", lambda: write_heartbeat(self.path, self.state))
+
+    def fail(self, message: str, status: RankStatus = RankStatus.FAILED, bad_checkpoint: str | None = None) -> None:
+        """The rank's last word: why it stops (shown by ``gpt2sup status``, quoted by the supervisor)."""
+        self.beat(status=status, message=message, bad_checkpoint=bad_checkpoint)
 
 
 class RunLogger:
@@ -38,11 +75,11 @@ class RunLogger:
     crashed and resumed has the same log as one that never crashed.
     """
 
-    def __init__(self, run_dir: RunDir, enabled: bool) -> None:
+    def __init__(self, run_dir: RunDir, enabled: bool, warnings: WriteWarnings | None = None) -> None:
         self.run_dir = run_dir
         self.enabled = enabled
-        self._log = None
-        self._metrics = None
+        self.warnings = warnings or WriteWarnings(0)
+        self._files = {"log.txt": _AppendOnlyFile(run_dir.log_txt), "metrics.jsonl": _AppendOnlyFile(run_dir.metrics)}
 
     def open(self, resumed_step: int | None) -> None:
         """Start fresh (``resumed_step is None``) or keep only lines up to ``resumed_step``."""
@@ -53,24 +90,47 @@ class RunLogger:
                 write_text_atomic(path, "")
             else:
                 _truncate_after_step(path, resumed_step, step_of)
-        self._log = open(self.run_dir.log_txt, "a", encoding="utf-8")
-        self._metrics = open(self.run_dir.metrics, "a", encoding="utf-8")
 
     def log_line(self, text: str) -> None:
-        if self._log is not None:
-            self._log.write(text + "\n")
-            self._log.flush()
+        self._append("log.txt", text + "\n")
 
     def metrics(self, record: dict[str, Any]) -> None:
-        if self._metrics is not None:
-            self._metrics.write(json.dumps(record) + "\n")
-            self._metrics.flush()
+        self._append("metrics.jsonl", json.dumps(record) + "\n")
+
+    def _append(self, name: str, text: str) -> None:
+        if self.enabled:
+            target = self._files[name]
+            target.pending += text.encode("utf-8")
+            self.warnings.attempt(name, target.flush)
 
     def close(self) -> None:
-        for handle in (self._log, self._metrics):
-            if handle is not None:
-                handle.close()
-        self._log = self._metrics = None
+        """Last try for lines still pending, then release the files (a failure was already reported)."""
+        for name, target in self._files.items():
+            if self.enabled and target.pending:
+                self.warnings.attempt(name, target.flush)
+            target.close()
+
+
+class _AppendOnlyFile:
+    """An O_APPEND file whose unwritten bytes wait in ``pending``: a short write (ENOSPC half way)
+    keeps exactly the rest, so no line is lost or doubled when the retry succeeds."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.pending = b""
+        self._fd: int | None = None
+
+    def flush(self) -> None:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        while self.pending:
+            written = os.write(self._fd, self.pending)
+            self.pending = self.pending[written:]
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _step_of_log_line(line: str) -> int | None:
@@ -85,7 +145,7 @@ def _step_of_metrics_line(line: str) -> int | None:
         return None
 
 
-def _truncate_after_step(path: Path, step: int, step_of) -> None:
+def _truncate_after_step(path: Path, step: int, step_of: Callable[[str], int | None]) -> None:
     if not path.exists():
         return
     kept = []

@@ -4,138 +4,404 @@
     torchrun --standalone --nproc_per_node=8 -m worker.train_gpt2 --data_dir edu_fineweb10B
     python -m worker.train_gpt2 --auto_resume                    # continue where it stopped
 
-The step loop below is meant to be read top to bottom; the mechanics (checkpoint IO, heartbeats,
-logs, RNG capture) live in small helpers it calls at fixed points.
+``train()`` is meant to be read top to bottom like build-nanogpt's loop: set-up, then per step
+forward, backward, clip, step. The mechanics live in components it calls at fixed points:
+``CheckpointManager`` (restore at start-up, ``save_if_due`` after each step), ``HeartbeatWriter``
+and ``RunLogger`` (what the outside world sees), ``StopRequest`` (signals, supervisor gone) and
+``Distributed`` (ranks and collectives). Exit codes: ``shared.exit_codes.WorkerExit``.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import math
 import os
+import random
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
 from shared.exit_codes import WorkerExit
+from shared.run_dir import RunDir
+from shared.vocabulary import Phase, RankStatus
+from worker.checkpoint import CheckpointManager, RestoreRequest
+from worker.data import DataError, ShardedTokenLoader, resolve_data_dir
+from worker.distributed import Distributed, setup_distributed
+from worker.errors import WorkerError, library_reason
+from worker.lifetime import StopRequest, SupervisorWatch
+from worker.model import GPT, build_config, cosine_lr
+from worker.telemetry import HeartbeatWriter, RunLogger
+from worker.train_state import TrainingState, TrainProgress
+from worker.worker_lock import hold_worker_lock
 
-CUDA_DEFAULTS = dict(model="gpt2", micro_batch_size=64, seq_len=1024, total_batch_size=524288,
-                     max_steps=19073, warmup_steps=715, max_lr=6e-4, checkpoint_interval=5000)
+__all__ = ["TrainConfig", "WorkerError", "build_arg_parser", "main", "train"]
+
+CUDA_DEFAULTS: dict[str, Any] = {
+    "model": "gpt2", "micro_batch_size": 64, "seq_len": 1024, "total_batch_size": 524288,
+    "max_steps": 19073, "warmup_steps": 715, "max_lr": 6e-4, "checkpoint_interval": 5000}
 # A run that finishes a few hundred steps in minutes on a 2-core CPU.
-CPU_DEFAULTS = dict(model="tiny", micro_batch_size=8, seq_len=64, total_batch_size=1024,
-                    max_steps=300, warmup_steps=30, max_lr=1e-3, checkpoint_interval=100)
+CPU_DEFAULTS: dict[str, Any] = {
+    "model": "tiny", "micro_batch_size": 8, "seq_len": 64, "total_batch_size": 1024,
+    "max_steps": 300, "warmup_steps": 30, "max_lr": 1e-3, "checkpoint_interval": 100}
+DEFAULT_FINAL_SAVE_RETRY_S = 60.0
 
 
-class WorkerError(Exception):
-    """An expected failure: printed as one line, exits with ``code``."""
-
-    def __init__(self, message: str, code: WorkerExit) -> None:
-        super().__init__(message)
-        self.code = code
+def _profile_default(key: str) -> str:
+    return f"default: {CUDA_DEFAULTS[key]} on a CUDA GPU with --data_dir, else {CPU_DEFAULTS[key]}"
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m worker.train_gpt2",
         description="Train GPT-2 (build-nanogpt recipe) with exact, atomic checkpoint/resume.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,  # `--max_step 10` must be an error, not a silent `--max_steps 10`
     )
-    ck = p.add_argument_group("checkpoints (see the reference guide)")
-    ck.add_argument("--auto_resume", action="store_true", help="resume from latest_checkpoint.pt, else the highest-step model_*.pt; start fresh if none")
-    ck.add_argument("--resume", action="store_true", help="resume from --checkpoint_path (all state)")
-    ck.add_argument("--checkpoint_path", default=None, help="checkpoint file for --resume")
-    ck.add_argument("--pretrained_checkpoint", default=None, help="load model weights only; optimizer, step and data start fresh")
-    ck.add_argument("--checkpoint_interval", type=int, default=None, help="save every N steps (0 = only the last step); default 5000, 100 in the CPU demo profile")
-    ck.add_argument("--keep_last_n_checkpoints", type=int, default=-1, help="keep only the newest N checkpoints (-1 = keep all)")
+    ck = p.add_argument_group("checkpoints (docs/checkpoints.md)")
+    ck.add_argument("--auto_resume", action="store_true", help="resume from latest_checkpoint.pt, else the highest-step model_*.pt; start fresh if none (default: off)")
+    ck.add_argument("--resume", action="store_true", help="resume from --checkpoint_path, all state (default: off)")
+    ck.add_argument("--checkpoint_path", default=None, help="checkpoint file for --resume (default: none)")
+    ck.add_argument("--pretrained_checkpoint", default=None, help="load model weights only; optimizer, step and data start fresh (default: none)")
+    ck.add_argument("--checkpoint_interval", type=int, default=None, help=f"save every N steps, and always at the last step (0 = only the last step); {_profile_default('checkpoint_interval')}")
+    ck.add_argument("--keep_last_n_checkpoints", type=int, default=-1, help="keep only the newest N checkpoints, -1 = keep all (default: %(default)s)")
+    ck.add_argument("--final_save_retry_s", type=float, default=DEFAULT_FINAL_SAVE_RETRY_S,
+                    help="if the last step's (or a stop request's) checkpoint cannot be written, e.g. on a full disk, "
+                         "retry every few seconds for this long, then exit 7 instead of 0: a run never ends as "
+                         "finished without its final state on disk (default: %(default)s)")
     ev = p.add_argument_group("evaluation (0 turns an activity off)")
-    ev.add_argument("--eval_interval", type=int, default=250, help="validation loss every N steps")
-    ev.add_argument("--hellaswag_interval", type=int, default=250, help="HellaSwag accuracy every N steps (not built yet)")
-    ev.add_argument("--generate_interval", type=int, default=250, help="print text samples every N steps")
-    ev.add_argument("--val_steps", type=int, default=20, help="micro-batches per validation pass")
+    ev.add_argument("--eval_interval", type=int, default=250, help="validation loss every N steps (default: %(default)s)")
+    ev.add_argument("--hellaswag_interval", type=int, default=250, help="HellaSwag accuracy every N steps, not built yet (default: %(default)s)")
+    ev.add_argument("--generate_interval", type=int, default=250, help="print text samples every N steps (default: %(default)s)")
+    ev.add_argument("--val_steps", type=int, default=20, help="micro-batches per validation pass (default: %(default)s)")
     tr = p.add_argument_group("training (unset values follow the device profile, printed at start)")
-    tr.add_argument("--log_dir", default="log", help="run directory: checkpoints, logs, heartbeats")
-    tr.add_argument("--data_dir", default=None, help="directory of *_train_*/*_val_* uint16 .npy shards; default: the built-in pydoc corpus")
-    tr.add_argument("--model", default=None, help="gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny, mini, small-cpu")
-    tr.add_argument("--max_steps", type=int, default=None)
-    tr.add_argument("--warmup_steps", type=int, default=None)
-    tr.add_argument("--max_lr", type=float, default=None)
-    tr.add_argument("--weight_decay", type=float, default=0.1)
-    tr.add_argument("--total_batch_size", type=int, default=None, help="tokens per optimizer step (gradient accumulation fills it)")
-    tr.add_argument("--micro_batch_size", type=int, default=None, help="sequences per forward pass per process")
-    tr.add_argument("--seq_len", type=int, default=None)
-    tr.add_argument("--seed", type=int, default=1337)
-    tr.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    tr.add_argument("--dropout", type=float, default=0.0)
-    tr.add_argument("--compile", action="store_true", help="torch.compile the model")
+    tr.add_argument("--log_dir", default="log", help="run directory: checkpoints, logs, heartbeats (default: %(default)s)")
+    tr.add_argument("--data_dir", default=None, help="directory of *_train_*/*_val_* uint16 .npy shards (default: the built-in pydoc corpus)")
+    tr.add_argument("--model", default=None, help=f"gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny, mini, small-cpu; {_profile_default('model')}")
+    tr.add_argument("--max_steps", type=int, default=None, help=f"optimizer steps of the whole run; {_profile_default('max_steps')}")
+    tr.add_argument("--warmup_steps", type=int, default=None, help="linear learning-rate warm-up steps; default: 715 on a CUDA GPU with --data_dir, else 30 but at most 10%% of --max_steps")
+    tr.add_argument("--max_lr", type=float, default=None, help=f"peak learning rate of the cosine schedule; {_profile_default('max_lr')}")
+    tr.add_argument("--weight_decay", type=float, default=0.1, help="AdamW weight decay of 2-D parameters (default: %(default)s)")
+    tr.add_argument("--total_batch_size", type=int, default=None, help=f"tokens per optimizer step, gradient accumulation fills it; {_profile_default('total_batch_size')}")
+    tr.add_argument("--micro_batch_size", type=int, default=None, help=f"sequences per forward pass per process; {_profile_default('micro_batch_size')}")
+    tr.add_argument("--seq_len", type=int, default=None, help=f"tokens per sequence; {_profile_default('seq_len')}")
+    tr.add_argument("--seed", type=int, default=1337, help="seed of torch, numpy and random on every rank (default: %(default)s)")
+    tr.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    tr.add_argument("--dropout", type=float, default=0.0, help="dropout probability in [0, 1) (default: %(default)s)")
+    tr.add_argument("--compile", action="store_true", help="torch.compile the model (default: off)")
     return p
 
 
-@dataclass
-class Settings:
-    """Parsed arguments with every default resolved (what the run actually uses)."""
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a run, with each default resolved: what the run actually uses."""
 
-    args: argparse.Namespace
-    device: str
-    device_type: str
-    profile_note: str
+    auto_resume: bool
+    resume: bool
+    checkpoint_path: str | None
+    pretrained_checkpoint: str | None
+    checkpoint_interval: int
+    keep_last_n_checkpoints: int
+    final_save_retry_s: float
+    eval_interval: int
+    hellaswag_interval: int
+    generate_interval: int
+    val_steps: int
+    log_dir: str
+    data_dir: str | None
+    model: str
+    max_steps: int
+    warmup_steps: int
+    max_lr: float
+    weight_decay: float
+    total_batch_size: int
+    micro_batch_size: int
+    seq_len: int
+    seed: int
+    device: str  # resolved: "cpu", "cuda" or "cuda:N"
+    dropout: float
+    compile: bool
+    device_type: str  # "cpu" or "cuda"
+    profile_note: str  # which defaults were filled in, and why (printed at start)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, cuda_available: bool) -> TrainConfig:
+        values = dict(vars(args))
+        device = values["device"]
+        if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+            raise WorkerError(f"--device must be auto, cpu or cuda (got {device!r})", WorkerExit.USAGE)
+        want_cuda = device.startswith("cuda") or (device == "auto" and cuda_available)
+        if want_cuda and not cuda_available:
+            raise WorkerError("--device cuda requested but no CUDA device is available", WorkerExit.USAGE)
+        if want_cuda and values["data_dir"]:
+            profile, why = CUDA_DEFAULTS, "a CUDA GPU and a --data_dir: the build-nanogpt GPT-2 124M run"
+        elif want_cuda:
+            profile, why = dict(CPU_DEFAULTS), "no --data_dir: the small built-in corpus only fits a small run"
+        else:
+            profile, why = dict(CPU_DEFAULTS), "no GPU: a CPU-sized run that finishes in minutes"
+        if profile is not CUDA_DEFAULTS:  # a short CPU run must not spend itself warming up
+            steps = values["max_steps"] if values["max_steps"] is not None else profile["max_steps"]
+            profile["warmup_steps"] = min(profile["warmup_steps"], max(0, steps) // 10)
+        chosen = []
+        for key, value in profile.items():
+            if values[key] is None:
+                values[key] = value
+                chosen.append(f"{key}={value}")
+        values["device"] = device if device.startswith("cuda:") else ("cuda" if want_cuda else "cpu")
+        values["device_type"] = "cuda" if want_cuda else "cpu"
+        values["profile_note"] = f"defaults for unset flags ({why}): {', '.join(chosen)}" if chosen else ""
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.resume and not self.checkpoint_path:
+            raise WorkerError("--resume needs --checkpoint_path PATH (or use --auto_resume)", WorkerExit.USAGE)
+        if self.pretrained_checkpoint and (self.resume or self.checkpoint_path):
+            raise WorkerError("--pretrained_checkpoint starts a new run; do not combine it with --resume/--checkpoint_path", WorkerExit.USAGE)
+        for name in ("max_steps", "micro_batch_size", "seq_len", "total_batch_size"):
+            if getattr(self, name) <= 0:
+                raise WorkerError(f"--{name} must be positive", WorkerExit.USAGE)
+        for name in ("checkpoint_interval", "eval_interval", "hellaswag_interval", "generate_interval", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise WorkerError(f"--{name} must be >= 0", WorkerExit.USAGE)
+        if self.keep_last_n_checkpoints == 0 or self.keep_last_n_checkpoints < -1:
+            raise WorkerError("--keep_last_n_checkpoints must be -1 (keep all) or >= 1", WorkerExit.USAGE)
+        if not 0.0 <= self.dropout < 1.0:
+            raise WorkerError("--dropout must be in [0, 1)", WorkerExit.USAGE)
+        if not (math.isfinite(self.final_save_retry_s) and self.final_save_retry_s >= 0):
+            raise WorkerError("--final_save_retry_s must be a finite number of seconds >= 0", WorkerExit.USAGE)
+
+    def restore_request(self) -> RestoreRequest:
+        return RestoreRequest(
+            checkpoint_path=Path(self.checkpoint_path) if self.resume else None,
+            auto_resume=self.auto_resume and not self.resume,
+            pretrained=Path(self.pretrained_checkpoint) if self.pretrained_checkpoint else None,
+        )
+
+    def math_settings(self, world_size: int) -> dict[str, Any]:
+        """The settings that change the math, saved in every checkpoint as ``train_config``."""
+        keys = ("max_steps", "warmup_steps", "max_lr", "weight_decay", "total_batch_size", "micro_batch_size",
+                "seq_len", "seed")
+        return {**{k: getattr(self, k) for k in keys}, "world_size": world_size}
 
 
-def resolve_settings(args: argparse.Namespace, cuda_available: bool) -> Settings:
-    if args.device not in ("auto", "cpu", "cuda") and not args.device.startswith("cuda:"):
-        raise WorkerError(f"--device must be auto, cpu or cuda (got {args.device!r})", WorkerExit.USAGE)
-    want_cuda = args.device.startswith("cuda") or (args.device == "auto" and cuda_available)
-    if want_cuda and not cuda_available:
-        raise WorkerError("--device cuda requested but no CUDA device is available", WorkerExit.USAGE)
-    if want_cuda and args.data_dir:
-        profile, why = CUDA_DEFAULTS, "a CUDA GPU and a --data_dir: the build-nanogpt GPT-2 124M run"
-    elif want_cuda:
-        profile, why = CPU_DEFAULTS, "no --data_dir: the small built-in corpus only fits a small run"
+# ----------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+    heartbeat: HeartbeatWriter | None = None
+    try:
+        config = TrainConfig.from_args(args, torch.cuda.is_available())
+        faulthandler.enable()
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` prints every stack
+        stop = StopRequest(SupervisorWatch.from_env(os.environ))
+        stop.install()
+        distributed = setup_distributed(config.device_type, config.device)
+        run_dir = RunDir.at(config.log_dir)
+        with hold_worker_lock(run_dir, distributed):  # before any write: exit 8 touches nothing
+            heartbeat = HeartbeatWriter(run_dir, distributed.rank, distributed.world_size, config.max_steps)
+            heartbeat.beat(phase=Phase.STARTUP)
+            return train(config, distributed, run_dir, heartbeat, stop)
+    except WorkerError as exc:
+        if heartbeat is not None:
+            heartbeat.fail(str(exc), exc.status, exc.bad_checkpoint)
+        print(f"train_gpt2: error: {exc}", file=sys.stderr, flush=True)
+        return int(exc.code)
+    except BaseException as exc:  # crash: mark it, then let Python print the traceback
+        if heartbeat is not None and not isinstance(exc, SystemExit):
+            heartbeat.fail(f"{type(exc).__name__}: {library_reason(exc)}")
+        raise
+
+
+def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: HeartbeatWriter,
+          stop: StopRequest) -> int:
+    def say(message: str) -> None:
+        if dist.master:
+            print(message, flush=True)
+
+    if config.profile_note:
+        say(config.profile_note)
+    train_loader, val_loader, grad_accum_steps = build_data(config, dist, say)
+    raw_model, optimizer = build_model(config, dist.device)
+    progress = TrainProgress()
+    state = TrainingState(raw_model, optimizer, train_loader, progress, config.device_type,
+                          config.math_settings(dist.world_size))
+    run_log = RunLogger(run_dir, enabled=dist.master, warnings=heartbeat.warnings)
+    checkpoints = CheckpointManager(
+        run_dir, interval=config.checkpoint_interval, keep_last_n=config.keep_last_n_checkpoints,
+        is_writer=dist.master, log=say, final_save_retry_s=config.final_save_retry_s,
+        state=state, heartbeat=heartbeat, distributed=dist, run_log=run_log)
+    checkpoints.restore(config.restore_request(), raw_model.config.architecture())
+    run_log.open(resumed_step=progress.step if checkpoints.resumed_from is not None else None)
+
+    model = torch.compile(raw_model) if config.compile else raw_model
+    if dist.ddp:
+        model = DDP(model, device_ids=[dist.local_rank] if config.device_type == "cuda" else None)
+    autocast = (lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16)) if config.device_type == "cuda" \
+        else contextlib.nullcontext
+    heartbeat.beat(phase=Phase.TRAIN, step=progress.step, last_checkpoint=checkpoints.last_checkpoint_name)
+    if config.hellaswag_interval > 0:
+        say("note: HellaSwag evaluation is not built yet; --hellaswag_interval is accepted and ignored")
+
+    # ---- the training loop ---------------------------------------------------------------------
+    for step in range(progress.step + 1, config.max_steps):
+        t0 = time.time()
+        last_step = step == config.max_steps - 1
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        loss_accum = torch.zeros((), device=dist.device)
+        for micro_step in range(grad_accum_steps):
+            x, y = train_loader.next_batch()
+            x, y = x.to(dist.device), y.to(dist.device)
+            if dist.ddp:  # sync gradients only on the last micro-step
+                model.require_backward_grad_sync = micro_step == grad_accum_steps - 1
+            with autocast():
+                _, loss = model(x, y)
+            loss = loss / grad_accum_steps
+            loss_accum += loss.detach()
+            loss.backward()
+        dist.mean_(loss_accum)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        lr = cosine_lr(step, config.max_lr, config.warmup_steps, config.max_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+        if config.device_type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.time() - t0
+        loss_value = loss_accum.item()
+        tokens_per_s = config.total_batch_size / dt
+        progress.step = step
+
+        if not math.isfinite(loss_value):
+            say(f"step {step:5d} | loss {loss_value} is not finite: training diverged, stopping without saving")
+            heartbeat.beat(step=step, loss=None, status=RankStatus.DIVERGED, message="non-finite loss")
+            run_log.close()
+            dist.shutdown()
+            return int(WorkerExit.DIVERGED)
+        say(f"step {step:5d} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm:.4f} | dt {dt * 1000:.2f}ms | tok/sec {tokens_per_s:.2f}")
+        run_log.log_line(f"{step} train {loss_value:.6f}")
+        run_log.metrics({"step": step, "time": time.time(), "loss": loss_value, "lr": lr, "norm": float(norm), "dt": dt,
+                         "tokens_per_s": tokens_per_s})
+        heartbeat.beat(phase=Phase.TRAIN, step=step, loss=loss_value, tokens_per_s=tokens_per_s)
+        maybe_inject_crash(step, dist.rank, heartbeat)
+
+        if val_loader is not None and is_due(config.eval_interval, step, last_step):
+            with timed_phase(heartbeat, Phase.EVAL):
+                progress.val_loss = evaluate_val_loss(model, val_loader, config.val_steps, dist, autocast)
+            say(f"validation loss: {progress.val_loss:.4f}")
+            run_log.log_line(f"{step} val {progress.val_loss:.4f}")
+        if dist.master and is_due(config.generate_interval, step, last_step) and step > 0:
+            with timed_phase(heartbeat, Phase.GENERATE):
+                print_samples(raw_model, dist.device, dist.rank)
+
+        stop_now = dist.any_rank(stop.requested())
+        if not checkpoints.save_if_due(step, last_step=last_step, force=stop_now):
+            run_log.close()
+            raise final_save_failed(step, stopping=stop_now and not last_step, reason=checkpoints.final_save_error)
+        if stop_now and not last_step:
+            reason = stop.reason or "stop requested by another rank"
+            say(f"{reason}: saved at step {step}, exiting")
+            heartbeat.beat(status=RankStatus.STOPPED, message=reason)
+            break
     else:
-        profile, why = CPU_DEFAULTS, "no GPU: a CPU-sized run that finishes in minutes"
-    chosen = []
-    for key, value in profile.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-            chosen.append(f"{key}={value}")
-    note = f"defaults for unset flags ({why}): {', '.join(chosen)}" if chosen else ""
-    if args.resume and not args.checkpoint_path:
-        raise WorkerError("--resume needs --checkpoint_path PATH (or use --auto_resume)", WorkerExit.USAGE)
-    if args.pretrained_checkpoint and (args.resume or args.checkpoint_path):
-        raise WorkerError("--pretrained_checkpoint starts a new run; do not combine it with --resume/--checkpoint_path", WorkerExit.USAGE)
-    for name in ("max_steps", "micro_batch_size", "seq_len", "total_batch_size"):
-        if getattr(args, name) <= 0:
-            raise WorkerError(f"--{name} must be positive", WorkerExit.USAGE)
-    for name in ("checkpoint_interval", "eval_interval", "hellaswag_interval", "generate_interval", "warmup_steps"):
-        if getattr(args, name) < 0:
-            raise WorkerError(f"--{name} must be >= 0", WorkerExit.USAGE)
-    if args.keep_last_n_checkpoints == 0 or args.keep_last_n_checkpoints < -1:
-        raise WorkerError("--keep_last_n_checkpoints must be -1 (keep all) or >= 1", WorkerExit.USAGE)
-    if not 0.0 <= args.dropout < 1.0:
-        raise WorkerError("--dropout must be in [0, 1)", WorkerExit.USAGE)
-    device = args.device if args.device.startswith("cuda:") else ("cuda" if want_cuda else "cpu")
-    return Settings(args=args, device=device, device_type="cuda" if want_cuda else "cpu", profile_note=note)
+        heartbeat.beat(status=RankStatus.FINISHED)
+    run_log.close()
+    dist.shutdown()
+    return int(WorkerExit.OK)
 
 
-class StopRequest:
-    """SIGTERM/SIGINT set a flag; the loop finishes its step, saves, and exits 0."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.signal_name: str | None = None
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-        self.signal_name = signal.Signals(signum).name
+# ----------------------------------------------------------------------------- set-up
 
 
-def maybe_inject_crash(step: int, rank: int) -> None:
+def build_data(config: TrainConfig, dist: Distributed, say: Callable[[str], None]) -> tuple[ShardedTokenLoader, ShardedTokenLoader | None, int]:
+    """The train loader (and the val loader unless evals are off), and the accumulation steps."""
+    B, T = config.micro_batch_size, config.seq_len
+    if config.total_batch_size % (B * T * dist.world_size) != 0:
+        raise WorkerError(
+            f"--total_batch_size {config.total_batch_size} must be divisible by micro_batch_size*seq_len*processes = {B * T * dist.world_size}",
+            WorkerExit.USAGE)
+    grad_accum_steps = config.total_batch_size // (B * T * dist.world_size)
+    say(f"total batch {config.total_batch_size} tokens = {B} x {T} x {dist.world_size} processes x {grad_accum_steps} accumulation steps")
+    try:
+        data_dir = resolve_data_dir(config.data_dir)
+        train_loader = ShardedTokenLoader(data_dir, "train", B, T, dist.rank, dist.world_size, grad_accum_steps)
+        val_loader = ShardedTokenLoader(data_dir, "val", B, T, dist.rank, dist.world_size, 1) if config.eval_interval > 0 else None
+    except DataError as exc:
+        raise WorkerError(str(exc), WorkerExit.DATA_ERROR) from None
+    say(f"data: {data_dir}")
+    return train_loader, val_loader, grad_accum_steps
+
+
+def build_model(config: TrainConfig, device: str) -> tuple[GPT, torch.optim.Optimizer]:
+    """Seed every RNG (the same on every rank: identical init and dropout streams), build GPT + AdamW."""
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    random.seed(config.seed)
+    if config.device_type == "cuda":
+        torch.cuda.manual_seed(config.seed)
+        torch.set_float32_matmul_precision("high")  # TF32
+    try:
+        model_config = build_config(config.model, dropout=config.dropout)
+    except ValueError as exc:
+        raise WorkerError(str(exc), WorkerExit.USAGE) from None
+    if config.seq_len > model_config.block_size:
+        raise WorkerError(f"--seq_len {config.seq_len} exceeds the model's block_size {model_config.block_size}", WorkerExit.USAGE)
+    model = GPT(model_config).to(device)
+    return model, model.configure_optimizers(config.weight_decay, config.max_lr, config.device_type)
+
+
+# ----------------------------------------------------------------------------- loop helpers
+
+
+def is_due(interval: int, step: int, last_step: bool) -> bool:
+    return interval > 0 and (step % interval == 0 or last_step)
+
+
+@contextlib.contextmanager
+def timed_phase(heartbeat: HeartbeatWriter, phase: Phase) -> Iterator[None]:
+    """Beat the phase change, and afterwards how long it took (``eval_seconds``)."""
+    heartbeat.beat(phase=phase)
+    started = time.perf_counter()
+    yield
+    heartbeat.beat(phase=Phase.TRAIN, eval_seconds=round(time.perf_counter() - started, 3))
+
+
+def evaluate_val_loss(model: Any, val_loader: ShardedTokenLoader, val_steps: int, dist: Distributed, autocast: Any) -> float:
+    model.eval()
+    val_loader.reset()
+    with torch.no_grad():
+        total = torch.zeros((), device=dist.device)
+        for _ in range(val_steps):
+            x, y = val_loader.next_batch()
+            with autocast():
+                _, loss = model(x.to(dist.device), y.to(dist.device))
+            total += loss.detach() / val_steps
+    dist.mean_(total)
+    model.train()
+    return total.item()
+
+
+def final_save_failed(step: int, stopping: bool, reason: str) -> WorkerError:
+    """The last step's (or a stop's) state is not on disk: never an exit 0."""
+    what = "the stop request's checkpoint" if stopping else "the final checkpoint"
+    return WorkerError(
+        f"{what} (step {step}) could not be written: {reason}; the newest checkpoint on disk "
+        "is older, so resuming redoes the steps after it", WorkerExit.FINAL_SAVE_FAILED,
+        status=RankStatus.FAILED if stopping else RankStatus.FINISHED_WITHOUT_CHECKPOINT)
+
+
+def maybe_inject_crash(step: int, rank: int, heartbeat: HeartbeatWriter) -> None:
     """Fault injection for drills and tests (documented in README): die right after ``step``."""
     target = os.environ.get("GPT2SUP_INJECT_CRASH_AT_STEP")
     if target is None or rank != 0 or int(target) != step:
@@ -146,314 +412,12 @@ def maybe_inject_crash(step: int, rank: int) -> None:
             return
         Path(once_file).touch()
     print(f"[fault injection] crashing after step {step}", file=sys.stderr, flush=True)
-    _mark_heartbeat_failed(f"fault injection: crashed after step {step}")
+    heartbeat.fail(f"fault injection: crashed after step {step}")
     os._exit(int(WorkerExit.CRASHED))
 
 
-# The heartbeat of this process once it exists, so that a failure on the way out can be marked in
-# it (status "failed") for `gpt2sup status`, whatever raised it.
-_heartbeat: Any = None
-
-
-def _mark_heartbeat_failed(message: str) -> None:
-    if _heartbeat is not None:
-        try:
-            _heartbeat.beat(status="failed", message=message[:300])
-        except OSError:
-            pass
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_arg_parser().parse_args(argv)
-    try:
-        return train(args)
-    except WorkerError as exc:
-        _mark_heartbeat_failed(str(exc))
-        print(f"train_gpt2: error: {exc}", file=sys.stderr, flush=True)
-        return int(exc.code)
-    except BaseException as exc:  # crash: mark it, then let Python print the traceback
-        if not isinstance(exc, SystemExit):
-            _mark_heartbeat_failed(f"{type(exc).__name__}: {exc}")
-        raise
-
-
-def train(args: argparse.Namespace) -> int:
-    import random
-
-    import numpy as np
-    import torch
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    from shared.run_dir import RunDir
-    from worker.checkpoint import CheckpointError, CheckpointManager
-    from worker.data import DataError, ShardedTokenLoader, resolve_data_dir
-    from worker.model import GPT, GPTConfig, build_config, cosine_lr
-    from worker.telemetry import HeartbeatWriter, RunLogger
-    from worker.train_state import TrainProgress, compose_checkpoint, restore_full_state
-
-    settings = resolve_settings(args, torch.cuda.is_available())
-    faulthandler.enable()
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` prints every stack
-    stop = StopRequest()
-    stop.install()
-
-    # ---- distributed set-up (torchrun sets RANK/WORLD_SIZE/LOCAL_RANK) --------------------
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    if ddp:
-        rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
-        device = f"cuda:{local_rank}" if settings.device_type == "cuda" else "cpu"
-        if settings.device_type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if settings.device_type == "cuda" else "gloo")
-    else:
-        rank, local_rank, world_size, device = 0, 0, 1, settings.device
-    master = rank == 0
-    device_type = settings.device_type
-
-    def say(message: str) -> None:
-        if master:
-            print(message, flush=True)
-
-    run_dir = RunDir.at(args.log_dir)
-    run_dir.root.mkdir(parents=True, exist_ok=True)
-    global _heartbeat
-    heartbeat = _heartbeat = HeartbeatWriter(run_dir, rank, world_size, args.max_steps)
-    heartbeat.beat(phase="startup")
-    if settings.profile_note:
-        say(settings.profile_note)
-
-    B, T = args.micro_batch_size, args.seq_len
-    if args.total_batch_size % (B * T * world_size) != 0:
-        raise WorkerError(
-            f"--total_batch_size {args.total_batch_size} must be divisible by micro_batch_size*seq_len*processes = {B * T * world_size}",
-            WorkerExit.USAGE)
-    grad_accum_steps = args.total_batch_size // (B * T * world_size)
-    say(f"total batch {args.total_batch_size} tokens = {B} x {T} x {world_size} processes x {grad_accum_steps} accumulation steps")
-
-    # ---- data ---------------------------------------------------------------------------------
-    try:
-        data_dir = resolve_data_dir(args.data_dir)
-        train_loader = ShardedTokenLoader(data_dir, "train", B, T, rank, world_size, grad_accum_steps)
-        val_loader = ShardedTokenLoader(data_dir, "val", B, T, rank, world_size, 1) if args.eval_interval > 0 else None
-    except DataError as exc:
-        raise WorkerError(str(exc), WorkerExit.DATA_ERROR) from None
-    say(f"data: {data_dir}")
-
-    # ---- model and optimizer ------------------------------------------------------------------
-    torch.manual_seed(args.seed)  # same seed on every rank: identical init and dropout streams
-    np.random.seed(args.seed)
-    random.seed(args.seed)
-    if device_type == "cuda":
-        torch.cuda.manual_seed(args.seed)
-        torch.set_float32_matmul_precision("high")  # TF32
-    try:
-        config = build_config(args.model, dropout=args.dropout)
-    except ValueError as exc:
-        raise WorkerError(str(exc), WorkerExit.USAGE) from None
-    if T > config.block_size:
-        raise WorkerError(f"--seq_len {T} exceeds the model's block_size {config.block_size}", WorkerExit.USAGE)
-    model = GPT(config).to(device)
-    optimizer = model.configure_optimizers(args.weight_decay, args.max_lr, device_type)
-
-    # ---- checkpoints: find, broadcast, load ------------------------------------------------
-    checkpoints = CheckpointManager(run_dir, interval=args.checkpoint_interval,
-                                    keep_last_n=args.keep_last_n_checkpoints, is_writer=master, log=say)
-    if master:
-        checkpoints.remove_stale_staging_files()
-    progress = TrainProgress()
-    resumed_from: Path | None = None
-    chosen: Path | None = Path(args.pretrained_checkpoint) if args.pretrained_checkpoint else None
-    try:
-        if args.pretrained_checkpoint:
-            ckpt = checkpoints.load(Path(args.pretrained_checkpoint))
-            _check_architecture(ckpt, config, Path(args.pretrained_checkpoint))
-            model.load_state_dict(ckpt["model"])
-            say(f"loaded pretrained weights from {args.pretrained_checkpoint}; optimizer, step and data start fresh")
-            del ckpt
-        elif args.resume or args.auto_resume:
-            if master:
-                chosen = Path(args.checkpoint_path) if args.resume else checkpoints.find_latest()
-            chosen = _broadcast_path(chosen, ddp)
-            if chosen is None:
-                say(f"--auto_resume: no checkpoint in {run_dir.root}/, starting fresh")
-            else:
-                ckpt = checkpoints.load(chosen)
-                checkpoints.require_keys(ckpt, chosen)
-                _check_architecture(ckpt, config, chosen)
-                progress, report = restore_full_state(ckpt, model, optimizer, train_loader, device_type)
-                for note in report.notes:
-                    say(f"note: {note}")
-                resumed_from = chosen
-                say(f"resumed from {chosen} (step {progress.step}); continuing at step {progress.step + 1}")
-                del ckpt
-    except CheckpointError as exc:
-        raise WorkerError(str(exc), WorkerExit.CHECKPOINT_ERROR) from None
-    except DataError as exc:  # the saved data position does not exist in this --data_dir
-        raise WorkerError(f"checkpoint {chosen} does not fit the data: {exc}",
-                          WorkerExit.DATA_ERROR) from None
-    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
-        raise WorkerError(f"checkpoint {chosen} does not fit this run: {str(exc).splitlines()[0][:300]}",
-                          WorkerExit.CHECKPOINT_ERROR) from None
-
-    run_log = RunLogger(run_dir, enabled=master)
-    run_log.open(resumed_step=progress.step if resumed_from is not None else None)
-    last_checkpoint_name = resumed_from.name if resumed_from is not None else None
-
-    raw_model = model
-    if args.compile:
-        model = torch.compile(model)
-    if ddp:
-        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
-    train_config = {k: getattr(args, k) for k in ("max_steps", "warmup_steps", "max_lr", "weight_decay",
-                                                 "total_batch_size", "micro_batch_size", "seq_len", "seed")}
-    train_config["world_size"] = world_size
-    autocast_dtype = torch.bfloat16 if device_type == "cuda" else None
-
-    def forward_loss(x, y):
-        if autocast_dtype is not None:
-            with torch.autocast(device_type=device_type, dtype=autocast_dtype):
-                return model(x, y)[1]
-        return model(x, y)[1]
-
-    def evaluate_val_loss() -> float:
-        model.eval()
-        val_loader.reset()
-        with torch.no_grad():
-            total = torch.zeros((), device=device)
-            for _ in range(args.val_steps):
-                x, y = val_loader.next_batch()
-                total += forward_loss(x.to(device), y.to(device)).detach() / args.val_steps
-        if ddp:  # SUM then divide: gloo has no AVG
-            dist.all_reduce(total, op=dist.ReduceOp.SUM)
-            total /= world_size
-        model.train()
-        return total.item()
-
-    def due(interval: int, step: int, last: bool) -> bool:
-        return interval > 0 and (step % interval == 0 or last)
-
-    heartbeat.beat(phase="train", step=progress.step, last_checkpoint=last_checkpoint_name)
-    if args.hellaswag_interval > 0:
-        say("note: HellaSwag evaluation is not built yet; --hellaswag_interval is accepted and ignored")
-    exit_status = "finished"
-
-    # ---- the training loop ---------------------------------------------------------------------
-    for step in range(progress.step + 1, args.max_steps):
-        t0 = time.time()
-        last_step = step == args.max_steps - 1
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        loss_accum = torch.zeros((), device=device)
-        for micro_step in range(grad_accum_steps):
-            x, y = train_loader.next_batch()
-            x, y = x.to(device), y.to(device)
-            if ddp:  # sync gradients only on the last micro-step
-                model.require_backward_grad_sync = micro_step == grad_accum_steps - 1
-            loss = forward_loss(x, y) / grad_accum_steps
-            loss_accum += loss.detach()
-            loss.backward()
-        if ddp:
-            dist.all_reduce(loss_accum, op=dist.ReduceOp.SUM)
-            loss_accum /= world_size
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        lr = cosine_lr(step, args.max_lr, args.warmup_steps, args.max_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.step()
-        if device_type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.time() - t0
-        loss_value = loss_accum.item()
-        tokens_per_s = args.total_batch_size / dt
-        progress.step = step
-
-        if not math.isfinite(loss_value):
-            say(f"step {step:5d} | loss {loss_value} is not finite: training diverged, stopping without saving")
-            heartbeat.beat(phase="train", step=step, loss=None, status="diverged", message="non-finite loss")
-            _shutdown(ddp, run_log)
-            return int(WorkerExit.DIVERGED)
-        say(f"step {step:5d} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm:.4f} | dt {dt * 1000:.2f}ms | tok/sec {tokens_per_s:.2f}")
-        run_log.log_line(f"{step} train {loss_value:.6f}")
-        run_log.metrics({"step": step, "time": time.time(), "loss": loss_value, "lr": lr, "norm": float(norm), "dt": dt,
-                         "tokens_per_s": tokens_per_s})
-        heartbeat.beat(phase="train", step=step, loss=loss_value, tokens_per_s=tokens_per_s)
-        maybe_inject_crash(step, rank)
-
-        if val_loader is not None and due(args.eval_interval, step, last_step):
-            heartbeat.beat(phase="eval")
-            progress.val_loss = evaluate_val_loss()
-            say(f"validation loss: {progress.val_loss:.4f}")
-            run_log.log_line(f"{step} val {progress.val_loss:.4f}")
-            heartbeat.beat(phase="train")
-        if master and due(args.generate_interval, step, last_step) and step > 0:
-            heartbeat.beat(phase="generate")
-            _print_samples(raw_model, device, device_type, rank)
-            heartbeat.beat(phase="train")
-
-        stop_now = _agree_on_stop(stop.requested, ddp, device)
-        if checkpoints.is_due(step, last_step) or (stop_now and checkpoints.last_saved_step != step):
-            heartbeat.beat(phase="checkpoint")
-            message = None
-            if master:
-                state = compose_checkpoint(raw_model, optimizer, progress, train_loader, device_type, train_config)
-                outcome = checkpoints.save(step, state)
-                del state
-                if outcome.saved:
-                    last_checkpoint_name = outcome.path.name
-                    say(f"saved {outcome.path} ({outcome.size_bytes / 1e6:.1f} MB, {outcome.seconds:.2f}s)")
-                else:
-                    message = outcome.error
-                    run_log.log_line(f"{step} checkpoint_failed {outcome.error}")
-            if ddp:
-                dist.barrier()
-            heartbeat.beat(phase="train", last_checkpoint=last_checkpoint_name, message=message)
-        if stop_now and not last_step:
-            say(f"stop requested ({stop.signal_name or 'by another rank'}): saved at step {step}, exiting")
-            exit_status = "stopped"
-            break
-
-    heartbeat.beat(status=exit_status)
-    _shutdown(ddp, run_log)
-    return int(WorkerExit.OK)
-
-
-def _check_architecture(ckpt: dict, config: Any, path: Path) -> None:
-    from worker.checkpoint import CheckpointError
-    saved = ckpt.get("config")
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"{path} has no model config")
-    wanted = config.architecture()
-    diffs = [f"{k} {saved.get(k)} != {v}" for k, v in wanted.items() if saved.get(k) != v]
-    if diffs:
-        raise CheckpointError(f"{path} was trained with a different model ({'; '.join(diffs)}); pass the matching --model")
-
-
-def _broadcast_path(path: Path | None, ddp: bool) -> Path | None:
-    """Rank 0 chose the checkpoint; every rank must load the same file."""
-    if not ddp:
-        return path
-    import torch.distributed as dist
-    box = [str(path) if path is not None else None]
-    dist.broadcast_object_list(box, src=0)
-    return Path(box[0]) if box[0] is not None else None
-
-
-def _agree_on_stop(local_request: bool, ddp: bool, device: str) -> bool:
-    """All ranks must stop after the same step, or the next collective deadlocks."""
-    if not ddp:
-        return local_request
-    import torch
-    import torch.distributed as dist
-    flag = torch.tensor([1 if local_request else 0], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
-
-
-def _print_samples(model: Any, device: str, device_type: str, rank: int) -> None:
+def print_samples(model: GPT, device: str, rank: int) -> None:
     """build-nanogpt's sampling, on a private generator so the training RNG is untouched."""
-    import torch
-    from torch.nn import functional as F
     from shared.tokenizer import get_gpt2_encoding
 
     enc = get_gpt2_encoding()
@@ -472,13 +436,6 @@ def _print_samples(model: Any, device: str, device_type: str, rank: int) -> None
         ids = [t for t in xgen[i].tolist() if t < enc.n_vocab]
         print(f"rank {rank} sample {i}: {enc.decode(ids)!r}", flush=True)
     model.train()
-
-
-def _shutdown(ddp: bool, run_log: Any) -> None:
-    run_log.close()
-    if ddp:
-        import torch.distributed as dist
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

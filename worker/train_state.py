@@ -1,19 +1,25 @@
 """What a checkpoint holds, as one readable list (torchtitan-style stateful composition).
 
 Each piece that must survive a restart (model, optimizer, data loader, RNGs, progress) exposes its
-own state; these two functions only compose them under the reference guide's key names. Adding a
-new piece of state touches this file, never the training loop.
+own state; ``compose_checkpoint`` / ``restore_full_state`` only compose them under the reference
+guide's key names, and ``TrainingState`` registers the pieces once so the checkpointer can save and
+restore them without the training loop listing them. Adding a new piece of state touches this file,
+never the loop.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from shared.checkpoint_format import FORMAT_VERSION
 from worker.model import GPT
 from worker.rng import RngRestoreReport, capture_rng_state, restore_rng_state
+
+
+class Stateful(Protocol):
+    def load_state_dict(self, state: Any) -> Any: ...
 
 
 @dataclass
@@ -36,7 +42,7 @@ def compose_checkpoint(
         "config": model.config.to_dict(),
         "step": progress.step,
         "val_loss": progress.val_loss,
-        "train_loader_state": train_loader.get_state(),
+        "train_loader_state": train_loader.state_dict(),
         **capture_rng_state(device_type),
         "format_version": FORMAT_VERSION,
         "train_config": train_config,
@@ -47,14 +53,41 @@ def restore_full_state(
     checkpoint: dict[str, Any],
     model: GPT,
     optimizer: torch.optim.Optimizer,
-    train_loader: Any,
+    train_loader: Stateful,
     device_type: str,
 ) -> tuple[TrainProgress, RngRestoreReport]:
-    """Mode 1 of the guide (--resume / --auto_resume): every piece of state."""
+    """Mode 1 of the guide (--resume / --auto_resume): every piece of state.
+
+    ``train_loader`` is anything with ``load_state_dict`` (the checkpoint probe passes a stand-in
+    that only validates the state). Raises ValueError/KeyError/TypeError/RuntimeError when the
+    checkpoint does not fit, and ``worker.data.DataError`` when its data position does not exist.
+    """
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
-    train_loader.set_state(checkpoint["train_loader_state"])
+    train_loader.load_state_dict(checkpoint["train_loader_state"])
     report = restore_rng_state(checkpoint, device_type)
     val_loss = checkpoint.get("val_loss")
     progress = TrainProgress(step=int(checkpoint["step"]), val_loss=None if val_loss is None else float(val_loss))
     return progress, report
+
+
+@dataclass
+class TrainingState:
+    """The stateful parts of one run, registered once with the checkpointer."""
+
+    model: GPT  # the raw module (not the DDP / compiled wrapper): its state_dict names are the format's
+    optimizer: torch.optim.Optimizer
+    loader: Any
+    progress: TrainProgress
+    device_type: str
+    train_config: dict[str, Any]  # the resolved settings that change the math, saved as ``train_config``
+
+    def state_dict(self) -> dict[str, Any]:
+        return compose_checkpoint(self.model, self.optimizer, self.progress, self.loader, self.device_type,
+                                  self.train_config)
+
+    def load_state_dict(self, checkpoint: dict[str, Any]) -> RngRestoreReport:
+        """Restore every part; ``progress`` is updated in place so holders of it see the new step."""
+        progress, report = restore_full_state(checkpoint, self.model, self.optimizer, self.loader, self.device_type)
+        self.progress.step, self.progress.val_loss = progress.step, progress.val_loss
+        return report

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from shared.checkpoint_format import FORMAT_VERSION, REQUIRED_KEYS
+from shared.exit_codes import WorkerExit
 from shared.run_dir import CHECKPOINT_NAME_RE, RunDir, step_from_checkpoint_name
 from tests.worker.conftest import (
     FAST_ARGS,
@@ -186,10 +187,11 @@ def test_pretrained_checkpoint_loads_weights_only(launcher, ref_bare, default_da
     assert step0 == pytest.approx(expected, abs=1e-4), f"step-0 loss {step0}, pretrained {expected}, random {fresh}"
 
 
-def test_nearly_full_disk_skips_the_save_keeps_the_previous_and_trains_on(launcher, mount_tmpfs):
+def test_nearly_full_disk_skips_the_save_keeps_the_previous_trains_on_but_never_ends_finished(launcher, mount_tmpfs):
     mnt = mount_tmpfs(160)
     run = mnt / "run"
-    args = [*FAST_ARGS, "--max_steps", "20"]  # saves due at 8, 16 and 19
+    # saves due at 8, 16 and 19; no retry window, so the unsaved last step ends the run at once
+    args = [*FAST_ARGS, "--max_steps", "20", "--final_save_retry_s", "0"]
     launch = launcher.start(run, args)
     wait_for(lambda: (run / "latest_checkpoint.pt").exists() or not launch.alive(), 240, "the first checkpoint")
     assert launch.alive(), launch.output_tail()
@@ -199,7 +201,7 @@ def test_nearly_full_disk_skips_the_save_keeps_the_previous_and_trains_on(launch
         fill_leaving_free(mnt, 20 * MB)  # a checkpoint is ~40 MB
     finally:
         os.kill(launch.pid, signal.SIGCONT)
-    assert launch.wait() == 0, launch.output_tail()
+    assert launch.wait() == WorkerExit.FINAL_SAVE_FAILED, launch.output_tail()
 
     assert [m["step"] for m in read_metrics(run)] == list(range(20)), "training did not go on"
     assert checkpoint_steps(run) == [8]
@@ -209,9 +211,9 @@ def test_nearly_full_disk_skips_the_save_keeps_the_previous_and_trains_on(launch
     log = (run / "log.txt").read_text()
     assert "16 checkpoint_failed" in log and "19 checkpoint_failed" in log, log
     beat = read_heartbeat(run)
-    assert beat["status"] == "finished"
+    assert beat["status"] == "finished_without_checkpoint"  # the final state is not on disk
     assert beat["last_checkpoint"] == "model_00008.pt"
-    assert beat["message"] and "checkpoint" in beat["message"] and "19" in beat["message"], beat["message"]
+    assert beat["message"] and "final checkpoint (step 19)" in beat["message"], beat["message"]
 
 
 def test_disk_full_during_the_write_is_not_fatal(mount_tmpfs):

@@ -20,6 +20,7 @@ from worker.data import (
     ShardedTokenLoader,
     default_corpus_documents,
     resolve_data_dir,
+    validate_loader_state,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -97,9 +98,9 @@ def test_two_ranks_read_the_same_tokens_per_step_as_one_rank(tmp_path: Path, acc
     seen_shards = set()
     for _ in range(40):
         assert [c.tolist() for c in read_step(two)] == [c.tolist() for c in read_step(one)]
-        states = {json.dumps(loader.get_state(), sort_keys=True) for loader in two + one}
+        states = {json.dumps(loader.state_dict(), sort_keys=True) for loader in two + one}
         assert len(states) == 1  # every rank (and the 1-process run) holds the same state
-        seen_shards.add(one[0].get_state()["shard_index"])
+        seen_shards.add(one[0].state_dict()["shard_index"])
     assert seen_shards == {0, 1, 2}
 
 
@@ -109,7 +110,7 @@ def test_state_round_trip_reproduces_next_batches_across_world_sizes(tmp_path: P
     original = make_loaders(tmp_path, B, T, world=2, accum=2)
     for _ in range(7):
         read_step(original)
-    state = original[0].get_state()
+    state = original[0].state_dict()
     assert all(type(v) is int for v in state.values())
 
     # Through a real weights_only checkpoint round trip, as the trainer does it.
@@ -121,7 +122,7 @@ def test_state_round_trip_reproduces_next_batches_across_world_sizes(tmp_path: P
     for world, accum in [(2, 2), (1, 4), (4, 1)]:
         resumed = make_loaders(tmp_path, B, T, world=world, accum=accum)
         for loader in resumed:
-            loader.set_state(restored_state)
+            loader.load_state_dict(restored_state)
         got = [read_step(resumed) for _ in range(12)]
         assert [[c.tolist() for c in s] for s in got] == [[c.tolist() for c in s] for s in expected]
 
@@ -142,29 +143,29 @@ def test_shard_switch_and_wrap(tmp_path: Path) -> None:
         assert shard_index == want_shard
         assert first_tok == shards[want_shard][want_pos]
         assert last_tok == shards[want_shard][want_pos + 32]  # y reaches one token further
-    assert loader.get_state() == {"shard_index": 0, "position": 64}
+    assert loader.state_dict() == {"shard_index": 0, "position": 64}
 
 
-def test_get_state_mid_step_is_refused(tmp_path: Path) -> None:
+def test_state_dict_mid_step_is_refused(tmp_path: Path) -> None:
     write_shards(tmp_path, [1000])
     loader = ShardedTokenLoader(tmp_path, "train", 2, 8, grad_accum_steps=2)
     loader.next_batch()
     with pytest.raises(AssertionError, match="mid-step"):
-        loader.get_state()
+        loader.state_dict()
     loader.next_batch()
-    assert loader.get_state() == {"shard_index": 0, "position": 32}
+    assert loader.state_dict() == {"shard_index": 0, "position": 32}
 
 
-def test_set_state_validates(tmp_path: Path) -> None:
+def test_load_state_dict_tells_a_malformed_state_from_other_data(tmp_path: Path) -> None:
     write_shards(tmp_path, [1000, 800])
     loader = ShardedTokenLoader(tmp_path, "train", 2, 8)
     with pytest.raises(DataError, match="shard 2"):
-        loader.set_state({"shard_index": 2, "position": 0})
+        loader.load_state_dict({"shard_index": 2, "position": 0})
     with pytest.raises(DataError, match="outside"):
-        loader.set_state({"shard_index": 1, "position": 801})
-    with pytest.raises(DataError, match="invalid"):
-        loader.set_state({"position": 0})
-    loader.set_state({"shard_index": 1, "position": 800})  # end of shard: next step moves on
+        loader.load_state_dict({"shard_index": 1, "position": 801})
+    with pytest.raises(ValueError, match="invalid"):  # malformed: the checkpoint is bad, not the data
+        loader.load_state_dict({"position": 0})
+    loader.load_state_dict({"shard_index": 1, "position": 800})  # end of shard: next step moves on
     x, _ = loader.next_batch()
     assert loader.shard_index == 0 and int(x[0, 0]) == 5000  # wrapped to shard 0 (file index 1)
 
@@ -349,3 +350,12 @@ def test_a_full_pass_gives_read_pages_back(tmp_path):
     grown_mib = int(result.stdout.strip()) / 1024
     # Without the release the whole 96 MiB shard stays resident; with it, at most ~one 32 MiB window.
     assert grown_mib < 60, f"RssFile grew {grown_mib:.0f} MiB over a 96 MiB shard"
+
+
+@pytest.mark.parametrize("state", [None, [0, 0], {"position": 0}, {"shard_index": "0", "position": 0},
+                                   {"shard_index": 0, "position": -1}, {"shard_index": True, "position": 0},
+                                   {"shard_index": 0, "position": 1.5}])
+def test_validate_loader_state_rejects_malformed_states_without_any_data(state) -> None:
+    with pytest.raises(ValueError, match="invalid data-loader state"):
+        validate_loader_state(state)
+    validate_loader_state({"shard_index": 3, "position": 128})  # well-formed: fine without data

@@ -1,0 +1,78 @@
+"""The process group as one small object: who am I, and the few collectives the loop needs.
+
+torchrun sets ``RANK``/``LOCAL_RANK``/``WORLD_SIZE``; without them this is a one-process run and
+every collective is the identity, so the training loop never branches on "am I distributed" for
+bookkeeping (only for DDP's gradient-sync switch, which is part of the math).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Distributed:
+    ddp: bool
+    rank: int
+    local_rank: int
+    world_size: int
+    device: str  # "cpu", "cuda", or "cuda:N" for this rank
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.ddp:
+            dist.barrier()
+
+    def broadcast_from_master(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (a path, a verdict): all ranks act on one decision."""
+        if not self.ddp:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank if it is true on any (e.g. a stop request): ranks must agree."""
+        if not self.ddp:
+            return flag
+        tensor = torch.tensor([1 if flag else 0], device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return bool(tensor.item())
+
+    def first_error(self, error: str | None) -> str | None:
+        """The first non-None ``error`` of any rank (rank order), on every rank."""
+        if not self.ddp:
+            return error
+        gathered: list[str | None] = [None] * self.world_size
+        dist.all_gather_object(gathered, error)
+        return next((e for e in gathered if e is not None), None)
+
+    def mean_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Average ``tensor`` over ranks in place (SUM then divide: gloo has no AVG)."""
+        if self.ddp:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            tensor /= self.world_size
+        return tensor
+
+    def shutdown(self) -> None:
+        if self.ddp and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def setup_distributed(device_type: str, device: str) -> Distributed:
+    """Join the process group torchrun prepared (NCCL on CUDA, gloo on CPU), or run alone."""
+    if "RANK" not in os.environ:
+        return Distributed(ddp=False, rank=0, local_rank=0, world_size=1, device=device)
+    rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+    device = f"cuda:{local_rank}" if device_type == "cuda" else "cpu"
+    if device_type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return Distributed(ddp=True, rank=rank, local_rank=local_rank, world_size=world_size, device=device)
