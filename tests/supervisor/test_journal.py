@@ -201,3 +201,15 @@ def test_the_backlog_is_bounded_and_the_loss_is_reported(tmp_path):
     records = _events(run)
     assert [e["attempt"] for e in records[:-1]] == [7, 8, 9, 10, 11]
     assert records[-1]["lost"] == 7
+
+
+def test_the_supervisor_lock_is_taken_on_a_full_disk(tmpfs):
+    """A supervisor restarted while the disk is full must still start (and buffer its journal)."""
+    from supervisor.run_lock import RunLock
+
+    lock_path = tmpfs / "supervisor.lock"
+    lock_path.touch()  # released by the last holder: empty, so the pid needs a new page
+    _fill(tmpfs)
+    lock = RunLock(lock_path)
+    lock.acquire()  # the pid cannot be written; the flock is what counts
+    lock.release()
