@@ -24,7 +24,7 @@ def test_a_short_seeded_chaos_soak_ends_bitwise_equal_with_every_fault_seen_and_
 
     seed = int(os.environ.get("GPT2SUP_CHAOS_SEED", "7"))
     lines: list[str] = []
-    result = soak(seed, faults=4, max_steps=24, workdir=tmp_path, log=lines.append)
+    result = soak(seed, faults=4, max_steps=48, workdir=tmp_path, log=lines.append)
     print_table(result, log=lines.append)
     report = "\n".join(lines)
     assert result["ok"], report

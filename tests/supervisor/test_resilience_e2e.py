@@ -206,3 +206,37 @@ def test_a_bare_torchrun_on_the_directory_makes_run_refuse_naming_its_pids(tmp_p
     finally:
         os.killpg(bare.pid, signal.SIGKILL)
         bare.wait()
+
+
+def test_a_full_disk_mid_run_does_not_kill_the_supervisor_and_its_journal_catches_up(tmp_path, reference_checkpoint):
+    """The run directory's disk at 100% for a while: no `internal error: OSError: [Errno 28]`."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", str(disk)], check=True)
+    try:
+        log_dir = disk / "run"
+        proc = start_supervisor(log_dir)
+        wait_for_step(log_dir, 5, rank=0)
+        filled_at = time.time()
+        filler = disk / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        time.sleep(12)  # more than two disk checks: the supervisor writes (and fails) meanwhile
+        assert proc.poll() is None, console_text(log_dir)[-3000:]
+        filler.unlink()
+        code = wait_exit(proc, log_dir)
+        assert code == SupervisorExit.FINISHED, console_text(log_dir)[-3000:]
+        assert_same_weights(log_dir / "model_00011.pt", reference_checkpoint)
+        caught_up = events_named(log_dir, "journal_error")
+        assert caught_up and caught_up[0]["delayed"] >= 1, read_events(log_dir)
+        full = [e for e in events_named(log_dir, "disk_warning") if e.get("level") == "critical"]
+        assert full and filled_at <= full[0]["time"] < caught_up[0]["time"]  # written late, in order
+        assert "internal error" not in console_text(log_dir)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True, check=False)
