@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from supervisor.process_tree import processes_with_log_dir, same_process_alive
+from tests.supervisor.disk_fill import fill_disk
 
 NPROC = 2
 # Every kind once, then seeded extras drawn from the kinds that are cheap to repeat.
@@ -141,6 +142,15 @@ class Soak:
         if state.get("pid"):
             self.recorded.add((int(state["pid"]), float(state["pid_create_time"])))
 
+    def current_rank(self, pid: int) -> bool:
+        try:
+            state = json.loads((self.run_dir / "supervisor.json").read_text())
+            proc = psutil.Process(pid)
+            return pid in {int(p["pid"]) for p in state.get("processes") or []} and proc.status() not in (
+                psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP, psutil.STATUS_ZOMBIE)
+        except (OSError, ValueError, KeyError, psutil.Error):
+            return False
+
     # -- supervisor --------------------------------------------------------------------------
     def start_supervisor(self, *extra: str) -> None:
         argv = [sys.executable, "-m", "supervisor.cli", "run", "--log-dir", str(self.run_dir),
@@ -175,7 +185,9 @@ class Soak:
         def ready() -> dict[str, Any] | None:
             hb = self.heartbeat(rank)
             ok = hb and hb.get("time", 0) >= after and hb.get("step", -1) >= step and hb.get("status") == "running"
-            return hb if ok else None
+            # A beat of the attempt now running, by a rank that runs: not the last words of one
+            # the supervisor is about to kill.
+            return hb if ok and self.current_rank(int(hb["pid"])) else None
 
         return self.wait_for(ready, 600, f"rank {rank} to train past step {step}")
 
@@ -226,20 +238,7 @@ class Soak:
         self.start_supervisor()
 
     def _fault_full_disk(self, fault: Fault, rank: int, hb: dict) -> None:
-        filler = self.tmpfs / "filler"
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
-        try:
-            while True:
-                os.write(fd, b"\0" * (1 << 20))
-        except OSError:
-            pass
-        try:
-            while True:  # the last pages, byte-sized bites
-                os.write(fd, b"\0" * 4096)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        filler = fill_disk(self.tmpfs)
         time.sleep(HOLD_FULL_DISK_S)
         filler.unlink()
 

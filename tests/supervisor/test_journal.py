@@ -23,6 +23,7 @@ from shared.supervisor_state import (
     SupervisorState,
     read_supervisor_state,
 )
+from tests.supervisor.disk_fill import fill_disk
 
 NOBODY = 65534
 
@@ -42,16 +43,7 @@ def tmpfs(tmp_path) -> Iterator[Path]:
 
 
 def _fill(disk: Path) -> Path:
-    """Write until the disk refuses a single byte more; returns the filler to delete later."""
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    filler = fill_disk(disk)
     assert shutil.disk_usage(disk).free == 0
     return filler
 

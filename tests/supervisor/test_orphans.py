@@ -125,28 +125,22 @@ def test_a_recorded_pid_now_used_by_another_process_is_left_alone(tmp_path, reap
     assert survey_orphans(state, run).orphans == []
 
 
-def test_a_stopped_orphan_is_sigcont_sigkilled_after_the_kill_grace_not_the_stop_timeout(tmp_path, reap):
+@pytest.mark.parametrize("how, why", [("sigstop", "stopped"), ("--ignore", "did not answer")])
+def test_an_orphan_that_cannot_or_will_not_save_is_killed_after_the_kill_grace_not_the_stop_timeout(
+    tmp_path, reap, how, why
+):
+    """A SIGSTOPped rank (the issue's scenario) or one ignoring SIGTERM: SIGCONT+SIGKILL, bounded."""
     run = tmp_path / "run"
-    rank = _start(run)
+    rank = _start(run, *([how] if how.startswith("--") else []))
     reap.append(rank)
-    os.kill(rank.pid, signal.SIGSTOP)
+    if how == "sigstop":
+        os.kill(rank.pid, signal.SIGSTOP)
     survey = survey_orphans(_state(run, _dead_supervisor(), [rank]), run)
     started = time.monotonic()
     report = stop_orphans(survey, run, kill_grace_s=2.0, stop_timeout_s=600.0,
                           stop_requests=lambda: 0, wait=time.sleep)
     assert time.monotonic() - started < 10
-    assert report.forced and "stopped" in report.forced
-    assert not psutil.pid_exists(rank.pid) or psutil.Process(rank.pid).status() == psutil.STATUS_ZOMBIE
-
-
-def test_an_orphan_that_ignores_the_stop_request_is_killed_after_the_kill_grace(tmp_path, reap):
-    run = tmp_path / "run"
-    rank = _start(run, "--ignore")
-    reap.append(rank)
-    survey = survey_orphans(_state(run, _dead_supervisor(), [rank]), run)
-    report = stop_orphans(survey, run, kill_grace_s=1.5, stop_timeout_s=600.0,
-                          stop_requests=lambda: 0, wait=time.sleep)
-    assert report.forced and "did not answer" in report.forced
+    assert report.forced and why in report.forced
     assert not psutil.pid_exists(rank.pid) or psutil.Process(rank.pid).status() == psutil.STATUS_ZOMBIE
 
 

@@ -35,6 +35,7 @@ from tests.supervisor.conftest import (
     wait_for,
     wait_for_step,
 )
+from tests.supervisor.disk_fill import fill_disk
 
 pytestmark = requires_worker
 
@@ -218,15 +219,7 @@ def test_a_full_disk_mid_run_does_not_kill_the_supervisor_and_its_journal_catche
         proc = start_supervisor(log_dir)
         wait_for_step(log_dir, 5, rank=0)
         filled_at = time.time()
-        filler = disk / "filler"
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
-        try:
-            while True:
-                os.write(fd, b"\0" * 4096)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        filler = fill_disk(disk)
         time.sleep(12)  # more than two disk checks: the supervisor writes (and fails) meanwhile
         assert proc.poll() is None, console_text(log_dir)[-3000:]
         filler.unlink()
