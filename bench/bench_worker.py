@@ -9,6 +9,9 @@
    noise hits both sides alike; the table shows medians.
 2. ``CheckpointManager.save`` (torch.save into .tmp, fsync, rename, fsync dir, swing the link) versus
    writing the same tensor bytes raw with numpy + fsync.
+3. What the integrity check costs before a resume: the zip CRC-32 of every member
+   (``shared.checkpoint_crc.check_zip_crc``, one sequential read) versus the ``torch.load`` of the
+   same file that follows it, both from the page cache (a file just written, as after a restart).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from shared.checkpoint_crc import check_zip_crc  # noqa: E402
 from shared.run_dir import RunDir  # noqa: E402
 from worker import train_gpt2  # noqa: E402
 from worker.checkpoint import CheckpointManager  # noqa: E402
@@ -111,6 +115,14 @@ def checkpoint_save_vs_raw(
         outcome = manager.save(i + 1, state)
         assert outcome.saved, outcome.error
         save_times.append(outcome.seconds)
+        t0 = time.perf_counter()
+        intact, detail = check_zip_crc(outcome.path)
+        CRC_TIMES.append(time.perf_counter() - t0)
+        assert intact, detail
+        t0 = time.perf_counter()
+        loaded = torch.load(outcome.path, map_location="cpu", weights_only=True)
+        LOAD_TIMES.append(time.perf_counter() - t0)
+        del loaded
         outcome.path.unlink()
 
         raw_path = workdir / "raw.bin"
@@ -137,6 +149,10 @@ def checkpoint_save_vs_raw(
             torch.serialization.set_crc32_options(True)
         raw_path.unlink()
     return save_times, raw_times, nocrc_times, raw_bytes
+
+
+CRC_TIMES: list[float] = []
+LOAD_TIMES: list[float] = []
 
 
 def _iter_tensors(obj):
@@ -187,6 +203,13 @@ def main() -> None:
         print(f"| {label} | {min(values):.3f} s | {statistics.median(values):.3f} s |")
     print(f"| save / raw (goal < 1.3x) | {min(save_s) / min(raw_s):.2f}x | "
           f"{statistics.median(save_s) / statistics.median(raw_s):.2f}x |")
+    print()
+    print(f"| before a resume ({args.checkpoint_model}, {args.rounds} rounds, file in page cache) | best | median |")
+    print("|---|---|---|")
+    print(f"| check_zip_crc: CRC-32 of every member | {min(CRC_TIMES):.3f} s | {statistics.median(CRC_TIMES):.3f} s |")
+    print(f"| torch.load(weights_only=True) | {min(LOAD_TIMES):.3f} s | {statistics.median(LOAD_TIMES):.3f} s |")
+    print(f"| CRC check / load | {min(CRC_TIMES) / min(LOAD_TIMES):.2f}x | "
+          f"{statistics.median(CRC_TIMES) / statistics.median(LOAD_TIMES):.2f}x |")
 
 
 def print_loop_table(args: argparse.Namespace, bare: list[float], worker: list[float]) -> None:

@@ -6,47 +6,51 @@ unit-tested in milliseconds and the run loop stays a thin sequence of calls into
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Collection, Iterable, Sequence
+
+from shared.exit_codes import PERMANENT_WORKER_EXITS, SupervisorExit, WorkerExit
+from shared.vocabulary import (
+    EVAL_LIKE_PHASES,
+    DiskLevel,
+    OutcomeKind,
+    Phase,
+    RankStatus,
+    SupervisorStateName,
+)
 
 # --------------------------------------------------------------------------------------------
 # Hang timeouts per phase
 # --------------------------------------------------------------------------------------------
 
 AUTO = "auto"
-# `--hang-timeout auto`: this many times the slowest train step seen, never below the floor.
+# Auto timeouts: this many times the slowest step / save / eval seen, never below a floor.
 AUTO_STEP_MULTIPLE = 20.0
 AUTO_FLOOR_S = 120.0
-
-EVAL_LIKE_PHASES = ("eval", "hellaswag", "generate")
+# Before the first save of a run is timed, a save is estimated from the newest checkpoint's size
+# at this (deliberately slow: network filesystems, busy disks) write bandwidth.
+CONSERVATIVE_WRITE_BYTES_PER_S = 50e6
+# Allowances while nothing at all is known (no save timed, no checkpoint on disk, no eval timed).
+UNKNOWN_SAVE_S = 600.0
+UNKNOWN_EVAL_S = 1200.0
 
 
 @dataclass(frozen=True)
 class TimeoutConfig:
-    """How long each phase may stay silent before the rank counts as hung.
+    """How long each phase may stay silent before the rank counts as hung; ``None`` means auto.
 
-    ``hang_timeout`` is seconds, or ``None`` for auto. Long phases get their own allowance
-    because a checkpoint save of a 1.5 GB file or a HellaSwag pass legitimately takes minutes
-    without a step heartbeat.
+    Long phases get their own allowance because saving a 1.5 GB checkpoint or a HellaSwag pass
+    legitimately takes minutes without a step heartbeat. Auto allowances follow what this run
+    has measured (``phase_timeouts``), so a save that hangs is caught in about the time a save
+    takes here, not after a fixed ten minutes.
     """
 
-    hang_timeout: float | None  # None == auto
-    startup_timeout: float
-    checkpoint_timeout: float
-    eval_timeout: float
+    hang_timeout: float | None = None
+    startup_timeout: float = 1800.0
+    checkpoint_timeout: float | None = None
+    eval_timeout: float | None = None
     auto_multiple: float = AUTO_STEP_MULTIPLE
     auto_floor: float = AUTO_FLOOR_S
-
-
-def parse_hang_timeout(text: str) -> float | None:
-    """``"auto"`` -> None; a positive number of seconds -> float. Raises ValueError otherwise."""
-    cleaned = str(text).strip().lower()
-    if cleaned == AUTO:
-        return None
-    value = float(cleaned)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"hang timeout must be positive seconds or 'auto', got {text!r}")
-    return value
 
 
 def auto_train_timeout(slowest_step_s: float | None, config: TimeoutConfig) -> float:
@@ -60,17 +64,52 @@ def auto_train_timeout(slowest_step_s: float | None, config: TimeoutConfig) -> f
     return max(config.auto_floor, config.auto_multiple * slowest_step_s)
 
 
-def timeout_for_phase(phase: str | None, config: TimeoutConfig, slowest_step_s: float | None = None) -> float:
-    """Seconds of heartbeat silence tolerated in ``phase``."""
-    if phase in (None, "startup"):
-        return config.startup_timeout
-    if phase == "checkpoint":
-        return config.checkpoint_timeout
-    if phase in EVAL_LIKE_PHASES:
-        return config.eval_timeout
-    if config.hang_timeout is None:
-        return auto_train_timeout(slowest_step_s, config)
-    return config.hang_timeout
+@dataclass(frozen=True)
+class Measurements:
+    """What this run has measured so far: the inputs of the auto timeouts."""
+
+    slowest_step_s: float | None = None
+    slowest_save_s: float | None = None
+    slowest_eval_s: float | None = None
+    newest_checkpoint_bytes: int | None = None
+
+
+def phase_timeouts(config: TimeoutConfig, seen: Measurements) -> dict[Phase, float]:
+    """Seconds of heartbeat silence tolerated in each phase (explicit values win over auto).
+
+    A save or an eval may always take as long as a silent training step (the floor); beyond
+    that, ``auto_multiple`` times the slowest one seen. Before the first save is timed, the save
+    is estimated from the newest checkpoint's size at a conservative bandwidth.
+    """
+    if config.hang_timeout is not None:
+        train = config.hang_timeout
+    else:
+        train = auto_train_timeout(seen.slowest_step_s, config)
+    floor = config.hang_timeout if config.hang_timeout is not None else config.auto_floor
+
+    def auto(measured: float | None, unknown: float) -> float:
+        return unknown if measured is None else max(floor, config.auto_multiple * measured)
+
+    if config.checkpoint_timeout is not None:
+        save = config.checkpoint_timeout
+    elif seen.slowest_save_s is None and seen.newest_checkpoint_bytes:
+        save = auto(seen.newest_checkpoint_bytes / CONSERVATIVE_WRITE_BYTES_PER_S, UNKNOWN_SAVE_S)
+    else:
+        save = auto(seen.slowest_save_s, UNKNOWN_SAVE_S)
+    evaluation = config.eval_timeout if config.eval_timeout is not None else auto(seen.slowest_eval_s, UNKNOWN_EVAL_S)
+    timeouts = {Phase.STARTUP: config.startup_timeout, Phase.TRAIN: train, Phase.CHECKPOINT: save}
+    timeouts.update({phase: evaluation for phase in EVAL_LIKE_PHASES})
+    return timeouts
+
+
+def timeout_for_phase(phase: str | None, timeouts: Mapping[Phase, float]) -> float:
+    """Seconds of heartbeat silence tolerated in ``phase`` (an unknown phase counts as training)."""
+    if phase is None:
+        return timeouts[Phase.STARTUP]
+    try:
+        return timeouts[Phase(phase)]
+    except (ValueError, KeyError):
+        return timeouts[Phase.TRAIN]
 
 
 @dataclass
@@ -90,7 +129,7 @@ class StepPaceTracker:
         if last is None:
             return
         last_step, last_time, last_phase = last
-        if phase != "train" or last_phase != "train" or step <= last_step or last_step < 1:
+        if phase != Phase.TRAIN or last_phase != Phase.TRAIN or step <= last_step or last_step < 1:
             # last_step < 1: the interval up to step 1 includes warm-up, not the steady pace.
             return
         per_step = (hb_time - last_time) / (step - last_step)
@@ -102,6 +141,15 @@ class StepPaceTracker:
         self._last = None
 
 
+def slowest(previous: float | None, measured: object) -> float | None:
+    """The larger of a remembered duration and a newly reported one (ignoring junk values)."""
+    if isinstance(measured, bool) or not isinstance(measured, (int, float)):
+        return previous
+    if not math.isfinite(measured) or measured < 0:
+        return previous
+    return float(measured) if previous is None else max(previous, float(measured))
+
+
 @dataclass(frozen=True)
 class RankBeat:
     """What the hang check needs from one rank's heartbeat."""
@@ -109,7 +157,7 @@ class RankBeat:
     rank: int
     phase: str
     time: float
-    status: str = "running"
+    status: str = RankStatus.RUNNING
     step: int = -1
 
 
@@ -122,18 +170,19 @@ class HangVerdict:
     step: int
 
     def describe(self) -> str:
+        where = f"after step {self.step}" if self.step >= 0 else "before its first step"
         return (
-            f"rank {self.rank} silent for {self.silent_s:.1f}s in phase {self.phase!r} at step "
-            f"{self.step} (timeout {self.timeout_s:.0f}s)"
+            f"rank {self.rank} silent for {self.silent_s:.1f}s in phase {self.phase!r} {where} "
+            f"(timeout {self.timeout_s:.0f}s)"
         )
 
 
 def find_hung_rank(
     beats: Sequence[RankBeat],
     now: float,
-    config: TimeoutConfig,
-    slowest_step_s: float | None = None,
+    timeouts: Mapping[Phase, float],
     suspect_ranks: Collection[int] = (),
+    exited_ranks: Collection[int] = (),
 ) -> HangVerdict | None:
     """The rank most likely to blame among those past their phase timeout, else None.
 
@@ -142,19 +191,26 @@ def find_hung_rank(
     is suspect (e.g. its process is stopped), the rank furthest behind in steps, the rank whose
     heartbeat is oldest. Ranks that reported a terminal status are on their way out and get the
     checkpoint allowance to do so.
+
+    A rank whose process has already exited did not hang: it crashed, and torchrun reports that
+    once it has stopped the others (which can take it many seconds on a loaded machine, or its
+    own close timeout when a peer is stuck in a collective). Until then every rank gets the
+    checkpoint allowance (the time an attempt may take to end), and the exited rank is named
+    first if even that runs out.
     """
+    ending = bool(exited_ranks)
     overdue: list[HangVerdict] = []
     for beat in beats:
-        if beat.status != "running":
-            timeout = config.checkpoint_timeout
+        if ending or beat.status != RankStatus.RUNNING:
+            timeout = timeouts[Phase.CHECKPOINT]
         else:
-            timeout = timeout_for_phase(beat.phase, config, slowest_step_s)
+            timeout = timeout_for_phase(beat.phase, timeouts)
         silent = now - beat.time
         if silent > timeout:
             overdue.append(HangVerdict(beat.rank, beat.phase, silent, timeout, beat.step))
     if not overdue:
         return None
-    suspects = set(suspect_ranks)
+    suspects = set(suspect_ranks) | set(exited_ranks)
     return min(overdue, key=lambda v: (v.rank not in suspects, v.step, -v.silent_s, v.rank))
 
 
@@ -224,21 +280,6 @@ class ProgressTracker:
 # Exit classification and the restart decision
 # --------------------------------------------------------------------------------------------
 
-# Outcome kinds.
-FINISHED = "finished"
-STOPPED = "stopped"
-CRASHED = "crashed"
-OOM = "oom"
-DIVERGED = "diverged"
-HUNG = "hung"
-STARTUP_TIMEOUT = "startup_timeout"
-USAGE_ERROR = "usage_error"
-
-WORKER_EXIT_USAGE = 2
-WORKER_EXIT_DIVERGED = 3
-WORKER_EXIT_CHECKPOINT = 4
-WORKER_EXIT_DATA = 5
-
 
 @dataclass(frozen=True)
 class RankExit:
@@ -249,54 +290,102 @@ class RankExit:
 
 
 @dataclass(frozen=True)
+class RankReport:
+    """What one rank's last heartbeat said about its end."""
+
+    rank: int
+    status: str
+    time: float
+    step: int = -1
+
+
+@dataclass(frozen=True)
 class ExitFacts:
     """Everything observed about an attempt that ended on its own (no hang verdict)."""
 
     returncode: int  # torchrun's (negative: killed by a signal)
     statuses: Sequence[str] = ()  # heartbeat status per rank (fresh heartbeats only)
-    rank_exits: Sequence[RankExit] = ()  # from torchrun's failure summary
+    rank_exits: Sequence[RankExit] = ()  # from torchrun's failure summary, root cause first
     oom_kill_observed: bool = False  # the kernel's OOM counter moved during the attempt
     memory_was_tight: bool = False  # psutil saw available memory near zero just before
     stop_requested: bool = False
+    module_missing: bool = False  # Python could not find the --worker module
+    final_checkpoint_on_disk: bool = True  # the checkpoint the finishing worker named exists
+    reports: Sequence[RankReport] = ()  # per-rank heartbeat ends, to find who failed first
 
 
 @dataclass(frozen=True)
 class Outcome:
-    kind: str
+    kind: OutcomeKind
     exit_code: int | None = None
     signal: int | None = None
     rank: int | None = None
 
     @property
     def is_failure(self) -> bool:
-        return self.kind not in (FINISHED, STOPPED)
+        return self.kind not in (OutcomeKind.FINISHED, OutcomeKind.STOPPED, OutcomeKind.FINISHED_WITHOUT_CHECKPOINT)
+
+
+_TERMINATED_BY_PEER = 15  # SIGTERM: what torchrun sends the surviving ranks
+
+
+def first_failure(rank_exits: Sequence[RankExit], reports: Sequence[RankReport]) -> RankExit | None:
+    """The rank that failed FIRST, with its exit.
+
+    torchrun's "root cause" is the first failure *it observed*; when ranks die within one of its
+    polls it is a coin toss, and the survivors' errors ("Connection closed by peer") look like
+    causes. So, in order: a rank killed by a signal from outside (not torchrun's SIGTERM) — it
+    wrote nothing; else the rank whose heartbeat said ``failed`` earliest — it caught its own
+    error before its peers lost their connection to it; else torchrun's root cause.
+    """
+    exits = {e.rank: e for e in rank_exits}
+    for entry in rank_exits:
+        if entry.exit_code < 0 and -entry.exit_code != _TERMINATED_BY_PEER:
+            return entry
+    failed = sorted((r for r in reports if r.status == RankStatus.FAILED), key=lambda r: (r.time, r.rank))
+    if failed:
+        rank = failed[0].rank
+        fallback = rank_exits[0].exit_code if rank_exits else 1
+        return exits.get(rank, RankExit(rank, fallback))
+    return rank_exits[0] if rank_exits else None
 
 
 def classify_exit(facts: ExitFacts) -> Outcome:
     """Name what happened to an attempt from its exit code, heartbeats and torchrun's summary."""
     statuses = list(facts.statuses)
+    unsaved = RankStatus.FINISHED_WITHOUT_CHECKPOINT in statuses
+
+    def finished() -> Outcome:
+        if unsaved or not facts.final_checkpoint_on_disk:
+            return Outcome(OutcomeKind.FINISHED_WITHOUT_CHECKPOINT, exit_code=facts.returncode)
+        return Outcome(OutcomeKind.FINISHED, exit_code=0)
+
     if facts.stop_requested:
         # We asked it to stop: however it went down, that is not a failure to restart from.
-        if facts.returncode == 0 and statuses and all(s == "finished" for s in statuses):
-            return Outcome(FINISHED, exit_code=0)
-        return Outcome(STOPPED, exit_code=facts.returncode)
+        if facts.returncode == 0 and statuses and all(s == RankStatus.FINISHED for s in statuses):
+            return finished()
+        return Outcome(OutcomeKind.STOPPED, exit_code=facts.returncode)
     if facts.returncode == 0:
-        if "stopped" in statuses:
-            return Outcome(STOPPED, exit_code=0)
-        return Outcome(FINISHED, exit_code=0)
-    first = facts.rank_exits[0] if facts.rank_exits else None
+        if RankStatus.STOPPED in statuses:
+            return Outcome(OutcomeKind.STOPPED, exit_code=0)
+        return finished()
+    first = first_failure(facts.rank_exits, facts.reports)
     code = first.exit_code if first is not None else facts.returncode
     rank = first.rank if first is not None else None
-    if "diverged" in statuses or code == WORKER_EXIT_DIVERGED:
-        return Outcome(DIVERGED, exit_code=code, rank=rank)
-    if code == WORKER_EXIT_USAGE:
-        return Outcome(USAGE_ERROR, exit_code=code, rank=rank)
+    if unsaved or code == WorkerExit.FINAL_SAVE_FAILED:
+        return Outcome(OutcomeKind.FINISHED_WITHOUT_CHECKPOINT, exit_code=code, rank=rank)
+    if RankStatus.DIVERGED in statuses or code == WorkerExit.DIVERGED:
+        return Outcome(OutcomeKind.DIVERGED, exit_code=code, rank=rank)
+    if code in PERMANENT_WORKER_EXITS or facts.module_missing:
+        return Outcome(OutcomeKind.PERMANENT, exit_code=code, rank=rank)
+    if code == WorkerExit.CHECKPOINT_ERROR:
+        return Outcome(OutcomeKind.BAD_CHECKPOINT, exit_code=code, rank=rank)
     if code < 0:
         signum = -code
         if signum == 9 and (facts.oom_kill_observed or facts.memory_was_tight):
-            return Outcome(OOM, signal=signum, rank=rank)
-        return Outcome(CRASHED, signal=signum, rank=rank)
-    return Outcome(CRASHED, exit_code=code, rank=rank)
+            return Outcome(OutcomeKind.OOM, signal=signum, rank=rank)
+        return Outcome(OutcomeKind.CRASHED, signal=signum, rank=rank)
+    return Outcome(OutcomeKind.CRASHED, exit_code=code, rank=rank)
 
 
 @dataclass(frozen=True)
@@ -310,6 +399,9 @@ class Decision:
     restart: bool
     delay_s: float = 0.0
     reason: str = ""
+    # How a "no" ends the run: a run-identity mismatch is a refusal, everything else giving up.
+    end_state: SupervisorStateName = SupervisorStateName.GAVE_UP
+    exit_code: SupervisorExit = SupervisorExit.GAVE_UP
 
 
 def decide_after_failure(
@@ -322,8 +414,11 @@ def decide_after_failure(
     backoff: BackoffConfig,
 ) -> Decision:
     """Restart (after how long) or give up, and why, in one human line."""
-    if outcome.kind == USAGE_ERROR:
-        return Decision(False, reason="the worker rejected its command line (exit 2); restarting cannot help")
+    if outcome.kind == OutcomeKind.PERMANENT:
+        if outcome.exit_code == WorkerExit.RUN_MISMATCH:
+            return Decision(False, reason="the arguments describe another run than the one in this directory",
+                            end_state=SupervisorStateName.REFUSED, exit_code=SupervisorExit.REFUSED)
+        return Decision(False, reason="relaunching the same command cannot succeed")
     if restarts_used >= limits.max_restarts:
         return Decision(False, reason=f"restart budget exhausted ({restarts_used}/{limits.max_restarts} restarts used)")
     if limits.max_no_progress_restarts > 0 and stalled_failures >= limits.max_no_progress_restarts:
@@ -334,16 +429,15 @@ def decide_after_failure(
                 f"consecutive failures"
             ),
         )
+    if outcome.kind == OutcomeKind.BAD_CHECKPOINT:
+        # The cause is quarantined before the relaunch; waiting would not make the next file better.
+        return Decision(True, delay_s=0.0, reason="restart from the previous checkpoint")
     return Decision(True, delay_s=backoff_delay(consecutive_failures, backoff), reason="restart")
 
 
 # --------------------------------------------------------------------------------------------
 # Disk
 # --------------------------------------------------------------------------------------------
-
-DISK_OK = "ok"
-DISK_LOW = "low"  # below the threshold: warn
-DISK_CRITICAL = "critical"  # cannot fit even one more checkpoint
 
 MIN_FREE_DISK_FLOOR = 64 * 1024**2
 MIN_FREE_DISK_MULTIPLE = 2
@@ -354,21 +448,23 @@ def default_min_free_disk(newest_checkpoint_bytes: int | None) -> int:
     return max(MIN_FREE_DISK_FLOOR, MIN_FREE_DISK_MULTIPLE * int(newest_checkpoint_bytes or 0))
 
 
-def disk_level(free_bytes: int, threshold_bytes: int, newest_checkpoint_bytes: int | None) -> str:
+def disk_level(free_bytes: int, threshold_bytes: int, newest_checkpoint_bytes: int | None) -> DiskLevel:
     if newest_checkpoint_bytes and free_bytes < newest_checkpoint_bytes:
-        return DISK_CRITICAL
+        return DiskLevel.CRITICAL
     if free_bytes < threshold_bytes:
-        return DISK_LOW
-    return DISK_OK
+        return DiskLevel.LOW
+    return DiskLevel.OK
+
+
+_SIZE_UNITS = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
 def parse_size(text: str) -> int:
     """``"500M"``, ``"2G"``, ``"1.5GiB"``, ``"1048576"`` -> bytes. Raises ValueError."""
     cleaned = str(text).strip().upper().replace("IB", "").rstrip("B")
-    units = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
     multiplier = 1
-    if cleaned and cleaned[-1] in units:
-        multiplier = units[cleaned[-1]]
+    if cleaned and cleaned[-1] in _SIZE_UNITS:
+        multiplier = _SIZE_UNITS[cleaned[-1]]
         cleaned = cleaned[:-1]
     value = float(cleaned)
     if not math.isfinite(value) or value < 0:
@@ -412,10 +508,10 @@ def choose_checkpoints_to_prune(
 class DiskWatch:
     """Remembers the last disk level so events are written at threshold crossings, not every poll."""
 
-    level: str = DISK_OK
-    history: list[str] = field(default_factory=list)
+    level: DiskLevel = DiskLevel.OK
+    history: list[DiskLevel] = field(default_factory=list)
 
-    def update(self, new_level: str) -> bool:
+    def update(self, new_level: DiskLevel) -> bool:
         """True when the level changed (worth an event)."""
         changed = new_level != self.level
         self.level = new_level

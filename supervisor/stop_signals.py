@@ -31,11 +31,11 @@ def signal_name(signum: int) -> str:
 
 
 class StopSignals:
-    """Counts stop requests and wakes ``wake``; ``names`` records which signals asked."""
+    """Counts stop requests (``names`` records which signals asked) and cuts the loop's sleep short."""
 
-    def __init__(self, wake: threading.Event | None = None) -> None:
-        self.wake = wake if wake is not None else threading.Event()
+    def __init__(self) -> None:
         self.names: list[str] = []
+        self._woken = threading.Event()
         self._interruptible = 0
 
     @property
@@ -47,16 +47,25 @@ class StopSignals:
             # nohup starts us with SIGHUP ignored: the user asked to survive a closed terminal.
             if signum == signal.SIGHUP and signal.getsignal(signum) == signal.SIG_IGN:
                 continue
-            signal.signal(signum, self.handle)
+            signal.signal(signum, self.request)
+        # torchrun exiting wakes the loop at once instead of at the next poll: crash detection
+        # latency is then torchrun's own, not the monitor interval.
+        signal.signal(signal.SIGCHLD, self.wake)
 
-    def handle(self, signum: int, _frame: Any = None) -> None:
-        self.request(signal_name(signum))
-
-    def request(self, name: str) -> None:
-        self.names.append(name)
-        self.wake.set()
+    def request(self, signum: int | None = None, _frame: Any = None) -> None:
+        """Signal-handler safe: count the request and wake the loop. A second one forces."""
+        self.names.append(signal_name(signum) if signum is not None else "request")
+        self._woken.set()
         if self._interruptible:
-            raise StopRequested(name)
+            raise StopRequested(self.names[-1])
+
+    def wake(self, *_: Any) -> None:
+        self._woken.set()
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep up to ``seconds``; a stop request or a child's exit ends it early."""
+        self._woken.wait(max(0.0, seconds))
+        self._woken.clear()
 
     @contextlib.contextmanager
     def interruptible(self) -> Iterator[None]:

@@ -164,7 +164,7 @@ class CheckpointManager:
             restore()
         except WorkerError as exc:
             mine = exc
-        failed = self.distributed.first_error(None if mine is None else _encode_error(mine))
+        failed = self.distributed.first_given(None if mine is None else _encode_error(mine))
         if mine is not None:
             raise mine
         if failed is not None:

@@ -46,12 +46,13 @@ class Distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return bool(tensor.item())
 
-    def first_error(self, error: str | None) -> str | None:
-        """The first non-None ``error`` of any rank (rank order), on every rank."""
+    def first_given(self, value: str | None) -> str | None:
+        """The first non-None ``value`` of any rank (rank order), on every rank: one error or one
+        stop reason for all, whichever rank saw it."""
         if not self.ddp:
-            return error
+            return value
         gathered: list[str | None] = [None] * self.world_size
-        dist.all_gather_object(gathered, error)
+        dist.all_gather_object(gathered, value)
         return next((e for e in gathered if e is not None), None)
 
     def mean_(self, tensor: torch.Tensor) -> torch.Tensor:

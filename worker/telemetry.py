@@ -36,13 +36,24 @@ class WriteWarnings:
         except OSError as exc:
             if kind not in self.failing:
                 self.failing.add(kind)
-                print(f"WARNING: rank {self.rank} cannot write its {kind} ({exc.strerror or exc}); "
-                      "training continues, retrying every step", file=sys.stderr, flush=True)
+                print_to_stderr(f"WARNING: rank {self.rank} cannot write its {kind} ({exc.strerror or exc}); "
+                           "training continues, retrying every step")
             return False
         if kind in self.failing:
             self.failing.discard(kind)
-            print(f"rank {self.rank}: writing its {kind} works again", file=sys.stderr, flush=True)
+            print_to_stderr(f"rank {self.rank}: writing its {kind} works again")
         return True
+
+    def say(self, message: str) -> None:
+        """Print a progress line; stdout is often a log file on the run's own (maybe full) disk."""
+        self.attempt("output (stdout)", lambda: print(message, flush=True))
+
+
+def print_to_stderr(message: str) -> None:
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except OSError:
+        pass  # stderr shares the full disk: the failure is already visible as missing output
 
 
 class HeartbeatWriter:

@@ -40,7 +40,7 @@ from worker.distributed import Distributed, setup_distributed
 from worker.errors import WorkerError, library_reason
 from worker.lifetime import StopRequest, SupervisorWatch
 from worker.model import GPT, build_config, cosine_lr
-from worker.telemetry import HeartbeatWriter, RunLogger
+from worker.telemetry import HeartbeatWriter, RunLogger, print_to_stderr
 from worker.train_state import TrainingState, TrainProgress
 from worker.worker_lock import hold_worker_lock
 
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     except WorkerError as exc:
         if heartbeat is not None:
             heartbeat.fail(str(exc), exc.status, exc.bad_checkpoint)
-        print(f"train_gpt2: error: {exc}", file=sys.stderr, flush=True)
+        print_to_stderr(f"train_gpt2: error: {exc}")
         return int(exc.code)
     except BaseException as exc:  # crash: mark it, then let Python print the traceback
         if heartbeat is not None and not isinstance(exc, SystemExit):
@@ -227,7 +227,7 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
           stop: StopRequest) -> int:
     def say(message: str) -> None:
         if dist.master:
-            print(message, flush=True)
+            heartbeat.warnings.say(message)
 
     if config.profile_note:
         say(config.profile_note)
@@ -303,14 +303,14 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
             run_log.log_line(f"{step} val {progress.val_loss:.4f}")
         if dist.master and is_due(config.generate_interval, step, last_step) and step > 0:
             with timed_phase(heartbeat, Phase.GENERATE):
-                print_samples(raw_model, dist.device, dist.rank)
+                print_samples(raw_model, dist.device, dist.rank, heartbeat.warnings.say)
 
         stop_now = dist.any_rank(stop.requested())
         if not checkpoints.save_if_due(step, last_step=last_step, force=stop_now):
             run_log.close()
             raise final_save_failed(step, stopping=stop_now and not last_step, reason=checkpoints.final_save_error)
         if stop_now and not last_step:
-            reason = stop.reason or "stop requested by another rank"
+            reason = dist.first_given(stop.reason) or "stop requested"
             say(f"{reason}: saved at step {step}, exiting")
             heartbeat.beat(status=RankStatus.STOPPED, message=reason)
             break
@@ -416,7 +416,7 @@ def maybe_inject_crash(step: int, rank: int, heartbeat: HeartbeatWriter) -> None
     os._exit(int(WorkerExit.CRASHED))
 
 
-def print_samples(model: GPT, device: str, rank: int) -> None:
+def print_samples(model: GPT, device: str, rank: int, say: Callable[[str], None]) -> None:
     """build-nanogpt's sampling, on a private generator so the training RNG is untouched."""
     from shared.tokenizer import get_gpt2_encoding
 
@@ -434,7 +434,7 @@ def print_samples(model: GPT, device: str, rank: int) -> None:
             xgen = torch.cat((xgen, torch.gather(topk_indices, -1, ix)), dim=1)
     for i in range(xgen.size(0)):
         ids = [t for t in xgen[i].tolist() if t < enc.n_vocab]
-        print(f"rank {rank} sample {i}: {enc.decode(ids)!r}", flush=True)
+        say(f"rank {rank} sample {i}: {enc.decode(ids)!r}")
     model.train()
 
 

@@ -1,155 +1,31 @@
-"""Helpers for the end-to-end supervisor tests: real torchrun, real worker, real signals.
+"""Fixtures for the supervisor tests: the uninterrupted reference run, once per session.
 
-The uninterrupted reference run happens once per test session; every recovery test compares its
-final weights with it bit for bit.
+Every recovery test compares its final weights with it bit for bit.
 """
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-NPROC = 2
-MAX_STEPS = 12
-FINAL_CHECKPOINT = f"model_{MAX_STEPS - 1:05d}.pt"
-# Tiny and fast: one micro-batch per step on each of 2 processes.
-WORKER_ARGS = [
-    "--model", "tiny", "--max_steps", str(MAX_STEPS), "--checkpoint_interval", "4",
-    "--eval_interval", "0", "--hellaswag_interval", "0", "--generate_interval", "0",
-    "--micro_batch_size", "2", "--seq_len", "32", "--total_batch_size", str(2 * 32 * NPROC),
-]
-# Short timeouts so failures are found quickly, long enough that a loaded 2-core box does not
-# produce false hangs.
-FAST_SUPERVISOR_ARGS = [
-    "--hang-timeout", "8", "--monitor-interval", "0.5", "--startup-timeout", "180",
-    "--checkpoint-timeout", "60", "--backoff-initial", "0", "--kill-grace", "3",
-]
-
-
-def worker_available() -> bool:
-    return (REPO_ROOT / "worker" / "train_gpt2.py").exists()
-
-
-requires_worker = pytest.mark.skipif(not worker_available(), reason="worker/train_gpt2.py not written yet")
-
-
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Same thread count for supervised and reference runs: CPU float sums depend on it."""
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = "1"
-    env["PYTHONUNBUFFERED"] = "1"
-    for key in ("GPT2SUP_INJECT_CRASH_AT_STEP", "GPT2SUP_INJECT_CRASH_ONCE_FILE"):
-        env.pop(key, None)
-    env.update(extra or {})
-    return env
-
-
-def gpt2sup_argv(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from supervisor.cli import main; main()", *args]
-
-
-def start_supervisor(
-    log_dir: Path,
-    *supervisor_args: str,
-    nproc: int = NPROC,
-    worker_args: list[str] | None = None,
-    env: dict[str, str] | None = None,
-) -> subprocess.Popen:
-    """``gpt2sup run`` as a real process; its console output goes to ``<log_dir>.console``."""
-    argv = gpt2sup_argv(
-        "run", "--log-dir", str(log_dir), "--nproc-per-node", str(nproc),
-        *FAST_SUPERVISOR_ARGS, *supervisor_args, "--", *(worker_args or WORKER_ARGS),
-    )
-    console = open(f"{log_dir}.console", "ab")
-    try:
-        return subprocess.Popen(argv, cwd=REPO_ROOT, env=child_env(env), stdout=console, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
-    finally:
-        console.close()
-
-
-def console_text(log_dir: Path) -> str:
-    try:
-        return Path(f"{log_dir}.console").read_text(errors="replace")
-    except OSError:
-        return ""
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, poll: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def wait_exit(proc: subprocess.Popen, log_dir: Path, timeout: float = 300.0) -> int:
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise AssertionError(f"supervisor did not exit in {timeout:.0f}s; console:\n{console_text(log_dir)[-3000:]}")
-
-
-def read_events(log_dir: Path) -> list[dict[str, Any]]:
-    path = Path(log_dir) / "events.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def events_named(log_dir: Path, name: str) -> list[dict[str, Any]]:
-    return [e for e in read_events(log_dir) if e.get("event") == name]
-
-
-def heartbeat(log_dir: Path, rank: int) -> dict[str, Any] | None:
-    try:
-        return json.loads((Path(log_dir) / "heartbeat" / f"rank{rank}.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def wait_for_step(log_dir: Path, step: int, timeout: float = 180.0, rank: int = 0, after: float = 0.0) -> dict:
-    def ready():
-        hb = heartbeat(log_dir, rank)
-        return hb if hb and hb.get("time", 0) >= after and hb.get("step", -1) >= step and hb.get("phase") == "train" else None
-
-    return wait_for(ready, timeout, f"rank {rank} to reach step {step}")
-
-
-def supervisor_json(log_dir: Path) -> dict[str, Any]:
-    return json.loads((Path(log_dir) / "supervisor.json").read_text())
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    import torch
-
-    left = torch.load(a, map_location="cpu", weights_only=True)["model"]
-    right = torch.load(b, map_location="cpu", weights_only=True)["model"]
-    assert left.keys() == right.keys()
-    different = [k for k in left if not torch.equal(left[k], right[k])]
-    assert not different, f"weights differ from the uninterrupted run in {different[:3]}"
+from tests.supervisor.helpers import (
+    FINAL_CHECKPOINT,
+    NPROC,
+    REPO_ROOT,
+    WORKER_ARGS,
+    child_env,
+)
 
 
 @pytest.fixture(scope="session")
 def reference_checkpoint(tmp_path_factory) -> Path:
     """Final checkpoint of an uninterrupted worker run (plain torchrun, no supervisor)."""
-    if not worker_available():
-        pytest.skip("worker/train_gpt2.py not written yet")
     out = tmp_path_factory.mktemp("reference")
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(NPROC),
             "-m", "worker.train_gpt2", "--log_dir", str(out), *WORKER_ARGS]
-    done = subprocess.run(argv, cwd=REPO_ROOT, env=child_env(), capture_output=True, text=True, timeout=400)
+    done = subprocess.run(argv, check=False, cwd=REPO_ROOT, env=child_env(), capture_output=True, text=True, timeout=400)
     final = out / FINAL_CHECKPOINT
     assert done.returncode == 0 and final.exists(), done.stdout[-2000:] + done.stderr[-2000:]
     return final

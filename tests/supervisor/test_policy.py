@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pytest
 
+from shared.exit_codes import SupervisorExit, WorkerExit
+from shared.vocabulary import DiskLevel, OutcomeKind, Phase, SupervisorStateName
 from supervisor import policy
 from supervisor.policy import (
     BackoffConfig,
@@ -16,9 +18,14 @@ from supervisor.policy import (
     TimeoutConfig,
 )
 
-CFG = TimeoutConfig(hang_timeout=30.0, startup_timeout=600.0, checkpoint_timeout=300.0, eval_timeout=900.0)
+CFG_T = TimeoutConfig(hang_timeout=30.0, startup_timeout=600.0, checkpoint_timeout=300.0, eval_timeout=900.0)
+CFG = policy.phase_timeouts(CFG_T, policy.Measurements())
 AUTO = TimeoutConfig(hang_timeout=None, startup_timeout=600.0, checkpoint_timeout=300.0, eval_timeout=900.0,
                      auto_multiple=10.0, auto_floor=60.0)
+
+
+def _auto_train(slowest_step_s):
+    return policy.phase_timeouts(AUTO, policy.Measurements(slowest_step_s=slowest_step_s))[Phase.TRAIN]
 
 
 def test_phase_timeouts_pick_the_allowance_of_each_phase():
@@ -30,18 +37,9 @@ def test_phase_timeouts_pick_the_allowance_of_each_phase():
 
 
 def test_auto_timeout_is_multiple_of_slowest_step_with_floor():
-    assert policy.timeout_for_phase("train", AUTO, slowest_step_s=None) == 600.0  # pace unknown
-    assert policy.timeout_for_phase("train", AUTO, slowest_step_s=1.0) == 60.0  # floor
-    assert policy.timeout_for_phase("train", AUTO, slowest_step_s=12.0) == 120.0
-
-
-def test_parse_hang_timeout():
-    assert policy.parse_hang_timeout("auto") is None
-    assert policy.parse_hang_timeout(" AUTO ") is None
-    assert policy.parse_hang_timeout("7.5") == 7.5
-    for bad in ("0", "-3", "soon", "nan", "inf"):
-        with pytest.raises(ValueError):
-            policy.parse_hang_timeout(bad)
+    assert _auto_train(None) == 600.0  # pace unknown
+    assert _auto_train(1.0) == 60.0  # floor
+    assert _auto_train(12.0) == 120.0
 
 
 def test_pace_tracker_learns_slowest_train_step_and_ignores_other_phases():
@@ -85,14 +83,14 @@ def test_long_phases_are_not_hangs_within_their_allowance():
 
 
 def test_startup_timeout_only_without_any_heartbeat():
-    assert policy.startup_timed_out(0.0, 601.0, any_heartbeat=False, config=CFG)
-    assert not policy.startup_timed_out(0.0, 599.0, any_heartbeat=False, config=CFG)
-    assert not policy.startup_timed_out(0.0, 9999.0, any_heartbeat=True, config=CFG)
+    assert policy.startup_timed_out(0.0, 601.0, any_heartbeat=False, config=CFG_T)
+    assert not policy.startup_timed_out(0.0, 599.0, any_heartbeat=False, config=CFG_T)
+    assert not policy.startup_timed_out(0.0, 9999.0, any_heartbeat=True, config=CFG_T)
 
 
 def test_backoff_doubles_caps_and_resets_after_healthy_period():
     cfg = BackoffConfig(initial_s=2.0, max_s=10.0, reset_after_s=100.0)
-    assert [policy.backoff_delay(n, cfg) for n in range(0, 6)] == [0.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert [policy.backoff_delay(n, cfg) for n in range(6)] == [0.0, 2.0, 4.0, 8.0, 10.0, 10.0]
     assert policy.backoff_delay(10_000, cfg) == 10.0  # no overflow
     assert policy.next_consecutive_failures(4, attempt_duration_s=5.0, config=cfg) == 5
     assert policy.next_consecutive_failures(4, attempt_duration_s=150.0, config=cfg) == 1
@@ -108,7 +106,10 @@ def test_progress_tracker_counts_failures_without_a_newer_checkpoint():
     assert tracker.record_failure(5) == 1  # fell back to an older checkpoint: not progress
 
 
-def _decide(outcome, restarts_used=0, stalled=0, consecutive=1, limits=RestartLimits(3, 2)):
+LIMITS = RestartLimits(3, 2)
+
+
+def _decide(outcome, restarts_used=0, stalled=0, consecutive=1, limits=LIMITS):
     return policy.decide_after_failure(
         outcome,
         restarts_used=restarts_used,
@@ -120,7 +121,7 @@ def _decide(outcome, restarts_used=0, stalled=0, consecutive=1, limits=RestartLi
 
 
 def test_decide_restarts_with_backoff_then_gives_up_on_budget_or_no_progress():
-    crash = policy.Outcome(policy.CRASHED, exit_code=1)
+    crash = policy.Outcome(OutcomeKind.CRASHED, exit_code=1)
     first = _decide(crash, consecutive=3)
     assert first.restart and first.delay_s == 4.0
     budget = _decide(crash, restarts_used=3)
@@ -128,23 +129,23 @@ def test_decide_restarts_with_backoff_then_gives_up_on_budget_or_no_progress():
     stuck = _decide(crash, restarts_used=1, stalled=2)
     assert not stuck.restart and "no progress" in stuck.reason
     assert _decide(crash, restarts_used=1, stalled=2, limits=RestartLimits(3, 0)).restart  # 0 = never
-    usage = _decide(policy.Outcome(policy.USAGE_ERROR, exit_code=2))
+    usage = _decide(policy.Outcome(OutcomeKind.PERMANENT, exit_code=2))
     assert not usage.restart
 
 
 @pytest.mark.parametrize(
     "facts, kind",
     [
-        (ExitFacts(0, ["finished", "finished"]), policy.FINISHED),
-        (ExitFacts(0, ["stopped", "stopped"]), policy.STOPPED),
-        (ExitFacts(1, ["running"], stop_requested=True), policy.STOPPED),
-        (ExitFacts(0, ["finished"], stop_requested=True), policy.FINISHED),
-        (ExitFacts(1, ["running", "running"], [RankExit(1, -9)]), policy.CRASHED),
-        (ExitFacts(1, ["running"], [RankExit(0, -9)], oom_kill_observed=True), policy.OOM),
-        (ExitFacts(1, ["running"], [RankExit(0, -9)], memory_was_tight=True), policy.OOM),
-        (ExitFacts(1, ["diverged"], [RankExit(0, 3)]), policy.DIVERGED),
-        (ExitFacts(1, [], [RankExit(0, 2)]), policy.USAGE_ERROR),
-        (ExitFacts(-9, []), policy.CRASHED),
+        (ExitFacts(0, ["finished", "finished"]), OutcomeKind.FINISHED),
+        (ExitFacts(0, ["stopped", "stopped"]), OutcomeKind.STOPPED),
+        (ExitFacts(1, ["running"], stop_requested=True), OutcomeKind.STOPPED),
+        (ExitFacts(0, ["finished"], stop_requested=True), OutcomeKind.FINISHED),
+        (ExitFacts(1, ["running", "running"], [RankExit(1, -9)]), OutcomeKind.CRASHED),
+        (ExitFacts(1, ["running"], [RankExit(0, -9)], oom_kill_observed=True), OutcomeKind.OOM),
+        (ExitFacts(1, ["running"], [RankExit(0, -9)], memory_was_tight=True), OutcomeKind.OOM),
+        (ExitFacts(1, ["diverged"], [RankExit(0, 3)]), OutcomeKind.DIVERGED),
+        (ExitFacts(1, [], [RankExit(0, 2)]), OutcomeKind.PERMANENT),
+        (ExitFacts(-9, []), OutcomeKind.CRASHED),
     ],
 )
 def test_classify_exit(facts, kind):
@@ -161,9 +162,9 @@ def test_classify_exit_reports_the_root_cause_rank_and_signal():
 def test_disk_threshold_levels_and_sizes():
     assert policy.default_min_free_disk(None) == policy.MIN_FREE_DISK_FLOOR
     assert policy.default_min_free_disk(10**9) == 2 * 10**9
-    assert policy.disk_level(5 * 10**9, 2 * 10**9, 10**9) == policy.DISK_OK
-    assert policy.disk_level(1.5 * 10**9, 2 * 10**9, 10**9) == policy.DISK_LOW
-    assert policy.disk_level(0.5 * 10**9, 2 * 10**9, 10**9) == policy.DISK_CRITICAL
+    assert policy.disk_level(5 * 10**9, 2 * 10**9, 10**9) == DiskLevel.OK
+    assert policy.disk_level(1.5 * 10**9, 2 * 10**9, 10**9) == DiskLevel.LOW
+    assert policy.disk_level(0.5 * 10**9, 2 * 10**9, 10**9) == DiskLevel.CRITICAL
     assert policy.parse_size("2G") == 2 * 1024**3
     assert policy.parse_size("500MiB") == 500 * 1024**2
     assert policy.parse_size("1024") == 1024
@@ -184,10 +185,10 @@ def test_prune_deletes_oldest_first_and_never_the_newest_valid():
 
 def test_disk_watch_reports_only_crossings():
     watch = policy.DiskWatch()
-    assert not watch.update(policy.DISK_OK)
-    assert watch.update(policy.DISK_LOW)
-    assert not watch.update(policy.DISK_LOW)
-    assert watch.update(policy.DISK_OK)
+    assert not watch.update(DiskLevel.OK)
+    assert watch.update(DiskLevel.LOW)
+    assert not watch.update(DiskLevel.LOW)
+    assert watch.update(DiskLevel.OK)
 
 
 def test_a_suspect_rank_is_named_even_if_a_peer_went_quiet_earlier():
@@ -197,77 +198,98 @@ def test_a_suspect_rank_is_named_even_if_a_peer_went_quiet_earlier():
     assert policy.find_hung_rank(beats, now, CFG, suspect_ranks=[1]).rank == 1  # e.g. SIGSTOPped
 
 
-# --- pure helpers of the run loop: command line, environment, torchrun's failure summary -------
-
-TORCHRUN_FAILURE_LOG = """\
-step     5 | loss 10.60 | lr 3.3e-04
-injected crash after step 5
-W1126 17:57:07.550000 10256 site-packages/torch/distributed/elastic/multiprocessing/api.py:1028] Sending process 10486 closing signal SIGTERM
-Traceback (most recent call last):
-  File "<frozen runpy>", line 198, in _run_module_as_main
-  File "/x/site-packages/torch/distributed/run.py", line 1032, in <module>
-torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
-============================================================
-worker.train_gpt2 FAILED
-------------------------------------------------------------
-Failures:
-[1]:
-  time      : 2026-11-26_17:57:07
-  host      : box
-  rank      : 0 (local_rank: 0)
-  exitcode  : -15 (pid: 10486)
-------------------------------------------------------------
-Root Cause (first observed failure):
-[0]:
-  time      : 2026-11-26_17:57:07
-  host      : box
-  rank      : 1 (local_rank: 1)
-  exitcode  : -9 (pid: 10487)
-  error_file: <N/A>
-  traceback : Signal 9 (SIGKILL) received by PID 10487
-============================================================
-"""
 
 
-def test_parse_rank_exits_puts_the_root_cause_first():
-    from supervisor.run_loop import parse_rank_exits
-
-    assert parse_rank_exits(TORCHRUN_FAILURE_LOG) == [RankExit(1, -9), RankExit(0, -15)]
-    assert parse_rank_exits("no summary here") == []
+# --- issue 7 item 2: checkpoint and eval timeouts follow what the run measured ----------------
 
 
-def test_meaningful_log_lines_drop_torchrun_noise():
-    from supervisor.run_loop import meaningful_log_lines
-
-    lines = meaningful_log_lines(TORCHRUN_FAILURE_LOG, count=2)
-    assert lines == ["injected crash after step 5"]  # the routine step line is noise too
-
-
-def test_build_command_single_and_multi_node(tmp_path):
-    from supervisor.run_loop import MultiNode, RunConfig, build_command, build_env
-
-    cfg = RunConfig(log_dir=tmp_path, cwd=tmp_path, worker_args=["--max_steps", "5"], nproc_per_node=4)
-    argv = build_command(cfg)
-    assert "--standalone" in argv and argv[argv.index("--max-restarts") + 1] == "0"
-    assert argv[argv.index("-m", 3):] == ["-m", "worker.train_gpt2", "--auto_resume", "--log_dir", str(tmp_path),
-                                           "--max_steps", "5"]
-    cfg.multi_node = MultiNode(nnodes="2", node_rank=1, rdzv_endpoint="host:29500", rdzv_id="job")
-    cfg.worker_module = "worker.finetune"
-    argv = build_command(cfg)
-    assert "--standalone" not in argv
-    assert argv[argv.index("--rdzv-endpoint") + 1] == "host:29500" and argv[argv.index("--node-rank") + 1] == "1"
-    assert "worker.finetune" in argv
-    assert build_env(cfg, {"OMP_NUM_THREADS": "7"})["OMP_NUM_THREADS"] == "7"  # the user's choice wins
-    assert int(build_env(cfg, {})["OMP_NUM_THREADS"]) >= 1
+def test_auto_save_timeout_is_a_multiple_of_the_slowest_save_floored_at_the_hang_timeout():
+    cfg = TimeoutConfig(hang_timeout=12.0)
+    fast = policy.phase_timeouts(cfg, policy.Measurements(slowest_save_s=0.2))
+    assert fast[Phase.CHECKPOINT] == 12.0  # 20 x 0.2 s = 4 s, but never below a silent step's allowance
+    slow = policy.phase_timeouts(cfg, policy.Measurements(slowest_save_s=3.0))
+    assert slow[Phase.CHECKPOINT] == 60.0
 
 
-def test_meaningful_log_lines_skip_routine_step_lines():
-    """The failure reason should say why it died, not repeat the last losses."""
-    from supervisor.run_loop import meaningful_log_lines
+def test_before_the_first_save_the_save_timeout_is_estimated_from_the_newest_checkpoint_size():
+    cfg = TimeoutConfig(hang_timeout=12.0)
+    small = policy.phase_timeouts(cfg, policy.Measurements(newest_checkpoint_bytes=40_000_000))
+    assert small[Phase.CHECKPOINT] == 20.0 * 40e6 / policy.CONSERVATIVE_WRITE_BYTES_PER_S
+    assert policy.phase_timeouts(cfg, policy.Measurements())[Phase.CHECKPOINT] == policy.UNKNOWN_SAVE_S
 
-    log = (
-        "step   141 | loss 5.078215 | lr 6.7404e-04 | norm 1.2974 | dt 710.46ms | tok/sec 1441.33\n"
-        "RuntimeError: CUDA error: an illegal memory access was encountered\n"
-        "step   142 | loss 5.426543 | lr 6.6900e-04 | norm 0.9982 | dt 721.33ms | tok/sec 1419.60\n"
-    )
-    assert meaningful_log_lines(log, count=3) == ["RuntimeError: CUDA error: an illegal memory access was encountered"]
+
+def test_auto_eval_timeout_follows_the_slowest_eval_and_explicit_values_win():
+    auto = policy.phase_timeouts(TimeoutConfig(), policy.Measurements(slowest_eval_s=30.0))
+    assert all(auto[p] == 600.0 for p in (Phase.EVAL, Phase.HELLASWAG, Phase.GENERATE))
+    assert policy.phase_timeouts(TimeoutConfig(), policy.Measurements())[Phase.EVAL] == policy.UNKNOWN_EVAL_S
+    fixed = policy.phase_timeouts(TimeoutConfig(checkpoint_timeout=7.0, eval_timeout=9.0),
+                                  policy.Measurements(slowest_save_s=100.0, slowest_eval_s=100.0))
+    assert fixed[Phase.CHECKPOINT] == 7.0 and fixed[Phase.EVAL] == 9.0
+
+
+def test_slowest_keeps_the_largest_finite_duration_and_ignores_junk():
+    assert policy.slowest(None, 1.5) == 1.5
+    assert policy.slowest(2.0, 1.5) == 2.0
+    for junk in (None, "3", float("nan"), float("inf"), -1.0, True):
+        assert policy.slowest(2.0, junk) == 2.0
+
+
+# --- issue 6: exits that say something about the checkpoint, the command, or the ending ---------
+
+
+def test_worker_exit_4_is_a_bad_checkpoint_restarted_at_once_from_the_previous_one():
+    outcome = policy.classify_exit(ExitFacts(1, ["failed"], [RankExit(0, WorkerExit.CHECKPOINT_ERROR)]))
+    assert outcome.kind == OutcomeKind.BAD_CHECKPOINT and outcome.rank == 0
+    decision = _decide(outcome, consecutive=4)
+    assert decision.restart and decision.delay_s == 0.0
+
+
+@pytest.mark.parametrize("code", [WorkerExit.USAGE, WorkerExit.DATA_ERROR, WorkerExit.RUN_DIR_BUSY])
+def test_permanent_worker_exits_give_up_at_once(code):
+    outcome = policy.classify_exit(ExitFacts(1, ["failed"], [RankExit(0, code)]))
+    assert outcome.kind == OutcomeKind.PERMANENT
+    decision = _decide(outcome, restarts_used=0, stalled=0)
+    assert not decision.restart and decision.exit_code == SupervisorExit.GAVE_UP
+
+
+def test_a_missing_worker_module_is_permanent():
+    outcome = policy.classify_exit(ExitFacts(1, [], [RankExit(0, 1)], module_missing=True))
+    assert outcome.kind == OutcomeKind.PERMANENT and not _decide(outcome).restart
+
+
+def test_a_run_mismatch_is_a_refusal_with_exit_2():
+    outcome = policy.classify_exit(ExitFacts(1, ["failed"], [RankExit(0, WorkerExit.RUN_MISMATCH)]))
+    decision = _decide(outcome)
+    assert not decision.restart
+    assert decision.end_state == SupervisorStateName.REFUSED and decision.exit_code == SupervisorExit.REFUSED
+
+
+def test_finished_only_when_the_final_checkpoint_is_on_disk():
+    assert policy.classify_exit(ExitFacts(0, ["finished"])).kind == OutcomeKind.FINISHED
+    missing = policy.classify_exit(ExitFacts(0, ["finished"], final_checkpoint_on_disk=False))
+    assert missing.kind == OutcomeKind.FINISHED_WITHOUT_CHECKPOINT and not missing.is_failure
+    exit7 = policy.classify_exit(ExitFacts(1, ["finished_without_checkpoint"], [RankExit(0, 7)]))
+    assert exit7.kind == OutcomeKind.FINISHED_WITHOUT_CHECKPOINT
+
+
+def test_the_first_failure_is_the_rank_killed_from_outside_then_the_earliest_failed_heartbeat():
+    reports = [policy.RankReport(0, "failed", 105.0), policy.RankReport(1, "failed", 100.0)]
+    # torchrun names rank 0 (it observed it first); rank 1 wrote "failed" 5 s earlier: rank 1 it is.
+    first = policy.first_failure([RankExit(0, 1), RankExit(1, 5)], reports)
+    assert first == RankExit(1, 5)
+    # A SIGKILLed rank writes nothing; its peer's later "failed" (lost connection) is not the cause.
+    killed = policy.first_failure([RankExit(0, 1), RankExit(1, -9)], [policy.RankReport(0, "failed", 100.0)])
+    assert killed == RankExit(1, -9)
+    # torchrun's SIGTERM to the survivors is not a cause either.
+    assert policy.first_failure([RankExit(1, -15), RankExit(0, 2)], []) == RankExit(1, -15)
+    assert policy.first_failure([], []) is None
+
+
+def test_a_rank_whose_process_exited_is_a_crash_torchrun_will_report_not_a_hang():
+    now = 1000.0
+    beats = [RankBeat(rank=0, phase="train", time=now - 40, step=5), RankBeat(rank=1, phase="train", time=now - 41, step=5)]
+    assert policy.find_hung_rank(beats, now, CFG) is not None  # 30 s train timeout passed
+    # Rank 1 exited: the attempt is ending; everyone gets the checkpoint allowance (300 s) to end it.
+    assert policy.find_hung_rank(beats, now, CFG, exited_ranks=[1]) is None
+    late = policy.find_hung_rank(beats, now + 270, CFG, exited_ranks=[1])
+    assert late is not None and late.rank == 1 and late.timeout_s == 300.0

@@ -16,9 +16,10 @@ import psutil
 import pytest
 
 from shared.exit_codes import SupervisorExit
-from tests.supervisor.conftest import (
+from tests.supervisor.helpers import (
     FINAL_CHECKPOINT,
     REPO_ROOT,
+    WORKER_ARGS,
     assert_same_weights,
     child_env,
     console_text,
@@ -26,7 +27,6 @@ from tests.supervisor.conftest import (
     gpt2sup_argv,
     heartbeat,
     read_events,
-    requires_worker,
     start_supervisor,
     supervisor_json,
     wait_exit,
@@ -34,7 +34,7 @@ from tests.supervisor.conftest import (
     wait_for_step,
 )
 
-pytestmark = requires_worker
+pytestmark = pytest.mark.slow
 
 
 def _recorded_processes(log_dir: Path) -> list[tuple[int, float]]:
@@ -124,7 +124,7 @@ def test_same_step_crash_gives_up_for_lack_of_progress(tmp_path):
     assert "no progress" in state["last_failure"]["reason"]
     assert len(events_named(log_dir, "launched")) == 3  # progress to step 4, then two stalls
     status = subprocess.run(gpt2sup_argv("status", "--log-dir", str(log_dir)), cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=60, env=child_env())
+                            check=False, capture_output=True, text=True, timeout=60, env=child_env())
     assert "no progress" in status.stdout + status.stderr
 
 
@@ -154,12 +154,19 @@ def test_sigterm_to_supervisor_saves_stops_and_run_again_continues(tmp_path, ref
     stop_step = heartbeat(log_dir, 0)["step"]
     assert (log_dir / f"model_{stop_step:05d}.pt").exists()
     assert not any(_alive(pid, ct) for pid, ct in attempt_processes)
-    assert supervisor_json(log_dir)["state"] == "stopped"
+    state = supervisor_json(log_dir)
+    assert state["state"] == "stopped"
+    # supervisor.json names the checkpoint the stop saved, not the one validated before the launch
+    assert state["newest_checkpoint"] == f"model_{stop_step:05d}.pt" and state["newest_checkpoint_valid"] is True
+    (stopped,) = events_named(log_dir, "stopped")
+    assert "(exit 4)" in stopped["message"] and "exit 0" not in stopped["message"], stopped
 
     again = start_supervisor(log_dir)
     _finish_ok(again, log_dir, reference_checkpoint)
     valid = [e for e in events_named(log_dir, "checkpoint_valid") if e.get("checkpoint")]
     assert valid[-1]["step"] == stop_step  # continued from the step it stopped at
+    state = supervisor_json(log_dir)  # a finished run's final checkpoint is not "not validated yet"
+    assert state["newest_checkpoint"] == FINAL_CHECKPOINT and state["newest_checkpoint_valid"] is True
 
 
 def test_second_supervisor_refused_and_orphans_of_a_killed_one_cleaned(tmp_path, reference_checkpoint):
@@ -168,7 +175,7 @@ def test_second_supervisor_refused_and_orphans_of_a_killed_one_cleaned(tmp_path,
     wait_for_step(log_dir, 1, rank=0)
     second = subprocess.run(
         gpt2sup_argv("run", "--log-dir", str(log_dir), "--nproc-per-node", "2"),
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, env=child_env(),
+        cwd=REPO_ROOT, check=False, capture_output=True, text=True, timeout=60, env=child_env(),
     )
     assert second.returncode == SupervisorExit.REFUSED
     lines = [line for line in second.stderr.splitlines() if line.strip()]
@@ -186,8 +193,6 @@ def test_second_supervisor_refused_and_orphans_of_a_killed_one_cleaned(tmp_path,
 
 
 def _one_proc_args() -> list[str]:
-    from tests.supervisor.conftest import WORKER_ARGS
-
     args = list(WORKER_ARGS)
     args[args.index("--total_batch_size") + 1] = str(2 * 32)
     return args
@@ -198,13 +203,13 @@ def small_tmpfs(tmp_path):
     mount_point = tmp_path / "tmpfs"
     mount_point.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=150m", "tmpfs", str(mount_point)],
-                          capture_output=True, text=True)
+                          check=False, capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
         yield mount_point
     finally:
-        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+        subprocess.run(["umount", "-l", str(mount_point)], check=False, capture_output=True)
 
 
 def test_low_disk_warns_and_pruning_keeps_newest_valid(small_tmpfs):
@@ -231,7 +236,7 @@ def test_low_disk_warns_and_pruning_keeps_newest_valid(small_tmpfs):
 def test_no_first_heartbeat_is_a_startup_timeout(tmp_path):
     """A worker that never beats is killed after --startup-timeout, restarted, then given up on."""
     log_dir = tmp_path / "run"
-    proc = start_supervisor(log_dir, "--worker", "tests.supervisor.silent_worker", "--startup-timeout", "4",
+    proc = start_supervisor(log_dir, "--worker", "tests.supervisor.silent_worker", "--startup-timeout", "10",
                             "--max-restarts", "1", "--max-no-progress-restarts", "0", nproc=1,
                             worker_args=_one_proc_args())
     def attempt_processes() -> list[tuple[int, float]]:
@@ -275,3 +280,111 @@ def test_a_second_stop_request_forces(tmp_path):
     assert code == SupervisorExit.STOPPED, console_text(log_dir)[-3000:]
     assert any("second stop request" in e["message"] for e in events_named(log_dir, "stop_requested"))
     assert not any(_alive(pid, ct) for pid, ct in recorded)
+
+
+# --- issue 6 item 5 / issue 8 item 2: what no relaunch can fix ends at once, in one line ----------
+
+
+def _gave_up_at_once(log_dir: Path, proc) -> str:
+    code = wait_exit(proc, log_dir, timeout=180)
+    assert code == SupervisorExit.GAVE_UP, console_text(log_dir)[-3000:]
+    assert len(events_named(log_dir, "launched")) == 1
+    assert not events_named(log_dir, "backoff") and not events_named(log_dir, "restarted")
+    (gave_up,) = events_named(log_dir, "gave_up")
+    line = gave_up["message"]
+    assert "\n" not in line and len(line) < 400, line
+    assert "attempts/001.log" in line
+    return line
+
+
+def test_a_misspelled_worker_flag_gives_up_at_once_with_argparses_own_line(tmp_path):
+    log_dir = tmp_path / "run"
+    proc = start_supervisor(log_dir, "--backoff-initial", "60", worker_args=[*WORKER_ARGS, "--max_stpes", "10"])
+    line = _gave_up_at_once(log_dir, proc)
+    assert line.startswith("gave up: python -m worker.train_gpt2: error: unrecognized arguments: --max_stpes 10 ("), line
+    assert "usage:" not in line
+    assert "usage:" in (log_dir / "attempts" / "001.log").read_text()  # the full tail stays in the log
+
+
+def test_a_missing_data_directory_gives_up_at_once_with_the_workers_reason(tmp_path):
+    log_dir = tmp_path / "run"
+    proc = start_supervisor(log_dir, "--backoff-initial", "60", nproc=1,
+                            worker_args=[*_one_proc_args(), "--data_dir", str(tmp_path / "no-such-data")])
+    line = _gave_up_at_once(log_dir, proc)
+    assert f"data directory {tmp_path / 'no-such-data'} does not exist" in line
+    assert "exit 5" in line
+
+
+def test_a_worker_module_that_does_not_exist_gives_up_at_once(tmp_path):
+    log_dir = tmp_path / "run"
+    proc = start_supervisor(log_dir, "--backoff-initial", "60", "--worker", "worker.trian_gpt2", nproc=1,
+                            worker_args=_one_proc_args())
+    line = _gave_up_at_once(log_dir, proc)
+    assert line.startswith("gave up: No module named worker.trian_gpt2 ("), line
+
+
+# --- issue 7 item 4: a crash names the rank that failed first, in its own words ----------------------
+
+
+def test_a_crash_names_the_first_failed_rank_its_own_error_and_its_last_step(tmp_path, reference_checkpoint):
+    log_dir = tmp_path / "run"
+    once = tmp_path / "crashed-once"
+    proc = start_supervisor(log_dir, env={"GPT2SUP_INJECT_CRASH_AT_STEP": "5",
+                                          "GPT2SUP_INJECT_CRASH_ONCE_FILE": str(once)})
+    _finish_ok(proc, log_dir, reference_checkpoint)
+    (crash,) = events_named(log_dir, "crashed")
+    assert crash["rank"] == 0 and crash["step"] == 5, crash
+    assert crash["message"].endswith("rank 0 crashed: exited with code 1 after step 5: "
+                                     "fault injection: crashed after step 5"), crash["message"]
+    assert "peer" not in crash["message"] and "step -1" not in crash["message"]
+
+
+# --- issue 7 item 2: hangs found in time, whatever the phase; a bad read is not a hang ---------------
+
+
+def test_a_rank_stopped_while_saving_is_found_within_the_save_timeout(tmp_path):
+    log_dir = tmp_path / "run"
+    args = _one_proc_args()
+    args[args.index("--max_steps") + 1] = "400"
+    args[args.index("--checkpoint_interval") + 1] = "3"
+    proc = start_supervisor(log_dir, "--hang-timeout", "12", "--checkpoint-timeout", "auto", nproc=1,
+                            worker_args=args)
+    try:
+        wait_for(lambda: (log_dir / "model_00003.pt").exists(), 180, "the first checkpoint")
+
+        def saving():
+            hb = heartbeat(log_dir, 0)
+            return hb if hb and hb.get("phase") == "checkpoint" and hb.get("step", 0) >= 6 else None
+
+        hb = wait_for(saving, 180, "rank 0 inside a later save", poll=0.001)
+        os.kill(hb["pid"], signal.SIGSTOP)
+        stopped_at = time.time()
+        hung = wait_for(lambda: events_named(log_dir, "hung"), 120, "the hung event")[0]
+        in_force = supervisor_json(log_dir)["phase_timeouts"]
+        assert in_force["checkpoint"] < 60, in_force  # derived from this run, not the old fixed 600 s
+        assert hung["time"] - stopped_at < in_force["checkpoint"] + 6, (hung, in_force)
+        assert "'checkpoint'" in hung["message"] and hung["rank"] == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        wait_exit(proc, log_dir, timeout=180)
+
+
+def test_an_unreadable_heartbeat_does_not_restart_a_healthy_attempt(tmp_path, reference_checkpoint):
+    log_dir = tmp_path / "run"
+    proc = start_supervisor(log_dir, "--startup-timeout", "15")
+    wait_for_step(log_dir, 1, rank=1)
+    launched = events_named(log_dir, "launched")[0]["time"]
+    wait_for(lambda: time.time() - launched > 16, 60, "the attempt to outlive the start-up timeout")
+    # For a few polls every heartbeat is garbage, half-written or gone (the worker rewrites them).
+    deadline = time.time() + 3
+    while time.time() < deadline:
+        for rank in (0, 1):
+            path = log_dir / "heartbeat" / f"rank{rank}.json"
+            if rank == 0:
+                path.write_text('{"pid": 12, "ste')
+            else:
+                path.unlink(missing_ok=True)
+        time.sleep(0.05)
+    _finish_ok(proc, log_dir, reference_checkpoint)
+    assert not events_named(log_dir, "hung") and not events_named(log_dir, "restarted")
+    assert len(events_named(log_dir, "launched")) == 1

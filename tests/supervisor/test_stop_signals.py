@@ -29,7 +29,10 @@ def test_sigint_sigterm_and_sighup_each_count_as_a_stop_request(restore_handlers
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         os.kill(os.getpid(), signum)
         time.sleep(0.05)
-    assert stops.names == ["SIGINT", "SIGTERM", "SIGHUP"] and stops.wake.is_set()
+    assert stops.names == ["SIGINT", "SIGTERM", "SIGHUP"]
+    started = time.monotonic()
+    stops.sleep(30)  # woken: returns at once
+    assert time.monotonic() - started < 1
 
 
 def test_sighup_ignored_by_nohup_stays_ignored(restore_handlers):
@@ -54,8 +57,8 @@ def test_a_stop_request_ends_a_wait_on_a_child_process_at_once_and_kills_the_chi
 
 def test_outside_an_interruptible_block_a_request_only_counts():
     stops = StopSignals()
-    stops.request("SIGTERM")
-    assert stops.count == 1
+    stops.request(signal.SIGTERM)
+    assert stops.count == 1 and stops.names == ["SIGTERM"]
     with pytest.raises(StopRequested), stops.interruptible():  # already pending: no wait starts
         pass
 
@@ -90,3 +93,16 @@ def test_writes_into_a_pipe_whose_reader_died_are_dropped_and_the_exit_code_stan
     assert writer.wait(30) == 4
     errors = writer.stderr.read()
     assert "still alive" in errors and "BrokenPipe" not in errors and "Exception ignored" not in errors
+
+
+def test_workers_learn_who_supervises_them_unless_told_to_outlive_it(tmp_path):
+    from supervisor.process_tree import ProcessId
+    from supervisor.run_config import RunConfig
+    from supervisor.torchrun import SUPERVISOR_ENV, build_env
+
+    inherited = {SUPERVISOR_ENV: "1:2.0"}  # a supervisor that started us must not be passed on
+    env = build_env(RunConfig(log_dir=tmp_path, cwd=tmp_path), base=inherited)
+    named = ProcessId.parse(env[SUPERVISOR_ENV])
+    assert named is not None and named.pid == os.getpid() and named.alive() is not None
+    env = build_env(RunConfig(log_dir=tmp_path, cwd=tmp_path, workers_outlive_supervisor=True), base=inherited)
+    assert SUPERVISOR_ENV not in env

@@ -11,15 +11,18 @@ The built-in corpus is tokenized once per session into a private cache directory
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -195,7 +198,8 @@ class WorkerLauncher:
         return env
 
     def start(self, log_dir: Path, args: list[str], *, nproc: int = 1,
-              env: dict[str, str] | None = None, log_dir_flag: bool = True) -> WorkerLaunch:
+              env: dict[str, str] | None = None, log_dir_flag: bool = True,
+              output_dir: Path | None = None) -> WorkerLaunch:
         log_dir = Path(log_dir)
         log_dir.parent.mkdir(parents=True, exist_ok=True)
         if nproc == 1:
@@ -204,10 +208,12 @@ class WorkerLauncher:
             argv = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                     f"--nproc_per_node={nproc}", "-m", "worker.train_gpt2"]
         argv += (["--log_dir", str(log_dir)] if log_dir_flag else []) + list(args)
-        # Output files live beside the run dir, so the run dir holds only what the worker writes.
+        # Output files live beside the run dir (or in ``output_dir``, e.g. off a disk a test fills),
+        # so the run dir holds only what the worker writes.
         count = sum(1 for launch in self.launched if launch.log_dir == log_dir)
-        stdout_path = log_dir.parent / f"{log_dir.name}.{count}.stdout"
-        stderr_path = log_dir.parent / f"{log_dir.name}.{count}.stderr"
+        output_dir = Path(output_dir) if output_dir is not None else log_dir.parent
+        stdout_path = output_dir / f"{log_dir.name}.{count}.stdout"
+        stderr_path = output_dir / f"{log_dir.name}.{count}.stderr"
         with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
             proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=self.env(env), stdout=out, stderr=err,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
@@ -237,6 +243,55 @@ def run_ok(launcher: WorkerLauncher, log_dir: Path, args: list[str], *, nproc: i
     launch = launcher.run(log_dir, args, nproc=nproc)
     assert launch.proc.returncode == 0, f"worker exited {launch.proc.returncode}:\n{launch.output_tail()}"
     return launch
+
+
+MB = 1024 * 1024
+
+
+# ----------------------------------------------------------------------------- a small tmpfs
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path, launcher: WorkerLauncher) -> Iterator[Callable[[int], Path]]:
+    """Mount tmpfs file systems of a given size (MiB); skip where mounting is not permitted."""
+    mounted: list[Path] = []
+
+    def mount(size_mb: int) -> Path:
+        target = tmp_path / f"tmpfs{len(mounted)}"
+        target.mkdir()
+        try:
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(target)],
+                                  check=False, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            pytest.skip(f"cannot mount a tmpfs here: {exc}")
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or f'mount exited {done.returncode}'}")
+        mounted.append(target)
+        return target
+
+    yield mount
+    launcher.cleanup()  # nothing may hold files on the mount when it goes
+    for target in reversed(mounted):
+        if subprocess.run(["umount", str(target)], check=False, capture_output=True, timeout=30).returncode != 0:
+            subprocess.run(["umount", "-l", str(target)], check=False, capture_output=True, timeout=30)
+
+
+def fill_leaving_free(directory: Path, free_bytes: int) -> Path:
+    """A ballast file that leaves about ``free_bytes`` free on ``directory``'s file system
+    (0: fill it to the last byte, until the kernel says ENOSPC)."""
+    ballast = directory / "ballast.bin"
+    to_write = shutil.disk_usage(directory).free - free_bytes
+    chunk = b"\0" * (4 * MB)
+    with open(ballast, "wb", buffering=0) as handle:
+        while to_write > 0 or free_bytes == 0:
+            try:
+                written = handle.write(chunk[: min(len(chunk), to_write)] if free_bytes else chunk)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                break
+            to_write -= written
+    return ballast
 
 
 # ----------------------------------------------------------------------------- fixtures

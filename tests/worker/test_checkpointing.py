@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -19,8 +18,9 @@ from shared.run_dir import CHECKPOINT_NAME_RE, RunDir, step_from_checkpoint_name
 from tests.worker.conftest import (
     FAST_ARGS,
     FINAL_CHECKPOINT,
-    WorkerLauncher,
+    MB,
     checkpoint_steps,
+    fill_leaving_free,
     load_checkpoint,
     read_heartbeat,
     read_metrics,
@@ -28,8 +28,6 @@ from tests.worker.conftest import (
     staging_files,
     wait_for,
 )
-
-MB = 1024 * 1024
 
 
 def assert_complete_checkpoint(path: Path) -> dict[str, Any]:
@@ -48,48 +46,6 @@ def linked_checkpoint(run: Path) -> Path:
     target = RunDir.at(run).resolve_latest_link()
     assert target is not None, f"latest_checkpoint.pt -> {os.readlink(link)} does not resolve to a file"
     return target
-
-
-# ----------------------------------------------------------------------------- a small tmpfs
-
-
-@pytest.fixture
-def mount_tmpfs(tmp_path, launcher: WorkerLauncher) -> Iterator[Callable[[int], Path]]:
-    """Mount tmpfs file systems of a given size (MiB); skip where mounting is not permitted."""
-    mounted: list[Path] = []
-
-    def mount(size_mb: int) -> Path:
-        target = tmp_path / f"tmpfs{len(mounted)}"
-        target.mkdir()
-        try:
-            done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(target)],
-                                  capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            pytest.skip(f"cannot mount a tmpfs here: {exc}")
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or f'mount exited {done.returncode}'}")
-        mounted.append(target)
-        return target
-
-    yield mount
-    launcher.cleanup()  # nothing may hold files on the mount when it goes
-    for target in reversed(mounted):
-        if subprocess.run(["umount", str(target)], capture_output=True, timeout=30).returncode != 0:
-            subprocess.run(["umount", "-l", str(target)], capture_output=True, timeout=30)
-
-
-def fill_leaving_free(directory: Path, free_bytes: int) -> Path:
-    """A ballast file that leaves about ``free_bytes`` free on ``directory``'s file system."""
-    import shutil
-
-    ballast = directory / "ballast.bin"
-    to_write = shutil.disk_usage(directory).free - free_bytes
-    chunk = b"\0" * (4 * MB)
-    with open(ballast, "wb") as handle:
-        while to_write > 0:
-            handle.write(chunk[: min(len(chunk), to_write)])
-            to_write -= len(chunk)
-    return ballast
 
 
 # ----------------------------------------------------------------------------- tests

@@ -20,7 +20,6 @@ from worker.model import GPT, MODEL_PRESETS, build_config, cosine_lr
 from worker.rng import capture_rng_state, restore_rng_state
 from worker.telemetry import RunLogger
 
-
 # ----------------------------------------------------------------------------- RNG bundle
 
 
@@ -236,3 +235,31 @@ def test_saved_file_loads_weights_only_and_link_is_relative(tmp_path):
     assert loaded["step"] == 7 and torch.equal(loaded["w"], torch.full((4,), 7.0))
     assert manager.last_saved_step == 7
     assert not list(Path(tmp_path).glob("*.tmp")) and not list(Path(tmp_path).glob("*.new"))
+
+
+# ----------------------------------------------------------------------------- error messages
+
+
+def test_worker_error_messages_lose_ansi_codes_and_are_shortened_only_between_sentences():
+    from shared.exit_codes import WorkerExit
+    from worker.errors import MAX_MESSAGE_CHARS, WorkerError, clean_message
+
+    assert str(WorkerError("\x1b[1mcheckpoint\x1b[0m is bad.", WorkerExit.CHECKPOINT_ERROR)) == "checkpoint is bad."
+    long = " ".join(f"Sentence number {i} explains one more detail." for i in range(200))
+    short = clean_message(long)
+    assert len(short) <= MAX_MESSAGE_CHARS
+    assert short.endswith("detail. …"), short[-60:]  # whole sentences, and a mark that some were left out
+    one_endless_sentence = "word " * 1000
+    assert clean_message(one_endless_sentence, limit=50).endswith("word …")
+
+
+def test_library_reasons_never_advise_turning_safe_loading_off():
+    from worker.errors import library_reason
+
+    torch_text = ("Weights only load failed. Re-running `torch.load` with `weights_only` set to `False` will "
+                  "likely succeed, but it can result in arbitrary code execution. Do it only if you got the "
+                  "file from a trusted source.\n\n\x1b[1mTrying to load unsupported GLOBAL posix.system\x1b[0m "
+                  "whose module posix is blocked.\n\nCheck the documentation of torch.load to learn more.")
+    assert library_reason(RuntimeError(torch_text)) == (
+        "Trying to load unsupported GLOBAL posix.system whose module posix is blocked.")
+    assert library_reason(ValueError("")) == "ValueError"

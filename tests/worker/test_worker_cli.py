@@ -7,6 +7,9 @@ importing torch in parallel rather than eleven times in a row.
 """
 from __future__ import annotations
 
+import os
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,15 +17,24 @@ import pytest
 import torch
 
 from shared.exit_codes import WorkerExit
+from tests.checkpoint_factory import flip_byte_in_tensor_data
 from tests.worker.conftest import (
     FAST_ARGS,
     FINAL_CHECKPOINT,
+    N_STEPS,
     WorkerLaunch,
     WorkerLauncher,
     checkpoint_steps,
     read_heartbeat,
     read_metrics,
 )
+
+
+class RunsCodeWhenUnpickled:
+    """Unpickling this would run a shell command: a hostile "checkpoint" (safe loading refuses it)."""
+
+    def __reduce__(self):
+        return (os.system, ("echo this must never run",))
 
 
 @dataclass
@@ -64,6 +76,17 @@ def cli(launcher: WorkerLauncher, ref_bare: Path, tmp_path_factory) -> dict[str,
     state = torch.load(ref_bare / FINAL_CHECKPOINT, weights_only=True)
     state["train_loader_state"] = {"shard_index": 99, "position": 0}
     torch.save(state, other_data)
+    # A byte of tensor data flipped after the file was written (bit rot, or a change after the
+    # supervisor validated it): torch.load would not notice, the CRC-32 does.
+    flipped_run = base / "flipped_auto_resume"
+    flipped_run.mkdir()
+    shutil.copy(ref_bare / FINAL_CHECKPOINT, flipped_run / FINAL_CHECKPOINT)
+    flip_byte_in_tensor_data(flipped_run / FINAL_CHECKPOINT)
+    flipped_pretrained = base / "flipped_pretrained.pt"
+    shutil.copy(ref_bare / FINAL_CHECKPOINT, flipped_pretrained)
+    flip_byte_in_tensor_data(flipped_pretrained)
+    hostile = base / "model_00005.pt"
+    torch.save({"model": RunsCodeWhenUnpickled()}, hostile)
     short = [*FAST_ARGS, "--max_steps", "2"]
     cases = {
         "help": CliCase(["--help"]),
@@ -77,6 +100,10 @@ def cli(launcher: WorkerLauncher, ref_bare: Path, tmp_path_factory) -> dict[str,
         "auto_resume_empty": CliCase([*short, "--auto_resume"]),
         "empty_data_dir": CliCase([*short, "--data_dir", str(empty_data)]),
         "other_data": CliCase([*short, "--resume", "--checkpoint_path", str(other_data)]),
+        "flipped_auto_resume": CliCase([*FAST_ARGS, "--max_steps", str(N_STEPS + 2), "--auto_resume"]),
+        "flipped_pretrained": CliCase([*short, "--pretrained_checkpoint", str(flipped_pretrained)]),
+        "hostile_pickle": CliCase([*short, "--resume", "--checkpoint_path", str(hostile)]),
+        "abbreviated_flag": CliCase([*FAST_ARGS, "--max_step", "2"]),
         "crash_injection": CliCase([*FAST_ARGS, "--max_steps", "6"], env={"GPT2SUP_INJECT_CRASH_AT_STEP": "2"}),
         # AdamW's first update at lr 1e30 moves every weight by ~1e30: the next loss is NaN.
         "diverged": CliCase([*FAST_ARGS, "--max_steps", "6", "--warmup_steps", "0", "--max_lr", "1e30",
@@ -173,3 +200,80 @@ def test_non_finite_loss_exits_diverged_without_saving(cli):
     # Step 1 diverged: nothing after step 0 is logged, and the poisoned state was never saved.
     assert [m["step"] for m in read_metrics(result.log_dir)] == [0]
     assert beat["step"] == 1 and checkpoint_steps(result.log_dir) == []
+
+
+def test_a_byte_flipped_in_the_checkpoint_to_resume_is_caught_by_its_crc_and_named(cli):
+    result = cli["flipped_auto_resume"]
+    line = assert_one_line_error(result, WorkerExit.CHECKPOINT_ERROR, FINAL_CHECKPOINT, "CRC-32 mismatch")
+    assert "damaged" in line
+    beat = read_heartbeat(result.log_dir)
+    # The supervisor quarantines exactly the file named here and falls back to an older one.
+    assert beat["status"] == "failed" and beat["bad_checkpoint"] == FINAL_CHECKPOINT
+    assert "CRC-32 mismatch" in beat["message"]
+    assert read_metrics(result.log_dir) == [], "nothing may be trained from a damaged file"
+
+
+def test_a_byte_flipped_in_the_pretrained_checkpoint_is_caught_before_it_is_used(cli):
+    result = cli["flipped_pretrained"]
+    assert_one_line_error(result, WorkerExit.CHECKPOINT_ERROR, "flipped_pretrained.pt", "CRC-32 mismatch")
+    assert read_heartbeat(result.log_dir)["bad_checkpoint"] == "flipped_pretrained.pt"
+    assert checkpoint_steps(result.log_dir) == []
+
+
+def test_a_hostile_pickle_is_refused_in_plain_words_without_advice_to_load_unsafely(cli):
+    result = cli["hostile_pickle"]
+    line = assert_one_line_error(result, WorkerExit.CHECKPOINT_ERROR, "model_00005.pt", "posix.system",
+                                 "safe loading does not execute")
+    assert "this must never run" not in result.stdout + result.stderr
+    assert "weights_only" not in line and "\x1b" not in line
+    assert line.endswith(")"), f"the message was cut: {line!r}"
+    assert read_heartbeat(result.log_dir)["bad_checkpoint"] == "model_00005.pt"
+
+
+def test_an_abbreviated_flag_is_rejected(cli):
+    result = cli["abbreviated_flag"]
+    assert result.returncode == int(WorkerExit.USAGE)
+    assert "unrecognized arguments: --max_step" in result.stderr
+    assert read_metrics(result.log_dir) == []
+
+
+def test_a_save_and_an_eval_report_their_duration_in_the_heartbeat(cli):
+    beat = read_heartbeat(cli["auto_resume_empty"].log_dir)  # evals and saves at its last step
+    assert beat["status"] == "finished"
+    assert isinstance(beat["save_seconds"], float) and beat["save_seconds"] > 0
+    assert isinstance(beat["eval_seconds"], float) and beat["eval_seconds"] > 0
+
+
+def test_every_flag_has_a_help_text_with_its_default():
+    from worker.train_gpt2 import build_arg_parser
+
+    parser = build_arg_parser()
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        assert action.help, f"{action.option_strings} has no help text"
+        text = action.help % {"default": action.default}
+        assert re.search(r"default", text), f"{action.option_strings}: {text!r} does not say its default"
+        assert "None" not in text, f"{action.option_strings}: {text!r} shows a meaningless default"
+
+
+@pytest.mark.parametrize("max_steps, expected", [(10, 1), (24, 2), (300, 30), (5000, 30), (5, 0)])
+def test_the_cpu_profile_warm_up_never_exceeds_ten_percent_of_max_steps(max_steps, expected):
+    from worker.train_gpt2 import TrainConfig, build_arg_parser
+
+    args = build_arg_parser().parse_args(["--device", "cpu", "--max_steps", str(max_steps)])
+    config = TrainConfig.from_args(args, cuda_available=False)
+    assert config.warmup_steps == expected <= max_steps // 10
+    assert f"warmup_steps={expected}" in config.profile_note
+    explicit = build_arg_parser().parse_args(["--device", "cpu", "--max_steps", "10", "--warmup_steps", "7"])
+    assert TrainConfig.from_args(explicit, cuda_available=False).warmup_steps == 7  # an explicit value wins
+
+
+def test_train_config_is_frozen():
+    from dataclasses import FrozenInstanceError
+
+    from worker.train_gpt2 import TrainConfig, build_arg_parser
+
+    config = TrainConfig.from_args(build_arg_parser().parse_args(["--device", "cpu"]), cuda_available=False)
+    with pytest.raises(FrozenInstanceError):
+        config.max_steps = 5  # type: ignore[misc]

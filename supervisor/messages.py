@@ -1,0 +1,89 @@
+"""Every line ``gpt2sup run`` says about a failure or an ending, composed in one place.
+
+The cycle decides; this module words it. Keeping the text here means one tone and one format
+for "what happened, to which rank, after which step, and why" instead of f-strings scattered
+through the loop, and the wording can be tested without processes.
+"""
+from __future__ import annotations
+
+import signal
+
+from shared.exit_codes import SupervisorExit
+from shared.vocabulary import OutcomeKind
+from supervisor.policy import Outcome
+
+_LABELS = {
+    OutcomeKind.OOM: "ran out of memory (kernel OOM kill)",
+    OutcomeKind.DIVERGED: "diverged (non-finite loss)",
+    OutcomeKind.PERMANENT: "cannot run",
+    OutcomeKind.BAD_CHECKPOINT: "could not use its checkpoint",
+    OutcomeKind.FINISHED_WITHOUT_CHECKPOINT: "could not write its final checkpoint",
+}
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def after_step(step: int | None) -> str:
+    """``after step 41`` (the last completed step), or ``before its first step``."""
+    return f"after step {step}" if step is not None and step >= 0 else "before its first step"
+
+
+def first_line(text: str | None) -> str | None:
+    """The summary line of a (possibly multi-line) worker message."""
+    if not text:
+        return None
+    stripped = text.strip().splitlines()
+    return stripped[0].strip() if stripped else None
+
+
+def attempt_failure(outcome: Outcome, step: int | None, cause: str | None) -> str:
+    """``rank 1 crashed: killed by SIGKILL after step 5`` (+ ``: <its own error line>``)."""
+    who = f"rank {outcome.rank}" if outcome.rank is not None else "torchrun"
+    how = f"killed by {signal_name(outcome.signal)}" if outcome.signal else f"exited with code {outcome.exit_code}"
+    reason = f"{who} {_LABELS.get(outcome.kind, 'crashed')}: {how} {after_step(step)}"
+    return f"{reason}: {cause}" if cause else reason
+
+
+def startup_timeout(seconds: float) -> str:
+    return f"no heartbeat within the start-up timeout ({seconds:.0f}s)"
+
+
+def gave_up(decision_reason: str, failure_reason: str) -> str:
+    return f"gave up: {decision_reason}; last failure: {failure_reason}"
+
+
+def permanent(cause: str | None, failure_reason: str, exit_code: int | None, log_name: str) -> str:
+    """One short line: the worker's own reason, then where the full output is."""
+    return f"gave up: {cause or failure_reason} (worker exit {exit_code}: relaunching cannot help; " \
+           f"full output in {log_name})"
+
+
+def refused(message: str | None, failure_reason: str) -> str:
+    """The summary, then each difference on its own line (the worker wrote them that way)."""
+    lines = [line.rstrip() for line in (message or failure_reason).strip().splitlines() if line.strip()]
+    head = f"refused: {lines[0]}" if lines else "refused"
+    tail = [f"  {line.strip()}" for line in lines[1:]]
+    hint = "  (pass --allow-config-change to resume anyway, or use another --log-dir)"
+    return "\n".join([head, *tail, hint])
+
+
+def finished(step: int | None, checkpoint: str | None) -> str:
+    return f"training finished {after_step(step)}; final checkpoint {checkpoint} (exit {int(SupervisorExit.FINISHED)})"
+
+
+def finished_without_checkpoint(step: int | None, cause: str | None) -> str:
+    why = f": {cause}" if cause else ""
+    return (f"training reached its last step ({after_step(step)}) but the final checkpoint is NOT on disk{why} "
+            f"(exit {int(SupervisorExit.FINISHED_WITHOUT_CHECKPOINT)})")
+
+
+def stopped(how: str, step: int | None = None, checkpoint: str | None = None) -> str:
+    saved = f"; saved {checkpoint}" if checkpoint else ""
+    where = f" {after_step(step)}" if step is not None else ""
+    return (f"stopped on request ({how}){where}{saved}; `gpt2sup run` resumes it "
+            f"(exit {int(SupervisorExit.STOPPED)})")

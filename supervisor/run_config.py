@@ -1,0 +1,56 @@
+"""``RunConfig``: everything ``gpt2sup run`` was asked to do, with every default in one place.
+
+The command line builds it by keyword (``commands/run_cmd.py`` takes its option defaults from
+here), the cycle reads it, and ``supervisor.json`` records it so a later ``gpt2sup run`` on the
+same directory can reuse the worker arguments.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from supervisor.policy import BackoffConfig, RestartLimits, TimeoutConfig
+
+DEFAULT_WORKER = "worker.train_gpt2"
+
+
+@dataclass(frozen=True)
+class MultiNode:
+    """torchrun's c10d rendezvous, one supervisor per node."""
+
+    nnodes: str
+    node_rank: int | None
+    rdzv_endpoint: str
+    rdzv_id: str = "gpt2sup"
+    rdzv_backend: str = "c10d"
+
+
+@dataclass
+class RunConfig:
+    log_dir: Path
+    cwd: Path
+    worker_args: list[str] = field(default_factory=list)
+    worker_module: str = DEFAULT_WORKER
+    nproc_per_node: int = 1
+    multi_node: MultiNode | None = None
+    timeouts: TimeoutConfig = field(default_factory=TimeoutConfig)
+    monitor_interval: float = 2.0
+    backoff: BackoffConfig = field(default_factory=BackoffConfig)
+    limits: RestartLimits = field(default_factory=RestartLimits)
+    min_free_disk: int | None = None  # None: derived from the newest checkpoint's size
+    prune_on_low_disk: bool = False
+    kill_grace: float = 10.0
+    stop_timeout: float | None = None  # None: the checkpoint allowance in force
+    probe_timeout: float = 60.0
+    allow_config_change: bool = False  # forwarded to the worker as --allow_config_change
+    workers_outlive_supervisor: bool = False  # True: workers are not told to stop when we die
+    launcher: list[str] = field(default_factory=lambda: [sys.executable, "-m", "torch.distributed.run"])
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready, for ``supervisor.json["run_config"]``."""
+        data = asdict(self)
+        data["log_dir"] = str(self.log_dir)
+        data["cwd"] = str(self.cwd)
+        return data

@@ -1,0 +1,146 @@
+"""Everything about talking to ``torchrun``: its command line and environment, and reading its
+output afterwards (which rank exited how, the worker's own error line, the kernel's OOM counter).
+
+torchrun's log is the only record of a rank that died without writing a heartbeat (SIGKILL, an
+import error, argparse), so the parsing here is what turns 400 lines of interleaved tracebacks
+into the one line a tired operator reads.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from shared.atomic_io import read_file_tail
+from supervisor.policy import RankExit
+from supervisor.process_tree import own_identity
+from supervisor.run_config import RunConfig
+
+LOG_TAIL_BYTES = 64 * 1024
+SUPERVISOR_ENV = "GPT2SUP_SUPERVISOR"  # <pid>:<create_time> of the supervisor; workers stop when it is gone
+MAX_LINE_CHARS = 300
+
+_RANK_EXIT_RE = re.compile(r"rank\s*:\s*(\d+)[^\n]*\n\s*exitcode\s*:\s*(-?\d+)")
+# torchrun's own chatter, and the worker's routine per-step progress lines: neither says why it died.
+_NOISE_RE = re.compile(
+    r"torch/distributed/elastic|torch\.distributed\.elastic|^\*+$|^=+$|^\s*$|^step\s+\d+ \| loss "
+)
+# What a rank prints when it dies because a PEER died: never the cause.
+_PEER_LOST_RE = re.compile(
+    r"Connection closed by peer|Connection reset by peer|DistBackendError|DistNetworkError|"
+    r"ProcessGroupGloo|gloo/transport|NCCL communicator was aborted|Broken pipe",
+)
+# argparse's and the worker's one-line errors ("prog: error: ..."), and an exception's final line.
+_ERROR_LINE_RE = re.compile(r"^[^:]*: error: .+|^error: .+")
+_EXCEPTION_LINE_RE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Interrupt|Exit)\b(?::.*)?$")
+_MISSING_MODULE_LINE_RE = re.compile(r"No module named .+")
+_MISSING_MODULE_RE = re.compile(r"No module named '?([\w.]+)'?|Error while finding module specification for '([\w.]+)'")
+
+
+def build_command(config: RunConfig) -> list[str]:
+    """torchrun argv: its own restarts off, one supervisor per node, our worker with auto-resume."""
+    argv = list(config.launcher)
+    if config.multi_node is None:
+        argv += ["--standalone"]
+    else:
+        mn = config.multi_node
+        argv += ["--nnodes", mn.nnodes, "--rdzv-backend", mn.rdzv_backend, "--rdzv-endpoint", mn.rdzv_endpoint,
+                 "--rdzv-id", mn.rdzv_id]
+        if mn.node_rank is not None:
+            argv += ["--node-rank", str(mn.node_rank)]
+    argv += ["--nproc-per-node", str(config.nproc_per_node), "--max-restarts", "0"]
+    argv += ["-m", config.worker_module, "--auto_resume", "--log_dir", str(config.log_dir)]
+    if config.allow_config_change:
+        argv += ["--allow_config_change"]
+    argv += list(config.worker_args)
+    return argv
+
+
+def build_env(config: RunConfig, base: dict[str, str] | None = None) -> dict[str, str]:
+    """torchrun forces OMP_NUM_THREADS=1 when unset; give each process its share of the cores."""
+    env = dict(os.environ if base is None else base)
+    if not env.get("OMP_NUM_THREADS"):
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(1, config.nproc_per_node)))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    # Workers save and stop when the supervisor named here is gone, so a SIGKILLed supervisor does
+    # not leave a trainer running unwatched; --workers-outlive-supervisor removes the name.
+    env.pop(SUPERVISOR_ENV, None)
+    if not config.workers_outlive_supervisor:
+        env[SUPERVISOR_ENV] = own_identity().token
+    return env
+
+
+def read_log_tail(path: Path, max_bytes: int = LOG_TAIL_BYTES) -> str:
+    return read_file_tail(path, max_bytes)[0].decode("utf-8", errors="replace")
+
+
+def parse_rank_exits(log_text: str) -> list[RankExit]:
+    """(rank, exit code) from torchrun's failure summary, root cause first."""
+    marker = log_text.rfind("Root Cause")
+    if marker >= 0:
+        # "Other Failures" precede the root cause in torchrun's summary; add them after it.
+        ordered = _RANK_EXIT_RE.findall(log_text[marker:]) + _RANK_EXIT_RE.findall(log_text[:marker])
+    else:
+        ordered = _RANK_EXIT_RE.findall(log_text)
+    seen: set[int] = set()
+    out: list[RankExit] = []
+    for rank, code in ordered:
+        if int(rank) not in seen:
+            seen.add(int(rank))
+            out.append(RankExit(int(rank), int(code)))
+    return out
+
+
+def worker_lines(log_text: str) -> list[str]:
+    """The lines the *worker* printed: torchrun's own traceback, summary and chatter cut away."""
+    lines = log_text.splitlines()
+    cut = len(lines)
+    for index in range(len(lines) - 1, -1, -1):
+        if lines[index].startswith("Traceback (most recent call last)"):
+            following = "\n".join(lines[index + 1 : index + 6])
+            if "torch/distributed/run.py" in following or "runpy" in following or "torchrun" in following:
+                cut = index
+                break
+    return [line.rstrip() for line in lines[:cut] if not _NOISE_RE.search(line)]
+
+
+def meaningful_log_lines(log_text: str, count: int = 3) -> list[str]:
+    """The last ``count`` lines the worker printed, each cut to a readable length."""
+    return [line[:MAX_LINE_CHARS] for line in worker_lines(log_text)[-count:]]
+
+
+def error_line(log_text: str) -> str | None:
+    """The worker's own one-line cause: argparse's / the worker's ``error:`` line, else the final
+    line of the last exception that is not a rank losing its connection to a dead peer."""
+    lines = [line.strip() for line in worker_lines(log_text) if not _PEER_LOST_RE.search(line)]
+    for pattern in (_ERROR_LINE_RE, _EXCEPTION_LINE_RE):
+        for line in reversed(lines):
+            if pattern.match(line):
+                return line[:MAX_LINE_CHARS]
+    for line in reversed(lines):  # "/usr/bin/python: No module named worker.trian_gpt2"
+        missing = _MISSING_MODULE_LINE_RE.search(line)
+        if missing:
+            return missing.group(0)[:MAX_LINE_CHARS]
+    return None
+
+
+def module_missing(log_text: str, module: str) -> bool:
+    """Python said it cannot find ``module`` (or a package above it): ``--worker`` is wrong."""
+    for match in _MISSING_MODULE_RE.finditer(log_text):
+        name = match.group(1) or match.group(2)
+        if name and (module == name or module.startswith(name + ".")):
+            return True
+    return False
+
+
+def read_oom_kill_count() -> int | None:
+    """The kernel's OOM-kill counter for our cgroup (v2 memory.events or v1 oom_control)."""
+    for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
+        try:
+            for line in Path(path).read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+        except (OSError, ValueError):
+            continue
+    return None

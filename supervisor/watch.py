@@ -1,0 +1,326 @@
+"""``TorchrunAttempts``: launch one torchrun attempt and watch it until it ends, however it ends.
+
+Watching means: read every rank's heartbeat each interval (keeping the last good one when a read
+fails), name a hung rank when its heartbeat is older than its phase's timeout, capture evidence
+and kill the tree, forward a stop request, and when torchrun exits, classify the exit and word
+the reason. What to do next is the cycle's business (``run_loop``), decided by ``policy``.
+"""
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+from shared.heartbeat import Heartbeat, read_heartbeat
+from shared.run_dir import RunDir
+from shared.supervisor_state import ProcessRecord
+from shared.vocabulary import EventKind, OutcomeKind, RankStatus, SupervisorStateName
+from supervisor import messages, policy, torchrun
+from supervisor.attempt import AttemptResult, StopRequests
+from supervisor.disk_guard import DiskGuard
+from supervisor.evidence import capture_hang_evidence, next_incident_number
+from supervisor.journal import Journal
+from supervisor.process_tree import (
+    KillReport,
+    LaunchedTree,
+    kill_tree,
+    launch,
+    send_signal,
+)
+from supervisor.process_tree import is_stopped as process_stopped
+from supervisor.run_config import RunConfig
+
+# After torchrun exits, how long stray descendants get before the tree is killed.
+EXIT_STRAGGLER_GRACE_S = 2.0
+REPORT_EVERY_S = 2.0
+MEMORY_TIGHT_FRACTION = 0.03
+MEMORY_TIGHT_MEMORY_S = 15.0
+# A poll this late (and at least 10 monitor intervals late) means the supervisor itself was not
+# running: SIGSTOPped, a suspended VM, a starved host. Worth a line: everything it times jumped.
+SCHEDULING_GAP_S = 5.0
+
+
+def process_running(pid: int) -> bool:
+    """Alive and not a zombie (an exited child torchrun has not reaped yet)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def process_records(tree: LaunchedTree | None) -> list[ProcessRecord]:
+    if tree is None:
+        return []
+    return [ProcessRecord(pid=ident.pid, create_time=ident.create_time, role=role) for ident, role in tree.identities()]
+
+
+@dataclass
+class _Live:
+    """What is known about the attempt being watched."""
+
+    tree: LaunchedTree
+    oom_before: int | None
+    beats: dict[int, Heartbeat] = field(default_factory=dict)  # last GOOD heartbeat per rank
+    missing_warned: set[int] = field(default_factory=set)
+    stop_sent_at: float | None = None
+
+    @property
+    def last_step(self) -> int | None:
+        steps = [int(b.step) for b in self.beats.values() if int(b.step) >= 0]
+        return max(steps) if steps else None
+
+
+class TorchrunAttempts:
+    """The real ``Attempts``: one torchrun per call to ``run``."""
+
+    def __init__(self, config: RunConfig, run_dir: RunDir, journal: Journal, stops: StopRequests,
+                 disk: DiskGuard) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.journal = journal
+        self.stops = stops
+        self.disk = disk
+        self.pace = policy.StepPaceTracker()
+        self.slowest_save_s: float | None = None
+        self.slowest_eval_s: float | None = None
+        self.timeouts = policy.phase_timeouts(config.timeouts, policy.Measurements())
+        self._memory_tight_at: float | None = None
+        self._last_report = 0.0
+
+    # -- timeouts --------------------------------------------------------------------------------
+    def refresh_timeouts(self) -> dict[str, float]:
+        """Recompute the timeouts in force from what was measured; record them when they change."""
+        seen = policy.Measurements(self.pace.slowest_step_s, self.slowest_save_s, self.slowest_eval_s,
+                                   self.disk.newest_size)
+        timeouts = policy.phase_timeouts(self.config.timeouts, seen)
+        if timeouts != self.timeouts or not self.journal.state or not self.journal.state.phase_timeouts:
+            self.timeouts = timeouts
+            if self.journal.state is not None:
+                self.journal.save_state(phase_timeouts={str(k): round(v, 1) for k, v in timeouts.items()})
+        return {str(k): v for k, v in timeouts.items()}
+
+    def stop_timeout(self) -> float:
+        """How long a stop request may take: the save allowance in force, unless given."""
+        if self.config.stop_timeout is not None:
+            return self.config.stop_timeout
+        return self.timeouts[policy.Phase.CHECKPOINT]
+
+    # -- one attempt -----------------------------------------------------------------------------
+    def run(self, number: int) -> AttemptResult:
+        log_path = self.run_dir.attempt_log(number)
+        argv = torchrun.build_command(self.config)
+        oom_before = torchrun.read_oom_kill_count()
+        try:
+            tree = launch(argv, cwd=self.config.cwd, env=torchrun.build_env(self.config), log_path=log_path)
+        except OSError as exc:
+            reason = f"could not launch {argv[0]}: {exc.strerror or exc}"
+            self.journal.event(EventKind.CRASHED, reason)
+            return AttemptResult(policy.Outcome(OutcomeKind.PERMANENT), reason, 0.0, cause=reason)
+        self.pace.reset_attempt()
+        self.journal.save_state(state=SupervisorStateName.RUNNING, processes=process_records(tree))
+        self.journal.event(
+            EventKind.LAUNCHED,
+            f"attempt {number}: launched torchrun pid {tree.pid} ({self.config.nproc_per_node} proc/node), "
+            f"log {log_path.relative_to(self.run_dir.root)}",
+            pid=tree.pid, argv=argv,
+        )
+        try:
+            return self._watch(_Live(tree, oom_before))
+        except BaseException:
+            # The supervisor itself failed: never leave the workers running without a watcher.
+            kill_tree(tree.live_processes(), grace_s=self.config.kill_grace, reap=tree.popen)
+            raise
+        finally:
+            self.journal.save_state(processes=[])
+
+    def _watch(self, live: _Live) -> AttemptResult:
+        last_poll = time.monotonic()
+        while True:
+            gap, last_poll = time.monotonic() - last_poll, time.monotonic()
+            if gap > max(10 * self.config.monitor_interval, SCHEDULING_GAP_S):
+                self.journal.event(EventKind.WARNING, f"the supervisor itself was not scheduled for {gap:.0f}s "
+                                   "(stopped, suspended or starved)", gap_s=round(gap, 1))
+            code = live.tree.poll()
+            if live.tree.refresh():
+                self.journal.save_state(processes=process_records(live.tree))
+            self._read_heartbeats(live)
+            self._watch_memory()
+            if code is not None:
+                return self._on_exit(live, code)
+            if self.stops.count:
+                forced = self._forward_stop(live)
+                if forced is not None:
+                    return forced
+            else:
+                hang = self._detect_hang(live)
+                if hang is not None:
+                    return hang
+            self.disk.check()
+            self.journal.flush()  # space may be back: what waits in memory goes out now
+            self.refresh_timeouts()
+            if time.monotonic() - self._last_report >= REPORT_EVERY_S:
+                self._last_report = time.monotonic()
+                self.journal.show_progress()
+            self.stops.sleep(self.config.monitor_interval)
+
+    def _read_heartbeats(self, live: _Live) -> None:
+        """Keep the last good heartbeat per rank: an unreadable or vanished file is not a verdict.
+
+        A half-written or garbage file, or a deleted heartbeat/ directory, must never look like
+        silence (that killed healthy attempts); only the age of the last good beat decides.
+        """
+        present: set[int] = set()
+        for path in self.run_dir.list_heartbeats():
+            hb = read_heartbeat(path)
+            if hb is None or not isinstance(hb.time, (int, float)) or not isinstance(hb.rank, int):
+                continue
+            present.add(hb.rank)
+            if hb.time < live.tree.launched_at:
+                continue  # a leftover of an earlier attempt
+            live.beats[hb.rank] = hb
+            live.missing_warned.discard(hb.rank)
+            self.slowest_save_s = policy.slowest(self.slowest_save_s, hb.save_seconds)
+            self.slowest_eval_s = policy.slowest(self.slowest_eval_s, hb.eval_seconds)
+        if live.beats:
+            lead = live.beats[min(live.beats)]
+            self.pace.observe(int(lead.step), float(lead.time), str(lead.phase))
+        for rank in sorted(set(live.beats) - present - live.missing_warned):
+            live.missing_warned.add(rank)
+            self.journal.event(EventKind.WARNING, f"heartbeat of rank {rank} disappeared or is unreadable; "
+                               "judging it by its last good beat", rank=rank)
+
+    def _watch_memory(self) -> None:
+        vm = psutil.virtual_memory()
+        if vm.total and vm.available / vm.total < MEMORY_TIGHT_FRACTION:
+            self._memory_tight_at = time.time()
+
+    # -- a stop request ----------------------------------------------------------------------------
+    def _forward_stop(self, live: _Live) -> AttemptResult | None:
+        """First request: ask the workers to save and exit. Second one (or the stop timeout): kill."""
+        tree = live.tree
+        if live.stop_sent_at is None:
+            live.stop_sent_at = time.monotonic()
+            workers = tree.worker_processes()
+            self.journal.save_state(state=SupervisorStateName.STOPPING)
+            if workers:
+                send_signal(workers, signal.SIGTERM)
+                self.journal.event(EventKind.STOP_REQUESTED, f"stop requested: asked {len(workers)} worker(s) to "
+                                   "save and exit (another stop request forces)", pids=[p.pid for p in workers])
+            else:
+                self.journal.event(EventKind.STOP_REQUESTED, "stop requested before workers started: stopping torchrun")
+                kill_tree(tree.live_processes(), grace_s=self.config.kill_grace, reap=tree.popen)
+            return None
+        if self.stops.count < 2 and time.monotonic() - live.stop_sent_at <= self.stop_timeout():
+            return None
+        why = "second stop request" if self.stops.count >= 2 else "stop timeout"
+        self.journal.event(EventKind.STOP_REQUESTED, f"{why}: killing the process tree")
+        self._check_survivors(kill_tree(tree.live_processes(), grace_s=min(self.config.kill_grace, 2.0),
+                                        reap=tree.popen))
+        return AttemptResult(policy.Outcome(OutcomeKind.STOPPED), f"forced ({why})",
+                             time.time() - tree.launched_at, live.last_step)
+
+    # -- a hang ----------------------------------------------------------------------------------
+    def _detect_hang(self, live: _Live) -> AttemptResult | None:
+        now = time.time()
+        if not live.beats:
+            if policy.startup_timed_out(live.tree.launched_at, now, False, self.config.timeouts):
+                reason = messages.startup_timeout(self.config.timeouts.startup_timeout)
+                return self._kill_hung(live, OutcomeKind.STARTUP_TIMEOUT, reason, rank=None, step=None)
+            return None
+        rank_beats = [policy.RankBeat(rank=r, phase=str(b.phase), time=float(b.time), status=str(b.status),
+                                      step=int(b.step)) for r, b in live.beats.items()]
+        hung = policy.find_hung_rank(rank_beats, now, self.timeouts)
+        if hung is None:
+            return None
+        # Only now pay for process states: a stopped (SIGSTOP / T state) rank is the culprit, and
+        # a rank that already exited is a crash torchrun is about to report.
+        stopped = [r for r, b in live.beats.items() if process_stopped(int(b.pid))]
+        exited = [r for r, b in live.beats.items() if not process_running(int(b.pid))]
+        if stopped or exited:
+            hung = policy.find_hung_rank(rank_beats, now, self.timeouts, stopped, exited)
+            if hung is None:
+                return None
+        return self._kill_hung(live, OutcomeKind.HUNG, hung.describe(), rank=hung.rank, step=hung.step)
+
+    def _kill_hung(self, live: _Live, kind: OutcomeKind, reason: str, rank: int | None,
+                   step: int | None) -> AttemptResult:
+        tree = live.tree
+        self.journal.event(EventKind.HUNG, f"attempt {self.journal.attempt}: {reason}", rank=rank, step=step,
+                           kind=kind)
+        live_pids = {p.pid for p in tree.live_processes()}
+        worker_pids = {r: int(b.pid) for r, b in live.beats.items() if int(b.pid) in live_pids}
+        if not worker_pids:
+            worker_pids = {i: p.pid for i, p in enumerate(tree.worker_processes())}
+        incident = self.run_dir.incident_dir(next_incident_number(self.run_dir.incidents_dir))
+        evidence = capture_hang_evidence(
+            incident, worker_pids=worker_pids, attempt_log=tree.log_path,
+            summary={"attempt": self.journal.attempt, "kind": kind, "reason": reason, "rank": rank, "step": step,
+                     "heartbeats": {str(r): b.to_dict() for r, b in live.beats.items()}},
+        )
+        where = str(incident.relative_to(self.run_dir.root))
+        self.journal.event(EventKind.EVIDENCE_CAPTURED,
+                           f"evidence in {where} ({len(evidence.files)} files, {evidence.duration_s:.1f}s)",
+                           incident=where, files=sorted(evidence.files), errors=evidence.errors)
+        self._check_survivors(kill_tree(tree.live_processes(), grace_s=self.config.kill_grace, reap=tree.popen))
+        return AttemptResult(policy.Outcome(kind, rank=rank), reason, time.time() - tree.launched_at,
+                             step if step is None or step >= 0 else None)
+
+    def _check_survivors(self, report: KillReport) -> None:
+        if report.survivors:
+            self.journal.event(EventKind.INTERNAL_ERROR, f"processes survived SIGKILL: {report.survivors}",
+                               pids=report.survivors)
+
+    # -- an exit ---------------------------------------------------------------------------------
+    def _on_exit(self, live: _Live, code: int) -> AttemptResult:
+        tree = live.tree
+        # torchrun is gone; anything left of its tree (a reparented worker) goes too.
+        leftovers = tree.live_processes()
+        if leftovers:
+            psutil.wait_procs(leftovers, timeout=EXIT_STRAGGLER_GRACE_S)
+            self._check_survivors(kill_tree(tree.live_processes(), grace_s=self.config.kill_grace, reap=tree.popen))
+        self._read_heartbeats(live)
+        log_text = torchrun.read_log_tail(tree.log_path)
+        oom_after = torchrun.read_oom_kill_count()
+        beats = live.beats
+        rank0 = beats.get(0)
+        final = rank0.last_checkpoint if rank0 is not None else None
+        facts = policy.ExitFacts(
+            returncode=code,
+            statuses=[str(b.status) for b in beats.values()],
+            rank_exits=torchrun.parse_rank_exits(log_text) if code != 0 else (),
+            oom_kill_observed=live.oom_before is not None and oom_after is not None and oom_after > live.oom_before,
+            memory_was_tight=self._memory_tight_at is not None
+            and time.time() - self._memory_tight_at < MEMORY_TIGHT_MEMORY_S,
+            stop_requested=live.stop_sent_at is not None or self.stops.count > 0,
+            module_missing=code != 0 and torchrun.module_missing(log_text, self.config.worker_module),
+            final_checkpoint_on_disk=bool(final) and (self.run_dir.root / str(final)).is_file(),
+            reports=[policy.RankReport(r, str(b.status), float(b.time), int(b.step)) for r, b in beats.items()],
+        )
+        outcome = policy.classify_exit(facts)
+        failing = beats.get(outcome.rank) if outcome.rank is not None else None
+        step = _last_completed_step(failing, live)
+        message = failing.message if failing is not None and failing.status != RankStatus.RUNNING else None
+        cause = messages.first_line(message) or (torchrun.error_line(log_text) if code != 0 else None)
+        result = AttemptResult(outcome, "", time.time() - tree.launched_at, step, message=message, cause=cause,
+                               bad_checkpoint=failing.bad_checkpoint if failing is not None else None,
+                               last_checkpoint=final)
+        if not outcome.is_failure:
+            result.reason = "the workers saved and exited" if code == 0 else f"torchrun exit {code}"
+            return result
+        result.reason = messages.attempt_failure(outcome, step, cause)
+        self.journal.event(
+            EventKind.CRASHED, f"attempt {self.journal.attempt}: {result.reason}",
+            kind=outcome.kind, exit_code=outcome.exit_code,
+            signal=messages.signal_name(outcome.signal) if outcome.signal else None,
+            rank=outcome.rank, step=step, torchrun_exit=code,
+        )
+        return result
+
+
+def _last_completed_step(failing: Heartbeat | None, live: _Live) -> int | None:
+    """The failing rank's own last completed step, else the furthest any rank got."""
+    if failing is not None and int(failing.step) >= 0:
+        return int(failing.step)
+    return live.last_step

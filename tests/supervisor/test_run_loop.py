@@ -1,0 +1,206 @@
+"""The cycle of ``Supervisor`` with scripted attempts: decide, quarantine, back off, end (no torchrun).
+
+Each attempt is a function returning an ``AttemptResult`` (what ``TorchrunAttempts`` would report),
+so every branch of the cycle runs in milliseconds; ``test_run_e2e.py`` covers the real thing.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from shared.exit_codes import SupervisorExit, WorkerExit
+from shared.run_dir import RunDir
+from shared.vocabulary import OutcomeKind
+from supervisor.attempt import AttemptResult
+from supervisor.checkpoint_selection import Selection, Verdict
+from supervisor.policy import BackoffConfig, Outcome, RestartLimits
+from supervisor.run_config import RunConfig
+from supervisor.run_loop import Supervisor
+
+Script = Callable[[int], AttemptResult]
+
+
+class RecordingReporter:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def update(self, snapshot: object) -> None:
+        return None
+
+    def event(self, line: str) -> None:
+        self.lines.append(line)
+
+    def close(self) -> None:
+        return None
+
+
+class ScriptedAttempts:
+    def __init__(self, script: list[Script]) -> None:
+        self.script = list(script)
+        self.numbers: list[int] = []
+
+    def run(self, number: int) -> AttemptResult:
+        self.numbers.append(number)
+        return self.script.pop(0)(number)
+
+
+class TrustingSelect:
+    """Choose the newest checkpoint as valid (no probe); remember what each call chose."""
+
+    def __init__(self) -> None:
+        self.chosen: list[str | None] = []
+
+    def __call__(self, run_dir: Path, **_: object) -> Selection:
+        newest = RunDir.at(run_dir).newest_checkpoint()
+        self.chosen.append(newest.path.name if newest else None)
+        if newest is None:
+            return Selection(chosen=None)
+        verdict = Verdict(newest.path, True, None, newest.step, newest.size, 0.01)
+        return Selection(chosen=verdict, checked=[verdict])
+
+
+def ends(kind: OutcomeKind, *, code: int | None = None, signal: int | None = None, step: int | None = 3,
+         message: str | None = None, cause: str | None = None, bad: str | None = None,
+         last: str | None = None, reason: str = "it ended") -> Script:
+    def attempt(number: int) -> AttemptResult:
+        return AttemptResult(Outcome(kind, exit_code=code, signal=signal, rank=0), reason, 1.0, step,
+                             message=message, cause=cause, bad_checkpoint=bad, last_checkpoint=last)
+    return attempt
+
+
+def make(tmp_path: Path, script: list[Script], *, worker_args: list[str] | None = None,
+         backoff: float = 0.0, **config: object) -> tuple[Supervisor, ScriptedAttempts, RecordingReporter, TrustingSelect]:
+    cfg = RunConfig(log_dir=tmp_path, cwd=tmp_path, worker_args=list(worker_args or ["--max_steps", "12"]),
+                    backoff=BackoffConfig(initial_s=backoff), **config)
+    attempts, reporter, select = ScriptedAttempts(script), RecordingReporter(), TrustingSelect()
+    return Supervisor(cfg, reporter=reporter, attempts=attempts, select=select), attempts, reporter, select
+
+
+def events(tmp_path: Path, name: str | None = None) -> list[dict]:
+    records = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    return [r for r in records if name is None or r["event"] == name]
+
+
+def state(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "supervisor.json").read_text())
+
+
+def test_crashes_are_restarted_with_backoff_until_training_finishes(tmp_path):
+    (tmp_path / "model_00011.pt").write_bytes(b"x")
+    sup, attempts, reporter, _ = make(tmp_path, [ends(OutcomeKind.CRASHED, code=1), ends(OutcomeKind.CRASHED, code=1),
+                                                 ends(OutcomeKind.FINISHED, step=11, last="model_00011.pt")],
+                                      backoff=0.01)
+    assert sup.run() == SupervisorExit.FINISHED
+    assert attempts.numbers == [1, 2, 3]
+    assert [e["delay_s"] for e in events(tmp_path, "backoff")] == [0.01, 0.02]
+    assert [e["restarts_used"] for e in events(tmp_path, "restarted")] == [1, 2]
+    assert state(tmp_path)["state"] == "finished" and state(tmp_path)["exit_code"] == 0
+    assert "exit 0" in reporter.lines[-1] and "model_00011.pt" in reporter.lines[-1]
+
+
+def test_a_permanent_worker_error_gives_up_at_once_with_the_workers_own_line(tmp_path):
+    cause = "train_gpt2.py: error: unrecognized arguments: --max_stpes 10"
+    sup, attempts, reporter, _ = make(tmp_path, [ends(OutcomeKind.PERMANENT, code=2, cause=cause)], backoff=60.0)
+    assert sup.run() == SupervisorExit.GAVE_UP
+    assert attempts.numbers == [1]
+    assert not events(tmp_path, "backoff") and not events(tmp_path, "restarted")
+    last = reporter.lines[-1]
+    assert last.startswith(f"gave up: {cause}") and "attempts/001.log" in last and "\n" not in last
+
+
+def test_a_run_mismatch_is_refused_with_each_difference_on_its_own_line(tmp_path):
+    message = "these arguments describe another run\n  max_lr: 0.0006 -> 0.5\n  seed: 1 -> 2"
+    sup, _, reporter, _ = make(tmp_path, [ends(OutcomeKind.PERMANENT, code=WorkerExit.RUN_MISMATCH, message=message,
+                                               cause="these arguments describe another run")])
+    assert sup.run() == SupervisorExit.REFUSED
+    assert state(tmp_path)["state"] == "refused"
+    lines = reporter.lines[-1].splitlines()
+    assert lines[:3] == ["refused: these arguments describe another run", "  max_lr: 0.0006 -> 0.5", "  seed: 1 -> 2"]
+    assert "--allow-config-change" in lines[3]
+
+
+def test_a_checkpoint_the_worker_rejects_is_quarantined_and_the_previous_one_used(tmp_path):
+    for step in (4, 8):
+        (tmp_path / f"model_{step:05d}.pt").write_bytes(b"x" * 10)
+    bad = ends(OutcomeKind.BAD_CHECKPOINT, code=WorkerExit.CHECKPOINT_ERROR, bad="model_00008.pt",
+               cause="model_00008.pt: CRC mismatch in archive/data/3")
+    sup, _, _, select = make(tmp_path, [bad, ends(OutcomeKind.FINISHED, step=11)], backoff=60.0)
+    assert sup.run() == SupervisorExit.FINISHED
+    assert select.chosen == ["model_00008.pt", "model_00004.pt"]
+    assert (tmp_path / "model_00008.pt.corrupt").exists() and not (tmp_path / "model_00008.pt").exists()
+    quarantined = events(tmp_path, "quarantined")
+    assert [e["checkpoint"] for e in quarantined] == ["model_00008.pt"]
+    assert "CRC mismatch" in quarantined[0]["reason"]
+    assert not events(tmp_path, "backoff")  # the cause is gone: no reason to wait
+
+
+def test_finishing_without_the_final_checkpoint_is_exit_5_not_finished(tmp_path):
+    sup, _, reporter, _ = make(tmp_path, [ends(OutcomeKind.FINISHED_WITHOUT_CHECKPOINT, code=7, step=11,
+                                               cause="no space left for model_00011.pt")])
+    assert sup.run() == SupervisorExit.FINISHED_WITHOUT_CHECKPOINT
+    assert state(tmp_path)["state"] == "finished_without_checkpoint"
+    assert events(tmp_path, "finished_without_checkpoint") and not events(tmp_path, "finished")
+    assert "NOT on disk" in reporter.lines[-1] and "exit 5" in reporter.lines[-1]
+
+
+def test_a_stop_says_exit_4_and_the_checkpoint_it_saved(tmp_path):
+    (tmp_path / "model_00059.pt").write_bytes(b"x")
+    sup, _, reporter, _ = make(tmp_path, [])
+
+    def stopped(number: int) -> AttemptResult:
+        sup.stops.request()
+        (tmp_path / "model_00073.pt").write_bytes(b"x")
+        return ends(OutcomeKind.STOPPED, code=0, step=73, last="model_00073.pt",
+                    reason="the workers saved and exited")(number)
+
+    sup.attempts.script.append(stopped)
+    assert sup.run() == SupervisorExit.STOPPED
+    assert "exit 4" in reporter.lines[-1] and "exit 0" not in reporter.lines[-1]
+    saved = state(tmp_path)
+    assert saved["newest_checkpoint"] == "model_00073.pt" and saved["newest_checkpoint_valid"] is True
+
+
+def test_a_stop_during_the_backoff_launches_nothing_more(tmp_path):
+    sup, attempts, _, _ = make(tmp_path, [], backoff=30.0)
+
+    def crash(number: int) -> AttemptResult:
+        sup.stops.request()  # arrives while the attempt ends; the backoff must not wait 30 s
+        return ends(OutcomeKind.CRASHED, code=1)(number)
+
+    attempts.script.append(crash)
+    assert sup.run() == SupervisorExit.STOPPED
+    assert attempts.numbers == [1]
+
+
+def test_giving_up_on_the_budget_quotes_the_last_failure(tmp_path):
+    crash = ends(OutcomeKind.CRASHED, signal=9, reason="rank 0 crashed: killed by SIGKILL after step 3")
+    sup, attempts, _, _ = make(tmp_path, [crash] * 3, limits=RestartLimits(max_restarts=2, max_no_progress_restarts=0))
+    assert sup.run() == SupervisorExit.GAVE_UP
+    assert attempts.numbers == [1, 2, 3]
+    reason = state(tmp_path)["last_failure"]["reason"]
+    assert "budget" in reason and "SIGKILL after step 3" in reason
+
+
+def test_no_worker_arguments_reuse_the_previous_runs_and_say_so(tmp_path):
+    first, _, _, _ = make(tmp_path, [ends(OutcomeKind.STOPPED, code=0)], worker_args=["--model", "tiny"])
+    first.run()
+    again, _, reporter, _ = make(tmp_path, [ends(OutcomeKind.FINISHED)], worker_args=[])
+    again.config.worker_args = []
+    again.run()
+    assert again.config.worker_args == ["--model", "tiny"]
+    assert state(tmp_path)["run_config"]["worker_args"] == ["--model", "tiny"]
+    assert any("reusing the previous run's --model tiny" in line for line in reporter.lines)
+
+
+def test_a_failing_console_is_noted_once_and_the_run_ends_as_it_would(tmp_path):
+    class BrokenConsole(RecordingReporter):
+        def event(self, line: str) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    cfg = RunConfig(log_dir=tmp_path, cwd=tmp_path)
+    sup = Supervisor(cfg, reporter=BrokenConsole(), attempts=ScriptedAttempts([ends(OutcomeKind.STOPPED, code=0)]),
+                     select=TrustingSelect())
+    assert sup.run() == SupervisorExit.STOPPED
+    warnings = [e for e in events(tmp_path, "warning") if "console" in e["message"]]
+    assert len(warnings) == 1
