@@ -204,12 +204,15 @@ class TorchrunAttempts:
             live.stop_sent_at = time.monotonic()
             workers = tree.worker_processes()
             self.journal.save_state(state=SupervisorStateName.STOPPING)
+            asked_by = self.stops.names[0] if self.stops.names else None  # SIGINT, SIGTERM or SIGHUP
             if workers:
                 send_signal(workers, signal.SIGTERM)
-                self.journal.event(EventKind.STOP_REQUESTED, f"stop requested: asked {len(workers)} worker(s) to "
-                                   "save and exit (another stop request forces)", pids=[p.pid for p in workers])
+                self.journal.event(EventKind.STOP_REQUESTED, f"stop requested ({asked_by}): asked {len(workers)} "
+                                   "worker(s) to save and exit (another stop request forces)",
+                                   pids=[p.pid for p in workers], signal=asked_by)
             else:
-                self.journal.event(EventKind.STOP_REQUESTED, "stop requested before workers started: stopping torchrun")
+                self.journal.event(EventKind.STOP_REQUESTED, f"stop requested ({asked_by}) before workers started: "
+                                   "stopping torchrun", signal=asked_by)
                 kill_tree(tree.live_processes(), grace_s=self.config.kill_grace, reap=tree.popen)
             return None
         if self.stops.count < 2 and time.monotonic() - live.stop_sent_at <= self.stop_timeout():

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.supervisor.conftest import requires_worker
-
-pytestmark = [pytest.mark.slow, requires_worker]
+pytestmark = pytest.mark.slow
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 

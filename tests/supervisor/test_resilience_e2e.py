@@ -16,7 +16,8 @@ from pathlib import Path
 import psutil
 
 from shared.exit_codes import SupervisorExit
-from tests.supervisor.conftest import (
+from tests.supervisor.disk_fill import fill_disk
+from tests.supervisor.helpers import (
     FAST_SUPERVISOR_ARGS,
     NPROC,
     REPO_ROOT,
@@ -28,16 +29,12 @@ from tests.supervisor.conftest import (
     gpt2sup_argv,
     heartbeat,
     read_events,
-    requires_worker,
     start_supervisor,
     supervisor_json,
     wait_exit,
     wait_for,
     wait_for_step,
 )
-from tests.supervisor.disk_fill import fill_disk
-
-pytestmark = requires_worker
 
 
 def _alive(pid: int, create_time: float) -> bool:
