@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from supervisor.process_tree import processes_with_log_dir, same_process_alive
-from tests.supervisor.disk_fill import fill_disk
+from tests.supervisor.disk_fill import fill_disk, mounted_tmpfs
 
 NPROC = 2
 # Every kind once, then seeded extras drawn from the kinds that are cheap to repeat.
@@ -377,10 +377,45 @@ def leftovers(soak: Soak) -> list[int]:
     return sorted(alive)
 
 
-def mount_tmpfs(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs", str(path)], check=True,
-                   capture_output=True)
+def run_and_check(soak_run: Soak, reference: Path, result: dict[str, Any]) -> list[str]:
+    """Drive the soak, then check the end state; the figures go into ``result``."""
+    problems: list[str] = []
+    soak_started = time.monotonic()
+    code: int | None = None
+    try:
+        code = soak_run.run(random.Random(soak_run.seed + 1))
+    except (SoakError, subprocess.TimeoutExpired) as exc:
+        problems.append(f"soak aborted: {exc}")
+        tail = soak_run.console(soak_run.supervisors_started - 1).read_text(errors="replace")[-2500:]
+        problems.append("last supervisor console:\n" + tail)
+    finally:
+        if soak_run.supervisor is not None and soak_run.supervisor.poll() is None and code is None:
+            soak_run.supervisor.kill()
+            soak_run.supervisor.wait()
+    result["soak_seconds"] = round(time.monotonic() - soak_started, 1)
+    result["exit_code"] = code
+    if code != 0:
+        problems.append(f"last supervisor exited {code}, not 0")
+    left = leftovers(soak_run)
+    result["processes_left"] = left
+    if left:
+        problems.append(f"processes left: {left}")
+        for pid in left:
+            try:
+                psutil.Process(pid).kill()
+            except psutil.Error:
+                pass
+    unseen = [f.kind for f in soak_run.faults if f.seen_by is None]
+    if unseen:
+        problems.append(f"faults never seen as an event: {unseen}")
+    if code == 0:
+        problems += compare(soak_run.run_dir, reference, soak_run.max_steps)
+    events = soak_run.events()
+    result["events"] = {k: sum(1 for e in events if e.get("event") == k)
+                        for k in sorted({str(e.get("event")) for e in events})}
+    result["supervisors_started"] = soak_run.supervisors_started
+    result["fault_log"] = [f.__dict__ for f in soak_run.faults]
+    return problems
 
 
 def soak(seed: int, faults: int, max_steps: int, workdir: Path, log: Callable[[str], None] = print
@@ -392,49 +427,11 @@ def soak(seed: int, faults: int, max_steps: int, workdir: Path, log: Callable[[s
     reference = workdir / "reference"
     reference_run(reference, max_steps)
     log(f"  reference run: {time.monotonic() - started:.0f}s")
-    tmpfs = workdir / "disk"
-    mount_tmpfs(tmpfs)
     result: dict[str, Any] = {"seed": seed, "faults": faults, "max_steps": max_steps}
-    soak_run = Soak(seed, plan(seed, faults), max_steps, tmpfs / "run", tmpfs, log)
     problems: list[str] = []
-    try:
-        soak_started = time.monotonic()
-        code: int | None = None
-        try:
-            code = soak_run.run(random.Random(seed + 1))
-        except (SoakError, subprocess.TimeoutExpired) as exc:
-            problems.append(f"soak aborted: {exc}")
-            tail = soak_run.console(soak_run.supervisors_started - 1).read_text(errors="replace")[-2500:]
-            problems.append("last supervisor console:\n" + tail)
-        finally:
-            if soak_run.supervisor is not None and soak_run.supervisor.poll() is None and code is None:
-                soak_run.supervisor.kill()
-                soak_run.supervisor.wait()
-        result["soak_seconds"] = round(time.monotonic() - soak_started, 1)
-        result["exit_code"] = code
-        if code != 0:
-            problems.append(f"last supervisor exited {code}, not 0")
-        left = leftovers(soak_run)
-        result["processes_left"] = left
-        if left:
-            problems.append(f"processes left: {left}")
-            for pid in left:
-                try:
-                    psutil.Process(pid).kill()
-                except psutil.Error:
-                    pass
-        unseen = [f.kind for f in soak_run.faults if f.seen_by is None]
-        if unseen:
-            problems.append(f"faults never seen as an event: {unseen}")
-        if code == 0:
-            problems += compare(soak_run.run_dir, reference, max_steps)
-        events = soak_run.events()
-        result["events"] = {k: sum(1 for e in events if e.get("event") == k)
-                            for k in sorted({str(e.get("event")) for e in events})}
-        result["supervisors_started"] = soak_run.supervisors_started
-        result["fault_log"] = [f.__dict__ for f in soak_run.faults]
-    finally:
-        subprocess.run(["umount", "-l", str(tmpfs)], capture_output=True, check=False)
+    with mounted_tmpfs(workdir / "disk", TMPFS_SIZE) as tmpfs:
+        soak_run = Soak(seed, plan(seed, faults), max_steps, tmpfs / "run", tmpfs, log)
+        problems += run_and_check(soak_run, reference, result)
     result["problems"] = problems
     result["ok"] = not problems
     result["total_seconds"] = round(time.monotonic() - started, 1)

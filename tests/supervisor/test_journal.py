@@ -23,23 +23,18 @@ from shared.supervisor_state import (
     SupervisorState,
     read_supervisor_state,
 )
-from tests.supervisor.disk_fill import fill_disk
+from tests.supervisor.disk_fill import MountRefused, fill_disk, mounted_tmpfs
 
 NOBODY = 65534
 
 
 @pytest.fixture
 def tmpfs(tmp_path) -> Iterator[Path]:
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, check=False)
+        with mounted_tmpfs(tmp_path / "disk", "256k") as disk:
+            yield disk
+    except MountRefused as exc:
+        pytest.skip(str(exc))
 
 
 def _fill(disk: Path) -> Path:

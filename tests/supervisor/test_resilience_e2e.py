@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 
 from shared.exit_codes import SupervisorExit
-from tests.supervisor.disk_fill import fill_disk
+from tests.supervisor.disk_fill import fill_disk, mounted_tmpfs
 from tests.supervisor.helpers import (
     FAST_SUPERVISOR_ARGS,
     NPROC,
@@ -208,10 +208,7 @@ def test_a_bare_torchrun_on_the_directory_makes_run_refuse_naming_its_pids(tmp_p
 
 def test_a_full_disk_mid_run_does_not_kill_the_supervisor_and_its_journal_catches_up(tmp_path, reference_checkpoint):
     """The run directory's disk at 100% for a while: no `internal error: OSError: [Errno 28]`."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", str(disk)], check=True)
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "200m") as disk:
         log_dir = disk / "run"
         proc = start_supervisor(log_dir)
         victim = wait_for_step(log_dir, 5, rank=1)["pid"]
@@ -232,5 +229,3 @@ def test_a_full_disk_mid_run_does_not_kill_the_supervisor_and_its_journal_catche
         crash = [e for e in events_named(log_dir, "crashed") if e["time"] >= filled_at]
         assert crash and crash[0]["time"] < caught_up[0]["time"]  # kept in memory, written late, in order
         assert "internal error" not in console_text(log_dir)
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True, check=False)
