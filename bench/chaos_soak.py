@@ -1,6 +1,6 @@
 """Seeded chaos soak: many mixed faults against one supervised 2-rank run, then a bitwise check.
 
-    python bench/chaos_soak.py [--seed N] [--faults 12] [--max-steps 120]     # full soak
+    python bench/chaos_soak.py [--seed N] [--faults 12] [--max-steps 200]     # full soak
     python bench/chaos_soak.py --short                                         # 4 faults, 48 steps
 
 One run of the tiny model (2 processes, dropout > 0) on its own tmpfs is broken again and again
@@ -246,12 +246,13 @@ class Soak:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             beat = self.heartbeat(rank)
-            if beat and beat.get("phase") == "checkpoint" and beat.get("status") == "running":
+            if (beat and beat.get("phase") == "checkpoint" and beat.get("status") == "running"
+                    and beat.get("step", -1) >= hb["step"] and self.current_rank(int(beat["pid"]))):
                 os.kill(beat["pid"], signal.SIGSTOP)
                 fault.landed = f"rank {rank} phase checkpoint step {beat['step']}"
                 return
             time.sleep(0.002)
-        beat = self.heartbeat(rank) or hb
+        beat = self.wait_training(0, rank, fault.injected_at - 1.0)
         os.kill(beat["pid"], signal.SIGSTOP)
         fault.landed = f"rank {rank} phase {beat.get('phase')} (the save was missed) step {beat.get('step')}"
 
@@ -457,7 +458,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=None, help="fault plan seed (default: random, printed)")
     parser.add_argument("--faults", type=int, default=12)
-    parser.add_argument("--max-steps", type=int, default=120, help="long enough to leave room for every fault")
+    parser.add_argument("--max-steps", type=int, default=200, help="long enough to leave room for every fault")
     parser.add_argument("--short", action="store_true", help="4 faults over 48 steps (what the slow test runs)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = parser.parse_args()
