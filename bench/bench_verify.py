@@ -1,18 +1,22 @@
-"""What does validating a checkpoint cost, next to its floors?
+"""What does validating checkpoints cost, next to its floors, for one file and for N?
 
-    python bench/bench_verify.py [--n-layer 6 --n-embd 384] [--repeat 3] [--dir /tmp]
+    python bench/bench_verify.py [--files 3] [--n-layer 6 --n-embd 384] [--repeat 3] [--dir /tmp]
+                                 [--compare-with OTHER_CHECKOUT]
 
-Builds one real checkpoint (tests/checkpoint_factory.py: model + stepped AdamW, ~364 MB with the
-defaults) in a temporary directory and times, warm page cache (the file was just written and read
-once before timing; nothing is dropped, so these are not cold-disk numbers):
+Builds N real checkpoints (tests/checkpoint_factory.py: model + stepped AdamW, ~364 MB each with
+the defaults) in a temporary directory and times, warm page cache (the files were just written
+and read once before timing; nothing is dropped, so these are not cold-disk numbers):
 
-- raw read        read the whole file sequentially in 8 MB chunks: the floor for the CRC pass
-- crc32 in memory zlib.crc32 over the bytes already in memory: the compute part of the CRC pass
-- zip-crc         shared.checkpoint_crc.check_zip_crc (what runs before every restart)
-- import torch    a bare ``python -c "import torch"`` child: the floor for any probe
-- load-probe      the probe child (import torch + torch.load(weights_only, mmap) + checks)
-- load-probe deep the same with --deep (touches every tensor)
-- validate        validate_checkpoint end to end (file, size, zip-crc, probe)
+- raw read           read one file sequentially in 8 MB chunks: the floor for its CRC pass
+- zip-crc            shared.checkpoint_crc.check_zip_crc on one file
+- import torch       a bare ``python -c "import torch"`` child: the floor for any probe
+- probe child start  import torch + the worker's model code + the first AdamW (compiler stack)
+- validate 1 file    validate_checkpoint end to end (file, size, zip-crc, probe with restore)
+- N files, a child each   N x validate_checkpoint: one probe child per file (the old design)
+- N files, one child      validate_many: CRCs in threads, one probe child for all (``verify``)
+- gpt2sup verify N files  the command in a subprocess, as a user runs it
+- --compare-with: ``python -m supervisor.cli verify`` of the same files run from another
+  checkout (e.g. the code before this change), for a before/after row
 
 Prints a table: median and min seconds over --repeat runs, and MB/s where it means something.
 """
@@ -25,16 +29,20 @@ import subprocess
 import sys
 import tempfile
 import time
-import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shared.checkpoint_crc import check_zip_crc
-from shared.checkpoint_validation import run_probe, validate_checkpoint  # noqa: E402
+from supervisor.checkpoint_validation import (
+    ProbeSession,
+    validate_checkpoint,
+    validate_many,
+)
 
 CHUNK = 8 * 1024 * 1024
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def raw_read(path: Path) -> None:
@@ -43,33 +51,36 @@ def raw_read(path: Path) -> None:
             pass
 
 
-def crc_in_memory(data: bytes) -> None:
-    view = memoryview(data)
-    crc = 0
-    for start in range(0, len(view), CHUNK):
-        crc = zlib.crc32(view[start:start + CHUNK], crc)
-
-
 def bare_import_torch() -> None:
     subprocess.run([sys.executable, "-c", "import torch"], check=True)
 
 
-def probe(path: Path, deep: bool) -> None:
-    outcome = run_probe(path, deep=deep, size_bytes=path.stat().st_size, timeout=600)
-    if outcome.verdict is None or not outcome.verdict["ok"]:
-        raise SystemExit(f"probe failed on the benchmark file: {outcome.error or outcome.verdict['reason']}")
+def probe_child_start() -> None:
+    with ProbeSession() as session:
+        session.start()
+        session._await_ready()  # the start alone, no file
+        if session.import_seconds is None:
+            raise SystemExit("the probe child did not start")
 
 
-def validate(path: Path) -> None:
-    result = validate_checkpoint(path, probe_timeout=600)
-    if not result.ok:
-        raise SystemExit(f"validation failed on the benchmark file: {result.reason}")
+def must_pass(results: list) -> None:
+    bad = [r for r in results if not r.ok]
+    if bad:
+        raise SystemExit(f"validation failed on a benchmark file: {bad[0].reason}")
 
 
 def crc_check(path: Path) -> None:
     ok, detail = check_zip_crc(path)
     if not ok:
         raise SystemExit(f"CRC check failed on the benchmark file: {detail}")
+
+
+def verify_command(paths: list[Path], checkout: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    completed = subprocess.run([sys.executable, "-m", "supervisor.cli", "verify", *map(str, paths)],
+                               cwd=checkout, env=env, capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        raise SystemExit(f"verify failed ({checkout}): {completed.stdout[-300:]}{completed.stderr[-300:]}")
 
 
 def timed(fn: Callable[[], None], repeat: int) -> list[float]:
@@ -83,45 +94,52 @@ def timed(fn: Callable[[], None], repeat: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=3, help="N: how many checkpoints one verify call checks")
     parser.add_argument("--n-layer", type=int, default=6)
     parser.add_argument("--n-embd", type=int, default=384)
     parser.add_argument("--n-head", type=int, default=6)
     parser.add_argument("--block-size", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--dir", default=None, help="where to build the temporary checkpoint")
+    parser.add_argument("--dir", default=None, help="where to build the temporary checkpoints")
+    parser.add_argument("--compare-with", type=Path, default=None,
+                        help="another checkout of gpt2sup whose `verify` to time on the same files")
     args = parser.parse_args()
 
     from tests.checkpoint_factory import make_checkpoint  # imports torch: only here
 
     config = {"block_size": args.block_size, "vocab_size": 50304, "n_layer": args.n_layer,
               "n_head": args.n_head, "n_embd": args.n_embd, "dropout": 0.0}
+    n = args.files
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench_verify_") as tmp:
-        path = Path(tmp) / "model_00100.pt"
         t0 = time.perf_counter()
-        make_checkpoint(path, 100, config)
-        size = path.stat().st_size
-        print(f"checkpoint: {path.name} {size / 1e6:.1f} MB (n_layer {args.n_layer}, n_embd {args.n_embd}), "
+        paths = [make_checkpoint(Path(tmp) / f"model_{100 * (i + 1):05d}.pt", 100 * (i + 1), config) for i in range(n)]
+        size = paths[0].stat().st_size
+        print(f"{n} checkpoint(s) of {size / 1e6:.1f} MB (n_layer {args.n_layer}, n_embd {args.n_embd}), "
               f"built in {time.perf_counter() - t0:.1f}s; python {sys.version.split()[0]}, "
-              f"{os.cpu_count()} CPUs; warm page cache (nothing dropped)")
-        raw_read(path)  # warm the cache so every row below reads from memory
-        data = path.read_bytes()
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; warm page cache (nothing dropped)")
+        for path in paths:
+            raw_read(path)  # warm the cache so every row below reads from memory
 
-        rows: list[tuple[str, list[float], bool]] = [
-            ("raw read (8 MB chunks)", timed(lambda: raw_read(path), args.repeat), True),
-            ("crc32 in memory (zlib)", timed(lambda: crc_in_memory(data), args.repeat), True),
-            ("zip-crc check", timed(lambda: crc_check(path), args.repeat), True),
-            ("python -c 'import torch'", timed(bare_import_torch, args.repeat), False),
-            ("load-probe (child)", timed(lambda: probe(path, False), args.repeat), False),
-            ("load-probe --deep (child)", timed(lambda: probe(path, True), args.repeat), True),
-            ("validate_checkpoint", timed(lambda: validate(path), args.repeat), False),
+        rows: list[tuple[str, list[float], int | None]] = [
+            ("raw read, 1 file", timed(lambda: raw_read(paths[0]), args.repeat), size),
+            ("zip-crc, 1 file", timed(lambda: crc_check(paths[0]), args.repeat), size),
+            ("python -c 'import torch'", timed(bare_import_torch, args.repeat), None),
+            ("probe child start", timed(probe_child_start, args.repeat), None),
+            ("validate 1 file", timed(lambda: must_pass([validate_checkpoint(paths[0])]), args.repeat), size),
+            (f"{n} files, a child each", timed(lambda: must_pass([validate_checkpoint(p) for p in paths]),
+                                               args.repeat), n * size),
+            (f"{n} files, one child", timed(lambda: must_pass(validate_many(paths)), args.repeat), n * size),
+            (f"gpt2sup verify {n} files", timed(lambda: verify_command(paths, ROOT), args.repeat), n * size),
         ]
-        del data
+        if args.compare_with is not None:
+            rows.append((f"verify {n} files, other checkout",
+                         timed(lambda: verify_command(paths, args.compare_with.resolve()), args.repeat), n * size))
 
-    print(f"\n{'what':<28}{'median s':>10}{'min s':>10}{'MB/s':>10}")
-    for name, times, throughput in rows:
+    print(f"\n{'what':<34}{'median s':>10}{'min s':>10}{'MB/s':>10}")
+    for name, times, nbytes in rows:
         median = statistics.median(times)
-        rate = f"{size / 1e6 / median:,.0f}" if throughput else "-"
-        print(f"{name:<28}{median:>10.3f}{min(times):>10.3f}{rate:>10}")
+        rate = f"{nbytes / 1e6 / median:,.0f}" if nbytes else "-"
+        print(f"{name:<34}{median:>10.3f}{min(times):>10.3f}{rate:>10}")
 
 
 if __name__ == "__main__":

@@ -2,25 +2,38 @@
 
 The worker resumes from ``latest_checkpoint.pt``. If the newest file is damaged (a crash during a
 copy, a full disk, bit rot) a blind resume either crashes again or, worse, trains on garbage. So:
-validate newest-first, rename failures to ``<name>.corrupt`` (evidence, never deleted), and swing
-the link to the newest file that passed. No valid file at all means a fresh start: allowed, but
-announced loudly by the caller.
+validate newest-first and re-point the link at the newest file that passed. Doubt never destroys a
+good checkpoint: only positive evidence about a file (``Verdict.INVALID``) renames it to
+``<name>.corrupt`` (evidence, never deleted, the reason recorded beside it); a file that could not
+be judged (probe timeout, probe could not start) stays where it is. When no file passed but some
+could not be judged, the newest of those is chosen, flagged inconclusive, for the caller to
+announce loudly: the run never restarts from step 0 while a checkpoint that may be good exists.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from shared.run_dir import QUARANTINE_SUFFIX, RunDir
+from shared.vocabulary import Verdict
+from supervisor.checkpoint_validation import (
+    ProbeSession,
+    ValidationResult,
+    list_siblings,
+    validate_checkpoint,
+)
 from supervisor.policy import CheckpointOnDisk, choose_checkpoints_to_prune
+
+QUARANTINE_RECORD_SUFFIX = ".reason.json"  # beside ``model_N.pt.corrupt``: why and when
 
 
 @dataclass
-class Verdict:
+class CheckpointVerdict:
     """One checkpoint's validation result, in the fields the supervisor needs."""
 
     path: Path
@@ -29,89 +42,127 @@ class Verdict:
     step: int | None
     size_bytes: int | None
     seconds: float | None = None
-    inconclusive: bool = False  # could not be judged (e.g. torch failed to import): not the file's fault
+    inconclusive: bool = False  # could not be judged: not the file's fault, never quarantined
+
+    @property
+    def verdict(self) -> Verdict:
+        if self.ok:
+            return Verdict.VALID
+        return Verdict.INCONCLUSIVE if self.inconclusive else Verdict.INVALID
+
+    @classmethod
+    def of(cls, result: ValidationResult, path: Path, step: int, seconds: float) -> CheckpointVerdict:
+        return cls(path=path, ok=result.ok, reason=result.reason,
+                   step=result.step if result.step is not None else step,
+                   size_bytes=result.size_bytes, seconds=seconds, inconclusive=result.inconclusive)
 
 
-Validator = Callable[..., Any]
+# --- quarantine ------------------------------------------------------------------------------------
+
+def quarantine_record_path(quarantined: Path) -> Path:
+    return quarantined.with_name(quarantined.name + QUARANTINE_RECORD_SUFFIX)
 
 
-def _to_verdict(result: Any, path: Path, step: int, elapsed: float) -> Verdict:
-    return Verdict(
-        path=path,
-        ok=bool(getattr(result, "ok", False)),
-        reason=getattr(result, "reason", None),
-        step=getattr(result, "step", None) if getattr(result, "step", None) is not None else step,
-        size_bytes=getattr(result, "size_bytes", None),
-        seconds=elapsed,
-        inconclusive=bool(getattr(result, "inconclusive", False)),
-    )
+def quarantine(path: Path, reason: str) -> Path:
+    """Rename ``path`` to ``path.corrupt`` (``.corrupt.N`` if taken) and record why; returns the new path.
 
+    The record (``<new name>.reason.json``: reason, UTC time, original name) is written first, so
+    a file is never set aside without its reason when the disk allows writing it; when it does not
+    (a full disk), the rename still happens and the caller's journal event keeps the reason.
+    Raises OSError only when the rename itself fails.
+    """
+    from supervisor.dashboard import utc_timestamp
 
-def quarantine(path: Path) -> Path:
-    """Rename ``path`` to ``path.corrupt`` (``.corrupt.N`` if taken); returns the new path."""
+    path = Path(path)
     target = path.with_name(path.name + QUARANTINE_SUFFIX)
     n = 1
     while target.exists():
         target = path.with_name(f"{path.name}{QUARANTINE_SUFFIX}.{n}")
         n += 1
+    record = {"reason": reason, "quarantined_at": utc_timestamp(), "original_name": path.name}
+    record_path = quarantine_record_path(target)
+    try:
+        record_path.write_text(json.dumps(record, sort_keys=True) + "\n", encoding="utf-8")
+    except OSError:
+        record_path.unlink(missing_ok=True)  # no half-written record; the journal has the reason
     os.rename(path, target)
     return target
 
 
+def read_quarantine_record(path: Path) -> dict[str, Any] | None:
+    """The record ``quarantine`` left beside ``path`` (a ``.corrupt`` file), if there is one."""
+    try:
+        record = json.loads(quarantine_record_path(Path(path)).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+# --- selection -------------------------------------------------------------------------------------
+
 @dataclass
 class Selection:
-    chosen: Verdict | None  # None: no valid checkpoint, the worker starts fresh
-    quarantined: list[tuple[Verdict, Path]] = field(default_factory=list)  # (verdict, new path)
-    checked: list[Verdict] = field(default_factory=list)
-    link_changed: bool = False
+    # None: no checkpoint on disk (or every one failed with positive evidence): start fresh
+    chosen: CheckpointVerdict | None
+    quarantined: list[tuple[CheckpointVerdict, Path]] = field(default_factory=list)  # (verdict, new path)
+    checked: list[CheckpointVerdict] = field(default_factory=list)  # newest first
+    # Newer files that could not be judged and were passed over for an older valid one (kept).
+    skipped_inconclusive: list[CheckpointVerdict] = field(default_factory=list)
 
 
 def select_checkpoint_for_restart(
     run_dir: Path,
     *,
-    validator: Validator | None = None,
     deep: bool = False,
-    probe_timeout: float = 60.0,
+    probe_timeout: float | None = None,
 ) -> Selection:
-    """Validate newest-first, quarantine failures, re-point the link at the first valid one."""
+    """Validate newest-first, quarantine what is proven bad, re-point the link (module docstring).
+
+    ``probe_timeout`` is seconds per file, or None for ``auto``. One probe child serves every file.
+    A validator error on a file (a bug, an unreadable directory) makes that file inconclusive.
+    """
     run = RunDir.at(run_dir)
-    if validator is None:
-        from shared.checkpoint_validation import validate_checkpoint as validator
-    validate = validator
-    checkpoints = [(c.step, c.path) for c in run.list_checkpoints()]
-    sizes = {c.path.name: c.size for c in run.list_checkpoints()}
+    checkpoints = run.list_checkpoints()
+    cache: dict[Path, Any] = {}
     selection = Selection(chosen=None)
-    for step, path in reversed(checkpoints):
-        siblings = [size for name, size in sizes.items() if name != path.name]
-        started = time.monotonic()
-        try:
-            result = validate(path, deep=deep, probe_timeout=probe_timeout, sibling_sizes=siblings)
-        except Exception as exc:  # a validator bug must not be mistaken for a good file
-            verdict = Verdict(path, False, f"validator error: {exc}", step, sizes.get(path.name))
-        else:
-            verdict = _to_verdict(result, path, step, time.monotonic() - started)
-        selection.checked.append(verdict)
-        if verdict.ok or verdict.inconclusive:
-            # Inconclusive: the probe itself could not run. Quarantining a possibly good file for
-            # that would destroy progress; the worker's own load will tell if it is really bad.
-            selection.chosen = verdict
-            break
-        try:
-            new_path = quarantine(path)
-        except OSError as exc:
-            verdict.reason = f"{verdict.reason}; could not quarantine: {exc.strerror}"
-            new_path = path
-        selection.quarantined.append((verdict, new_path))
-    target = selection.chosen.path if selection.chosen else None
-    link = run.latest_link
+    inconclusive: list[CheckpointVerdict] = []
+    with ProbeSession(probe_timeout) as session:
+        if checkpoints:
+            session.start()  # the child imports torch while the newest file's CRC is read
+        for checkpoint in reversed(checkpoints):
+            started = time.monotonic()
+            try:
+                result = validate_checkpoint(checkpoint.path, deep=deep, session=session,
+                                             siblings=list_siblings(checkpoint.path, cache))
+            except Exception as exc:  # noqa: BLE001  a validator bug is no evidence against the file
+                verdict = CheckpointVerdict(checkpoint.path, False, f"validator error: {type(exc).__name__}: {exc}",
+                                            checkpoint.step, checkpoint.size, inconclusive=True)
+            else:
+                verdict = CheckpointVerdict.of(result, checkpoint.path, checkpoint.step, time.monotonic() - started)
+            selection.checked.append(verdict)
+            if verdict.verdict is Verdict.VALID:
+                selection.chosen = verdict
+                break
+            if verdict.verdict is Verdict.INCONCLUSIVE:
+                inconclusive.append(verdict)
+                continue
+            try:
+                new_path = quarantine(checkpoint.path, verdict.reason or "failed validation")
+            except OSError as exc:
+                verdict.reason = f"{verdict.reason}; could not quarantine: {exc.strerror or exc}"
+                new_path = checkpoint.path
+            selection.quarantined.append((verdict, new_path))
+    if selection.chosen is not None:
+        selection.skipped_inconclusive = inconclusive
+    elif inconclusive:
+        selection.chosen = inconclusive[0]  # the newest file that may be good: resume UNVERIFIED
+    target = selection.chosen.path if selection.chosen is not None else None
     try:
-        current = os.readlink(link) if link.is_symlink() else None
+        current = os.readlink(run.latest_link) if run.latest_link.is_symlink() else None
     except OSError:
         current = None
-    wanted = target.name if target is not None else None
-    if current != wanted or (wanted is None and link.exists()):
+    if current != (target.name if target is not None else None) or (target is None and run.latest_link.exists()):
         run.point_latest_link(target)
-        selection.link_changed = True
     return selection
 
 

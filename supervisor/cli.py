@@ -19,6 +19,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "status": ("supervisor.commands.status_cmd", "status", "Show a run at a glance."),
     "stop": ("supervisor.commands.stop_cmd", "stop", "Ask a running supervisor to stop cleanly."),
     "verify": ("supervisor.commands.verify_cmd", "verify", "Check that checkpoints are sound."),
+    "convert": ("supervisor.commands.convert_cmd", "convert", "Rewrite a build-nanogpt checkpoint in gpt2sup's format."),
 }
 
 

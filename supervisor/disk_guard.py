@@ -89,7 +89,7 @@ class DiskGuard:
 
     def _passes_validation(self, name: str) -> bool:
         if name not in self._validated:
-            from shared.checkpoint_validation import validate_checkpoint
+            from supervisor.checkpoint_validation import validate_checkpoint
 
             result = validate_checkpoint(self.run_dir.root / name, probe_timeout=self.config.probe_timeout)
             self._validated[name] = result.ok

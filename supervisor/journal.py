@@ -7,6 +7,7 @@ instead of changing how the run ends.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -100,7 +101,5 @@ class Journal:
             self._console_failed = True
             self._append(EventKind.WARNING, f"console output failed ({type(exc).__name__}: {exc}); "
                          "events and supervisor.json carry on")
-            try:
+            with contextlib.suppress(OSError):  # stderr may be the same broken pipe; the event above stays
                 sys.stderr.write(f"gpt2sup run: console output failed: {exc}\n")
-            except OSError:
-                pass

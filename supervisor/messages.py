@@ -49,8 +49,10 @@ def attempt_failure(outcome: Outcome, step: int | None, cause: str | None) -> st
     return f"{reason}: {cause}" if cause else reason
 
 
-def startup_timeout(seconds: float) -> str:
-    return f"no heartbeat within the start-up timeout ({seconds:.0f}s)"
+def startup_timeout(seconds: float, workers_started: bool) -> str:
+    if not workers_started:
+        return f"torchrun started no worker within the start-up timeout ({seconds:.0f}s)"
+    return f"no heartbeat within the start-up timeout ({seconds:.0f}s) of the workers starting"
 
 
 def gave_up(decision_reason: str, failure_reason: str) -> str:
@@ -59,8 +61,8 @@ def gave_up(decision_reason: str, failure_reason: str) -> str:
 
 def permanent(cause: str | None, failure_reason: str, exit_code: int | None, log_name: str) -> str:
     """One short line: the worker's own reason, then where the full output is."""
-    return f"gave up: {cause or failure_reason} (worker exit {exit_code}: relaunching cannot help; " \
-           f"full output in {log_name})"
+    code = f"worker exit {exit_code}: " if exit_code is not None else ""
+    return f"gave up: {cause or failure_reason} ({code}relaunching cannot help; full output in {log_name})"
 
 
 def refused(message: str | None, failure_reason: str) -> str:

@@ -102,6 +102,11 @@ def phase_timeouts(config: TimeoutConfig, seen: Measurements) -> dict[Phase, flo
     return timeouts
 
 
+def stop_allowance(timeouts: Mapping[Phase, float]) -> float:
+    """How long a stop request may take: finish the current step, then save (``--stop-timeout auto``)."""
+    return timeouts[Phase.TRAIN] + timeouts[Phase.CHECKPOINT]
+
+
 def timeout_for_phase(phase: str | None, timeouts: Mapping[Phase, float]) -> float:
     """Seconds of heartbeat silence tolerated in ``phase`` (an unknown phase counts as training)."""
     if phase is None:
@@ -214,9 +219,16 @@ def find_hung_rank(
     return min(overdue, key=lambda v: (v.rank not in suspects, v.step, -v.silent_s, v.rank))
 
 
-def startup_timed_out(launched_at: float, now: float, any_heartbeat: bool, config: TimeoutConfig) -> bool:
-    """No first heartbeat within the start-up allowance (imports, rendezvous, compile)."""
-    return not any_heartbeat and now - launched_at > config.startup_timeout
+def startup_timed_out(launched_at: float, workers_started_at: float | None, now: float, any_heartbeat: bool,
+                      config: TimeoutConfig) -> bool:
+    """No first heartbeat within the start-up allowance (imports, rendezvous, compile).
+
+    The allowance is the workers': it counts from the moment torchrun started them, so a
+    launcher slow to start on a loaded machine does not eat the workers' time. torchrun itself
+    gets the same allowance to start them.
+    """
+    started = workers_started_at if workers_started_at is not None else launched_at
+    return not any_heartbeat and now - started > config.startup_timeout
 
 
 # --------------------------------------------------------------------------------------------

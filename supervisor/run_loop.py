@@ -247,7 +247,7 @@ class Supervisor:
             return self.config.stop_timeout
         newest = self.run_dir.newest_checkpoint()
         seen = policy.Measurements(newest_checkpoint_bytes=newest.size if newest else None)
-        return policy.phase_timeouts(self.config.timeouts, seen)[policy.Phase.CHECKPOINT]
+        return policy.stop_allowance(policy.phase_timeouts(self.config.timeouts, seen))
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _quarantine_rejected(self, result: AttemptResult) -> None:
@@ -261,7 +261,7 @@ class Supervisor:
             return
         reason = result.cause or f"the worker could not use it (exit {int(WorkerExit.CHECKPOINT_ERROR)})"
         try:
-            new_path = quarantine(path)
+            new_path = quarantine(path, reason)
         except OSError as exc:
             self.journal.event(EventKind.WARNING, f"could not quarantine {path.name}: {exc.strerror or exc}")
             return
@@ -277,6 +277,9 @@ class Supervisor:
             self.journal.event(EventKind.QUARANTINED, f"checkpoint {verdict.path.name} failed validation "
                                f"({verdict.reason}); renamed to {new_path.name}", checkpoint=verdict.path.name,
                                reason=verdict.reason, renamed_to=new_path.name)
+        for skipped in selection.skipped_inconclusive:
+            self.journal.event(EventKind.WARNING, f"could not judge {skipped.path.name} ({skipped.reason}); kept it, "
+                               "resuming from an older file that passed", checkpoint=skipped.path.name)
         chosen = selection.chosen
         remaining = self.run_dir.newest_checkpoint()
         if chosen is None and remaining is not None:

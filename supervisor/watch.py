@@ -65,6 +65,7 @@ class _Live:
     beats: dict[int, Heartbeat] = field(default_factory=dict)  # last GOOD heartbeat per rank
     missing_warned: set[int] = field(default_factory=set)
     stop_sent_at: float | None = None
+    workers_started_at: float | None = None  # when torchrun's ranks were first seen
 
     @property
     def last_step(self) -> int | None:
@@ -102,10 +103,10 @@ class TorchrunAttempts:
         return {str(k): v for k, v in timeouts.items()}
 
     def stop_timeout(self) -> float:
-        """How long a stop request may take: the save allowance in force, unless given."""
+        """How long a stop request may take: ``--stop-timeout``, else a step and a save in force."""
         if self.config.stop_timeout is not None:
             return self.config.stop_timeout
-        return self.timeouts[policy.Phase.CHECKPOINT]
+        return policy.stop_allowance(self.timeouts)
 
     # -- one attempt -----------------------------------------------------------------------------
     def run(self, number: int) -> AttemptResult:
@@ -147,6 +148,7 @@ class TorchrunAttempts:
                 self.journal.save_state(processes=process_records(live.tree))
             self._read_heartbeats(live)
             self._watch_memory()
+            self.refresh_timeouts()
             if code is not None:
                 return self._on_exit(live, code)
             if self.stops.count:
@@ -159,7 +161,6 @@ class TorchrunAttempts:
                     return hang
             self.disk.check()
             self.journal.flush()  # space may be back: what waits in memory goes out now
-            self.refresh_timeouts()
             if time.monotonic() - self._last_report >= REPORT_EVERY_S:
                 self._last_report = time.monotonic()
                 self.journal.show_progress()
@@ -228,8 +229,12 @@ class TorchrunAttempts:
     def _detect_hang(self, live: _Live) -> AttemptResult | None:
         now = time.time()
         if not live.beats:
-            if policy.startup_timed_out(live.tree.launched_at, now, False, self.config.timeouts):
-                reason = messages.startup_timeout(self.config.timeouts.startup_timeout)
+            if live.workers_started_at is None and live.tree.worker_processes():
+                live.workers_started_at = now
+            if policy.startup_timed_out(live.tree.launched_at, live.workers_started_at, now, False,
+                                        self.config.timeouts):
+                reason = messages.startup_timeout(self.config.timeouts.startup_timeout,
+                                                  live.workers_started_at is not None)
                 return self._kill_hung(live, OutcomeKind.STARTUP_TIMEOUT, reason, rank=None, step=None)
             return None
         rank_beats = [policy.RankBeat(rank=r, phase=str(b.phase), time=float(b.time), status=str(b.status),

@@ -111,7 +111,7 @@ def make_checkpoint_dict(
         "config": dict(config),
         "step": int(step),
         "val_loss": 4.25,
-        "train_loader_state": {"position": 123456, "shard": 0},
+        "train_loader_state": {"shard_index": 0, "position": 123456},
         **rng_states(),
         "format_version": FORMAT_VERSION,
         "train_config": {"max_steps": 1000, "checkpoint_interval": 100},
@@ -134,6 +134,25 @@ def make_checkpoint(
 
 
 # --- ways to break a file ------------------------------------------------------------------------
+
+class _ShellCommand:
+    """Pickles as a call of ``os.system(command)``: what a hostile checkpoint would do on load."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple:
+        import os
+
+        return (os.system, (self.command,))
+
+
+def write_hostile_pickle(path: str | Path, marker: str | Path) -> Path:
+    """A zip-valid torch.save file whose pickle would ``touch marker`` if anything ran it."""
+    path = Path(path)
+    torch.save({"model": _ShellCommand(f"touch {marker}"), "step": 100}, path)
+    return path
+
 
 def tensor_data_span(path: str | Path) -> tuple[str, int, int]:
     """(member name, absolute offset of its first byte, length) of the largest ``*/data/*`` member.
@@ -175,3 +194,108 @@ def truncate_to_fraction(path: str | Path, fraction: float = 0.5) -> None:
     size = path.stat().st_size
     with open(path, "r+b") as handle:
         handle.truncate(int(size * fraction))
+
+
+# --- checkpoints in the build-nanogpt guide's own format ----------------------------------------
+
+# A trainer script as users have it: GPTConfig is a dataclass of the script itself (pickled as
+# ``__main__.GPTConfig`` when run as ``python train_gpt2.py``), and the checkpoint dict is the
+# guide's, line for line. The weights come from our GPT (same names and shapes as build-nanogpt's).
+GUIDE_TRAINER_SCRIPT = '''
+import json
+import random
+import sys
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from worker.model import GPT as _OurGPT, GPTConfig as _OurConfig
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50257
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+
+
+class GPT(_OurGPT):
+    def __init__(self, config):
+        super().__init__(_OurConfig(**asdict(config)))
+        self.config = config
+
+
+class DataLoaderLite:
+    def __init__(self, B, T):
+        self.B, self.T = B, T
+        self.current_shard, self.current_position = 0, 0
+
+    def next_batch(self):
+        self.current_position += self.B * self.T
+
+    def get_state(self):
+        return {"current_shard": self.current_shard, "current_position": self.current_position}
+
+
+if __name__ == "__main__":
+    out, step, sizes, position = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
+    torch.manual_seed(1337)
+    np.random.seed(1337)
+    random.seed(1337)
+    model = GPT(GPTConfig(**sizes))
+    optimizer = model.configure_optimizers(weight_decay=0.1, learning_rate=6e-4, device_type="cpu")
+    train_loader = DataLoaderLite(B=2, T=sizes["block_size"])
+    x = torch.randint(0, sizes["vocab_size"], (2, sizes["block_size"]))
+    _, loss = model(x, x)
+    loss.backward()
+    optimizer.step()
+    train_loader.next_batch()
+    if position is not None:
+        train_loader.current_shard, train_loader.current_position = position
+    val_loss = 4.5
+    checkpoint = {
+        "model": model.state_dict(),                    # model weights
+        "optimizer": optimizer.state_dict(),             # optimizer state
+        "config": model.config,                         # model config
+        "step": step,                                   # training step
+        "val_loss": val_loss,                          # validation loss
+        "train_loader_state": train_loader.get_state(), # data loader state
+        "rng_state": torch.get_rng_state(),            # PyTorch RNG state
+        "cuda_rng_state": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,  # CUDA RNG state
+        "numpy_rng_state": np.random.get_state(),      # NumPy RNG state
+        "python_rng_state": random.getstate(),         # Python RNG state
+    }
+    torch.save(checkpoint, out)
+'''
+
+
+GUIDE_SIZES = {"block_size": 64, "vocab_size": 50304, "n_layer": 2, "n_head": 2, "n_embd": 32}
+
+
+def make_guide_checkpoint(path: str | Path, step: int, *, sizes: dict[str, int] | None = None,
+                          loader_position: tuple[int, int] | None = None) -> Path:
+    """Write a checkpoint with the guide's exact code, run as ``__main__`` in a real child process.
+
+    The only change to the guide's dict: ``cuda_rng_state`` is None on a machine without CUDA
+    (``torch.cuda.get_rng_state()`` raises there). ``sizes`` is the GPTConfig (default
+    ``GUIDE_SIZES``); ``loader_position`` overrides (current_shard, current_position).
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    script = path.parent / "train_gpt2.py"
+    script.write_text(GUIDE_TRAINER_SCRIPT)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)}
+    argv = [sys.executable, str(script), str(path), str(step), json.dumps(sizes or GUIDE_SIZES),
+            json.dumps(loader_position)]
+    subprocess.run(argv, check=True, env=env, timeout=300, cwd=script.parent)
+    script.unlink()
+    return path

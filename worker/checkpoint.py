@@ -13,7 +13,8 @@ file name. The rules it keeps (DESIGN §4):
   (space may be freed), and a run whose final state is not on disk never ends as a success.
 * Before a file is used (resume or ``--pretrained_checkpoint``) every zip member's CRC-32 is
   checked: ``torch.load`` checks none, and a byte may have flipped after the supervisor looked.
-* Loading uses ``torch.load(weights_only=True)``: a checkpoint never runs code.
+* Loading is ``shared.checkpoint_loading.load_checkpoint`` (``weights_only=True`` plus stand-ins for
+  the build-nanogpt guide's own format): a checkpoint never runs code.
 
 The training loop registers its stateful parts once (``TrainingState``) and then only calls
 ``restore(...)`` at start-up and ``save_if_due(step, last_step, force)`` after each step, in the
@@ -37,12 +38,14 @@ import torch
 from shared.atomic_io import fsync_path
 from shared.checkpoint_crc import check_zip_crc
 from shared.checkpoint_format import REQUIRED_KEYS
+from shared.checkpoint_loading import CheckpointLoadError, load_checkpoint
 from shared.exit_codes import WorkerExit
 from shared.run_dir import TMP_SUFFIX, RunDir
 from shared.vocabulary import Phase
 from worker.data import DataError
 from worker.distributed import Distributed
 from worker.errors import WorkerError, library_reason
+from worker.run_identity_check import RunIdentityCheck
 from worker.telemetry import HeartbeatWriter, RunLogger
 from worker.train_state import TrainingState, TrainProgress
 
@@ -61,11 +64,11 @@ class CheckpointError(WorkerError):
 
 @dataclass(frozen=True)
 class RestoreRequest:
-    """Where start-up state comes from (at most one of the three is set)."""
+    """Where start-up state comes from: the run's own checkpoint first, else pretrained weights."""
 
     checkpoint_path: Path | None = None  # --resume: this file, all state
     auto_resume: bool = False  # --auto_resume: the newest checkpoint in the run dir, if any
-    pretrained: Path | None = None  # --pretrained_checkpoint: model weights only
+    pretrained: Path | None = None  # --pretrained_checkpoint: model weights only, if nothing resumed
 
 
 @dataclass
@@ -128,33 +131,38 @@ class CheckpointManager:
         checkpoints = self.run_dir.list_checkpoints()
         return checkpoints[-1].path if checkpoints else None
 
-    def restore(self, request: RestoreRequest, architecture: dict[str, Any]) -> TrainProgress:
+    def restore(self, request: RestoreRequest, architecture: dict[str, Any],
+                identity: RunIdentityCheck | None = None) -> TrainProgress:
         """Find the file (rank 0), broadcast its path, then on every rank: CRC check, load, check
-        keys and architecture, restore the registered parts. Returns the (restored) progress.
+        keys, run identity and architecture, restore the registered parts. Returns the (restored)
+        progress. With ``--auto_resume`` and ``--pretrained_checkpoint`` (what a supervisor relaunch
+        of a fine-tune passes) the run's own checkpoint wins; the pretrained weights only start it.
 
-        Raises CheckpointError (exit 4) for a file that cannot be used and DataError when its data
-        position does not exist in this data directory; every rank raises the same error. A
-        failing collective (NCCL/gloo) is not mapped: it is a crash, not a verdict on the file.
+        Raises CheckpointError (exit 4) for a file that cannot be used, a WorkerError exit 6 for
+        another run's checkpoint (``identity``), and DataError when its data position does not
+        exist in this data directory; every rank raises the same error. A failing collective
+        (NCCL/gloo) is not mapped: it is a crash, not a verdict on the file.
         """
         assert self.state is not None, "restore() needs the registered TrainingState"
         if self.is_writer:
             self.remove_stale_staging_files()
+        if request.checkpoint_path is not None or request.auto_resume:
+            chosen = request.checkpoint_path if request.checkpoint_path is not None else (
+                self.find_latest() if self.is_writer else None)
+            box = self.distributed.broadcast_from_master(None if chosen is None else str(chosen))
+            if box is not None:
+                path = Path(box)
+                self._agree(lambda: self._load_full(path, architecture, identity))
+                self.resumed_from, self.last_checkpoint_name = path, path.name
+                step = self.state.progress.step
+                self.log(f"resumed from {path} (step {step}); continuing at step {step + 1}")
+                return self.state.progress
+            start = "from the pretrained weights" if request.pretrained is not None else "fresh"
+            self.log(f"--auto_resume: no checkpoint in {self.run_dir.root}/, starting {start}")
+            if identity is not None:
+                self._agree(identity.check_unstarted_run)
         if request.pretrained is not None:
-            self._agree(lambda: self._load_pretrained(request.pretrained, architecture))
-            return self.state.progress
-        if request.checkpoint_path is None and not request.auto_resume:
-            return self.state.progress
-        chosen = request.checkpoint_path if request.checkpoint_path is not None else (
-            self.find_latest() if self.is_writer else None)
-        box = self.distributed.broadcast_from_master(None if chosen is None else str(chosen))
-        if box is None:
-            self.log(f"--auto_resume: no checkpoint in {self.run_dir.root}/, starting fresh")
-            return self.state.progress
-        path = Path(box)
-        self._agree(lambda: self._load_full(path, architecture))
-        self.resumed_from, self.last_checkpoint_name = path, path.name
-        step = self.state.progress.step
-        self.log(f"resumed from {path} (step {step}); continuing at step {step + 1}")
+            self._agree(lambda: self._load_pretrained(request.pretrained, architecture, identity))
         return self.state.progress
 
     def _agree(self, restore: Callable[[], None]) -> None:
@@ -170,18 +178,22 @@ class CheckpointManager:
         if failed is not None:
             raise _decode_error(failed)
 
-    def _load_pretrained(self, path: Path, architecture: dict[str, Any]) -> None:
+    def _load_pretrained(self, path: Path, architecture: dict[str, Any], identity: RunIdentityCheck | None) -> None:
         checkpoint = self.load(path)
         check_architecture(checkpoint, architecture, path)
+        if identity is not None:
+            identity.note_pretrained(path, checkpoint)
         try:
             self.state.model.load_state_dict(checkpoint["model"])
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {path} does not fit this model: {library_reason(exc)}", path) from None
         self.log(f"loaded pretrained weights from {path}; optimizer, step and data start fresh")
 
-    def _load_full(self, path: Path, architecture: dict[str, Any]) -> None:
+    def _load_full(self, path: Path, architecture: dict[str, Any], identity: RunIdentityCheck | None) -> None:
         checkpoint = self.load(path)
         self.require_keys(checkpoint, path)
+        if identity is not None:  # another run's state is refused before any of it is used
+            identity.check_checkpoint(checkpoint, path)
         check_architecture(checkpoint, architecture, path)
         try:
             report = self.state.load_state_dict(checkpoint)
@@ -204,10 +216,10 @@ class CheckpointManager:
         intact, detail = check_zip_crc(path)
         if not intact:
             raise CheckpointError(f"checkpoint {path} is damaged: {detail}", path)
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files; all mean "unusable"
-            raise CheckpointError(f"cannot load checkpoint {path}: {_load_failure_reason(exc)}", path) from None
+        try:  # weights_only + stand-ins: our format and the build-nanogpt guide's, never code from the file
+            checkpoint = load_checkpoint(path)
+        except CheckpointLoadError as exc:
+            raise CheckpointError(f"cannot load checkpoint {path}: {exc}", path) from None
         if not isinstance(checkpoint, dict):
             raise CheckpointError(f"{path} is not a checkpoint (holds a {type(checkpoint).__name__})", path)
         return checkpoint
@@ -367,17 +379,6 @@ def _encode_error(error: WorkerError) -> str:
 def _decode_error(text: str) -> WorkerError:
     code, bad, message = text.split("|", 2)
     return WorkerError(message, WorkerExit(int(code)), bad_checkpoint=bad or None)
-
-
-def _load_failure_reason(exc: BaseException) -> str:
-    """Why torch.load refused the file, in our words: never the advice to turn safe loading off."""
-    text = str(exc)
-    if "Weights only load failed" in text:
-        found = re.search(r"GLOBAL ([\w.]+)", text)
-        what = f"a Python object ({found.group(1)})" if found else "a Python object"
-        return (f"it holds {what} that safe loading does not execute; it is not a checkpoint in this "
-                "trainer's format (docs/checkpoints.md lists what one holds)")
-    return library_reason(exc)
 
 
 class _BackgroundFlusher:

@@ -40,6 +40,8 @@ from worker.distributed import Distributed, setup_distributed
 from worker.errors import WorkerError, library_reason
 from worker.lifetime import StopRequest, SupervisorWatch
 from worker.model import GPT, build_config, cosine_lr
+from worker.replay import ReplayCheck, event_publisher
+from worker.run_identity_check import RunIdentityCheck
 from worker.telemetry import HeartbeatWriter, RunLogger, print_to_stderr
 from worker.train_state import TrainingState, TrainProgress
 from worker.worker_lock import hold_worker_lock
@@ -70,7 +72,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     ck.add_argument("--auto_resume", action="store_true", help="resume from latest_checkpoint.pt, else the highest-step model_*.pt; start fresh if none (default: off)")
     ck.add_argument("--resume", action="store_true", help="resume from --checkpoint_path, all state (default: off)")
     ck.add_argument("--checkpoint_path", default=None, help="checkpoint file for --resume (default: none)")
-    ck.add_argument("--pretrained_checkpoint", default=None, help="load model weights only; optimizer, step and data start fresh (default: none)")
+    ck.add_argument("--pretrained_checkpoint", default=None, help="load model weights only; optimizer, step and data start fresh; with --auto_resume only while the run has no checkpoint of its own (default: none)")
+    ck.add_argument("--allow_config_change", action="store_true", help="resume although settings that change the training math (model data, total batch, seq len, LR schedule, seed, dropout, weight decay) differ from the checkpoint's; each difference is printed. Without it such a resume exits 6 (default: off)")
     ck.add_argument("--checkpoint_interval", type=int, default=None, help=f"save every N steps, and always at the last step (0 = only the last step); {_profile_default('checkpoint_interval')}")
     ck.add_argument("--keep_last_n_checkpoints", type=int, default=-1, help="keep only the newest N checkpoints, -1 = keep all (default: %(default)s)")
     ck.add_argument("--final_save_retry_s", type=float, default=DEFAULT_FINAL_SAVE_RETRY_S,
@@ -108,6 +111,7 @@ class TrainConfig:
     resume: bool
     checkpoint_path: str | None
     pretrained_checkpoint: str | None
+    allow_config_change: bool
     checkpoint_interval: int
     keep_last_n_checkpoints: int
     final_save_retry_s: float
@@ -187,12 +191,6 @@ class TrainConfig:
             pretrained=Path(self.pretrained_checkpoint) if self.pretrained_checkpoint else None,
         )
 
-    def math_settings(self, world_size: int) -> dict[str, Any]:
-        """The settings that change the math, saved in every checkpoint as ``train_config``."""
-        keys = ("max_steps", "warmup_steps", "max_lr", "weight_decay", "total_batch_size", "micro_batch_size",
-                "seq_len", "seed")
-        return {**{k: getattr(self, k) for k in keys}, "world_size": world_size}
-
 
 # ----------------------------------------------------------------------------- entry point
 
@@ -234,14 +232,23 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
     train_loader, val_loader, grad_accum_steps = build_data(config, dist, say)
     raw_model, optimizer = build_model(config, dist.device)
     progress = TrainProgress()
-    state = TrainingState(raw_model, optimizer, train_loader, progress, config.device_type,
-                          config.math_settings(dist.world_size))
+    identity = RunIdentityCheck.for_launch(config, dist.world_size, resolve_data_dir(config.data_dir),
+                                           raw_model.config.to_dict(), run_dir, say)
+    state = TrainingState(raw_model, optimizer, train_loader, progress, config.device_type, train_config={})
     run_log = RunLogger(run_dir, enabled=dist.master, warnings=heartbeat.warnings)
     checkpoints = CheckpointManager(
         run_dir, interval=config.checkpoint_interval, keep_last_n=config.keep_last_n_checkpoints,
         is_writer=dist.master, log=say, final_save_retry_s=config.final_save_retry_s,
         state=state, heartbeat=heartbeat, distributed=dist, run_log=run_log)
-    checkpoints.restore(config.restore_request(), raw_model.config.architecture())
+    checkpoints.restore(config.restore_request(), raw_model.config.architecture(), identity)
+    state.train_config = identity.identity.to_dict()  # every checkpoint records what this run is
+    if dist.master:
+        identity.record_first_start(resumed=checkpoints.resumed_from is not None)
+    # The losses logged after the checkpoint, read before the logger drops them: re-done, each
+    # must come out bit for bit the same (a replay_check event says whether it did).
+    replay = ReplayCheck(progress.step, {})
+    if dist.master and checkpoints.resumed_from is not None:
+        replay = ReplayCheck.from_metrics_file(run_dir.metrics, progress.step, event_publisher(run_dir.events, say))
     run_log.open(resumed_step=progress.step if checkpoints.resumed_from is not None else None)
 
     model = torch.compile(raw_model) if config.compile else raw_model
@@ -282,8 +289,10 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
         loss_value = loss_accum.item()
         tokens_per_s = config.total_batch_size / dt
         progress.step = step
+        replay.observe(step, loss_value)
 
         if not math.isfinite(loss_value):
+            replay.finish()
             say(f"step {step:5d} | loss {loss_value} is not finite: training diverged, stopping without saving")
             heartbeat.beat(step=step, loss=None, status=RankStatus.DIVERGED, message="non-finite loss")
             run_log.close()
@@ -316,6 +325,7 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
             break
     else:
         heartbeat.beat(status=RankStatus.FINISHED)
+    replay.finish()
     run_log.close()
     dist.shutdown()
     return int(WorkerExit.OK)

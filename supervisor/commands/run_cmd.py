@@ -165,10 +165,12 @@ T, B, L = DEFAULTS.timeouts, DEFAULTS.backoff, DEFAULTS.limits
 @click.option("--kill-grace", default=DEFAULTS.kill_grace, type=NON_NEGATIVE,
               help="Seconds between SIGTERM and SIGKILL when killing a tree.")
 @click.option("--stop-timeout", default=AUTO, type=AUTO_SECONDS,
-              help="Seconds a stop request may take (save + exit) before the tree is killed; auto = the "
-                   "checkpoint timeout in force.")
-@click.option("--probe-timeout", default=DEFAULTS.probe_timeout, type=POSITIVE,
-              help="Seconds for the checkpoint load-probe before restarts.")
+              help="Seconds a stop request may take (finish the step, save, exit) before the tree is killed; "
+                   "auto = the hang timeout plus the checkpoint timeout in force.")
+@click.option("--probe-timeout", default=AUTO, type=AUTO_SECONDS,
+              help="Seconds for the checkpoint load-probe of one file before restarts, or auto (from the "
+                   "probe's measured start-up cost on this machine). A probe that times out never "
+                   "quarantines a file.")
 @click.option("--allow-config-change", is_flag=True, default=DEFAULTS.allow_config_change,
               help="Resume even though the worker arguments change the run's math (forwarded to the worker).")
 @click.option("--workers-outlive-supervisor", is_flag=True, default=DEFAULTS.workers_outlive_supervisor,
@@ -186,7 +188,7 @@ def run(log_dir: str, max_restarts: int, nproc_per_node: int, hang_timeout: floa
         checkpoint_timeout: float | None, eval_timeout: float | None, monitor_interval: float,
         backoff_initial: float, backoff_max: float, backoff_reset_after: float, max_no_progress_restarts: int,
         min_free_disk: int | None, prune_on_low_disk: bool, kill_grace: float, stop_timeout: float | None,
-        probe_timeout: float, allow_config_change: bool, workers_outlive_supervisor: bool, worker_module: str,
+        probe_timeout: float | None, allow_config_change: bool, workers_outlive_supervisor: bool, worker_module: str,
         nnodes: str | None,
         node_rank: int | None, rdzv_endpoint: str | None, rdzv_id: str, rdzv_backend: str,
         worker_args: tuple[str, ...]) -> None:

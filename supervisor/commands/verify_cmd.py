@@ -1,22 +1,47 @@
 """``gpt2sup verify``: is this checkpoint sound? (the operator's instrument, DESIGN §1)
 
-The checks live in ``shared.checkpoint_validation`` so the supervisor's pre-restart validation
-and this command can never disagree. This module only expands paths, prints and picks the exit
-code. It does not import torch: the load-probe child does.
+The checks live in ``supervisor.checkpoint_validation`` so the supervisor's pre-restart
+validation and this command can never disagree. This module only expands paths, prints and picks
+the exit code. It does not import torch: the load-probe child does (one child for all files).
 """
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from shared.checkpoint_validation import DEFAULT_PROBE_TIMEOUT, ValidationResult, validate_many
 from shared.run_dir import step_from_checkpoint_name
+from shared.vocabulary import Verdict
+from supervisor.checkpoint_selection import read_quarantine_record
+from supervisor.checkpoint_validation import (
+    ValidationResult,
+    parse_probe_timeout,
+    validate_many,
+)
 
 EXIT_ALL_OK = 0
 EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+EXIT_SOME_NOT_JUDGED = 3
+_DEEP_CHECKS = ("model-finite", "optimizer-shapes", "optimizer-finite")
+_LABELS = {Verdict.VALID: ("OK  ", "green"), Verdict.INVALID: ("FAIL", "red"), Verdict.INCONCLUSIVE: ("INCONCLUSIVE", "yellow")}
+
+
+class ProbeTimeout(click.ParamType):
+    """``auto`` or a finite number of seconds above 0 (None stands for ``auto``)."""
+
+    name = "auto|SECONDS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float | None:
+        if value is None or isinstance(value, float):
+            return value
+        try:
+            return parse_probe_timeout(value)
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
 
 
 def expand_paths(raw_paths: tuple[str, ...]) -> list[Path | ValidationResult]:
@@ -46,7 +71,7 @@ def expand_paths(raw_paths: tuple[str, ...]) -> list[Path | ValidationResult]:
     return items
 
 
-def verify_all(raw_paths: tuple[str, ...], *, deep: bool, timeout: float) -> list[ValidationResult]:
+def verify_all(raw_paths: tuple[str, ...], *, deep: bool, timeout: float | None) -> list[ValidationResult]:
     """Results in the order the paths were named (directories expanded in step order)."""
     items = expand_paths(raw_paths)
     validated = iter(validate_many([item for item in items if isinstance(item, Path)], deep=deep, probe_timeout=timeout))
@@ -57,15 +82,40 @@ def _megabytes(size: int | None) -> str:
     return f"{size / 1e6:.1f} MB" if size is not None else "?"
 
 
+def _notes(result: ValidationResult) -> str:
+    """What a line adds after its verdict: deep checks done, foreign format, quarantine record."""
+    notes = []
+    if result.ok:
+        deep = [check.detail for check in result.checks if check.name in _DEEP_CHECKS]
+        if deep:
+            notes.append("deep: " + "; ".join(deep))
+        if result.source_format:
+            notes.append(f"{result.source_format} format (gpt2sup convert rewrites it in gpt2sup's)")
+    record = read_quarantine_record(Path(result.path))
+    if record is not None:
+        notes.append(f"quarantined {record.get('quarantined_at', '?')}: {record.get('reason', 'no reason recorded')}")
+    return "".join(f"  [{note}]" for note in notes)
+
+
 def format_line(result: ValidationResult) -> str:
     """``OK   path  step N  S MB  crc Xs probe Ys`` or ``FAIL path  reason`` (styles off a TTY)."""
+    label, colour = _LABELS[result.verdict]
+    head = click.style(label, fg=colour, bold=True)
     if result.ok:
         crc = result.seconds("zip-crc") or 0.0
         probe = result.seconds("load-probe") or 0.0
         step = f"step {result.step}" if result.step is not None else "step ?"
-        return (f"{click.style('OK  ', fg='green', bold=True)} {result.path}  {step}  "
-                f"{_megabytes(result.size_bytes)}  crc {crc:.2f}s probe {probe:.1f}s")
-    return f"{click.style('FAIL', fg='red', bold=True)} {result.path}  {result.reason}"
+        return (f"{head} {result.path}  {step}  {_megabytes(result.size_bytes)}  "
+                f"crc {crc:.2f}s probe {probe:.2f}s{_notes(result)}")
+    return f"{head} {result.path}  {result.reason}{_notes(result)}"
+
+
+def exit_code(results: list[ValidationResult]) -> int:
+    if not results or any(result.verdict is Verdict.INVALID for result in results):
+        return EXIT_SOME_FAILED
+    if any(result.verdict is Verdict.INCONCLUSIVE for result in results):
+        return EXIT_SOME_NOT_JUDGED
+    return EXIT_ALL_OK
 
 
 @click.command(
@@ -76,47 +126,63 @@ def format_line(result: ValidationResult) -> str:
         "  0  every file passed\n"
         "  1  at least one file failed (or a directory held no checkpoint)\n"
         "  2  usage error (bad option, no PATH)\n"
+        "  3  no file failed, but at least one could not be judged (INCONCLUSIVE:\n"
+        "     the probe timed out or could not start); try a longer --timeout\n"
         "\b\nExamples:\n"
         "  gpt2sup verify log/model_00500.pt\n"
         "  gpt2sup verify log --deep\n"
+        "  gpt2sup verify log/model_00500.pt.corrupt     # also shows why it was quarantined\n"
         "  gpt2sup verify log/latest_checkpoint.pt --json | jq '.[0].ok'"
     ),
 )
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of results (one object per file) instead of lines.")
-@click.option("--deep", is_flag=True, help="Also check every tensor is finite (no NaN/inf) and each optimizer moment has its parameter's shape. Reads every tensor.")
-@click.option("--timeout", "timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_PROBE_TIMEOUT,
-              show_default=True, metavar="SECONDS", help="Give up on a load-probe that runs longer than this (the file fails).")
-def verify(paths: tuple[str, ...], as_json: bool, deep: bool, timeout: float) -> None:
+@click.option("--deep", is_flag=True, help="Also check every tensor is finite (no NaN/inf) and each optimizer moment has its parameter's shape. Reads every tensor; the OK line lists what was checked.")
+@click.option("--timeout", "timeout", type=ProbeTimeout(), default="auto", show_default=True,
+              help="Per-file limit for the load-probe: 'auto' (10x this machine's measured import torch, "
+                   "at least 30 s, plus time to read the file) or seconds. A file that runs longer is "
+                   "INCONCLUSIVE, not failed.")
+def verify(paths: tuple[str, ...], as_json: bool, deep: bool, timeout: float | None) -> None:
     """Check that checkpoint files are sound before you trust them.
 
-    Each PATH is a checkpoint file or a directory; a directory means every model_N.pt in it,
-    in step order. Checks run cheapest first and stop at the first failure:
+    Each PATH is a checkpoint file (ours, or one written by the build-nanogpt trainer, or a
+    quarantined .corrupt file) or a directory; a directory means every model_N.pt in it, in step
+    order. All files share one probe child, so N files cost one `import torch` plus the reads.
+    Checks run cheapest first and stop at the first failure:
 
     \b
     file       exists (symlinks followed, a dangling one reported), is a regular
                file, can be read
-    size       not empty; not below half the median size of the other model_*.pt
-               files in its directory (a copy cut short)
+    size       not empty
     zip-crc    torch.save's zip archive parses, holds data.pkl, and every member
                matches its stored CRC-32. torch.load checks no CRC: a flipped bit
-               in a weight loads silently. Reads the whole file once.
+               in a weight loads silently. Reads the whole file once (files are
+               read in parallel threads). A broken archive far smaller than its
+               siblings is called "probably cut short"
     load-probe in a child process with a timeout, so a file that crashes or hangs
-               the loader cannot take gpt2sup down: torch.load(weights_only=True,
-               mmap=True) (never runs code from the file), required keys, format
+               the loader cannot take gpt2sup down: loaded with weights_only=True
+               (never runs code from the file; the guide's pickled GPTConfig and
+               numpy RNG state are read through stand-ins), required keys, format
                version, step agrees with the file name, parameter shapes agree
                with the config, size not below what the config's weights and
-               optimizer moments need
+               optimizer moments need, then the worker's own restore (model,
+               optimizer, data-loader position, every RNG state): OK means the
+               file resumes
     --deep     every model and optimizer tensor finite, head tied to wte, AdamW
                moments shaped like their parameters
 
-    Prints one line per file: "OK   PATH  step N  SIZE  crc Xs probe Ys" or
-    "FAIL PATH  REASON". Colour only on a terminal.
+    Prints one line per file: "OK   PATH  step N  SIZE  crc Xs probe Ys",
+    "FAIL PATH  REASON" or "INCONCLUSIVE PATH  REASON". Colour only on a terminal.
     """
     results = verify_all(paths, deep=deep, timeout=timeout)
     if as_json:
-        click.echo(json.dumps([result.to_dict() for result in results], indent=2))
+        data = []
+        for result in results:
+            item = result.to_dict()
+            item["quarantine"] = read_quarantine_record(Path(result.path))
+            data.append(item)
+        click.echo(json.dumps(data, indent=2))
     else:
         for result in results:
             click.echo(format_line(result))
-    sys.exit(EXIT_ALL_OK if results and all(result.ok for result in results) else EXIT_SOME_FAILED)
+    sys.exit(exit_code(results))

@@ -5,12 +5,13 @@ compared with is the ``reference_checkpoint`` fixture in ``conftest.py``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ def start_supervisor(
     """``gpt2sup run`` as a real process; its console output goes to ``<log_dir>.console``."""
     argv = gpt2sup_argv(
         "run", "--log-dir", str(log_dir), "--nproc-per-node", str(nproc),
-        *FAST_SUPERVISOR_ARGS, *supervisor_args, "--", *(worker_args or WORKER_ARGS),
+        *FAST_SUPERVISOR_ARGS, *supervisor_args, "--", *(WORKER_ARGS if worker_args is None else worker_args),
     )
     with open(f"{log_dir}.console", "ab") as console:
         return subprocess.Popen(argv, cwd=REPO_ROOT, env=child_env(env), stdout=console, stderr=subprocess.STDOUT,
@@ -130,3 +131,19 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert not different, f"weights differ from the uninterrupted run in {different[:3]}"
 
 
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
+    """A real small filesystem (root only); skips the test where mounting is not allowed."""
+    import pytest
+
+    mount_point.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+                          check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False, capture_output=True)

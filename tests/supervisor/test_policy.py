@@ -83,9 +83,14 @@ def test_long_phases_are_not_hangs_within_their_allowance():
 
 
 def test_startup_timeout_only_without_any_heartbeat():
-    assert policy.startup_timed_out(0.0, 601.0, any_heartbeat=False, config=CFG_T)
-    assert not policy.startup_timed_out(0.0, 599.0, any_heartbeat=False, config=CFG_T)
-    assert not policy.startup_timed_out(0.0, 9999.0, any_heartbeat=True, config=CFG_T)
+    assert policy.startup_timed_out(0.0, None, 601.0, any_heartbeat=False, config=CFG_T)
+    assert not policy.startup_timed_out(0.0, None, 599.0, any_heartbeat=False, config=CFG_T)
+    assert not policy.startup_timed_out(0.0, None, 9999.0, any_heartbeat=True, config=CFG_T)
+
+
+def test_the_startup_allowance_counts_from_the_workers_start_not_torchruns():
+    assert not policy.startup_timed_out(0.0, 30.0, 601.0, any_heartbeat=False, config=CFG_T)
+    assert policy.startup_timed_out(0.0, 30.0, 631.0, any_heartbeat=False, config=CFG_T)
 
 
 def test_backoff_doubles_caps_and_resets_after_healthy_period():
@@ -293,3 +298,8 @@ def test_a_rank_whose_process_exited_is_a_crash_torchrun_will_report_not_a_hang(
     assert policy.find_hung_rank(beats, now, CFG, exited_ranks=[1]) is None
     late = policy.find_hung_rank(beats, now + 270, CFG, exited_ranks=[1])
     assert late is not None and late.rank == 1 and late.timeout_s == 300.0
+
+
+def test_a_stop_may_take_a_step_and_a_save():
+    timeouts = policy.phase_timeouts(TimeoutConfig(hang_timeout=12.0), policy.Measurements(slowest_save_s=2.0))
+    assert policy.stop_allowance(timeouts) == 12.0 + 40.0

@@ -61,7 +61,7 @@ def test_defaults_come_from_the_run_config(tmp_path, monkeypatch):
     config, defaults = seen["config"], run_cmd.DEFAULTS
     assert config.timeouts == defaults.timeouts and config.backoff == defaults.backoff
     assert config.limits == defaults.limits and config.probe_timeout == defaults.probe_timeout
-    assert config.min_free_disk is None and config.stop_timeout is None
+    assert config.min_free_disk is None and config.stop_timeout is None and config.probe_timeout is None
 
 
 def test_the_help_example_names_a_real_model():

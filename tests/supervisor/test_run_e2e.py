@@ -26,6 +26,7 @@ from tests.supervisor.helpers import (
     events_named,
     gpt2sup_argv,
     heartbeat,
+    mounted_tmpfs,
     read_events,
     start_supervisor,
     supervisor_json,
@@ -200,16 +201,8 @@ def _one_proc_args() -> list[str]:
 
 @pytest.fixture
 def small_tmpfs(tmp_path):
-    mount_point = tmp_path / "tmpfs"
-    mount_point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=150m", "tmpfs", str(mount_point)],
-                          check=False, capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "tmpfs", "150m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False, capture_output=True)
 
 
 def test_low_disk_warns_and_pruning_keeps_newest_valid(small_tmpfs):
@@ -369,22 +362,112 @@ def test_a_rank_stopped_while_saving_is_found_within_the_save_timeout(tmp_path):
         wait_exit(proc, log_dir, timeout=180)
 
 
-def test_an_unreadable_heartbeat_does_not_restart_a_healthy_attempt(tmp_path, reference_checkpoint):
+def test_an_unreadable_heartbeat_does_not_restart_a_healthy_attempt(tmp_path):
     log_dir = tmp_path / "run"
-    proc = start_supervisor(log_dir, "--startup-timeout", "15")
-    wait_for_step(log_dir, 1, rank=1)
-    launched = events_named(log_dir, "launched")[0]["time"]
-    wait_for(lambda: time.time() - launched > 16, 60, "the attempt to outlive the start-up timeout")
-    # For a few polls every heartbeat is garbage, half-written or gone (the worker rewrites them).
-    deadline = time.time() + 3
-    while time.time() < deadline:
-        for rank in (0, 1):
-            path = log_dir / "heartbeat" / f"rank{rank}.json"
-            if rank == 0:
-                path.write_text('{"pid": 12, "ste')
-            else:
-                path.unlink(missing_ok=True)
-        time.sleep(0.05)
+    args = _one_proc_args()
+    args[args.index("--max_steps") + 1] = "100000"  # still training when we are done breaking it
+    proc = start_supervisor(log_dir, "--startup-timeout", "60", nproc=1, worker_args=args)
+    try:
+        wait_for_step(log_dir, 1, rank=0)
+        launched = events_named(log_dir, "launched")
+        # Past the start-up timeout, a poll that read no heartbeat once looked like "never beat".
+        wait_for(lambda: time.time() - launched[-1]["time"] > 61, 120, "the attempt to outlive the start-up timeout")
+        path = log_dir / "heartbeat" / "rank0.json"
+        broken_at = time.time()
+        while time.time() < broken_at + 4:  # 8 polls: garbage, half-written, gone (the worker rewrites it)
+            path.write_text('{"pid": 12, "ste')
+            time.sleep(0.05)
+            path.unlink(missing_ok=True)
+            time.sleep(0.05)
+        time.sleep(3)
+        assert proc.poll() is None
+        since = [e for e in read_events(log_dir) if e["time"] >= broken_at]
+        assert not [e for e in since if e["event"] in ("hung", "crashed", "launched")], since
+        assert [e for e in since if e["event"] == "warning" and "heartbeat of rank 0" in e["message"]], since
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = wait_exit(proc, log_dir, timeout=180)
+    assert code == SupervisorExit.STOPPED, console_text(log_dir)[-3000:]
+
+
+# --- issue 6 item 1: what the worker loads is what was validated ---------------------------------
+
+
+def test_a_byte_flipped_after_validation_is_rejected_by_the_worker_and_the_previous_checkpoint_used(
+        tmp_path, reference_checkpoint):
+    log_dir = tmp_path / "run"
+    proc = start_supervisor(log_dir, "--backoff-initial", "4")
+    wait_for(lambda: (log_dir / "model_00008.pt").exists(), 180, "checkpoint 8")
+    ranks = [heartbeat(log_dir, r)["pid"] for r in (0, 1)]
+    for pid in ranks:  # freeze, then crash: the supervisor validates model_00008.pt and backs off
+        os.kill(pid, signal.SIGSTOP)
+    for pid in ranks:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: events_named(log_dir, "backoff"), 120, "the backoff after validation")
+    assert [e["checkpoint"] for e in events_named(log_dir, "checkpoint_valid")][-1] == "model_00008.pt"
+    chosen = log_dir / "model_00008.pt"
+    with open(chosen, "r+b") as handle:  # bit rot between validation and load
+        handle.seek(chosen.stat().st_size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))
     _finish_ok(proc, log_dir, reference_checkpoint)
-    assert not events_named(log_dir, "hung") and not events_named(log_dir, "restarted")
-    assert len(events_named(log_dir, "launched")) == 1
+    rejected = [e for e in events_named(log_dir, "crashed") if e["kind"] == "bad_checkpoint"]
+    assert len(rejected) == 1 and rejected[0]["exit_code"] == 4, read_events(log_dir)
+    (quarantined,) = events_named(log_dir, "quarantined")
+    assert quarantined["checkpoint"] == "model_00008.pt" and quarantined["reason"], quarantined
+    assert (log_dir / "model_00008.pt.corrupt").exists()
+    resumed = [e for e in events_named(log_dir, "checkpoint_valid") if e.get("checkpoint")]
+    assert resumed[-1]["checkpoint"] == "model_00004.pt"
+
+
+
+# --- issue 6 item 3: "finished" means the final state is on disk -------------------------------------
+
+
+def test_a_final_checkpoint_that_cannot_be_written_ends_finished_without_checkpoint(tmp_path):
+    with mounted_tmpfs(tmp_path / "tmpfs", "60m") as disk:  # the tiny model's ~40 MB save never fits
+        log_dir = disk / "run"
+        proc = start_supervisor(log_dir, nproc=1, worker_args=[*_one_proc_args(), "--final_save_retry_s", "1"])
+        code = wait_exit(proc, log_dir)
+        assert code == SupervisorExit.FINISHED_WITHOUT_CHECKPOINT, console_text(log_dir)[-3000:]
+        state = supervisor_json(log_dir)
+        assert state["state"] == "finished_without_checkpoint" and state["exit_code"] == 5
+        (ending,) = events_named(log_dir, "finished_without_checkpoint")
+        assert "NOT on disk" in ending["message"] and "(exit 5)" in ending["message"], ending
+        assert not events_named(log_dir, "finished") and not events_named(log_dir, "restarted")
+        assert not (log_dir / FINAL_CHECKPOINT).exists()
+
+
+# --- issue 6 item 2: a run is resumed only as the run it is ------------------------------------------
+
+
+def test_another_runs_arguments_are_refused_with_the_differences_then_allowed_or_reused(tmp_path):
+    log_dir = tmp_path / "run"
+    args = _one_proc_args()
+    first = start_supervisor(log_dir, nproc=1, worker_args=args)
+    assert wait_exit(first, log_dir) == SupervisorExit.FINISHED, console_text(log_dir)[-3000:]
+
+    changed = start_supervisor(log_dir, nproc=1, worker_args=[*args, "--max_lr", "0.5"])
+    assert wait_exit(changed, log_dir) == SupervisorExit.REFUSED, console_text(log_dir)[-3000:]
+    state = supervisor_json(log_dir)
+    assert state["state"] == "refused" and state["exit_code"] == 2
+    (refused,) = events_named(log_dir, "refused")
+    lines = refused["message"].splitlines()
+    assert lines[0].startswith("refused: ") and any(
+        line.startswith("  max_lr: ") and line.endswith("-> 0.5") for line in lines[1:]), lines
+    assert any(line.startswith("  max_lr: ") for line in console_text(log_dir).splitlines())  # one per line
+    assert len(events_named(log_dir, "launched")) == 2 and not events_named(log_dir, "backoff")
+
+    longer = [*args, "--max_lr", "0.5"]
+    longer[longer.index("--max_steps") + 1] = "14"
+    allowed = start_supervisor(log_dir, "--allow-config-change", nproc=1, worker_args=longer)
+    assert wait_exit(allowed, log_dir) == SupervisorExit.FINISHED, console_text(log_dir)[-3000:]
+    assert "--allow_config_change" in events_named(log_dir, "launched")[-1]["argv"]
+    assert (log_dir / "model_00013.pt").exists()
+
+    again = start_supervisor(log_dir, "--allow-config-change", nproc=1, worker_args=[])
+    assert wait_exit(again, log_dir) == SupervisorExit.FINISHED, console_text(log_dir)[-3000:]
+    (reused,) = events_named(log_dir, "config_change")
+    assert "reusing the previous run's" in reused["message"] and reused["worker_args"] == longer
+    assert events_named(log_dir, "launched")[-1]["argv"][-len(longer):] == longer

@@ -13,7 +13,7 @@ from shared.exit_codes import SupervisorExit, WorkerExit
 from shared.run_dir import RunDir
 from shared.vocabulary import OutcomeKind
 from supervisor.attempt import AttemptResult
-from supervisor.checkpoint_selection import Selection, Verdict
+from supervisor.checkpoint_selection import CheckpointVerdict, Selection
 from supervisor.policy import BackoffConfig, Outcome, RestartLimits
 from supervisor.run_config import RunConfig
 from supervisor.run_loop import Supervisor
@@ -56,7 +56,7 @@ class TrustingSelect:
         self.chosen.append(newest.path.name if newest else None)
         if newest is None:
             return Selection(chosen=None)
-        verdict = Verdict(newest.path, True, None, newest.step, newest.size, 0.01)
+        verdict = CheckpointVerdict(newest.path, True, None, newest.step, newest.size, 0.01)
         return Selection(chosen=verdict, checked=[verdict])
 
 

@@ -10,20 +10,23 @@ import os
 import pickle
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 from click.testing import CliRunner
 
+from supervisor.checkpoint_selection import quarantine
 from supervisor.cli import cli
 from tests.checkpoint_factory import (
     TINY,
     flip_byte_in_tensor_data,
     make_checkpoint,
     make_checkpoint_dict,
+    make_guide_checkpoint,
     truncate_to_fraction,
+    write_hostile_pickle,
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -91,6 +94,8 @@ BAD_FILES: dict[str, tuple[Callable[[Path, dict], None], str]] = {
     "random-bytes": (_random_bytes, "not a zip archive"),
     "flipped-byte": (_flipped_byte, "CRC-32 mismatch in model_00100/data/"),
     "a-list": (_a_list, "not a checkpoint: the file holds a list"),
+    "bad-loader-state": (lambda path, base: torch.save({**base, "train_loader_state": {"pos": 1}}, path),
+                         "the worker's restore fails on this file: ValueError: invalid data-loader state"),
     "missing-keys": (_missing_keys, "missing required keys: optimizer"),
     "step-mismatch": (_step_mismatch, "step 99 inside the file disagrees with its name model_00100.pt"),
     "wrong-shapes": (_wrong_shapes, "unexpected transformer.h.1."),
@@ -115,21 +120,17 @@ def test_good_file_gives_ok_line_and_exit_0(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     (line,) = lines(result)
     assert line.startswith(f"OK   {path}  step 100  19.7 MB  crc ")
-    assert " probe " in line and line.endswith("s")
+    assert " probe " in line and line.endswith("s") and "[deep:" not in line
 
 
 def test_malicious_pickle_fails_and_runs_nothing(tmp_path: Path) -> None:
     marker = tmp_path / "code-ran"
-
-    class Exploit:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    path = tmp_path / "model_00100.pt"
-    torch.save({"model": Exploit()}, path)
+    path = write_hostile_pickle(tmp_path / "model_00100.pt", marker)
     result = verify(str(path))
     assert result.exit_code == 1
-    assert "refused by the weights_only unpickler" in result.output
+    (line,) = lines(result)
+    assert line.startswith("FAIL ") and "refused" in line and "posix.system" in line
+    assert "weights_only" not in line  # never advice to switch safe loading off
     assert not marker.exists()
 
 
@@ -153,7 +154,8 @@ def test_one_bad_file_in_a_directory_fails_it(tmp_path: Path) -> None:
     bad = verify(str(tmp_path))
     assert bad.exit_code == 1
     assert [line.split()[0] for line in lines(bad)] == ["OK", "OK", "FAIL"]
-    assert "30% of the median size of its 2 sibling checkpoint(s)" in lines(bad)[2]
+    assert "not a zip archive" in lines(bad)[2]
+    assert "30% of the median size of its 2 sibling checkpoint(s)" in lines(bad)[2] and "cut short" in lines(bad)[2]
 
 
 def test_directory_without_checkpoints_and_missing_path_fail_with_exit_1(tmp_path: Path) -> None:
@@ -175,6 +177,7 @@ def test_json_output_parses_with_one_object_per_file(tmp_path: Path) -> None:
     assert [item["ok"] for item in data] == [True, False]
     assert data[0]["step"] == 100 and data[0]["size_bytes"] == good.stat().st_size
     assert [c["name"] for c in data[0]["checks"]][:4] == ["file", "size", "zip-crc", "load-probe"]
+    assert [item["verdict"] for item in data] == ["valid", "invalid"]
     assert "empty" in data[1]["reason"]
 
 
@@ -190,16 +193,111 @@ def test_deep_catches_nan_that_the_default_checks_miss(tmp_path: Path, base_dict
     assert "transformer.ln_f.weight holds 1 non-finite values" in deep.output
 
 
+def test_deep_says_what_it_checked(tmp_path: Path) -> None:
+    path = make_checkpoint(tmp_path / "model_00100.pt", 100)
+    (line,) = lines(verify("--deep", str(path)))
+    assert line.startswith("OK   ")
+    assert "[deep: 29 model tensors finite, head tied to wte; 28 AdamW states shaped like their parameters" in line
+    assert "optimizer tensors finite]" in line
+
+
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert verify().exit_code == 2
     assert verify("--timeout", "0", str(tmp_path)).exit_code == 2
     assert verify("--no-such-option", str(tmp_path)).exit_code == 2
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "1e308", "-3", "0", "soon"])
+def test_every_bad_timeout_is_one_line_and_exit_2(tmp_path: Path, value: str) -> None:
+    # Before: nan/inf/1e308 printed a traceback from inside the probe's timer.
+    result = verify("--timeout", value, str(tmp_path))
+    assert result.exit_code == 2
+    error = [line for line in lines(result) if "Error" in line]
+    assert len(error) == 1 and "--timeout" in error[0] and "seconds" in error[0]
+
+
+def test_a_probe_that_runs_out_of_time_is_inconclusive_exit_3_not_a_failure(tmp_path: Path) -> None:
+    path = make_checkpoint(tmp_path / "model_00100.pt", 100)
+    result = verify("--timeout", "0.001", str(path))
+    assert result.exit_code == 3
+    (line,) = lines(result)
+    assert line.startswith(f"INCONCLUSIVE {path}  load-probe gave no verdict within 0.001s")
+    assert path.exists()
+
+
+def test_a_checkpoint_whose_numpy_rng_state_is_junk_fails_verify(tmp_path: Path, base_dict: dict) -> None:
+    # Reproduced before the fix: "OK" even with --deep, then the worker exited 4 on it.
+    path = tmp_path / "model_00100.pt"
+    torch.save({**base_dict, "numpy_rng_state": ["MT19937", torch.zeros(3, dtype=torch.int64), 0, 0, 0.0]}, path)
+    for args in ((), ("--deep",)):
+        result = verify(*args, str(path))
+        assert result.exit_code == 1
+        (line,) = lines(result)
+        assert line.startswith(f"FAIL {path}  the worker's restore fails on this file: ")
+
+
+def test_a_smaller_checkpoint_of_another_model_beside_larger_siblings_passes(tmp_path: Path) -> None:
+    for step in (10, 20):
+        make_checkpoint(tmp_path / f"model_{step:05d}.pt", step, {**TINY, "n_embd": 64})
+    small = make_checkpoint(tmp_path / "model_00030.pt", 30)
+    result = verify(str(small))
+    assert result.exit_code == 0, result.output
+    assert "cut short" not in result.output
+
+
+def test_a_guide_format_checkpoint_verifies_and_converts(tmp_path: Path) -> None:
+    old = make_guide_checkpoint(tmp_path / "old" / "model_00010.pt", 10)
+    checked = verify(str(old))
+    assert checked.exit_code == 0, checked.output
+    (line,) = lines(checked)
+    assert line.startswith(f"OK   {old}  step 10") and "build-nanogpt format (gpt2sup convert" in line
+    new = tmp_path / "new" / "model_00010.pt"
+    converted = CliRunner().invoke(cli, ["convert", str(old), str(new)])
+    assert converted.exit_code == 0, converted.output
+    assert "converted from the build-nanogpt format" in converted.output
+    plain = torch.load(new, weights_only=True)  # no allowlist needed any more
+    assert plain["config"]["n_embd"] == 32 and plain["converted_from"]["format"] == "build-nanogpt"
+    assert plain["train_loader_state"] == {"shard_index": 0, "position": 128}
+    again = CliRunner().invoke(cli, ["convert", str(old), str(new)])
+    assert again.exit_code == 2 and "--force" in again.output
+
+
+def test_convert_refuses_a_hostile_pickle_and_writes_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    old = write_hostile_pickle(tmp_path / "old.pt", marker)
+    new = tmp_path / "new.pt"
+    result = CliRunner().invoke(cli, ["convert", str(old), str(new)])
+    assert result.exit_code == 1 and "posix.system" in result.output and "weights_only" not in result.output
+    assert not new.exists() and not marker.exists()
+
+
+def test_a_quarantined_file_shows_why_it_was_set_aside(tmp_path: Path) -> None:
+    path = make_checkpoint(tmp_path / "model_00100.pt", 100)
+    truncate_to_fraction(path, 0.5)
+    corrupt = quarantine(path, "the worker exited 4: CRC-32 mismatch in model_00100/data/3")
+    result = verify(str(corrupt))
+    assert result.exit_code == 1
+    (line,) = lines(result)
+    assert line.startswith(f"FAIL {corrupt}  not a zip archive")
+    assert "[quarantined 20" in line and "the worker exited 4: CRC-32 mismatch in model_00100/data/3]" in line
+    data = json.loads(verify("--json", str(corrupt)).output)
+    assert data[0]["quarantine"]["reason"].startswith("the worker exited 4")
+
+
+def test_many_files_share_one_probe_child(tmp_path: Path) -> None:
+    """Three files, one child: the probe detail of every file says the import was paid once."""
+    for step in (100, 200, 300):
+        make_checkpoint(tmp_path / f"model_{step:05d}.pt", step)
+    data = json.loads(verify("--json", str(tmp_path)).output)
+    imports = {next(c["detail"] for c in item["checks"] if c["name"] == "load-probe") for item in data}
+    assert len(imports) == 1 and "paid once per call" in imports.pop()
+
+
 def test_help_documents_checks_and_exit_codes() -> None:
     result = verify("--help")
     assert result.exit_code == 0
-    for words in ("zip-crc", "CRC-32", "weights_only", "--deep", "Exit status", "usage error"):
+    for words in ("zip-crc", "CRC-32", "weights_only", "--deep", "Exit status", "usage error",
+                  "INCONCLUSIVE", "worker's own restore", "auto"):
         assert words in result.output
 
 
@@ -210,7 +308,7 @@ def test_console_script_plain_output_off_a_tty(tmp_path: Path) -> None:
     flip_byte_in_tensor_data(flipped)
     completed = subprocess.run(
         [sys.executable, "-m", "supervisor.cli", "verify", str(flipped), str(tmp_path / "missing.pt")],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=False,
     )
     assert completed.returncode == 1
     assert "\x1b[" not in completed.stdout and "Traceback" not in completed.stdout + completed.stderr

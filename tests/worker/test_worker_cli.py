@@ -22,6 +22,7 @@ from tests.worker.conftest import (
     FAST_ARGS,
     FINAL_CHECKPOINT,
     N_STEPS,
+    RESUME_ARGS,
     WorkerLaunch,
     WorkerLauncher,
     checkpoint_steps,
@@ -94,12 +95,13 @@ def cli(launcher: WorkerLauncher, ref_bare: Path, tmp_path_factory) -> dict[str,
         "missing_checkpoint": CliCase([*short, "--resume", "--checkpoint_path", str(base / "nope.pt")]),
         "garbage_checkpoint": CliCase([*short, "--resume", "--checkpoint_path", str(garbage)]),
         "truncated_checkpoint": CliCase([*short, "--resume", "--checkpoint_path", str(truncated)]),
-        "other_model": CliCase([*short, "--model", "mini", "--resume",
+        # The checkpoint's own arguments but another model: a different run, not a bad file.
+        "other_model": CliCase([*RESUME_ARGS, "--model", "mini", "--resume",
                                 "--checkpoint_path", str(ref_bare / FINAL_CHECKPOINT)]),
         "missing_pretrained": CliCase([*short, "--pretrained_checkpoint", str(base / "nope.pt")]),
         "auto_resume_empty": CliCase([*short, "--auto_resume"]),
         "empty_data_dir": CliCase([*short, "--data_dir", str(empty_data)]),
-        "other_data": CliCase([*short, "--resume", "--checkpoint_path", str(other_data)]),
+        "other_data": CliCase([*RESUME_ARGS, "--resume", "--checkpoint_path", str(other_data)]),
         "flipped_auto_resume": CliCase([*FAST_ARGS, "--max_steps", str(N_STEPS + 2), "--auto_resume"]),
         "flipped_pretrained": CliCase([*short, "--pretrained_checkpoint", str(flipped_pretrained)]),
         "hostile_pickle": CliCase([*short, "--resume", "--checkpoint_path", str(hostile)]),
@@ -130,7 +132,7 @@ def test_help_reads_like_a_manual(cli):
     for flag in ("--auto_resume", "--resume", "--checkpoint_path", "--pretrained_checkpoint",
                  "--checkpoint_interval", "--keep_last_n_checkpoints", "--eval_interval",
                  "--hellaswag_interval", "--generate_interval", "--log_dir", "--data_dir", "--model",
-                 "--max_steps", "--dropout", "--compile"):
+                 "--max_steps", "--dropout", "--compile", "--allow_config_change"):
         assert flag in result.stdout, flag
 
 
@@ -150,10 +152,18 @@ def test_truncated_checkpoint(cli):
     assert_one_line_error(cli["truncated_checkpoint"], WorkerExit.CHECKPOINT_ERROR, "model_00023.pt")
 
 
-def test_checkpoint_of_another_model_names_the_difference(cli):
-    # tiny is 2 layers x 64 wide, mini 4 x 128.
-    assert_one_line_error(cli["other_model"], WorkerExit.CHECKPOINT_ERROR, "different model", "n_layer 2 != 4",
-                          "n_embd 64 != 128")
+def test_checkpoint_of_another_model_is_a_run_mismatch_naming_the_difference(cli):
+    # tiny is 2 layers x 64 wide, mini 4 x 128. Exit 6, not 4: the file is fine (no quarantine),
+    # the arguments describe another run, and no --allow_config_change can load other shapes.
+    result = cli["other_model"]
+    assert "Traceback" not in result.stderr
+    assert result.returncode == int(WorkerExit.RUN_MISMATCH), result.stdout + result.stderr
+    summary, *differences = [line for line in result.stderr.splitlines() if line.strip()]
+    assert summary.startswith("train_gpt2: error: ") and "different model" in summary
+    expected = ("  model: tiny (block_size=128, n_layer=2, n_head=2, n_embd=64) -> "
+                "mini (block_size=256, n_layer=4, n_head=4, n_embd=128) "
+                "(other parameter shapes: the checkpoint's weights cannot be loaded)")
+    assert differences == [expected]
     assert checkpoint_steps(cli["other_model"].log_dir) == []  # nothing trained, nothing written
     beat = read_heartbeat(cli["other_model"].log_dir)
     assert beat["status"] == "failed" and "different model" in beat["message"]

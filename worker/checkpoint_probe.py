@@ -1,29 +1,40 @@
-"""Load-probe of one checkpoint, meant to run in a throw-away child process.
+"""Load-probe of checkpoints, meant to run in a throw-away child process.
 
-    python -m shared.checkpoint_probe PATH [--deep] [--size-bytes N]
+    python -m worker.checkpoint_probe PATH [--deep] [--size-bytes N]   one file, one verdict
+    python -m worker.checkpoint_probe --serve                          many files, one import
 
-Why a child process: ``torch.load`` parses an untrusted pickle and memory-maps tensor bytes.
-A damaged file can make it raise, hang, or (in native code) crash the interpreter. The caller
-(``shared.checkpoint_validation``) runs this module with a timeout so that none of those can take
-the supervisor or ``gpt2sup verify`` down with it.
+Why a child process: loading parses an untrusted pickle and memory-maps tensor bytes. A damaged
+file can make it raise, hang, or (in native code) crash the interpreter. The caller
+(``supervisor.checkpoint_validation``) runs this module with a timeout so that none of those can
+take the supervisor or ``gpt2sup verify`` down with it.
 
 Contract with the caller: exactly ONE JSON object on the last line of stdout, exit status 0,
 whenever a verdict was reached — including "this file is bad":
 
     {"ok": bool, "reason": str | null, "step": int | null, "config": dict | null,
      "format_version": int | null, "has_optimizer_state": bool | null, "deep": bool,
-     "import_torch_seconds": float, "checks": [[name, passed, detail, seconds], ...]}
+     "source_format": str | null, "import_torch_seconds": float,
+     "checks": [[name, passed, detail, seconds], ...]}
 
-Exit status 3 means the probe could not judge the file at all (torch failed to import); the
-caller must not blame the checkpoint for that. Anything else (a signal, another status, no
-JSON) is the loader dying on this file.
+``--serve`` answers many files with one ``import torch``: it first prints
+``{"ready": true, "import_torch_seconds": s}``, then reads one JSON request per stdin line
+(``{"path": str, "deep": bool, "size_bytes": int | null}``) and prints one verdict line (above)
+per request, until stdin closes. The caller times each request on its own.
 
-Loading is ``torch.load(path, map_location="cpu", weights_only=True, mmap=True)``:
-``weights_only`` refuses any pickle global outside torch's allow-list, so a file whose pickle
-would call ``os.system`` is rejected before anything runs; ``mmap`` maps tensor bytes instead of
-reading them, so the default probe of a multi-GB checkpoint costs little beyond ``import torch``.
-``--deep`` then touches every tensor (finite values, optimizer moments shaped like their
-parameters), which does read the whole file.
+Exit status 3 means the probe could not judge any file (torch or the worker failed to import);
+the caller must not blame the checkpoint for that. Anything else (a signal, another status, no
+JSON) is the loader dying on the file being probed.
+
+Loading is ``shared.checkpoint_loading.load_checkpoint(path, mmap=True)``: ``weights_only=True``
+with a stand-in allowlist, so the build-nanogpt guide's own files load, a file whose pickle would
+call ``os.system`` is refused before anything runs, and ``mmap`` maps tensor bytes instead of
+reading them. After the structure checks, ``restore`` runs the worker's own resume code,
+``worker.train_state.restore_full_state``, on the loaded dict: the model built from the file's
+config (on the ``meta`` device: every key and shape is checked as on CPU, no memory is spent on
+weights), AdamW built as the worker builds it, a loader stand-in whose ``load_state_dict`` runs
+``worker.data.validate_loader_state``, and every RNG state restored. So "verify OK" means "this
+file resumes". ``--deep`` then touches every tensor (finite values, optimizer moments shaped
+like their parameters), which does read the whole file.
 """
 from __future__ import annotations
 
@@ -33,8 +44,10 @@ import math
 import os
 import sys
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from shared.checkpoint_format import (
     FORMAT_VERSION,
@@ -68,20 +81,6 @@ def _fmt_shape(shape: tuple[int, ...]) -> str:
 def _few(names: list[str]) -> str:
     shown = ", ".join(names[:_MAX_NAMES_SHOWN])
     return shown + (f" and {len(names) - _MAX_NAMES_SHOWN} more" if len(names) > _MAX_NAMES_SHOWN else "")
-
-
-def describe_load_error(error: BaseException) -> str:
-    """One line out of torch.load's multi-paragraph errors, keeping the part that says why."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if lines and lines[0].startswith("Weights only load failed"):
-        # The useful sentence names the refused global / opcode; the rest is boilerplate.
-        detail = next(
-            (line for line in lines[1:] if "GLOBAL" in line or "nsupported" in line or "not allowed" in line),
-            lines[1] if len(lines) > 1 else lines[0],
-        )
-        return f"refused by the weights_only unpickler (the file asks to run code or build objects): {detail[:300]}"
-    first = lines[0] if lines else ""
-    return f"torch.load failed: {type(error).__name__}: {first[:300]}"
 
 
 # --- the checks, in order ------------------------------------------------------------------------
@@ -190,6 +189,58 @@ def check_other_state(checkpoint: dict[str, Any], torch: Any) -> str:
     if val_loss is not None and not isinstance(val_loss, (int, float)):
         raise CheckFailed(f"val_loss is {type(val_loss).__name__}, not a number or None")
     return "loader and RNG state well-formed"
+
+
+class _LoaderStandIn:
+    """The data loader as ``restore_full_state`` sees it, without data: it only validates."""
+
+    def __init__(self) -> None:
+        self.state: Any = None
+
+    def load_state_dict(self, state: Any) -> None:
+        from worker.data import validate_loader_state
+
+        validate_loader_state(state)
+        self.state = state
+
+
+def _model_without_weights(config: dict[str, Any], torch: Any) -> Any:
+    """The worker's GPT for ``config`` on the meta device, its random initialisation skipped.
+
+    Initial values would be overwritten by the checkpoint anyway, and ``normal_`` on meta tensors
+    imports torch's compiler stack (9 s here) while plain construction costs nothing; so a
+    torch-function mode turns the in-place random initialisers into no-ops while it is built.
+    """
+    from torch.overrides import TorchFunctionMode
+
+    from worker.model import GPT, GPTConfig
+
+    class _SkipRandomInit(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if getattr(func, "__name__", "") in ("normal_", "uniform_"):
+                return args[0] if args else (kwargs or {}).get("tensor")  # init.* pass it by keyword
+            return func(*args, **(kwargs or {}))
+
+    with torch.device("meta"), _SkipRandomInit():
+        return GPT(GPTConfig.from_dict(config))
+
+
+def check_restore(checkpoint: dict[str, Any], torch: Any) -> str:
+    """The worker's own resume code on this dict (module docstring): what a resume would do."""
+    from worker.train_state import restore_full_state
+
+    try:
+        with warnings.catch_warnings():
+            # Copying into meta parameters is a no-op by design here (shapes are still checked).
+            warnings.filterwarnings("ignore", message=".*meta parameter.*")
+            model = _model_without_weights(checkpoint["config"], torch)
+            optimizer = model.configure_optimizers(weight_decay=0.1, learning_rate=6e-4, device_type="cpu")
+            restore_full_state(checkpoint, model, optimizer, _LoaderStandIn(), device_type="cpu")
+    except Exception as error:  # noqa: BLE001  any failure here is what the worker would hit on resume
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = "; ".join(lines[:2])[:300] or type(error).__name__
+        raise CheckFailed(f"the worker's restore fails on this file: {type(error).__name__}: {detail}") from None
+    return "model, optimizer, loader state and every RNG state restore as on resume"
 
 
 # --- deep checks ---------------------------------------------------------------------------------
@@ -306,11 +357,13 @@ def check_optimizer_finite(checkpoint: dict[str, Any], torch: Any) -> str:
 def probe(path: Path, *, deep: bool = False, size_bytes: int | None = None) -> dict[str, Any]:
     """Load ``path`` and run every check; return the verdict dict (see the module docstring)."""
     started = time.perf_counter()
-    import torch  # shared/ never imports torch at module level; the probe pays for it here
+    import torch  # imported inside: exit 3 (cannot judge) needs to tell "no torch" from "bad file"
+
+    from shared.checkpoint_loading import CheckpointLoadError, load_checkpoint
 
     verdict: dict[str, Any] = {
         "ok": False, "reason": None, "step": None, "config": None, "format_version": None,
-        "has_optimizer_state": None, "deep": deep,
+        "has_optimizer_state": None, "deep": deep, "source_format": None,
         "import_torch_seconds": round(time.perf_counter() - started, 4), "checks": [],
     }
     if size_bytes is None:
@@ -322,7 +375,7 @@ def probe(path: Path, *, deep: bool = False, size_bytes: int | None = None) -> d
             detail, passed = check(), True
         except CheckFailed as failure:
             detail, passed = str(failure), False
-        except Exception as error:  # the file's contents broke an assumption: still the file's fault
+        except Exception as error:  # noqa: BLE001  the file's contents broke an assumption: its fault
             detail, passed = f"unexpected structure in the file ({type(error).__name__}: {error})", False
         verdict["checks"].append([name, passed, detail, round(time.perf_counter() - t0, 4)])
         if not passed:
@@ -333,12 +386,15 @@ def probe(path: Path, *, deep: bool = False, size_bytes: int | None = None) -> d
 
     def load() -> str:
         try:
-            holder["checkpoint"] = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as error:
-            raise CheckFailed(describe_load_error(error)) from None
-        return "torch.load(weights_only=True, mmap=True) succeeded"
+            holder["checkpoint"] = load_checkpoint(path, mmap=True)
+        except CheckpointLoadError as error:
+            raise CheckFailed(str(error)) from None
+        source = holder["checkpoint"].get("source_format") if isinstance(holder["checkpoint"], dict) else None
+        verdict["source_format"] = source
+        return "loaded without running code (weights_only, mmap)" + (
+            f"; {source} format read through stand-ins" if source else "")
 
-    if not run("torch.load", load):
+    if not run("load", load):
         return verdict
     checkpoint = holder["checkpoint"]
     steps: list[tuple[str, Callable[[], str]]] = [
@@ -351,6 +407,7 @@ def probe(path: Path, *, deep: bool = False, size_bytes: int | None = None) -> d
         ("size-floor", lambda: check_size_floor(
             checkpoint, size_bytes, optimizer_state_present(checkpoint))),
         ("state", lambda: check_other_state(checkpoint, torch)),
+        ("restore", lambda: check_restore(checkpoint, torch)),
     ]
     if deep:
         steps += [
@@ -374,27 +431,64 @@ def probe(path: Path, *, deep: bool = False, size_bytes: int | None = None) -> d
     return verdict
 
 
+def _import_for_probing() -> float:
+    """Import torch and the worker's model/restore code once; seconds spent (exit 3 on failure).
+
+    Also builds a one-parameter AdamW: the first optimizer of a process imports torch's compiler
+    stack (``Optimizer.add_param_group`` is wrapped by ``torch._disable_dynamo``), seconds that
+    belong to starting the child, not to the first file's timeout.
+    """
+    started = time.perf_counter()
+    import torch
+
+    import worker.model
+    import worker.train_state  # noqa: F401
+
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+    return time.perf_counter() - started
+
+
+def serve(requests: Any, out: Any, import_seconds: float) -> None:
+    """The ``--serve`` loop: one verdict line per request line (module docstring)."""
+    out.write(json.dumps({"ready": True, "import_torch_seconds": round(import_seconds, 4)}) + "\n")
+    out.flush()
+    for line in requests:
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        size = request.get("size_bytes")
+        verdict = probe(Path(request["path"]), deep=bool(request.get("deep")),
+                        size_bytes=int(size) if size is not None else None)
+        verdict["import_torch_seconds"] = round(import_seconds, 4)
+        out.write(json.dumps(verdict) + "\n")
+        out.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m shared.checkpoint_probe",
-        description="Load one checkpoint with torch.load(weights_only=True, mmap=True) and print a JSON verdict.",
+        prog="python -m worker.checkpoint_probe",
+        description="Load checkpoints without running code from them and print JSON verdicts.",
     )
-    parser.add_argument("path", type=Path)
+    parser.add_argument("path", type=Path, nargs="?")
     parser.add_argument("--deep", action="store_true", help="also check every tensor is finite and optimizer shapes")
     parser.add_argument("--size-bytes", type=int, default=None, help="file size the caller measured")
+    parser.add_argument("--serve", action="store_true", help="read one JSON request per stdin line")
     args = parser.parse_args(argv)
+    if (args.path is None) == (not args.serve):
+        parser.error("give either PATH or --serve")
 
-    # Keep stdout for the verdict alone: anything torch or a warning prints goes to stderr.
+    # Keep stdout for the verdicts alone: anything torch or a warning prints goes to stderr.
     verdict_out = sys.stdout
     sys.stdout = sys.stderr
     try:
-        import_started = time.perf_counter()
         try:
-            import torch  # noqa: F401  (imported first only to tell "no torch" from "bad file")
-        except Exception as error:
-            print(f"cannot import torch: {type(error).__name__}: {error}", file=sys.stderr)
+            import_seconds = _import_for_probing()
+        except Exception as error:  # noqa: BLE001  any import failure means "cannot judge", exit 3
+            print(f"cannot import torch or the worker: {type(error).__name__}: {error}", file=sys.stderr)
             return EXIT_CANNOT_JUDGE
-        import_seconds = time.perf_counter() - import_started
+        if args.serve:
+            serve(sys.stdin, verdict_out, import_seconds)
+            return EXIT_VERDICT
         verdict = probe(args.path, deep=args.deep, size_bytes=args.size_bytes)
         verdict["import_torch_seconds"] = round(import_seconds, 4)
     finally:

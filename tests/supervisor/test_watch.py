@@ -1,0 +1,81 @@
+"""``TorchrunAttempts`` reading heartbeats: the last good beat counts, a bad read is only a warning,
+and what the run measures sets the timeouts in force (no torchrun here: real files, a stand-in tree)."""
+from __future__ import annotations
+
+import json
+import time
+from types import SimpleNamespace
+
+from shared.heartbeat import Heartbeat, write_heartbeat
+from shared.run_dir import RunDir
+from supervisor.attempt import StopRequests
+from supervisor.disk_guard import DiskGuard
+from supervisor.journal import CycleState, Journal
+from supervisor.policy import TimeoutConfig
+from supervisor.run_config import RunConfig
+from supervisor.watch import TorchrunAttempts, _Live
+
+
+class Quiet:
+    def update(self, snapshot: object) -> None:
+        return None
+
+    def event(self, line: str) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def _attempts(tmp_path, **timeouts: float) -> tuple[TorchrunAttempts, _Live, RunDir]:
+    run = RunDir.at(tmp_path)
+    config = RunConfig(log_dir=tmp_path, cwd=tmp_path, timeouts=TimeoutConfig(**timeouts))
+    journal = Journal(run, Quiet())
+    journal.begin(CycleState(state="running", pid=1, pid_create_time=0.0, hostname="h", log_dir=str(tmp_path),
+                             started_at=0.0))
+    attempts = TorchrunAttempts(config, run, journal, StopRequests(), DiskGuard(run, config, journal))
+    live = _Live(tree=SimpleNamespace(launched_at=time.time() - 1.0), oom_before=None)  # type: ignore[arg-type]
+    return attempts, live, run
+
+
+def _beat(run: RunDir, rank: int, step: int, **extra: object) -> Heartbeat:
+    hb = Heartbeat(pid=100 + rank, rank=rank, world_size=2, step=step, phase="train", time=time.time(), **extra)
+    write_heartbeat(run.heartbeat(rank), hb)
+    return hb
+
+
+def _events(tmp_path) -> list[dict]:
+    path = tmp_path / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_garbage_or_missing_heartbeat_keeps_the_last_good_beat_and_warns_once(tmp_path):
+    attempts, live, run = _attempts(tmp_path)
+    good = _beat(run, 0, 7)
+    _beat(run, 1, 7)
+    attempts._read_heartbeats(live)
+    run.heartbeat(0).write_text('{"pid": 100, "ste')  # half-written
+    run.heartbeat(1).unlink()  # gone
+    for _ in range(3):
+        attempts._read_heartbeats(live)
+    assert live.beats[0].time == good.time and live.beats[0].step == 7 and set(live.beats) == {0, 1}
+    warnings = [e for e in _events(tmp_path) if e["event"] == "warning"]
+    assert sorted(e["rank"] for e in warnings) == [0, 1]  # once per rank, not once per poll
+
+
+def test_heartbeats_of_an_earlier_attempt_are_not_this_attempts(tmp_path):
+    attempts, live, run = _attempts(tmp_path)
+    old = Heartbeat(pid=1, rank=0, world_size=1, step=50, phase="train", time=live.tree.launched_at - 60)
+    write_heartbeat(run.heartbeat(0), old)
+    attempts._read_heartbeats(live)
+    assert live.beats == {}
+
+
+def test_measured_saves_set_the_checkpoint_timeout_in_force_and_supervisor_json_says_so(tmp_path):
+    attempts, live, run = _attempts(tmp_path, hang_timeout=12.0)
+    _beat(run, 0, 4, save_seconds=1.5, eval_seconds=2.0)
+    attempts._read_heartbeats(live)
+    in_force = attempts.refresh_timeouts()
+    assert in_force["checkpoint"] == 30.0 and in_force["eval"] == 40.0 and in_force["train"] == 12.0
+    saved = json.loads((tmp_path / "supervisor.json").read_text())["phase_timeouts"]
+    assert saved["checkpoint"] == 30.0 and saved["hellaswag"] == 40.0
