@@ -22,10 +22,15 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def write_text_atomic(path: Path, text: str, *, durable: bool = False) -> None:
-    """Replace ``path`` with ``text`` atomically; ``durable`` adds fsyncs for crash safety."""
+def write_text_atomic(path: Path, text: str, *, durable: bool = False, create_parent: bool = True) -> None:
+    """Replace ``path`` with ``text`` atomically; ``durable`` adds fsyncs for crash safety.
+
+    ``create_parent=False`` makes a missing directory an error (FileNotFoundError) instead of
+    silently recreating a run directory somebody removed.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if create_parent:
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o644)  # mkstemp creates 0600; these files are meant to be read by others
@@ -45,9 +50,9 @@ def write_text_atomic(path: Path, text: str, *, durable: bool = False) -> None:
         raise
 
 
-def write_json_atomic(path: Path, data: Any, *, durable: bool = False) -> None:
+def write_json_atomic(path: Path, data: Any, *, durable: bool = False, create_parent: bool = True) -> None:
     """Replace ``path`` with the JSON encoding of ``data`` atomically."""
-    write_text_atomic(path, json.dumps(data, sort_keys=True) + "\n", durable=durable)
+    write_text_atomic(path, json.dumps(data, sort_keys=True) + "\n", durable=durable, create_parent=create_parent)
 
 
 def read_json(path: Path) -> Any | None:
@@ -59,14 +64,31 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line; a single ``write`` of a short line keeps appends whole."""
+def append_jsonl(path: Path, record: dict[str, Any], *, create_parent: bool = True) -> None:
+    """Append one JSON line, whole or not at all.
+
+    One ``write`` on an ``O_APPEND`` descriptor keeps concurrent appends from interleaving. When
+    the disk fills mid-line (a short write, then ENOSPC) the partial line is cut off again, so a
+    reader never meets half a record glued to the next one; the error still reaches the caller.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(record, sort_keys=True) + "\n"
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(line)
-        handle.flush()
+    if create_parent:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    data = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.fstat(fd).st_size
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(fd, data[written:])
+        except OSError:
+            # Only undo our own bytes: if another writer appended meanwhile, the size tells.
+            if written and os.fstat(fd).st_size == start + written:
+                os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)
 
 
 def read_file_tail(path: Path, max_bytes: int) -> tuple[bytes, bool]:

@@ -7,11 +7,13 @@ returns scripted endings. This is the seam torch elastic draws with ``_start_wor
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from supervisor.policy import Outcome
+from supervisor.stop_signals import StopSignals as StopRequests
+
+__all__ = ["AttemptResult", "Attempts", "StopRequests"]
 
 
 @dataclass
@@ -28,23 +30,3 @@ class AttemptResult:
 
 class Attempts(Protocol):
     def run(self, number: int) -> AttemptResult: ...
-
-
-class StopRequests:
-    """Stop requests from signal handlers, and the one sleep that they (or a child's exit) cut short."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._wake = threading.Event()
-
-    def request(self, *_: Any) -> None:
-        """Signal-handler safe: count the request and wake the loop. A second one forces."""
-        self.count += 1
-        self._wake.set()
-
-    def wake(self, *_: Any) -> None:
-        self._wake.set()
-
-    def sleep(self, seconds: float) -> None:
-        self._wake.wait(max(0.0, seconds))
-        self._wake.clear()

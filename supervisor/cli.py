@@ -11,6 +11,7 @@ import sys
 import click
 
 from shared.exit_codes import SupervisorExit
+from supervisor.output_guard import guard_console
 
 # command name -> (module, attribute, one-line help shown in `gpt2sup --help`)
 _COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -54,12 +55,17 @@ def cli() -> None:
     gpt2sup stop                      save at the next step and exit
 
     Exit codes: 0 finished/ok, 1 internal error (or verify: a check failed), 2 refused or bad
-    usage, 3 gave up, 4 stopped on request.
+    usage, 3 gave up, 4 stopped on request (Ctrl-C, SIGTERM, SIGHUP, `gpt2sup stop`),
+    5 finished but the final checkpoint could not be saved.
     """
 
 
 def main() -> None:
-    """Console-script entry point: never let a traceback reach the user."""
+    """Console-script entry point: never let a traceback reach the user.
+
+    Console output is guarded first: a closed pipe or terminal must not change an exit code.
+    """
+    guard_console()
     try:
         cli.main(standalone_mode=True)
     except KeyboardInterrupt:

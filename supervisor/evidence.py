@@ -16,11 +16,14 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import psutil
+
+from supervisor.process_tree import is_stopped
 
 PY_SPY_TIMEOUT_S = 10.0
 FAULTHANDLER_WAIT_S = 1.5
@@ -34,13 +37,6 @@ class EvidenceReport:
     files: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     duration_s: float = 0.0
-
-
-def _is_stopped(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_STOPPED
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
 
 
 def _write(directory: Path, name: str, text: str, report: EvidenceReport) -> None:
@@ -73,7 +69,7 @@ def _py_spy_dump(pid: int, nonblocking: bool) -> tuple[str, str | None]:
         argv.append("--nonblocking")
     try:
         done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=PY_SPY_TIMEOUT_S, stdin=subprocess.DEVNULL,
+            argv, check=False, capture_output=True, text=True, timeout=PY_SPY_TIMEOUT_S, stdin=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C meant for the supervisor must not kill the capture
         )
     except subprocess.TimeoutExpired:
@@ -114,7 +110,7 @@ def capture_hang_evidence(
     except OSError:
         log_offset = 0
 
-    stopped = {rank: _is_stopped(pid) for rank, pid in worker_pids.items()}
+    stopped = {rank: is_stopped(pid) for rank, pid in worker_pids.items()}
     # Ask for faulthandler dumps first: they run concurrently with the rest of the capture.
     for rank, pid in worker_pids.items():
         try:

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from shared.run_dir import RunDir
-from shared.supervisor_state import (
-    SupervisorState,
-    append_event,
-    write_supervisor_state,
-)
+from shared.supervisor_state import JournalWriter, SupervisorState
 from shared.vocabulary import EventKind
 
 
@@ -41,7 +38,9 @@ class CycleState(SupervisorState):
 
 class Journal:
     """``event(kind, line, **details)`` appends to events.jsonl and tells the console;
-    ``save_state(**changes)`` updates supervisor.json."""
+    ``save_state(**changes)`` updates supervisor.json. Both go through a ``JournalWriter``: when
+    the run directory cannot be written they wait in memory (one console line says so) and go out
+    in order once it can; supervising never stops for it."""
 
     def __init__(self, run_dir: RunDir, reporter: Reporter) -> None:
         self.run_dir = run_dir
@@ -49,10 +48,22 @@ class Journal:
         self.state: CycleState | None = None
         self.attempt = 0
         self._console_failed = False
+        self.writer = JournalWriter(run_dir.events, run_dir.supervisor_state,
+                                    warn=lambda line: self._console(lambda: self.reporter.event(line)))
 
     def event(self, kind: EventKind, line: str, /, **details: Any) -> None:
-        append_event(self.run_dir.events, str(kind), attempt=self.attempt or None, message=line, **details)
+        self._append(kind, line, **details)
         self._console(lambda: self.reporter.event(line))
+
+    def flush(self) -> bool:
+        """Retry what waits in memory (cheap when nothing does); True when all is on disk."""
+        return self.writer.flush()
+
+    def _append(self, kind: EventKind, line: str, /, **details: Any) -> None:
+        record: dict[str, Any] = {"time": time.time(), "event": str(kind), "attempt": self.attempt or None,
+                                  "message": line}
+        record.update(details)
+        self.writer.append_event(record)
 
     def save_state(self, **changes: Any) -> None:
         if self.state is None:
@@ -60,7 +71,7 @@ class Journal:
         for key, value in changes.items():
             setattr(self.state, key, value)
         self.state.attempt = self.attempt
-        write_supervisor_state(self.run_dir.supervisor_state, self.state)
+        self.writer.write_state(self.state)
 
     def begin(self, state: CycleState) -> None:
         self.state = state
@@ -74,6 +85,10 @@ class Journal:
         self._console(lambda: self.reporter.update(snapshot))
 
     def close(self) -> None:
+        if not self.writer.flush():
+            self._console(lambda: self.reporter.event(
+                f"{self.writer.pending_events} event(s) could not be written to {self.run_dir.events} "
+                f"({self.writer.error}); supervisor.json may be stale"))
         self._console(self.reporter.close)
 
     def _console(self, write: Any) -> None:
@@ -84,8 +99,7 @@ class Journal:
             write()
         except Exception as exc:  # noqa: BLE001 - any console failure (BrokenPipe, rich) is survivable
             self._console_failed = True
-            append_event(self.run_dir.events, str(EventKind.WARNING), attempt=self.attempt or None,
-                         message=f"console output failed ({type(exc).__name__}: {exc}); "
-                                 "events and supervisor.json carry on")
+            self._append(EventKind.WARNING, f"console output failed ({type(exc).__name__}: {exc}); "
+                         "events and supervisor.json carry on")
             with contextlib.suppress(OSError):  # stderr may be the same broken pipe; the event above stays
                 sys.stderr.write(f"gpt2sup run: console output failed: {exc}\n")

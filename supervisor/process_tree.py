@@ -7,18 +7,22 @@ worker may outlive torchrun (reparented to init) and pids get reused.
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import psutil
 
-# create_time values of the same process read twice agree exactly; the slack guards rounding.
-CREATE_TIME_SLACK_S = 0.05
+# psutil derives create_time from the boot time and the start tick; the boot time it reads can
+# differ by a second between two processes (supervisor A records, supervisor B compares), while a
+# reused pid starts seconds (usually far more) later. One tolerance for every identity check.
+CREATE_TIME_TOLERANCE_S = 1.0
+STOPPED_STATES = (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
 
 
 @dataclass(frozen=True)
@@ -29,28 +33,94 @@ class ProcessId:
     create_time: float
 
     @classmethod
-    def of(cls, proc: psutil.Process) -> "ProcessId":
+    def of(cls, proc: psutil.Process) -> ProcessId:
         return cls(proc.pid, proc.create_time())
+
+    @classmethod
+    def parse(cls, token: str) -> ProcessId | None:
+        """The inverse of :attr:`token`; ``None`` for anything malformed."""
+        pid_text, _, time_text = token.strip().partition(":")
+        try:
+            pid, create_time = int(pid_text), float(time_text)
+        except ValueError:
+            return None
+        return cls(pid, create_time) if pid > 0 and math.isfinite(create_time) else None
+
+    @property
+    def token(self) -> str:
+        """``<pid>:<create_time>``: how a child learns who its supervisor is (env GPT2SUP_SUPERVISOR)."""
+        return f"{self.pid}:{self.create_time:.3f}"
+
+    def alive(self) -> psutil.Process | None:
+        return same_process_alive(self.pid, self.create_time)
 
 
 def same_process_alive(pid: int, create_time: float) -> psutil.Process | None:
     """The live process with this pid *and* start time, or None (gone, reused, or a zombie)."""
     try:
-        proc = psutil.Process(pid)
-        if abs(proc.create_time() - create_time) > CREATE_TIME_SLACK_S:
+        proc = psutil.Process(int(pid))
+        if abs(proc.create_time() - float(create_time)) > CREATE_TIME_TOLERANCE_S:
             return None
         if proc.status() == psutil.STATUS_ZOMBIE:
             return None
         return proc
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
+    except (psutil.Error, ProcessLookupError, TypeError, ValueError):
         return None
 
 
 def is_alive(proc: psutil.Process) -> bool:
     try:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+    except psutil.Error:
         return False
+
+
+def is_stopped(proc: psutil.Process | int) -> bool:
+    """Stopped by a signal (SIGSTOP, Ctrl-Z) or by a tracer: it cannot act on any signal but SIGKILL."""
+    try:
+        target = proc if isinstance(proc, psutil.Process) else psutil.Process(proc)
+        return target.status() in STOPPED_STATES
+    except psutil.Error:
+        return False
+
+
+def own_identity() -> ProcessId:
+    return ProcessId.of(psutil.Process())
+
+
+def command_line_log_dir(proc: psutil.Process) -> Path | None:
+    """The run directory a process was started with (``--log_dir X`` / ``--log_dir=X``), resolved
+    against that process's own working directory; ``None`` when it has none or cannot be read."""
+    try:
+        argv = proc.cmdline()
+        cwd = proc.cwd()
+    except psutil.Error:
+        return None
+    value: str | None = None
+    for index, arg in enumerate(argv):
+        if arg == "--log_dir" and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif arg.startswith("--log_dir="):
+            value = arg.split("=", 1)[1]
+    if value is None:
+        return None
+    try:
+        return (Path(cwd) / value).resolve()
+    except (OSError, RuntimeError):
+        return None
+
+
+def processes_with_log_dir(run_dir: Path, exclude: Iterable[int] = ()) -> list[psutil.Process]:
+    """Every live process started with ``--log_dir`` equal to ``run_dir`` (a trainer of it)."""
+    wanted = Path(run_dir).resolve()
+    skip = set(exclude) | {os.getpid()}
+    found: list[psutil.Process] = []
+    for proc in psutil.process_iter():
+        if proc.pid in skip or not is_alive(proc):
+            continue
+        if command_line_log_dir(proc) == wanted:
+            found.append(proc)
+    return found
 
 
 @dataclass
@@ -149,12 +219,8 @@ class KillReport:
     killed: list[int]  # needed SIGKILL
     survivors: list[int]  # still alive after SIGKILL (should never happen)
 
-    @property
-    def clean(self) -> bool:
-        return not self.survivors
 
-
-def _expand_with_descendants(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
+def with_descendants(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
     seen: dict[int, psutil.Process] = {}
     for proc in procs:
         if not is_alive(proc):
@@ -180,7 +246,7 @@ def kill_tree(
     SIGCONT after SIGTERM so a stopped process gets to run its handler within the grace.
     ``reap`` is our own child (torchrun) to wait() so it does not linger as a zombie.
     """
-    targets = _expand_with_descendants(procs)
+    targets = with_descendants(procs)
     if not targets:
         _reap(reap)
         return KillReport([], [], [])
@@ -190,7 +256,7 @@ def kill_tree(
     gone, alive = psutil.wait_procs(targets, timeout=max(0.0, grace_s))
     # New descendants may have been forked during the grace (torchrun restarting nothing, but a
     # worker's data loader could); pick them up before the hard kill.
-    alive = _expand_with_descendants(alive + [p for p in targets if is_alive(p)])
+    alive = with_descendants(alive + [p for p in targets if is_alive(p)])
     killed: list[int] = []
     if alive:
         killed = send_signal(alive, signal.SIGKILL)
@@ -217,25 +283,3 @@ def _reap(popen: subprocess.Popen | None) -> None:
         popen.wait(timeout=5.0)
     except (subprocess.TimeoutExpired, OSError):
         pass
-
-
-def find_orphans(records: Iterable[tuple[int, float]]) -> list[psutil.Process]:
-    """Processes recorded by an earlier supervisor (pid, create_time) that are still alive.
-
-    Matching on create_time too means a pid the kernel has since given to an unrelated process
-    is left alone. Their current descendants are included.
-    """
-    alive = [p for p in (same_process_alive(pid, ct) for pid, ct in records) if p is not None]
-    return _expand_with_descendants(alive)
-
-
-def wait_for_exit(tree: LaunchedTree, timeout_s: float, poll_s: float = 0.2) -> int | None:
-    """Wait up to ``timeout_s`` for torchrun *and* every known descendant to exit."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        code = tree.poll()
-        if code is not None and not tree.live_processes():
-            return code
-        if time.monotonic() >= deadline:
-            return code
-        time.sleep(poll_s)

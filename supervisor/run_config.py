@@ -45,6 +45,7 @@ class RunConfig:
     stop_timeout: float | None = None  # None: the checkpoint allowance in force
     probe_timeout: float | None = None  # None: auto, from the probe's measured cost on this machine
     allow_config_change: bool = False  # forwarded to the worker as --allow_config_change
+    workers_outlive_supervisor: bool = False  # True: workers are not told to stop when we die
     launcher: list[str] = field(default_factory=lambda: [sys.executable, "-m", "torch.distributed.run"])
 
     def describe(self) -> dict[str, Any]:

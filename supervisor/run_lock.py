@@ -1,4 +1,5 @@
 """One supervisor per run directory: an OS lock on ``supervisor.lock`` held for our lifetime.
+Also the supervisor's side of the worker's lock (``worker.lock``): is a trainer holding it?
 
 ``flock`` is released by the kernel when the holder dies (even by SIGKILL), so a stale lock file
 never blocks a restart, and no pid-file guessing is needed. The file's content (the holder's pid)
@@ -9,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 from pathlib import Path
+from typing import Self
 
 
 class RunLockHeld(Exception):
@@ -42,8 +44,11 @@ class RunLock:
         except BaseException:
             os.close(fd)
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass  # a full disk: the flock is the lock; the pid is only there to name us to others
         self._fd = fd
 
     def release(self) -> None:
@@ -57,16 +62,31 @@ class RunLock:
         os.close(self._fd)
         self._fd = None
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> Self:
         self.acquire()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def worker_lock_holder(path: Path) -> int | None:
+    """The pid holding the worker's lock (``RunDir.worker_lock``), 0 if held by an unnamed
+    holder, ``None`` if nobody holds it. Never creates the file, and holds the lock only for the
+    instant of the test."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None  # absent (no trainer ever ran here) or unreadable: nobody provably holds it
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_pid(fd) or 0
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def _read_pid(fd: int) -> int | None:

@@ -8,8 +8,6 @@ every record of what happened goes through ``self.journal``.
 """
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import time
 from collections.abc import Callable
@@ -34,9 +32,15 @@ from supervisor.checkpoint_selection import (
 )
 from supervisor.disk_guard import DiskGuard
 from supervisor.journal import CycleState, Journal, Reporter
-from supervisor.process_tree import find_orphans, kill_tree, send_signal
+from supervisor.orphans import (
+    find_foreign_trainers,
+    lost_supervisor,
+    stop_orphans,
+    survey_orphans,
+)
 from supervisor.run_config import DEFAULT_WORKER, MultiNode, RunConfig
 from supervisor.run_lock import RunLock
+from supervisor.stop_signals import StopRequested
 from supervisor.watch import TorchrunAttempts
 
 __all__ = ["DEFAULT_WORKER", "MultiNode", "RunConfig", "Supervisor"]
@@ -64,11 +68,7 @@ class Supervisor:
         self._select = select
 
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.stops.request)
-        signal.signal(signal.SIGINT, self.stops.request)
-        # torchrun exiting wakes the loop at once instead of at the next poll: crash detection
-        # latency is then torchrun's own, not our monitor interval.
-        signal.signal(signal.SIGCHLD, self.stops.wake)
+        self.stops.install()  # SIGINT, SIGTERM, SIGHUP ask to stop; SIGCHLD wakes the loop
 
     def run(self) -> SupervisorExit:
         """Take the lock (RunLockHeld propagates), then supervise until a terminal state."""
@@ -76,6 +76,8 @@ class Supervisor:
         self.lock.acquire()
         try:
             return self._run_locked()
+        except StopRequested as request:  # raised only out of a checkpoint validation
+            return self._end(SupervisorStateName.STOPPED, messages.stopped(f"{request}, during checkpoint validation"))
         except Exception as exc:
             if self.journal.state is not None:
                 self.journal.event(EventKind.INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}")
@@ -100,6 +102,9 @@ class Supervisor:
                 self.journal.event(EventKind.RESTARTED, f"restart {restarts_used}/{self.config.limits.max_restarts} "
                                    f"after {relaunch}", restarts_used=restarts_used)
             self.disk.check(force=True)
+            foreign = find_foreign_trainers(self.run_dir.root)
+            if foreign is not None:  # a bare torchrun, another copy of gpt2sup's workers: never two trainers
+                return self._end(SupervisorStateName.REFUSED, f"refusing to launch: {foreign.describe()}")
             result = self._attempt()
             if not result.outcome.is_failure:
                 return self._end_of_training(result)
@@ -213,20 +218,29 @@ class Supervisor:
         return max((int(stem) for stem in stems if stem.isdigit()), default=0)
 
     def _kill_orphans(self, previous: SupervisorState) -> None:
-        """Processes an earlier (killed) supervisor launched and left running: stop them first."""
-        orphans = [p for p in find_orphans([(p.pid, p.create_time) for p in previous.processes])
-                   if p.pid != os.getpid()]
-        if not orphans:
+        """Processes an earlier (killed) supervisor of THIS directory left running: stop them first.
+
+        Only processes proven to be this run's are signalled (``supervisor.orphans``); a stop
+        request to us ends the wait (the second one at once).
+        """
+        lost = lost_supervisor(previous)
+        if lost is not None:
+            self.journal.event(EventKind.WARNING, lost, previous_supervisor=previous.pid)
+        survey = survey_orphans(previous, self.run_dir.root)
+        if survey.left_alone:
+            self.journal.event(EventKind.WARNING, f"not touching {len(survey.left_alone)} live process(es) recorded "
+                               "in supervisor.json: " + "; ".join(f"pid {pid}: {why}" for pid, why in
+                                                                  sorted(survey.left_alone.items())),
+                               pids=sorted(survey.left_alone))
+        if not survey.orphans:
             return
-        # Workers first get the graceful stop (they save at the step boundary), then the tree goes.
-        worker_pids = {p.pid for p in previous.processes if p.role == "worker"}
-        workers = [p for p in orphans if p.pid in worker_pids]
-        send_signal(workers, signal.SIGTERM)
-        psutil.wait_procs(workers, timeout=self._stop_timeout())
-        report = kill_tree(orphans, grace_s=self.config.kill_grace)
-        pids = sorted(p.pid for p in orphans)
-        self.journal.event(EventKind.ORPHANS_KILLED, f"stopped {len(pids)} process(es) left by supervisor "
-                           f"{previous.pid}: {pids}", pids=pids, survivors=report.survivors)
+        report = stop_orphans(survey, self.run_dir.root, kill_grace_s=self.config.kill_grace,
+                              stop_timeout_s=self._stop_timeout(), stop_requests=lambda: self.stops.count,
+                              wait=self.stops.sleep)
+        how = f"killed ({report.forced})" if report.forced else "saved and stopped"
+        self.journal.event(EventKind.ORPHANS_KILLED, f"{how}: {len(report.pids)} process(es) left by supervisor "
+                           f"{previous.pid}: {report.pids}", pids=report.pids, forced=report.forced,
+                           survivors=report.survivors, seconds=round(report.seconds, 2))
 
     def _stop_timeout(self) -> float:
         if self.config.stop_timeout is not None:
@@ -257,7 +271,8 @@ class Supervisor:
 
     def _choose_checkpoint(self) -> int | None:
         """Validate newest-first, quarantine, re-point the link. Returns the step to resume from."""
-        selection = self._select(self.run_dir.root, probe_timeout=self.config.probe_timeout)
+        with self.stops.interruptible():  # a load-probe can take minutes: Ctrl-C must not wait for it
+            selection = self._select(self.run_dir.root, probe_timeout=self.config.probe_timeout)
         for verdict, new_path in selection.quarantined:
             self.journal.event(EventKind.QUARANTINED, f"checkpoint {verdict.path.name} failed validation "
                                f"({verdict.reason}); renamed to {new_path.name}", checkpoint=verdict.path.name,

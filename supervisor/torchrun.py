@@ -13,9 +13,11 @@ from pathlib import Path
 
 from shared.atomic_io import read_file_tail
 from supervisor.policy import RankExit
+from supervisor.process_tree import own_identity
 from supervisor.run_config import RunConfig
 
 LOG_TAIL_BYTES = 64 * 1024
+SUPERVISOR_ENV = "GPT2SUP_SUPERVISOR"  # <pid>:<create_time> of the supervisor; workers stop when it is gone
 MAX_LINE_CHARS = 300
 
 _RANK_EXIT_RE = re.compile(r"rank\s*:\s*(\d+)[^\n]*\n\s*exitcode\s*:\s*(-?\d+)")
@@ -60,6 +62,11 @@ def build_env(config: RunConfig, base: dict[str, str] | None = None) -> dict[str
     if not env.get("OMP_NUM_THREADS"):
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(1, config.nproc_per_node)))
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # Workers save and stop when the supervisor named here is gone, so a SIGKILLed supervisor does
+    # not leave a trainer running unwatched; --workers-outlive-supervisor removes the name.
+    env.pop(SUPERVISOR_ENV, None)
+    if not config.workers_outlive_supervisor:
+        env[SUPERVISOR_ENV] = own_identity().token
     return env
 
 

@@ -29,6 +29,7 @@ from supervisor.process_tree import (
     launch,
     send_signal,
 )
+from supervisor.process_tree import is_stopped as process_stopped
 from supervisor.run_config import RunConfig
 
 # After torchrun exits, how long stray descendants get before the tree is killed.
@@ -36,13 +37,9 @@ EXIT_STRAGGLER_GRACE_S = 2.0
 REPORT_EVERY_S = 2.0
 MEMORY_TIGHT_FRACTION = 0.03
 MEMORY_TIGHT_MEMORY_S = 15.0
-
-
-def process_stopped(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
+# A poll this late (and at least 10 monitor intervals late) means the supervisor itself was not
+# running: SIGSTOPped, a suspended VM, a starved host. Worth a line: everything it times jumped.
+SCHEDULING_GAP_S = 5.0
 
 
 def process_running(pid: int) -> bool:
@@ -140,7 +137,12 @@ class TorchrunAttempts:
             self.journal.save_state(processes=[])
 
     def _watch(self, live: _Live) -> AttemptResult:
+        last_poll = time.monotonic()
         while True:
+            gap, last_poll = time.monotonic() - last_poll, time.monotonic()
+            if gap > max(10 * self.config.monitor_interval, SCHEDULING_GAP_S):
+                self.journal.event(EventKind.WARNING, f"the supervisor itself was not scheduled for {gap:.0f}s "
+                                   "(stopped, suspended or starved)", gap_s=round(gap, 1))
             code = live.tree.poll()
             if live.tree.refresh():
                 self.journal.save_state(processes=process_records(live.tree))
@@ -158,6 +160,7 @@ class TorchrunAttempts:
                 if hang is not None:
                     return hang
             self.disk.check()
+            self.journal.flush()  # space may be back: what waits in memory goes out now
             if time.monotonic() - self._last_report >= REPORT_EVERY_S:
                 self._last_report = time.monotonic()
                 self.journal.show_progress()
@@ -202,12 +205,15 @@ class TorchrunAttempts:
             live.stop_sent_at = time.monotonic()
             workers = tree.worker_processes()
             self.journal.save_state(state=SupervisorStateName.STOPPING)
+            asked_by = self.stops.names[0] if self.stops.names else None  # SIGINT, SIGTERM or SIGHUP
             if workers:
                 send_signal(workers, signal.SIGTERM)
-                self.journal.event(EventKind.STOP_REQUESTED, f"stop requested: asked {len(workers)} worker(s) to "
-                                   "save and exit (another stop request forces)", pids=[p.pid for p in workers])
+                self.journal.event(EventKind.STOP_REQUESTED, f"stop requested ({asked_by}): asked {len(workers)} "
+                                   "worker(s) to save and exit (another stop request forces)",
+                                   pids=[p.pid for p in workers], signal=asked_by)
             else:
-                self.journal.event(EventKind.STOP_REQUESTED, "stop requested before workers started: stopping torchrun")
+                self.journal.event(EventKind.STOP_REQUESTED, f"stop requested ({asked_by}) before workers started: "
+                                   "stopping torchrun", signal=asked_by)
                 kill_tree(tree.live_processes(), grace_s=self.config.kill_grace, reap=tree.popen)
             return None
         if self.stops.count < 2 and time.monotonic() - live.stop_sent_at <= self.stop_timeout():

@@ -173,6 +173,10 @@ T, B, L = DEFAULTS.timeouts, DEFAULTS.backoff, DEFAULTS.limits
                    "quarantines a file.")
 @click.option("--allow-config-change", is_flag=True, default=DEFAULTS.allow_config_change,
               help="Resume even though the worker arguments change the run's math (forwarded to the worker).")
+@click.option("--workers-outlive-supervisor", is_flag=True, default=DEFAULTS.workers_outlive_supervisor,
+              help="Let the workers train on if this supervisor is killed (for nohup/setsid setups that "
+                   "restart the supervisor by hand). By default each worker saves and stops at its next "
+                   "step once the supervisor is gone.")
 @click.option("--worker", "worker_module", default=DEFAULTS.worker_module, help="Python module torchrun runs (-m).")
 @click.option("--nnodes", default=None, help="Multi-node: number of nodes (torchrun --nnodes), one supervisor per node.")
 @click.option("--node-rank", default=None, type=click.IntRange(min=0), help="Multi-node: this node's rank.")
@@ -184,15 +188,17 @@ def run(log_dir: str, max_restarts: int, nproc_per_node: int, hang_timeout: floa
         checkpoint_timeout: float | None, eval_timeout: float | None, monitor_interval: float,
         backoff_initial: float, backoff_max: float, backoff_reset_after: float, max_no_progress_restarts: int,
         min_free_disk: int | None, prune_on_low_disk: bool, kill_grace: float, stop_timeout: float | None,
-        probe_timeout: float | None, allow_config_change: bool, worker_module: str, nnodes: str | None,
+        probe_timeout: float | None, allow_config_change: bool, workers_outlive_supervisor: bool, worker_module: str,
+        nnodes: str | None,
         node_rank: int | None, rdzv_endpoint: str | None, rdzv_id: str, rdzv_backend: str,
         worker_args: tuple[str, ...]) -> None:
     """Launch torchrun workers and keep them alive: restart on crashes and hangs, from the newest
     checkpoint that passes validation, until training finishes.
 
     \b
-    SIGINT/SIGTERM (or `gpt2sup stop`) asks the workers to save at the next step and exit;
-    a second one kills them. Run `gpt2sup status` in another terminal to look in.
+    SIGINT/SIGTERM/SIGHUP (or `gpt2sup stop`) asks the workers to save at the next step and
+    exit; a second one kills them (under nohup SIGHUP stays ignored). Run `gpt2sup status` in
+    another terminal to look in.
     """
     config = RunConfig(
         log_dir=_usable_log_dir(log_dir),
@@ -212,6 +218,7 @@ def run(log_dir: str, max_restarts: int, nproc_per_node: int, hang_timeout: floa
         stop_timeout=stop_timeout,
         probe_timeout=probe_timeout,
         allow_config_change=allow_config_change,
+        workers_outlive_supervisor=workers_outlive_supervisor,
     )
     sys.exit(int(_supervise(config)))
 

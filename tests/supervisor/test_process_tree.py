@@ -16,11 +16,20 @@ import psutil
 import pytest
 
 from shared.run_dir import RunDir
-from tests.checkpoint_factory import make_checkpoint, truncate_to_fraction
 from supervisor import checkpoint_selection as cs
 from supervisor.evidence import capture_hang_evidence, next_incident_number
-from supervisor.process_tree import find_orphans, kill_tree, launch, same_process_alive
-from supervisor.run_lock import RunLock, RunLockHeld
+from supervisor.process_tree import (
+    CREATE_TIME_TOLERANCE_S,
+    ProcessId,
+    command_line_log_dir,
+    is_stopped,
+    kill_tree,
+    launch,
+    processes_with_log_dir,
+    same_process_alive,
+)
+from supervisor.run_lock import RunLock, RunLockHeld, worker_lock_holder
+from tests.checkpoint_factory import make_checkpoint, truncate_to_fraction
 
 # A parent that spawns two children which IGNORE SIGTERM (like a worker busy saving), then waits.
 TREE_SCRIPT = textwrap.dedent(
@@ -64,7 +73,7 @@ def test_kill_tree_escalates_to_sigkill_and_leaves_no_survivor(tmp_path):
     started = time.monotonic()
     report = kill_tree(tree.live_processes(), grace_s=1.0, reap=tree.popen)
     assert time.monotonic() - started < 10
-    assert report.clean
+    assert not report.survivors
     assert sorted(report.killed) == sorted(k.pid for k in kids)  # SIGTERM was ignored
     for pid in pids:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -77,28 +86,87 @@ def test_kill_tree_finds_reparented_descendants(tmp_path):
     tree.popen.wait(5)
     assert all(k.is_running() for k in kids)
     report = kill_tree(tree.live_processes(), grace_s=0.5, reap=tree.popen)
-    assert report.clean
+    assert not report.survivors
     assert not any(same_process_alive(k.pid, k.create_time()) for k in kids if k.is_running())
 
 
-def test_find_orphans_matches_pid_and_create_time(tmp_path):
+def test_a_process_is_identified_by_pid_and_start_time_with_one_tolerance(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        ct = psutil.Process(proc.pid).create_time()
-        assert [p.pid for p in find_orphans([(proc.pid, ct)])] == [proc.pid]
-        assert find_orphans([(proc.pid, ct - 100.0)]) == []  # same pid, different process
-        assert find_orphans([(2**22 + 17, ct)]) == []  # no such pid
+        me = ProcessId.of(psutil.Process(proc.pid))
+        assert same_process_alive(me.pid, me.create_time).pid == proc.pid
+        assert same_process_alive(me.pid, me.create_time + CREATE_TIME_TOLERANCE_S / 2) is not None
+        assert same_process_alive(me.pid, me.create_time - 100.0) is None  # same pid, another process
+        assert same_process_alive(2**22 + 17, me.create_time) is None  # no such pid
+        assert ProcessId.parse(me.token) == ProcessId(me.pid, round(me.create_time, 3))
+        assert ProcessId.parse(me.token).alive() is not None
+        assert ProcessId.parse("garbage") is None and ProcessId.parse("12:nan") is None
     finally:
         proc.kill()
         proc.wait()
+    assert same_process_alive(me.pid, me.create_time) is None  # a zombie or gone: not alive
+
+
+_TRACER = textwrap.dedent(
+    """
+    import ctypes, sys, time
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.ptrace(16, int(sys.argv[1]), None, None) != 0:  # PTRACE_ATTACH
+        print("failed", ctypes.get_errno(), flush=True)
+        sys.exit(1)
+    print("attached", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_stopped_means_sigstopped_or_stopped_by_a_tracer(tmp_path):
+    sleeper = "import time; time.sleep(60)"
+    stopped = subprocess.Popen([sys.executable, "-c", sleeper])
+    traced = subprocess.Popen([sys.executable, "-c", sleeper])
+    running = subprocess.Popen([sys.executable, "-c", sleeper])
+    tracer = subprocess.Popen([sys.executable, "-c", _TRACER, str(traced.pid)], stdout=subprocess.PIPE, text=True)
+    try:
+        os.kill(stopped.pid, signal.SIGSTOP)
+        if tracer.stdout.readline().strip() != "attached":
+            pytest.skip("ptrace is not permitted here")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (is_stopped(stopped.pid) and is_stopped(traced.pid)):
+            time.sleep(0.05)
+        assert psutil.Process(traced.pid).status() == psutil.STATUS_TRACING_STOP
+        assert is_stopped(stopped.pid) and is_stopped(psutil.Process(traced.pid))
+        assert not is_stopped(running.pid)
+        assert not is_stopped(2**22 + 17)
+    finally:
+        for proc in (tracer, stopped, traced, running):
+            proc.kill()
+            proc.wait()
+
+
+def test_a_process_run_directory_is_its_log_dir_resolved_against_its_own_cwd(tmp_path):
+    (tmp_path / "runs").mkdir()
+    code = "import time; time.sleep(60)"
+    relative = subprocess.Popen([sys.executable, "-c", code, "--log_dir", "runs/../runs/a"], cwd=tmp_path)
+    equals = subprocess.Popen([sys.executable, "-c", code, f"--log_dir={tmp_path}/runs/b"], cwd="/")
+    none = subprocess.Popen([sys.executable, "-c", code, "--log-dir", str(tmp_path / "runs" / "a")])
+    try:
+        time.sleep(0.3)
+        assert command_line_log_dir(psutil.Process(relative.pid)) == tmp_path / "runs" / "a"
+        assert command_line_log_dir(psutil.Process(equals.pid)) == tmp_path / "runs" / "b"
+        assert command_line_log_dir(psutil.Process(none.pid)) is None  # the CLI's spelling is not a trainer's
+        assert [p.pid for p in processes_with_log_dir(tmp_path / "runs" / "a")] == [relative.pid]
+    finally:
+        for proc in (relative, equals, none):
+            proc.kill()
+            proc.wait()
 
 
 def test_run_lock_refuses_second_holder_and_names_pid(tmp_path):
     lock_path = tmp_path / "supervisor.lock"
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from supervisor.run_lock import RunLock; l = RunLock(sys.argv[1]); l.acquire();"
-         " print('locked', flush=True); time.sleep(60)", str(lock_path)],
+         ("import sys, time; from supervisor.run_lock import RunLock; l = RunLock(sys.argv[1]); l.acquire();"
+         " print('locked', flush=True); time.sleep(60)"), str(lock_path)],
         stdout=subprocess.PIPE, text=True,
     )
     try:
@@ -111,8 +179,8 @@ def test_run_lock_refuses_second_holder_and_names_pid(tmp_path):
         holder.kill()
         holder.wait()
     # The kernel released the lock of the killed holder: no stale-lock cleanup needed.
-    with RunLock(lock_path) as lock:
-        assert lock.held
+    with RunLock(lock_path):
+        assert lock_path.read_text().strip() == str(os.getpid())
 
 
 def test_evidence_of_a_stopped_process_does_not_hang(tmp_path):
@@ -143,6 +211,25 @@ def test_evidence_of_a_stopped_process_does_not_hang(tmp_path):
         for proc in (running, stopped):
             proc.kill()
             proc.wait()
+
+
+def test_worker_lock_holder_names_the_pid_holding_the_flock_and_never_creates_the_file(tmp_path):
+    lock_path = tmp_path / "worker.lock"
+    assert worker_lock_holder(lock_path) is None and not lock_path.exists()
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT);"
+         " fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); os.write(fd, str(os.getpid()).encode());"
+         " print('locked', flush=True); time.sleep(60)"), str(lock_path)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert worker_lock_holder(lock_path) == holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+    assert worker_lock_holder(lock_path) is None  # a dead holder's lock is gone with it
 
 
 # --- checkpoint selection, with real checkpoint files and the real validator ----------------------

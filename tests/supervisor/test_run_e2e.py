@@ -172,7 +172,8 @@ def test_sigterm_to_supervisor_saves_stops_and_run_again_continues(tmp_path, ref
 
 def test_second_supervisor_refused_and_orphans_of_a_killed_one_cleaned(tmp_path, reference_checkpoint):
     log_dir = tmp_path / "run"
-    first = start_supervisor(log_dir)
+    # Workers that outlive their supervisor: otherwise they save and stop by themselves once it dies.
+    first = start_supervisor(log_dir, "--workers-outlive-supervisor")
     wait_for_step(log_dir, 1, rank=0)
     second = subprocess.run(
         gpt2sup_argv("run", "--log-dir", str(log_dir), "--nproc-per-node", "2"),

@@ -1,0 +1,79 @@
+"""Stop requests from the outside world: SIGINT (Ctrl-C), SIGTERM, SIGHUP (terminal closed).
+
+All three mean "save at the next step boundary and stop": a dropped ssh session must not leave
+``supervisor.json`` saying ``running`` over orphaned workers. The handler only counts and wakes
+the loop (a second request forces), except inside :meth:`StopSignals.interruptible` blocks, where
+the loop is waiting on something it cannot poll (a checkpoint load-probe child): there the
+request raises :class:`StopRequested` so the wait ends at once. It derives from BaseException on
+purpose: the validation code treats an ``Exception`` as "this file is bad", and a Ctrl-C must
+never quarantine a good checkpoint.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class StopRequested(BaseException):
+    """Raised out of an interruptible wait when a stop request arrives."""
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class StopSignals:
+    """Counts stop requests (``names`` records which signals asked) and cuts the loop's sleep short."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self._woken = threading.Event()
+        self._interruptible = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.names)
+
+    def install(self) -> None:
+        for signum in STOP_SIGNALS:
+            # nohup starts us with SIGHUP ignored: the user asked to survive a closed terminal.
+            if signum == signal.SIGHUP and signal.getsignal(signum) == signal.SIG_IGN:
+                continue
+            signal.signal(signum, self.request)
+        # torchrun exiting wakes the loop at once instead of at the next poll: crash detection
+        # latency is then torchrun's own, not the monitor interval.
+        signal.signal(signal.SIGCHLD, self.wake)
+
+    def request(self, signum: int | None = None, _frame: Any = None) -> None:
+        """Signal-handler safe: count the request and wake the loop. A second one forces."""
+        self.names.append(signal_name(signum) if signum is not None else "request")
+        self._woken.set()
+        if self._interruptible:
+            raise StopRequested(self.names[-1])
+
+    def wake(self, *_: Any) -> None:
+        self._woken.set()
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep up to ``seconds``; a stop request or a child's exit ends it early."""
+        self._woken.wait(max(0.0, seconds))
+        self._woken.clear()
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Within this block a stop request raises StopRequested (one already pending does too)."""
+        if self.names:
+            raise StopRequested(self.names[-1])
+        self._interruptible += 1
+        try:
+            yield
+        finally:
+            self._interruptible -= 1

@@ -1,0 +1,193 @@
+"""Orphan clean-up touches only what it can prove is this run's, and never waits forever (7.2, 7.3).
+
+The "trainers" here are plain python processes whose command line carries ``--log_dir`` (what
+the proof reads), so these run in seconds; the torchrun versions live in test_resilience_e2e.py.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from shared.supervisor_state import ProcessRecord, SupervisorState
+from supervisor.orphans import (
+    find_foreign_trainers,
+    orphan_stop_verdict,
+    stop_orphans,
+    survey_orphans,
+)
+from supervisor.process_tree import ProcessId, same_process_alive
+
+# A rank: beats its heartbeat on SIGTERM (it "answers"), then exits; or ignores the request.
+RANK = textwrap.dedent(
+    """
+    import json, os, signal, sys, time
+    hb = os.path.join(sys.argv[sys.argv.index("--log_dir") + 1], "heartbeat", "rank0.json")
+    def beat(status):
+        tmp = hb + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"pid": os.getpid(), "rank": 0, "world_size": 1, "step": 3, "phase": "train",
+                       "time": time.time(), "status": status}, f)
+        os.replace(tmp, hb)
+    def on_term(*_):
+        beat("running")   # answered: saving at the step boundary
+        time.sleep(1.0)
+        beat("stopped")
+        sys.exit(0)
+    if "--ignore" in sys.argv:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    else:
+        signal.signal(signal.SIGTERM, on_term)
+    os.makedirs(os.path.dirname(hb), exist_ok=True)
+    beat("running")
+    print("up", flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def _start(run_dir: Path, *extra: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", RANK, "--log_dir", str(run_dir), *extra],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "up"
+    return proc
+
+
+def _dead_supervisor() -> ProcessId:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    ident = ProcessId.of(psutil.Process(proc.pid))
+    proc.wait()
+    return ident
+
+
+def _state(run_dir: Path, boss: ProcessId, procs: list[subprocess.Popen], roles: list[str] | None = None) -> SupervisorState:
+    records = [ProcessRecord(p.pid, psutil.Process(p.pid).create_time(), (roles or ["worker"] * len(procs))[i])
+               for i, p in enumerate(procs)]
+    return SupervisorState(state="running", pid=boss.pid, pid_create_time=boss.create_time,
+                           hostname=socket.gethostname(), log_dir=str(run_dir), started_at=0.0, processes=records)
+
+
+@pytest.fixture
+def reap():
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for proc in procs:
+        try:
+            os.kill(proc.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        proc.kill()
+        proc.wait()
+
+
+def test_a_copied_run_directory_never_touches_the_original_runs_live_processes(tmp_path, reap):
+    """`cp -a runA runB` while A trains: runB's supervisor.json names A's live supervisor and ranks."""
+    run_a, run_b = tmp_path / "runA", tmp_path / "runB"
+    rank = _start(run_a)
+    reap.append(rank)
+    me = ProcessId.of(psutil.Process())  # A's supervisor: alive
+    copied = _state(run_a, me, [rank])
+    survey = survey_orphans(copied, run_b)
+    assert survey.orphans == [] and "alive" in survey.left_alone[rank.pid]
+    # Even with A's supervisor dead, A's rank trains runA, not runB: still not ours.
+    survey = survey_orphans(_state(run_a, _dead_supervisor(), [rank]), run_b)
+    assert survey.orphans == [] and "runA" in survey.left_alone[rank.pid]
+    assert find_foreign_trainers(run_b) is None  # and nothing trains runB: B may launch
+    assert same_process_alive(rank.pid, psutil.Process(rank.pid).create_time())
+
+
+def test_orphans_of_a_dead_supervisor_of_this_directory_are_proven_and_asked_to_save(tmp_path, reap):
+    run = tmp_path / "run"
+    rank = _start(run)
+    reap.append(rank)
+    survey = survey_orphans(_state(run, _dead_supervisor(), [rank]), run)
+    assert [p.pid for p in survey.orphans] == [rank.pid]
+    report = stop_orphans(survey, run, kill_grace_s=5.0, stop_timeout_s=60.0,
+                          stop_requests=lambda: 0, wait=time.sleep)
+    assert report.forced is None and report.pids == [rank.pid] and not report.survivors
+    assert '"stopped"' in (run / "heartbeat" / "rank0.json").read_text()  # it saved and exited by itself
+
+
+def test_a_recorded_pid_now_used_by_another_process_is_left_alone(tmp_path, reap):
+    run = tmp_path / "run"
+    rank = _start(run)
+    reap.append(rank)
+    state = _state(run, _dead_supervisor(), [rank])
+    state.processes[0].create_time -= 50.0  # the record is of an older process with this pid
+    assert survey_orphans(state, run).orphans == []
+
+
+@pytest.mark.parametrize("how, why", [("sigstop", "stopped"), ("--ignore", "did not answer")])
+def test_an_orphan_that_cannot_or_will_not_save_is_killed_after_the_kill_grace_not_the_stop_timeout(
+    tmp_path, reap, how, why
+):
+    """A SIGSTOPped rank (the issue's scenario) or one ignoring SIGTERM: SIGCONT+SIGKILL, bounded."""
+    run = tmp_path / "run"
+    rank = _start(run, *([how] if how.startswith("--") else []))
+    reap.append(rank)
+    if how == "sigstop":
+        os.kill(rank.pid, signal.SIGSTOP)
+    survey = survey_orphans(_state(run, _dead_supervisor(), [rank]), run)
+    started = time.monotonic()
+    report = stop_orphans(survey, run, kill_grace_s=2.0, stop_timeout_s=600.0,
+                          stop_requests=lambda: 0, wait=time.sleep)
+    assert time.monotonic() - started < 10
+    assert report.forced and why in report.forced
+    assert not psutil.pid_exists(rank.pid) or psutil.Process(rank.pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_second_stop_request_ends_the_orphan_clean_up_at_once(tmp_path, reap):
+    run = tmp_path / "run"
+    rank = _start(run, "--ignore")
+    reap.append(rank)
+    survey = survey_orphans(_state(run, _dead_supervisor(), [rank]), run)
+    requests = iter([0, 1, 2, 2, 2])
+    started = time.monotonic()
+    report = stop_orphans(survey, run, kill_grace_s=60.0, stop_timeout_s=600.0,
+                          stop_requests=lambda: next(requests), wait=time.sleep)
+    assert time.monotonic() - started < 5
+    assert report.forced == "a second stop request"
+
+
+def test_a_bare_trainer_of_this_directory_is_foreign_and_named(tmp_path, reap):
+    run = tmp_path / "run"
+    rank = _start(run)
+    reap.append(rank)
+    foreign = find_foreign_trainers(run)
+    assert foreign is not None and list(foreign.processes) == [rank.pid]
+    assert str(rank.pid) in foreign.describe() and str(run) in foreign.describe()
+    assert find_foreign_trainers(run, own=[rank.pid]) is None
+
+
+def test_the_holder_of_the_worker_lock_is_foreign_even_without_a_log_dir_argument(tmp_path, reap):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT);"
+          " fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode());"
+          " print('up', flush=True); time.sleep(60)"), str(run / "worker.lock")],
+        stdout=subprocess.PIPE, text=True)
+    reap.append(holder)
+    assert holder.stdout.readline().strip() == "up"
+    foreign = find_foreign_trainers(run)
+    assert foreign is not None and foreign.lock_holder == holder.pid
+    assert f"pid {holder.pid}" in foreign.describe() and "worker.lock" in foreign.describe()
+
+
+def test_the_orphan_verdict_waits_for_answering_ranks_and_not_for_silent_or_stopped_ones():
+    kw = {"kill_grace_s": 10.0, "stop_timeout_s": 600.0}
+    assert orphan_stop_verdict(5.0, stop_requests=0, silent=1, stopped=1, **kw) is None  # within grace
+    assert "stopped" in orphan_stop_verdict(10.0, stop_requests=0, silent=0, stopped=1, **kw)
+    assert "did not answer" in orphan_stop_verdict(10.0, stop_requests=0, silent=1, stopped=0, **kw)
+    assert orphan_stop_verdict(300.0, stop_requests=1, silent=0, stopped=0, **kw) is None  # saving
+    assert "stop timeout" in orphan_stop_verdict(600.0, stop_requests=0, silent=0, stopped=0, **kw)
+    assert orphan_stop_verdict(0.0, stop_requests=2, silent=0, stopped=0, **kw) == "a second stop request"
