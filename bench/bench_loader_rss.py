@@ -89,7 +89,7 @@ def measure(mode: str, data_dir: Path, B: int, T: int, batches: int) -> dict:
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     result = subprocess.run(
         [sys.executable, "-c", CHILD, mode, str(data_dir), str(B), str(T), str(batches)],
-        capture_output=True, text=True, env=env,
+        capture_output=True, text=True, env=env, check=False,
     )
     if result.returncode != 0:
         raise SystemExit(f"{mode} child failed: {result.stderr.strip().splitlines()[-1:]}")

@@ -36,7 +36,7 @@ class Heartbeat:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Heartbeat":
+    def from_dict(cls, data: dict[str, Any]) -> Heartbeat:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 

@@ -40,7 +40,7 @@ class RunDir:
     root: Path
 
     @classmethod
-    def at(cls, root: str | Path) -> "RunDir":
+    def at(cls, root: str | Path) -> RunDir:
         return cls(Path(root))
 
     # --- worker-written files -------------------------------------------------------------
