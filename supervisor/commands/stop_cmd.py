@@ -80,13 +80,29 @@ def _wait_until_gone(targets: list[Target], timeout_s: float) -> list[Target]:
 
 
 def _final_line(log_dir: str) -> str:
+    """How the run ended, in the words and exit code ``gpt2sup run`` itself used."""
     snapshot = collect_snapshot(log_dir)
-    parts = [f"run {snapshot.log_dir}: {snapshot.verdict}"]
-    if snapshot.progress is not None and snapshot.progress.step is not None:
-        parts.append(f"at step {snapshot.progress.step}")
+    parts = [f"run {snapshot.log_dir}: {snapshot.verdict_text()}"]
+    progress = snapshot.progress
+    if progress is not None and progress.completed_steps is not None:
+        of = f"/{progress.max_steps}" if progress.max_steps else ""
+        parts.append(f"{progress.completed_steps}{of} steps done")
     if snapshot.checkpoints.newest_name:
         parts.append(f"newest checkpoint {snapshot.checkpoints.newest_name}")
-    return ", ".join(parts)
+    line = ", ".join(parts)
+    if snapshot.verdict == "stopped":
+        line += "; `gpt2sup run` resumes it"
+    return line
+
+
+def _requested_line(signalled: list[Target], force: bool, to_supervisor: bool) -> str:
+    names = ", ".join(f"{t.label} (pid {t.pid})" for t in signalled)
+    if force:
+        return f"forced stop: {names}"
+    # The request came from here, not from a terminal: the way to force it is this command.
+    what = "the worker saves at its next step boundary, then everything exits" if to_supervisor else (
+        "each rank saves at its next step boundary and exits")
+    return f"stop requested: {names}: {what} (`gpt2sup stop --force` stops without waiting)"
 
 
 @click.command("stop")
@@ -131,8 +147,8 @@ def stop(log_dir: str, force: bool, wait: bool, timeout_s: float) -> None:
     if not signalled:
         click.echo(f"nothing to stop in {log_dir}: the processes exited before the signal", err=True)
         sys.exit(EXIT_NOTHING_OR_TIMEOUT)
-    names = ", ".join(f"{t.label} (pid {t.pid})" for t in signalled)
-    click.echo(f"{'forced stop' if force else 'stop requested'}: {names}")
+    to_supervisor = signalled[0].label == "supervisor"
+    click.echo(_requested_line(signalled, force, to_supervisor))
     if not wait:
         sys.exit(EXIT_DELIVERED)
 
