@@ -1,6 +1,6 @@
 """Peak memory of ShardedTokenLoader on a 100M-token shard (goal: loader delta < 300 MB).
 
-Why a benchmark and not a test: memory numbers depend on the machine; DESIGN §7 keeps
+Why a benchmark and not a test: memory numbers depend on the machine, so the project keeps
 performance in scripts that print a table.
 
 Each measurement runs in a fresh subprocess so nothing the parent touched (writing the shard,

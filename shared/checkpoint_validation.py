@@ -1,6 +1,6 @@
 """Is this checkpoint file sound? Cheap checks first, the torch load-probe last.
 
-Used by ``gpt2sup verify`` and by the supervisor before every restart (DESIGN §4, §6). The
+Used by ``gpt2sup verify`` and by the supervisor before every restart (docs/checkpoints.md). The
 checks run in order and stop at the first failure:
 
 1. ``file``      exists (a symlink is followed; a dangling one is reported), is a regular file,

@@ -1,4 +1,4 @@
-"""Heartbeat schema (DESIGN §5): the worker's only live channel to the supervisor.
+"""Heartbeat schema (README, "The run directory"): the worker's only live channel to the supervisor.
 
 Each rank rewrites ``heartbeat/rank{R}.json`` atomically from its training loop, at least once per
 optimizer step and at every phase change. It is never written from a background thread: a thread

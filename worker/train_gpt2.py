@@ -43,7 +43,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
         description="Train GPT-2 (build-nanogpt recipe) with exact, atomic checkpoint/resume.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    ck = p.add_argument_group("checkpoints (see the reference guide)")
+    ck = p.add_argument_group("checkpoints (see docs/checkpoints.md)")
     ck.add_argument("--auto_resume", action="store_true", help="resume from latest_checkpoint.pt, else the highest-step model_*.pt; start fresh if none")
     ck.add_argument("--resume", action="store_true", help="resume from --checkpoint_path (all state)")
     ck.add_argument("--checkpoint_path", default=None, help="checkpoint file for --resume")

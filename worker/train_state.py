@@ -1,8 +1,8 @@
 """What a checkpoint holds, as one readable list (torchtitan-style stateful composition).
 
 Each piece that must survive a restart (model, optimizer, data loader, RNGs, progress) exposes its
-own state; these two functions only compose them under the reference guide's key names. Adding a
-new piece of state touches this file, never the training loop.
+own state; these two functions only compose them under build-nanogpt's key names
+(docs/checkpoints.md). Adding a new piece of state touches this file, never the training loop.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def restore_full_state(
     train_loader: Any,
     device_type: str,
 ) -> tuple[TrainProgress, RngRestoreReport]:
-    """Mode 1 of the guide (--resume / --auto_resume): every piece of state."""
+    """Mode 1 of docs/checkpoints.md (--resume / --auto_resume): every piece of state."""
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     train_loader.set_state(checkpoint["train_loader_state"])

@@ -1,4 +1,4 @@
-"""``gpt2sup verify``: is this checkpoint sound? (the operator's instrument, DESIGN §1)
+"""``gpt2sup verify``: is this checkpoint sound? (the operator's instrument)
 
 The checks live in ``shared.checkpoint_validation`` so the supervisor's pre-restart validation
 and this command can never disagree. This module only expands paths, prints and picks the exit
