@@ -341,7 +341,9 @@ def render_panel(snapshot: RunSnapshot) -> RenderableType:
     disk = snapshot.disk
     if disk is not None:
         disk_style = "red" if disk.used_fraction > 0.9 else "yellow" if disk.used_fraction > 0.8 else "green"
-        grid.add_row("disk", _bar_row(disk.used_bytes, disk.total_bytes, _disk_text(snapshot), disk_style))
+        # The bar fills to df's Use% (used of used + available), the same number as its label.
+        usable = disk.used_bytes + disk.free_bytes
+        grid.add_row("disk", _bar_row(disk.used_bytes, usable, _disk_text(snapshot), disk_style))
     return Panel(grid, title=title, title_align="left")
 
 

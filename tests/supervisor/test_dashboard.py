@@ -29,7 +29,7 @@ from supervisor.dashboard import (
     render_panel,
     status_lines,
 )
-from supervisor.snapshot import RunSnapshot, collect_snapshot
+from supervisor.snapshot import DiskInfo, RunSnapshot, collect_snapshot
 
 TIMESTAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
 
@@ -234,3 +234,12 @@ def test_panel_title_shows_how_the_run_ended(tmp_path: Path) -> None:
         path.write_text(json.dumps(dict(json.loads(path.read_text()), status="finished_without_checkpoint")))
     text = panel_text(collect_snapshot(tmp_path, now=now))
     assert "finished without checkpoint (exit 5)" in text
+
+
+def test_disk_bar_fills_to_the_same_percent_as_its_label(tmp_path: Path) -> None:
+    snap = make_run(tmp_path)
+    # 300 used, 300 available, 400 reserved for root: df says 50%, not 30%.
+    snap.disk = DiskInfo(total_bytes=1000, used_bytes=300, free_bytes=300)
+    disk_line = next(line for line in panel_text(snap).splitlines() if "disk" in line and "free" in line)
+    assert "(50%)" in disk_line
+    assert disk_line.count("━") == 16  # half of the 32-cell bar
