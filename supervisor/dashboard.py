@@ -22,21 +22,28 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from supervisor.snapshot import RankInfo, ReplayCheckInfo, RunSnapshot
+from shared.vocabulary import RankStatus
+from supervisor.snapshot import (
+    ACTIVE_VERDICTS,
+    RankInfo,
+    ReplayCheckInfo,
+    RunSnapshot,
+    RunVerdict,
+)
 
 DEFAULT_PLAIN_INTERVAL_S = 30.0
 
 VERDICT_STYLE = {
-    "running": "bold green",
-    "finished": "bold green",
-    "finished without checkpoint": "bold red",
-    "stopped": "bold yellow",
-    "gave up": "bold red",
-    "refused": "bold red",
-    "crashed": "bold red",
-    "dead": "bold red",
-    "bare worker": "bold cyan",
-    "no run": "dim",
+    RunVerdict.RUNNING: "bold green",
+    RunVerdict.FINISHED: "bold green",
+    RunVerdict.FINISHED_WITHOUT_CHECKPOINT: "bold red",
+    RunVerdict.STOPPED: "bold yellow",
+    RunVerdict.GAVE_UP: "bold red",
+    RunVerdict.REFUSED: "bold red",
+    RunVerdict.CRASHED: "bold red",
+    RunVerdict.DEAD: "bold red",
+    RunVerdict.BARE_WORKER: "bold cyan",
+    RunVerdict.NO_RUN: "dim",
 }
 
 
@@ -163,7 +170,7 @@ def _checkpoint_text(snapshot: RunSnapshot) -> str:
             text += " valid"
         elif ck.newest_valid is False:
             text += f" INVALID: {ck.newest_reason or 'no reason recorded'}"
-        elif snapshot.verdict in ("running", "bare worker"):
+        elif snapshot.verdict in ACTIVE_VERDICTS:
             text += " not validated yet"
         else:  # nothing will validate it now: say how to
             text += " not validated by the supervisor (`gpt2sup verify` checks it)"
@@ -189,7 +196,7 @@ QUIET_SPREAD_S = 1.0
 
 
 def _marked_quiet_rank(snapshot: RunSnapshot) -> int | None:
-    active = [r for r in snapshot.ranks if r.status == "running"]
+    active = [r for r in snapshot.ranks if r.status == RankStatus.RUNNING]
     if len(active) < 2:
         return None
     quietest = max(active, key=lambda r: r.age_s)

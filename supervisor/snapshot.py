@@ -29,6 +29,7 @@ from shared.vocabulary import (
     EventKind,
     Phase,
     RankStatus,
+    StrEnum,
     SupervisorStateName,
 )
 
@@ -51,18 +52,32 @@ RECENT_EVENTS = 5
 EVENTS_TAIL_BYTES = 64 * 1024
 LOG_TXT_TAIL_BYTES = 16 * 1024
 
-# Verdict words (one per run, shown first by status).
-VERDICTS = (
-    "running", "finished", "finished without checkpoint", "stopped", "gave up", "refused", "crashed",
-    "dead", "bare worker", "no run",
-)
+
+class RunVerdict(StrEnum):
+    """The one word ``status`` leads with: what the run is doing, or how it ended."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    FINISHED_WITHOUT_CHECKPOINT = "finished without checkpoint"
+    STOPPED = "stopped"
+    GAVE_UP = "gave up"
+    REFUSED = "refused"
+    CRASHED = "crashed"
+    DEAD = "dead"  # the supervisor is gone and the run had not ended
+    BARE_WORKER = "bare worker"  # workers without a supervisor (a plain torchrun)
+    NO_RUN = "no run"
+
+
+VERDICTS = tuple(RunVerdict)
+# While one of these holds, something is training and an ETA means something.
+ACTIVE_VERDICTS = frozenset({RunVerdict.RUNNING, RunVerdict.BARE_WORKER})
 _TERMINAL_VERDICT = {
-    SupervisorStateName.FINISHED: "finished",
-    SupervisorStateName.FINISHED_WITHOUT_CHECKPOINT: "finished without checkpoint",
-    SupervisorStateName.STOPPED: "stopped",
-    SupervisorStateName.GAVE_UP: "gave up",
-    SupervisorStateName.REFUSED: "refused",
-    SupervisorStateName.ERROR: "crashed",
+    SupervisorStateName.FINISHED: RunVerdict.FINISHED,
+    SupervisorStateName.FINISHED_WITHOUT_CHECKPOINT: RunVerdict.FINISHED_WITHOUT_CHECKPOINT,
+    SupervisorStateName.STOPPED: RunVerdict.STOPPED,
+    SupervisorStateName.GAVE_UP: RunVerdict.GAVE_UP,
+    SupervisorStateName.REFUSED: RunVerdict.REFUSED,
+    SupervisorStateName.ERROR: RunVerdict.CRASHED,
 }
 # Terminal states in which a failure was not overcome.
 _FAILED_STATES = frozenset({SupervisorStateName.GAVE_UP, SupervisorStateName.REFUSED, SupervisorStateName.ERROR})
@@ -495,27 +510,27 @@ def _progress_info(
     )
 
 
-def _verdict(supervisor: SupervisorInfo | None, ranks: list[RankInfo], has_run: bool) -> str:
+def _verdict(supervisor: SupervisorInfo | None, ranks: list[RankInfo], has_run: bool) -> RunVerdict:
     if not has_run:
-        return "no run"
+        return RunVerdict.NO_RUN
     live_worker = any(r.pid_alive and r.status == RankStatus.RUNNING for r in ranks)
     if supervisor is not None:
         if supervisor.state in TERMINAL_STATES:
             if supervisor.alive is False and live_worker:
-                return "bare worker"  # a torchrun started by hand after the supervised run ended
+                return RunVerdict.BARE_WORKER  # a torchrun started by hand after the supervised run ended
             return _TERMINAL_VERDICT.get(supervisor.state, supervisor.state)
-        return "dead" if supervisor.alive is False else "running"
+        return RunVerdict.DEAD if supervisor.alive is False else RunVerdict.RUNNING
     # No supervisor: a bare `torchrun -m worker.train_gpt2`, or its leftovers.
     if live_worker:
-        return "bare worker"
+        return RunVerdict.BARE_WORKER
     statuses = {r.status for r in ranks}
     if statuses & {RankStatus.DIVERGED, RankStatus.FAILED} or RankStatus.RUNNING in statuses:
-        return "crashed"  # failed itself, or died without saying so
+        return RunVerdict.CRASHED  # failed itself, or died without saying so
     if statuses == {RankStatus.FINISHED}:
-        return "finished"
+        return RunVerdict.FINISHED
     if RankStatus.FINISHED_WITHOUT_CHECKPOINT in statuses:
-        return "finished without checkpoint"
-    return "stopped"  # stopped on request, or only checkpoints/metrics left: resumable
+        return RunVerdict.FINISHED_WITHOUT_CHECKPOINT
+    return RunVerdict.STOPPED  # stopped on request, or only checkpoints/metrics left: resumable
 
 
 def collect_snapshot(run_dir: Path | str, now: float | None = None) -> RunSnapshot:
@@ -523,7 +538,7 @@ def collect_snapshot(run_dir: Path | str, now: float | None = None) -> RunSnapsh
     now = time.time() if now is None else now
     run = RunDir.at(run_dir)
     if not run.root.is_dir():
-        return RunSnapshot(log_dir=str(run.root), time=now, exists=False, has_run=False, verdict="no run")
+        return RunSnapshot(log_dir=str(run.root), time=now, exists=False, has_run=False, verdict=RunVerdict.NO_RUN)
 
     state, raw_state = _read_state(run.supervisor_state)
     ranks = []
@@ -548,7 +563,7 @@ def collect_snapshot(run_dir: Path | str, now: float | None = None) -> RunSnapsh
         or metrics_tail
     )
     verdict = _verdict(supervisor, ranks, has_run)
-    progress = _progress_info(ranks, metrics_tail, verdict in ("running", "bare worker"), run.log_txt)
+    progress = _progress_info(ranks, metrics_tail, verdict in ACTIVE_VERDICTS, run.log_txt)
     disk = _disk_info(run.root)
     events = read_jsonl_tail(run.events, 10_000, tail_bytes=EVENTS_TAIL_BYTES)
     return RunSnapshot(

@@ -18,7 +18,13 @@ import click
 
 from shared.run_dir import RunDir
 from shared.supervisor_state import read_supervisor_state
-from supervisor.snapshot import collect_snapshot, heartbeat_pid_alive, process_matches
+from shared.vocabulary import RankStatus, SupervisorStateName
+from supervisor.snapshot import (
+    RunVerdict,
+    collect_snapshot,
+    heartbeat_pid_alive,
+    process_matches,
+)
 
 EXIT_DELIVERED = 0
 EXIT_NOTHING_OR_TIMEOUT = 1
@@ -51,7 +57,7 @@ def find_targets(log_dir: str | Path) -> tuple[list[Target], str]:
     workers = [
         Target(r.pid, f"worker rank {r.rank}", None, snapshot.time - r.age_s)
         for r in snapshot.ranks
-        if r.pid_alive and r.status == "running" and r.pid != os.getpid()
+        if r.pid_alive and r.status == RankStatus.RUNNING and r.pid != os.getpid()
     ]
     return workers, snapshot.verdict
 
@@ -90,7 +96,7 @@ def _final_line(log_dir: str) -> str:
     if snapshot.checkpoints.newest_name:
         parts.append(f"newest checkpoint {snapshot.checkpoints.newest_name}")
     line = ", ".join(parts)
-    if snapshot.verdict == "stopped":
+    if snapshot.verdict == RunVerdict.STOPPED:
         line += "; `gpt2sup run` resumes it"
     return line
 
@@ -138,7 +144,7 @@ def stop(log_dir: str, force: bool, wait: bool, timeout_s: float) -> None:
         click.echo(f"nothing to stop in {where}: no live supervisor or worker (run: {found})", err=True)
         sys.exit(EXIT_NOTHING_OR_TIMEOUT)
 
-    already_stopping = len(targets) == 1 and targets[0].label == "supervisor" and found == "stopping"
+    already_stopping = len(targets) == 1 and targets[0].label == "supervisor" and found == SupervisorStateName.STOPPING
     signalled = [t for t in targets if _send(t, signal.SIGINT if force and already_stopping else signal.SIGTERM)]
     if force and not already_stopping:
         time.sleep(FORCE_GAP_S)
