@@ -383,7 +383,7 @@ def test_before_the_first_step_a_run_reads_starting(tmp_path: Path) -> None:
     snap = collect_snapshot(tmp_path, now=time.time() + 6)
     assert snap.progress.completed_steps is None and snap.progress.fraction == 0.0
     out = status_text(tmp_path)
-    assert "step starting" in out and "-1" not in out
+    assert "step starting" in out and "step -1" not in out and "steps -1" not in out
     assert "steps starting" in out  # the rank line agrees
 
 
