@@ -1,4 +1,4 @@
-"""The checkpoint dict (reference guide §2.1 + DESIGN §4) as a contract both sides can check.
+"""The checkpoint dict (docs/checkpoints.md) as a contract both sides can check.
 
 The worker writes it; ``gpt2sup verify`` and the supervisor's pre-restart validation read it.
 Everything here is plain Python so it imports without torch.
@@ -9,7 +9,7 @@ from typing import Any
 
 FORMAT_VERSION = 1
 
-# Keys of the reference guide, plus our own ``format_version`` and ``train_config``.
+# build-nanogpt's keys (docs/checkpoints.md), plus our own ``format_version`` and ``train_config``.
 REQUIRED_KEYS = (
     "model",
     "optimizer",

@@ -1,4 +1,4 @@
-"""Load a checkpoint file without ever running code from it, in our format or the guide's.
+"""Load a checkpoint file without ever running code from it, in our format or build-nanogpt's.
 
 One job: ``load_checkpoint(path) -> dict`` for every reader (the worker's resume and
 ``--pretrained_checkpoint``, the load-probe behind ``gpt2sup verify``, ``gpt2sup convert``).
@@ -19,7 +19,7 @@ Before loading, the pickle's global names are listed (cheap: ``data.pkl`` only).
 neither torch's nor on our allowlist refuses the file with one line naming what it asks for and
 what to do; torch's own advice to switch safe loading off is never passed on.
 
-The result is normalised to our format (DESIGN §4): ``config`` a plain dict, the numpy RNG state
+The result is normalised to our format (docs/checkpoints.md): ``config`` a plain dict, the numpy RNG state
 ``[str, int64 tensor, int, int, float]``, the Python RNG state ``[int, list, float | None]``,
 and, for a guide file, ``format_version`` added and ``source_format`` = ``"build-nanogpt"``.
 
@@ -33,7 +33,7 @@ from typing import Any
 
 from shared.checkpoint_format import FORMAT_VERSION
 
-GUIDE_FORMAT = "build-nanogpt"  # value of ``source_format`` in a dict normalised from the guide's format
+GUIDE_FORMAT = "build-nanogpt"  # value of ``source_format`` in a dict normalised from build-nanogpt's format
 # Pickled names a GPTConfig dataclass gets when the trainer ran as a script or as a module.
 _CONFIG_NAME = re.compile(r"^(?:[A-Za-z_][\w]*\.)*GPTConfig$")
 _NUMPY_MODULES = ("numpy._core.multiarray", "numpy.core.multiarray")  # numpy 2 / numpy 1 spellings
@@ -193,7 +193,7 @@ def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
         raise CheckpointLoadError(f"cannot read the file's numpy or config objects: {error}") from None
 
 
-# --- normalising the guide's format into ours ------------------------------------------------------
+# --- normalising build-nanogpt's format into ours ------------------------------------------------------
 
 def _plain(value: Any, torch: Any) -> Any:
     """Stand-ins -> our types anywhere in the dict: arrays become tensors, configs dicts."""

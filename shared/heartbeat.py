@@ -1,4 +1,4 @@
-"""Heartbeat schema (DESIGN §5): the worker's only live channel to the supervisor.
+"""Heartbeat schema (README, "The run directory"): the worker's only live channel to the supervisor.
 
 Each rank rewrites ``heartbeat/rank{R}.json`` atomically from its training loop, at least once per
 optimizer step and at every phase change. It is never written from a background thread: a thread
@@ -36,7 +36,7 @@ class Heartbeat:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Heartbeat":
+    def from_dict(cls, data: dict[str, Any]) -> Heartbeat:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 

@@ -1,4 +1,4 @@
-"""The run directory layout (DESIGN §3): one place that names every file both sides use."""
+"""The run directory layout (README, "The run directory"): one place that names every file both sides use."""
 from __future__ import annotations
 
 import os
@@ -15,7 +15,7 @@ TMP_SUFFIX = ".tmp"
 
 
 def checkpoint_name(step: int) -> str:
-    """``model_{step:05d}.pt`` as in the reference guide."""
+    """``model_{step:05d}.pt``, as docs/checkpoints.md names them."""
     return f"model_{step:05d}.pt"
 
 
@@ -40,7 +40,7 @@ class RunDir:
     root: Path
 
     @classmethod
-    def at(cls, root: str | Path) -> "RunDir":
+    def at(cls, root: str | Path) -> RunDir:
         return cls(Path(root))
 
     # --- worker-written files -------------------------------------------------------------

@@ -70,7 +70,7 @@ def _parse_ranks(contents: bytes, source: Path) -> dict[bytes, int]:
     return ranks
 
 
-def build_gpt2_encoding(path: Path) -> "tiktoken.Encoding":
+def build_gpt2_encoding(path: Path) -> tiktoken.Encoding:
     """Build the GPT-2 ``tiktoken.Encoding`` from a rank table file, verifying its sha256 first.
 
     Uncached: :func:`get_gpt2_encoding` is the cached entry point; this one exists so a test can
@@ -103,6 +103,6 @@ def build_gpt2_encoding(path: Path) -> "tiktoken.Encoding":
 
 
 @functools.lru_cache(maxsize=1)
-def get_gpt2_encoding() -> "tiktoken.Encoding":
+def get_gpt2_encoding() -> tiktoken.Encoding:
     """The GPT-2 encoding from the packaged rank table (built once per process, no network)."""
     return build_gpt2_encoding(packaged_rank_table_path())

@@ -1,6 +1,6 @@
 """Is this checkpoint file sound? Cheap checks first, the load-probe child last.
 
-Used by ``gpt2sup verify`` and by the supervisor before every restart (DESIGN §4, §6), so the two
+Used by ``gpt2sup verify`` and by the supervisor before every restart (docs/checkpoints.md, docs/architecture.md), so the two
 can never disagree. The checks run in order and stop at the first failure:
 
 1. ``file``      exists (a symlink is followed; a dangling one is reported), is a regular file,
@@ -99,7 +99,7 @@ class ValidationResult:
     checks: list[Check] = field(default_factory=list)
     inconclusive: bool = False
     config: dict[str, Any] | None = None
-    source_format: str | None = None  # "build-nanogpt" for a file in the guide's format
+    source_format: str | None = None  # "build-nanogpt" for a file in build-nanogpt's format
 
     @property
     def verdict(self) -> Verdict:

@@ -8,10 +8,12 @@ multi-day run does not write a progress line every monitor interval.
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import IO, Callable
+from typing import IO
 
 from rich.console import Console, RenderableType
 from rich.live import Live
@@ -20,39 +22,50 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from supervisor.snapshot import RankInfo, RunSnapshot
+from shared.vocabulary import RankStatus
+from supervisor.snapshot import (
+    ACTIVE_VERDICTS,
+    RankInfo,
+    ReplayCheckInfo,
+    RunSnapshot,
+    RunVerdict,
+)
 
 DEFAULT_PLAIN_INTERVAL_S = 30.0
 
 VERDICT_STYLE = {
-    "running": "bold green",
-    "finished": "bold green",
-    "stopped": "bold yellow",
-    "gave up": "bold red",
-    "crashed": "bold red",
-    "dead": "bold red",
-    "bare worker": "bold cyan",
-    "no run": "dim",
+    RunVerdict.RUNNING: "bold green",
+    RunVerdict.FINISHED: "bold green",
+    RunVerdict.FINISHED_WITHOUT_CHECKPOINT: "bold red",
+    RunVerdict.STOPPED: "bold yellow",
+    RunVerdict.GAVE_UP: "bold red",
+    RunVerdict.REFUSED: "bold red",
+    RunVerdict.CRASHED: "bold red",
+    RunVerdict.DEAD: "bold red",
+    RunVerdict.BARE_WORKER: "bold cyan",
+    RunVerdict.NO_RUN: "dim",
 }
 
 
 # --- formatting ----------------------------------------------------------------------------------
-def format_bytes(n: int | float | None) -> str:
+def format_bytes(n: float | None) -> str:
+    """Decimal units (kB, MB, GB: powers of 1000), the same as ``gpt2sup verify``, ``gpt2sup run``
+    and the worker print, so one checkpoint has one size wherever it is shown."""
     if n is None:
         return "-"
     value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(value) < 1000 or unit == "TB":
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} PiB"  # pragma: no cover - loop always returns
+        value /= 1000
+    return f"{value:.1f} PB"  # pragma: no cover - loop always returns
 
 
 def format_duration(seconds: float | None) -> str:
     """``h:mm:ss`` (hours keep counting past a day: a 3-day ETA reads 72:00:00)."""
     if seconds is None:
         return "-"
-    total = max(0, int(round(seconds)))
+    total = max(0, round(seconds))
     hours, rest = divmod(total, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}"
@@ -72,16 +85,29 @@ def format_loss(loss: float | None) -> str:
     return "-" if loss is None else f"{loss:.4f}"
 
 
+def format_percent_used(fraction: float) -> str:
+    """Rounded up, as ``df`` rounds Use%: a disk that is 99.1% full never reads 99%."""
+    return f"{math.ceil(fraction * 100 - 1e-9)}%"
+
+
 def utc_timestamp(t: float | None = None) -> str:
     moment = datetime.fromtimestamp(time.time() if t is None else t, tz=timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _step_text(snapshot: RunSnapshot) -> str:
+    """Completed steps out of all: ``60/60`` for a finished run, ``starting`` before step one."""
     progress = snapshot.progress
-    if progress is None or progress.step is None:
+    if progress is None:
         return "-"
-    return f"{progress.step}/{progress.max_steps}" if progress.max_steps else str(progress.step)
+    done = progress.completed_steps
+    if done is None:
+        return "starting"
+    return f"{done}/{progress.max_steps}" if progress.max_steps else str(done)
+
+
+def _rank_step_text(rank: RankInfo) -> str:
+    return "starting" if rank.step < 0 else str(rank.step + 1)
 
 
 def _restarts_text(snapshot: RunSnapshot) -> str | None:
@@ -89,12 +115,43 @@ def _restarts_text(snapshot: RunSnapshot) -> str | None:
     return None if sup is None else f"{sup.restarts_used}/{sup.max_restarts}"
 
 
+def _val_text(snapshot: RunSnapshot) -> str | None:
+    progress = snapshot.progress
+    if progress is None or progress.val_loss is None:
+        return None
+    return f"val {format_loss(progress.val_loss)} (step {progress.val_step})"
+
+
+def _failure_text(snapshot: RunSnapshot) -> str | None:
+    sup = snapshot.supervisor
+    if sup is None or not sup.last_failure_reason:
+        return None
+    recovered = " (recovered)" if sup.last_failure_recovered else ""
+    return f"{sup.last_failure_kind}{recovered}: {sup.last_failure_reason}"
+
+
+def replay_text(check: ReplayCheckInfo) -> str:
+    """The worker's proof (or disproof) that a resume was exact, in one line."""
+    where = f"after the resume at step {check.resumed_step}" if check.resumed_step is not None else "after a resume"
+    if check.equal:
+        return f"{check.steps_compared} re-done step(s) {where} matched the losses logged before"
+    mismatch = check.first_mismatch or {}
+    detail = (
+        f"step {mismatch.get('step')}: loss {mismatch.get('before')} before, {mismatch.get('after')} after"
+        if mismatch else (check.message or "no details recorded")
+    )
+    return f"MISMATCH {where}, {detail} — the resume was not exact"
+
+
 def progress_line(snapshot: RunSnapshot) -> str:
-    """One line: ``step 120/300 loss 5.1234 12,345 tok/s eta 0:01:10 restarts 1/10``."""
+    """One line: ``step 120/300 loss 5.1234 val 5.2000 (step 99) 12,345 tok/s eta 0:01:10 restarts 1/10``."""
     progress = snapshot.progress
     parts = [f"step {_step_text(snapshot)}"]
     if progress is not None:
         parts.append(f"loss {format_loss(progress.loss)}")
+        val = _val_text(snapshot)
+        if val is not None:
+            parts.append(val)
         parts.append(f"{format_rate(progress.tokens_per_s)} tok/s")
         parts.append(f"eta {format_duration(progress.eta_s)}")
     restarts = _restarts_text(snapshot)
@@ -113,19 +170,24 @@ def _checkpoint_text(snapshot: RunSnapshot) -> str:
             text += " valid"
         elif ck.newest_valid is False:
             text += f" INVALID: {ck.newest_reason or 'no reason recorded'}"
-        else:
+        elif snapshot.verdict in ACTIVE_VERDICTS:
             text += " not validated yet"
+        else:  # nothing will validate it now: say how to
+            text += " not validated by the supervisor (`gpt2sup verify` checks it)"
     if ck.quarantined:
         text += f", {ck.quarantined} quarantined"
     return text
 
 
-def _supervisor_text(snapshot: RunSnapshot) -> str:
+def _supervisor_text(snapshot: RunSnapshot, *, with_restarts: bool = True) -> str:
     sup = snapshot.supervisor
     if sup is None:
         return "none (no supervisor.json)"
     alive = {True: "alive", False: "not running", None: f"on {sup.hostname}, cannot check"}[sup.alive]
-    return f"pid {sup.pid} {alive}, state {sup.state}, attempt {sup.attempt}, restarts {sup.restarts_used}/{sup.max_restarts}"
+    text = f"pid {sup.pid} {alive}, state {sup.state}, attempt {sup.attempt}"
+    if with_restarts:  # the panel has a row of its own for them
+        text += f", restarts {sup.restarts_used}/{sup.max_restarts}"
+    return text
 
 
 # A rank is called out as the quietest only when its heartbeat is this much older than the
@@ -134,7 +196,7 @@ QUIET_SPREAD_S = 1.0
 
 
 def _marked_quiet_rank(snapshot: RunSnapshot) -> int | None:
-    active = [r for r in snapshot.ranks if r.status == "running"]
+    active = [r for r in snapshot.ranks if r.status == RankStatus.RUNNING]
     if len(active) < 2:
         return None
     quietest = max(active, key=lambda r: r.age_s)
@@ -142,12 +204,17 @@ def _marked_quiet_rank(snapshot: RunSnapshot) -> int | None:
     return quietest.rank if quietest.age_s - freshest > QUIET_SPREAD_S else None
 
 
+def _timeout_text(rank: RankInfo) -> str:
+    return "-" if rank.phase_timeout_s is None else f"{rank.phase_timeout_s:g}s"
+
+
 def _rank_line(rank: RankInfo, quietest: int | None) -> str:
     mark = " (quietest)" if quietest is not None and rank.rank == quietest else ""
+    timeout = f" (timeout {_timeout_text(rank)})" if rank.phase_timeout_s is not None else ""
     return (
         f"rank {rank.rank} pid {rank.pid} {'alive' if rank.pid_alive else 'gone'} "
-        f"phase {rank.phase} status {rank.status} step {rank.step} "
-        f"heartbeat {format_age(rank.age_s)} ago loss {format_loss(rank.loss)} "
+        f"phase {rank.phase} status {rank.status} steps {_rank_step_text(rank)} "
+        f"heartbeat {format_age(rank.age_s)} ago{timeout} loss {format_loss(rank.loss)} "
         f"{format_rate(rank.tokens_per_s)} tok/s{mark}"
     )
 
@@ -158,7 +225,7 @@ def _disk_text(snapshot: RunSnapshot) -> str:
         return "unknown"
     return (
         f"{format_bytes(disk.used_bytes)} used of {format_bytes(disk.total_bytes)} "
-        f"({disk.used_fraction:.0%}), {format_bytes(disk.free_bytes)} free"
+        f"({format_percent_used(disk.used_fraction)}), {format_bytes(disk.free_bytes)} free"
     )
 
 
@@ -174,18 +241,22 @@ def status_lines(snapshot: RunSnapshot) -> list[str]:
     if not snapshot.has_run:
         return [no_run_line(snapshot)]
     progress = snapshot.progress
-    lines = [f"run {snapshot.log_dir}: {snapshot.verdict}"]
+    lines = [f"run {snapshot.log_dir}: {snapshot.verdict_text()}"]
     lines.append(f"supervisor: {_supervisor_text(snapshot)}")
     if progress is not None:
         pct = f" ({progress.fraction:.1%})" if progress.fraction is not None else ""
+        val = _val_text(snapshot)
         lines.append(
             f"progress: step {_step_text(snapshot)}{pct} phase {progress.phase or '-'} "
-            f"loss {format_loss(progress.loss)} {format_rate(progress.tokens_per_s)} tok/s "
-            f"eta {format_duration(progress.eta_s)}"
+            f"loss {format_loss(progress.loss)}{f' {val}' if val else ''} "
+            f"{format_rate(progress.tokens_per_s)} tok/s eta {format_duration(progress.eta_s)}"
         )
-    sup = snapshot.supervisor
-    if sup is not None and sup.last_failure_reason:
-        lines.append(f"last failure: {sup.last_failure_kind}: {sup.last_failure_reason}")
+    failure = _failure_text(snapshot)
+    if failure is not None:
+        lines.append(f"last failure: {failure}")
+    if snapshot.replay_check is not None:
+        prefix = "replay check" if snapshot.replay_check.equal else "WARNING: replay check"
+        lines.append(f"{prefix}: {replay_text(snapshot.replay_check)}")
     quietest = _marked_quiet_rank(snapshot)
     lines.extend(_rank_line(r, quietest) for r in snapshot.ranks)
     lines.append(f"checkpoints: {_checkpoint_text(snapshot)}")
@@ -205,20 +276,26 @@ def _bar_row(completed: float, total: float, label: str, style: str = "bar.compl
 def _ranks_table(snapshot: RunSnapshot) -> Table:
     quietest = _marked_quiet_rank(snapshot)
     table = Table(box=None, padding=(0, 1), show_edge=False, header_style="bold")
-    for name in ("rank", "pid", "phase", "status", "step", "heartbeat", "loss", "tok/s"):
-        table.add_column(name, justify="right" if name in ("step", "heartbeat", "loss", "tok/s") else "left")
+    with_timeouts = any(r.phase_timeout_s is not None for r in snapshot.ranks)
+    names = ["rank", "pid", "phase", "status", "steps", "heartbeat"]
+    names += ["timeout"] if with_timeouts else []
+    names += ["loss", "tok/s"]
+    for name in names:
+        table.add_column(name, justify="left" if name in ("rank", "pid", "phase", "status") else "right")
     for r in snapshot.ranks:
         age_style = "yellow" if r.rank == quietest else ""
-        table.add_row(
+        cells: list[RenderableType] = [
             str(r.rank),
             Text(str(r.pid), style="" if r.pid_alive else "red strike"),
             r.phase,
             r.status,
-            str(r.step),
+            _rank_step_text(r),
             Text(format_age(r.age_s) + " ago", style=age_style),
-            format_loss(r.loss),
-            format_rate(r.tokens_per_s),
-        )
+        ]
+        if with_timeouts:
+            cells.append(_timeout_text(r))
+        cells += [format_loss(r.loss), format_rate(r.tokens_per_s)]
+        table.add_row(*cells)
     return table
 
 
@@ -226,7 +303,7 @@ def render_panel(snapshot: RunSnapshot) -> RenderableType:
     """The panel of the issue: progress bar, loss, tok/s, ETA, phase, per-rank heartbeat age,
     restarts, newest checkpoint, disk bar."""
     verdict_style = VERDICT_STYLE.get(snapshot.verdict, "bold")
-    title = Text.assemble(("gpt2sup ", "bold"), (snapshot.log_dir, ""), " · ", (snapshot.verdict, verdict_style))
+    title = Text.assemble(("gpt2sup ", "bold"), (snapshot.log_dir, ""), " · ", (snapshot.verdict_text(), verdict_style))
     if not snapshot.has_run:
         return Panel(Text(no_run_line(snapshot)), title=title, title_align="left")
 
@@ -242,22 +319,28 @@ def render_panel(snapshot: RunSnapshot) -> RenderableType:
             )
         else:
             grid.add_row("step", _step_text(snapshot))
+        val = _val_text(snapshot)
         grid.add_row(
             "loss",
             Text.assemble(
                 (format_loss(progress.loss), "bold"),
+                f"   {val}" if val else "",
                 f"   tok/s {format_rate(progress.tokens_per_s)}",
                 f"   eta {format_duration(progress.eta_s)}",
                 f"   phase {progress.phase or '-'}",
             ),
         )
     sup = snapshot.supervisor
-    grid.add_row("supervisor", _supervisor_text(snapshot))
+    grid.add_row("supervisor", _supervisor_text(snapshot, with_restarts=False))
     if sup is not None:
         restarts_style = "red" if sup.restarts_used >= sup.max_restarts else ""
         grid.add_row("restarts", Text(f"{sup.restarts_used}/{sup.max_restarts}", style=restarts_style))
-        if sup.last_failure_reason:
-            grid.add_row("last failure", Text(f"{sup.last_failure_kind}: {sup.last_failure_reason}", style="yellow"))
+        failure = _failure_text(snapshot)
+        if failure is not None:
+            grid.add_row("last failure", Text(failure, style="dim" if sup.last_failure_recovered else "yellow"))
+    check = snapshot.replay_check
+    if check is not None:
+        grid.add_row("replay check", Text(replay_text(check), style="green" if check.equal else "bold red"))
     if snapshot.ranks:
         grid.add_row("ranks", _ranks_table(snapshot))
     ck_style = "red" if snapshot.checkpoints.newest_valid is False else ""
@@ -265,7 +348,9 @@ def render_panel(snapshot: RunSnapshot) -> RenderableType:
     disk = snapshot.disk
     if disk is not None:
         disk_style = "red" if disk.used_fraction > 0.9 else "yellow" if disk.used_fraction > 0.8 else "green"
-        grid.add_row("disk", _bar_row(disk.used_bytes, disk.total_bytes, _disk_text(snapshot), disk_style))
+        # The bar fills to df's Use% (used of used + available), the same number as its label.
+        usable = disk.used_bytes + disk.free_bytes
+        grid.add_row("disk", _bar_row(disk.used_bytes, usable, _disk_text(snapshot), disk_style))
     return Panel(grid, title=title, title_align="left")
 
 

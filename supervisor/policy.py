@@ -1,7 +1,7 @@
 """Pure restart policy: every "should we / how long / is it stuck" question as a function of data.
 
 Nothing here touches processes, files or the clock (callers pass ``now``), so the whole policy is
-unit-tested in milliseconds and the run loop stays a thin sequence of calls into it (DESIGN §2).
+unit-tested in milliseconds and the run loop stays a thin sequence of calls into it.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The one module that spawns, signals and kills processes (DESIGN §2).
+"""The one module that spawns, signals and kills processes.
 
 torchrun starts in a session of its own so that a Ctrl-C in the user's terminal reaches only the
 supervisor (which then asks the workers to save), and so that the whole tree can be addressed as

@@ -2,7 +2,7 @@
 
 Why a separate module: ``status``, ``stop`` and the run loop's panel all need the same answers
 ("is the supervisor alive?", "which rank went quiet?", "how far along are we?") and must agree on
-them. Everything here comes from the files of DESIGN §3 and from psutil; it never imports torch
+them. Everything here comes from the run directory's files (README) and from psutil; it never imports torch
 and never loads a checkpoint (the supervisor records the newest checkpoint's validation result in
 ``supervisor.json``; we only repeat it). It must stay fast enough to call every monitor interval:
 checkpoints are only ``stat``-ed and ``metrics.jsonl`` / ``events.jsonl`` are read from the end.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import statistics
 import time
@@ -21,10 +20,18 @@ from typing import Any
 
 import psutil
 
-from shared.atomic_io import read_file_tail
+from shared.atomic_io import read_file_tail, read_json
 from shared.heartbeat import Heartbeat, read_heartbeat
 from shared.run_dir import QUARANTINE_SUFFIX, RunDir
-from shared.supervisor_state import TERMINAL_STATES, SupervisorState, read_supervisor_state
+from shared.supervisor_state import SupervisorState
+from shared.vocabulary import (
+    TERMINAL_STATES,
+    EventKind,
+    Phase,
+    RankStatus,
+    StrEnum,
+    SupervisorStateName,
+)
 
 # psutil derives create_time from boot time + clock ticks; two reads of the same process agree to
 # well under this, while a reused pid starts seconds (usually far more) later.
@@ -32,14 +39,48 @@ CREATE_TIME_TOLERANCE_S = 1.0
 # How much of a JSONL file's end to read. A metrics line is ~150 bytes, so this holds hundreds
 # of steps while keeping the read constant-time however long the run has been going.
 TAIL_BYTES = 64 * 1024
-# Step times used for the ETA: recent enough to follow a changed speed, many enough that one
-# slow step (an eval, a checkpoint save, the first compiled step) does not swing it.
-ETA_WINDOW_STEPS = 50
+# Steps the ETA's rate is averaged over: recent enough to follow a changed speed, many enough
+# that one slow step (an eval, a checkpoint save, the first compiled step) does not swing it.
+ETA_WINDOW_STEPS = 100
+# A pause between two consecutive steps' records longer than this many median step times (and
+# than RESTART_GAP_MIN_S) is a restart, not training: the rate is measured after it.
+RESTART_GAP_STEPS = 10
+RESTART_GAP_MIN_S = 60.0
 RECENT_EVENTS = 5
+# Events are rare (a few per attempt), so this much of the journal's end holds hundreds of them:
+# enough to find the newest replay check behind the latest restarts.
+EVENTS_TAIL_BYTES = 64 * 1024
+LOG_TXT_TAIL_BYTES = 16 * 1024
 
-# Verdict words (one per run, shown first by status).
-VERDICTS = ("running", "finished", "stopped", "gave up", "crashed", "dead", "bare worker", "no run")
-_TERMINAL_VERDICT = {"finished": "finished", "stopped": "stopped", "gave_up": "gave up", "error": "crashed"}
+
+class RunVerdict(StrEnum):
+    """The one word ``status`` leads with: what the run is doing, or how it ended."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    FINISHED_WITHOUT_CHECKPOINT = "finished without checkpoint"
+    STOPPED = "stopped"
+    GAVE_UP = "gave up"
+    REFUSED = "refused"
+    CRASHED = "crashed"
+    DEAD = "dead"  # the supervisor is gone and the run had not ended
+    BARE_WORKER = "bare worker"  # workers without a supervisor (a plain torchrun)
+    NO_RUN = "no run"
+
+
+VERDICTS = tuple(RunVerdict)
+# While one of these holds, something is training and an ETA means something.
+ACTIVE_VERDICTS = frozenset({RunVerdict.RUNNING, RunVerdict.BARE_WORKER})
+_TERMINAL_VERDICT = {
+    SupervisorStateName.FINISHED: RunVerdict.FINISHED,
+    SupervisorStateName.FINISHED_WITHOUT_CHECKPOINT: RunVerdict.FINISHED_WITHOUT_CHECKPOINT,
+    SupervisorStateName.STOPPED: RunVerdict.STOPPED,
+    SupervisorStateName.GAVE_UP: RunVerdict.GAVE_UP,
+    SupervisorStateName.REFUSED: RunVerdict.REFUSED,
+    SupervisorStateName.ERROR: RunVerdict.CRASHED,
+}
+# Terminal states in which a failure was not overcome.
+_FAILED_STATES = frozenset({SupervisorStateName.GAVE_UP, SupervisorStateName.REFUSED, SupervisorStateName.ERROR})
 
 
 @dataclass
@@ -57,6 +98,9 @@ class SupervisorInfo:
     last_failure_reason: str | None
     updated_at: float
     exit_code: int | None
+    # True once a later attempt trained past the last failure (or the run finished after it).
+    last_failure_recovered: bool = False
+    phase_timeouts: dict[str, float] = field(default_factory=dict)  # the hang timeout per phase
 
 
 @dataclass
@@ -76,21 +120,45 @@ class RankInfo:
     max_steps: int | None
     last_checkpoint: str | None
     message: str | None
+    phase_timeout_s: float | None = None  # the supervisor's hang timeout for this rank's phase
+    heartbeat_time: float | None = None  # when it was written (wall clock)
 
 
 @dataclass
 class ProgressInfo:
-    step: int | None  # last completed step (the worker counts from 0)
+    step: int | None  # index of the last completed step (the worker counts from 0; -1: none yet)
     max_steps: int | None
     fraction: float | None  # completed steps / max_steps, 0..1
     loss: float | None
     tokens_per_s: float | None
-    step_time_s: float | None  # median of recent metrics.jsonl "dt"
+    step_time_s: float | None  # median of recent metrics.jsonl "dt" (compute only)
     eta_s: float | None  # only while something is running
     phase: str | None
     quietest_rank: int | None  # running rank with the oldest heartbeat
     quietest_age_s: float | None
     lagging_rank: int | None  # running rank with the lowest step, when ranks disagree
+    seconds_per_step: float | None = None  # wall-clock, averaged over recent steps: the ETA's rate
+    val_loss: float | None = None  # newest "{step} val {loss}" line of log.txt
+    val_step: int | None = None
+
+    @property
+    def completed_steps(self) -> int | None:
+        """Steps done so far (``step + 1``): what "60/60" counts. None before the first step."""
+        if self.step is None or self.step < 0:
+            return None
+        return self.step + 1
+
+
+@dataclass
+class ReplayCheckInfo:
+    """The worker's newest comparison of re-done steps after a resume (a ``replay_check`` event)."""
+
+    time: float | None
+    resumed_step: int | None
+    steps_compared: int | None
+    equal: bool
+    first_mismatch: dict[str, Any] | None
+    message: str | None
 
 
 @dataclass
@@ -110,11 +178,14 @@ class CheckpointInfo:
 class DiskInfo:
     total_bytes: int
     used_bytes: int
-    free_bytes: int
+    free_bytes: int  # available to an unprivileged writer (statvfs f_bavail), as df's "Avail"
 
     @property
     def used_fraction(self) -> float:
-        return self.used_bytes / self.total_bytes if self.total_bytes else 0.0
+        """As ``df`` computes Use%: used / (used + available). The blocks reserved for root count
+        in neither, so used / total would understate how full the disk is for the worker."""
+        usable = self.used_bytes + self.free_bytes
+        return self.used_bytes / usable if usable else 0.0
 
 
 @dataclass
@@ -130,11 +201,21 @@ class RunSnapshot:
     checkpoints: CheckpointInfo = field(default_factory=CheckpointInfo)
     disk: DiskInfo | None = None
     recent_events: list[dict[str, Any]] = field(default_factory=list)
+    replay_check: ReplayCheckInfo | None = None
+
+    def verdict_text(self) -> str:
+        """The verdict, with the supervisor's exit code once it has ended: ``stopped (exit 4)``."""
+        sup = self.supervisor
+        if sup is not None and sup.exit_code is not None and sup.alive is not True:
+            return f"{self.verdict} (exit {sup.exit_code})"
+        return self.verdict
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         if self.disk is not None:
             data["disk"]["used_fraction"] = round(self.disk.used_fraction, 4)
+        if self.progress is not None:
+            data["progress"]["completed_steps"] = self.progress.completed_steps
         return data
 
 
@@ -214,8 +295,76 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
+def _read_state(path: Path) -> tuple[SupervisorState | None, dict[str, Any]]:
+    """``supervisor.json`` as the typed state, plus the raw dict for fields newer than the type."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        return None, {}
+    try:
+        return SupervisorState.from_dict(data), data
+    except (TypeError, ValueError):
+        return None, {}
+
+
+def _phase_timeouts(raw: dict[str, Any]) -> dict[str, float]:
+    timeouts = raw.get("phase_timeouts")
+    if not isinstance(timeouts, dict):
+        return {}
+    return {str(phase): float(v) for phase, v in timeouts.items() if _number(v) is not None}
+
+
+def read_log_txt_val(path: Path) -> tuple[int | None, float | None]:
+    """The newest ``{step} val {loss}`` line of ``log.txt`` (read from the end)."""
+    chunk, cut = read_file_tail(path, LOG_TXT_TAIL_BYTES)
+    lines = chunk.decode("utf-8", "replace").split("\n")
+    if cut:
+        lines = lines[1:]
+    for line in reversed(lines):
+        parts = line.split()
+        if len(parts) == 3 and parts[1] == "val" and parts[0].isdigit():
+            try:
+                return int(parts[0]), float(parts[2])
+            except ValueError:
+                continue
+    return None, None
+
+
+def _replay_check(events: list[dict[str, Any]]) -> ReplayCheckInfo | None:
+    for event in reversed(events):
+        if event.get("event") != EventKind.REPLAY_CHECK:
+            continue
+        mismatch = event.get("first_mismatch")
+        return ReplayCheckInfo(
+            time=_number(event.get("time")),
+            resumed_step=event.get("resumed_step") if isinstance(event.get("resumed_step"), int) else None,
+            steps_compared=event.get("steps_compared") if isinstance(event.get("steps_compared"), int) else None,
+            equal=event.get("equal") is True,
+            first_mismatch=mismatch if isinstance(mismatch, dict) else None,
+            message=event.get("message") if isinstance(event.get("message"), str) else None,
+        )
+    return None
+
+
 # --- the pieces of a snapshot ---------------------------------------------------------------------
-def _supervisor_info(state: SupervisorState) -> SupervisorInfo:
+def _failure_recovered(state: SupervisorState, ranks: list[RankInfo]) -> bool:
+    """Did the run get past its last failure? A later attempt must have trained after it (a
+    heartbeat newer than the failure at a training step), or the run finished since."""
+    failure = state.last_failure
+    if failure is None or state.state in _FAILED_STATES:
+        return False
+    if state.state in (SupervisorStateName.FINISHED, SupervisorStateName.FINISHED_WITHOUT_CHECKPOINT):
+        return True
+    if state.attempt <= failure.attempt:
+        return False
+    failed_at = _number(failure.time) or 0.0
+    return any(
+        r.step >= 0 and r.phase != Phase.STARTUP and (r.heartbeat_time or 0.0) > failed_at
+        and (failure.step is None or r.step > failure.step)
+        for r in ranks
+    )
+
+
+def _supervisor_info(state: SupervisorState, raw: dict[str, Any], ranks: list[RankInfo]) -> SupervisorInfo:
     same_host = not state.hostname or state.hostname == socket.gethostname()
     alive = process_matches(state.pid, state.pid_create_time) if same_host else None
     failure = state.last_failure
@@ -231,6 +380,8 @@ def _supervisor_info(state: SupervisorState) -> SupervisorInfo:
         last_failure_reason=failure.reason if failure else None,
         updated_at=state.updated_at,
         exit_code=state.exit_code,
+        last_failure_recovered=_failure_recovered(state, ranks),
+        phase_timeouts=_phase_timeouts(raw),
     )
 
 
@@ -249,6 +400,7 @@ def _rank_info(hb: Heartbeat, now: float) -> RankInfo:
         max_steps=hb.max_steps,
         last_checkpoint=hb.last_checkpoint,
         message=hb.message,
+        heartbeat_time=_number(hb.time),
     )
 
 
@@ -263,19 +415,47 @@ def _checkpoint_info(run: RunDir, state: SupervisorState | None) -> CheckpointIn
     try:
         info.quarantined = sum(1 for e in os.scandir(run.root) if e.name.endswith(QUARANTINE_SUFFIX))
     except OSError:
-        pass
+        info.quarantined = 0  # an unreadable directory shows no quarantined files, not an error
     latest = run.resolve_latest_link()
     info.latest_link = latest.name if latest is not None else None
     # Repeat the supervisor's verdict only when it is about the file that is newest now.
-    if state is not None and state.newest_checkpoint and info.newest_name:
-        if Path(state.newest_checkpoint).name == info.newest_name:
-            info.newest_valid = state.newest_checkpoint_valid
-            info.newest_reason = state.newest_checkpoint_reason
+    recorded = Path(state.newest_checkpoint).name if state is not None and state.newest_checkpoint else None
+    if recorded is not None and recorded == info.newest_name:
+        info.newest_valid = state.newest_checkpoint_valid
+        info.newest_reason = state.newest_checkpoint_reason
     return info
 
 
+def seconds_per_step(metrics_tail: list[dict[str, Any]]) -> float | None:
+    """Wall-clock seconds per step, averaged over the recent steps of the current attempt.
+
+    Why not the last step's ``dt``: one step's time swings with an eval, a save or a busy
+    machine, and an ETA built on it jumps by minutes from one refresh to the next. Why wall-clock
+    and not the mean ``dt``: evals, samples and saves take real time too, and the ETA must count
+    them. A pause much longer than a step between consecutive records is a restart, and the
+    average starts after it. Falls back to the median ``dt`` when records carry no time.
+    """
+    records = [
+        (m["step"], float(m["time"]))
+        for m in metrics_tail[-ETA_WINDOW_STEPS:]
+        if isinstance(m.get("step"), int) and _number(m.get("time")) is not None
+    ]
+    dts = [d for d in (_number(m.get("dt")) for m in metrics_tail[-ETA_WINDOW_STEPS:]) if d and d > 0]
+    typical = statistics.median(dts) if dts else None
+    gap = max(RESTART_GAP_MIN_S, RESTART_GAP_STEPS * (typical or 0.0))
+    start = 0
+    for i in range(1, len(records)):
+        (prev_step, prev_time), (step, t) = records[i - 1], records[i]
+        if step <= prev_step or t - prev_time > gap:
+            start = i  # a resume rewound the steps, or a restart paused the clock
+    segment = records[start:]
+    if len(segment) >= 2 and segment[-1][0] > segment[0][0] and segment[-1][1] > segment[0][1]:
+        return (segment[-1][1] - segment[0][1]) / (segment[-1][0] - segment[0][0])
+    return typical
+
+
 def _progress_info(
-    ranks: list[RankInfo], metrics_tail: list[dict[str, Any]], running: bool
+    ranks: list[RankInfo], metrics_tail: list[dict[str, Any]], running: bool, log_txt: Path,
 ) -> ProgressInfo | None:
     if not ranks and not metrics_tail:
         return None
@@ -296,16 +476,18 @@ def _progress_info(
 
     dts = [d for d in (_number(m.get("dt")) for m in metrics_tail[-ETA_WINDOW_STEPS:]) if d and d > 0]
     step_time = statistics.median(dts) if dts else None
+    rate = seconds_per_step(metrics_tail)
 
     fraction = eta = None
     if step is not None and max_steps:
         # build-nanogpt runs steps 0..max_steps-1; ``step`` is the last completed one.
         done = min(max(step + 1, 0), max_steps)
         fraction = done / max_steps
-        if running and step_time is not None:
-            eta = (max_steps - done) * step_time
+        if running and rate is not None:
+            eta = (max_steps - done) * rate
+    val_step, val_loss = read_log_txt_val(log_txt)
 
-    active = [r for r in ranks if r.status == "running"]
+    active = [r for r in ranks if r.status == RankStatus.RUNNING]
     quietest = max(active, key=lambda r: r.age_s) if active else None
     lagging = None
     if active and len({r.step for r in active}) > 1:
@@ -322,28 +504,33 @@ def _progress_info(
         quietest_rank=quietest.rank if quietest else None,
         quietest_age_s=quietest.age_s if quietest else None,
         lagging_rank=lagging,
+        seconds_per_step=rate,
+        val_loss=val_loss,
+        val_step=val_step,
     )
 
 
-def _verdict(supervisor: SupervisorInfo | None, ranks: list[RankInfo], has_run: bool) -> str:
+def _verdict(supervisor: SupervisorInfo | None, ranks: list[RankInfo], has_run: bool) -> RunVerdict:
     if not has_run:
-        return "no run"
-    live_worker = any(r.pid_alive and r.status == "running" for r in ranks)
+        return RunVerdict.NO_RUN
+    live_worker = any(r.pid_alive and r.status == RankStatus.RUNNING for r in ranks)
     if supervisor is not None:
         if supervisor.state in TERMINAL_STATES:
             if supervisor.alive is False and live_worker:
-                return "bare worker"  # a torchrun started by hand after the supervised run ended
+                return RunVerdict.BARE_WORKER  # a torchrun started by hand after the supervised run ended
             return _TERMINAL_VERDICT.get(supervisor.state, supervisor.state)
-        return "dead" if supervisor.alive is False else "running"
+        return RunVerdict.DEAD if supervisor.alive is False else RunVerdict.RUNNING
     # No supervisor: a bare `torchrun -m worker.train_gpt2`, or its leftovers.
     if live_worker:
-        return "bare worker"
+        return RunVerdict.BARE_WORKER
     statuses = {r.status for r in ranks}
-    if statuses & {"diverged", "failed"} or "running" in statuses:
-        return "crashed"  # failed itself, or died without saying so
-    if statuses == {"finished"}:
-        return "finished"
-    return "stopped"  # stopped on request, or only checkpoints/metrics left: resumable
+    if statuses & {RankStatus.DIVERGED, RankStatus.FAILED} or RankStatus.RUNNING in statuses:
+        return RunVerdict.CRASHED  # failed itself, or died without saying so
+    if statuses == {RankStatus.FINISHED}:
+        return RunVerdict.FINISHED
+    if RankStatus.FINISHED_WITHOUT_CHECKPOINT in statuses:
+        return RunVerdict.FINISHED_WITHOUT_CHECKPOINT
+    return RunVerdict.STOPPED  # stopped on request, or only checkpoints/metrics left: resumable
 
 
 def collect_snapshot(run_dir: Path | str, now: float | None = None) -> RunSnapshot:
@@ -351,16 +538,19 @@ def collect_snapshot(run_dir: Path | str, now: float | None = None) -> RunSnapsh
     now = time.time() if now is None else now
     run = RunDir.at(run_dir)
     if not run.root.is_dir():
-        return RunSnapshot(log_dir=str(run.root), time=now, exists=False, has_run=False, verdict="no run")
+        return RunSnapshot(log_dir=str(run.root), time=now, exists=False, has_run=False, verdict=RunVerdict.NO_RUN)
 
-    state = read_supervisor_state(run.supervisor_state)
-    supervisor = _supervisor_info(state) if state is not None else None
+    state, raw_state = _read_state(run.supervisor_state)
     ranks = []
     for path in run.list_heartbeats():
         hb = read_heartbeat(path)
         if hb is not None:
             ranks.append(_rank_info(hb, now))
     ranks.sort(key=lambda r: r.rank)
+    supervisor = _supervisor_info(state, raw_state, ranks) if state is not None else None
+    if supervisor is not None:
+        for rank in ranks:
+            rank.phase_timeout_s = supervisor.phase_timeouts.get(rank.phase)
     metrics_tail = read_jsonl_tail(run.metrics, ETA_WINDOW_STEPS)
     checkpoints = _checkpoint_info(run, state)
 
@@ -373,12 +563,9 @@ def collect_snapshot(run_dir: Path | str, now: float | None = None) -> RunSnapsh
         or metrics_tail
     )
     verdict = _verdict(supervisor, ranks, has_run)
-    progress = _progress_info(ranks, metrics_tail, running=verdict in ("running", "bare worker"))
-    try:
-        usage = shutil.disk_usage(run.root)
-        disk: DiskInfo | None = DiskInfo(usage.total, usage.used, usage.free)
-    except OSError:
-        disk = None
+    progress = _progress_info(ranks, metrics_tail, verdict in ACTIVE_VERDICTS, run.log_txt)
+    disk = _disk_info(run.root)
+    events = read_jsonl_tail(run.events, 10_000, tail_bytes=EVENTS_TAIL_BYTES)
     return RunSnapshot(
         log_dir=str(run.root),
         time=now,
@@ -390,5 +577,19 @@ def collect_snapshot(run_dir: Path | str, now: float | None = None) -> RunSnapsh
         progress=progress,
         checkpoints=checkpoints,
         disk=disk,
-        recent_events=read_jsonl_tail(run.events, RECENT_EVENTS, tail_bytes=16 * 1024),
+        recent_events=events[-RECENT_EVENTS:],
+        replay_check=_replay_check(events),
+    )
+
+
+def _disk_info(path: Path) -> DiskInfo | None:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    # What df reports: Size, Used (all blocks not free) and Avail (free to non-root writers).
+    return DiskInfo(
+        total_bytes=st.f_blocks * st.f_frsize,
+        used_bytes=(st.f_blocks - st.f_bfree) * st.f_frsize,
+        free_bytes=st.f_bavail * st.f_frsize,
     )

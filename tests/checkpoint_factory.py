@@ -1,4 +1,4 @@
-"""Build real, conforming checkpoints for tests (DESIGN §4), without the worker.
+"""Build real, conforming checkpoints for tests (docs/checkpoints.md), without the worker.
 
 The worker is written by another team in parallel; the validation tests must not depend on it,
 yet they must exercise the same bytes the worker will write. So this factory assembles the

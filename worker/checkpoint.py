@@ -1,7 +1,7 @@
 """CheckpointManager: the one component that writes, finds, loads and prunes checkpoints.
 
 The training loop calls it at fixed points (start-up, after each optimizer step) and never sees a
-file name. The rules it keeps (DESIGN §4):
+file name. The rules it keeps (docs/checkpoints.md):
 
 * ``step`` is the last *completed* step; the state is captured after that step's optimizer update.
 * Atomic: write ``model_N.pt.tmp``, flush + fsync, rename, fsync the directory, then swing

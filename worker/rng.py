@@ -23,7 +23,7 @@ class RngRestoreReport:
 
 
 def capture_rng_state(device_type: str) -> dict[str, Any]:
-    """The four RNG entries of the reference guide's checkpoint dict."""
+    """The four RNG entries of the checkpoint dict (docs/checkpoints.md)."""
     np_state = np.random.get_state()
     return {
         "rng_state": torch.get_rng_state(),

@@ -1,8 +1,8 @@
 """What a checkpoint holds, as one readable list (torchtitan-style stateful composition).
 
 Each piece that must survive a restart (model, optimizer, data loader, RNGs, progress) exposes its
-own state; ``compose_checkpoint`` / ``restore_full_state`` only compose them under the reference
-guide's key names, and ``TrainingState`` registers the pieces once so the checkpointer can save and
+own state; ``compose_checkpoint`` / ``restore_full_state`` only compose them under build-nanogpt's
+checkpoint key names (docs/checkpoints.md), and ``TrainingState`` registers the pieces once so the checkpointer can save and
 restore them without the training loop listing them. Adding a new piece of state touches this file,
 never the loop.
 """
@@ -56,7 +56,7 @@ def restore_full_state(
     train_loader: Stateful,
     device_type: str,
 ) -> tuple[TrainProgress, RngRestoreReport]:
-    """Mode 1 of the guide (--resume / --auto_resume): every piece of state.
+    """Mode 1 of docs/checkpoints.md (--resume / --auto_resume): every piece of state.
 
     ``train_loader`` is anything with ``load_state_dict`` (the checkpoint probe passes a stand-in
     that only validates the state). Raises ValueError/KeyError/TypeError/RuntimeError when the

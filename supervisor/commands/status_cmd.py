@@ -79,15 +79,17 @@ def _watch(log_dir: str, as_json: bool, is_tty: bool, interval: float, max_updat
 )
 @click.option("--max-updates", type=click.IntRange(min=1), default=None, hidden=True)
 def status(log_dir: str, as_json: bool, watch: bool, interval: float, max_updates: int | None) -> None:
-    """Show a run at a glance: alive or not, step / max and ETA, loss, tokens/s, heartbeat age
-    per rank, restarts and the last failure, checkpoints and their validation, disk.
+    """Show a run at a glance: alive or not, completed steps / max and ETA, loss and val loss,
+    tokens/s, heartbeat age and hang timeout per rank, restarts and the last failure, the newest
+    replay check after a resume, checkpoints and their validation, disk.
 
     Reads only files in the run directory (never imports torch), so it is safe and quick to run
     while training. Works when the supervisor is dead and on a bare `torchrun` run.
 
     \b
-    Verdicts: running, finished, stopped, gave up, crashed,
-              dead (supervisor gone, run not finished), bare worker (no supervisor), no run.
+    Verdicts: running, finished, finished without checkpoint, stopped, gave up, refused,
+              crashed, dead (supervisor gone, run not finished), bare worker (no supervisor),
+              no run. An ended run shows the supervisor's exit code: stopped (exit 4).
     Exit codes: 0 a run was shown, 1 the directory holds no run, 2 bad usage.
     """
     is_tty = sys.stdout.isatty()

@@ -18,7 +18,13 @@ import click
 
 from shared.run_dir import RunDir
 from shared.supervisor_state import read_supervisor_state
-from supervisor.snapshot import collect_snapshot, heartbeat_pid_alive, process_matches
+from shared.vocabulary import RankStatus, SupervisorStateName
+from supervisor.snapshot import (
+    RunVerdict,
+    collect_snapshot,
+    heartbeat_pid_alive,
+    process_matches,
+)
 
 EXIT_DELIVERED = 0
 EXIT_NOTHING_OR_TIMEOUT = 1
@@ -51,7 +57,7 @@ def find_targets(log_dir: str | Path) -> tuple[list[Target], str]:
     workers = [
         Target(r.pid, f"worker rank {r.rank}", None, snapshot.time - r.age_s)
         for r in snapshot.ranks
-        if r.pid_alive and r.status == "running" and r.pid != os.getpid()
+        if r.pid_alive and r.status == RankStatus.RUNNING and r.pid != os.getpid()
     ]
     return workers, snapshot.verdict
 
@@ -80,13 +86,29 @@ def _wait_until_gone(targets: list[Target], timeout_s: float) -> list[Target]:
 
 
 def _final_line(log_dir: str) -> str:
+    """How the run ended, in the words and exit code ``gpt2sup run`` itself used."""
     snapshot = collect_snapshot(log_dir)
-    parts = [f"run {snapshot.log_dir}: {snapshot.verdict}"]
-    if snapshot.progress is not None and snapshot.progress.step is not None:
-        parts.append(f"at step {snapshot.progress.step}")
+    parts = [f"run {snapshot.log_dir}: {snapshot.verdict_text()}"]
+    progress = snapshot.progress
+    if progress is not None and progress.completed_steps is not None:
+        of = f"/{progress.max_steps}" if progress.max_steps else ""
+        parts.append(f"{progress.completed_steps}{of} steps done")
     if snapshot.checkpoints.newest_name:
         parts.append(f"newest checkpoint {snapshot.checkpoints.newest_name}")
-    return ", ".join(parts)
+    line = ", ".join(parts)
+    if snapshot.verdict == RunVerdict.STOPPED:
+        line += "; `gpt2sup run` resumes it"
+    return line
+
+
+def _requested_line(signalled: list[Target], force: bool, to_supervisor: bool) -> str:
+    names = ", ".join(f"{t.label} (pid {t.pid})" for t in signalled)
+    if force:
+        return f"forced stop: {names}"
+    # The request came from here, not from a terminal: the way to force it is this command.
+    what = "the worker saves at its next step boundary, then everything exits" if to_supervisor else (
+        "each rank saves at its next step boundary and exits")
+    return f"stop requested: {names}: {what} (`gpt2sup stop --force` stops without waiting)"
 
 
 @click.command("stop")
@@ -122,7 +144,7 @@ def stop(log_dir: str, force: bool, wait: bool, timeout_s: float) -> None:
         click.echo(f"nothing to stop in {where}: no live supervisor or worker (run: {found})", err=True)
         sys.exit(EXIT_NOTHING_OR_TIMEOUT)
 
-    already_stopping = len(targets) == 1 and targets[0].label == "supervisor" and found == "stopping"
+    already_stopping = len(targets) == 1 and targets[0].label == "supervisor" and found == SupervisorStateName.STOPPING
     signalled = [t for t in targets if _send(t, signal.SIGINT if force and already_stopping else signal.SIGTERM)]
     if force and not already_stopping:
         time.sleep(FORCE_GAP_S)
@@ -131,8 +153,8 @@ def stop(log_dir: str, force: bool, wait: bool, timeout_s: float) -> None:
     if not signalled:
         click.echo(f"nothing to stop in {log_dir}: the processes exited before the signal", err=True)
         sys.exit(EXIT_NOTHING_OR_TIMEOUT)
-    names = ", ".join(f"{t.label} (pid {t.pid})" for t in signalled)
-    click.echo(f"{'forced stop' if force else 'stop requested'}: {names}")
+    to_supervisor = signalled[0].label == "supervisor"
+    click.echo(_requested_line(signalled, force, to_supervisor))
     if not wait:
         sys.exit(EXIT_DELIVERED)
 

@@ -1,4 +1,4 @@
-"""``gpt2sup verify``: is this checkpoint sound? (the operator's instrument, DESIGN §1)
+"""``gpt2sup verify``: is this checkpoint sound? (the operator's instrument)
 
 The checks live in ``supervisor.checkpoint_validation`` so the supervisor's pre-restart
 validation and this command can never disagree. This module only expands paths, prints and picks
@@ -161,7 +161,7 @@ def verify(paths: tuple[str, ...], as_json: bool, deep: bool, timeout: float | N
                siblings is called "probably cut short"
     load-probe in a child process with a timeout, so a file that crashes or hangs
                the loader cannot take gpt2sup down: loaded with weights_only=True
-               (never runs code from the file; the guide's pickled GPTConfig and
+               (never runs code from the file; build-nanogpt's pickled GPTConfig and
                numpy RNG state are read through stand-ins), required keys, format
                version, step agrees with the file name, parameter shapes agree
                with the config, size not below what the config's weights and

@@ -13,7 +13,12 @@ from rich.console import Console
 
 from shared.heartbeat import Heartbeat, write_heartbeat
 from shared.run_dir import RunDir
-from shared.supervisor_state import FailureRecord, SupervisorState, write_supervisor_state
+from shared.supervisor_state import (
+    FailureRecord,
+    SupervisorState,
+    append_event,
+    write_supervisor_state,
+)
 from supervisor.dashboard import (
     LiveReporter,
     PlainReporter,
@@ -24,7 +29,7 @@ from supervisor.dashboard import (
     render_panel,
     status_lines,
 )
-from supervisor.snapshot import RunSnapshot, collect_snapshot
+from supervisor.snapshot import DiskInfo, RunSnapshot, collect_snapshot
 
 TIMESTAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
 
@@ -50,9 +55,8 @@ def make_run(run_dir: Path, step: int = 120, now: float | None = None) -> RunSna
                       loss=5.1234, tokens_per_s=12345.0, status="running", max_steps=300),
         )
     with open(run.metrics, "w") as handle:
-        for s in range(step + 1):
-            handle.write(json.dumps({"step": s, "loss": 5.0, "lr": 1e-4, "norm": 1.0, "dt": 0.5,
-                                     "tokens_per_s": 12345.0}) + "\n")
+        handle.writelines(json.dumps({"step": s, "loss": 5.0, "lr": 1e-4, "norm": 1.0, "dt": 0.5,
+                                     "tokens_per_s": 12345.0}) + "\n" for s in range(step + 1))
     run.checkpoint(100).write_bytes(b"\0" * 3 * 1024 * 1024)
     return collect_snapshot(run_dir, now=now)
 
@@ -66,13 +70,14 @@ def test_formatters() -> None:
     assert format_duration(70) == "0:01:10"
     assert format_duration(3 * 86400) == "72:00:00"
     assert format_duration(None) == "-"
-    assert format_bytes(512) == "512 B" and format_bytes(3 * 1024**3) == "3.0 GiB"
+    assert format_bytes(512) == "512 B" and format_bytes(3 * 1024**3) == "3.2 GB"
+    assert format_bytes(1_500_000_000) == "1.5 GB"  # decimal, as gpt2sup verify prints it
 
 
 def test_progress_line_has_the_documented_shape(tmp_path: Path) -> None:
     snap = make_run(tmp_path)
     # (300 - 121) steps left at 0.5 s each = 89.5 s
-    assert progress_line(snap) == "step 120/300 loss 5.1234 12,345 tok/s eta 0:01:30 restarts 1/10"
+    assert progress_line(snap) == "step 121/300 loss 5.1234 12,345 tok/s eta 0:01:30 restarts 1/10"
 
 
 def test_panel_shows_the_key_numbers(tmp_path: Path) -> None:
@@ -81,8 +86,8 @@ def test_panel_shows_the_key_numbers(tmp_path: Path) -> None:
     console.print(render_panel(snap))
     text = buffer.getvalue()
     assert "╭" in text and "running" in text
-    for expected in ("120/300", "40.3%", "5.1234", "12,345", "0:01:30", "train", "1/10",
-                     "rank 1 killed by SIGKILL", "model_00100.pt", "3.0 MiB", "valid", "disk", "free"):
+    for expected in ("121/300", "40.3%", "5.1234", "12,345", "0:01:30", "train", "1/10",
+                     "rank 1 killed by SIGKILL", "model_00100.pt", "3.1 MB", "valid", "disk", "free"):
         assert expected in text, expected
     # heartbeat age per rank: one row per rank with its own age
     assert re.search(r"\b0\s.*0\.4s ago", text) and re.search(r"\b1\s.*3\.2s ago", text)
@@ -113,10 +118,10 @@ def test_live_reporter_redraws_and_prints_events_above(tmp_path: Path) -> None:
     reporter.close()
     reporter.close()  # idempotent
     text = buffer.getvalue()
-    assert "120/300" in text and "150/300" in text
+    assert "121/300" in text and "151/300" in text
     assert re.search(TIMESTAMP + r" crashed: rank 1 exited with SIGKILL", text)
     # the event was printed before the last panel was drawn
-    assert text.index("crashed: rank 1") < text.rindex("150/300")
+    assert text.index("crashed: rank 1") < text.rindex("151/300")
 
 
 class FakeClock:
@@ -142,10 +147,10 @@ def test_plain_reporter_rate_limits_progress_but_not_events(tmp_path: Path) -> N
     reporter.update(snap)  # held back, printed by close()
     reporter.close()
     lines = stream.getvalue().splitlines()
-    assert lines[0] == "2026-11-26T18:03:04Z step 120/300 loss 5.1234 12,345 tok/s eta 0:01:30 restarts 1/10"
+    assert lines[0] == "2026-11-26T18:03:04Z step 121/300 loss 5.1234 12,345 tok/s eta 0:01:30 restarts 1/10"
     assert lines[1] == "2026-11-26T18:03:09Z hung: rank 1 quiet for 120s"
-    assert lines[2].startswith("2026-11-26T18:03:39Z step 120/300")
-    assert lines[3].startswith("2026-11-26T18:03:40Z step 120/300")
+    assert lines[2].startswith("2026-11-26T18:03:39Z step 121/300")
+    assert lines[3].startswith("2026-11-26T18:03:40Z step 121/300")
     assert len(lines) == 4
 
 
@@ -155,7 +160,7 @@ def test_make_reporter_off_a_terminal_is_plain(tmp_path: Path) -> None:
     assert isinstance(reporter, PlainReporter)
     reporter.update(make_run(tmp_path))
     reporter.close()
-    assert re.match(TIMESTAMP + r" step 120/300 ", stream.getvalue())
+    assert re.match(TIMESTAMP + r" step 121/300 ", stream.getvalue())
     assert "\x1b[" not in stream.getvalue()  # no colour codes in log files
     assert isinstance(make_reporter(is_tty=False, stream=stream), PlainReporter)
 
@@ -167,3 +172,74 @@ def test_status_lines_call_out_only_a_rank_that_lags(tmp_path: Path) -> None:
     for rank in snap.ranks:
         rank.age_s = 0.5  # beating in lock-step: nobody is singled out
     assert not any("(quietest)" in l for l in status_lines(snap))
+
+
+def panel_text(snap: RunSnapshot, colour: bool = False) -> str:
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=160,
+                      color_system="standard" if colour else None)
+    console.print(render_panel(snap))
+    return buffer.getvalue()
+
+
+def test_panel_shows_restarts_once(tmp_path: Path) -> None:
+    text = panel_text(make_run(tmp_path))
+    assert text.count("1/10") == 1  # its own row, not again in the supervisor row
+    assert "restarts 1/10" not in text
+
+
+def test_panel_shows_a_recovered_failure_as_recovered(tmp_path: Path) -> None:
+    now = time.time() + 10
+    make_run(tmp_path, now=now)
+    # The crash of attempt 1 happened 60 s ago; attempt 2 has trained since.
+    state = json.loads(RunDir.at(tmp_path).supervisor_state.read_text())
+    state["last_failure"]["time"] = now - 60
+    RunDir.at(tmp_path).supervisor_state.write_text(json.dumps(state))
+    snap = collect_snapshot(tmp_path, now=now)
+    text = panel_text(snap)
+    assert "crashed (recovered): rank 1 killed by SIGKILL" in text
+    assert "last failure: crashed (recovered)" in "\n".join(status_lines(snap))
+
+
+def test_panel_shows_a_replay_mismatch_in_red(tmp_path: Path) -> None:
+    now = time.time() + 10
+    make_run(tmp_path, now=now)
+    append_event(RunDir.at(tmp_path).events, "replay_check", source="worker", resumed_step=100, steps_compared=3,
+                 equal=False, first_mismatch={"step": 101, "before": 4.5, "after": 4.75}, message="mismatch")
+    text = panel_text(collect_snapshot(tmp_path, now=now), colour=True)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    assert "replay check" in plain and "MISMATCH after the resume at step 100" in plain
+    assert re.search(r"\x1b\[1;31mMISMATCH", text), "a mismatch must be drawn in bold red"
+
+
+def test_panel_has_a_timeout_column_when_the_supervisor_records_them(tmp_path: Path) -> None:
+    now = time.time() + 10
+    make_run(tmp_path, now=now)
+    assert not re.search(r"heartbeat\s+timeout", panel_text(collect_snapshot(tmp_path, now=now)))
+    state = json.loads(RunDir.at(tmp_path).supervisor_state.read_text())
+    state["phase_timeouts"] = {"train": 240, "eval": 1200}
+    RunDir.at(tmp_path).supervisor_state.write_text(json.dumps(state))
+    text = panel_text(collect_snapshot(tmp_path, now=now))
+    assert re.search(r"heartbeat\s+timeout", text) and "240s" in text
+
+
+def test_panel_title_shows_how_the_run_ended(tmp_path: Path) -> None:
+    now = time.time() + 10
+    make_run(tmp_path, now=now)
+    state = json.loads(RunDir.at(tmp_path).supervisor_state.read_text())
+    state.update(state="finished_without_checkpoint", exit_code=5, pid_create_time=1.0)  # pid no longer ours
+    RunDir.at(tmp_path).supervisor_state.write_text(json.dumps(state))
+    for rank in (0, 1):
+        path = RunDir.at(tmp_path).heartbeat(rank)
+        path.write_text(json.dumps(dict(json.loads(path.read_text()), status="finished_without_checkpoint")))
+    text = panel_text(collect_snapshot(tmp_path, now=now))
+    assert "finished without checkpoint (exit 5)" in text
+
+
+def test_disk_bar_fills_to_the_same_percent_as_its_label(tmp_path: Path) -> None:
+    snap = make_run(tmp_path)
+    # 300 used, 300 available, 400 reserved for root: df says 50%, not 30%.
+    snap.disk = DiskInfo(total_bytes=1000, used_bytes=300, free_bytes=300)
+    disk_line = next(line for line in panel_text(snap).splitlines() if "disk" in line and "free" in line)
+    assert "(50%)" in disk_line
+    assert disk_line.count("━") == 16  # half of the 32-cell bar

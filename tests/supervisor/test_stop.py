@@ -18,7 +18,11 @@ from click.testing import CliRunner
 
 from shared.heartbeat import read_heartbeat
 from shared.run_dir import RunDir
-from shared.supervisor_state import SupervisorState, read_supervisor_state, write_supervisor_state
+from shared.supervisor_state import (
+    SupervisorState,
+    read_supervisor_state,
+    write_supervisor_state,
+)
 from supervisor.commands.stop_cmd import stop
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,10 +36,10 @@ from shared.supervisor_state import SupervisorState, write_supervisor_state
 run, marker, mode = RunDir.at(sys.argv[1]), sys.argv[2], sys.argv[3]
 received = []
 
-def write_state(state):
+def write_state(state, exit_code=None):
     write_supervisor_state(run.supervisor_state, SupervisorState(
         state=state, pid=os.getpid(), pid_create_time=psutil.Process().create_time(),
-        hostname=socket.gethostname(), log_dir=str(run.root), started_at=time.time()))
+        hostname=socket.gethostname(), log_dir=str(run.root), started_at=time.time(), exit_code=exit_code))
 
 def on_signal(signum, frame):
     received.append(signal.Signals(signum).name)
@@ -46,7 +50,7 @@ def on_signal(signum, frame):
         return
     with open(marker, "w") as handle:
         json.dump(received, handle)
-    write_state("stopped")
+    write_state("stopped", exit_code=4)  # SupervisorExit.STOPPED, as `gpt2sup run` records it
     sys.exit(0)
 
 signal.signal(signal.SIGTERM, on_signal)
@@ -223,10 +227,34 @@ def test_stop_command_line_never_imports_torch(tmp_path: Path) -> None:
     try:
         run = subprocess.run(
             [sys.executable, "-c", NO_TORCH_MAIN, "stop", "--log-dir", str(tmp_path), "--timeout", "20"],
-            cwd=REPO, capture_output=True, text=True, timeout=60,
+            cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
         )
         assert run.returncode == 0, run.stderr
         assert marker.exists() and proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_stop_says_how_to_force_and_reports_the_run_s_own_exit_code(tmp_path: Path) -> None:
+    """The request came from `gpt2sup stop`, not a terminal: no Ctrl-C advice; the final line
+    names the state and exit code `gpt2sup run` recorded (4: stopped, resumable)."""
+    marker = tmp_path / "marker.json"
+    proc = spawn(FAKE_SUPERVISOR, str(tmp_path), str(marker), "graceful", ready=tmp_path / "supervisor.json")
+    try:
+        from shared.heartbeat import Heartbeat, write_heartbeat
+
+        write_heartbeat(RunDir.at(tmp_path).heartbeat(0), Heartbeat(
+            pid=proc.pid, rank=0, world_size=1, step=73, phase="train", time=time.time(),
+            status="stopped", max_steps=300))
+        RunDir.at(tmp_path).checkpoint(73).write_bytes(b"\0" * 10)
+        result = stop_cli(tmp_path, "--timeout", "20")
+        assert result.exit_code == 0, result.output
+        lines = result.output.strip().splitlines()
+        assert lines[0].startswith(f"stop requested: supervisor (pid {proc.pid}): the worker saves")
+        assert "`gpt2sup stop --force`" in lines[0] and "Ctrl-C" not in result.output
+        assert lines[-1] == (f"run {tmp_path}: stopped (exit 4), 74/300 steps done, newest checkpoint "
+                             "model_00073.pt; `gpt2sup run` resumes it")
     finally:
         proc.kill()
         proc.wait()

@@ -1,5 +1,5 @@
 """CheckpointManager under stress: crashes mid-write, pruning, weights-only starts, a full disk,
-and the file format itself (DESIGN §4). Real worker processes, real signals, a real tmpfs.
+and the file format itself (docs/checkpoints.md). Real worker processes, real signals, a real tmpfs.
 """
 from __future__ import annotations
 

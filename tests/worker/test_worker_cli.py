@@ -1,5 +1,5 @@
 """The worker's command line: bad input gets one clear line and a documented exit code, never a
-traceback (DESIGN §7); fault injection and divergence exit as documented.
+traceback; fault injection and divergence exit as documented.
 
 Every case is a real ``python -m worker.train_gpt2`` process. They are independent, so the module
 fixture starts them all at once and each test only inspects its own result: the suite pays for

@@ -1,0 +1,217 @@
+"""Every command line we show a user is one the real parsers accept.
+
+A user copies examples from ``--help`` and from the README; an example that the command itself
+rejects (an unknown flag, a model that does not exist) is the first thing they hit. This test
+collects each ``gpt2sup ...`` and ``python -m worker...`` line from the help texts of ``gpt2sup``
+and its subcommands, ``python -m worker.train_gpt2 --help``, ``python -m worker.prepare --help``
+and from the code blocks of README.md and docs/*.md, and runs it through the real parsers without
+running the job: click parses (and type-checks) ``gpt2sup`` lines with each command's callback
+swapped for a recorder; worker lines go through the worker's own argparse parser, its settings
+resolution and its model lookup (``gpt2sup run -- ARGS`` checks ARGS that way too).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shlex
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import pytest
+
+from supervisor.cli import _COMMANDS, cli
+
+REPO = Path(__file__).resolve().parents[1]
+DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+WIDE = 1000  # render help without wrapping, so no example is cut across lines
+OPERATORS = {"&&", "||", "|", ";", "&"}
+ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+
+
+@dataclass(frozen=True)
+class Example:
+    source: str  # where a user reads it
+    line: str  # the command line as shown
+
+
+# --- collecting the examples ------------------------------------------------------------------------
+def click_help_texts() -> dict[str, str]:
+    texts = {"gpt2sup --help": cli.get_help(click.Context(cli, info_name="gpt2sup", terminal_width=WIDE,
+                                                            max_content_width=WIDE))}
+    root = click.Context(cli, info_name="gpt2sup")
+    for name in _COMMANDS:
+        command = cli.get_command(root, name)
+        assert command is not None, name
+        ctx = click.Context(command, info_name=f"gpt2sup {name}", parent=root, terminal_width=WIDE,
+                            max_content_width=WIDE)
+        texts[f"gpt2sup {name} --help"] = command.get_help(ctx)
+    return texts
+
+
+def argparse_help_texts(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    from worker.prepare import build_parser as prepare_parser
+    from worker.train_gpt2 import build_arg_parser
+
+    monkeypatch.setenv("COLUMNS", str(WIDE))  # argparse wraps to the terminal width
+    return {
+        "python -m worker.train_gpt2 --help": build_arg_parser().format_help(),
+        "python -m worker.prepare --help": prepare_parser().format_help(),
+    }
+
+
+def commands_in_help(text: str) -> Iterator[str]:
+    """Backticked commands anywhere, and lines that start with a command (a description may
+    follow after two or more spaces, as in an examples list)."""
+    flat = " ".join(text.split())
+    for match in re.finditer(r"`((?:gpt2sup|python3? -m worker\.)[^`]*)`", flat):
+        yield match.group(1)
+    for raw in text.splitlines():
+        line = raw.strip()
+        if re.match(r"^(gpt2sup|python3? -m worker\.)\S*( |$)", line):
+            yield re.split(r"\s{2,}", line)[0]
+
+
+def code_blocks(markdown: str) -> Iterator[str]:
+    """Shell lines of fenced code blocks, backslash continuations joined."""
+    for block in re.findall(r"^```(?:bash|sh|shell|console)?\n(.*?)^```", markdown, flags=re.DOTALL | re.MULTILINE):
+        yield from block.replace("\\\n", " ").splitlines()
+
+
+def commands_in_shell_line(line: str) -> Iterator[str]:
+    """The commands of one shell line (split at ``&&``, ``|``, ``;``; comments and leading
+    ``VAR=value`` assignments dropped) that are ours."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    lexer.commenters = "#"
+    segment: list[str] = []
+    for token in [*lexer, ";"]:
+        if token in OPERATORS:
+            while segment and ENV_ASSIGNMENT.match(segment[0]):
+                segment.pop(0)
+            if _is_ours(segment):
+                yield shlex.join(segment)
+            segment = []
+        else:
+            segment.append(token)
+
+
+def _is_ours(tokens: list[str]) -> bool:
+    if tokens[:1] == ["gpt2sup"]:
+        return True
+    return (len(tokens) >= 3 and tokens[0] in ("python", "python3") and tokens[1] == "-m"
+            and tokens[2].startswith("worker."))
+
+
+def collect_examples(monkeypatch: pytest.MonkeyPatch) -> list[Example]:
+    examples: list[Example] = []
+    for source, text in {**click_help_texts(), **argparse_help_texts(monkeypatch)}.items():
+        for found in commands_in_help(text):
+            examples.extend(Example(source, cmd) for cmd in commands_in_shell_line(found))
+    for path in DOC_FILES:
+        for line in code_blocks(path.read_text(encoding="utf-8")):
+            examples.extend(Example(path.relative_to(REPO).as_posix(), cmd) for cmd in commands_in_shell_line(line))
+    unique = {(e.source, e.line): e for e in examples}
+    return list(unique.values())
+
+
+# --- checking one example with the real parsers ----------------------------------------------------
+def check_worker_args(args: list[str]) -> str | None:
+    """None if ``python -m worker.train_gpt2 ARGS`` would get past its argument checks."""
+    from worker.model import build_config
+    from worker.train_gpt2 import WorkerError, build_arg_parser, resolve_settings
+
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+            namespace = build_arg_parser().parse_args(args)
+    except SystemExit as exc:
+        return None if exc.code == 0 else (stderr.getvalue().strip().splitlines() or ["rejected"])[-1]
+    try:
+        settings = resolve_settings(namespace, cuda_available=True)
+        build_config(settings.args.model, dropout=settings.args.dropout)
+    except (WorkerError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+def check_prepare_args(args: list[str]) -> str | None:
+    from worker.prepare import build_parser
+
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+            build_parser().parse_args(args)
+    except SystemExit as exc:
+        return None if exc.code == 0 else (stderr.getvalue().strip().splitlines() or ["rejected"])[-1]
+    return None
+
+
+def check_gpt2sup_args(args: list[str], monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """Parse with click exactly as ``gpt2sup`` does, but record the call instead of running it."""
+    calls: list[tuple[str, dict]] = []
+    root = click.Context(cli, info_name="gpt2sup")
+    with monkeypatch.context() as patch:
+        for name in _COMMANDS:
+            command = cli.get_command(root, name)
+
+            def record(*_args, _name=name, **kwargs) -> None:
+                calls.append((_name, kwargs))
+
+            patch.setattr(command, "callback", record)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                cli.main(args=args, prog_name="gpt2sup", standalone_mode=False)
+        except click.ClickException as exc:
+            return exc.format_message()
+        except click.exceptions.Exit as exc:
+            return None if exc.exit_code == 0 else f"exit {exc.exit_code}"
+    for name, kwargs in calls:
+        if name == "run":
+            problem = check_worker_args(list(kwargs.get("worker_args") or ()))
+            if problem is not None:
+                return f"worker arguments after --: {problem}"
+    return None
+
+
+def check_example(line: str, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    tokens = shlex.split(line)
+    if tokens[0] == "gpt2sup":
+        return check_gpt2sup_args(tokens[1:], monkeypatch)
+    module = tokens[2]
+    if module == "worker.train_gpt2":
+        return check_worker_args(tokens[3:])
+    if module == "worker.prepare":
+        return check_prepare_args(tokens[3:])
+    return f"no such documented entry point: python -m {module}"
+
+
+# --- the tests ---------------------------------------------------------------------------------------
+def test_examples_are_found_in_every_help_text_and_document(monkeypatch: pytest.MonkeyPatch) -> None:
+    sources = {e.source for e in collect_examples(monkeypatch)}
+    for expected in ("gpt2sup --help", "gpt2sup run --help", "gpt2sup verify --help",
+                     "python -m worker.prepare --help", "README.md", "docs/checkpoints.md"):
+        assert expected in sources, f"no command line found in {expected}: the extractor is broken"
+
+
+def test_the_checker_rejects_what_the_real_commands_reject(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert check_example("gpt2sup run --max-restarts 3 -- --max_steps 10", monkeypatch) is None
+    assert "no such option" in check_example("gpt2sup run --max-restart 3", monkeypatch).lower()
+    assert "unknown model" in check_example("gpt2sup run -- --model d12", monkeypatch)
+    assert "unrecognized arguments" in check_example("python -m worker.train_gpt2 --max_stpes 10", monkeypatch)
+    assert "unknown model" in check_example("python -m worker.train_gpt2 --model gpt3", monkeypatch)
+    assert check_example("python -m worker.prepare a.txt --shard_size 1000", monkeypatch) is None
+    assert "invalid int" in check_example("python -m worker.prepare a.txt --shard_size lots", monkeypatch)
+    assert "no such option" in check_example("gpt2sup status --logdir x", monkeypatch).lower()
+    assert check_example("gpt2sup verify log --deep", monkeypatch) is None
+
+
+def test_every_command_line_shown_to_users_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    failures = []
+    for example in collect_examples(monkeypatch):
+        problem = check_example(example.line, monkeypatch)
+        if problem is not None:
+            failures.append(f"{example.source}: `{example.line}`: {problem}")
+    assert not failures, "command lines shown to users that the commands reject:\n" + "\n".join(failures)
