@@ -283,6 +283,11 @@ class Soak:
         for number, fault in enumerate(self.faults, 1):
             self.inject(fault, rng, since)
             since = time.time()
+            if fault.kind not in ("supervisor_sigstop", "full_disk"):
+                # The attempt struck is replaced: strike the next fault only in the new one.
+                launched = self.wait_for(lambda f=fault: self.event_after(f.injected_at, ("launched",)), 600,
+                                         "the relaunch after the fault")
+                since = float(launched["time"])
             self.log(f"  fault {number:2d}/{len(self.faults)} {fault.kind:<19} {fault.landed}: "
                      f"seen as '{fault.seen_by}' after {fault.seconds_to_event:.1f}s")
             if fault.kind == "probe_timeout":
