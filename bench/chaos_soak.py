@@ -42,6 +42,7 @@ from supervisor.process_tree import processes_with_log_dir, same_process_alive
 from tests.supervisor.disk_fill import fill_disk, mounted_tmpfs
 
 NPROC = 2
+CHECKPOINT_INTERVAL = 4
 # Every kind once, then seeded extras drawn from the kinds that are cheap to repeat.
 FAULT_KINDS = (
     "worker_sigkill", "rank_sigstop", "supervisor_sigkill", "supervisor_sigstop", "sighup",
@@ -74,7 +75,7 @@ STOPPED_SUPERVISOR_S = 7.0  # over the supervisor's 5 s scheduling-gap threshold
 
 def worker_args(max_steps: int) -> list[str]:
     return [
-        "--model", "tiny", "--max_steps", str(max_steps), "--checkpoint_interval", "4",
+        "--model", "tiny", "--max_steps", str(max_steps), "--checkpoint_interval", str(CHECKPOINT_INTERVAL),
         "--keep_last_n_checkpoints", "3", "--dropout", "0.1",
         "--eval_interval", "0", "--hellaswag_interval", "0", "--generate_interval", "0",
         "--micro_batch_size", "2", "--seq_len", "32", "--total_batch_size", str(2 * 32 * NPROC),
@@ -203,7 +204,10 @@ class Soak:
         """Strike ``fault.at_step`` steps after the run is training again (after ``since``)."""
         rank = rng.randrange(NPROC)
         start = self.wait_training(0, rank, since)
-        hb = self.wait_training(int(start["step"]) + fault.at_step, rank, since)
+        target = int(start["step"]) + fault.at_step
+        if fault.kind == "byte_flip":
+            target = max(target, CHECKPOINT_INTERVAL + 1)  # there must be a checkpoint to choose and damage
+        hb = self.wait_training(target, rank, since)
         fault.injected_at = time.time()
         fault.landed = f"rank {rank} step {hb['step']}"
         getattr(self, f"_fault_{fault.kind}")(fault, rank, hb)
@@ -283,6 +287,11 @@ class Soak:
         for number, fault in enumerate(self.faults, 1):
             self.inject(fault, rng, since)
             since = time.time()
+            if fault.kind not in ("supervisor_sigstop", "full_disk"):
+                # The attempt struck is replaced: strike the next fault only in the new one.
+                launched = self.wait_for(lambda f=fault: self.event_after(f.injected_at, ("launched",)), 600,
+                                         "the relaunch after the fault")
+                since = float(launched["time"])
             self.log(f"  fault {number:2d}/{len(self.faults)} {fault.kind:<19} {fault.landed}: "
                      f"seen as '{fault.seen_by}' after {fault.seconds_to_event:.1f}s")
             if fault.kind == "probe_timeout":
