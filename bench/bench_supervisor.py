@@ -103,7 +103,7 @@ def main() -> None:
     rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory(prefix="bench_sup_") as tmp:
         log_dir = Path(tmp) / "run"
-        console = open(Path(tmp) / "console.txt", "wb")
+        console = open(Path(tmp) / "console.txt", "wb")  # noqa: SIM115 - open for the supervisor's whole life
         sup = subprocess.Popen(
             gpt2sup("run", "--log-dir", str(log_dir), "--nproc-per-node", str(NPROC),
                     "--monitor-interval", str(args.monitor_interval), "--hang-timeout", str(args.hang_timeout),
@@ -147,8 +147,8 @@ def main() -> None:
             hung = wait_for(lambda: events(log_dir, "hung"), 120 + args.hang_timeout, "the hung event")[0]
             last_beat = max(heartbeat(log_dir, r)["time"] for r in range(NPROC))
             rows.append(("hang detection (SIGSTOP -> hung event)", f"{hung['time'] - stopped_at:.2f}s",
-                         f"configured timeout {args.hang_timeout:g}s; {hung['time'] - last_beat:.2f}s after the "
-                         "last heartbeat"))
+                         (f"configured timeout {args.hang_timeout:g}s; {hung['time'] - last_beat:.2f}s after the "
+                          "last heartbeat")))
             evidence = wait_for(lambda: events(log_dir, "evidence_captured"), 120, "evidence")[0]
             rows.append(("hang evidence capture", f"{evidence['time'] - hung['time']:.2f}s",
                          f"{len(evidence.get('files', []))} files (py-spy, /proc, faulthandler)"))
@@ -168,21 +168,21 @@ def main() -> None:
         torchrun_start = wall([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                                str(NPROC), "-m", "platform"])
         import_torch = wall([sys.executable, "-c", "import torch"])
-        ckpt = sorted(p for p in log_dir.glob("model_*.pt") if not p.is_symlink())[-1]
+        ckpt = max(p for p in log_dir.glob("model_*.pt") if not p.is_symlink())
         load = subprocess.run(
             [sys.executable, "-c",
-             "import sys, time, torch; t = time.perf_counter(); "
-             "torch.load(sys.argv[1], map_location='cpu', weights_only=True); print(time.perf_counter() - t)",
+             ("import sys, time, torch; t = time.perf_counter(); "
+              "torch.load(sys.argv[1], map_location='cpu', weights_only=True); print(time.perf_counter() - t)"),
              str(ckpt)],
-            cwd=ROOT, env=env(), capture_output=True, text=True,
+            cwd=ROOT, env=env(), capture_output=True, text=True, check=False,
         )
         load_s = float(load.stdout.strip().splitlines()[-1]) if load.returncode == 0 else float("nan")
         validate = subprocess.run(
             [sys.executable, "-c",
-             "import sys, time; from shared.checkpoint_validation import validate_checkpoint; "
-             "t = time.perf_counter(); r = validate_checkpoint(sys.argv[1]); print(r.ok, time.perf_counter() - t)",
+             ("import sys, time; from supervisor.checkpoint_validation import validate_checkpoint; "
+              "t = time.perf_counter(); r = validate_checkpoint(sys.argv[1]); print(r.ok, time.perf_counter() - t)"),
              str(ckpt)],
-            cwd=ROOT, env=env(), capture_output=True, text=True,
+            cwd=ROOT, env=env(), capture_output=True, text=True, check=False,
         )
         validate_s = validate.stdout.split()[-1] if validate.returncode == 0 else "n/a"
         floor = torchrun_start + import_torch + load_s

@@ -28,7 +28,7 @@ def check_zip_crc(path: Path) -> tuple[bool, str]:
                        "so the file is cut short, overwritten, or not a checkpoint")
     except OSError as error:
         return False, f"read error: {error.strerror or error}"
-    except Exception as error:  # a corrupt directory can trip zipfile in many ways
+    except Exception as error:  # noqa: BLE001 - a corrupt directory can trip zipfile in many ways
         return False, f"zip directory unreadable: {type(error).__name__}: {error}"
     total = 0
     with archive:
@@ -50,6 +50,6 @@ def check_zip_crc(path: Path) -> tuple[bool, str]:
                 return False, f"zip member {info.filename} damaged: {error}"
             except OSError as error:
                 return False, f"read error in {info.filename}: {error.strerror or error}"
-            except Exception as error:  # zlib.error, EOFError, ... from a damaged member
+            except Exception as error:  # noqa: BLE001 - zlib.error, EOFError, ... from a damaged member
                 return False, f"zip member {info.filename} damaged: {type(error).__name__}: {error}"
     return True, f"{len(members)} members, {total:,} bytes, every CRC-32 matches"

@@ -9,7 +9,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.nn import functional as F
 
 from shared.checkpoint_format import MODEL_CONFIG_KEYS
@@ -29,7 +29,7 @@ class GPTConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "GPTConfig":
+    def from_dict(cls, data: dict) -> GPTConfig:
         return cls(**{k: data[k] for k in (*MODEL_CONFIG_KEYS, "dropout") if k in data})
 
     def architecture(self) -> dict:
@@ -39,13 +39,13 @@ class GPTConfig:
 
 # Named presets. The GPT-2 family are OpenAI's sizes; tiny/mini/small-cpu are for CPU demos/tests.
 MODEL_PRESETS: dict[str, dict[str, int]] = {
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),  # 124M
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),  # 350M
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280, block_size=1024),  # 774M
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600, block_size=1024),  # 1558M
-    "tiny": dict(n_layer=2, n_head=2, n_embd=64, block_size=128),  # ~3.3M (mostly embeddings)
-    "mini": dict(n_layer=4, n_head=4, n_embd=128, block_size=256),  # ~7.3M
-    "small-cpu": dict(n_layer=6, n_head=6, n_embd=192, block_size=256),  # ~12.6M
+    "gpt2": {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024},  # 124M
+    "gpt2-medium": {"n_layer": 24, "n_head": 16, "n_embd": 1024, "block_size": 1024},  # 350M
+    "gpt2-large": {"n_layer": 36, "n_head": 20, "n_embd": 1280, "block_size": 1024},  # 774M
+    "gpt2-xl": {"n_layer": 48, "n_head": 25, "n_embd": 1600, "block_size": 1024},  # 1558M
+    "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 128},  # ~3.3M (mostly embeddings)
+    "mini": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 256},  # ~7.3M
+    "small-cpu": {"n_layer": 6, "n_head": 6, "n_embd": 192, "block_size": 256},  # ~12.6M
 }
 
 
@@ -105,13 +105,13 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd),
-            )
+            {
+                "wte": nn.Embedding(config.vocab_size, config.n_embd),
+                "wpe": nn.Embedding(config.block_size, config.n_embd),
+                "drop": nn.Dropout(config.dropout),
+                "h": nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                "ln_f": nn.LayerNorm(config.n_embd),
+            }
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying
@@ -129,7 +129,7 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        B, T = idx.size()
+        _, T = idx.size()
         assert T <= self.config.block_size, f"sequence {T} > block_size {self.config.block_size}"
         pos = torch.arange(0, T, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
