@@ -92,6 +92,32 @@ def timed(fn: Callable[[], None], repeat: int) -> list[float]:
     return times
 
 
+def make_checkpoint(path: Path, step: int, config: dict) -> Path:
+    """A real checkpoint as the worker writes it: its GPT, AdamW after one step, its checkpoint dict.
+
+    Built from the worker's own modules (not the test factory), so the bench measures the files
+    gpt2sup really validates. Imports torch: only called from main.
+    """
+    import torch
+
+    from worker.model import GPT, GPTConfig
+    from worker.train_state import TrainProgress, compose_checkpoint
+
+    class _LoaderAtStart:
+        def state_dict(self) -> dict[str, int]:
+            return {"shard_index": 0, "position": 0}
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_dict(config))
+    optimizer = model.configure_optimizers(0.1, 6e-4, "cpu")
+    for parameter in model.parameters():
+        parameter.grad = torch.zeros_like(parameter)
+    optimizer.step()  # AdamW creates its moments: the file holds weights + two moments, as in a run
+    state = compose_checkpoint(model, optimizer, TrainProgress(step=step), _LoaderAtStart(), "cpu", {})
+    torch.save(state, str(path))
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=3, help="N: how many checkpoints one verify call checks")
@@ -104,8 +130,6 @@ def main() -> None:
     parser.add_argument("--compare-with", type=Path, default=None,
                         help="another checkout of gpt2sup whose `verify` to time on the same files")
     args = parser.parse_args()
-
-    from tests.checkpoint_factory import make_checkpoint  # imports torch: only here
 
     config = {"block_size": args.block_size, "vocab_size": 50304, "n_layer": args.n_layer,
               "n_head": args.n_head, "n_embd": args.n_embd, "dropout": 0.0}
