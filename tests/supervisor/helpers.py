@@ -147,3 +147,18 @@ def mounted_tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
         yield mount_point
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], check=False, capture_output=True)
+
+
+# `python -c NO_TORCH_MAIN <gpt2sup args>`: runs gpt2sup with any torch import made an error.
+NO_TORCH_MAIN = """
+import sys
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch imported by gpt2sup " + sys.argv[1])
+        return None
+sys.meta_path.insert(0, _NoTorch())
+sys.argv = ["gpt2sup"] + sys.argv[1:]
+from supervisor.cli import main
+main()
+"""

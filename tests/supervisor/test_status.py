@@ -31,23 +31,12 @@ from shared.supervisor_state import (
 )
 from supervisor.commands.status_cmd import status
 from supervisor.snapshot import collect_snapshot, read_jsonl_tail
+from tests.supervisor.helpers import NO_TORCH_MAIN
 
 REPO = Path(__file__).resolve().parents[2]
 
 # Runs the real console entry point with torch made unimportable: any import of torch on the
 # status path raises, which gives a traceback and a non-zero exit.
-NO_TORCH_MAIN = """
-import sys
-class _NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch imported by gpt2sup " + sys.argv[1])
-        return None
-sys.meta_path.insert(0, _NoTorch())
-sys.argv = ["gpt2sup"] + sys.argv[1:]
-from supervisor.cli import main
-main()
-"""
 
 
 def dead_pid() -> tuple[int, float]:

@@ -220,7 +220,7 @@ def test_a_reused_pid_is_never_signalled(tmp_path: Path) -> None:
 
 
 def test_stop_command_line_never_imports_torch(tmp_path: Path) -> None:
-    from tests.supervisor.test_status import NO_TORCH_MAIN
+    from tests.supervisor.helpers import NO_TORCH_MAIN
 
     marker = tmp_path / "marker.json"
     proc = spawn(FAKE_SUPERVISOR, str(tmp_path), str(marker), "graceful", ready=tmp_path / "supervisor.json")

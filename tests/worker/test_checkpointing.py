@@ -15,7 +15,7 @@ import torch
 from shared.checkpoint_format import FORMAT_VERSION, REQUIRED_KEYS
 from shared.exit_codes import WorkerExit
 from shared.run_dir import CHECKPOINT_NAME_RE, RunDir, step_from_checkpoint_name
-from tests.worker.conftest import (
+from tests.worker.helpers import (
     FAST_ARGS,
     FINAL_CHECKPOINT,
     MB,

@@ -14,7 +14,7 @@ import torch
 
 from shared.exit_codes import WorkerExit
 from shared.run_dir import RunDir
-from tests.worker.conftest import (
+from tests.worker.helpers import (
     FAST_ARGS,
     MB,
     checkpoint_steps,

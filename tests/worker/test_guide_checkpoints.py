@@ -13,7 +13,7 @@ import pytest
 
 from shared.exit_codes import WorkerExit
 from tests.checkpoint_factory import make_guide_checkpoint
-from tests.worker.conftest import FAST_ARGS, read_heartbeat, read_metrics, run_ok
+from tests.worker.helpers import FAST_ARGS, read_heartbeat, read_metrics, run_ok
 
 # The worker's "tiny" preset, as the guide's GPTConfig dataclass would hold it.
 TINY_SIZES = {"block_size": 128, "vocab_size": 50304, "n_layer": 2, "n_head": 2, "n_embd": 64}

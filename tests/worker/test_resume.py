@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from shared.run_dir import RunDir, step_from_checkpoint_name
-from tests.worker.conftest import (
+from tests.worker.helpers import (
     CHECKPOINT_INTERVAL,
     FAST_ARGS,
     FINAL_CHECKPOINT,

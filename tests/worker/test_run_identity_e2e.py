@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from shared.exit_codes import WorkerExit
-from tests.worker.conftest import (
+from tests.worker.helpers import (
     FAST_ARGS,
     WorkerLaunch,
     WorkerLauncher,

@@ -18,7 +18,7 @@ import torch
 
 from shared.exit_codes import WorkerExit
 from tests.checkpoint_factory import flip_byte_in_tensor_data
-from tests.worker.conftest import (
+from tests.worker.helpers import (
     FAST_ARGS,
     FINAL_CHECKPOINT,
     N_STEPS,

@@ -19,7 +19,7 @@ import psutil
 
 from shared.exit_codes import WorkerExit
 from shared.run_dir import RunDir
-from tests.worker.conftest import (
+from tests.worker.helpers import (
     FAST_ARGS,
     checkpoint_steps,
     fill_leaving_free,
