@@ -38,7 +38,8 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from supervisor.process_tree import processes_with_log_dir, same_process_alive
+from shared.process_identity import same_process_alive
+from supervisor.process_tree import processes_with_log_dir
 from tests.supervisor.disk_fill import fill_disk, mounted_tmpfs
 
 NPROC = 2

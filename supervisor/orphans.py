@@ -29,17 +29,16 @@ from pathlib import Path
 import psutil
 
 from shared.heartbeat import read_heartbeat
+from shared.process_identity import ProcessId, same_process_alive
 from shared.run_dir import RunDir
 from shared.supervisor_state import SupervisorState
 from shared.vocabulary import TERMINAL_STATES
 from supervisor.process_tree import (
-    ProcessId,
     command_line_log_dir,
     is_alive,
     is_stopped,
     kill_tree,
     processes_with_log_dir,
-    same_process_alive,
     send_signal,
     with_descendants,
 )

@@ -22,6 +22,7 @@ import psutil
 
 from shared.atomic_io import read_file_tail, read_json
 from shared.heartbeat import Heartbeat, read_heartbeat
+from shared.process_identity import CREATE_TIME_TOLERANCE_S, same_process_alive
 from shared.run_dir import QUARANTINE_SUFFIX, RunDir
 from shared.supervisor_state import SupervisorState
 from shared.vocabulary import (
@@ -33,9 +34,6 @@ from shared.vocabulary import (
     SupervisorStateName,
 )
 
-# psutil derives create_time from boot time + clock ticks; two reads of the same process agree to
-# well under this, while a reused pid starts seconds (usually far more) later.
-CREATE_TIME_TOLERANCE_S = 1.0
 # How much of a JSONL file's end to read. A metrics line is ~150 bytes, so this holds hundreds
 # of steps while keeping the read constant-time however long the run has been going.
 TAIL_BYTES = 64 * 1024
@@ -221,17 +219,8 @@ class RunSnapshot:
 
 # --- process identity ---------------------------------------------------------------------------
 def process_matches(pid: int, create_time: float) -> bool:
-    """True iff ``pid`` is a live (non-zombie) process that started at ``create_time``.
-
-    A pid alone is not an identity: after a reboot or a long run it may belong to anything.
-    """
-    proc = _live_process(pid)
-    if proc is None:
-        return False
-    try:
-        return abs(proc.create_time() - float(create_time)) <= CREATE_TIME_TOLERANCE_S
-    except (psutil.Error, TypeError, ValueError):
-        return False
+    """True iff ``pid`` is a live (non-zombie) process that started at ``create_time``."""
+    return same_process_alive(pid, create_time) is not None
 
 
 def heartbeat_pid_alive(pid: int, heartbeat_time: float) -> bool:

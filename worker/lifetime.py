@@ -14,12 +14,9 @@ import sys
 import time
 from typing import Any
 
-import psutil
+from shared.process_identity import ProcessId, same_process_alive
 
 SUPERVISOR_ENV = "GPT2SUP_SUPERVISOR"
-# The supervisor writes psutil's create_time of itself; the same process reads back the same value
-# up to float formatting.
-_CREATE_TIME_TOLERANCE_S = 0.5
 
 
 class SupervisorWatch:
@@ -34,27 +31,19 @@ class SupervisorWatch:
         value = environ.get(SUPERVISOR_ENV)
         if not value:
             return None
-        try:
-            pid_text, created_text = value.split(":", 1)
-            return cls(int(pid_text), float(created_text))
-        except ValueError:
-            print(f"WARNING: ignoring {SUPERVISOR_ENV}={value!r} (expected <pid>:<create_time>); "
-                  "the supervisor's lifetime is not watched", file=sys.stderr, flush=True)
-            return None
+        identity = ProcessId.parse(value)
+        if identity is not None:
+            return cls(identity.pid, identity.create_time)
+        print(f"WARNING: ignoring {SUPERVISOR_ENV}={value!r} (expected <pid>:<create_time>); "
+              "the supervisor's lifetime is not watched", file=sys.stderr, flush=True)
+        return None
 
     def gone(self) -> bool:
         now = time.monotonic()
         if now < self._next_check:
             return False
         self._next_check = now + self.period_s
-        try:
-            process = psutil.Process(self.pid)
-            alive = abs(process.create_time() - self.create_time) < _CREATE_TIME_TOLERANCE_S
-            return not alive or process.status() == psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return True
-        except psutil.Error:  # e.g. access denied: it exists, so it is not gone
-            return False
+        return same_process_alive(self.pid, self.create_time) is None
 
 
 class StopRequest:

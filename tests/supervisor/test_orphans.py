@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from shared.process_identity import ProcessId, same_process_alive
 from shared.supervisor_state import ProcessRecord, SupervisorState
 from supervisor.orphans import (
     find_foreign_trainers,
@@ -24,7 +25,6 @@ from supervisor.orphans import (
     stop_orphans,
     survey_orphans,
 )
-from supervisor.process_tree import ProcessId, same_process_alive
 
 # A rank: beats its heartbeat on SIGTERM (it "answers"), then exits; or ignores the request.
 RANK = textwrap.dedent(

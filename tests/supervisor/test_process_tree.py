@@ -15,18 +15,20 @@ from pathlib import Path
 import psutil
 import pytest
 
+from shared.process_identity import (
+    CREATE_TIME_TOLERANCE_S,
+    ProcessId,
+    same_process_alive,
+)
 from shared.run_dir import RunDir
 from supervisor import checkpoint_selection as cs
 from supervisor.evidence import capture_hang_evidence, next_incident_number
 from supervisor.process_tree import (
-    CREATE_TIME_TOLERANCE_S,
-    ProcessId,
     command_line_log_dir,
     is_stopped,
     kill_tree,
     launch,
     processes_with_log_dir,
-    same_process_alive,
 )
 from supervisor.run_lock import RunLock, RunLockHeld, worker_lock_holder
 from tests.checkpoint_factory import make_checkpoint, truncate_to_fraction

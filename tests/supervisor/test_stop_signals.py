@@ -96,7 +96,7 @@ def test_writes_into_a_pipe_whose_reader_died_are_dropped_and_the_exit_code_stan
 
 
 def test_workers_learn_who_supervises_them_unless_told_to_outlive_it(tmp_path):
-    from supervisor.process_tree import ProcessId
+    from shared.process_identity import ProcessId
     from supervisor.run_config import RunConfig
     from supervisor.torchrun import SUPERVISOR_ENV, build_env
 
