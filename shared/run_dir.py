@@ -135,6 +135,14 @@ class RunDir:
         checkpoints = self.list_checkpoints()
         return checkpoints[-1] if checkpoints else None
 
+    def highest_attempt(self) -> int:
+        """The highest ``attempts/NNN.log`` number so far (0: none); attempts are numbered across supervisors."""
+        return _highest_numbered_entry(self.attempts_dir)
+
+    def next_incident_number(self) -> int:
+        """1 + the highest ``incidents/NNN`` directory: incidents are numbered across attempts."""
+        return _highest_numbered_entry(self.incidents_dir) + 1
+
     def list_heartbeats(self) -> list[Path]:
         try:
             return sorted(self.heartbeat_dir.glob("rank*.json"))
@@ -171,3 +179,12 @@ class RunDir:
         except (OSError, RuntimeError):
             return None
         return target if target.is_file() else None
+
+
+def _highest_numbered_entry(directory: Path) -> int:
+    """The largest ``NNN`` among ``directory``'s entries named ``NNN`` or ``NNN.ext``; 0 if none."""
+    try:
+        stems = [entry.name.split(".")[0] for entry in os.scandir(directory)]
+    except OSError:
+        return 0
+    return max((int(stem) for stem in stems if stem.isdigit()), default=0)

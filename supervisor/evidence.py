@@ -17,7 +17,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -153,21 +153,3 @@ def capture_hang_evidence(
     except OSError as exc:
         report.errors.append(f"summary.json: {exc}")
     return report
-
-
-def next_incident_number(incidents_dir: Path) -> int:
-    """1 + the highest existing ``NNN`` directory (incidents are numbered across attempts)."""
-    highest = 0
-    try:
-        for entry in incidents_dir.iterdir():
-            if entry.name.isdigit():
-                highest = max(highest, int(entry.name))
-    except OSError:
-        pass
-    return highest + 1
-
-
-def asdict_report(report: EvidenceReport) -> dict[str, Any]:
-    data = asdict(report)
-    data["directory"] = str(report.directory)
-    return data

@@ -197,7 +197,7 @@ class Supervisor:
         if reused:
             self.config.worker_args = [str(a) for a in previous.run_config["worker_args"]]
         me = psutil.Process()
-        self.journal.attempt = self._highest_attempt()
+        self.journal.attempt = self.run_dir.highest_attempt()
         self.journal.begin(CycleState(
             state=SupervisorStateName.STARTING, pid=me.pid, pid_create_time=me.create_time(),
             hostname=socket.gethostname(), log_dir=str(self.run_dir.root), started_at=time.time(),
@@ -209,13 +209,6 @@ class Supervisor:
                                f"{' '.join(self.config.worker_args)}", worker_args=self.config.worker_args)
         if previous is not None:
             self._kill_orphans(previous)
-
-    def _highest_attempt(self) -> int:
-        try:
-            stems = [entry.name.split(".")[0] for entry in self.run_dir.attempts_dir.iterdir()]
-        except FileNotFoundError:
-            return 0
-        return max((int(stem) for stem in stems if stem.isdigit()), default=0)
 
     def _kill_orphans(self, previous: SupervisorState) -> None:
         """Processes an earlier (killed) supervisor of THIS directory left running: stop them first.

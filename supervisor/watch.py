@@ -20,7 +20,7 @@ from shared.vocabulary import EventKind, OutcomeKind, RankStatus, SupervisorStat
 from supervisor import messages, policy, torchrun
 from supervisor.attempt import AttemptResult, StopRequests
 from supervisor.disk_guard import DiskGuard
-from supervisor.evidence import capture_hang_evidence, next_incident_number
+from supervisor.evidence import capture_hang_evidence
 from supervisor.journal import Journal
 from supervisor.process_tree import (
     KillReport,
@@ -261,7 +261,7 @@ class TorchrunAttempts:
         worker_pids = {r: int(b.pid) for r, b in live.beats.items() if int(b.pid) in live_pids}
         if not worker_pids:
             worker_pids = {i: p.pid for i, p in enumerate(tree.worker_processes())}
-        incident = self.run_dir.incident_dir(next_incident_number(self.run_dir.incidents_dir))
+        incident = self.run_dir.incident_dir(self.run_dir.next_incident_number())
         evidence = capture_hang_evidence(
             incident, worker_pids=worker_pids, attempt_log=tree.log_path,
             summary={"attempt": self.journal.attempt, "kind": kind, "reason": reason, "rank": rank, "step": step,

@@ -22,7 +22,7 @@ from shared.process_identity import (
 )
 from shared.run_dir import RunDir
 from supervisor import checkpoint_selection as cs
-from supervisor.evidence import capture_hang_evidence, next_incident_number
+from supervisor.evidence import capture_hang_evidence
 from supervisor.process_tree import (
     command_line_log_dir,
     is_stopped,
@@ -207,7 +207,7 @@ def test_evidence_of_a_stopped_process_does_not_hang(tmp_path):
             incident / "faulthandler.log").read_text()
         if (incident / "py-spy-rank1.txt").exists():  # py-spy can read a stopped process
             assert "<module>" in (incident / "py-spy-rank1.txt").read_text()
-        assert next_incident_number(tmp_path / "incidents") == 2
+        assert RunDir(tmp_path).next_incident_number() == 2
         assert report.duration_s < 30
     finally:
         for proc in (running, stopped):
