@@ -15,39 +15,7 @@ from typing import Any
 from shared.atomic_io import append_jsonl, read_json, write_json_atomic
 from shared.vocabulary import EventKind
 
-# Supervisor states written to supervisor.json["state"].
-SUPERVISOR_STATES = (
-    "starting",  # lock taken, cleaning up, validating
-    "running",  # an attempt is live
-    "restarting",  # between attempts (validation, backoff)
-    "stopping",  # stop requested, waiting for the worker to save and exit
-    "finished",  # terminal: training reached max steps
-    "stopped",  # terminal: stopped on request
-    "gave_up",  # terminal: restart budget or no-progress limit reached
-    "error",  # terminal: internal error
-)
-TERMINAL_STATES = ("finished", "stopped", "gave_up", "error")
-
-# Event kinds appended to events.jsonl (each record: {"time", "event", "attempt", ...details}).
-EVENT_KINDS = (
-    "supervisor_started",
-    "orphans_killed",
-    "launched",
-    "crashed",
-    "hung",
-    "evidence_captured",
-    "checkpoint_valid",
-    "quarantined",
-    "disk_warning",
-    "pruned",
-    "backoff",
-    "restarted",
-    "stop_requested",
-    "stopped",
-    "gave_up",
-    "finished",
-    "internal_error",
-)
+# The words in these files (states, event kinds) are the StrEnums of shared.vocabulary.
 
 
 @dataclass

@@ -88,6 +88,14 @@ def finished_without_checkpoint(step: int | None, cause: str | None) -> str:
             f"(exit {int(SupervisorExit.FINISHED_WITHOUT_CHECKPOINT)})")
 
 
+def stopped_without_checkpoint(step: int | None, cause: str | None, newest: str | None) -> str:
+    """A stop whose own checkpoint could not be written (worker exit 7): resumable, but steps are lost."""
+    why = f": {cause}" if cause else ""
+    resume = f"from {newest}, redoing the steps after it" if newest else "from scratch (no checkpoint on disk)"
+    return (f"stopped {after_step(step)}, but the stop's checkpoint could NOT be written{why}; "
+            f"`gpt2sup run` resumes {resume} (exit {int(SupervisorExit.STOPPED)})")
+
+
 def stopped(how: str, step: int | None = None, checkpoint: str | None = None) -> str:
     saved = f"; saved {checkpoint}" if checkpoint else ""
     where = f" {after_step(step)}" if step is not None else ""

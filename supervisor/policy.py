@@ -372,20 +372,27 @@ def classify_exit(facts: ExitFacts) -> Outcome:
             return Outcome(OutcomeKind.FINISHED_WITHOUT_CHECKPOINT, exit_code=facts.returncode)
         return Outcome(OutcomeKind.FINISHED, exit_code=0)
 
+    first = first_failure(facts.rank_exits, facts.reports) if facts.returncode != 0 else None
+    code = first.exit_code if first is not None else facts.returncode
+    rank = first.rank if first is not None else None
     if facts.stop_requested:
-        # We asked it to stop: however it went down, that is not a failure to restart from.
+        # We asked it to stop: however it went down, that is not a failure to restart from. A stop
+        # whose checkpoint could not be written keeps the worker's exit 7, so the ending says so.
         if facts.returncode == 0 and statuses and all(s == RankStatus.FINISHED for s in statuses):
             return finished()
-        return Outcome(OutcomeKind.STOPPED, exit_code=facts.returncode)
+        if unsaved:
+            return Outcome(OutcomeKind.FINISHED_WITHOUT_CHECKPOINT, exit_code=code, rank=rank)
+        return Outcome(OutcomeKind.STOPPED, exit_code=code, rank=rank)
     if facts.returncode == 0:
         if RankStatus.STOPPED in statuses:
             return Outcome(OutcomeKind.STOPPED, exit_code=0)
         return finished()
-    first = first_failure(facts.rank_exits, facts.reports)
-    code = first.exit_code if first is not None else facts.returncode
-    rank = first.rank if first is not None else None
-    if unsaved or code == WorkerExit.FINAL_SAVE_FAILED:
+    if unsaved:
         return Outcome(OutcomeKind.FINISHED_WITHOUT_CHECKPOINT, exit_code=code, rank=rank)
+    if code == WorkerExit.FINAL_SAVE_FAILED:
+        # A stop (SIGTERM to the worker, its supervisor gone) whose checkpoint could not be written:
+        # not the end of training, and not a clean stop either; never relaunched on its own.
+        return Outcome(OutcomeKind.STOPPED, exit_code=code, rank=rank)
     if RankStatus.DIVERGED in statuses or code == WorkerExit.DIVERGED:
         return Outcome(OutcomeKind.DIVERGED, exit_code=code, rank=rank)
     if code in PERMANENT_WORKER_EXITS or facts.module_missing:

@@ -368,8 +368,10 @@ def check_architecture(checkpoint: dict[str, Any], architecture: dict[str, Any],
         raise CheckpointError(f"{path} has no model config", path)
     diffs = [f"{k} {saved.get(k)} != {v}" for k, v in architecture.items() if saved.get(k) != v]
     if diffs:
-        raise CheckpointError(f"{path} was trained with a different model ({'; '.join(diffs)}); "
-                              "pass the matching --model", path)
+        # A sound file of another model is not a bad checkpoint (exit 4 would quarantine it): the
+        # command line names another run, which no relaunch fixes.
+        raise WorkerError(f"{path} was trained with a different model ({'; '.join(diffs)}); "
+                          "pass the matching --model", WorkerExit.RUN_MISMATCH)
 
 
 def _encode_error(error: WorkerError) -> str:

@@ -277,6 +277,18 @@ def test_finished_only_when_the_final_checkpoint_is_on_disk():
     assert exit7.kind == OutcomeKind.FINISHED_WITHOUT_CHECKPOINT
 
 
+def test_a_stop_whose_checkpoint_could_not_be_written_is_a_stop_that_says_so_never_finished():
+    # The supervisor asked for the stop; the worker could not write the stop's checkpoint (exit 7).
+    asked = policy.classify_exit(ExitFacts(1, ["failed", "stopped"], [RankExit(0, 7)], stop_requested=True))
+    assert asked.kind == OutcomeKind.STOPPED and asked.exit_code == 7 and not asked.is_failure
+    # SIGTERM straight to the worker (or its supervisor gone): the same, not "reached its last step".
+    direct = policy.classify_exit(ExitFacts(1, ["failed", "stopped"], [RankExit(0, 7)]))
+    assert direct.kind == OutcomeKind.STOPPED and direct.exit_code == 7
+    # A stop that landed on the last step, whose save failed, did reach the end of training.
+    last = policy.classify_exit(ExitFacts(1, ["finished_without_checkpoint"], [RankExit(0, 7)], stop_requested=True))
+    assert last.kind == OutcomeKind.FINISHED_WITHOUT_CHECKPOINT
+
+
 def test_the_first_failure_is_the_rank_killed_from_outside_then_the_earliest_failed_heartbeat():
     reports = [policy.RankReport(0, "failed", 105.0), policy.RankReport(1, "failed", 100.0)]
     # torchrun names rank 0 (it observed it first); rank 1 wrote "failed" 5 s earlier: rank 1 it is.

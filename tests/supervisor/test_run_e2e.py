@@ -444,6 +444,25 @@ def test_a_final_checkpoint_that_cannot_be_written_ends_finished_without_checkpo
         assert not (log_dir / FINAL_CHECKPOINT).exists()
 
 
+def test_a_stop_whose_checkpoint_cannot_be_written_says_so_and_never_claims_a_save(tmp_path):
+    # 60 MB holds one ~40 MB checkpoint of the tiny model (step 4), never a second one.
+    with mounted_tmpfs(tmp_path / "tmpfs", "60m") as disk:
+        log_dir = disk / "run"
+        args = _one_proc_args()
+        args[args.index("--max_steps") + 1] = "100000"
+        args[args.index("--checkpoint_interval") + 1] = "4"
+        proc = start_supervisor(log_dir, nproc=1, worker_args=[*args, "--final_save_retry_s", "1"])
+        wait_for_step(log_dir, 5)
+        proc.send_signal(signal.SIGTERM)
+        code = wait_exit(proc, log_dir)
+        assert code == SupervisorExit.STOPPED, console_text(log_dir)[-3000:]
+        (ending,) = events_named(log_dir, "stopped")
+        assert "could NOT be written" in ending["message"], ending
+        assert "resumes from model_00004.pt" in ending["message"] and "; saved model_" not in ending["message"], ending
+        assert not events_named(log_dir, "finished_without_checkpoint") and not events_named(log_dir, "restarted")
+        assert [p.name for p in sorted(log_dir.glob("model_*.pt"))] == ["model_00004.pt"]
+
+
 # --- issue 6 item 2: a run is resumed only as the run it is ------------------------------------------
 
 

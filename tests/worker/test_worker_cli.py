@@ -72,6 +72,11 @@ def cli(launcher: WorkerLauncher, ref_bare: Path, tmp_path_factory) -> dict[str,
     truncated.write_bytes(whole[: len(whole) // 2])
     empty_data = base / "empty_data"
     empty_data.mkdir()
+    # A checkpoint from before run identities were recorded: its train_config names no model.
+    old_format = base / "model_00023.pt.old"
+    old_state = torch.load(ref_bare / FINAL_CHECKPOINT, weights_only=True)
+    old_state["train_config"] = {"max_steps": old_state["train_config"]["max_steps"]}
+    torch.save(old_state, old_format)
     # A checkpoint whose data position names a shard this data directory does not have.
     other_data = base / "model_00023_other_data.pt"
     state = torch.load(ref_bare / FINAL_CHECKPOINT, weights_only=True)
@@ -109,6 +114,7 @@ def cli(launcher: WorkerLauncher, ref_bare: Path, tmp_path_factory) -> dict[str,
         "other_data": CliCase([*RESUME_ARGS, "--resume", "--checkpoint_path", str(other_data)]),
         "flipped_auto_resume": CliCase([*FAST_ARGS, "--max_steps", str(N_STEPS + 2), "--auto_resume"]),
         "flipped_pretrained": CliCase([*short, "--pretrained_checkpoint", str(flipped_pretrained)]),
+        "old_other_model": CliCase([*RESUME_ARGS, "--model", "mini", "--resume", "--checkpoint_path", str(old_format)]),
         "junk_loader_state": CliCase([*RESUME_ARGS, "--resume", "--checkpoint_path", str(junk_loader)]),
         "hostile_pickle": CliCase([*short, "--resume", "--checkpoint_path", str(hostile)]),
         "abbreviated_flag": CliCase([*FAST_ARGS, "--max_step", "2"]),
@@ -173,6 +179,16 @@ def test_checkpoint_of_another_model_is_a_run_mismatch_naming_the_difference(cli
     assert checkpoint_steps(cli["other_model"].log_dir) == []  # nothing trained, nothing written
     beat = read_heartbeat(cli["other_model"].log_dir)
     assert beat["status"] == "failed" and "different model" in beat["message"]
+
+
+def test_an_older_checkpoint_of_another_model_is_a_run_mismatch_too_never_a_bad_file(cli):
+    # Without a recorded identity the architecture check decides; a sound file of another model must
+    # not be exit 4, which the supervisor answers by quarantining the file.
+    result = cli["old_other_model"]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.returncode == int(WorkerExit.RUN_MISMATCH), result.stdout + result.stderr
+    assert "different model" in result.stderr
+    assert read_heartbeat(result.log_dir).get("bad_checkpoint") is None
 
 
 def test_missing_pretrained_checkpoint(cli):
