@@ -121,7 +121,7 @@ def collect_examples(monkeypatch: pytest.MonkeyPatch) -> list[Example]:
 def check_worker_args(args: list[str]) -> str | None:
     """None if ``python -m worker.train_gpt2 ARGS`` would get past its argument checks."""
     from worker.model import build_config
-    from worker.train_gpt2 import WorkerError, build_arg_parser, resolve_settings
+    from worker.train_gpt2 import TrainConfig, WorkerError, build_arg_parser
 
     stderr = io.StringIO()
     try:
@@ -130,8 +130,8 @@ def check_worker_args(args: list[str]) -> str | None:
     except SystemExit as exc:
         return None if exc.code == 0 else (stderr.getvalue().strip().splitlines() or ["rejected"])[-1]
     try:
-        settings = resolve_settings(namespace, cuda_available=True)
-        build_config(settings.args.model, dropout=settings.args.dropout)
+        config = TrainConfig.from_args(namespace, cuda_available=True)
+        build_config(config.model, dropout=config.dropout)
     except (WorkerError, ValueError) as exc:
         return str(exc)
     return None
@@ -161,13 +161,16 @@ def check_gpt2sup_args(args: list[str], monkeypatch: pytest.MonkeyPatch) -> str 
                 calls.append((_name, kwargs))
 
             patch.setattr(command, "callback", record)
+        stderr = io.StringIO()
         try:
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(stderr):
                 cli.main(args=args, prog_name="gpt2sup", standalone_mode=False)
         except click.ClickException as exc:
             return exc.format_message()
         except click.exceptions.Exit as exc:
             return None if exc.exit_code == 0 else f"exit {exc.exit_code}"
+        except SystemExit as exc:  # `gpt2sup run` turns a usage error into one line and exit 2 itself
+            return None if exc.code in (0, None) else (stderr.getvalue().strip().splitlines() or [f"exit {exc.code}"])[-1]
     for name, kwargs in calls:
         if name == "run":
             problem = check_worker_args(list(kwargs.get("worker_args") or ()))
