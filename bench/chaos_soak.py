@@ -1,18 +1,23 @@
 """Seeded chaos soak: many mixed faults against one supervised 2-rank run, then a bitwise check.
 
     python bench/chaos_soak.py [--seed N] [--faults 12] [--max-steps 200]     # full soak
-    python bench/chaos_soak.py --short                                         # 4 faults, 48 steps
+    python bench/chaos_soak.py --short                                         # 8 faults, 96 steps
 
 One run of the tiny model (2 processes, dropout > 0) on its own tmpfs is broken again and again
 while it trains: a worker SIGKILLed, a rank SIGSTOPped (hang), the supervisor SIGKILLed (then a
 new ``gpt2sup run``), the supervisor SIGSTOPped (then SIGCONT), SIGHUP to the supervisor (then a
 new ``gpt2sup run``), the disk filled to 100%, a rank stopped while it saves, a byte flipped in
 the checkpoint chosen for the restart (between validation and the workers' load), and a load-probe
-timeout. The fault sequence and the steps it strikes at come from ``--seed``; the seed is printed
-first so a failure replays.
+timeout (a supervisor relaunched with a tiny ``--probe-timeout``: validation is inconclusive, so it
+must resume from the newest checkpoint UNVERIFIED, with a warning, never quarantine, never restart
+from scratch). The last fault is always a full disk during the run's last save: that supervisor
+must end ``finished_without_checkpoint`` (exit 5), never "finished"; the disk is then freed and a
+new ``gpt2sup run`` finishes the run. The fault sequence and the steps it strikes at come from
+``--seed``; the seed is printed first so a failure replays.
 
 Pass criteria, checked at the end:
 - the final checkpoint's tensors and every step's loss equal an uninterrupted run's, bit for bit;
+- every fault had the outcome it must have (e.g. exit 5 after the last save failed);
 - no process of the run is left (none started with this ``--log_dir``, none recorded);
 - every fault shows up in ``events.jsonl`` after it was injected.
 Prints one row per fault (what, at which step, which event saw it, after how long) and a summary.
@@ -39,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shared.process_identity import same_process_alive
+from shared.run_dir import RunDir
 from supervisor.process_tree import processes_with_log_dir
 from tests.supervisor.disk_fill import fill_disk, mounted_tmpfs
 
@@ -49,6 +55,8 @@ FAULT_KINDS = (
     "worker_sigkill", "rank_sigstop", "supervisor_sigkill", "supervisor_sigstop", "sighup",
     "full_disk", "stop_during_save", "byte_flip", "probe_timeout",
 )
+ALWAYS = ("byte_flip", "probe_timeout")  # in every plan, however short
+LAST_SAVE_FAULT = "full_disk_last_save"  # always the last fault: it ends the run (exit 5)
 REPEATABLE = ("worker_sigkill", "rank_sigstop", "supervisor_sigkill", "sighup", "stop_during_save", "full_disk")
 # Events that prove a fault was seen, per kind: (event kinds, test on the record).
 EVIDENCE: dict[str, tuple[tuple[str, ...], Callable[[dict], bool]]] = {
@@ -63,6 +71,7 @@ EVIDENCE: dict[str, tuple[tuple[str, ...], Callable[[dict], bool]]] = {
     "byte_flip": (("quarantined", "crashed"), lambda e: e["event"] == "quarantined" or e.get("kind") == "bad_checkpoint"),
     "probe_timeout": (("checkpoint_valid", "quarantined"),
                       lambda e: e["event"] == "quarantined" or bool(e.get("inconclusive"))),
+    LAST_SAVE_FAULT: (("finished_without_checkpoint",), lambda e: True),
 }
 SUPERVISOR_ARGS = [
     "--hang-timeout", "8", "--monitor-interval", "0.5", "--startup-timeout", "240",
@@ -70,8 +79,16 @@ SUPERVISOR_ARGS = [
     "--max-restarts", "100", "--max-no-progress-restarts", "0",
 ]
 TMPFS_SIZE = "320m"
+# --short, and the slow test. Training goes on while the supervisor is stopped or the disk is full
+# (~25 steps each here): the steps must outlast every fault, or the run ends before the last one.
+SHORT_FAULTS, SHORT_MAX_STEPS = 8, 96
+# The last save's disk: full but for this much, too little for a checkpoint (40 MB), enough for the
+# heartbeats and the journal, so the worker can say why it ends (a 100% full disk is ``full_disk``).
+LAST_SAVE_SPARE_BYTES = 4 << 20
 HOLD_FULL_DISK_S = 8.0
 STOPPED_SUPERVISOR_S = 7.0  # over the supervisor's 5 s scheduling-gap threshold
+TINY_PROBE_TIMEOUT = "0.001"  # no load-probe answers this fast: validation is inconclusive
+FINAL_SAVE_RETRY_S = 2  # the worker's retry window for a failed final save, well under the hang timeout
 
 
 def worker_args(max_steps: int) -> list[str]:
@@ -80,6 +97,7 @@ def worker_args(max_steps: int) -> list[str]:
         "--keep_last_n_checkpoints", "3", "--dropout", "0.1",
         "--eval_interval", "0", "--hellaswag_interval", "0", "--generate_interval", "0",
         "--micro_batch_size", "2", "--seq_len", "32", "--total_batch_size", str(2 * 32 * NPROC),
+        "--final_save_retry_s", str(FINAL_SAVE_RETRY_S),
     ]
 
 
@@ -99,6 +117,9 @@ class Fault:
     landed: str = ""  # what actually happened (e.g. the phase a stop landed in)
     seen_by: str | None = None
     seconds_to_event: float | None = None
+    outcome: str = ""  # what the run did about it
+    problem: str | None = None  # the outcome was not the one this fault must have
+    expected_checkpoint: str | None = None  # probe timeout: the one to resume; byte flip: the one to quarantine
 
 
 @dataclass
@@ -217,6 +238,41 @@ class Soak:
                              f"an event for {fault.kind}", poll=0.2)
         fault.seen_by = seen["event"]
         fault.seconds_to_event = seen["time"] - fault.injected_at
+        if fault.kind == "probe_timeout":
+            self._judge_probe_timeout(fault, seen)
+        if fault.kind == "byte_flip":
+            self._judge_byte_flip(fault)
+
+    def _judge_byte_flip(self, fault: Fault) -> None:
+        """The worker's CRC check must refuse the flipped file: quarantined, then a relaunch."""
+        gone = self.wait_for(lambda: self.event_after(fault.injected_at, ("quarantined",),
+                                                      lambda e: e.get("checkpoint") == fault.expected_checkpoint),
+                             600, f"{fault.expected_checkpoint} to be quarantined")
+        relaunch = self.wait_for(lambda: self.event_after(gone["time"], ("launched",)), 600, "the fallback's launch")
+        chose = [e for e in self.events() if gone["time"] <= e.get("time", 0) <= relaunch["time"]
+                 and e.get("event") == "checkpoint_valid"]
+        fault.outcome = (f"{fault.expected_checkpoint} quarantined ({gone.get('source', 'validation')}), "
+                         f"relaunched from {chose[-1].get('checkpoint') if chose else '?'}")
+
+    def newest_checkpoint_name(self) -> str | None:
+        newest = RunDir.at(self.run_dir).newest_checkpoint()
+        return newest.path.name if newest else None
+
+    def _judge_probe_timeout(self, fault: Fault, seen: dict[str, Any]) -> None:
+        """Inconclusive validation must resume the newest checkpoint, flagged, and quarantine nothing."""
+        quarantined = [e for e in self.events() if e.get("time", 0) >= fault.injected_at
+                       and e.get("event") == "quarantined"]
+        warned = self.event_after(fault.injected_at, ("warning",), lambda e: "UNVERIFIED" in str(e.get("message")))
+        if seen["event"] != "checkpoint_valid" or not seen.get("inconclusive"):
+            fault.problem = f"validation was not inconclusive: {seen.get('message')}"
+        elif seen.get("checkpoint") != fault.expected_checkpoint:
+            fault.problem = f"resumed from {seen.get('checkpoint')}, not the newest {fault.expected_checkpoint}"
+        elif quarantined:
+            fault.problem = f"quarantined {[e.get('checkpoint') for e in quarantined]} on a probe timeout"
+        elif warned is None:
+            fault.problem = "no warning that the resume is unverified"
+        fault.outcome = (f"resumed from {seen.get('checkpoint')} UNVERIFIED, warned, nothing quarantined"
+                         if fault.problem is None else "WRONG")
 
     def _fault_worker_sigkill(self, fault: Fault, rank: int, hb: dict) -> None:
         os.kill(hb["pid"], signal.SIGKILL)
@@ -267,6 +323,7 @@ class Soak:
             lambda: self.event_after(fault.injected_at, ("checkpoint_valid",), lambda e: bool(e.get("checkpoint"))),
             300, "the restart's checkpoint choice", poll=0.01)
         path = self.run_dir / chosen["checkpoint"]
+        fault.expected_checkpoint = path.name
         size = path.stat().st_size
         with open(path, "r+b") as handle:
             handle.seek(size // 2)
@@ -276,33 +333,87 @@ class Soak:
         fault.landed = f"flipped byte {size // 2} of {path.name} {time.time() - chosen['time']:.2f}s after validation"
 
     def _fault_probe_timeout(self, fault: Fault, rank: int, hb: dict) -> None:
-        self.supervisor.send_signal(signal.SIGTERM)
+        self.supervisor.send_signal(signal.SIGTERM)  # the stop's checkpoint is the newest one
         code = self.supervisor.wait(300)
-        fault.landed += f", supervisor exit {code}; relaunched with --probe-timeout 0.2"
-        self.start_supervisor("--probe-timeout", "0.2")
+        fault.expected_checkpoint = self.newest_checkpoint_name()
+        fault.landed += f", supervisor exit {code}; relaunched with --probe-timeout {TINY_PROBE_TIMEOUT}"
+        self.start_supervisor("--probe-timeout", TINY_PROBE_TIMEOUT)
+
+    def last_save_fault(self, fault: Fault, since: float) -> int | None:
+        """Fill the disk (all but a few MB) once the last interval checkpoint is written, before the final save.
+
+        The supervisor must end ``finished_without_checkpoint`` (exit 5). The disk is freed as soon
+        as its workers are gone (so its closing events reach the disk), then a new ``gpt2sup run``
+        finishes the run. Returns the exit code of that last supervisor.
+        """
+        last_interval = (self.max_steps - 2) // CHECKPOINT_INTERVAL * CHECKPOINT_INTERVAL
+        hb = self.wait_training(last_interval + 1, 0, since)
+        filler = fill_disk(self.tmpfs)
+        os.truncate(filler, max(0, filler.stat().st_size - LAST_SAVE_SPARE_BYTES))
+        fault.injected_at = time.time()
+        fault.landed = f"rank 0 step {hb['step']} (final save: step {self.max_steps - 1})"
+        assert self.supervisor is not None
+        deadline = time.monotonic() + 300
+        try:
+            while self.supervisor.poll() is None and time.monotonic() < deadline:
+                self.remember_processes()
+                try:
+                    workers = psutil.Process(self.supervisor.pid).children(recursive=True)
+                except psutil.Error:
+                    workers = []
+                if not workers and filler.exists():
+                    filler.unlink()
+                time.sleep(0.05)
+        finally:
+            if filler.exists():
+                filler.unlink()
+        code = self.supervisor.wait(60)
+        kinds, check = EVIDENCE[fault.kind]
+        seen = self.event_after(fault.injected_at, kinds, check)
+        if seen is not None:
+            fault.seen_by = seen["event"]
+            fault.seconds_to_event = seen["time"] - fault.injected_at
+        final = RunDir.at(self.run_dir).checkpoint(self.max_steps - 1)
+        fault.outcome = f"supervisor exit {code}"
+        if code != 5:
+            fault.problem = f"the last save's full disk ended exit {code}, not 5 (finished_without_checkpoint)"
+        elif final.exists():
+            fault.problem = f"exit 5 but {final.name} exists"
+        self.start_supervisor()
+        code = self.supervisor.wait(1800)
+        fault.outcome += f"; freed, new gpt2sup run: exit {code}"
+        return code
 
     # -- the soak ----------------------------------------------------------------------------
     def run(self, rng: random.Random) -> int:
         self.start_supervisor()
         since = time.time()
-        for number, fault in enumerate(self.faults, 1):
+        *mixed, last = self.faults
+        for number, fault in enumerate(mixed, 1):
             self.inject(fault, rng, since)
             since = time.time()
             if fault.kind not in ("supervisor_sigstop", "full_disk"):
                 # The attempt struck is replaced: strike the next fault only in the new one.
                 launched = self.wait_for(lambda f=fault: self.event_after(f.injected_at, ("launched",)), 600,
                                          "the relaunch after the fault")
-                since = float(launched["time"])
+                since = max(since if fault.kind == "byte_flip" else 0.0, float(launched["time"]))
+                chose = self.event_after(fault.injected_at, ("checkpoint_valid",))
+                fault.outcome = fault.outcome or (
+                    f"relaunched from {chose.get('checkpoint') or 'scratch'}" if chose else "relaunched")
+            else:
+                fault.outcome = fault.outcome or ("relaunched" if self.event_after(fault.injected_at, ("launched",))
+                                                  else "training went on")
             self.log(f"  fault {number:2d}/{len(self.faults)} {fault.kind:<19} {fault.landed}: "
-                     f"seen as '{fault.seen_by}' after {fault.seconds_to_event:.1f}s")
+                     f"seen as '{fault.seen_by}' after {fault.seconds_to_event:.1f}s; {fault.outcome}")
             if fault.kind == "probe_timeout":
                 # Back to a normal probe timeout for the rest of the soak.
                 self.wait_training(0, 0, fault.injected_at)
                 self.supervisor.send_signal(signal.SIGTERM)
                 self.supervisor.wait(300)
                 self.start_supervisor()
-        assert self.supervisor is not None
-        code = self.supervisor.wait(1800)
+        code = self.last_save_fault(last, since)
+        self.log(f"  fault {len(self.faults):2d}/{len(self.faults)} {last.kind:<19} {last.landed}: "
+                 f"seen as '{last.seen_by}'; {last.outcome}")
         self.remember_processes()
         return code
 
@@ -312,14 +423,17 @@ class SoakError(RuntimeError):
 
 
 def plan(seed: int, count: int) -> list[Fault]:
-    """``count`` faults: every kind once (as many as fit), then seeded repeats; each strikes 1-3
-    steps after the run trains again following the previous one."""
+    """``count`` faults: every kind once (as many as fit), then seeded repeats, in seeded order;
+    each strikes 1-3 steps after the run trains again following the previous one. The last is
+    always a full disk during the final save (it ends the run)."""
     rng = random.Random(seed)
-    kinds = list(FAULT_KINDS)
+    others = [k for k in FAULT_KINDS if k not in ALWAYS]
+    rng.shuffle(others)
+    kinds = [*ALWAYS, *others]
+    mixed = count - 1
+    kinds = kinds[:mixed] + [rng.choice(REPEATABLE) for _ in range(max(0, mixed - len(FAULT_KINDS)))]
     rng.shuffle(kinds)
-    kinds = kinds[:count] + [rng.choice(REPEATABLE) for _ in range(max(0, count - len(FAULT_KINDS)))]
-    rng.shuffle(kinds)
-    return [Fault(kind, rng.randint(1, 3)) for kind in kinds]
+    return [Fault(kind, rng.randint(1, 3)) for kind in kinds] + [Fault(LAST_SAVE_FAULT, 0)]
 
 
 def reference_run(out: Path, max_steps: int) -> None:
@@ -419,6 +533,7 @@ def run_and_check(soak_run: Soak, reference: Path, result: dict[str, Any]) -> li
     unseen = [f.kind for f in soak_run.faults if f.seen_by is None]
     if unseen:
         problems.append(f"faults never seen as an event: {unseen}")
+    problems += [f"{f.kind}: {f.problem}" for f in soak_run.faults if f.problem]
     if code == 0:
         problems += compare(soak_run.run_dir, reference, soak_run.max_steps)
     events = soak_run.events()
@@ -451,10 +566,11 @@ def soak(seed: int, faults: int, max_steps: int, workdir: Path, log: Callable[[s
 
 def print_table(result: dict[str, Any], log: Callable[[str], None] = print) -> None:
     log("")
-    log(f"{'#':>2}  {'fault':<19} {'at':>4}  {'seen as':<16} {'after':>7}  landed")
+    log(f"{'#':>2}  {'fault':<19} {'at':>4}  {'detected as (event)':<27} {'after':>7}  outcome  [landed]")
     for number, f in enumerate(result.get("fault_log", []), 1):
         after = "-" if f["seconds_to_event"] is None else f"{f['seconds_to_event']:.1f}s"
-        log(f"{number:>2}  {f['kind']:<19} {'+' + str(f['at_step']):>4}  {f['seen_by']!s:<16} {after:>7}  {f['landed']}")
+        log(f"{number:>2}  {f['kind']:<19} {'+' + str(f['at_step']):>4}  {f['seen_by']!s:<27} {after:>7}  "
+            f"{f['outcome']}{' PROBLEM: ' + f['problem'] if f['problem'] else ''}  [{f['landed']}]")
     log("")
     log(f"seed {result['seed']}: {'PASS' if result['ok'] else 'FAIL'} in {result['total_seconds']:.0f}s "
         f"(soak {result.get('soak_seconds', 0):.0f}s), {result.get('supervisors_started', 0)} supervisor(s), "
@@ -469,11 +585,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None, help="fault plan seed (default: random, printed)")
     parser.add_argument("--faults", type=int, default=12)
     parser.add_argument("--max-steps", type=int, default=200, help="long enough to leave room for every fault")
-    parser.add_argument("--short", action="store_true", help="4 faults over 48 steps (what the slow test runs)")
+    parser.add_argument("--short", action="store_true",
+                        help=f"{SHORT_FAULTS} faults over {SHORT_MAX_STEPS} steps (what the slow test runs)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = parser.parse_args()
     if args.short:
-        args.faults, args.max_steps = 4, 48
+        args.faults, args.max_steps = SHORT_FAULTS, SHORT_MAX_STEPS
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
     with tempfile.TemporaryDirectory(prefix="gpt2sup-chaos-") as tmp:
         result = soak(seed, args.faults, args.max_steps, Path(tmp))
