@@ -26,6 +26,8 @@ from tests.checkpoint_factory import (
     truncate_to_fraction,
 )
 
+# Real training processes or probe children: the end-to-end layer, run by CI, not the inner loop.
+pytestmark = pytest.mark.slow
 
 def run_with(tmp_path: Path, *steps: int) -> RunDir:
     run = RunDir.at(tmp_path)

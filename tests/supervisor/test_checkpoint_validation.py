@@ -40,6 +40,9 @@ from tests.checkpoint_factory import (
     write_hostile_pickle,
 )
 
+# Real training processes or probe children: the end-to-end layer, run by CI, not the inner loop.
+pytestmark = pytest.mark.slow
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 

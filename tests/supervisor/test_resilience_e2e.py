@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from shared.exit_codes import SupervisorExit
 from tests.supervisor.disk_fill import fill_disk, mounted_tmpfs
@@ -36,6 +37,8 @@ from tests.supervisor.helpers import (
     wait_for_step,
 )
 
+# Real training processes or probe children: the end-to-end layer, run by CI, not the inner loop.
+pytestmark = pytest.mark.slow
 
 def _alive(pid: int, create_time: float) -> bool:
     from supervisor.process_tree import same_process_alive

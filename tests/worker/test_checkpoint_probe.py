@@ -22,6 +22,9 @@ from tests.checkpoint_factory import (
 )
 from worker import checkpoint_probe
 
+# Real training processes or probe children: the end-to-end layer, run by CI, not the inner loop.
+pytestmark = pytest.mark.slow
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -29,6 +29,8 @@ from tests.worker.helpers import (
     wait_for,
 )
 
+# Real training processes or probe children: the end-to-end layer, run by CI, not the inner loop.
+pytestmark = pytest.mark.slow
 
 def assert_complete_checkpoint(path: Path) -> dict[str, Any]:
     """Loads with weights_only=True and holds every key of the format."""

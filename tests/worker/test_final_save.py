@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
 import torch
 
 from shared.exit_codes import WorkerExit
@@ -32,6 +33,8 @@ from worker.checkpoint import (
 from worker.model import GPT, build_config
 from worker.train_state import TrainProgress, compose_checkpoint
 
+# Real training processes or probe children: the end-to-end layer, run by CI, not the inner loop.
+pytestmark = pytest.mark.slow
 
 class _Loader:
     def state_dict(self) -> dict[str, int]:

@@ -16,6 +16,9 @@ from tests.checkpoint_factory import make_guide_checkpoint
 from tests.worker.helpers import FAST_ARGS, read_heartbeat, read_metrics, run_ok
 
 # The worker's "tiny" preset, as the guide's GPTConfig dataclass would hold it.
+# Real training processes or probe children: the end-to-end layer, run by CI, not the inner loop.
+pytestmark = pytest.mark.slow
+
 TINY_SIZES = {"block_size": 128, "vocab_size": 50304, "n_layer": 2, "n_head": 2, "n_embd": 64}
 GUIDE_STEP = 3
 

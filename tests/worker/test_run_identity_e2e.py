@@ -36,6 +36,9 @@ from tests.worker.helpers import (
     wait_for,
 )
 
+# Real training processes or probe children: the end-to-end layer, run by CI, not the inner loop.
+pytestmark = pytest.mark.slow
+
 FIRST_RUN_STEPS = 60
 
 

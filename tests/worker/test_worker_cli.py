@@ -30,6 +30,8 @@ from tests.worker.helpers import (
     read_metrics,
 )
 
+# Real training processes or probe children: the end-to-end layer, run by CI, not the inner loop.
+pytestmark = pytest.mark.slow
 
 class RunsCodeWhenUnpickled:
     """Unpickling this would run a shell command: a hostile "checkpoint" (safe loading refuses it)."""

@@ -16,6 +16,7 @@ import subprocess
 import time
 
 import psutil
+import pytest
 
 from shared.exit_codes import WorkerExit
 from shared.run_dir import RunDir
@@ -30,6 +31,8 @@ from tests.worker.helpers import (
 )
 from worker.telemetry import RunLogger
 
+# Real training processes or probe children: the end-to-end layer, run by CI, not the inner loop.
+pytestmark = pytest.mark.slow
 
 def wait_for_step(launch, step: int, rank: int = 0, timeout: float = 240.0) -> dict:
     def reached():
