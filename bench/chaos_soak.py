@@ -43,10 +43,10 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.disk_fill import fill_disk, mounted_tmpfs
 from shared.process_identity import same_process_alive
 from shared.run_dir import RunDir
 from supervisor.process_tree import processes_with_log_dir
-from tests.supervisor.disk_fill import fill_disk, mounted_tmpfs
 
 NPROC = 2
 CHECKPOINT_INTERVAL = 4

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from bench.disk_fill import MountRefused, fill_disk, mounted_tmpfs
 from shared.atomic_io import append_jsonl
 from shared.supervisor_state import (
     JournalWriter,
     SupervisorState,
     read_supervisor_state,
 )
-from tests.supervisor.disk_fill import MountRefused, fill_disk, mounted_tmpfs
 
 NOBODY = 65534
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from bench.disk_fill import fill_disk, mounted_tmpfs
 from shared.exit_codes import SupervisorExit
-from tests.supervisor.disk_fill import fill_disk, mounted_tmpfs
 from tests.supervisor.helpers import (
     FAST_SUPERVISOR_ARGS,
     NPROC,

@@ -1,6 +1,6 @@
 """Real small disks for the full-disk faults: a tmpfs mounted for a while, filled to its last byte.
 
-Used by the resilience tests and by ``bench/chaos_soak.py``. Mounting needs root (the test
+Used by ``bench/chaos_soak.py`` (a fault injector) and by the resilience tests. Mounting needs root (the test
 environment has it); callers skip when the mount is refused.
 """
 from __future__ import annotations
