@@ -41,7 +41,7 @@ from tests.supervisor.helpers import (
 pytestmark = pytest.mark.slow
 
 def _alive(pid: int, create_time: float) -> bool:
-    from supervisor.process_tree import same_process_alive
+    from shared.process_identity import same_process_alive
 
     return same_process_alive(pid, create_time) is not None
 
