@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from bench import disk_fill
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NPROC = 2
 MAX_STEPS = 12
@@ -135,18 +137,18 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 @contextlib.contextmanager
 def mounted_tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
-    """A real small filesystem (root only); skips the test where mounting is not allowed."""
+    """``bench.disk_fill.mounted_tmpfs`` (root only) that skips the test where mounting is refused."""
     import pytest
 
-    mount_point.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
-                          check=False, capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
-        yield mount_point
+        mount = disk_fill.mounted_tmpfs(mount_point, size)
+        mounted = mount.__enter__()
+    except disk_fill.MountRefused as refused:
+        pytest.skip(str(refused))
+    try:
+        yield mounted
     finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False, capture_output=True)
+        mount.__exit__(None, None, None)
 
 
 # `python -c NO_TORCH_MAIN <gpt2sup args>`: runs gpt2sup with any torch import made an error.
