@@ -79,13 +79,16 @@ SUPERVISOR_ARGS = [
     "--max-restarts", "100", "--max-no-progress-restarts", "0",
 ]
 TMPFS_SIZE = "320m"
-# --short, and the slow test. Training goes on while the supervisor is stopped or the disk is full
-# (~25 steps each here): the steps must outlast every fault, or the run ends before the last one.
-SHORT_FAULTS, SHORT_MAX_STEPS = 8, 96
+# --short, and the slow test. Training goes on while the supervisor is stopped (7 s: up to ~50
+# tiny steps on a quiet machine) or the disk is full (at most FULL_DISK_MAX_STEPS): the steps must
+# outlast every fault, or the run ends before the last one (CI once reached the final step during
+# the full disk, with 96 steps).
+SHORT_FAULTS, SHORT_MAX_STEPS = 8, 144
 # The last save's disk: full but for this much, too little for a checkpoint (40 MB), enough for the
 # heartbeats and the journal, so the worker can say why it ends (a 100% full disk is ``full_disk``).
 LAST_SAVE_SPARE_BYTES = 4 << 20
-HOLD_FULL_DISK_S = 8.0
+HOLD_FULL_DISK_S = 8.0  # the full_disk fault: this long (over the 8 s hang timeout), or
+FULL_DISK_MAX_STEPS = 30  # until the run trained this many steps on the full disk
 STOPPED_SUPERVISOR_S = 7.0  # over the supervisor's 5 s scheduling-gap threshold
 TINY_PROBE_TIMEOUT = "0.001"  # no load-probe answers this fast: validation is inconclusive
 FINAL_SAVE_RETRY_S = 2  # the worker's retry window for a failed final save, well under the hang timeout
@@ -242,6 +245,15 @@ class Soak:
             self._judge_probe_timeout(fault, seen)
         if fault.kind == "byte_flip":
             self._judge_byte_flip(fault)
+        if fault.kind == "full_disk":
+            self._judge_full_disk(fault)
+
+    def _judge_full_disk(self, fault: Fault) -> None:
+        """A full disk is a warning: the attempt must not have been ended (a false hang, a stop)."""
+        ended = [e for e in self.events() if e.get("time", 0) >= fault.injected_at
+                 and e.get("event") in ("hung", "crashed", "stopped", "finished_without_checkpoint")]
+        if ended:
+            fault.problem = f"the full disk ended the attempt: {ended[0].get('message')}"
 
     def _judge_byte_flip(self, fault: Fault) -> None:
         """The worker's CRC check must refuse the flipped file: quarantined, then a relaunch."""
@@ -299,9 +311,18 @@ class Soak:
         self.start_supervisor()
 
     def _fault_full_disk(self, fault: Fault, rank: int, hb: dict) -> None:
+        """Not a byte free. The ranks train on and their heartbeats go on (rewritten in place),
+        so the supervisor must neither judge them hung nor stop the run."""
         filler = fill_disk(self.tmpfs)
-        time.sleep(HOLD_FULL_DISK_S)
-        filler.unlink()
+        deadline = time.monotonic() + HOLD_FULL_DISK_S
+        try:
+            while time.monotonic() < deadline:
+                beat = self.heartbeat(rank) or {}
+                if int(beat.get("step", -1)) >= int(hb["step"]) + FULL_DISK_MAX_STEPS:
+                    break
+                time.sleep(0.05)
+        finally:
+            filler.unlink()
 
     def _fault_stop_during_save(self, fault: Fault, rank: int, hb: dict) -> None:
         deadline = time.monotonic() + 120

@@ -6,11 +6,14 @@ a reader sees either the old or the new content, never half of one.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def fsync_path(path: Path) -> None:
@@ -53,6 +56,46 @@ def write_text_atomic(path: Path, text: str, *, durable: bool = False, create_pa
 def write_json_atomic(path: Path, data: Any, *, durable: bool = False, create_parent: bool = True) -> None:
     """Replace ``path`` with the JSON encoding of ``data`` atomically."""
     write_text_atomic(path, json.dumps(data, sort_keys=True) + "\n", durable=durable, create_parent=create_parent)
+
+
+def overwrite_in_place(path: Path, text: str) -> None:
+    """Rewrite an existing small file inside the blocks it already has: the full-disk fallback.
+
+    A rewrite through a temporary file needs a free block, which a full disk does not have; the
+    file's own block is still there. The new text is padded with spaces to the old size (JSON
+    allows trailing whitespace), so the file never shrinks and a reader never sees the old tail
+    behind the new text. A reader polling at the very moment of the write may see a torn file;
+    our readers treat that as unreadable and keep the last good copy. Raises OSError (ENOSPC
+    when the text outgrows the file's last block, FileNotFoundError when there is no file).
+    """
+    data = text.encode("utf-8")
+    fd = os.open(path, os.O_WRONLY)  # never O_CREAT: a new file would need a block
+    try:
+        size = os.fstat(fd).st_size
+        data += b" " * max(0, size - len(data))
+        written = 0
+        while written < len(data):
+            written += os.pwrite(fd, data[written:], written)
+    finally:
+        os.close(fd)
+
+
+def rewrite_json(path: Path, data: Any, *, create_parent: bool = True) -> None:
+    """:func:`write_json_atomic`, falling back to :func:`overwrite_in_place` when the disk is full.
+
+    For the small state files that must keep up while the disk is full (heartbeats, supervisor.json):
+    the one that matters most then is the one that says what is going on.
+    """
+    text = json.dumps(data, sort_keys=True) + "\n"
+    try:
+        write_text_atomic(path, text, create_parent=create_parent)
+    except OSError as exc:
+        if exc.errno not in DISK_FULL_ERRNOS:
+            raise
+        try:
+            overwrite_in_place(path, text)
+        except OSError:
+            raise exc from None
 
 
 def read_json(path: Path) -> Any | None:

@@ -8,6 +8,9 @@ A worker exit code is a verdict the supervisor acts on, so each code means one t
   command cannot succeed, so the supervisor gives up at once with the worker's own reason.
 * 7 FINAL_SAVE_FAILED: training reached its last step but the final state is not on disk; the
   run must not be reported as finished.
+* 9 STOP_SAVE_FAILED: the worker stopped on a stop request (SIGTERM/SIGINT, or its supervisor
+  gone) but that stop's checkpoint is not on disk. Kept apart from 7: when a full disk also
+  swallows the heartbeat, the exit code alone must still say which ending it was.
 """
 from __future__ import annotations
 
@@ -24,8 +27,9 @@ class WorkerExit(IntEnum):
     CHECKPOINT_ERROR = 4  # the checkpoint to resume from is unreadable, damaged or does not restore
     DATA_ERROR = 5  # data directory missing or holding no shards
     RUN_MISMATCH = 6  # the arguments describe another run than the one in --log_dir
-    FINAL_SAVE_FAILED = 7  # the last step's (or a stop request's) checkpoint could not be written
+    FINAL_SAVE_FAILED = 7  # the last step's checkpoint could not be written
     RUN_DIR_BUSY = 8  # another trainer holds --log_dir
+    STOP_SAVE_FAILED = 9  # a stop request's checkpoint could not be written
 
 
 # Worker exits that no relaunch can fix: give up at once, quoting the worker's reason.

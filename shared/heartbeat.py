@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from shared.atomic_io import read_json, write_json_atomic
+from shared.atomic_io import read_json, rewrite_json
 
 
 @dataclass
@@ -45,7 +45,12 @@ class Heartbeat:
 
 
 def write_heartbeat(path: Path, heartbeat: Heartbeat) -> None:
-    write_json_atomic(path, heartbeat.to_dict())
+    """Rewrite the heartbeat atomically; on a full disk, in the file's own block.
+
+    A full disk must not silence a rank that trains on: the supervisor would judge the silence a
+    hang and kill a healthy run, and the rank's last word (why it exits) would be lost.
+    """
+    rewrite_json(path, heartbeat.to_dict())
 
 
 def read_heartbeat(path: Path) -> Heartbeat | None:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from shared.atomic_io import append_jsonl, read_json, write_json_atomic
+from shared.atomic_io import append_jsonl, read_json, rewrite_json, write_json_atomic
 from shared.vocabulary import EventKind
 
 # The words in these files (states, event kinds) are the StrEnums of shared.vocabulary.
@@ -168,7 +168,7 @@ class JournalWriter:
                 append_jsonl(self.events_path, self._events[0], create_parent=False)
                 self._events.popleft()
             if self._state is not None:
-                write_json_atomic(self.state_path, self._state, create_parent=False)
+                rewrite_json(self.state_path, self._state, create_parent=False)
                 self._state = None
         except OSError as exc:
             self._on_failure(exc)

@@ -89,7 +89,7 @@ def finished_without_checkpoint(step: int | None, cause: str | None) -> str:
 
 
 def stopped_without_checkpoint(step: int | None, cause: str | None, newest: str | None) -> str:
-    """A stop whose own checkpoint could not be written (worker exit 7): resumable, but steps are lost."""
+    """A stop whose own checkpoint could not be written (worker exit 9): resumable, but steps are lost."""
     why = f": {cause}" if cause else ""
     resume = f"from {newest}, redoing the steps after it" if newest else "from scratch (no checkpoint on disk)"
     return (f"stopped {after_step(step)}, but the stop's checkpoint could NOT be written{why}; "

@@ -377,21 +377,23 @@ def classify_exit(facts: ExitFacts) -> Outcome:
     rank = first.rank if first is not None else None
     if facts.stop_requested:
         # We asked it to stop: however it went down, that is not a failure to restart from. A stop
-        # whose checkpoint could not be written keeps the worker's exit 7, so the ending says so.
+        # whose checkpoint could not be written keeps the worker's exit 9, so the ending says so.
         if facts.returncode == 0 and statuses and all(s == RankStatus.FINISHED for s in statuses):
             return finished()
-        if unsaved:
+        if unsaved or code == WorkerExit.FINAL_SAVE_FAILED:
             return Outcome(OutcomeKind.FINISHED_WITHOUT_CHECKPOINT, exit_code=code, rank=rank)
         return Outcome(OutcomeKind.STOPPED, exit_code=code, rank=rank)
     if facts.returncode == 0:
         if RankStatus.STOPPED in statuses:
             return Outcome(OutcomeKind.STOPPED, exit_code=0)
         return finished()
-    if unsaved:
+    if unsaved or code == WorkerExit.FINAL_SAVE_FAILED:
+        # The exit code says it even when a full disk swallowed the heartbeat's status.
         return Outcome(OutcomeKind.FINISHED_WITHOUT_CHECKPOINT, exit_code=code, rank=rank)
-    if code == WorkerExit.FINAL_SAVE_FAILED:
-        # A stop (SIGTERM to the worker, its supervisor gone) whose checkpoint could not be written:
-        # not the end of training, and not a clean stop either; never relaunched on its own.
+    if code == WorkerExit.STOP_SAVE_FAILED:
+        # A stop nobody here asked for (SIGTERM to the workers from outside, or they lost sight of
+        # this supervisor) whose checkpoint could not be written: the workers stopped; never
+        # relaunched on its own, and the ending says the stop's checkpoint is missing.
         return Outcome(OutcomeKind.STOPPED, exit_code=code, rank=rank)
     if RankStatus.DIVERGED in statuses or code == WorkerExit.DIVERGED:
         return Outcome(OutcomeKind.DIVERGED, exit_code=code, rank=rank)

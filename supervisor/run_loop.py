@@ -142,7 +142,7 @@ class Supervisor:
             case OutcomeKind.FINISHED_WITHOUT_CHECKPOINT:
                 return self._end(SupervisorStateName.FINISHED_WITHOUT_CHECKPOINT,
                                  messages.finished_without_checkpoint(result.step, result.cause))
-            case _ if result.outcome.exit_code == WorkerExit.FINAL_SAVE_FAILED:
+            case _ if result.outcome.exit_code == WorkerExit.STOP_SAVE_FAILED:
                 newest = self.run_dir.newest_checkpoint()
                 return self._end(SupervisorStateName.STOPPED, messages.stopped_without_checkpoint(
                     result.step, result.cause, newest.path.name if newest else None))

@@ -307,7 +307,10 @@ class TorchrunAttempts:
             reports=[policy.RankReport(r, str(b.status), float(b.time), int(b.step)) for r, b in beats.items()],
         )
         outcome = policy.classify_exit(facts)
-        failing = beats.get(outcome.rank) if outcome.rank is not None else None
+        if outcome.rank is not None:
+            failing = beats.get(outcome.rank)
+        else:  # torchrun named no rank: its report is lost (full disk) or there was no failure
+            failing = _first_to_end(beats) if code != 0 else None
         step = _last_completed_step(failing, live)
         message = failing.message if failing is not None and failing.status != RankStatus.RUNNING else None
         cause = messages.first_line(message) or (torchrun.error_line(log_text) if code != 0 else None)
@@ -325,6 +328,13 @@ class TorchrunAttempts:
             rank=outcome.rank, step=step, torchrun_exit=code,
         )
         return result
+
+
+def _first_to_end(beats: dict[int, Heartbeat]) -> Heartbeat | None:
+    """The rank whose last beat ended it first, when torchrun named none (its report on a full
+    disk is lost): its message is the attempt's cause. Lowest rank on a tie."""
+    ended = [b for b in beats.values() if b.status != RankStatus.RUNNING]
+    return min(ended, key=lambda b: (b.time, b.rank)) if ended else None
 
 
 def _last_completed_step(failing: Heartbeat | None, live: _Live) -> int | None:

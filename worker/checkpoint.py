@@ -22,7 +22,6 @@ manner of torchtitan's checkpointer.
 """
 from __future__ import annotations
 
-import errno
 import os
 import re
 import shutil
@@ -35,7 +34,7 @@ from typing import Any
 
 import torch
 
-from shared.atomic_io import fsync_path
+from shared.atomic_io import DISK_FULL_ERRNOS, fsync_path
 from shared.checkpoint_crc import check_zip_crc
 from shared.checkpoint_format import REQUIRED_KEYS
 from shared.checkpoint_loading import CheckpointLoadError, load_checkpoint
@@ -51,7 +50,6 @@ from worker.train_state import TrainingState, TrainProgress
 
 # Bytes we always want to leave free on top of the checkpoint itself (logs, heartbeats, metadata).
 FREE_SPACE_MARGIN_BYTES = 16 * 1024 * 1024
-_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
 class CheckpointError(WorkerError):
@@ -443,7 +441,7 @@ _TORCH_WRITE_FAILURE = re.compile(r"PytorchStreamWriter|cannot be opened|unexpec
 def _is_disk_full(exc: BaseException) -> bool:
     """ENOSPC/EDQUOT anywhere in the chain: torch's zip writer re-raises a write failure as a
     RuntimeError ("unexpected pos ...") whose cause or context holds the real OSError."""
-    return any((isinstance(e, OSError) and e.errno in _DISK_FULL_ERRNOS) or "No space left" in str(e)
+    return any((isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS) or "No space left" in str(e)
                for e in _exception_chain(exc))
 
 

@@ -157,14 +157,26 @@ def _step_of_metrics_line(line: str) -> int | None:
 
 
 def _truncate_after_step(path: Path, step: int, step_of: Callable[[str], int | None]) -> None:
+    """Keep the lines of steps up to ``step``; cut in place when they are the file's head.
+
+    They almost always are (lines are appended in step order), and a truncate needs no free
+    space: a relaunch onto a full disk must not die here before its first step.
+    """
     if not path.exists():
         return
-    kept = []
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            if not line.endswith("\n"):
-                continue  # a half-written last line from the crash
-            line_step = step_of(line)
+    kept: list[bytes] = []
+    dropped = False
+    head = True  # the kept lines are the file's first lines
+    with open(path, "rb") as handle:
+        for raw in handle:
+            # A line without its newline is half-written (the crash came mid-write): dropped.
+            line_step = step_of(raw.decode("utf-8", errors="replace")) if raw.endswith(b"\n") else None
             if line_step is not None and line_step <= step:
-                kept.append(line)
-    write_text_atomic(path, "".join(kept))
+                kept.append(raw)
+                head = head and not dropped
+            else:
+                dropped = True
+    if head:
+        os.truncate(path, sum(len(raw) for raw in kept))
+    else:
+        write_text_atomic(path, b"".join(kept).decode("utf-8", errors="replace"))

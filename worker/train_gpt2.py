@@ -407,7 +407,8 @@ def final_save_failed(step: int, stopping: bool, reason: str) -> WorkerError:
     what = "the stop request's checkpoint" if stopping else "the final checkpoint"
     return WorkerError(
         f"{what} (step {step}) could not be written: {reason}. Free space and resume: "
-        "training continues from the newest checkpoint on disk, which is older", WorkerExit.FINAL_SAVE_FAILED,
+        "training continues from the newest checkpoint on disk, which is older",
+        WorkerExit.STOP_SAVE_FAILED if stopping else WorkerExit.FINAL_SAVE_FAILED,
         status=RankStatus.FAILED if stopping else RankStatus.FINISHED_WITHOUT_CHECKPOINT)
 
 

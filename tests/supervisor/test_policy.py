@@ -277,13 +277,24 @@ def test_finished_only_when_the_final_checkpoint_is_on_disk():
     assert exit7.kind == OutcomeKind.FINISHED_WITHOUT_CHECKPOINT
 
 
+def test_exit_7_is_the_end_of_training_even_when_a_full_disk_swallowed_the_heartbeats_status():
+    # The CI soak: the last beats the supervisor could read said "running"; only the code is left.
+    alone = policy.classify_exit(ExitFacts(1, ["running", "running"], [RankExit(0, 7), RankExit(1, 7)]))
+    assert alone.kind == OutcomeKind.FINISHED_WITHOUT_CHECKPOINT and not alone.is_failure
+    pending_stop = policy.classify_exit(ExitFacts(1, ["running"], [RankExit(0, 7)], stop_requested=True))
+    assert pending_stop.kind == OutcomeKind.FINISHED_WITHOUT_CHECKPOINT
+
+
 def test_a_stop_whose_checkpoint_could_not_be_written_is_a_stop_that_says_so_never_finished():
-    # The supervisor asked for the stop; the worker could not write the stop's checkpoint (exit 7).
-    asked = policy.classify_exit(ExitFacts(1, ["failed", "stopped"], [RankExit(0, 7)], stop_requested=True))
-    assert asked.kind == OutcomeKind.STOPPED and asked.exit_code == 7 and not asked.is_failure
+    # The supervisor asked for the stop; the worker could not write the stop's checkpoint (exit 9).
+    asked = policy.classify_exit(ExitFacts(1, ["failed", "stopped"], [RankExit(0, 9)], stop_requested=True))
+    assert asked.kind == OutcomeKind.STOPPED and asked.exit_code == 9 and not asked.is_failure
     # SIGTERM straight to the worker (or its supervisor gone): the same, not "reached its last step".
-    direct = policy.classify_exit(ExitFacts(1, ["failed", "stopped"], [RankExit(0, 7)]))
-    assert direct.kind == OutcomeKind.STOPPED and direct.exit_code == 7
+    direct = policy.classify_exit(ExitFacts(1, ["failed", "stopped"], [RankExit(0, 9)]))
+    assert direct.kind == OutcomeKind.STOPPED and direct.exit_code == 9
+    # Even with no heartbeat status to go by, exit 9 is a stop, never the end of training.
+    blind = policy.classify_exit(ExitFacts(1, ["running"], [RankExit(0, 9)]))
+    assert blind.kind == OutcomeKind.STOPPED
     # A stop that landed on the last step, whose save failed, did reach the end of training.
     last = policy.classify_exit(ExitFacts(1, ["finished_without_checkpoint"], [RankExit(0, 7)], stop_requested=True))
     assert last.kind == OutcomeKind.FINISHED_WITHOUT_CHECKPOINT

@@ -232,3 +232,32 @@ def test_a_full_disk_mid_run_does_not_kill_the_supervisor_and_its_journal_catche
         crash = [e for e in events_named(log_dir, "crashed") if e["time"] >= filled_at]
         assert crash and crash[0]["time"] < caught_up[0]["time"]  # kept in memory, written late, in order
         assert "internal error" not in console_text(log_dir)
+
+
+def test_a_disk_full_through_the_final_save_is_neither_a_hang_nor_a_stop_but_exit_5(tmp_path):
+    """The CI soak's failure: the disk at 100% from mid-run through the last step.
+
+    Heartbeats are files on that disk, and so is torchrun's report of the workers' exit codes. The
+    workers train on (a full disk is a warning), so silence must not be judged a hang, and the
+    failed final save must end ``finished_without_checkpoint`` (exit 5), not "stopped" (exit 4),
+    which nobody asked for.
+    """
+    steps = 60
+    # The run directory is the mount point: its console (<log_dir>.console) stays off the full disk.
+    with mounted_tmpfs(tmp_path / "run", "200m") as disk:
+        log_dir = disk
+        worker_args = [*WORKER_ARGS, "--max_steps", str(steps), "--final_save_retry_s", "1"]
+        proc = start_supervisor(log_dir, "--hang-timeout", "3", worker_args=worker_args)
+        beat = wait_for_step(log_dir, 9)
+        filler = fill_disk(disk)
+        try:
+            code = wait_exit(proc, log_dir)
+            console = console_text(log_dir)
+            last = heartbeat(log_dir, 0)
+        finally:
+            filler.unlink()
+        assert code == SupervisorExit.FINISHED_WITHOUT_CHECKPOINT, console[-3000:]
+        assert "silent for" not in console and "stopped" not in console, console[-3000:]
+        assert "NOT on disk" in console and "final checkpoint (step 59) could not be written" in console, console[-3000:]
+        # The heartbeat went on through the full disk: it names the last step and the ending.
+        assert last["step"] == steps - 1 > beat["step"] and last["status"] == "finished_without_checkpoint", last

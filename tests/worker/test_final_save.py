@@ -1,7 +1,8 @@
 """A run ends as finished only with its final state on disk (issue: "finished" means it is saved).
 
 Real workers on real small tmpfs disks: a disk too small for the last checkpoint ends with exit 7
-and ``finished_without_checkpoint``, never exit 0; space freed while the worker retries its final
+and ``finished_without_checkpoint`` (recorded even on a disk with not a byte free), never exit 0;
+a stop whose checkpoint cannot be written ends with exit 9; space freed while the worker retries its final
 save lets it finish normally. The free-space estimate counts the tied embedding once and says its
 margin.
 """
@@ -82,6 +83,28 @@ def test_the_60_mb_disk_of_the_issue_ends_with_exit_7_not_finished(launcher, mou
     assert "retrying every" in launch.stdout()
 
 
+def test_a_disk_at_100_percent_through_the_last_step_still_records_the_ending_in_the_heartbeat(launcher, mount_tmpfs):
+    """Not a byte free: the heartbeat is rewritten in its own block, so the ending is not lost."""
+    mnt = mount_tmpfs(160)
+    run = mnt / "run"
+    launch = launcher.start(run, [*FAST_ARGS, "--max_steps", "20", "--final_save_retry_s", "1"])
+    wait_for(lambda: (run / "latest_checkpoint.pt").exists() or not launch.alive(), 240, "the first checkpoint")
+    os.kill(launch.pid, signal.SIGSTOP)
+    try:
+        ballast = fill_leaving_free(mnt, 0)
+        step_when_full = read_heartbeat(run)["step"]
+    finally:
+        os.kill(launch.pid, signal.SIGCONT)
+    try:
+        assert launch.wait() == WorkerExit.FINAL_SAVE_FAILED, launch.output_tail()
+        beat = read_heartbeat(run)
+    finally:
+        ballast.unlink()
+    assert step_when_full < 19 and beat["step"] == 19, (step_when_full, beat)
+    assert beat["status"] == "finished_without_checkpoint", beat
+    assert "final checkpoint (step 19) could not be written" in beat["message"]
+
+
 def test_a_final_save_that_fails_then_finds_space_during_the_retry_window_finishes(launcher, mount_tmpfs):
     mnt = mount_tmpfs(160)
     run = mnt / "run"
@@ -112,7 +135,7 @@ def test_a_final_save_that_fails_then_finds_space_during_the_retry_window_finish
     assert beat["save_seconds"] > 0
 
 
-def test_a_stop_whose_checkpoint_cannot_be_written_fails_with_exit_7(launcher, mount_tmpfs):
+def test_a_stop_whose_checkpoint_cannot_be_written_fails_with_exit_9(launcher, mount_tmpfs):
     mnt = mount_tmpfs(160)
     run = mnt / "run"
     launch = launcher.start(run, [*FAST_ARGS, "--max_steps", "1000", "--final_save_retry_s", "1"])
@@ -123,7 +146,7 @@ def test_a_stop_whose_checkpoint_cannot_be_written_fails_with_exit_7(launcher, m
     finally:
         os.kill(launch.pid, signal.SIGTERM)  # delivered on SIGCONT: stop at the next step boundary
         os.kill(launch.pid, signal.SIGCONT)
-    assert launch.wait() == WorkerExit.FINAL_SAVE_FAILED, launch.output_tail()
+    assert launch.wait() == WorkerExit.STOP_SAVE_FAILED, launch.output_tail()
 
     beat = read_heartbeat(run)
     assert beat["status"] == "failed", beat  # not "stopped": the stop's state is not on disk

@@ -60,6 +60,8 @@ def test_a_disk_filled_to_100_percent_mid_run_is_a_warning_and_training_finishes
     full_since = time.time()
     time.sleep(4)
     assert launch.alive(), f"the worker died of a full disk:\n{launch.output_tail()}"
+    # The heartbeat goes on in its own block: silence would be judged a hang by the supervisor.
+    beat_while_full = read_heartbeat(run)
     full_until = time.time()
     ballast.unlink()
     assert launch.wait() == 0, launch.output_tail()
@@ -74,15 +76,38 @@ def test_a_disk_filled_to_100_percent_mid_run_is_a_warning_and_training_finishes
     assert beat["status"] == "finished" and beat["step"] == steps - 1
     assert RunDir.at(run).resolve_latest_link().name == f"model_{steps - 1:05d}.pt"
     assert load_checkpoint(run / f"model_{steps - 1:05d}.pt")["step"] == steps - 1
+    assert full_since + 1 < beat_while_full["time"] < full_until, (full_since, beat_while_full, full_until)
+    assert beat_while_full["step"] in trained_while_full, beat_while_full
     stderr = launch.stderr()
-    # One warning for the whole episode, then one note of recovery. (An append to log.txt or
-    # metrics.jsonl may still fit in its file's last page, so those warn only if they failed;
-    # test_run_logger_keeps_lines_a_full_disk_refused_and_writes_them_once_space_is_back pins them.)
-    assert stderr.count("cannot write its heartbeat ") == 1, stderr[-3000:]
-    assert "writing its heartbeat works again" in stderr
+    assert "cannot write its heartbeat" not in stderr, stderr[-3000:]
+    # At most one warning per file for the whole episode, then one note of recovery. (An append to
+    # log.txt or metrics.jsonl may still fit in its file's last page, so those warn only if they
+    # failed; test_run_logger_keeps_lines_a_full_disk_refused_and_writes_them_once_space_is_back pins them.)
     for kind in ("metrics.jsonl", "log.txt"):
         assert stderr.count(f"cannot write its {kind} ") == stderr.count(f"writing its {kind} works again") <= 1
     assert "Traceback" not in stderr
+
+
+def test_a_relaunch_onto_a_disk_with_not_a_byte_free_resumes_and_trains(launcher, mount_tmpfs, tmp_path):
+    """A supervisor relaunching after a crash on a full disk: the resume must not die before its
+    first step (trimming log.txt/metrics.jsonl to the resumed step needs no free space)."""
+    mnt = mount_tmpfs(160)
+    run = mnt / "run"
+    args = [*FAST_ARGS, "--max_steps", "16", "--final_save_retry_s", "0"]
+    crashed = launcher.start(run, args, env={"GPT2SUP_INJECT_CRASH_AT_STEP": "10"}, output_dir=tmp_path)
+    assert crashed.wait() == WorkerExit.CRASHED, crashed.output_tail()
+    assert checkpoint_steps(run) == [8]
+    ballast = fill_leaving_free(mnt, 0)
+    try:
+        resumed = launcher.start(run, [*args, "--auto_resume"], output_dir=tmp_path)
+        code = resumed.wait()
+    finally:
+        ballast.unlink()
+    # It trained steps 9-15 on the full disk; only the final save could not be written.
+    assert code == WorkerExit.FINAL_SAVE_FAILED, resumed.output_tail()
+    assert [m["step"] for m in read_metrics(run)] == list(range(16)), "the resume lost or doubled metrics lines"
+    assert read_heartbeat(run)["status"] == "finished_without_checkpoint"
+    assert "Traceback" not in resumed.stderr()
 
 
 def test_run_logger_keeps_lines_a_full_disk_refused_and_writes_them_once_space_is_back(mount_tmpfs, capsys):
