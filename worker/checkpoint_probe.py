@@ -434,9 +434,8 @@ def probe(path: Path, *, deep: bool = False, size_bytes: int | None = None) -> d
 def _import_for_probing() -> float:
     """Import torch and the worker's model/restore code once; seconds spent (exit 3 on failure).
 
-    Also builds a one-parameter AdamW: the first optimizer of a process imports torch's compiler
-    stack (``Optimizer.add_param_group`` is wrapped by ``torch._disable_dynamo``), seconds that
-    belong to starting the child, not to the first file's timeout.
+    Then builds a one-parameter AdamW, so whatever the first optimizer of a process costs is paid
+    while starting the child, not within the first file's timeout.
     """
     started = time.perf_counter()
     import torch
@@ -444,8 +443,33 @@ def _import_for_probing() -> float:
     import worker.model
     import worker.train_state  # noqa: F401
 
+    _optimizers_without_the_compiler(torch)
     torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
     return time.perf_counter() - started
+
+
+def _optimizers_without_the_compiler(torch: Any) -> int:
+    """Let ``torch.optim.Optimizer``'s compile-disabled methods run as the plain functions they are.
+
+    torch wraps ``add_param_group``, ``load_state_dict``, ``state_dict`` and ``zero_grad`` in
+    ``torch._compile._disable_dynamo``, whose first call imports the whole compiler stack
+    (``torch._dynamo``, about as long as ``import torch`` itself) just to mark the function "never
+    compile". The wrapper caches that marked function on the plain one as ``__dynamo_disable``;
+    caching the plain function there instead skips the import. Nothing changes for this process,
+    which never compiles anything. Should torch change the mechanism, the attribute is simply not
+    read and the import happens as before (slower, never wrong). Returns how many were set.
+    """
+    try:
+        marker = torch._compile._disable_dynamo(lambda: None).__code__
+    except AttributeError:
+        return 0
+    count = 0
+    for value in vars(torch.optim.Optimizer).values():
+        plain = getattr(value, "__wrapped__", None)
+        if plain is not None and getattr(value, "__code__", None) is marker:
+            setattr(plain, "__dynamo_disable", plain)
+            count += 1
+    return count
 
 
 def serve(requests: Any, out: Any, import_seconds: float) -> None:

@@ -224,6 +224,25 @@ def test_serve_answers_many_files_with_one_import(tmp_path: Path) -> None:
     assert "cannot load" in verdicts[1]["reason"] or "not a readable" in verdicts[1]["reason"]
 
 
+def test_the_probe_child_never_imports_the_compiler_stack(tmp_path: Path) -> None:
+    """torch.optim imports torch._dynamo on an optimizer's first use: as long as ``import torch``
+    again. The probe child skips it (issue: verify at the speed of one torch import)."""
+    path = tmp_path / "model_00007.pt"
+    make_checkpoint(path, 7)
+    script = (
+        "import sys, json\n"
+        "from pathlib import Path\n"
+        "from worker import checkpoint_probe as p\n"
+        "p._import_for_probing()\n"
+        f"verdict = p.probe(Path({str(path)!r}), deep=True)\n"
+        "print(json.dumps([verdict['ok'], 'torch._dynamo' in sys.modules]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=300, check=True)
+    ok, compiler_imported = json.loads(done.stdout.strip().splitlines()[-1])
+    assert ok and not compiler_imported, done.stderr[-2000:]
+
+
 def test_probe_without_torch_exits_3(tmp_path: Path) -> None:
     # A broken environment is not the file's fault: exit 3, nothing on stdout.
     blocker = tmp_path / "torch"
