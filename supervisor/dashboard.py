@@ -117,9 +117,14 @@ def _restarts_text(snapshot: RunSnapshot) -> str | None:
 
 def _val_text(snapshot: RunSnapshot) -> str | None:
     progress = snapshot.progress
-    if progress is None or progress.val_loss is None:
+    if progress is None:
         return None
-    return f"val {format_loss(progress.val_loss)} (step {progress.val_step})"
+    parts = []
+    if progress.val_loss is not None:
+        parts.append(f"val {format_loss(progress.val_loss)} (step {progress.val_step})")
+    if progress.hellaswag is not None:
+        parts.append(f"hella {progress.hellaswag:.4f} (step {progress.hellaswag_step})")
+    return " ".join(parts) or None
 
 
 def _failure_text(snapshot: RunSnapshot) -> str | None:

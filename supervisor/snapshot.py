@@ -138,6 +138,8 @@ class ProgressInfo:
     seconds_per_step: float | None = None  # wall-clock, averaged over recent steps: the ETA's rate
     val_loss: float | None = None  # newest "{step} val {loss}" line of log.txt
     val_step: int | None = None
+    hellaswag: float | None = None  # newest "{step} hella {acc}" line of log.txt (acc_norm)
+    hellaswag_step: int | None = None
 
     @property
     def completed_steps(self) -> int | None:
@@ -302,20 +304,23 @@ def _phase_timeouts(raw: dict[str, Any]) -> dict[str, float]:
     return {str(phase): float(v) for phase, v in timeouts.items() if _number(v) is not None}
 
 
-def read_log_txt_val(path: Path) -> tuple[int | None, float | None]:
-    """The newest ``{step} val {loss}`` line of ``log.txt`` (read from the end)."""
+def read_log_txt_newest(path: Path, kinds: tuple[str, ...] = ("val", "hella")) -> dict[str, tuple[int, float]]:
+    """The newest ``{step} {kind} {value}`` line of ``log.txt`` per kind (read from the end)."""
     chunk, cut = read_file_tail(path, LOG_TXT_TAIL_BYTES)
     lines = chunk.decode("utf-8", "replace").split("\n")
     if cut:
         lines = lines[1:]
+    found: dict[str, tuple[int, float]] = {}
     for line in reversed(lines):
         parts = line.split()
-        if len(parts) == 3 and parts[1] == "val" and parts[0].isdigit():
+        if len(parts) == 3 and parts[1] in kinds and parts[1] not in found and parts[0].isdigit():
             try:
-                return int(parts[0]), float(parts[2])
+                found[parts[1]] = (int(parts[0]), float(parts[2]))
             except ValueError:
                 continue
-    return None, None
+            if len(found) == len(kinds):
+                break
+    return found
 
 
 def _replay_check(events: list[dict[str, Any]]) -> ReplayCheckInfo | None:
@@ -474,7 +479,9 @@ def _progress_info(
         fraction = done / max_steps
         if running and rate is not None:
             eta = (max_steps - done) * rate
-    val_step, val_loss = read_log_txt_val(log_txt)
+    newest = read_log_txt_newest(log_txt)
+    val_step, val_loss = newest.get("val", (None, None))
+    hella_step, hella = newest.get("hella", (None, None))
 
     active = [r for r in ranks if r.status == RankStatus.RUNNING]
     quietest = max(active, key=lambda r: r.age_s) if active else None
@@ -496,6 +503,8 @@ def _progress_info(
         seconds_per_step=rate,
         val_loss=val_loss,
         val_step=val_step,
+        hellaswag=hella,
+        hellaswag_step=hella_step,
     )
 
 

@@ -62,6 +62,20 @@ class Distributed:
             tensor /= self.world_size
         return tensor
 
+    def gather_lines(self, lines: list[str]) -> list[str]:
+        """Every rank's ``lines``, in rank order, on every rank (text is small: samples)."""
+        if not self.ddp:
+            return list(lines)
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, list(lines))
+        return [line for part in gathered for line in part]
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over ranks in place (e.g. counts of an evaluation split across ranks)."""
+        if self.ddp:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
     def shutdown(self) -> None:
         if self.ddp and dist.is_initialized():
             dist.destroy_process_group()

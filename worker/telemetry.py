@@ -80,7 +80,7 @@ class HeartbeatWriter:
 
 
 class RunLogger:
-    """``log.txt`` (build-nanogpt lines) and ``metrics.jsonl`` (one object per step), rank 0 only.
+    """``log.txt`` (build-nanogpt lines), ``metrics.jsonl`` (one object per step) and ``samples.txt``, rank 0 only.
 
     On resume the lines of steps after the resumed checkpoint are dropped first, so a run that
     crashed and resumed has the same log as one that never crashed.
@@ -90,13 +90,15 @@ class RunLogger:
         self.run_dir = run_dir
         self.enabled = enabled
         self.warnings = warnings or WriteWarnings(0)
-        self._files = {"log.txt": _AppendOnlyFile(run_dir.log_txt), "metrics.jsonl": _AppendOnlyFile(run_dir.metrics)}
+        self._files = {"log.txt": _AppendOnlyFile(run_dir.log_txt), "metrics.jsonl": _AppendOnlyFile(run_dir.metrics),
+                       "samples.txt": _AppendOnlyFile(run_dir.samples)}
 
     def open(self, resumed_step: int | None) -> None:
         """Start fresh (``resumed_step is None``) or keep only lines up to ``resumed_step``."""
         if not self.enabled:
             return
-        for path, step_of in ((self.run_dir.log_txt, _step_of_log_line), (self.run_dir.metrics, _step_of_metrics_line)):
+        for path, step_of in ((self.run_dir.log_txt, _step_of_log_line), (self.run_dir.metrics, _step_of_metrics_line),
+                              (self.run_dir.samples, _step_of_log_line)):
             if resumed_step is None:
                 write_text_atomic(path, "")
             else:
@@ -104,6 +106,10 @@ class RunLogger:
 
     def log_line(self, text: str) -> None:
         self._append("log.txt", text + "\n")
+
+    def sample_line(self, text: str) -> None:
+        """One ``{step} rank {r} sample {i}: '...'`` line of ``samples.txt``."""
+        self._append("samples.txt", text + "\n")
 
     def metrics(self, record: dict[str, Any]) -> None:
         self._append("metrics.jsonl", json.dumps(record) + "\n")

@@ -21,14 +21,13 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from shared.exit_codes import WorkerExit
@@ -38,6 +37,7 @@ from worker.checkpoint import CheckpointManager, RestoreRequest
 from worker.data import DataError, ShardedTokenLoader, resolve_data_dir
 from worker.distributed import Distributed, setup_distributed
 from worker.errors import WorkerError, library_reason
+from worker.evaluations import Evaluations, Schedule, load_hellaswag
 from worker.lifetime import StopRequest, SupervisorWatch
 from worker.model import GPT, build_config, cosine_lr
 from worker.replay import ReplayCheck, event_publisher
@@ -50,11 +50,11 @@ __all__ = ["TrainConfig", "WorkerError", "build_arg_parser", "main", "train"]
 
 CUDA_DEFAULTS: dict[str, Any] = {
     "model": "gpt2", "micro_batch_size": 64, "seq_len": 1024, "total_batch_size": 524288,
-    "max_steps": 19073, "warmup_steps": 715, "max_lr": 6e-4, "checkpoint_interval": 5000}
+    "max_steps": 19073, "warmup_steps": 715, "max_lr": 6e-4, "checkpoint_interval": 5000, "hellaswag_limit": 0}
 # A run that finishes a few hundred steps in minutes on a 2-core CPU.
 CPU_DEFAULTS: dict[str, Any] = {
     "model": "tiny", "micro_batch_size": 8, "seq_len": 64, "total_batch_size": 1024,
-    "max_steps": 300, "warmup_steps": 30, "max_lr": 1e-3, "checkpoint_interval": 100}
+    "max_steps": 300, "warmup_steps": 30, "max_lr": 1e-3, "checkpoint_interval": 100, "hellaswag_limit": 100}
 DEFAULT_FINAL_SAVE_RETRY_S = 60.0
 
 
@@ -82,8 +82,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
                          "finished without its final state on disk (default: %(default)s)")
     ev = p.add_argument_group("evaluation (0 turns an activity off)")
     ev.add_argument("--eval_interval", type=int, default=250, help="validation loss every N steps (default: %(default)s)")
-    ev.add_argument("--hellaswag_interval", type=int, default=250, help="HellaSwag accuracy every N steps, not built yet (default: %(default)s)")
-    ev.add_argument("--generate_interval", type=int, default=250, help="print text samples every N steps (default: %(default)s)")
+    ev.add_argument("--hellaswag_interval", type=int, default=250, help="HellaSwag acc_norm every N steps and at the last step, logged as '{step} hella {acc}' (default: %(default)s)")
+    ev.add_argument("--hellaswag_path", default=None, help="HellaSwag jsonl (ctx or ctx_a/ctx_b, endings, label); without it the cached copy, else the official validation set downloaded once; none: one warning, no evaluation (default: none)")
+    ev.add_argument("--hellaswag_limit", type=int, default=None, help=f"score only the first N examples, 0 = all; {_profile_default('hellaswag_limit')}")
+    ev.add_argument("--generate_interval", type=int, default=250, help="text samples every N steps and at the last step: printed and appended to samples.txt (default: %(default)s)")
+    ev.add_argument("--generate_prompt", default="Hello, I'm a language model,", help="the samples' prompt (default: %(default)r)")
     ev.add_argument("--val_steps", type=int, default=20, help="micro-batches per validation pass (default: %(default)s)")
     tr = p.add_argument_group("training (unset values follow the device profile, printed at start)")
     tr.add_argument("--log_dir", default="log", help="run directory: checkpoints, logs, heartbeats (default: %(default)s)")
@@ -117,7 +120,10 @@ class TrainConfig:
     final_save_retry_s: float
     eval_interval: int
     hellaswag_interval: int
+    hellaswag_path: str | None
+    hellaswag_limit: int
     generate_interval: int
+    generate_prompt: str
     val_steps: int
     log_dir: str
     data_dir: str | None
@@ -174,7 +180,8 @@ class TrainConfig:
         for name in ("max_steps", "micro_batch_size", "seq_len", "total_batch_size"):
             if getattr(self, name) <= 0:
                 raise WorkerError(f"--{name} must be positive", WorkerExit.USAGE)
-        for name in ("checkpoint_interval", "eval_interval", "hellaswag_interval", "generate_interval", "warmup_steps"):
+        for name in ("checkpoint_interval", "eval_interval", "hellaswag_interval", "hellaswag_limit", "generate_interval",
+                     "warmup_steps"):
             if getattr(self, name) < 0:
                 raise WorkerError(f"--{name} must be >= 0", WorkerExit.USAGE)
         if self.keep_last_n_checkpoints == 0 or self.keep_last_n_checkpoints < -1:
@@ -183,6 +190,10 @@ class TrainConfig:
             raise WorkerError("--dropout must be in [0, 1)", WorkerExit.USAGE)
         if not (math.isfinite(self.final_save_retry_s) and self.final_save_retry_s >= 0):
             raise WorkerError("--final_save_retry_s must be a finite number of seconds >= 0", WorkerExit.USAGE)
+
+    def schedule(self) -> Schedule:
+        return Schedule(self.eval_interval, self.hellaswag_interval, self.generate_interval, self.val_steps,
+                        self.generate_prompt)
 
     def restore_request(self) -> RestoreRequest:
         return RestoreRequest(
@@ -256,9 +267,10 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
         model = DDP(model, device_ids=[dist.local_rank] if config.device_type == "cuda" else None)
     autocast = (lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16)) if config.device_type == "cuda" \
         else contextlib.nullcontext
+    evaluations = Evaluations(
+        config.schedule(), dist, model, raw_model, val_loader, heartbeat, run_log, say, autocast, progress,
+        load_hellaswag(config.hellaswag_interval, config.hellaswag_path, config.hellaswag_limit, dist, say))
     heartbeat.beat(phase=Phase.TRAIN, step=progress.step, last_checkpoint=checkpoints.last_checkpoint_name)
-    if config.hellaswag_interval > 0:
-        say("note: HellaSwag evaluation is not built yet; --hellaswag_interval is accepted and ignored")
 
     # ---- the training loop ---------------------------------------------------------------------
     for step in range(progress.step + 1, config.max_steps):
@@ -305,14 +317,7 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
         heartbeat.beat(phase=Phase.TRAIN, step=step, loss=loss_value, tokens_per_s=tokens_per_s)
         maybe_inject_crash(step, dist.rank, heartbeat)
 
-        if val_loader is not None and is_due(config.eval_interval, step, last_step):
-            with timed_phase(heartbeat, Phase.EVAL):
-                progress.val_loss = evaluate_val_loss(model, val_loader, config.val_steps, dist, autocast)
-            say(f"validation loss: {progress.val_loss:.4f}")
-            run_log.log_line(f"{step} val {progress.val_loss:.4f}")
-        if dist.master and is_due(config.generate_interval, step, last_step) and step > 0:
-            with timed_phase(heartbeat, Phase.GENERATE):
-                print_samples(raw_model, dist.device, dist.rank, heartbeat.warnings.say)
+        evaluations.after_step(step, last_step)  # validation, HellaSwag, samples: each when due
 
         stop_now = dist.any_rank(stop.requested())
         if not checkpoints.save_if_due(step, last_step=last_step, force=stop_now):
@@ -374,34 +379,6 @@ def build_model(config: TrainConfig, device: str) -> tuple[GPT, torch.optim.Opti
 # ----------------------------------------------------------------------------- loop helpers
 
 
-def is_due(interval: int, step: int, last_step: bool) -> bool:
-    return interval > 0 and (step % interval == 0 or last_step)
-
-
-@contextlib.contextmanager
-def timed_phase(heartbeat: HeartbeatWriter, phase: Phase) -> Iterator[None]:
-    """Beat the phase change, and afterwards how long it took (``eval_seconds``)."""
-    heartbeat.beat(phase=phase)
-    started = time.perf_counter()
-    yield
-    heartbeat.beat(phase=Phase.TRAIN, eval_seconds=round(time.perf_counter() - started, 3))
-
-
-def evaluate_val_loss(model: Any, val_loader: ShardedTokenLoader, val_steps: int, dist: Distributed, autocast: Any) -> float:
-    model.eval()
-    val_loader.reset()
-    with torch.no_grad():
-        total = torch.zeros((), device=dist.device)
-        for _ in range(val_steps):
-            x, y = val_loader.next_batch()
-            with autocast():
-                _, loss = model(x.to(dist.device), y.to(dist.device))
-            total += loss.detach() / val_steps
-    dist.mean_(total)
-    model.train()
-    return total.item()
-
-
 def final_save_failed(step: int, stopping: bool, reason: str) -> WorkerError:
     """The last step's (or a stop's) state is not on disk: never an exit 0."""
     what = "the stop request's checkpoint" if stopping else "the final checkpoint"
@@ -425,28 +402,6 @@ def maybe_inject_crash(step: int, rank: int, heartbeat: HeartbeatWriter) -> None
     print(f"[fault injection] crashing after step {step}", file=sys.stderr, flush=True)
     heartbeat.fail(f"fault injection: crashed after step {step}")
     os._exit(int(WorkerExit.CRASHED))
-
-
-def print_samples(model: GPT, device: str, rank: int, say: Callable[[str], None]) -> None:
-    """build-nanogpt's sampling, on a private generator so the training RNG is untouched."""
-    from shared.tokenizer import get_gpt2_encoding
-
-    enc = get_gpt2_encoding()
-    model.eval()
-    tokens = torch.tensor(enc.encode("Hello, I'm a language model,"), dtype=torch.long, device=device)
-    xgen = tokens.unsqueeze(0).repeat(2, 1)
-    sample_rng = torch.Generator(device=device).manual_seed(42 + rank)
-    with torch.no_grad():
-        while xgen.size(1) < min(32, model.config.block_size):
-            logits, _ = model(xgen)
-            probs = F.softmax(logits[:, -1, :], dim=-1)
-            topk_probs, topk_indices = torch.topk(probs, 50, dim=-1)
-            ix = torch.multinomial(topk_probs, 1, generator=sample_rng)
-            xgen = torch.cat((xgen, torch.gather(topk_indices, -1, ix)), dim=1)
-    for i in range(xgen.size(0)):
-        ids = [t for t in xgen[i].tolist() if t < enc.n_vocab]
-        say(f"rank {rank} sample {i}: {enc.decode(ids)!r}")
-    model.train()
 
 
 if __name__ == "__main__":

@@ -475,6 +475,18 @@ def test_status_shows_the_newest_val_loss_from_log_txt(tmp_path: Path) -> None:
     assert data["progress"]["val_loss"] == 6.2345
 
 
+def test_status_and_the_progress_line_show_the_newest_hellaswag_accuracy(tmp_path: Path) -> None:
+    heartbeat(tmp_path, 0, 120)
+    RunDir.at(tmp_path).log_txt.write_text(
+        "0 train 10.9\n0 val 10.8\n0 hella 0.2500\n100 val 6.2345\n100 hella 0.2871\n120 train 5.8\n"
+    )
+    progress = collect_snapshot(tmp_path).progress
+    assert (progress.hellaswag_step, progress.hellaswag) == (100, 0.2871)
+    assert "val 6.2345 (step 100) hella 0.2871 (step 100)" in status_text(tmp_path)
+    data = json.loads(invoke("--log-dir", str(tmp_path), "--json").output)
+    assert data["progress"]["hellaswag"] == 0.2871
+
+
 def test_a_failure_the_run_got_past_is_shown_as_recovered(tmp_path: Path) -> None:
     me = psutil.Process()
     failed_at = time.time() + 5
