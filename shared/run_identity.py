@@ -141,10 +141,15 @@ def _replace(identity: RunIdentity, **changes: Any) -> RunIdentity:
 def fingerprint_data(data_dir: str | Path) -> dict[str, Any]:
     """Names, sizes and a hash of the first and last ``SHARD_EDGE_BYTES`` of every shard.
 
-    Shards are build-nanogpt's ``*_train_*.npy`` / ``*_val_*.npy`` files. ``digest`` summarises
+    Shards are build-nanogpt's ``*_train_*.npy`` / ``*_val_*.npy`` files (a single file, e.g. a
+    fine-tuning jsonl, is summarised the same way). ``digest`` summarises
     the contents (not the directory path, so a moved copy of the same data compares equal).
     """
     root = Path(data_dir).resolve()
+    if root.is_file():  # one data file (fine-tuning's jsonl): the same summary of that file
+        size = root.stat().st_size
+        entry = {"file": [{"name": root.name, "bytes": size, "edges_sha256": _edges_sha256(root, size)}]}
+        return {"path": str(root), "shards": entry, "digest": _digest(entry)}
     shards: dict[str, list[dict[str, Any]]] = {}
     for split in SHARD_SPLITS:
         entries = []

@@ -225,6 +225,14 @@ class ShardedTokenLoader:
         world_size: int = 1,
         grad_accum_steps: int = 1,
     ) -> None:
+        self._configure(split, micro_batch_size, seq_len, rank, world_size, grad_accum_steps)
+        paths = list_shards(data_dir, split)
+        if not paths:
+            raise DataError(f"no *_{split}_*.npy shards in {data_dir}")
+        self._use_shards([_read_shard_header(path) for path in paths])
+
+    def _configure(self, split: str, micro_batch_size: int, seq_len: int, rank: int, world_size: int,
+                   grad_accum_steps: int) -> None:
         if micro_batch_size < 1 or seq_len < 1 or world_size < 1 or grad_accum_steps < 1:
             raise ValueError("micro_batch_size, seq_len, world_size, grad_accum_steps must be >= 1")
         if not 0 <= rank < world_size:
@@ -233,14 +241,13 @@ class ShardedTokenLoader:
         self.B, self.T = micro_batch_size, seq_len
         self.rank, self.world_size, self.grad_accum_steps = rank, world_size, grad_accum_steps
         self.tokens_per_step = self.B * self.T * world_size * grad_accum_steps
-        paths = list_shards(data_dir, split)
-        if not paths:
-            raise DataError(f"no *_{split}_*.npy shards in {data_dir}")
-        self.shards = [_read_shard_header(path) for path in paths]
+
+    def _use_shards(self, shards: list[_Shard]) -> None:
+        self.shards = shards
         for shard in self.shards:
             if shard.num_tokens < self.tokens_per_step + 1:
                 raise DataError(
-                    f"{split} shard {shard.path.name} has {shard.num_tokens:,} tokens but one "
+                    f"{self.split} shard {shard.path.name} has {shard.num_tokens:,} tokens but one "
                     f"optimizer step needs {self.tokens_per_step + 1:,} (B*T*world*accum + 1); "
                     "reduce --total_batch_size (or --micro_batch_size / --seq_len) or use larger shards"
                 )
@@ -313,7 +320,7 @@ class ShardedTokenLoader:
 
         buf = torch.from_numpy(window)
         x = buf[:-1].view(self.B, self.T)
-        y = buf[1:].view(self.B, self.T)
+        y = self._targets(buf, start).view(self.B, self.T)
         self._micro_step += 1
         if self._micro_step == self.grad_accum_steps:
             self._micro_step = 0
@@ -321,6 +328,11 @@ class ShardedTokenLoader:
             if self.position - self._released_up_to >= _RELEASE_EVERY_TOKENS:
                 self._release_consumed_pages()
         return x, y
+
+    def _targets(self, window: torch.Tensor, start: int) -> torch.Tensor:
+        """What ``x = window[:-1]`` is trained to predict: the next tokens (``start`` is the
+        window's offset in the shard, for a subclass that masks some of them out)."""
+        return window[1:]
 
     def _release_consumed_pages(self) -> None:
         """Drop the pages of the current shard before ``position`` from this process's RSS.

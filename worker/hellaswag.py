@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +27,10 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from worker.datasets import DatasetUnavailable, find_or_download
+
 OFFICIAL_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 CACHE_NAME = "hellaswag_val.jsonl"
-DOWNLOAD_TIMEOUT_S = 30.0
-OFFLINE_ENV = "GPT2SUP_OFFLINE"
 ENDINGS = 4
 
 
@@ -115,37 +113,12 @@ def load_examples(path: Path, limit: int | None = None) -> list[Example]:
 
 def resolve_data(explicit: str | None, cache_dir: Path, *, may_download: bool | None = None,
                  say: Callable[[str], None] = print) -> Path:
-    """``explicit``, else the cached copy, else the official file downloaded into the cache.
-
-    ``may_download`` None: unless ``GPT2SUP_OFFLINE`` is set (air-gapped machines, tests), where
-    an attempt could only wait for its timeout.
-    """
-    if may_download is None:
-        may_download = not os.environ.get(OFFLINE_ENV)
-    if explicit:
-        path = Path(explicit).expanduser()
-        if not path.is_file():
-            raise HellaSwagUnavailable(f"--hellaswag_path {explicit}: no such file")
-        return path
-    cached = cache_dir / CACHE_NAME
-    if cached.is_file():
-        return cached
-    if not may_download:
-        raise HellaSwagUnavailable(f"no HellaSwag data: pass --hellaswag_path FILE (not cached at {cached}; "
-                                   f"{OFFLINE_ENV} is set, so it is not downloaded)")
-    say(f"downloading HellaSwag validation set to {cached}")
-    partial = cached.with_name(f".{CACHE_NAME}.{os.getpid()}.part")
+    """``--hellaswag_path``, else the cached copy, else the official file downloaded into the cache."""
     try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        with urllib.request.urlopen(OFFICIAL_VAL_URL, timeout=DOWNLOAD_TIMEOUT_S) as response, \
-                open(partial, "wb") as out:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-        os.replace(partial, cached)
-    except (OSError, ValueError) as exc:  # URLError is an OSError; no network is the common case
-        partial.unlink(missing_ok=True)
-        raise HellaSwagUnavailable(f"no HellaSwag data: download failed ({exc}); pass --hellaswag_path FILE") from None
-    return cached
+        return find_or_download(explicit, "--hellaswag_path", cache_dir, CACHE_NAME, OFFICIAL_VAL_URL,
+                                may_download=may_download, say=say)
+    except DatasetUnavailable as exc:
+        raise HellaSwagUnavailable(str(exc).replace("no data", "no HellaSwag data", 1)) from None
 
 
 # ----------------------------------------------------------------------------- scoring

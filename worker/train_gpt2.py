@@ -141,6 +141,8 @@ class TrainConfig:
     compile: bool
     device_type: str  # "cpu" or "cuda"
     profile_note: str  # which defaults were filled in, and why (printed at start)
+    data_path: str | None = None  # worker.finetune_dolly: the instruction jsonl
+    val_fraction: float = 0.05  # worker.finetune_dolly: the share held out for validation
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, cuda_available: bool) -> TrainConfig:
@@ -206,8 +208,12 @@ class TrainConfig:
 # ----------------------------------------------------------------------------- entry point
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_arg_parser().parse_args(argv)
+def main(argv: list[str] | None = None, *, parser: argparse.ArgumentParser | None = None,
+         build: DataBuilder | None = None, prog: str = "train_gpt2") -> int:
+    """Pre-training; ``worker.finetune_dolly`` calls it with its own parser and data (one loop, one
+    checkpoint manager, one heartbeat, stop handling and run identity for both)."""
+    args = (parser or build_arg_parser()).parse_args(argv)
+    build = build or build_data
     heartbeat: HeartbeatWriter | None = None
     try:
         config = TrainConfig.from_args(args, torch.cuda.is_available())
@@ -220,11 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         with hold_worker_lock(run_dir, distributed):  # before any write: exit 8 touches nothing
             heartbeat = HeartbeatWriter(run_dir, distributed.rank, distributed.world_size, config.max_steps)
             heartbeat.beat(phase=Phase.STARTUP)
-            return train(config, distributed, run_dir, heartbeat, stop)
+            return train(config, distributed, run_dir, heartbeat, stop, build)
     except WorkerError as exc:
         if heartbeat is not None:
             heartbeat.fail(str(exc), exc.status, exc.bad_checkpoint)
-        print_to_stderr(f"train_gpt2: error: {exc}")
+        print_to_stderr(f"{prog}: error: {exc}")
         return int(exc.code)
     except BaseException as exc:  # crash: mark it, then let Python print the traceback
         if heartbeat is not None and not isinstance(exc, SystemExit):
@@ -233,18 +239,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: HeartbeatWriter,
-          stop: StopRequest) -> int:
+          stop: StopRequest, build: DataBuilder | None = None) -> int:
     def say(message: str) -> None:
         if dist.master:
             heartbeat.warnings.say(message)
 
     if config.profile_note:
         say(config.profile_note)
-    train_loader, val_loader, grad_accum_steps = build_data(config, dist, say)
+    try:
+        data = (build or build_data)(config, dist, say)
+    except DataError as exc:
+        raise WorkerError(str(exc), WorkerExit.DATA_ERROR) from None
+    train_loader, val_loader, grad_accum_steps = data.train, data.val, data.grad_accum_steps
     raw_model, optimizer = build_model(config, dist.device)
     progress = TrainProgress()
-    identity = RunIdentityCheck.for_launch(config, dist.world_size, resolve_data_dir(config.data_dir),
-                                           raw_model.config.to_dict(), run_dir, say)
+    identity = RunIdentityCheck.for_launch(config, dist.world_size, data.source, raw_model.config.to_dict(), run_dir, say)
     state = TrainingState(raw_model, optimizer, train_loader, progress, config.device_type, train_config={})
     run_log = RunLogger(run_dir, enabled=dist.master, warnings=heartbeat.warnings)
     checkpoints = CheckpointManager(
@@ -339,8 +348,18 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
 # ----------------------------------------------------------------------------- set-up
 
 
-def build_data(config: TrainConfig, dist: Distributed, say: Callable[[str], None]) -> tuple[ShardedTokenLoader, ShardedTokenLoader | None, int]:
-    """The train loader (and the val loader unless evals are off), and the accumulation steps."""
+@dataclass
+class TrainingData:
+    train: ShardedTokenLoader
+    val: ShardedTokenLoader | None  # None when validation is off
+    grad_accum_steps: int
+    source: Path  # what the run identity fingerprints: a shard directory, or a data file
+
+
+DataBuilder = Callable[["TrainConfig", Distributed, Callable[[str], None]], TrainingData]
+
+
+def accumulation_steps(config: TrainConfig, dist: Distributed, say: Callable[[str], None]) -> int:
     B, T = config.micro_batch_size, config.seq_len
     if config.total_batch_size % (B * T * dist.world_size) != 0:
         raise WorkerError(
@@ -348,14 +367,18 @@ def build_data(config: TrainConfig, dist: Distributed, say: Callable[[str], None
             WorkerExit.USAGE)
     grad_accum_steps = config.total_batch_size // (B * T * dist.world_size)
     say(f"total batch {config.total_batch_size} tokens = {B} x {T} x {dist.world_size} processes x {grad_accum_steps} accumulation steps")
-    try:
-        data_dir = resolve_data_dir(config.data_dir)
-        train_loader = ShardedTokenLoader(data_dir, "train", B, T, dist.rank, dist.world_size, grad_accum_steps)
-        val_loader = ShardedTokenLoader(data_dir, "val", B, T, dist.rank, dist.world_size, 1) if config.eval_interval > 0 else None
-    except DataError as exc:
-        raise WorkerError(str(exc), WorkerExit.DATA_ERROR) from None
+    return grad_accum_steps
+
+
+def build_data(config: TrainConfig, dist: Distributed, say: Callable[[str], None]) -> TrainingData:
+    """Pre-training's shards: the train loader (and the val loader unless evals are off)."""
+    grad_accum_steps = accumulation_steps(config, dist, say)
+    B, T = config.micro_batch_size, config.seq_len
+    data_dir = resolve_data_dir(config.data_dir)
+    train_loader = ShardedTokenLoader(data_dir, "train", B, T, dist.rank, dist.world_size, grad_accum_steps)
+    val_loader = ShardedTokenLoader(data_dir, "val", B, T, dist.rank, dist.world_size, 1) if config.eval_interval > 0 else None
     say(f"data: {data_dir}")
-    return train_loader, val_loader, grad_accum_steps
+    return TrainingData(train_loader, val_loader, grad_accum_steps, Path(data_dir))
 
 
 def build_model(config: TrainConfig, device: str) -> tuple[GPT, torch.optim.Optimizer]:

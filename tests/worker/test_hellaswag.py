@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 from shared.tokenizer import get_gpt2_encoding
 from worker import hellaswag
+from worker.datasets import OFFLINE_ENV
 from worker.model import GPT, GPTConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -70,7 +71,7 @@ def independent_prediction(model: GPT, example: hellaswag.Example, encode) -> in
 
 
 def test_predictions_match_an_independent_computation(tmp_path: Path, model: GPT, encode) -> None:
-    examples = hellaswag.load_examples(write_hellaswag(tmp_path / "hs.jsonl", 40))
+    examples = hellaswag.load_examples(write_hellaswag(tmp_path / "hs.jsonl", 16))
     model.eval()
     expected = [independent_prediction(model, e, encode) for e in examples]
     model.train()
@@ -78,7 +79,7 @@ def test_predictions_match_an_independent_computation(tmp_path: Path, model: GPT
     assert ours == expected
     assert len(set(expected)) > 1, "a degenerate model would make the comparison meaningless"
     result = hellaswag.evaluate(model, examples, encode, device="cpu")
-    assert result.total == 40 and result.correct == sum(p == e.label for p, e in zip(expected, examples, strict=True))
+    assert result.total == 16 and result.correct == sum(p == e.label for p, e in zip(expected, examples, strict=True))
     assert model.training, "evaluate must put the model back in train mode"
 
 
@@ -124,7 +125,7 @@ def test_data_comes_from_the_flag_then_the_cache_and_offline_never_downloads(tmp
     assert hellaswag.resolve_data(str(given), tmp_path / "cache") == given
     with pytest.raises(hellaswag.HellaSwagUnavailable, match="no such file"):
         hellaswag.resolve_data(str(tmp_path / "missing.jsonl"), tmp_path / "cache")
-    monkeypatch.setenv(hellaswag.OFFLINE_ENV, "1")
+    monkeypatch.setenv(OFFLINE_ENV, "1")
     with pytest.raises(hellaswag.HellaSwagUnavailable, match="--hellaswag_path"):
         hellaswag.resolve_data(None, tmp_path / "cache")
     (tmp_path / "cache").mkdir()

@@ -1,0 +1,146 @@
+"""Dolly-15k instruction data for ``worker.finetune_dolly``: template, masking, packing, loaders.
+
+Each record (``instruction``, ``context``, ``response``, ``category``) becomes one text::
+
+    ### Instruction:
+    {instruction}
+
+    ### Context:            <- only when the record has a context
+    {context}
+
+    ### Response:
+    {response}<|endoftext|>
+
+Everything up to and including ``### Response:\\n`` is the prompt; only the response's tokens
+(and the closing ``<|endoftext|>``, so the model learns to stop) are trained on: a prompt token's
+target is ``-100``, which the model's cross-entropy ignores. Examples are packed end to end into
+one token stream (no padding is wasted; attention may see the previous example, as in
+pre-training across documents), and a :class:`PackedExamplesLoader` reads it with the
+pre-training loader's addressing, so its state (``{"shard_index": 0, "position": p}``) is
+checkpointed, validated and resumed exactly like pre-training's.
+
+The validation split is held out by a fixed seed (:data:`SPLIT_SEED`): the same records every
+run, whatever ``--seed`` says.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from worker.data import DataError, ShardedTokenLoader, _Shard
+
+IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index
+SPLIT_SEED = 20230412  # Dolly-15k's release date: a fixed split, independent of --seed
+DOLLY_URL = "https://huggingface.co/datasets/databricks/databricks-dolly-15k/resolve/main/databricks-dolly-15k.jsonl"
+DOLLY_CACHE_NAME = "databricks-dolly-15k.jsonl"
+
+
+@dataclass(frozen=True)
+class InstructionExample:
+    instruction: str
+    context: str
+    response: str
+    category: str = ""
+
+
+def prompt_text(example: InstructionExample) -> str:
+    """The template up to the response (the part that is never trained on)."""
+    parts = [f"### Instruction:\n{example.instruction.strip()}\n\n"]
+    if example.context.strip():
+        parts.append(f"### Context:\n{example.context.strip()}\n\n")
+    parts.append("### Response:\n")
+    return "".join(parts)
+
+
+def load_dolly(path: Path) -> list[InstructionExample]:
+    """Every record of a Dolly-format jsonl; a malformed one is a :class:`DataError` naming its line."""
+    examples = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError as exc:
+                    raise DataError(f"{path}:{number}: not JSON ({exc})") from None
+                if not isinstance(record, dict) or not all(
+                        isinstance(record.get(k), str) for k in ("instruction", "response")):
+                    raise DataError(f"{path}:{number}: needs string fields 'instruction' and 'response'")
+                context = record.get("context") or ""
+                if not isinstance(context, str):
+                    raise DataError(f"{path}:{number}: 'context' must be a string")
+                examples.append(InstructionExample(record["instruction"], context, record["response"],
+                                                   str(record.get("category") or "")))
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not examples:
+        raise DataError(f"{path} holds no instruction examples")
+    return examples
+
+
+def split_train_val(examples: list[InstructionExample], val_fraction: float
+                    ) -> tuple[list[InstructionExample], list[InstructionExample]]:
+    """A fixed shuffle (:data:`SPLIT_SEED`); the first ``ceil(fraction * n)`` (at least 1) are held out."""
+    if len(examples) < 2:
+        raise DataError(f"{len(examples)} example(s): at least 2 are needed (one to train on, one held out)")
+    order = list(range(len(examples)))
+    random.Random(SPLIT_SEED).shuffle(order)
+    held_out = min(len(examples) - 1, max(1, math.ceil(val_fraction * len(examples))))
+    return [examples[i] for i in order[held_out:]], [examples[i] for i in order[:held_out]]
+
+
+@dataclass(frozen=True)
+class PackedTokens:
+    tokens: np.ndarray  # int64, every example's prompt + response + <|endoftext|>, end to end
+    trained: np.ndarray  # bool, same length: True where the token is part of a response
+
+
+def pack(examples: list[InstructionExample], encode: Callable[[str], list[int]], eot: int) -> PackedTokens:
+    tokens: list[int] = []
+    trained: list[bool] = []
+    for example in examples:
+        prompt = encode(prompt_text(example))
+        response = [*encode(example.response.strip()), eot]
+        tokens += prompt + response
+        trained += [False] * len(prompt) + [True] * len(response)
+    return PackedTokens(np.asarray(tokens, dtype=np.int64), np.asarray(trained, dtype=bool))
+
+
+def targets_of(tokens: torch.Tensor, trained: torch.Tensor) -> torch.Tensor:
+    """``y`` for ``x = tokens[:-1]``: the next token where it is a response token, else ignored."""
+    return torch.where(trained[1:], tokens[1:], torch.full_like(tokens[1:], IGNORE_INDEX))
+
+
+class PackedExamplesLoader(ShardedTokenLoader):
+    """The pre-training loader over one in-memory packed stream, with prompt targets masked.
+
+    Same addressing, wrapping and state as :class:`worker.data.ShardedTokenLoader` (one "shard"),
+    so checkpoints, the probe's loader check and resume need nothing new.
+    """
+
+    def __init__(self, packed: PackedTokens, split: str, micro_batch_size: int, seq_len: int, rank: int = 0,
+                 world_size: int = 1, grad_accum_steps: int = 1) -> None:
+        self._configure(split, micro_batch_size, seq_len, rank, world_size, grad_accum_steps)
+        self._packed = packed
+        self._trained = torch.from_numpy(packed.trained)
+        self._use_shards([_Shard(Path(f"dolly {split}"), int(packed.tokens.shape[0]))])
+        self._tokens = packed.tokens
+        self._mapped_index = 0
+        self.reset()
+
+    def _current_tokens(self) -> np.ndarray:
+        return self._packed.tokens
+
+    def _targets(self, window: torch.Tensor, start: int) -> torch.Tensor:
+        return targets_of(window, self._trained[start : start + window.shape[0]])
+
+    def _release_consumed_pages(self) -> None:
+        """In memory: nothing is mapped."""

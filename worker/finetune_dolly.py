@@ -1,0 +1,102 @@
+"""Instruction fine-tuning on Dolly-15k, supervised and resumed exactly like pre-training.
+
+    python -m worker.finetune_dolly --pretrained_checkpoint log/model_00299.pt --data_path dolly.jsonl
+    gpt2sup run --worker worker.finetune_dolly -- --pretrained_checkpoint log/model_00299.pt --data_path dolly.jsonl
+
+The checkpoint guide's second loading mode: the model's weights come from
+``--pretrained_checkpoint``; optimizer, step, schedule and data start fresh. Everything else is
+pre-training's own code, called with another parser and another data source
+(``worker.train_gpt2.main``): the step loop, the checkpoint manager, heartbeats, stop handling,
+evaluations and the run identity. So ``--auto_resume`` prefers the run's own checkpoint (it
+records the pretrained file's identity: a relaunch never starts over from the pretrained
+weights), and a fine-tune killed mid-way resumes bit for bit. The data, template and loss mask:
+``worker.finetune_data`` and docs/finetuning.md.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from shared.exit_codes import WorkerExit
+from shared.tokenizer import get_gpt2_encoding
+from worker.data import DataError, cache_root
+from worker.datasets import DatasetUnavailable, find_or_download
+from worker.distributed import Distributed
+from worker.errors import WorkerError
+from worker.finetune_data import (
+    DOLLY_CACHE_NAME,
+    DOLLY_URL,
+    PackedExamplesLoader,
+    load_dolly,
+    pack,
+    split_train_val,
+)
+from worker.train_gpt2 import (
+    TrainConfig,
+    TrainingData,
+    accumulation_steps,
+    build_arg_parser,
+)
+from worker.train_gpt2 import main as run_training
+
+PROG = "finetune_dolly"
+
+
+def build_finetune_parser() -> argparse.ArgumentParser:
+    parser = build_arg_parser()
+    parser.prog = "python -m worker.finetune_dolly"
+    parser.description = ("Instruction fine-tuning (Dolly-15k) from --pretrained_checkpoint, with pre-training's "
+                          "exact checkpoint/resume (docs/finetuning.md).")
+    group = parser.add_argument_group("fine-tuning (docs/finetuning.md)")
+    group.add_argument("--data_path", default=None,
+                       help="Dolly-format jsonl (instruction, context, response, category); without it the cached "
+                            "copy, else Dolly-15k downloaded once (default: none)")
+    group.add_argument("--val_fraction", type=float, default=0.05,
+                       help="share of the examples held out for validation, by a fixed seed (default: %(default)s)")
+    return parser
+
+
+def build_dolly_data(config: TrainConfig, dist: Distributed, say: Callable[[str], None]) -> TrainingData:
+    """Train and held-out loaders over the packed, masked instruction data."""
+    if not config.pretrained_checkpoint:
+        raise WorkerError("fine-tuning starts from --pretrained_checkpoint PATH (a pre-training checkpoint)",
+                          WorkerExit.USAGE)
+    if not 0.0 < config.val_fraction < 1.0:
+        raise WorkerError("--val_fraction must be between 0 and 1", WorkerExit.USAGE)
+    grad_accum_steps = accumulation_steps(config, dist, say)
+    try:
+        path = find_or_download(config.data_path, "--data_path", cache_root(), DOLLY_CACHE_NAME, DOLLY_URL, say=say)
+    except DatasetUnavailable as exc:
+        raise DataError(str(exc)) from None
+    train_examples, val_examples = split_train_val(load_dolly(path), config.val_fraction)
+    encoding = get_gpt2_encoding()
+    eot = encoding.eot_token
+    B, T = config.micro_batch_size, config.seq_len
+    train_tokens = pack(train_examples, encoding.encode_ordinary, eot)
+    loaders = []
+    for split, packed, accum in (("train", train_tokens, grad_accum_steps), ("val", None, 1)):
+        if split == "val" and config.eval_interval <= 0:
+            loaders.append(None)
+            continue
+        packed = packed if packed is not None else pack(val_examples, encoding.encode_ordinary, eot)
+        needed = B * T * dist.world_size * accum + 1
+        if packed.tokens.size < needed:
+            what = ("the held-out split" if split == "val" else "the training split")
+            hint = "raise --val_fraction or lower" if split == "val" else "use more data or lower"
+            raise DataError(f"{what} of {path} has {packed.tokens.size:,} tokens but one batch needs {needed:,} "
+                            f"(micro_batch_size x seq_len x processes{' x accumulation' if accum > 1 else ''} + 1): "
+                            f"{hint} --micro_batch_size / --seq_len")
+        loaders.append(PackedExamplesLoader(packed, split, B, T, dist.rank, dist.world_size, accum))
+    trained = float(train_tokens.trained.mean())
+    say(f"data: {path}: {len(train_examples)} examples for training ({train_tokens.tokens.size:,} tokens, "
+        f"{trained:.0%} of them response tokens trained on), {len(val_examples)} held out")
+    return TrainingData(loaders[0], loaders[1], grad_accum_steps, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_training(argv, parser=build_finetune_parser(), build=build_dolly_data, prog=PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
