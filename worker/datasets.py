@@ -8,10 +8,12 @@ it: without network an attempt could only wait for its timeout.
 """
 from __future__ import annotations
 
+import json
 import os
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 DOWNLOAD_TIMEOUT_S = 30.0
 OFFLINE_ENV = "GPT2SUP_OFFLINE"
@@ -19,6 +21,33 @@ OFFLINE_ENV = "GPT2SUP_OFFLINE"
 
 class DatasetUnavailable(Exception):
     """No data could be found or fetched; the message is the one line a user sees."""
+
+
+class MalformedRecord(ValueError):
+    """A line of a jsonl dataset that is unreadable or lacks a field; the message names ``path:line``."""
+
+
+def read_jsonl_records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``("path:line", record)`` for every non-blank line of a jsonl file, each a JSON object.
+
+    Raises :class:`MalformedRecord` for a line that is not one, :class:`DatasetUnavailable` when
+    the file cannot be read. Callers check the fields and raise ``MalformedRecord(where: ...)``.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{number}"
+                try:
+                    record = json.loads(line)
+                except ValueError as exc:
+                    raise MalformedRecord(f"{where}: not JSON ({exc})") from None
+                if not isinstance(record, dict):
+                    raise MalformedRecord(f"{where}: not a JSON object")
+                yield where, record
+    except OSError as exc:
+        raise DatasetUnavailable(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def find_or_download(explicit: str | None, flag: str, cache_dir: Path, cache_name: str, url: str, *,

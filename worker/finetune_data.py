@@ -24,7 +24,6 @@ run, whatever ``--seed`` says.
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Callable
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 
 from worker.data import DataError, ShardedTokenLoader, _Shard
+from worker.datasets import DatasetUnavailable, MalformedRecord, read_jsonl_records
 
 IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index
 SPLIT_SEED = 20230412  # Dolly-15k's release date: a fixed split, independent of --seed
@@ -63,24 +63,16 @@ def load_dolly(path: Path) -> list[InstructionExample]:
     """Every record of a Dolly-format jsonl; a malformed one is a :class:`DataError` naming its line."""
     examples = []
     try:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError as exc:
-                    raise DataError(f"{path}:{number}: not JSON ({exc})") from None
-                if not isinstance(record, dict) or not all(
-                        isinstance(record.get(k), str) for k in ("instruction", "response")):
-                    raise DataError(f"{path}:{number}: needs string fields 'instruction' and 'response'")
-                context = record.get("context") or ""
-                if not isinstance(context, str):
-                    raise DataError(f"{path}:{number}: 'context' must be a string")
-                examples.append(InstructionExample(record["instruction"], context, record["response"],
-                                                   str(record.get("category") or "")))
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+        for where, record in read_jsonl_records(path):
+            if not all(isinstance(record.get(k), str) for k in ("instruction", "response")):
+                raise MalformedRecord(f"{where}: needs string fields 'instruction' and 'response'")
+            context = record.get("context") or ""
+            if not isinstance(context, str):
+                raise MalformedRecord(f"{where}: 'context' must be a string")
+            examples.append(InstructionExample(record["instruction"], context, record["response"],
+                                               str(record.get("category") or "")))
+    except (MalformedRecord, DatasetUnavailable) as exc:
+        raise DataError(str(exc)) from None
     if not examples:
         raise DataError(f"{path} holds no instruction examples")
     return examples

@@ -17,7 +17,6 @@ line saying why, and training goes on without the evaluation.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,12 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from worker.datasets import DatasetUnavailable, find_or_download
+from worker.datasets import (
+    DatasetUnavailable,
+    MalformedRecord,
+    find_or_download,
+    read_jsonl_records,
+)
 
 OFFICIAL_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 CACHE_NAME = "hellaswag_val.jsonl"
@@ -88,24 +92,12 @@ def load_examples(path: Path, limit: int | None = None) -> list[Example]:
     """The first ``limit`` examples of a HellaSwag jsonl file (all when ``limit`` is None or <= 0)."""
     examples: list[Example] = []
     try:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if limit and limit > 0 and len(examples) >= limit:
-                    break
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError as exc:
-                    raise HellaSwagUnavailable(f"{path}:{number}: not JSON ({exc})") from None
-                if not isinstance(record, dict):
-                    raise HellaSwagUnavailable(f"{path}:{number}: not a JSON object")
-                try:
-                    examples.append(parse_example(record, f"{path}:{number}"))
-                except ValueError as exc:
-                    raise HellaSwagUnavailable(str(exc)) from None
-    except OSError as exc:
-        raise HellaSwagUnavailable(f"cannot read {path}: {exc.strerror or exc}") from None
+        for where, record in read_jsonl_records(path):
+            if limit and limit > 0 and len(examples) >= limit:
+                break
+            examples.append(parse_example(record, where))
+    except (MalformedRecord, DatasetUnavailable, ValueError) as exc:
+        raise HellaSwagUnavailable(str(exc)) from None
     if not examples:
         raise HellaSwagUnavailable(f"{path} holds no HellaSwag examples")
     return examples
