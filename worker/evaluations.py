@@ -82,24 +82,29 @@ class Evaluations:
             self._encoding = get_gpt2_encoding()
         return self._encoding
 
-    def after_step(self, step: int, last_step: bool) -> None:
+    def after_step(self, step: int, last_step: bool) -> dict[str, Any]:
+        """Run what is due after ``step``; returns the figures for that step's metrics.jsonl record."""
         s = self.schedule
+        measured: dict[str, Any] = {}
         if self.val_loader is not None and is_due(s.eval_interval, step, last_step):
             with timed_phase(self.heartbeat, Phase.EVAL):
                 self.progress.val_loss = self.validation_loss()
             self.say(f"validation loss: {self.progress.val_loss:.4f}")
             self.run_log.log_line(f"{step} val {self.progress.val_loss:.4f}")
+            measured["val_loss"] = self.progress.val_loss
         if self.hellaswag_examples and is_due(s.hellaswag_interval, step, last_step):
             with timed_phase(self.heartbeat, Phase.EVAL):
                 result = self.hellaswag()
             self.say(f"HellaSwag accuracy: {result.correct}/{result.total}={result.accuracy:.4f}")
             self.run_log.log_line(f"{step} hella {result.accuracy:.4f}")
+            measured.update(hellaswag=result.accuracy, hellaswag_correct=result.correct, hellaswag_total=result.total)
         if step > 0 and is_due(s.generate_interval, step, last_step):
             with timed_phase(self.heartbeat, Phase.GENERATE):
                 lines = self.samples()
             for line in lines:
                 self.say(line)
                 self.run_log.sample_line(f"{step} {line}")
+        return measured
 
     def validation_loss(self) -> float:
         assert self.val_loader is not None

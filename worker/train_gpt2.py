@@ -321,12 +321,11 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
             return int(WorkerExit.DIVERGED)
         say(f"step {step:5d} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm:.4f} | dt {dt * 1000:.2f}ms | tok/sec {tokens_per_s:.2f}")
         run_log.log_line(f"{step} train {loss_value:.6f}")
-        run_log.metrics({"step": step, "time": time.time(), "loss": loss_value, "lr": lr, "norm": float(norm), "dt": dt,
-                         "tokens_per_s": tokens_per_s})
         heartbeat.beat(phase=Phase.TRAIN, step=step, loss=loss_value, tokens_per_s=tokens_per_s)
+        measured = evaluations.after_step(step, last_step)  # validation, HellaSwag, samples: each when due
+        run_log.metrics({"step": step, "time": time.time(), "loss": loss_value, "lr": lr, "norm": float(norm), "dt": dt,
+                         "tokens_per_s": tokens_per_s, **measured})
         maybe_inject_crash(step, dist.rank, heartbeat)
-
-        evaluations.after_step(step, last_step)  # validation, HellaSwag, samples: each when due
 
         stop_now = dist.any_rank(stop.requested())
         if not checkpoints.save_if_due(step, last_step=last_step, force=stop_now):

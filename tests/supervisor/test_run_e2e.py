@@ -268,6 +268,7 @@ def test_a_second_stop_request_forces(tmp_path):
         return recorded if len(recorded) >= 2 else []
 
     recorded = wait_for(attempt_processes, 60, "torchrun and its worker")
+    wait_for(lambda: (log_dir / "stubborn.ready").exists(), 60, "the worker to ignore SIGTERM")
     proc.send_signal(signal.SIGINT)
     wait_for(lambda: events_named(log_dir, "stop_requested"), 30, "the forwarded stop request")
     time.sleep(2)

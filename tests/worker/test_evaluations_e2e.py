@@ -13,6 +13,7 @@ import pytest
 from tests.worker.helpers import (
     assert_trees_equal,
     load_checkpoint,
+    read_metrics,
     run_ok,
     step_losses,
 )
@@ -63,6 +64,9 @@ def test_evaluations_are_logged_and_change_nothing_in_training(launcher, tmp_pat
     assert log_lines(evaluated_dir, "val") == due
     assert log_lines(evaluated_dir, "hella") == due
     assert "HellaSwag accuracy: " in evaluated.stdout()
+    records = {m["step"]: m for m in read_metrics(evaluated_dir)}
+    assert sorted(s for s, m in records.items() if "hellaswag" in m) == due
+    assert all(records[s]["hellaswag_total"] == 10 and "val_loss" in records[s] for s in due)
     samples = (evaluated_dir / "samples.txt").read_text().splitlines()
     # step > 0: 3, 6, 9, 11; four sequences per rank, each line "{step} rank {r} sample {i}: '...'"
     expected = [(step, rank, i) for step in due[1:] for rank in range(nproc) for i in range(4)]
