@@ -32,6 +32,7 @@ def guide_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_guide_checkpoint(tmp_path_factory.mktemp("guide") / "model_00010.pt", 10)
 
 
+@pytest.mark.slow  # seconds of torch.load / probe children: CI runs it, the inner loop does not
 def test_plain_torch_load_refuses_the_guides_file(guide_file: Path) -> None:
     # The starting point: safe loading alone cannot read what the guide's trainer writes.
     with pytest.raises(Exception, match="GPTConfig"):
@@ -51,6 +52,7 @@ def test_a_guide_checkpoint_loads_normalised_to_our_format(guide_file: Path) -> 
     assert checkpoint["step"] == 10 and checkpoint["model"]["lm_head.weight"].shape == (50304, 32)
 
 
+@pytest.mark.slow  # seconds of torch.load / probe children: CI runs it, the inner loop does not
 def test_the_normalised_rng_states_restore_the_exact_generators(tmp_path: Path) -> None:
     # What the guide stored must drive numpy and random exactly as in the process that saved it.
     script = tmp_path / "save_rng.py"
@@ -70,6 +72,7 @@ def test_the_normalised_rng_states_restore_the_exact_generators(tmp_path: Path) 
     assert [repr(np.random.rand()), repr(random.random())] == printed
 
 
+@pytest.mark.slow  # seconds of torch.load / probe children: CI runs it, the inner loop does not
 def test_our_own_format_passes_through_unchanged(tmp_path: Path) -> None:
     path = make_checkpoint(tmp_path / "model_00100.pt", 100)
     checkpoint = load_checkpoint(path, mmap=True)

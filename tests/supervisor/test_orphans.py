@@ -125,6 +125,7 @@ def test_a_recorded_pid_now_used_by_another_process_is_left_alone(tmp_path, reap
     assert survey_orphans(state, run).orphans == []
 
 
+@pytest.mark.slow  # waits out a real kill grace twice: CI runs it, the inner loop does not
 @pytest.mark.parametrize("how, why", [("sigstop", "stopped"), ("--ignore", "did not answer")])
 def test_an_orphan_that_cannot_or_will_not_save_is_killed_after_the_kill_grace_not_the_stop_timeout(
     tmp_path, reap, how, why

@@ -243,6 +243,7 @@ def _fake_checkpoint(path: Path, good: bool) -> None:
         truncate_to_fraction(path, 0.5)
 
 
+@pytest.mark.slow  # seconds of torch.load / probe children: CI runs it, the inner loop does not
 def test_selection_quarantines_bad_newest_and_repoints_link(tmp_path):
     run = RunDir.at(tmp_path)
     for step, good in ((10, True), (20, True), (30, False)):
@@ -255,6 +256,7 @@ def test_selection_quarantines_bad_newest_and_repoints_link(tmp_path):
     assert [c.step for c in run.list_checkpoints()] == [10, 20]
 
 
+@pytest.mark.slow  # seconds of torch.load / probe children: CI runs it, the inner loop does not
 def test_selection_with_no_valid_checkpoint_removes_the_link(tmp_path):
     run = RunDir.at(tmp_path)
     _fake_checkpoint(run.checkpoint(5), False)

@@ -320,6 +320,7 @@ def test_concurrent_default_corpus_builds(tmp_path: Path) -> None:
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow  # seconds of torch.load / probe children: CI runs it, the inner loop does not
 def test_a_full_pass_gives_read_pages_back(tmp_path):
     """Reading a whole mapped shard must not leave it all resident: the loader releases the pages
     it has consumed (MADV_DONTNEED), so RSS stays bounded on 100M-token shards."""
