@@ -54,9 +54,11 @@ def cli() -> None:
     gpt2sup verify log/model_00500.pt is this checkpoint sound?
     gpt2sup stop                      save at the next step and exit
 
-    Exit codes: 0 finished/ok, 1 internal error (or verify: a check failed), 2 refused or bad
-    usage, 3 gave up, 4 stopped on request (Ctrl-C, SIGTERM, SIGHUP, `gpt2sup stop`),
-    5 finished but the final checkpoint could not be saved.
+    Exit codes of run: 0 finished, 1 internal error, 2 refused or bad usage, 3 gave up,
+    4 stopped on request (Ctrl-C, SIGTERM, SIGHUP, `gpt2sup stop`), 5 finished but the final
+    checkpoint could not be saved. verify: 0 all OK, 1 a check failed, 2 bad usage, 3 some
+    inconclusive. convert: 0 written and valid, 1 not converted, 2 bad usage. Each command's
+    --help says more.
     """
 
 
