@@ -73,3 +73,14 @@ def test_evaluations_are_logged_and_change_nothing_in_training(launcher, tmp_pat
     assert [(int(s.split()[0]), int(s.split()[2]), int(s.split()[4].rstrip(":"))) for s in samples] == expected
     assert all("The cat" in line for line in samples)
     assert (plain.log_dir / "samples.txt").read_text() == ""
+
+
+def test_hellaswag_and_samples_also_run_under_compile(launcher, tmp_path: Path) -> None:
+    """build-nanogpt turned both off under torch.compile; here they use the raw model and run."""
+    data = write_hellaswag(tmp_path / "hs.jsonl", 6)
+    run = tmp_path / "compiled"
+    args = [*BASE, "--max_steps", "3", "--compile", "--eval_interval", "0", "--hellaswag_interval", "2",
+            "--hellaswag_path", str(data), "--generate_interval", "2"]
+    run_ok(launcher, run, args)
+    assert log_lines(run, "hella") == [0, 2]
+    assert [int(line.split()[0]) for line in (run / "samples.txt").read_text().splitlines()] == [2] * 4
