@@ -17,6 +17,7 @@ line saying why, and training goes on without the evaluation.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -164,8 +165,6 @@ def evaluate(model: Any, examples: Sequence[Example], encode: Callable[[str], li
     Runs the model in eval mode and puts it back in the mode it was in: dropout off while scoring,
     and no random numbers drawn (the training RNG is untouched).
     """
-    import contextlib
-
     autocast = autocast or contextlib.nullcontext
     block_size = int(model.config.block_size)
     was_training = model.training
