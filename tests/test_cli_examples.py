@@ -118,15 +118,18 @@ def collect_examples(monkeypatch: pytest.MonkeyPatch) -> list[Example]:
 
 
 # --- checking one example with the real parsers ----------------------------------------------------
-def check_worker_args(args: list[str]) -> str | None:
-    """None if ``python -m worker.train_gpt2 ARGS`` would get past its argument checks."""
+def check_worker_args(args: list[str], module: str = "worker.train_gpt2") -> str | None:
+    """None if ``python -m worker.train_gpt2 ARGS`` (or ``worker.finetune_dolly``, the same
+    settings with its own flags) would get past its argument checks."""
+    from worker.finetune_dolly import build_finetune_parser
     from worker.model import build_config
     from worker.train_gpt2 import TrainConfig, WorkerError, build_arg_parser
 
+    parser = build_finetune_parser() if module == "worker.finetune_dolly" else build_arg_parser()
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-            namespace = build_arg_parser().parse_args(args)
+            namespace = parser.parse_args(args)
     except SystemExit as exc:
         return None if exc.code == 0 else (stderr.getvalue().strip().splitlines() or ["rejected"])[-1]
     try:
@@ -137,13 +140,15 @@ def check_worker_args(args: list[str]) -> str | None:
     return None
 
 
-def check_prepare_args(args: list[str]) -> str | None:
+def check_prepare_args(args: list[str], module: str = "worker.prepare") -> str | None:
+    from worker.hellaswag import build_parser as hellaswag_parser
     from worker.prepare import build_parser
 
+    parser = hellaswag_parser() if module == "worker.hellaswag" else build_parser()
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-            build_parser().parse_args(args)
+            parser.parse_args(args)
     except SystemExit as exc:
         return None if exc.code == 0 else (stderr.getvalue().strip().splitlines() or ["rejected"])[-1]
     return None
@@ -173,7 +178,7 @@ def check_gpt2sup_args(args: list[str], monkeypatch: pytest.MonkeyPatch) -> str 
             return None if exc.code in (0, None) else (stderr.getvalue().strip().splitlines() or [f"exit {exc.code}"])[-1]
     for name, kwargs in calls:
         if name == "run":
-            problem = check_worker_args(list(kwargs.get("worker_args") or ()))
+            problem = check_worker_args(list(kwargs.get("worker_args") or ()), kwargs.get("worker_module") or "")
             if problem is not None:
                 return f"worker arguments after --: {problem}"
     return None
@@ -184,10 +189,10 @@ def check_example(line: str, monkeypatch: pytest.MonkeyPatch) -> str | None:
     if tokens[0] == "gpt2sup":
         return check_gpt2sup_args(tokens[1:], monkeypatch)
     module = tokens[2]
-    if module == "worker.train_gpt2":
-        return check_worker_args(tokens[3:])
-    if module == "worker.prepare":
-        return check_prepare_args(tokens[3:])
+    if module in ("worker.train_gpt2", "worker.finetune_dolly"):
+        return check_worker_args(tokens[3:], module)
+    if module in ("worker.prepare", "worker.hellaswag"):
+        return check_prepare_args(tokens[3:], module)
     return f"no such documented entry point: python -m {module}"
 
 
