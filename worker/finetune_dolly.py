@@ -95,7 +95,10 @@ def build_dolly_data(config: TrainConfig, dist: Distributed, say: Callable[[str]
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_training(argv, parser=build_finetune_parser(), build=build_dolly_data, prog=PROG)
+    parser = build_finetune_parser()
+    if not parser.parse_args(argv).pretrained_checkpoint:  # before anything is created in --log_dir
+        parser.error("fine-tuning starts from --pretrained_checkpoint PATH (a pre-training checkpoint)")
+    return run_training(argv, parser=parser, build=build_dolly_data, prog=PROG)
 
 
 if __name__ == "__main__":

@@ -185,3 +185,13 @@ def test_a_pretrained_checkpoint_of_another_architecture_is_refused_in_one_line(
     assert done.returncode == WorkerExit.RUN_MISMATCH, done.stderr[-2000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("finetune_dolly: error:")]
     assert len(errors) == 1 and "different model" in errors[0] and "Traceback" not in done.stderr
+
+
+def test_without_a_pretrained_checkpoint_it_is_a_usage_error_before_anything_is_written(tmp_path: Path, capsys) -> None:
+    from worker import finetune_dolly
+
+    with pytest.raises(SystemExit) as exited:
+        finetune_dolly.main(["--log_dir", str(tmp_path / "run"), "--data_path", str(tmp_path / "d.jsonl")])
+    assert exited.value.code == 2
+    assert "--pretrained_checkpoint" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "run").exists()
