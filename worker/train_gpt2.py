@@ -78,7 +78,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     ck.add_argument("--keep_last_n_checkpoints", type=int, default=-1, help="keep only the newest N checkpoints, -1 = keep all (default: %(default)s)")
     ck.add_argument("--final_save_retry_s", type=float, default=DEFAULT_FINAL_SAVE_RETRY_S,
                     help="if the last step's (or a stop request's) checkpoint cannot be written, e.g. on a full disk, "
-                         "retry every few seconds for this long, then exit 7 instead of 0: a run never ends as "
+                         "retry every few seconds for this long, then exit 7 (9 for a stop's) instead of 0: a run never ends as "
                          "finished without its final state on disk (default: %(default)s)")
     ev = p.add_argument_group("evaluation (0 turns an activity off)")
     ev.add_argument("--eval_interval", type=int, default=250, help="validation loss every N steps (default: %(default)s)")
