@@ -8,8 +8,10 @@ margin.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -83,18 +85,32 @@ def test_the_60_mb_disk_of_the_issue_ends_with_exit_7_not_finished(launcher, mou
     assert "retrying every" in launch.stdout()
 
 
+def past_its_first_checkpoint(launcher, run, args: list[str]):
+    """A worker started on ``run`` and waited for until its first checkpoint is on disk."""
+    launch = launcher.start(run, args)
+    wait_for(lambda: (run / "latest_checkpoint.pt").exists() or not launch.alive(), 240, "the first checkpoint")
+    assert launch.alive(), launch.output_tail()
+    return launch
+
+
+@contextlib.contextmanager
+def frozen(launch) -> Iterator[None]:
+    """The worker stopped (SIGSTOP) while the body fills the disk, so its next save meets it full."""
+    os.kill(launch.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(launch.pid, signal.SIGCONT)
+
+
 def test_a_disk_at_100_percent_through_the_last_step_still_records_the_ending_in_the_heartbeat(launcher, mount_tmpfs):
     """Not a byte free: the heartbeat is rewritten in its own block, so the ending is not lost."""
     mnt = mount_tmpfs(160)
     run = mnt / "run"
-    launch = launcher.start(run, [*FAST_ARGS, "--max_steps", "20", "--final_save_retry_s", "1"])
-    wait_for(lambda: (run / "latest_checkpoint.pt").exists() or not launch.alive(), 240, "the first checkpoint")
-    os.kill(launch.pid, signal.SIGSTOP)
-    try:
+    launch = past_its_first_checkpoint(launcher, run, [*FAST_ARGS, "--max_steps", "20", "--final_save_retry_s", "1"])
+    with frozen(launch):
         ballast = fill_leaving_free(mnt, 0)
         step_when_full = read_heartbeat(run)["step"]
-    finally:
-        os.kill(launch.pid, signal.SIGCONT)
     try:
         assert launch.wait() == WorkerExit.FINAL_SAVE_FAILED, launch.output_tail()
         beat = read_heartbeat(run)
@@ -108,14 +124,9 @@ def test_a_disk_at_100_percent_through_the_last_step_still_records_the_ending_in
 def test_a_final_save_that_fails_then_finds_space_during_the_retry_window_finishes(launcher, mount_tmpfs):
     mnt = mount_tmpfs(160)
     run = mnt / "run"
-    launch = launcher.start(run, [*FAST_ARGS, "--max_steps", "12", "--final_save_retry_s", "300"])
-    wait_for(lambda: (run / "latest_checkpoint.pt").exists() or not launch.alive(), 240, "the first checkpoint")
-    assert launch.alive(), launch.output_tail()
-    os.kill(launch.pid, signal.SIGSTOP)  # freeze it while the disk fills, so the final save meets a full disk
-    try:
+    launch = past_its_first_checkpoint(launcher, run, [*FAST_ARGS, "--max_steps", "12", "--final_save_retry_s", "300"])
+    with frozen(launch):
         ballast = fill_leaving_free(mnt, 20 * MB)
-    finally:
-        os.kill(launch.pid, signal.SIGCONT)
 
     def retrying():
         assert launch.alive(), f"the worker gave up instead of retrying:\n{launch.output_tail()}"
@@ -138,14 +149,10 @@ def test_a_final_save_that_fails_then_finds_space_during_the_retry_window_finish
 def test_a_stop_whose_checkpoint_cannot_be_written_fails_with_exit_9(launcher, mount_tmpfs):
     mnt = mount_tmpfs(160)
     run = mnt / "run"
-    launch = launcher.start(run, [*FAST_ARGS, "--max_steps", "1000", "--final_save_retry_s", "1"])
-    wait_for(lambda: (run / "latest_checkpoint.pt").exists() or not launch.alive(), 240, "the first checkpoint")
-    os.kill(launch.pid, signal.SIGSTOP)
-    try:
+    launch = past_its_first_checkpoint(launcher, run, [*FAST_ARGS, "--max_steps", "1000", "--final_save_retry_s", "1"])
+    with frozen(launch):
         fill_leaving_free(mnt, 20 * MB)
-    finally:
         os.kill(launch.pid, signal.SIGTERM)  # delivered on SIGCONT: stop at the next step boundary
-        os.kill(launch.pid, signal.SIGCONT)
     assert launch.wait() == WorkerExit.STOP_SAVE_FAILED, launch.output_tail()
 
     beat = read_heartbeat(run)
