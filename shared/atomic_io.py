@@ -2,7 +2,10 @@
 
 Readers of our state files (heartbeats, supervisor.json) poll them while they are rewritten, so
 every rewrite goes through a temporary file in the same directory followed by ``os.replace``:
-a reader sees either the old or the new content, never half of one.
+a reader sees either the old or the new content, never half of one. The one exception is
+deliberate: on a full disk (no block for the temporary file) :func:`rewrite_json` rewrites the
+file inside its own block, because a state file that stops changing is worse there (a silent
+heartbeat reads as a hang) than the rare torn read, which our readers already survive.
 """
 from __future__ import annotations
 
