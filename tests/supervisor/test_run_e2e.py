@@ -402,7 +402,9 @@ def test_an_unreadable_heartbeat_does_not_restart_a_healthy_attempt(tmp_path):
 def test_a_byte_flipped_after_validation_is_rejected_by_the_worker_and_the_previous_checkpoint_used(
         tmp_path, reference_checkpoint):
     log_dir = tmp_path / "run"
-    proc = start_supervisor(log_dir, "--backoff-initial", "4")
+    # The backoff is the window for the flip: long enough that a test process starved on a busy
+    # CI machine still flips before the relaunched worker reads the file (CI once missed 4 s).
+    proc = start_supervisor(log_dir, "--backoff-initial", "15")
     wait_for(lambda: (log_dir / "model_00008.pt").exists(), 180, "checkpoint 8")
     ranks = [heartbeat(log_dir, r)["pid"] for r in (0, 1)]
     for pid in ranks:  # freeze, then crash: the supervisor validates model_00008.pt and backs off
@@ -417,7 +419,10 @@ def test_a_byte_flipped_after_validation_is_rejected_by_the_worker_and_the_previ
         byte = handle.read(1)
         handle.seek(-1, os.SEEK_CUR)
         handle.write(bytes([byte[0] ^ 0xFF]))
+    flipped_at = time.time()
     _finish_ok(proc, log_dir, reference_checkpoint)
+    relaunch = [e for e in events_named(log_dir, "launched") if e["attempt"] == 2]
+    assert relaunch and relaunch[0]["time"] > flipped_at, "the flip came too late: the scenario did not run"
     rejected = [e for e in events_named(log_dir, "crashed") if e["kind"] == "bad_checkpoint"]
     assert len(rejected) == 1 and rejected[0]["exit_code"] == 4, read_events(log_dir)
     (quarantined,) = events_named(log_dir, "quarantined")
