@@ -20,6 +20,8 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "stop": ("supervisor.commands.stop_cmd", "stop", "Ask a running supervisor to stop cleanly."),
     "verify": ("supervisor.commands.verify_cmd", "verify", "Check that checkpoints are sound."),
     "convert": ("supervisor.commands.convert_cmd", "convert", "Rewrite a build-nanogpt checkpoint in gpt2sup's format."),
+    "export": ("supervisor.commands.export_cmd", "export", "Write a checkpoint as a Hugging Face GPT-2 directory."),
+    "report": ("supervisor.commands.report_cmd", "report", "Write a run's curves and fault history as one HTML page."),
 }
 
 

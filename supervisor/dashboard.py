@@ -259,6 +259,8 @@ def status_lines(snapshot: RunSnapshot) -> list[str]:
     failure = _failure_text(snapshot)
     if failure is not None:
         lines.append(f"last failure: {failure}")
+    if snapshot.goodput is not None:
+        lines.append(snapshot.goodput.one_line().replace("goodput ", "goodput: ", 1))
     if snapshot.replay_check is not None:
         prefix = "replay check" if snapshot.replay_check.equal else "WARNING: replay check"
         lines.append(f"{prefix}: {replay_text(snapshot.replay_check)}")
@@ -343,6 +345,8 @@ def render_panel(snapshot: RunSnapshot) -> RenderableType:
         failure = _failure_text(snapshot)
         if failure is not None:
             grid.add_row("last failure", Text(failure, style="dim" if sup.last_failure_recovered else "yellow"))
+    if snapshot.goodput is not None:
+        grid.add_row("goodput", snapshot.goodput.one_line().removeprefix("goodput "))
     check = snapshot.replay_check
     if check is not None:
         grid.add_row("replay check", Text(replay_text(check), style="green" if check.equal else "bold red"))

@@ -33,6 +33,7 @@ from shared.vocabulary import (
     StrEnum,
     SupervisorStateName,
 )
+from supervisor.run_history import Goodput, measure_goodput
 
 # How much of a JSONL file's end to read. A metrics line is ~150 bytes, so this holds hundreds
 # of steps while keeping the read constant-time however long the run has been going.
@@ -202,6 +203,7 @@ class RunSnapshot:
     disk: DiskInfo | None = None
     recent_events: list[dict[str, Any]] = field(default_factory=list)
     replay_check: ReplayCheckInfo | None = None
+    goodput: Goodput | None = None  # only when asked for: it reads all of metrics.jsonl
 
     def verdict_text(self) -> str:
         """The verdict, with the supervisor's exit code once it has ended: ``stopped (exit 4)``."""
@@ -531,8 +533,12 @@ def _verdict(supervisor: SupervisorInfo | None, ranks: list[RankInfo], has_run: 
     return RunVerdict.STOPPED  # stopped on request, or only checkpoints/metrics left: resumable
 
 
-def collect_snapshot(run_dir: Path | str, now: float | None = None) -> RunSnapshot:
-    """Read ``run_dir`` and describe the run in it. Never raises for missing or odd files."""
+def collect_snapshot(run_dir: Path | str, now: float | None = None, *, with_goodput: bool = False) -> RunSnapshot:
+    """Read ``run_dir`` and describe the run in it. Never raises for missing or odd files.
+
+    ``with_goodput`` adds the run's goodput, which reads the whole metrics.jsonl and events.jsonl:
+    right for ``gpt2sup status``, too much for the supervisor's refresh every monitor interval.
+    """
     now = time.time() if now is None else now
     run = RunDir.at(run_dir)
     if not run.root.is_dir():
@@ -577,6 +583,8 @@ def collect_snapshot(run_dir: Path | str, now: float | None = None) -> RunSnapsh
         disk=disk,
         recent_events=events[-RECENT_EVENTS:],
         replay_check=_replay_check(events),
+        goodput=measure_goodput(run.root, live_until=now if verdict in ACTIVE_VERDICTS else None)
+        if with_goodput and has_run else None,
     )
 
 

@@ -255,8 +255,9 @@ class TorchrunAttempts:
     def _kill_hung(self, live: _Live, kind: OutcomeKind, reason: str, rank: int | None,
                    step: int | None) -> AttemptResult:
         tree = live.tree
+        beat = live.beats.get(rank) if rank is not None else None
         self.journal.event(EventKind.HUNG, f"attempt {self.journal.attempt}: {reason}", rank=rank, step=step,
-                           kind=kind)
+                           kind=kind, last_beat_time=float(beat.time) if beat is not None else None)
         live_pids = {p.pid for p in tree.live_processes()}
         worker_pids = {r: int(b.pid) for r, b in live.beats.items() if int(b.pid) in live_pids}
         if not worker_pids:
@@ -326,6 +327,7 @@ class TorchrunAttempts:
             kind=outcome.kind, exit_code=outcome.exit_code,
             signal=messages.signal_name(outcome.signal) if outcome.signal else None,
             rank=outcome.rank, step=step, torchrun_exit=code,
+            last_beat_time=float(failing.time) if failing is not None else None,
         )
         return result
 

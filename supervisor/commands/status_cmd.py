@@ -44,13 +44,13 @@ def _watch(log_dir: str, as_json: bool, is_tty: bool, interval: float, max_updat
 
         with Live(console=Console(), auto_refresh=False) as live:
             while True:
-                live.update(render_panel(collect_snapshot(log_dir)), refresh=True)
+                live.update(render_panel(collect_snapshot(log_dir, with_goodput=True)), refresh=True)
                 count += 1
                 if max_updates is not None and count >= max_updates:
                     return
                 time.sleep(interval)
     while True:
-        snapshot = collect_snapshot(log_dir)
+        snapshot = collect_snapshot(log_dir, with_goodput=True)
         if as_json:
             click.echo(json.dumps(snapshot.to_dict(), sort_keys=True, default=str))
         else:
@@ -80,8 +80,9 @@ def _watch(log_dir: str, as_json: bool, is_tty: bool, interval: float, max_updat
 @click.option("--max-updates", type=click.IntRange(min=1), default=None, hidden=True)
 def status(log_dir: str, as_json: bool, watch: bool, interval: float, max_updates: int | None) -> None:
     """Show a run at a glance: alive or not, completed steps / max and ETA, loss and val loss,
-    tokens/s, heartbeat age and hang timeout per rank, restarts and the last failure, the newest
-    replay check after a resume, checkpoints and their validation, disk.
+    tokens/s, heartbeat age and hang timeout per rank, restarts and the last failure, goodput
+    (training time / supervised time, and the time lost to failures), the newest replay check
+    after a resume, checkpoints and their validation, disk. `gpt2sup report` draws the whole history.
 
     Reads only files in the run directory (never imports torch), so it is safe and quick to run
     while training. Works when the supervisor is dead and on a bare `torchrun` run.
@@ -100,7 +101,7 @@ def status(log_dir: str, as_json: bool, watch: bool, interval: float, max_update
             pass
         sys.exit(EXIT_OK)
 
-    snapshot = collect_snapshot(log_dir)
+    snapshot = collect_snapshot(log_dir, with_goodput=True)
     if not snapshot.has_run and not as_json:
         from supervisor.dashboard import no_run_line
 
