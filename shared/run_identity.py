@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from shared.hf_files import fingerprint_hf_source, is_hf_source
+
 IDENTITY_VERSION = 1
 # Bytes hashed at each end of a data shard: cheap on a 100M-token (200 MB) shard, and a
 # re-tokenized, re-ordered or truncated shard differs in its size or at one of its ends.
@@ -165,7 +167,11 @@ def fingerprint_checkpoint_file(path: str | Path) -> dict[str, Any]:
 
     torch.save files are zip archives whose central directory already holds a CRC-32 of each
     member, so this reads a few kB, not the file. A file that is not a zip is hashed at its ends.
+    A Hugging Face model (a directory, or a safetensors file) has no CRCs: its header, config and
+    sampled tensor bytes are hashed instead (``shared.hf_files.fingerprint_hf_source``).
     """
+    if is_hf_source(path):
+        return fingerprint_hf_source(path)
     path = Path(path).resolve()
     size = path.stat().st_size
     try:

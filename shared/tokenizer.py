@@ -70,11 +70,11 @@ def _parse_ranks(contents: bytes, source: Path) -> dict[bytes, int]:
     return ranks
 
 
-def build_gpt2_encoding(path: Path) -> tiktoken.Encoding:
-    """Build the GPT-2 ``tiktoken.Encoding`` from a rank table file, verifying its sha256 first.
+def read_gpt2_ranks(path: Path) -> dict[bytes, int]:
+    """The rank table at ``path`` (token bytes -> rank), verified against its pinned sha256.
 
-    Uncached: :func:`get_gpt2_encoding` is the cached entry point; this one exists so a test can
-    prove a corrupted copy is rejected.
+    Shared by the tiktoken encoding and ``shared.hf_tokenizer`` (which derives Hugging Face's
+    ``vocab.json``/``merges.txt`` from it), so both read exactly the bytes that were checked.
     """
     path = Path(path)
     try:
@@ -90,6 +90,16 @@ def build_gpt2_encoding(path: Path) -> tiktoken.Encoding:
     ranks = _parse_ranks(contents, path)
     if len(ranks) != N_MERGEABLE_RANKS:  # unreachable with the right hash; cheap insurance
         raise TokenizerError(f"GPT-2 rank table {path} has {len(ranks)} ranks, expected 50256")
+    return ranks
+
+
+def build_gpt2_encoding(path: Path) -> tiktoken.Encoding:
+    """Build the GPT-2 ``tiktoken.Encoding`` from a rank table file, verifying its sha256 first.
+
+    Uncached: :func:`get_gpt2_encoding` is the cached entry point; this one exists so a test can
+    prove a corrupted copy is rejected.
+    """
+    ranks = read_gpt2_ranks(path)
 
     import tiktoken  # local import: shared/ must import fast
 

@@ -39,11 +39,13 @@ from shared.checkpoint_crc import check_zip_crc
 from shared.checkpoint_format import REQUIRED_KEYS
 from shared.checkpoint_loading import CheckpointLoadError, load_checkpoint
 from shared.exit_codes import WorkerExit
+from shared.hf_files import HFFileError, is_hf_source
 from shared.run_dir import TMP_SUFFIX, RunDir
 from shared.vocabulary import Phase
 from worker.data import DataError
 from worker.distributed import Distributed
 from worker.errors import WorkerError, library_reason
+from worker.hf_import import load_hf_pretrained
 from worker.run_identity_check import RunIdentityCheck
 from worker.telemetry import HeartbeatWriter, RunLogger
 from worker.train_state import TrainingState, TrainProgress
@@ -177,7 +179,13 @@ class CheckpointManager:
             raise _decode_error(failed)
 
     def _load_pretrained(self, path: Path, architecture: dict[str, Any], identity: RunIdentityCheck | None) -> None:
-        checkpoint = self.load(path)
+        if is_hf_source(path):  # a Hugging Face directory or safetensors file (docs/interop.md)
+            try:
+                checkpoint = load_hf_pretrained(path, architecture, self.log)
+            except HFFileError as exc:
+                raise CheckpointError(f"cannot load pretrained weights {path}: {exc}", path) from None
+        else:
+            checkpoint = self.load(path)
         check_architecture(checkpoint, architecture, path)
         if identity is not None:
             identity.note_pretrained(path, checkpoint)

@@ -4,8 +4,8 @@
     gpt2sup run --worker worker.finetune_dolly -- --pretrained_checkpoint log/model_00299.pt --data_path dolly.jsonl
 
 The checkpoint guide's second loading mode: the model's weights come from
-``--pretrained_checkpoint``; optimizer, step, schedule and data start fresh. Everything else is
-pre-training's own code, called with another parser and another data source
+``--pretrained_checkpoint`` (one of our checkpoints, or a Hugging Face GPT-2: docs/interop.md);
+optimizer, step, schedule and data start fresh. Everything else is pre-training's own code, called with another parser and another data source
 (``worker.train_gpt2.main``): the step loop, the checkpoint manager, heartbeats, stop handling,
 evaluations and the run identity. So ``--auto_resume`` prefers the run's own checkpoint (it
 records the pretrained file's identity: a relaunch never starts over from the pretrained
@@ -41,6 +41,8 @@ from worker.train_gpt2 import (
 from worker.train_gpt2 import main as run_training
 
 PROG = "finetune_dolly"
+NEEDS_PRETRAINED = ("fine-tuning starts from --pretrained_checkpoint PATH (a pre-training checkpoint, or a "
+                    "Hugging Face GPT-2 directory or model.safetensors)")
 
 
 def build_finetune_parser() -> argparse.ArgumentParser:
@@ -60,8 +62,7 @@ def build_finetune_parser() -> argparse.ArgumentParser:
 def build_dolly_data(config: TrainConfig, dist: Distributed, say: Callable[[str], None]) -> TrainingData:
     """Train and held-out loaders over the packed, masked instruction data."""
     if not config.pretrained_checkpoint:
-        raise WorkerError("fine-tuning starts from --pretrained_checkpoint PATH (a pre-training checkpoint)",
-                          WorkerExit.USAGE)
+        raise WorkerError(NEEDS_PRETRAINED, WorkerExit.USAGE)
     if not 0.0 < config.val_fraction < 1.0:
         raise WorkerError("--val_fraction must be between 0 and 1", WorkerExit.USAGE)
     grad_accum_steps = accumulation_steps(config, dist, say)
@@ -97,7 +98,7 @@ def build_dolly_data(config: TrainConfig, dist: Distributed, say: Callable[[str]
 def main(argv: list[str] | None = None) -> int:
     parser = build_finetune_parser()
     if not parser.parse_args(argv).pretrained_checkpoint:  # before anything is created in --log_dir
-        parser.error("fine-tuning starts from --pretrained_checkpoint PATH (a pre-training checkpoint)")
+        parser.error(NEEDS_PRETRAINED)
     return run_training(argv, parser=parser, build=build_dolly_data, prog=PROG)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from shared.atomic_io import read_json, write_json_atomic
 from shared.exit_codes import WorkerExit
+from shared.hf_files import HFFileError
 from shared.run_dir import RunDir
 from shared.run_identity import (
     ARCHITECTURE_KEYS,
@@ -52,8 +53,11 @@ class RunIdentityCheck:
                    run_dir: RunDir, log: Callable[[str], None] = print) -> RunIdentityCheck:
         """This launch's identity from its resolved config (a ``TrainConfig``: every default filled in)."""
         pretrained = None
-        if config.pretrained_checkpoint and Path(config.pretrained_checkpoint).is_file():
-            pretrained = pretrained_fingerprint(Path(config.pretrained_checkpoint))
+        if config.pretrained_checkpoint and Path(config.pretrained_checkpoint).exists():
+            try:  # a file or a Hugging Face directory; an unreadable one is reported when it is loaded
+                pretrained = pretrained_fingerprint(Path(config.pretrained_checkpoint))
+            except (HFFileError, OSError):
+                pretrained = None
         identity = RunIdentity(
             identity_version=IDENTITY_VERSION,
             model=config.model,
@@ -127,5 +131,6 @@ class RunIdentityCheck:
 
 
 def pretrained_fingerprint(path: Path, step: Any = None) -> dict[str, Any]:
-    """The file a fine-tune starts from: its path, content hash (zip CRCs) and training step."""
+    """The file a fine-tune starts from: its path, content hash (zip CRCs; for a Hugging Face
+    directory or safetensors file its header and sampled bytes) and training step (None for HF)."""
     return {**fingerprint_checkpoint_file(path), "step": step if isinstance(step, int) else None}

@@ -72,7 +72,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     ck.add_argument("--auto_resume", action="store_true", help="resume from latest_checkpoint.pt, else the highest-step model_*.pt; start fresh if none (default: off)")
     ck.add_argument("--resume", action="store_true", help="resume from --checkpoint_path, all state (default: off)")
     ck.add_argument("--checkpoint_path", default=None, help="checkpoint file for --resume (default: none)")
-    ck.add_argument("--pretrained_checkpoint", default=None, help="load model weights only; optimizer, step and data start fresh; with --auto_resume only while the run has no checkpoint of its own (default: none)")
+    ck.add_argument("--pretrained_checkpoint", default=None, help="load model weights only, from a checkpoint .pt, a Hugging Face GPT-2 directory or a model.safetensors (docs/interop.md); optimizer, step and data start fresh; with --auto_resume only while the run has no checkpoint of its own (default: none)")
     ck.add_argument("--allow_config_change", action="store_true", help="resume although settings that change the training math (model data, total batch, seq len, LR schedule, seed, dropout, weight decay) differ from the checkpoint's; each difference is printed. Without it such a resume exits 6 (default: off)")
     ck.add_argument("--checkpoint_interval", type=int, default=None, help=f"save every N steps, and always at the last step (0 = only the last step); {_profile_default('checkpoint_interval')}")
     ck.add_argument("--keep_last_n_checkpoints", type=int, default=-1, help="keep only the newest N checkpoints, -1 = keep all (default: %(default)s)")
