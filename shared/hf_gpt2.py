@@ -43,8 +43,9 @@ class HFMappingError(ValueError):
 
 # --- config ---------------------------------------------------------------------------------------
 
-def hf_config_dict(config: Mapping[str, Any]) -> dict[str, Any]:
-    """``config.json`` of a ``GPT2LMHeadModel`` with our model's architecture (``config``: our dict)."""
+def hf_config_dict(config: Mapping[str, Any], dtype: str = "float32") -> dict[str, Any]:
+    """``config.json`` of a ``GPT2LMHeadModel`` with our model's architecture (``config``: our dict;
+    ``dtype``: the stored tensors' type, ``float32`` for everything the worker saves)."""
     dropout = float(config.get("dropout", 0.0) or 0.0)
     block_size = int(config["block_size"])
     return {
@@ -75,7 +76,7 @@ def hf_config_dict(config: Mapping[str, Any]) -> dict[str, Any]:
         "bos_token_id": EOT_TOKEN,
         "eos_token_id": EOT_TOKEN,
         "tie_word_embeddings": True,
-        "torch_dtype": "float32",
+        "torch_dtype": dtype,
     }
 
 

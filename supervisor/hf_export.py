@@ -93,7 +93,7 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
 
 
 def _write_all(staging: Path, tensors: dict[str, Any], config: dict[str, Any], save_file: Any) -> list[str]:
-    hf_config = hf_config_dict(config)
+    hf_config = hf_config_dict(config, dtype=str(tensors["transformer.wte.weight"].dtype).removeprefix("torch."))
     _write_json(staging / CONFIG_FILE, hf_config)
     _write_json(staging / GENERATION_CONFIG_FILE, generation_config_dict())
     save_file(tensors, str(staging / MODEL_FILE), metadata={"format": "pt"})  # "pt": what HF itself writes

@@ -101,6 +101,7 @@ def test_the_exported_file_has_hf_layout_one_tied_embedding_and_no_padding(expor
     assert (config["vocab_size"], config["n_positions"], config["n_embd"], config["n_layer"], config["n_head"]) == \
         (HF_VOCAB_SIZE, 64, 32, 2, 2)
     assert config["activation_function"] == "gelu_new" and config["tie_word_embeddings"] is True
+    assert config["torch_dtype"] == "float32" and tensors[WTE].dtype == torch.float32
     assert {p.name for p in outdir.iterdir()} == {
         "config.json", "generation_config.json", MODEL_FILE, "vocab.json", "merges.txt",
         "tokenizer_config.json", "special_tokens_map.json"}
@@ -312,7 +313,7 @@ def test_a_run_from_the_exported_directory_trains_from_the_original_weights(tmp_
 
 
 @pytest.mark.slow
-def test_a_worker_refuses_an_hf_model_of_another_architecture_or_a_broken_directory(tmp_path: Path) -> None:
+def test_a_worker_refuses_an_hf_model_of_another_architecture_a_broken_or_a_missing_one(tmp_path: Path) -> None:
     model = small_model(config=SMALL)
     assert build_config("tiny").n_embd == 64 != SMALL["n_embd"]  # not --model tiny
     export_model(model.state_dict(), model.config.to_dict(), tmp_path / "small")
@@ -329,3 +330,8 @@ def test_a_worker_refuses_an_hf_model_of_another_architecture_or_a_broken_direct
     assert done.returncode == WorkerExit.CHECKPOINT_ERROR, done.stderr[-2000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("train_gpt2: error:")]
     assert len(errors) == 1 and "cannot load pretrained weights" in errors[0] and "Traceback" not in done.stderr
+
+    done = _worker([*FAST_ARGS, "--max_steps", "2", "--pretrained_checkpoint", str(tmp_path / "nowhere")], tmp_path / "c")
+    assert done.returncode == WorkerExit.CHECKPOINT_ERROR, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("train_gpt2: error:")]
+    assert len(errors) == 1 and "not found" in errors[0] and "Traceback" not in done.stderr
