@@ -80,6 +80,11 @@ class RunDir:
     def samples(self) -> Path:
         return self.root / "samples.txt"
 
+    @property
+    def tensorboard_dir(self) -> Path:
+        """``--tensorboard``: rank 0's TensorBoard event files (``tensorboard --logdir <log_dir>/tb``)."""
+        return self.root / "tb"
+
     # --- supervisor-written files ---------------------------------------------------------
     @property
     def supervisor_state(self) -> Path:

@@ -1,5 +1,6 @@
 """What the worker tells the outside world: heartbeats (every rank), log.txt and metrics.jsonl
-(rank 0). Kept out of the training loop so the loop reads like build-nanogpt.
+(rank 0), and through ``RunLogger``'s sinks the same records elsewhere (``--tensorboard``). Kept
+out of the training loop so the loop reads like build-nanogpt.
 
 None of these writes may stop training: a full disk, a read-only or deleted run directory makes a
 write fail with an OSError, and losing a step of a multi-day run over a heartbeat would be absurd.
@@ -13,9 +14,9 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from shared.atomic_io import write_text_atomic
 from shared.heartbeat import Heartbeat, write_heartbeat
@@ -79,17 +80,34 @@ class HeartbeatWriter:
         self.beat(status=status, message=message, bad_checkpoint=bad_checkpoint)
 
 
+class MetricsSink(Protocol):
+    """Another destination of the per-step records (``worker.tensorboard_log.TensorBoardLog``).
+
+    Told the same three things as the files: where the attempt starts, each step's record, the end.
+    Like every write here, a sink never raises into training: it reports its own failures.
+    """
+
+    def open(self, resumed_step: int | None) -> None: ...
+
+    def record(self, metrics: Mapping[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class RunLogger:
     """``log.txt`` (build-nanogpt lines), ``metrics.jsonl`` (one object per step) and ``samples.txt``, rank 0 only.
 
     On resume the lines of steps after the resumed checkpoint are dropped first, so a run that
-    crashed and resumed has the same log as one that never crashed.
+    crashed and resumed has the same log as one that never crashed. ``sinks`` get the same
+    start, records and end, so the training loop writes each step's figures once.
     """
 
-    def __init__(self, run_dir: RunDir, enabled: bool, warnings: WriteWarnings | None = None) -> None:
+    def __init__(self, run_dir: RunDir, enabled: bool, warnings: WriteWarnings | None = None,
+                 sinks: Sequence[MetricsSink] = ()) -> None:
         self.run_dir = run_dir
         self.enabled = enabled
         self.warnings = warnings or WriteWarnings(0)
+        self.sinks = list(sinks) if enabled else []
         self._files = {"log.txt": _AppendOnlyFile(run_dir.log_txt), "metrics.jsonl": _AppendOnlyFile(run_dir.metrics),
                        "samples.txt": _AppendOnlyFile(run_dir.samples)}
 
@@ -103,6 +121,8 @@ class RunLogger:
                 write_text_atomic(path, "")
             else:
                 _truncate_after_step(path, resumed_step, step_of)
+        for sink in self.sinks:
+            sink.open(resumed_step)
 
     def log_line(self, text: str) -> None:
         self._append("log.txt", text + "\n")
@@ -113,6 +133,8 @@ class RunLogger:
 
     def metrics(self, record: dict[str, Any]) -> None:
         self._append("metrics.jsonl", json.dumps(record) + "\n")
+        for sink in self.sinks:
+            sink.record(record)
 
     def _append(self, name: str, text: str) -> None:
         if self.enabled:
@@ -126,6 +148,8 @@ class RunLogger:
             if self.enabled and target.pending:
                 self.warnings.attempt(name, target.flush)
             target.close()
+        for sink in self.sinks:
+            sink.close()
 
 
 class _AppendOnlyFile:

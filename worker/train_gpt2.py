@@ -43,6 +43,7 @@ from worker.model import GPT, build_config, cosine_lr
 from worker.replay import ReplayCheck, event_publisher
 from worker.run_identity_check import RunIdentityCheck
 from worker.telemetry import HeartbeatWriter, RunLogger, print_to_stderr
+from worker.tensorboard_log import TensorBoardLog, require_tensorboard
 from worker.train_state import TrainingState, TrainProgress
 from worker.worker_lock import hold_worker_lock
 
@@ -88,6 +89,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     ev.add_argument("--generate_interval", type=int, default=250, help="text samples every N steps and at the last step: printed and appended to samples.txt (default: %(default)s)")
     ev.add_argument("--generate_prompt", default="Hello, I'm a language model,", help="the samples' prompt (default: %(default)r)")
     ev.add_argument("--val_steps", type=int, default=20, help="micro-batches per validation pass (default: %(default)s)")
+    ev.add_argument("--tensorboard", action="store_true", help="rank 0 also writes train/val loss, lr, grad norm, tokens/s, HellaSwag accuracy and the fault history to tb/ in the run directory (docs/tensorboard.md); needs the tensorboard package: pip install 'gpt2sup[tensorboard]' (default: off)")
     tr = p.add_argument_group("training (unset values follow the device profile, printed at start)")
     tr.add_argument("--log_dir", default="log", help="run directory: checkpoints, logs, heartbeats (default: %(default)s)")
     tr.add_argument("--data_dir", default=None, help="directory of *_train_*/*_val_* uint16 .npy shards (default: the built-in pydoc corpus)")
@@ -143,6 +145,7 @@ class TrainConfig:
     profile_note: str  # which defaults were filled in, and why (printed at start)
     data_path: str | None = None  # worker.finetune_dolly: the instruction jsonl
     val_fraction: float = 0.05  # worker.finetune_dolly: the share held out for validation
+    tensorboard: bool = False  # TensorBoard event files in <log_dir>/tb (worker.tensorboard_log)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, cuda_available: bool) -> TrainConfig:
@@ -192,6 +195,8 @@ class TrainConfig:
             raise WorkerError("--dropout must be in [0, 1)", WorkerExit.USAGE)
         if not (math.isfinite(self.final_save_retry_s) and self.final_save_retry_s >= 0):
             raise WorkerError("--final_save_retry_s must be a finite number of seconds >= 0", WorkerExit.USAGE)
+        if self.tensorboard:
+            require_tensorboard()
 
     def schedule(self) -> Schedule:
         return Schedule(self.eval_interval, self.hellaswag_interval, self.generate_interval, self.val_steps,
@@ -255,7 +260,8 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
     progress = TrainProgress()
     identity = RunIdentityCheck.for_launch(config, dist.world_size, data.source, raw_model.config.to_dict(), run_dir, say)
     state = TrainingState(raw_model, optimizer, train_loader, progress, config.device_type, train_config={})
-    run_log = RunLogger(run_dir, enabled=dist.master, warnings=heartbeat.warnings)
+    sinks = [TensorBoardLog(run_dir.tensorboard_dir, run_dir.events, heartbeat.warnings)] if config.tensorboard else []
+    run_log = RunLogger(run_dir, enabled=dist.master, warnings=heartbeat.warnings, sinks=sinks)
     checkpoints = CheckpointManager(
         run_dir, interval=config.checkpoint_interval, keep_last_n=config.keep_last_n_checkpoints,
         is_writer=dist.master, log=say, final_save_retry_s=config.final_save_retry_s,
