@@ -17,6 +17,11 @@ else:  # pragma: no cover - Python 3.10
             return str(self.value)
 
 
+# Set by `gpt2sup run --node-rank R` in its workers' environment: the worker on node 0's local rank 0
+# writes the run's files, whichever global rank torchrun's rendezvous gave it.
+NODE_RANK_ENV = "GPT2SUP_NODE_RANK"
+
+
 class Phase(StrEnum):
     """What a worker rank is doing (heartbeat ``phase``); each phase has its own hang timeout."""
 

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from shared.atomic_io import read_file_tail
+from shared.vocabulary import NODE_RANK_ENV
 from supervisor.policy import RankExit
 from supervisor.process_tree import own_identity
 from supervisor.run_config import RunConfig
@@ -67,6 +68,10 @@ def build_env(config: RunConfig, base: dict[str, str] | None = None) -> dict[str
     env.pop(SUPERVISOR_ENV, None)
     if not config.workers_outlive_supervisor:
         env[SUPERVISOR_ENV] = own_identity().token
+    # Multi-node: the worker on node 0 writes the run's files, whatever global rank it gets.
+    env.pop(NODE_RANK_ENV, None)
+    if config.multi_node is not None and config.multi_node.node_rank is not None:
+        env[NODE_RANK_ENV] = str(config.multi_node.node_rank)
     return env
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from shared.heartbeat import Heartbeat, read_heartbeat
-from shared.run_dir import RunDir
+from shared.run_dir import RunDir, step_from_checkpoint_name
 from shared.supervisor_state import ProcessRecord
 from shared.vocabulary import EventKind, OutcomeKind, RankStatus, SupervisorStateName
 from supervisor import messages, policy, torchrun
@@ -293,8 +293,12 @@ class TorchrunAttempts:
         log_text = torchrun.read_log_tail(tree.log_path)
         oom_after = torchrun.read_oom_kill_count()
         beats = live.beats
-        rank0 = beats.get(0)
-        final = rank0.last_checkpoint if rank0 is not None else None
+        # The writer's heartbeat names the final checkpoint: global rank 0, or node 0's local rank 0
+        # in a multi-node run (the worker's choose_leader). Another node's directory holds no
+        # checkpoint; its workers exit 7 on every rank if the writer's final save failed.
+        named = [str(b.last_checkpoint) for b in beats.values() if b.last_checkpoint]
+        final = max(named, key=lambda name: step_from_checkpoint_name(name) or -1) if named else None
+        writes_checkpoints = self.config.multi_node is None or self.config.multi_node.node_rank in (None, 0)
         facts = policy.ExitFacts(
             returncode=code,
             statuses=[str(b.status) for b in beats.values()],
@@ -304,7 +308,7 @@ class TorchrunAttempts:
             and time.time() - self._memory_tight_at < MEMORY_TIGHT_MEMORY_S,
             stop_requested=live.stop_sent_at is not None or self.stops.count > 0,
             module_missing=code != 0 and torchrun.module_missing(log_text, self.config.worker_module),
-            final_checkpoint_on_disk=bool(final) and (self.run_dir.root / str(final)).is_file(),
+            final_checkpoint_on_disk=not writes_checkpoints or (bool(final) and (self.run_dir.root / str(final)).is_file()),
             reports=[policy.RankReport(r, str(b.status), float(b.time), int(b.step)) for r, b in beats.items()],
         )
         outcome = policy.classify_exit(facts)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -149,9 +150,11 @@ class CheckpointManager:
         if request.checkpoint_path is not None or request.auto_resume:
             chosen = request.checkpoint_path if request.checkpoint_path is not None else (
                 self.find_latest() if self.is_writer else None)
-            box = self.distributed.broadcast_from_master(None if chosen is None else str(chosen))
+            # Absolute: on another node a relative path would name that node's own directory.
+            box = self.distributed.broadcast_from_master(None if chosen is None else os.path.abspath(chosen))
             if box is not None:
                 path = Path(box)
+                self._require_visible_everywhere(path)
                 self._agree(lambda: self._load_full(path, architecture, identity))
                 self.resumed_from, self.last_checkpoint_name = path, path.name
                 step = self.state.progress.step
@@ -164,6 +167,18 @@ class CheckpointManager:
         if request.pretrained is not None:
             self._agree(lambda: self._load_pretrained(request.pretrained, architecture, identity))
         return self.state.progress
+
+    def _require_visible_everywhere(self, path: Path) -> None:
+        """Every rank must read the leader's file. A node that cannot see it (its own disk, not
+        shared storage) must stop the run with that reason: starting it over would lose the run,
+        and calling the file damaged would quarantine a good checkpoint."""
+        missing = None if path.is_file() else f"rank {self.distributed.rank} on {socket.gethostname()}"
+        where = self.distributed.first_given(missing)
+        if where is not None:
+            raise WorkerError(
+                f"the run's checkpoint {path} (chosen by the rank that writes the run's files) is not readable "
+                f"on {where}: a multi-node run needs a --log_dir that every node can read (shared storage)",
+                WorkerExit.USAGE)
 
     def _agree(self, restore: Callable[[], None]) -> None:
         """Run ``restore`` on every rank; if it fails anywhere, fail everywhere with that error."""

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from shared.vocabulary import NODE_RANK_ENV
+
 
 @dataclass(frozen=True)
 class Distributed:
@@ -21,21 +23,23 @@ class Distributed:
     local_rank: int
     world_size: int
     device: str  # "cpu", "cuda", or "cuda:N" for this rank
+    leader: int = 0  # the rank that writes the run's files (see setup_distributed)
 
     @property
     def master(self) -> bool:
-        return self.rank == 0
+        """This rank writes the run's files: checkpoints, log.txt, metrics.jsonl, run identity."""
+        return self.rank == self.leader
 
     def barrier(self) -> None:
         if self.ddp:
             dist.barrier()
 
     def broadcast_from_master(self, value: Any) -> Any:
-        """Rank 0's ``value`` on every rank (a path, a verdict): all ranks act on one decision."""
+        """The leader's ``value`` on every rank (a path, a verdict): all ranks act on one decision."""
         if not self.ddp:
             return value
         box = [value]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=self.leader)
         return box[0]
 
     def any_rank(self, flag: bool) -> bool:
@@ -90,4 +94,23 @@ def setup_distributed(device_type: str, device: str) -> Distributed:
     if device_type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return Distributed(ddp=True, rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+    node = os.environ.get(NODE_RANK_ENV)
+    gathered: list[Any] = [None] * world_size
+    dist.all_gather_object(gathered, (node, local_rank))
+    return Distributed(ddp=True, rank=rank, local_rank=local_rank, world_size=world_size, device=device,
+                       leader=choose_leader(gathered))
+
+
+def choose_leader(ranks: list[tuple[str | None, int]]) -> int:
+    """The global rank that writes the run's files, from each rank's (supervisor node rank, local rank).
+
+    Multi-node, torchrun's c10d rendezvous numbers the nodes of each round in its own order, not by
+    ``--node-rank``: after a restart node 1 can host global rank 0. The run's files (checkpoints
+    above all) belong with node 0's supervisor, which validates, quarantines and prunes them, so
+    the writer is local rank 0 of the node whose supervisor is node 0 (``gpt2sup run`` exports its
+    ``--node-rank`` as GPT2SUP_NODE_RANK). Without that (one node, a bare torchrun) it is rank 0.
+    """
+    for rank, (node, local_rank) in enumerate(ranks):
+        if node == "0" and local_rank == 0:
+            return rank
+    return 0

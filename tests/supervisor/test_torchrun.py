@@ -71,6 +71,10 @@ def test_build_command_single_and_multi_node(tmp_path):
     assert argv[argv.index("--rdzv-endpoint") + 1] == "host:29500" and argv[argv.index("--node-rank") + 1] == "1"
     assert "worker.finetune" in argv
     assert build_env(cfg, {"OMP_NUM_THREADS": "7"})["OMP_NUM_THREADS"] == "7"  # the user's choice wins
+    # The workers learn their supervisor's node rank (node 0's local rank 0 writes the run's files).
+    assert build_env(cfg, {})["GPT2SUP_NODE_RANK"] == "1"
+    cfg.multi_node = None
+    assert "GPT2SUP_NODE_RANK" not in build_env(cfg, {"GPT2SUP_NODE_RANK": "0"})  # never inherited
     assert int(build_env(cfg, {})["OMP_NUM_THREADS"]) >= 1
 
 

@@ -263,3 +263,17 @@ def test_library_reasons_never_advise_turning_safe_loading_off():
     assert library_reason(RuntimeError(torch_text)) == (
         "Trying to load unsupported GLOBAL posix.system whose module posix is blocked.")
     assert library_reason(ValueError("")) == "ValueError"
+
+
+@pytest.mark.parametrize("ranks, leader", [
+    ([(None, 0), (None, 0)], 0),  # one supervisor per node but no --node-rank, or a bare torchrun: rank 0
+    ([("1", 0), ("0", 0)], 1),  # the rendezvous put node 1 first: node 0's rank still writes
+    ([("1", 0), ("1", 1), ("0", 0), ("0", 1)], 2),
+    ([("0", 0), ("0", 1)], 0),  # one node
+])
+def test_the_leader_is_node_0s_local_rank_0_whatever_global_rank_it_got(ranks, leader):
+    from worker.distributed import Distributed, choose_leader
+
+    assert choose_leader(ranks) == leader
+    assert Distributed(True, leader, 0, len(ranks), "cpu", leader=leader).master
+    assert not Distributed(True, (leader + 1) % len(ranks), 0, len(ranks), "cpu", leader=leader).master

@@ -1,0 +1,95 @@
+"""Two "nodes" on loopback: two ``gpt2sup run`` x 1 process over torchrun's c10d rendezvous, each
+with its own run directory, as an operator would start them on two machines.
+
+c10d orders the nodes of each rendezvous round by its own node descriptors, not by ``--node-rank``,
+so after a restart node 1 can host global rank 0. It once started over from step 0 in its own,
+empty directory while node 0 held the run's checkpoints, and both supervisors exited as if all
+were well. Whichever node hosts global rank 0, the run must resume from node 0's newest validated
+checkpoint and finish bitwise-equal to a one-node, two-process run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from shared.exit_codes import SupervisorExit
+from tests.supervisor.helpers import (
+    FAST_SUPERVISOR_ARGS,
+    FINAL_CHECKPOINT,
+    REPO_ROOT,
+    WORKER_ARGS,
+    assert_same_weights,
+    child_env,
+    console_text,
+    events_named,
+    gpt2sup_argv,
+    wait_exit,
+    wait_for,
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_node(log_dir: Path, node_rank: int, port: int, run_id: str) -> subprocess.Popen:
+    argv = gpt2sup_argv(
+        "run", "--log-dir", str(log_dir), "--nproc-per-node", "1", "--nnodes", "2", "--node-rank", str(node_rank),
+        "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", run_id, *FAST_SUPERVISOR_ARGS,
+        "--hang-timeout", "30", "--", *WORKER_ARGS)
+    with open(f"{log_dir}.console", "ab") as console:
+        return subprocess.Popen(argv, cwd=REPO_ROOT, env=child_env(), stdout=console, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+
+
+def node_heartbeat(log_dir: Path) -> dict | None:
+    """The one rank this node runs (its global rank can be 0 or 1)."""
+    for path in (log_dir / "heartbeat").glob("rank*.json"):
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def training_past(log_dir: Path, step: int) -> dict | None:
+    beat = node_heartbeat(log_dir)
+    return beat if beat and beat.get("step", -1) >= step and beat.get("phase") == "train" else None
+
+
+@pytest.mark.slow
+def test_a_killed_rank_on_node_1_resumes_the_whole_run_from_node_0s_checkpoint_bitwise(tmp_path, reference_checkpoint):
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    port = free_port()
+    procs = [start_node(nodes[0], 0, port, "mn-kill")]
+    time.sleep(2)  # node 0's torchrun first: it hosts global rank 0 in the first round
+    procs.append(start_node(nodes[1], 1, port, "mn-kill"))
+    try:
+        beat = wait_for(lambda: training_past(nodes[1], 9), 240, "node 1 past step 9")
+        os.kill(beat["pid"], signal.SIGKILL)
+        codes = [wait_exit(proc, log_dir, timeout=400) for proc, log_dir in zip(procs, nodes)]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    detail = "\n".join(console_text(d)[-2500:] for d in nodes)
+    assert codes == [SupervisorExit.FINISHED, SupervisorExit.FINISHED], detail
+    # Node 0 holds the run: every checkpoint, the final one bitwise equal to the one-node run's.
+    assert_same_weights(nodes[0] / FINAL_CHECKPOINT, reference_checkpoint)
+    assert not list(nodes[1].glob("model_*.pt")), "node 1 wrote checkpoints of its own"
+    # The second attempt resumed from node 0's step-8 checkpoint, not from scratch.
+    log = (nodes[0] / "log.txt").read_text().splitlines()
+    assert [line.split()[0] for line in log if " train " in line] == [str(s) for s in range(12)], log
+    attempt_logs = "".join(p.read_text(errors="replace") for d in nodes for p in sorted((d / "attempts").glob("*.log")))
+    assert f"resumed from {nodes[0] / 'model_00008.pt'}" in attempt_logs
+    assert "starting fresh" not in attempt_logs.split("resumed from")[-1]
+    assert events_named(nodes[0], "restarted") and events_named(nodes[1], "restarted")
