@@ -55,12 +55,14 @@ def cli() -> None:
     gpt2sup status                    how is the run in ./log doing?
     gpt2sup verify log/model_00500.pt is this checkpoint sound?
     gpt2sup stop                      save at the next step and exit
+    gpt2sup report                    log/report.html: curves, faults, goodput
 
     Exit codes of run: 0 finished, 1 internal error, 2 refused or bad usage, 3 gave up,
     4 stopped on request (Ctrl-C, SIGTERM, SIGHUP, `gpt2sup stop`), 5 finished but the final
     checkpoint could not be saved. verify: 0 all OK, 1 a check failed, 2 bad usage, 3 some
-    inconclusive. convert: 0 written and valid, 1 not converted, 2 bad usage. Each command's
-    --help says more.
+    inconclusive. convert: 0 written and valid, 1 not converted, 2 bad usage. export: 0 written,
+    1 not exported, 2 bad usage. report: 0 written, 1 no run, 2 bad usage, 3 not written. Each
+    command's --help says more.
     """
 
 
