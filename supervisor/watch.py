@@ -324,6 +324,11 @@ class TorchrunAttempts:
                                last_checkpoint=final)
         if not outcome.is_failure:
             result.reason = "the workers saved and exited" if code == 0 else f"torchrun exit {code}"
+            if code == 0 and not facts.stop_requested:  # not asked by us: say who asked (another node's
+                # workers stop when their supervisor is gone, and the stop reaches every rank)
+                why = next((str(b.message) for b in beats.values() if b.status == RankStatus.STOPPED and b.message), None)
+                if why:
+                    result.reason += f": {messages.first_line(why)}"
             return result
         result.reason = messages.attempt_failure(outcome, step, cause)
         self.journal.event(

@@ -273,7 +273,9 @@ class CheckpointManager:
         outcome = self._save_state(step)
         if final and self.is_writer and not outcome.saved:
             outcome = self._retry_final_save(step, outcome)
-        self.distributed.barrier()
+        # Every rank's heartbeat names the run's newest checkpoint: another node's supervisor reads
+        # only its own ranks' heartbeats (the broadcast is the barrier after the save).
+        self.last_checkpoint_name = self.distributed.broadcast_from_master(self.last_checkpoint_name)
         self._beat(phase=Phase.TRAIN, last_checkpoint=self.last_checkpoint_name, message=outcome.error,
                    save_seconds=round(outcome.seconds, 3) if outcome.saved else None)
         if not final:

@@ -10,6 +10,7 @@ polling is cheap, and unlike a parent-death signal it works through torchrun's e
 from __future__ import annotations
 
 import signal
+import socket
 import sys
 import time
 from typing import Any
@@ -63,5 +64,5 @@ class StopRequest:
     def requested(self) -> bool:
         """This rank's view at a step boundary (the ranks then agree with an all-reduce)."""
         if self.reason is None and self.supervisor is not None and self.supervisor.gone():
-            self.reason = f"supervisor {self.supervisor.pid} is gone"
+            self.reason = f"supervisor {self.supervisor.pid} on {socket.gethostname()} is gone"
         return self.reason is not None

@@ -41,11 +41,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_node(log_dir: Path, node_rank: int, port: int, run_id: str) -> subprocess.Popen:
+def start_node(log_dir: Path, node_rank: int, port: int, run_id: str, hang_timeout: float = 30) -> subprocess.Popen:
     argv = gpt2sup_argv(
         "run", "--log-dir", str(log_dir), "--nproc-per-node", "1", "--nnodes", "2", "--node-rank", str(node_rank),
         "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", run_id, *FAST_SUPERVISOR_ARGS,
-        "--hang-timeout", "30", "--", *WORKER_ARGS)
+        "--hang-timeout", str(hang_timeout), "--", *WORKER_ARGS)
     with open(f"{log_dir}.console", "ab") as console:
         return subprocess.Popen(argv, cwd=REPO_ROOT, env=child_env(), stdout=console, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
@@ -66,21 +66,32 @@ def training_past(log_dir: Path, step: int) -> dict | None:
     return beat if beat and beat.get("step", -1) >= step and beat.get("phase") == "train" else None
 
 
-@pytest.mark.slow
-def test_a_killed_rank_on_node_1_resumes_the_whole_run_from_node_0s_checkpoint_bitwise(tmp_path, reference_checkpoint):
+def start_two_nodes(tmp_path: Path, run_id: str, hang_timeout: float = 30) -> tuple[list[Path], list[subprocess.Popen]]:
     nodes = [tmp_path / "node0", tmp_path / "node1"]
     port = free_port()
-    procs = [start_node(nodes[0], 0, port, "mn-kill")]
+    procs = [start_node(nodes[0], 0, port, run_id, hang_timeout)]
     time.sleep(2)  # node 0's torchrun first: it hosts global rank 0 in the first round
-    procs.append(start_node(nodes[1], 1, port, "mn-kill"))
+    procs.append(start_node(nodes[1], 1, port, run_id, hang_timeout))
+    return nodes, procs
+
+
+def wait_both(procs: list[subprocess.Popen], nodes: list[Path]) -> list[int]:
     try:
-        beat = wait_for(lambda: training_past(nodes[1], 9), 240, "node 1 past step 9")
-        os.kill(beat["pid"], signal.SIGKILL)
-        codes = [wait_exit(proc, log_dir, timeout=400) for proc, log_dir in zip(procs, nodes)]
+        return [wait_exit(proc, log_dir, timeout=400) for proc, log_dir in zip(procs, nodes)]
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
+
+
+@pytest.mark.slow
+def test_a_killed_rank_on_node_1_resumes_the_whole_run_from_node_0s_checkpoint_bitwise(tmp_path, reference_checkpoint):
+    nodes, procs = start_two_nodes(tmp_path, "mn-kill")
+    try:
+        beat = wait_for(lambda: training_past(nodes[1], 9), 240, "node 1 past step 9")
+        os.kill(beat["pid"], signal.SIGKILL)
+    finally:
+        codes = wait_both(procs, nodes)
     detail = "\n".join(console_text(d)[-2500:] for d in nodes)
     assert codes == [SupervisorExit.FINISHED, SupervisorExit.FINISHED], detail
     # Node 0 holds the run: every checkpoint, the final one bitwise equal to the one-node run's.
@@ -93,3 +104,40 @@ def test_a_killed_rank_on_node_1_resumes_the_whole_run_from_node_0s_checkpoint_b
     assert f"resumed from {nodes[0] / 'model_00008.pt'}" in attempt_logs
     assert "starting fresh" not in attempt_logs.split("resumed from")[-1]
     assert events_named(nodes[0], "restarted") and events_named(nodes[1], "restarted")
+
+
+@pytest.mark.slow
+def test_a_stopped_rank_on_node_0_is_a_hang_on_both_nodes_and_both_restart(tmp_path, reference_checkpoint):
+    nodes, procs = start_two_nodes(tmp_path, "mn-stop", hang_timeout=10)
+    try:
+        beat = wait_for(lambda: training_past(nodes[0], 5), 240, "node 0 past step 5")
+        os.kill(beat["pid"], signal.SIGSTOP)
+    finally:
+        codes = wait_both(procs, nodes)
+    assert codes == [SupervisorExit.FINISHED, SupervisorExit.FINISHED], "\n".join(console_text(d)[-2500:] for d in nodes)
+    # Node 0 saw its rank silent; node 1's rank, waiting in a collective for it, went silent too.
+    assert events_named(nodes[0], "hung") and events_named(nodes[0], "restarted")
+    assert events_named(nodes[1], "restarted")
+    assert_same_weights(nodes[0] / FINAL_CHECKPOINT, reference_checkpoint)
+    # Both supervisors name the run's final checkpoint, although only node 0's directory holds it.
+    for log_dir in nodes:
+        assert FINAL_CHECKPOINT in events_named(log_dir, "finished")[-1]["message"]
+
+
+@pytest.mark.slow
+def test_a_killed_supervisor_on_node_1_stops_the_run_with_a_save_and_a_reason_then_it_resumes(tmp_path, reference_checkpoint):
+    nodes, procs = start_two_nodes(tmp_path, "mn-sup")
+    try:
+        wait_for(lambda: training_past(nodes[1], 5), 240, "node 1 past step 5")
+        procs[1].kill()  # kill -9 of node 1's supervisor: its workers must not train unwatched
+    finally:
+        codes = wait_both(procs, nodes)
+    assert codes[0] == SupervisorExit.STOPPED, console_text(nodes[0])[-2500:]
+    stopped = events_named(nodes[0], "stopped")[-1]["message"]
+    assert f"supervisor {procs[1].pid} on {socket.gethostname()} is gone" in stopped, stopped
+    assert "saved model_" in stopped
+    # Both supervisors again: the run resumes from that save and ends as if nothing happened.
+    nodes, procs = start_two_nodes(tmp_path, "mn-sup-2")
+    codes = wait_both(procs, nodes)
+    assert codes == [SupervisorExit.FINISHED, SupervisorExit.FINISHED], "\n".join(console_text(d)[-2500:] for d in nodes)
+    assert_same_weights(nodes[0] / FINAL_CHECKPOINT, reference_checkpoint)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 
@@ -154,7 +155,7 @@ def test_workers_stop_and_save_when_their_supervisor_is_killed(launcher, tmp_pat
     assert killed_at <= stopped_at < 999
     for beat in beats:
         assert beat["status"] == "stopped" and beat["step"] == stopped_at, beat
-        assert beat["message"] == f"supervisor {supervisor.pid} is gone"
+        assert beat["message"] == f"supervisor {supervisor.pid} on {socket.gethostname()} is gone"
     assert checkpoint_steps(run)[-1] == stopped_at
     assert RunDir.at(run).resolve_latest_link().name == f"model_{stopped_at:05d}.pt"
     assert [m["step"] for m in read_metrics(run)] == list(range(stopped_at + 1))
