@@ -14,6 +14,7 @@ from typing import Any
 from supervisor.policy import BackoffConfig, RestartLimits, TimeoutConfig
 
 DEFAULT_WORKER = "worker.train_gpt2"
+DEFAULT_RDZV_ID = "gpt2sup"
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class MultiNode:
     nnodes: str
     node_rank: int | None
     rdzv_endpoint: str
-    rdzv_id: str = "gpt2sup"
+    rdzv_id: str = DEFAULT_RDZV_ID
     rdzv_backend: str = "c10d"
 
 

@@ -21,7 +21,14 @@ from shared.exit_codes import SupervisorExit
 from shared.run_dir import DEFAULT_LOG_DIR, RunDir
 from shared.supervisor_state import read_supervisor_state
 from supervisor import policy
-from supervisor.run_config import MultiNode, RunConfig
+from supervisor.run_config import DEFAULT_RDZV_ID, MultiNode, RunConfig
+from supervisor.slurm import (
+    DEFAULT_PORT,
+    PORT_ENV,
+    Rendezvous,
+    SlurmError,
+    fill_from_slurm,
+)
 
 DEFAULTS = RunConfig(log_dir=Path(DEFAULT_LOG_DIR), cwd=Path("."))
 AUTO = policy.AUTO
@@ -130,7 +137,11 @@ T, B, L = DEFAULTS.timeouts, DEFAULTS.backoff, DEFAULTS.limits
     "(models: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny, mini, small-cpu).\n\n"
     "Exit codes: 0 finished, 1 internal error, 2 refused (bad options, run directory locked, another "
     "run's arguments), 3 gave up (restart budget, no progress, or a permanent worker error), "
-    "4 stopped on request, 5 reached the last step but the final checkpoint is not on disk.",
+    "4 stopped on request, 5 reached the last step but the final checkpoint is not on disk.\n\n"
+    "SLURM: under `srun` (one task per node) on more than one node, --nnodes, --node-rank, "
+    "--rdzv-endpoint (the first host of the node list, port $" + PORT_ENV + " or " + str(DEFAULT_PORT) + ") and "
+    "--rdzv-id ($SLURM_JOB_ID) default to the SLURM_* variables; options given win. "
+    "Use `#SBATCH --signal=TERM@120` so a time limit saves and exits 4 (README, SLURM).",
 )
 @click.option("--log-dir", default=DEFAULT_LOG_DIR, help="Run directory (checkpoints, heartbeats, logs).")
 @click.option("--max-restarts", default=L.max_restarts, type=click.IntRange(min=0),
@@ -178,10 +189,14 @@ T, B, L = DEFAULTS.timeouts, DEFAULTS.backoff, DEFAULTS.limits
                    "restart the supervisor by hand). By default each worker saves and stops at its next "
                    "step once the supervisor is gone.")
 @click.option("--worker", "worker_module", default=DEFAULTS.worker_module, help="Python module torchrun runs (-m).")
-@click.option("--nnodes", default=None, help="Multi-node: number of nodes (torchrun --nnodes), one supervisor per node.")
-@click.option("--node-rank", default=None, type=click.IntRange(min=0), help="Multi-node: this node's rank.")
-@click.option("--rdzv-endpoint", default=None, help="Multi-node: rendezvous host:port.")
-@click.option("--rdzv-id", default="gpt2sup", help="Multi-node: rendezvous job id.")
+@click.option("--nnodes", default=None, help="Multi-node: number of nodes (torchrun --nnodes), one supervisor per node "
+              "[default: SLURM's node count under srun].")
+@click.option("--node-rank", default=None, type=click.IntRange(min=0),
+              help="Multi-node: this node's rank [default: $SLURM_NODEID under srun].")
+@click.option("--rdzv-endpoint", default=None,
+              help="Multi-node: rendezvous host:port [default: the SLURM node list's first host under srun].")
+@click.option("--rdzv-id", default=None, show_default=False,
+              help=f"Multi-node: rendezvous job id [default: $SLURM_JOB_ID under srun, else {DEFAULT_RDZV_ID}].")
 @click.option("--rdzv-backend", default="c10d", help="Multi-node: rendezvous backend.")
 @click.argument("worker_args", nargs=-1, type=click.UNPROCESSED)
 def run(log_dir: str, max_restarts: int, nproc_per_node: int, hang_timeout: float | None, startup_timeout: float,
@@ -190,7 +205,7 @@ def run(log_dir: str, max_restarts: int, nproc_per_node: int, hang_timeout: floa
         min_free_disk: int | None, prune_on_low_disk: bool, kill_grace: float, stop_timeout: float | None,
         probe_timeout: float | None, allow_config_change: bool, workers_outlive_supervisor: bool, worker_module: str,
         nnodes: str | None,
-        node_rank: int | None, rdzv_endpoint: str | None, rdzv_id: str, rdzv_backend: str,
+        node_rank: int | None, rdzv_endpoint: str | None, rdzv_id: str | None, rdzv_backend: str,
         worker_args: tuple[str, ...]) -> None:
     """Launch torchrun workers and keep them alive: restart on crashes and hangs, from the newest
     checkpoint that passes validation, until training finishes.
@@ -200,13 +215,14 @@ def run(log_dir: str, max_restarts: int, nproc_per_node: int, hang_timeout: floa
     exit; a second one kills them (under nohup SIGHUP stays ignored). Run `gpt2sup status` in
     another terminal to look in.
     """
+    multi_node = _multi_node(nnodes, node_rank, rdzv_endpoint, rdzv_id, rdzv_backend)  # a bad SLURM_* touches nothing
     config = RunConfig(
         log_dir=_usable_log_dir(log_dir),
         cwd=Path.cwd(),
         worker_args=_worker_args(worker_args),
         worker_module=worker_module,
         nproc_per_node=nproc_per_node,
-        multi_node=_multi_node(nnodes, node_rank, rdzv_endpoint, rdzv_id, rdzv_backend),
+        multi_node=multi_node,
         timeouts=policy.TimeoutConfig(hang_timeout=hang_timeout, startup_timeout=startup_timeout,
                                       checkpoint_timeout=checkpoint_timeout, eval_timeout=eval_timeout),
         monitor_interval=monitor_interval,
@@ -254,14 +270,23 @@ def _worker_args(given: tuple[str, ...]) -> list[str]:
     return args
 
 
-def _multi_node(nnodes: str | None, node_rank: int | None, endpoint: str | None, rdzv_id: str,
+def _multi_node(nnodes: str | None, node_rank: int | None, endpoint: str | None, rdzv_id: str | None,
                 backend: str) -> MultiNode | None:
-    if nnodes is None and node_rank is None and endpoint is None:
+    """The multi-node options, the missing ones from SLURM under ``srun`` on several nodes."""
+    given = Rendezvous(nnodes=nnodes, node_rank=node_rank, endpoint=endpoint, rdzv_id=rdzv_id)
+    try:
+        filled = fill_from_slurm(given, os.environ)
+    except SlurmError as exc:
+        _fail(f"cannot take the multi-node options from SLURM: {exc}")
+    if filled is not None:
+        click.echo(f"gpt2sup run: {filled.describe()}")
+        given = filled.rendezvous
+    if given.nnodes is None and given.node_rank is None and given.endpoint is None:
         return None
-    if nnodes is None or endpoint is None:
+    if given.nnodes is None or given.endpoint is None:
         _fail("multi-node runs need both --nnodes and --rdzv-endpoint (and --node-rank per node)")
-    return MultiNode(nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=endpoint, rdzv_id=rdzv_id,
-                     rdzv_backend=backend)
+    return MultiNode(nnodes=given.nnodes, node_rank=given.node_rank, rdzv_endpoint=given.endpoint,
+                     rdzv_id=given.rdzv_id or DEFAULT_RDZV_ID, rdzv_backend=backend)
 
 
 def _usable_log_dir(given: str) -> Path:
