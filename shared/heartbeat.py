@@ -31,6 +31,10 @@ class Heartbeat:
     save_seconds: float | None = None  # how long this rank's newest checkpoint save took
     eval_seconds: float | None = None  # how long its newest eval/HellaSwag/sampling pass took
     bad_checkpoint: str | None = None  # with exit 4: the checkpoint file that could not be used
+    hostname: str | None = None  # the machine the rank runs on (names the node of a straggler)
+    # Seconds of the rank's own compute in each of its last steps (at most 20, newest last): the
+    # forward/backward passes before the gradient all-reduce, which makes step times equal.
+    compute_s: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

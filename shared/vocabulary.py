@@ -113,6 +113,7 @@ class EventKind(StrEnum):
     REPLAY_CHECK = "replay_check"  # written by the worker after a resume (see docs/checkpoints.md)
     CONFIG_CHANGE = "config_change"  # an allowed change of the run's arguments, noted
     JOURNAL_ERROR = "journal_error"  # the supervisor could not write its files for a while
+    STRAGGLER = "straggler"  # a rank computes consistently slower than its peers (detection only)
     WARNING = "warning"
     INTERNAL_ERROR = "internal_error"
 

@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shared.vocabulary import RankStatus
+from supervisor import policy
 from supervisor.snapshot import (
     ACTIVE_VERDICTS,
     RankInfo,
@@ -213,14 +214,29 @@ def _timeout_text(rank: RankInfo) -> str:
     return "-" if rank.phase_timeout_s is None else f"{rank.phase_timeout_s:g}s"
 
 
+def _compute_text(rank: RankInfo) -> str:
+    return "-" if rank.compute_median_s is None else f"{rank.compute_median_s * 1000:.1f}ms"
+
+
+def straggler_text(rank: RankInfo) -> str | None:
+    """``rank 1 on gpu-07 is a straggler: 62.0 ms of compute per step, 2.10x ...`` or None."""
+    s = rank.straggler
+    if s is None:
+        return None
+    return policy.Straggler(rank.rank, s.median_s, s.others_median_s, s.ratio).describe(rank.hostname)
+
+
 def _rank_line(rank: RankInfo, quietest: int | None) -> str:
     mark = " (quietest)" if quietest is not None and rank.rank == quietest else ""
+    mark += f" STRAGGLER ({rank.straggler.ratio:.2f}x)" if rank.straggler is not None else ""
     timeout = f" (timeout {_timeout_text(rank)})" if rank.phase_timeout_s is not None else ""
+    host = f" on {rank.hostname}" if rank.hostname else ""
+    compute = f" compute {_compute_text(rank)}/step" if rank.compute_median_s is not None else ""
     return (
-        f"rank {rank.rank} pid {rank.pid} {'alive' if rank.pid_alive else 'gone'} "
+        f"rank {rank.rank}{host} pid {rank.pid} {'alive' if rank.pid_alive else 'gone'} "
         f"phase {rank.phase} status {rank.status} steps {_rank_step_text(rank)} "
         f"heartbeat {format_age(rank.age_s)} ago{timeout} loss {format_loss(rank.loss)} "
-        f"{format_rate(rank.tokens_per_s)} tok/s{mark}"
+        f"{format_rate(rank.tokens_per_s)} tok/s{compute}{mark}"
     )
 
 
@@ -265,6 +281,7 @@ def status_lines(snapshot: RunSnapshot) -> list[str]:
         prefix = "replay check" if snapshot.replay_check.equal else "WARNING: replay check"
         lines.append(f"{prefix}: {replay_text(snapshot.replay_check)}")
     quietest = _marked_quiet_rank(snapshot)
+    lines.extend(f"WARNING: straggler: {text}" for r in snapshot.ranks if (text := straggler_text(r)))
     lines.extend(_rank_line(r, quietest) for r in snapshot.ranks)
     lines.append(f"checkpoints: {_checkpoint_text(snapshot)}")
     lines.append(f"disk: {_disk_text(snapshot)}")
@@ -287,6 +304,8 @@ def _ranks_table(snapshot: RunSnapshot) -> Table:
     names = ["rank", "pid", "phase", "status", "steps", "heartbeat"]
     names += ["timeout"] if with_timeouts else []
     names += ["loss", "tok/s"]
+    with_compute = any(r.compute_median_s is not None for r in snapshot.ranks)
+    names += ["compute"] if with_compute else []
     for name in names:
         table.add_column(name, justify="left" if name in ("rank", "pid", "phase", "status") else "right")
     for r in snapshot.ranks:
@@ -302,6 +321,9 @@ def _ranks_table(snapshot: RunSnapshot) -> Table:
         if with_timeouts:
             cells.append(_timeout_text(r))
         cells += [format_loss(r.loss), format_rate(r.tokens_per_s)]
+        if with_compute:
+            straggler = f" straggler on {r.hostname or '?'}" if r.straggler is not None else ""
+            cells.append(Text(_compute_text(r) + straggler, style="bold red" if straggler else ""))
         table.add_row(*cells)
     return table
 
@@ -350,6 +372,10 @@ def render_panel(snapshot: RunSnapshot) -> RenderableType:
     check = snapshot.replay_check
     if check is not None:
         grid.add_row("replay check", Text(replay_text(check), style="green" if check.equal else "bold red"))
+    for rank in snapshot.ranks:
+        text = straggler_text(rank)
+        if text is not None:
+            grid.add_row("straggler", Text(text, style="bold red"))
     if snapshot.ranks:
         grid.add_row("ranks", _ranks_table(snapshot))
     ck_style = "red" if snapshot.checkpoints.newest_valid is False else ""

@@ -6,6 +6,7 @@ unit-tested in milliseconds and the run loop stays a thin sequence of calls into
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -217,6 +218,72 @@ def find_hung_rank(
         return None
     suspects = set(suspect_ranks) | set(exited_ranks)
     return min(overdue, key=lambda v: (v.rank not in suspects, v.step, -v.silent_s, v.rank))
+
+
+# --------------------------------------------------------------------------------------------
+# Stragglers (detection only: nothing is killed or restarted for being slow)
+# --------------------------------------------------------------------------------------------
+STRAGGLER_RATIO = 1.2  # a rank computing this much longer than the others is a straggler
+STRAGGLER_RECOVERED_RATIO = 1.1  # ... and stops being one below this (no event every interval)
+STRAGGLER_MIN_SAMPLES = 10  # steps a rank must have measured before it is judged
+STRAGGLER_MIN_EXCESS_S = 0.005  # ignore a difference smaller than this: timer noise on tiny steps
+
+
+@dataclass(frozen=True)
+class Straggler:
+    """A rank whose own compute per step is consistently slower than its peers'."""
+
+    rank: int
+    median_s: float  # its median compute time per step over its recent steps
+    others_median_s: float  # the median of the other ranks' medians
+    ratio: float
+
+    def describe(self, hostname: str | None = None) -> str:
+        where = f" on {hostname}" if hostname else ""
+        return (f"rank {self.rank}{where} is a straggler: {self.median_s * 1000:.1f} ms of compute per step, "
+                f"{self.ratio:.2f}x the other ranks' {self.others_median_s * 1000:.1f} ms")
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def is_duration(value: object) -> bool:
+    """A heartbeat is another process's file: only finite, non-negative numbers are used."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def find_stragglers(
+    samples: Mapping[int, Sequence[float]],
+    flagged: Collection[int] = (),
+    ratio: float = STRAGGLER_RATIO,
+    recovered_ratio: float = STRAGGLER_RECOVERED_RATIO,
+    min_samples: int = STRAGGLER_MIN_SAMPLES,
+    min_excess_s: float = STRAGGLER_MIN_EXCESS_S,
+) -> list[Straggler]:
+    """Ranks whose median compute time over their recent steps exceeds ``ratio`` x the median of
+    the other ranks' medians.
+
+    ``samples``: per rank, the seconds of its own compute in each recent step (the heartbeat's
+    ``compute_s``; not the step time, which the gradient all-reduce makes equal on every rank).
+    Medians, so one slow step (a GC pause, a page fault) is not a straggler; the other ranks,
+    not all of them, so with two ranks the slow one is compared with the fast one rather than
+    with a median it pulls up itself. A rank in ``flagged`` stays a straggler until it falls
+    below ``recovered_ratio``, so a rank hovering at the threshold is not announced every check.
+    Ranks with fewer than ``min_samples`` steps are neither judged nor used as the yardstick.
+    """
+    medians = {rank: median(values) for rank, values in samples.items()
+               if len(values) >= min_samples and all(is_duration(v) for v in values)}
+    found: list[Straggler] = []
+    for rank, own in sorted(medians.items()):
+        others = [m for r, m in medians.items() if r != rank]
+        if not others:
+            continue
+        typical = median(others)
+        threshold = recovered_ratio if rank in flagged else ratio
+        if own - typical >= min_excess_s and own > threshold * typical:
+            found.append(Straggler(rank, own, typical, own / typical if typical > 0 else math.inf))
+    return found
 
 
 def startup_timed_out(launched_at: float, workers_started_at: float | None, now: float, any_heartbeat: bool,

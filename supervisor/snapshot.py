@@ -33,6 +33,7 @@ from shared.vocabulary import (
     StrEnum,
     SupervisorStateName,
 )
+from supervisor import policy
 from supervisor.run_history import Goodput, measure_goodput
 
 # How much of a JSONL file's end to read. A metrics line is ~150 bytes, so this holds hundreds
@@ -121,6 +122,18 @@ class RankInfo:
     message: str | None
     phase_timeout_s: float | None = None  # the supervisor's hang timeout for this rank's phase
     heartbeat_time: float | None = None  # when it was written (wall clock)
+    hostname: str | None = None
+    compute_median_s: float | None = None  # median own compute per step over its recent steps
+    straggler: StragglerInfo | None = None  # set when it computes consistently slower than its peers
+
+
+@dataclass
+class StragglerInfo:
+    """Why a rank is marked a straggler (``policy.find_stragglers``); detection only."""
+
+    median_s: float
+    others_median_s: float
+    ratio: float
 
 
 @dataclass
@@ -397,7 +410,22 @@ def _rank_info(hb: Heartbeat, now: float) -> RankInfo:
         last_checkpoint=hb.last_checkpoint,
         message=hb.message,
         heartbeat_time=_number(hb.time),
+        hostname=hb.hostname if isinstance(hb.hostname, str) else None,
+        compute_median_s=_compute_median(hb.compute_s),
     )
+
+
+def _compute_median(samples: Any) -> float | None:
+    if not isinstance(samples, list) or not samples or not all(policy.is_duration(v) for v in samples):
+        return None
+    return policy.median(samples)
+
+
+def _mark_stragglers(ranks: list[RankInfo], samples: dict[int, list[float]]) -> None:
+    """The same verdict the supervisor's watch announces as a ``straggler`` event."""
+    by_rank = {r.rank: r for r in ranks}
+    for found in policy.find_stragglers(samples):
+        by_rank[found.rank].straggler = StragglerInfo(found.median_s, found.others_median_s, found.ratio)
 
 
 def _checkpoint_info(run: RunDir, state: SupervisorState | None) -> CheckpointInfo:
@@ -546,11 +574,15 @@ def collect_snapshot(run_dir: Path | str, now: float | None = None, *, with_good
 
     state, raw_state = _read_state(run.supervisor_state)
     ranks = []
+    compute_samples: dict[int, list[float]] = {}
     for path in run.list_heartbeats():
         hb = read_heartbeat(path)
         if hb is not None:
             ranks.append(_rank_info(hb, now))
+            if isinstance(hb.compute_s, list) and isinstance(hb.rank, int):
+                compute_samples[hb.rank] = hb.compute_s
     ranks.sort(key=lambda r: r.rank)
+    _mark_stragglers(ranks, compute_samples)
     supervisor = _supervisor_info(state, raw_state, ranks) if state is not None else None
     if supervisor is not None:
         for rank in ranks:

@@ -66,6 +66,7 @@ class _Live:
     missing_warned: set[int] = field(default_factory=set)
     stop_sent_at: float | None = None
     workers_started_at: float | None = None  # when torchrun's ranks were first seen
+    stragglers: set[int] = field(default_factory=set)  # ranks announced as stragglers, until they recover
 
     @property
     def last_step(self) -> int | None:
@@ -191,6 +192,24 @@ class TorchrunAttempts:
             live.missing_warned.add(rank)
             self.journal.event(EventKind.WARNING, f"heartbeat of rank {rank} disappeared or is unreadable; "
                                "judging it by its last good beat", rank=rank)
+        self._note_stragglers(live)
+
+    def _note_stragglers(self, live: _Live) -> None:
+        """One ``straggler`` event when a rank becomes one; another only after it recovered.
+
+        Detection only: a slow rank is not a hang and nothing is killed for it.
+        """
+        samples = {rank: beat.compute_s for rank, beat in live.beats.items()
+                   if isinstance(beat.compute_s, list) and beat.status == RankStatus.RUNNING}
+        found = policy.find_stragglers(samples, flagged=live.stragglers)
+        for straggler in found:
+            if straggler.rank not in live.stragglers:
+                host = live.beats[straggler.rank].hostname
+                self.journal.event(EventKind.STRAGGLER, straggler.describe(host), rank=straggler.rank,
+                                   hostname=host, median_s=round(straggler.median_s, 6),
+                                   others_median_s=round(straggler.others_median_s, 6),
+                                   ratio=round(straggler.ratio, 3), step=int(live.beats[straggler.rank].step))
+        live.stragglers = {straggler.rank for straggler in found}
 
     def _watch_memory(self) -> None:
         vm = psutil.virtual_memory()

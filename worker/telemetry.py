@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -65,7 +66,7 @@ class HeartbeatWriter:
         self.warnings = WriteWarnings(rank)
         self.state = Heartbeat(
             pid=os.getpid(), rank=rank, world_size=world_size, step=-1, phase=Phase.STARTUP,
-            time=time.time(), max_steps=max_steps,
+            time=time.time(), max_steps=max_steps, hostname=socket.gethostname(),
         )
 
     def beat(self, **changes: Any) -> bool:

@@ -34,6 +34,7 @@ from shared.exit_codes import WorkerExit
 from shared.run_dir import RunDir
 from shared.vocabulary import Phase, RankStatus
 from worker.checkpoint import CheckpointManager, RestoreRequest
+from worker.compute_clock import ComputeClock
 from worker.data import DataError, ShardedTokenLoader, resolve_data_dir
 from worker.distributed import Distributed, setup_distributed
 from worker.errors import WorkerError, library_reason
@@ -287,9 +288,13 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
         load_hellaswag(config.hellaswag_interval, config.hellaswag_path, config.hellaswag_limit, dist, say))
     heartbeat.beat(phase=Phase.TRAIN, step=progress.step, last_checkpoint=checkpoints.last_checkpoint_name)
 
+    compute = ComputeClock(config.device_type)  # this rank's own compute per step: the straggler check
+    slow_down = injected_slowness(dist.rank)
+
     # ---- the training loop ---------------------------------------------------------------------
     for step in range(progress.step + 1, config.max_steps):
         t0 = time.time()
+        compute.start()
         last_step = step == config.max_steps - 1
         model.train()
         optimizer.zero_grad(set_to_none=True)
@@ -301,8 +306,12 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
                 model.require_backward_grad_sync = micro_step == grad_accum_steps - 1
             with autocast():
                 _, loss = model(x, y)
+            if slow_down:
+                time.sleep(slow_down)  # fault injection: this rank computes slower than its peers
             loss = loss / grad_accum_steps
             loss_accum += loss.detach()
+            if micro_step == grad_accum_steps - 1:
+                compute.before_sync()  # the last backward all-reduces: waiting for peers is not compute
             loss.backward()
         dist.mean_(loss_accum)
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -327,7 +336,8 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
             return int(WorkerExit.DIVERGED)
         say(f"step {step:5d} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm:.4f} | dt {dt * 1000:.2f}ms | tok/sec {tokens_per_s:.2f}")
         run_log.log_line(f"{step} train {loss_value:.6f}")
-        heartbeat.beat(phase=Phase.TRAIN, step=step, loss=loss_value, tokens_per_s=tokens_per_s)
+        heartbeat.beat(phase=Phase.TRAIN, step=step, loss=loss_value, tokens_per_s=tokens_per_s,
+                       compute_s=compute.finish())
         measured = evaluations.after_step(step, last_step)  # validation, HellaSwag, samples: each when due
         run_log.metrics({"step": step, "time": time.time(), "loss": loss_value, "lr": lr, "norm": float(norm), "dt": dt,
                          "tokens_per_s": tokens_per_s, **measured})
@@ -415,6 +425,23 @@ def final_save_failed(step: int, stopping: bool, reason: str) -> WorkerError:
         "training continues from the newest checkpoint on disk, which is older",
         WorkerExit.STOP_SAVE_FAILED if stopping else WorkerExit.FINAL_SAVE_FAILED,
         status=RankStatus.FAILED if stopping else RankStatus.FINISHED_WITHOUT_CHECKPOINT)
+
+
+def injected_slowness(rank: int) -> float:
+    """Fault injection (README): ``GPT2SUP_INJECT_SLOW_RANK=R:S`` makes rank R sleep S seconds in
+    every micro-step, a straggler for the supervisor to find. 0 for every other rank."""
+    value = os.environ.get("GPT2SUP_INJECT_SLOW_RANK")
+    if not value:
+        return 0.0
+    target, _, seconds = value.partition(":")
+    try:
+        delay = float(seconds)
+        if not target.strip().isdigit() or not (math.isfinite(delay) and delay >= 0):
+            raise ValueError
+    except ValueError:
+        raise WorkerError(f"GPT2SUP_INJECT_SLOW_RANK={value!r}: expected RANK:SECONDS, e.g. 1:0.05",
+                          WorkerExit.USAGE) from None
+    return delay if int(target) == rank else 0.0
 
 
 def maybe_inject_crash(step: int, rank: int, heartbeat: HeartbeatWriter) -> None:
