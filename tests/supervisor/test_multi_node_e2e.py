@@ -41,13 +41,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_node(log_dir: Path, node_rank: int, port: int, run_id: str, hang_timeout: float = 30) -> subprocess.Popen:
+def start_node(log_dir: Path, node_rank: int, port: int, run_id: str, hang_timeout: float = 30,
+               env: dict[str, str] | None = None) -> subprocess.Popen:
     argv = gpt2sup_argv(
         "run", "--log-dir", str(log_dir), "--nproc-per-node", "1", "--nnodes", "2", "--node-rank", str(node_rank),
         "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", run_id, *FAST_SUPERVISOR_ARGS,
         "--hang-timeout", str(hang_timeout), "--", *WORKER_ARGS)
     with open(f"{log_dir}.console", "ab") as console:
-        return subprocess.Popen(argv, cwd=REPO_ROOT, env=child_env(), stdout=console, stderr=subprocess.STDOUT,
+        return subprocess.Popen(argv, cwd=REPO_ROOT, env=child_env(env), stdout=console, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
 
 
@@ -66,12 +67,13 @@ def training_past(log_dir: Path, step: int) -> dict | None:
     return beat if beat and beat.get("step", -1) >= step and beat.get("phase") == "train" else None
 
 
-def start_two_nodes(tmp_path: Path, run_id: str, hang_timeout: float = 30) -> tuple[list[Path], list[subprocess.Popen]]:
+def start_two_nodes(tmp_path: Path, run_id: str, hang_timeout: float = 30,
+                    env: dict[str, str] | None = None) -> tuple[list[Path], list[subprocess.Popen]]:
     nodes = [tmp_path / "node0", tmp_path / "node1"]
     port = free_port()
-    procs = [start_node(nodes[0], 0, port, run_id, hang_timeout)]
+    procs = [start_node(nodes[0], 0, port, run_id, hang_timeout, env)]
     time.sleep(2)  # node 0's torchrun first: it hosts global rank 0 in the first round
-    procs.append(start_node(nodes[1], 1, port, run_id, hang_timeout))
+    procs.append(start_node(nodes[1], 1, port, run_id, hang_timeout, env))
     return nodes, procs
 
 
@@ -126,7 +128,9 @@ def test_a_stopped_rank_on_node_0_is_a_hang_on_both_nodes_and_both_restart(tmp_p
 
 @pytest.mark.slow
 def test_a_killed_supervisor_on_node_1_stops_the_run_with_a_save_and_a_reason_then_it_resumes(tmp_path, reference_checkpoint):
-    nodes, procs = start_two_nodes(tmp_path, "mn-sup")
+    # Steps of at least 0.5 s (a sleep, no change to the math): the workers look for their supervisor
+    # once a second, and the stop must come before the last of the 12 steps.
+    nodes, procs = start_two_nodes(tmp_path, "mn-sup", env={"GPT2SUP_INJECT_SLOW_RANK": "1:0.5"})
     try:
         wait_for(lambda: training_past(nodes[1], 5), 240, "node 1 past step 5")
         procs[1].kill()  # kill -9 of node 1's supervisor: its workers must not train unwatched
