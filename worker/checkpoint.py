@@ -172,6 +172,8 @@ class CheckpointManager:
         """Every rank must read the leader's file. A node that cannot see it (its own disk, not
         shared storage) must stop the run with that reason: starting it over would lose the run,
         and calling the file damaged would quarantine a good checkpoint."""
+        if not self.distributed.broadcast_from_master(path.is_file()):
+            return  # the leader cannot read it either: the load says why, on every rank (exit 4)
         missing = None if path.is_file() else f"rank {self.distributed.rank} on {socket.gethostname()}"
         where = self.distributed.first_given(missing)
         if where is not None:

@@ -159,7 +159,7 @@ def test_workers_stop_and_save_when_their_supervisor_is_killed(launcher, tmp_pat
     assert checkpoint_steps(run)[-1] == stopped_at
     assert RunDir.at(run).resolve_latest_link().name == f"model_{stopped_at:05d}.pt"
     assert [m["step"] for m in read_metrics(run)] == list(range(stopped_at + 1))
-    assert f"supervisor {supervisor.pid} is gone: saved at step {stopped_at}" in launch.stdout()
+    assert f"supervisor {supervisor.pid} on {socket.gethostname()} is gone: saved at step {stopped_at}" in launch.stdout()
 
 
 def test_a_second_worker_on_the_same_run_dir_exits_8_and_leaves_the_first_alone(launcher, tmp_path):
