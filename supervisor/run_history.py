@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared.atomic_io import read_json
 from shared.run_dir import RunDir, step_from_checkpoint_name
 from shared.vocabulary import EventKind
 
@@ -391,10 +392,7 @@ def goodput_of(steps: list[StepRecord], sessions: list[tuple[float, float]], rec
 
 
 def _supervisor_state(run: RunDir) -> dict[str, Any]:
-    try:
-        data = json.loads(run.supervisor_state.read_text())
-    except (OSError, ValueError):
-        return {}
+    data = read_json(run.supervisor_state)
     return data if isinstance(data, dict) else {}
 
 

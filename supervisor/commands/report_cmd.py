@@ -2,16 +2,17 @@
 
 Reads only the run directory (metrics.jsonl, events.jsonl, checkpoints' names and sizes,
 supervisor.json), never imports torch, and is safe while the run trains. The page is written
-atomically (``.tmp`` then rename) so a browser never opens half a report.
+atomically (``shared.atomic_io.write_text_atomic``) so a browser never opens half a report.
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
 
 import click
+
+from shared.atomic_io import write_text_atomic
 
 EXIT_WRITTEN = 0
 EXIT_NO_RUN = 1
@@ -53,7 +54,6 @@ def report(log_dir: Path, out: Path | None) -> None:
     from supervisor.run_history import load_history
     from supervisor.snapshot import collect_snapshot
 
-    snapshot = collect_snapshot(log_dir)
     if not log_dir.is_dir():
         _fail(f"{log_dir} does not exist", EXIT_NO_RUN)
     if not any((log_dir / name).exists() for name in ("metrics.jsonl", "events.jsonl")):
@@ -64,15 +64,13 @@ def report(log_dir: Path, out: Path | None) -> None:
         _fail("drawing the curves needs matplotlib: pip install 'gpt2sup[report]'", EXIT_NOT_WRITTEN)
     from supervisor.report_html import render_report
 
-    live = snapshot.supervisor is not None and snapshot.supervisor.alive is True
+    supervisor = collect_snapshot(log_dir).supervisor
+    live = supervisor is not None and supervisor.alive is True
     history = load_history(log_dir, live_until=time.time() if live else None)
     out = out if out is not None else log_dir / "report.html"
     page = render_report(history, out)
-    staging = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        staging.write_text(page, encoding="utf-8")
-        os.replace(staging, out)
+        write_text_atomic(out, page, create_parent=False)
     except OSError as exc:
-        staging.unlink(missing_ok=True)
         _fail(f"cannot write {out}: {exc.strerror or exc}", EXIT_NOT_WRITTEN)
     click.echo(f"wrote {out} ({len(page.encode()) / 1024:.0f} KB): {history.goodput.one_line()}")
