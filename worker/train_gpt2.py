@@ -13,7 +13,6 @@ and ``RunLogger`` (what the outside world sees), ``StopRequest`` (signals, super
 from __future__ import annotations
 
 import argparse
-import contextlib
 import faulthandler
 import math
 import os
@@ -36,6 +35,12 @@ from shared.vocabulary import Phase, RankStatus
 from worker.checkpoint import CheckpointManager, RestoreRequest
 from worker.compute_clock import ComputeClock
 from worker.data import DataError, ShardedTokenLoader, resolve_data_dir
+from worker.device_setup import (
+    autocast_for,
+    configure_determinism,
+    configure_fast_math,
+    to_device,
+)
 from worker.distributed import Distributed, setup_distributed
 from worker.errors import WorkerError, library_reason
 from worker.evaluations import Evaluations, Schedule, load_hellaswag
@@ -106,6 +111,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     tr.add_argument("--dropout", type=float, default=0.0, help="dropout probability in [0, 1) (default: %(default)s)")
     tr.add_argument("--compile", action="store_true", help="torch.compile the model (default: off)")
+    tr.add_argument("--deterministic", action="store_true", help="deterministic algorithms and a fixed cuBLAS workspace: bitwise-repeatable steps (and so bitwise resume) on a GPU, at some speed; CPU runs are deterministic without it (default: off)")
     return p
 
 
@@ -147,6 +153,7 @@ class TrainConfig:
     data_path: str | None = None  # worker.finetune_dolly: the instruction jsonl
     val_fraction: float = 0.05  # worker.finetune_dolly: the share held out for validation
     tensorboard: bool = False  # TensorBoard event files in <log_dir>/tb (worker.tensorboard_log)
+    deterministic: bool = False  # deterministic kernels (worker.device_setup): bitwise resume on a GPU
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, cuda_available: bool) -> TrainConfig:
@@ -223,6 +230,7 @@ def main(argv: list[str] | None = None, *, parser: argparse.ArgumentParser | Non
     heartbeat: HeartbeatWriter | None = None
     try:
         config = TrainConfig.from_args(args, torch.cuda.is_available())
+        determinism = configure_determinism(config.deterministic)  # before any CUDA work
         faulthandler.enable()
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` prints every stack
         stop = StopRequest(SupervisorWatch.from_env(os.environ))
@@ -232,6 +240,8 @@ def main(argv: list[str] | None = None, *, parser: argparse.ArgumentParser | Non
         with hold_worker_lock(run_dir, distributed):  # before any write: exit 8 touches nothing
             heartbeat = HeartbeatWriter(run_dir, distributed.rank, distributed.world_size, config.max_steps)
             heartbeat.beat(phase=Phase.STARTUP)
+            if determinism and distributed.master:
+                heartbeat.warnings.say(determinism)
             return train(config, distributed, run_dir, heartbeat, stop, build)
     except WorkerError as exc:
         if heartbeat is not None:
@@ -281,8 +291,7 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
     model = torch.compile(raw_model) if config.compile else raw_model
     if dist.ddp:
         model = DDP(model, device_ids=[dist.local_rank] if config.device_type == "cuda" else None)
-    autocast = (lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16)) if config.device_type == "cuda" \
-        else contextlib.nullcontext
+    autocast = autocast_for(config.device_type)
     evaluations = Evaluations(
         config.schedule(), dist, model, raw_model, val_loader, heartbeat, run_log, say, autocast, progress,
         load_hellaswag(config.hellaswag_interval, config.hellaswag_path, config.hellaswag_limit, dist, say))
@@ -301,7 +310,7 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
         loss_accum = torch.zeros((), device=dist.device)
         for micro_step in range(grad_accum_steps):
             x, y = train_loader.next_batch()
-            x, y = x.to(dist.device), y.to(dist.device)
+            x, y = to_device(x, dist.device), to_device(y, dist.device)
             if dist.ddp:  # sync gradients only on the last micro-step
                 model.require_backward_grad_sync = micro_step == grad_accum_steps - 1
             with autocast():
@@ -403,7 +412,7 @@ def build_model(config: TrainConfig, device: str) -> tuple[GPT, torch.optim.Opti
     random.seed(config.seed)
     if config.device_type == "cuda":
         torch.cuda.manual_seed(config.seed)
-        torch.set_float32_matmul_precision("high")  # TF32
+    configure_fast_math(config.device_type)  # TF32 on CUDA
     try:
         model_config = build_config(config.model, dropout=config.dropout)
     except ValueError as exc:
