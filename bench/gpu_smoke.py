@@ -49,11 +49,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crash-at", type=int, default=12, help="rank 0 crashes once after this step (default: %(default)s)")
     p.add_argument("--compile", action="store_true", help="also pass --compile to every run")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak bf16 TFLOP/s (default: by name)")
+    p.add_argument("--data-dir", default=None, help="token shards for every run (default: the built-in corpus)")
     p.add_argument("--workdir", default=None, help="where the runs go (default: a new temporary directory)")
     args = p.parse_args(argv)
     if not 0 < args.crash_at < args.steps - 1:
         p.error(f"--crash-at must be between 1 and --steps - 2 ({args.steps - 2})")
     return args
+
+
+def fit_micro_batch(args: argparse.Namespace) -> None:
+    """Shrink the micro-batch until one step fits the smallest train shard (the built-in corpus
+    has ~65k tokens per shard: 8 GPUs x 16 x 1024 would not fit), and say so."""
+    import numpy as np
+
+    from worker.data import list_shards, resolve_data_dir
+
+    smallest = min(np.load(path, mmap_mode="r").shape[0] for path in list_shards(resolve_data_dir(args.data_dir), "train"))
+    fits = max(1, (smallest - 1) // (args.seq_len * args.nproc))
+    if fits < args.micro_batch:
+        print(f"gpu_smoke: --micro-batch {args.micro_batch} -> {fits}: a step must fit the smallest train shard "
+              f"({smallest:,} tokens); pass --data-dir for larger shards", flush=True)
+        args.micro_batch = fits
 
 
 def peak_flops(args: argparse.Namespace) -> float:
@@ -80,7 +96,8 @@ def worker_args(args: argparse.Namespace, *extra: str) -> list[str]:
     return ["--model", args.model, "--device", args.device, "--micro_batch_size", str(args.micro_batch),
             "--seq_len", str(args.seq_len), "--total_batch_size", str(args.micro_batch * args.seq_len * args.nproc),
             "--max_steps", str(args.steps), "--eval_interval", "0", "--hellaswag_interval", "0",
-            "--generate_interval", "0", *(["--compile"] if args.compile else []), *extra]
+            "--generate_interval", "0", *(["--compile"] if args.compile else []),
+            *(["--data_dir", args.data_dir] if args.data_dir else []), *extra]
 
 
 def worker_command(args: argparse.Namespace) -> list[str]:
@@ -155,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="gpt2sup_gpu_smoke_"))
     work.mkdir(parents=True, exist_ok=True)
     peak = peak_flops(args)
+    fit_micro_batch(args)
     per_token, n_params = flops_per_token(args.model, args.seq_len)
     print(f"gpu_smoke: {args.model} ({n_params / 1e6:.1f}M parameters) on {args.nproc} x {args.device}, "
           f"{args.steps} steps of {args.micro_batch} x {args.seq_len} tokens per process; runs in {work}", flush=True)

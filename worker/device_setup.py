@@ -7,7 +7,7 @@ size) sum in a different order each time, so a resumed run drifts from an uninte
 the last bits after the first step. ``--deterministic`` asks torch for deterministic kernels
 everywhere and raises on any op that has none (never a silent fallback), and pins cuBLAS's
 workspace so its reduction order is fixed. On CPU every kernel this model uses is deterministic
-already; the flag costs nothing there. Its price on a GPU is documented in docs/checkpoints.md.
+already; the flag costs nothing there. Its price on a GPU is in docs/performance.md.
 
 Batches go to the GPU from pinned (page-locked) host memory with ``non_blocking=True``: the copy
 overlaps the previous step's work instead of stalling the stream.
