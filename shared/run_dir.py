@@ -33,15 +33,31 @@ class CheckpointFile(NamedTuple):
     size: int
 
 
+NODE_STATE_RE = re.compile(r"^supervisor\.node(\d+)\.json$")
+GIVE_UP_NAME = "give_up.json"
+STOP_REQUEST_NAME = "stop_request.json"
+
+
 @dataclass(frozen=True)
 class RunDir:
-    """Paths inside one run directory. Pure path arithmetic plus directory listing."""
+    """Paths inside one run directory. Pure path arithmetic plus directory listing.
+
+    ``node``: the supervisor's node rank in a multi-node run (``--nnodes`` > 1). Node 0 and a
+    one-node run use the plain names (``supervisor.lock``, ``supervisor.json``, ``attempts/``,
+    ``incidents/``); node R >= 1 has its own (``supervisor.nodeR.lock``, ``supervisor.nodeR.json``,
+    ``attempts/nodeR/``, ``incidents/nodeR/``), so the nodes of one run can share one directory.
+    """
 
     root: Path
+    node: int | None = None
 
     @classmethod
-    def at(cls, root: str | Path) -> RunDir:
-        return cls(Path(root))
+    def at(cls, root: str | Path, node: int | None = None) -> RunDir:
+        return cls(Path(root), node if node else None)
+
+    @property
+    def _node_suffix(self) -> str:
+        return f".node{self.node}" if self.node else ""
 
     # --- worker-written files -------------------------------------------------------------
     def checkpoint(self, step: int) -> Path:
@@ -88,11 +104,36 @@ class RunDir:
     # --- supervisor-written files ---------------------------------------------------------
     @property
     def supervisor_state(self) -> Path:
-        return self.root / "supervisor.json"
+        return self.root / f"supervisor{self._node_suffix}.json"
 
     @property
     def supervisor_lock(self) -> Path:
-        return self.root / "supervisor.lock"
+        return self.root / f"supervisor{self._node_suffix}.lock"
+
+    def node_state(self, node: int) -> Path:
+        """``supervisor.json`` for node 0, ``supervisor.nodeR.json`` for node R (one directory, several nodes)."""
+        return RunDir.at(self.root, node).supervisor_state
+
+    def list_node_states(self) -> dict[int, Path]:
+        """node rank -> state file of every node that has one here (node 0: ``supervisor.json``)."""
+        found: dict[int, Path] = {}
+        if self.node_state(0).is_file():
+            found[0] = self.node_state(0)
+        try:
+            names = [entry.name for entry in os.scandir(self.root)]
+        except OSError:
+            names = []
+        for name in names:
+            match = NODE_STATE_RE.match(name)
+            if match and int(match.group(1)) > 0:
+                found[int(match.group(1))] = self.root / name
+        return dict(sorted(found.items()))
+
+    @property
+    def give_up_marker(self) -> Path:
+        """Multi-node: written by a node's supervisor that ended the run (gave up, refused, stopped);
+        the other nodes' supervisors sharing this directory read it and end the same way."""
+        return self.root / GIVE_UP_NAME
 
     @property
     def events(self) -> Path:
@@ -100,14 +141,14 @@ class RunDir:
 
     @property
     def attempts_dir(self) -> Path:
-        return self.root / "attempts"
+        return self.root / "attempts" / f"node{self.node}" if self.node else self.root / "attempts"
 
     def attempt_log(self, attempt: int) -> Path:
         return self.attempts_dir / f"{attempt:03d}.log"
 
     @property
     def incidents_dir(self) -> Path:
-        return self.root / "incidents"
+        return self.root / "incidents" / f"node{self.node}" if self.node else self.root / "incidents"
 
     def incident_dir(self, number: int) -> Path:
         return self.incidents_dir / f"{number:03d}"

@@ -26,6 +26,7 @@ class AttemptResult:
     cause: str | None = None  # its one-line cause (heartbeat message, argparse error, exception)
     bad_checkpoint: str | None = None  # with a BAD_CHECKPOINT outcome: the file the worker rejected
     last_checkpoint: str | None = None  # the newest checkpoint the worker reported (saved or loaded)
+    rendezvous_closed: bool = False  # torchrun exited at once: its rendezvous id is closed in a live c10d store
 
 
 class Attempts(Protocol):

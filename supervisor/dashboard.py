@@ -30,6 +30,7 @@ from supervisor.snapshot import (
     ReplayCheckInfo,
     RunSnapshot,
     RunVerdict,
+    SupervisorInfo,
 )
 
 DEFAULT_PLAIN_INTERVAL_S = 30.0
@@ -186,9 +187,12 @@ def _checkpoint_text(snapshot: RunSnapshot) -> str:
 
 
 def _supervisor_text(snapshot: RunSnapshot, *, with_restarts: bool = True) -> str:
-    sup = snapshot.supervisor
-    if sup is None:
+    if snapshot.supervisor is None:
         return "none (no supervisor.json)"
+    return supervisor_info_text(snapshot.supervisor, with_restarts=with_restarts)
+
+
+def supervisor_info_text(sup: SupervisorInfo, *, with_restarts: bool = True) -> str:
     alive = {True: "alive", False: "not running", None: f"on {sup.hostname}, cannot check"}[sup.alive]
     text = f"pid {sup.pid} {alive}, state {sup.state}, attempt {sup.attempt}"
     if with_restarts:  # the panel has a row of its own for them
@@ -231,6 +235,7 @@ def _rank_line(rank: RankInfo, quietest: int | None) -> str:
     mark += f" STRAGGLER ({rank.straggler.ratio:.2f}x)" if rank.straggler is not None else ""
     timeout = f" (timeout {_timeout_text(rank)})" if rank.phase_timeout_s is not None else ""
     host = f" on {rank.hostname}" if rank.hostname else ""
+    host += f" (node {rank.node})" if rank.node is not None else ""
     compute = f" compute {_compute_text(rank)}/step" if rank.compute_median_s is not None else ""
     return (
         f"rank {rank.rank}{host} pid {rank.pid} {'alive' if rank.pid_alive else 'gone'} "
@@ -264,6 +269,7 @@ def status_lines(snapshot: RunSnapshot) -> list[str]:
     progress = snapshot.progress
     lines = [f"run {snapshot.log_dir}: {snapshot.verdict_text()}"]
     lines.append(f"supervisor: {_supervisor_text(snapshot)}")
+    lines.extend(f"node {node} supervisor: {supervisor_info_text(info)}" for node, info in sorted(snapshot.nodes.items()))
     if progress is not None:
         pct = f" ({progress.fraction:.1%})" if progress.fraction is not None else ""
         val = _val_text(snapshot)
@@ -361,6 +367,8 @@ def render_panel(snapshot: RunSnapshot) -> RenderableType:
         )
     sup = snapshot.supervisor
     grid.add_row("supervisor", _supervisor_text(snapshot, with_restarts=False))
+    for node, info in sorted(snapshot.nodes.items()):
+        grid.add_row(f"node {node}", supervisor_info_text(info))
     if sup is not None:
         restarts_style = "red" if sup.restarts_used >= sup.max_restarts else ""
         grid.add_row("restarts", Text(f"{sup.restarts_used}/{sup.max_restarts}", style=restarts_style))

@@ -42,9 +42,10 @@ class Journal:
     the run directory cannot be written they wait in memory (one console line says so) and go out
     in order once it can; supervising never stops for it."""
 
-    def __init__(self, run_dir: RunDir, reporter: Reporter) -> None:
+    def __init__(self, run_dir: RunDir, reporter: Reporter, node: int | None = None) -> None:
         self.run_dir = run_dir
         self.reporter = reporter
+        self.node = node  # multi-node: every event names its node (one events.jsonl may serve them all)
         self.state: CycleState | None = None
         self.attempt = 0
         self._console_failed = False
@@ -62,6 +63,8 @@ class Journal:
     def _append(self, kind: EventKind, line: str, /, **details: Any) -> None:
         record: dict[str, Any] = {"time": time.time(), "event": str(kind), "attempt": self.attempt or None,
                                   "message": line}
+        if self.node is not None:
+            record["node"] = self.node
         record.update(details)
         self.writer.append_event(record)
 

@@ -32,7 +32,7 @@ from shared.heartbeat import read_heartbeat
 from shared.process_identity import ProcessId, same_process_alive
 from shared.run_dir import RunDir
 from shared.supervisor_state import SupervisorState
-from shared.vocabulary import TERMINAL_STATES
+from shared.vocabulary import NODE_RANK_ENV, TERMINAL_STATES
 from supervisor.process_tree import (
     command_line_log_dir,
     is_alive,
@@ -210,10 +210,34 @@ def _role(proc: psutil.Process) -> str:
     return "torchrun" if "torch.distributed.run" in argv or "torchrun" in argv else "worker"
 
 
-def find_foreign_trainers(run_dir: Path, own: Iterable[int] = ()) -> ForeignTrainers | None:
-    """Trainers of ``run_dir`` outside our own tree (``own``), or None when there are none."""
+def another_nodes(proc: psutil.Process | int, node: int) -> bool:
+    """True when ``proc`` was launched by the supervisor of another node of this multi-node run
+    (``gpt2sup run`` exports its ``--node-rank`` to torchrun and the ranks as GPT2SUP_NODE_RANK).
+
+    Several nodes share one run directory (shared storage; on one machine, all their processes
+    are local): another node's torchrun and ranks train this directory too, but they are that
+    node's supervisor's to watch and stop, never ours. Unreadable: not provably another node's.
+    """
+    try:
+        process = proc if isinstance(proc, psutil.Process) else psutil.Process(proc)
+        value = process.environ().get(NODE_RANK_ENV)
+    except (psutil.Error, OSError):
+        return False
+    return value is not None and value != str(node)
+
+
+def find_foreign_trainers(run_dir: Path, own: Iterable[int] = (), node: int | None = None) -> ForeignTrainers | None:
+    """Trainers of ``run_dir`` outside our own tree (``own``), or None when there are none.
+
+    ``node``: this supervisor's node rank in a multi-node run; other nodes' torchrun and ranks
+    are not foreign, and ``worker.lock`` (held by node 0's writer) is only node 0's business.
+    """
     procs = processes_with_log_dir(run_dir, exclude=own)
     holder = worker_lock_holder(RunDir.at(run_dir).worker_lock)
+    if node is not None:
+        procs = [p for p in procs if not another_nodes(p, node)]
+        if holder is not None and (node != 0 or (holder and another_nodes(holder, node))):
+            holder = None
     if not procs and holder is None:
         return None
     return ForeignTrainers(Path(run_dir), {p.pid: _role(p) for p in procs}, holder)

@@ -286,6 +286,67 @@ def find_stragglers(
     return found
 
 
+@dataclass(frozen=True)
+class PeerEnding:
+    """Another node's supervisor ended the run (gave up, refused, stopped): follow it."""
+
+    node: int
+    state: str  # a SupervisorStateName: gave_up, refused, stopped
+    exit_code: int
+    reason: str
+
+    def describe(self) -> str:
+        verb = {"gave_up": "gave up", "refused": "refused to go on", "stopped": "stopped"}.get(self.state, self.state)
+        return f"node {self.node} {verb}: {self.reason.removeprefix(f'{verb}: ')}"
+
+
+def peer_ending(marker: object, own_node: int, started_at: float) -> PeerEnding | None:
+    """The ending another node recorded in ``give_up.json`` that this supervisor must follow.
+
+    Only a record another node wrote after this supervisor started counts: an older one ended an
+    earlier run of this directory, which a new ``gpt2sup run`` on every node resumes. The record
+    is another process's file: anything malformed is ignored.
+    """
+    if not isinstance(marker, dict):
+        return None
+    node, code, when = marker.get("node"), marker.get("exit_code"), marker.get("time")
+    if not isinstance(node, int) or isinstance(node, bool) or node == own_node:
+        return None
+    if not isinstance(code, int) or isinstance(code, bool) or not is_duration(when) or when < started_at:
+        return None
+    return PeerEnding(node, str(marker.get("state") or "gave_up"), code, str(marker.get("reason") or "no reason given"))
+
+
+def find_slow_hosts(
+    samples: Mapping[int, Sequence[float]],
+    hosts: Mapping[int, str | None],
+    ratio: float = STRAGGLER_RATIO,
+    min_samples: int = STRAGGLER_MIN_SAMPLES,
+    min_excess_s: float = STRAGGLER_MIN_EXCESS_S,
+) -> dict[str, tuple[float, float]]:
+    """Whole nodes that are stragglers: host -> (its median compute per step, the other hosts').
+
+    A node whose every rank is slow (a throttled or shared machine) hides from ``find_stragglers``
+    when it holds most of the ranks; here each host's ranks are pooled into one median and compared
+    with the median of the other hosts' medians. Needs at least two hosts with measured ranks.
+    """
+    by_host: dict[str, list[float]] = {}
+    for rank, values in samples.items():
+        host = hosts.get(rank)
+        if host and len(values) >= min_samples and all(is_duration(v) for v in values):
+            by_host.setdefault(host, []).append(median(values))
+    host_medians = {host: median(values) for host, values in by_host.items()}
+    slow: dict[str, tuple[float, float]] = {}
+    for host, own in sorted(host_medians.items()):
+        others = [m for h, m in host_medians.items() if h != host]
+        if not others:
+            continue
+        typical = median(others)
+        if own - typical >= min_excess_s and own > ratio * typical:
+            slow[host] = (own, typical)
+    return slow
+
+
 def startup_timed_out(launched_at: float, workers_started_at: float | None, now: float, any_heartbeat: bool,
                       config: TimeoutConfig) -> bool:
     """No first heartbeat within the start-up allowance (imports, rendezvous, compile).

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psutil
 
+from shared.atomic_io import read_json, write_json_atomic
 from shared.exit_codes import SupervisorExit, WorkerExit
 from shared.run_dir import RunDir
 from shared.supervisor_state import (
@@ -58,12 +59,19 @@ class Supervisor:
 
             reporter = make_reporter()
         self.config = config
-        self.run_dir = RunDir.at(config.log_dir)
-        self.journal = Journal(self.run_dir, reporter)
+        # Multi-node: this node's rank. Node R >= 1 has its own lock, state, attempt logs and
+        # incidents (RunDir), so the nodes can share one directory; every event names its node.
+        self.node = config.multi_node.node_rank if config.multi_node is not None else None
+        self.run_dir = RunDir.at(config.log_dir, self.node)
+        self.journal = Journal(self.run_dir, reporter, node=self.node)
         self.lock = RunLock(self.run_dir.supervisor_lock)
         self.stops = StopRequests()
         self.disk = DiskGuard(self.run_dir, config, self.journal)
-        self.attempts = attempts or TorchrunAttempts(config, self.run_dir, self.journal, self.stops, self.disk)
+        self.attempts = attempts or TorchrunAttempts(config, self.run_dir, self.journal, self.stops, self.disk,
+                                                     peer_ended=self._peer_ended_line if self.node is not None else None)
+        self.started_at = time.time()
+        self._following: policy.PeerEnding | None = None
+        self._closed_since: float | None = None  # first of the current run of closed-rendezvous launches
         self.progress = policy.ProgressTracker()
         self._select = select
 
@@ -94,6 +102,9 @@ class Supervisor:
         restarts_used = consecutive_failures = 0
         relaunch: OutcomeKind | None = None
         while True:
+            peer = self._peer_ending()
+            if peer is not None:
+                return self._follow(peer)
             if self.stops.count:
                 return self._end(SupervisorStateName.STOPPED, messages.stopped("before launch"))
             if relaunch is not None:
@@ -102,10 +113,17 @@ class Supervisor:
                 self.journal.event(EventKind.RESTARTED, f"restart {restarts_used}/{self.config.limits.max_restarts} "
                                    f"after {relaunch}", restarts_used=restarts_used)
             self.disk.check(force=True)
-            foreign = find_foreign_trainers(self.run_dir.root)
+            foreign = find_foreign_trainers(self.run_dir.root, node=self.node)
             if foreign is not None:  # a bare torchrun, another copy of gpt2sup's workers: never two trainers
                 return self._end(SupervisorStateName.REFUSED, f"refusing to launch: {foreign.describe()}")
             result = self._attempt()
+            peer = self._peer_ending()
+            if peer is not None and result.outcome.kind not in (OutcomeKind.FINISHED,
+                                                                  OutcomeKind.FINISHED_WITHOUT_CHECKPOINT):
+                return self._follow(peer)
+            if self._stale_rendezvous(result):
+                relaunch = None  # not a restart: the launch never reached a rendezvous
+                continue
             if not result.outcome.is_failure:
                 return self._end_of_training(result)
             stalled = self.progress.record_failure(self._recover_from(result))
@@ -170,7 +188,7 @@ class Supervisor:
             return
         self.journal.event(EventKind.BACKOFF, f"waiting {delay_s:.1f}s before restarting", delay_s=delay_s)
         deadline = time.monotonic() + delay_s
-        while time.monotonic() < deadline and not self.stops.count:
+        while time.monotonic() < deadline and not self.stops.count and self._peer_ending() is None:
             self.stops.sleep(deadline - time.monotonic())
 
     def _give_up(self, decision: policy.Decision, result: AttemptResult) -> SupervisorExit:
@@ -191,8 +209,71 @@ class Supervisor:
         code = code if code is not None else _EXIT_OF[state]
         self.journal.save_state(state=state, exit_code=int(code))
         self.journal.event(EventKind(str(state)), line, exit_code=int(code))
+        if self.node is not None and self._following is None and state in _ENDS_THE_RUN:
+            self._record_ending(state, line, code)
         self.journal.show_progress()
         return code
+
+    # -- multi-node: one node's ending is every node's ---------------------------------------------
+    def _record_ending(self, state: SupervisorStateName, line: str, code: SupervisorExit) -> None:
+        """``give_up.json``: the other nodes' supervisors, when they share this directory, end the same way."""
+        record = {"node": self.node, "state": str(state), "exit_code": int(code), "reason": line,
+                  "time": time.time(), "attempt": self.journal.attempt, "hostname": socket.gethostname(),
+                  "pid": psutil.Process().pid}
+        try:
+            write_json_atomic(self.run_dir.give_up_marker, record, create_parent=False)
+        except OSError as exc:
+            self.journal.event(EventKind.WARNING, f"could not record this node's ending for the other nodes in "
+                               f"{self.run_dir.give_up_marker.name}: {exc.strerror or exc}")
+
+    def _peer_ending(self) -> policy.PeerEnding | None:
+        if self.node is None:
+            return None
+        return policy.peer_ending(read_json(self.run_dir.give_up_marker), self.node, self.started_at)
+
+    def _peer_ended_line(self) -> str | None:
+        peer = self._peer_ending()
+        return peer.describe() if peer is not None else None
+
+    def _stale_rendezvous(self, result: AttemptResult) -> bool:
+        """torchrun found the rendezvous closed: relaunch after a short wait, not counted as a restart.
+
+        Every torchrun whose workers failed closes the rendezvous of its ``--rdzv-id`` in the c10d
+        store as it exits (torch/distributed/launcher/api.py: ``rdzv_handler.shutdown()``), and
+        the store lives in whichever torchrun bound the endpoint's port. While a torchrun of the
+        previous attempt still hosts it (another node's, its ranks not yet failed or killed), a
+        new join under the same id fails at once with RendezvousClosedError. Once that torchrun
+        exits, the next one hosts a new store and the rendezvous forms in a fresh round. That
+        takes at most the other node's hang timeout; past ``--startup-timeout`` of such launches
+        in a row it is a failure like any other.
+        """
+        if not result.rendezvous_closed or self.config.multi_node is None:
+            self._closed_since = None
+            return False
+        now = time.monotonic()
+        self._closed_since = self._closed_since if self._closed_since is not None else now
+        if now - self._closed_since > self.config.timeouts.startup_timeout:
+            return False
+        wait = CLOSED_RENDEZVOUS_WAIT_S
+        self.journal.event(EventKind.WARNING, f"the rendezvous '{self.config.multi_node.rdzv_id}' is still closed by "
+                           "the previous attempt (a torchrun of it, on some node, still hosts the c10d store): "
+                           f"relaunching in {wait:g}s, not counted as a restart", rendezvous_closed=True, delay_s=wait)
+        deadline = now + wait
+        while time.monotonic() < deadline and not self.stops.count and self._peer_ending() is None:
+            self.stops.sleep(deadline - time.monotonic())
+        return True
+
+    def _follow(self, peer: policy.PeerEnding) -> SupervisorExit:
+        """Another node ended the run: end this node the same way, with the same exit code."""
+        self._following = peer
+        try:
+            state = SupervisorStateName(peer.state)
+            code = SupervisorExit(peer.exit_code)
+        except ValueError:
+            state, code = SupervisorStateName.GAVE_UP, SupervisorExit.GAVE_UP
+        if state not in _ENDS_THE_RUN:
+            state = SupervisorStateName.GAVE_UP
+        return self._end(state, f"{peer.describe()} -- node {self.node} ends too", code)
 
     # -- before the first launch -------------------------------------------------------------------
     def _begin(self) -> None:
@@ -249,6 +330,8 @@ class Supervisor:
     # -- checkpoints -------------------------------------------------------------------------------
     def _quarantine_rejected(self, result: AttemptResult) -> None:
         """Worker exit 4 is a verdict on the file it was given: set it aside, as a failed validation."""
+        if self.node:
+            return  # node 0's supervisor judges the run's checkpoints (its writer read the file)
         state = self.journal.state
         name = result.bad_checkpoint or (state.newest_checkpoint if state is not None else None)
         path = self.run_dir.root / Path(name).name if name else None
@@ -266,8 +349,18 @@ class Supervisor:
                            f"renamed to {new_path.name}", checkpoint=path.name, reason=reason,
                            renamed_to=new_path.name, source="worker")
 
+    def _node_0_decides(self) -> int | None:
+        """Node R >= 1 never validates, quarantines or re-points the link: node 0's supervisor does,
+        before each of its launches, and node 0's writer tells every rank (the absolute path, by
+        broadcast) which file to resume from. So a shared directory has one judge, and a node-local
+        directory (no checkpoints at all) needs none. The step returned only measures progress."""
+        newest = self.run_dir.newest_checkpoint()
+        return newest.step if newest is not None else None
+
     def _choose_checkpoint(self) -> int | None:
         """Validate newest-first, quarantine, re-point the link. Returns the step to resume from."""
+        if self.node:
+            return self._node_0_decides()
         with self.stops.interruptible():  # a load-probe can take minutes: Ctrl-C must not wait for it
             selection = self._select(self.run_dir.root, probe_timeout=self.config.probe_timeout)
         for verdict, new_path in selection.quarantined:
@@ -313,6 +406,11 @@ class Supervisor:
                                 newest_checkpoint_reason=chosen.reason if chosen.inconclusive else None)
         return chosen.step
 
+
+# Between launches that found the rendezvous closed (see Supervisor._stale_rendezvous).
+CLOSED_RENDEZVOUS_WAIT_S = 2.0
+
+_ENDS_THE_RUN = (SupervisorStateName.GAVE_UP, SupervisorStateName.REFUSED, SupervisorStateName.STOPPED)
 
 _EXIT_OF = {
     SupervisorStateName.FINISHED: SupervisorExit.FINISHED,

@@ -125,6 +125,7 @@ class RankInfo:
     hostname: str | None = None
     compute_median_s: float | None = None  # median own compute per step over its recent steps
     straggler: StragglerInfo | None = None  # set when it computes consistently slower than its peers
+    node: int | None = None  # multi-node, one shared directory: the node whose supervisor launched it
 
 
 @dataclass
@@ -217,6 +218,9 @@ class RunSnapshot:
     recent_events: list[dict[str, Any]] = field(default_factory=list)
     replay_check: ReplayCheckInfo | None = None
     goodput: Goodput | None = None  # only when asked for: it reads all of metrics.jsonl
+    # Multi-node: the other nodes' supervisors (``supervisor.nodeR.json``) in this directory;
+    # ``supervisor`` is node 0's (``supervisor.json``), or the lowest node's when node 0's is absent.
+    nodes: dict[int, SupervisorInfo] = field(default_factory=dict)
 
     def verdict_text(self) -> str:
         """The verdict, with the supervisor's exit code once it has ended: ``stopped (exit 4)``."""
@@ -415,6 +419,15 @@ def _rank_info(hb: Heartbeat, now: float) -> RankInfo:
     )
 
 
+def _mark_nodes(ranks: list[RankInfo], states: dict[int, SupervisorState | None]) -> None:
+    """Which node launched each rank: its pid among the processes a node's supervisor recorded."""
+    for node, state in states.items():
+        pids = {p.pid for p in state.processes} if state is not None else set()
+        for rank in ranks:
+            if rank.pid in pids:
+                rank.node = node
+
+
 def _compute_median(samples: Any) -> float | None:
     if not isinstance(samples, list) or not samples or not all(policy.is_duration(v) for v in samples):
         return None
@@ -572,7 +585,10 @@ def collect_snapshot(run_dir: Path | str, now: float | None = None, *, with_good
     if not run.root.is_dir():
         return RunSnapshot(log_dir=str(run.root), time=now, exists=False, has_run=False, verdict=RunVerdict.NO_RUN)
 
-    state, raw_state = _read_state(run.supervisor_state)
+    states = {node: _read_state(path) for node, path in run.list_node_states().items()}
+    states = {node: read for node, read in states.items() if read[0] is not None}
+    primary = min(states, default=0)  # node 0; a node-local directory of node R holds only R's
+    state, raw_state = states.pop(primary, (None, {}))
     ranks = []
     compute_samples: dict[int, list[float]] = {}
     for path in run.list_heartbeats():
@@ -584,6 +600,9 @@ def collect_snapshot(run_dir: Path | str, now: float | None = None, *, with_good
     ranks.sort(key=lambda r: r.rank)
     _mark_stragglers(ranks, compute_samples)
     supervisor = _supervisor_info(state, raw_state, ranks) if state is not None else None
+    nodes = {node: _supervisor_info(st, raw, ranks) for node, (st, raw) in states.items() if st is not None}
+    if nodes:
+        _mark_nodes(ranks, {primary: state, **{node: st for node, (st, _) in states.items()}})
     if supervisor is not None:
         for rank in ranks:
             rank.phase_timeout_s = supervisor.phase_timeouts.get(rank.phase)
@@ -594,6 +613,7 @@ def collect_snapshot(run_dir: Path | str, now: float | None = None, *, with_good
         ranks
         or state is not None
         or run.supervisor_state.exists()
+        or bool(nodes)
         or checkpoints.count
         or checkpoints.quarantined
         or metrics_tail
@@ -615,6 +635,7 @@ def collect_snapshot(run_dir: Path | str, now: float | None = None, *, with_good
         disk=disk,
         recent_events=events[-RECENT_EVENTS:],
         replay_check=_replay_check(events),
+        nodes=nodes,
         goodput=measure_goodput(run.root, live_until=now if verdict in ACTIVE_VERDICTS else None)
         if with_goodput and has_run else None,
     )

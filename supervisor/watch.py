@@ -8,7 +8,9 @@ the reason. What to do next is the cycle's business (``run_loop``), decided by `
 from __future__ import annotations
 
 import signal
+import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psutil
@@ -67,6 +69,10 @@ class _Live:
     stop_sent_at: float | None = None
     workers_started_at: float | None = None  # when torchrun's ranks were first seen
     stragglers: set[int] = field(default_factory=set)  # ranks announced as stragglers, until they recover
+    # Multi-node, one shared directory: the other nodes' ranks' last beats (theirs to judge; compared
+    # with ours only to find stragglers), and the hosts announced as slow nodes.
+    peers: dict[int, Heartbeat] = field(default_factory=dict)
+    slow_hosts: set[str] = field(default_factory=set)
 
     @property
     def last_step(self) -> int | None:
@@ -78,8 +84,10 @@ class TorchrunAttempts:
     """The real ``Attempts``: one torchrun per call to ``run``."""
 
     def __init__(self, config: RunConfig, run_dir: RunDir, journal: Journal, stops: StopRequests,
-                 disk: DiskGuard) -> None:
+                 disk: DiskGuard, peer_ended: Callable[[], str | None] | None = None) -> None:
         self.config = config
+        # Multi-node: why another node ended the run (its give_up.json), checked every poll.
+        self.peer_ended = peer_ended
         self.run_dir = run_dir
         self.journal = journal
         self.stops = stops
@@ -152,6 +160,9 @@ class TorchrunAttempts:
             self.refresh_timeouts()
             if code is not None:
                 return self._on_exit(live, code)
+            ended = self.peer_ended() if self.peer_ended is not None else None
+            if ended is not None:
+                return self._stop_for_peer(live, ended)
             if self.stops.count:
                 forced = self._forward_stop(live)
                 if forced is not None:
@@ -178,6 +189,11 @@ class TorchrunAttempts:
             hb = read_heartbeat(path)
             if hb is None or not isinstance(hb.time, (int, float)) or not isinstance(hb.rank, int):
                 continue
+            if hb.time >= live.tree.launched_at and self._another_nodes(hb, live):
+                live.peers[hb.rank] = hb
+                live.beats.pop(hb.rank, None)  # c10d moved this global rank to another node
+                continue
+            live.peers.pop(hb.rank, None)
             present.add(hb.rank)
             if hb.time < live.tree.launched_at:
                 continue  # a leftover of an earlier attempt
@@ -194,22 +210,48 @@ class TorchrunAttempts:
                                "judging it by its last good beat", rank=rank)
         self._note_stragglers(live)
 
+    def _another_nodes(self, hb: Heartbeat, live: _Live) -> bool:
+        """Multi-node, the directory shared by the nodes: a rank not in our torchrun's tree (global
+        ranks are per run, not per node, and c10d can move them between nodes at every attempt)."""
+        if self.config.multi_node is None:
+            return False
+        if hb.hostname is not None and hb.hostname != socket.gethostname():
+            return True
+        return isinstance(hb.pid, int) and hb.pid not in live.tree.known
+
     def _note_stragglers(self, live: _Live) -> None:
         """One ``straggler`` event when a rank becomes one; another only after it recovered.
 
-        Detection only: a slow rank is not a hang and nothing is killed for it.
+        Detection only: a slow rank is not a hang and nothing is killed for it. With the nodes'
+        ranks in one shared directory every rank is compared with every other; node 0 announces
+        another node's ranks and whole slow hosts, the others only their own ranks.
         """
-        samples = {rank: beat.compute_s for rank, beat in live.beats.items()
+        every = {**live.peers, **live.beats}
+        samples = {rank: beat.compute_s for rank, beat in every.items()
                    if isinstance(beat.compute_s, list) and beat.status == RankStatus.RUNNING}
         found = policy.find_stragglers(samples, flagged=live.stragglers)
+        announces_all = self.config.multi_node is None or self.config.multi_node.node_rank in (None, 0)
+        if announces_all and live.peers:
+            self._note_slow_hosts(live, samples, every)
         for straggler in found:
-            if straggler.rank not in live.stragglers:
-                host = live.beats[straggler.rank].hostname
+            if straggler.rank not in live.stragglers and (announces_all or straggler.rank in live.beats):
+                host = every[straggler.rank].hostname
                 self.journal.event(EventKind.STRAGGLER, straggler.describe(host), rank=straggler.rank,
                                    hostname=host, median_s=round(straggler.median_s, 6),
                                    others_median_s=round(straggler.others_median_s, 6),
-                                   ratio=round(straggler.ratio, 3), step=int(live.beats[straggler.rank].step))
+                                   ratio=round(straggler.ratio, 3), step=int(every[straggler.rank].step))
         live.stragglers = {straggler.rank for straggler in found}
+
+    def _note_slow_hosts(self, live: _Live, samples: dict[int, list[float]], every: dict[int, Heartbeat]) -> None:
+        """A whole node slower than the others (every rank of it): one ``straggler`` event per host."""
+        slow = policy.find_slow_hosts(samples, {rank: beat.hostname for rank, beat in every.items()})
+        for host, (own, others) in slow.items():
+            if host not in live.slow_hosts:
+                self.journal.event(EventKind.STRAGGLER, f"node {host} is a straggler: {own * 1000:.1f} ms of compute "
+                                   f"per step, {own / others:.2f}x the other nodes' {others * 1000:.1f} ms",
+                                   hostname=host, median_s=round(own, 6), others_median_s=round(others, 6),
+                                   ratio=round(own / others, 3), whole_node=True)
+        live.slow_hosts = set(slow)
 
     def _watch_memory(self) -> None:
         vm = psutil.virtual_memory()
@@ -243,6 +285,15 @@ class TorchrunAttempts:
                                         reap=tree.popen))
         return AttemptResult(policy.Outcome(OutcomeKind.STOPPED), f"forced ({why})",
                              time.time() - tree.launched_at, live.last_step)
+
+    def _stop_for_peer(self, live: _Live, why: str) -> AttemptResult:
+        """Another node ended the run: this attempt can never complete (its rendezvous or its
+        collectives wait for that node), so kill it now rather than after a timeout."""
+        self.journal.event(EventKind.STOP_REQUESTED, f"{why}: killing this node's attempt {self.journal.attempt}")
+        self._check_survivors(kill_tree(live.tree.live_processes(), grace_s=min(self.config.kill_grace, 2.0),
+                                        reap=live.tree.popen))
+        return AttemptResult(policy.Outcome(OutcomeKind.STOPPED), why, time.time() - live.tree.launched_at,
+                             live.last_step)
 
     # -- a hang ----------------------------------------------------------------------------------
     def _detect_hang(self, live: _Live) -> AttemptResult | None:
@@ -338,9 +389,12 @@ class TorchrunAttempts:
         step = _last_completed_step(failing, live)
         message = failing.message if failing is not None and failing.status != RankStatus.RUNNING else None
         cause = messages.first_line(message) or (torchrun.error_line(log_text) if code != 0 else None)
+        closed = code != 0 and not beats and torchrun.rendezvous_closed(log_text)
+        if closed:
+            cause = "torchrun found the rendezvous closed (RendezvousClosedError)"
         result = AttemptResult(outcome, "", time.time() - tree.launched_at, step, message=message, cause=cause,
                                bad_checkpoint=failing.bad_checkpoint if failing is not None else None,
-                               last_checkpoint=final)
+                               last_checkpoint=final, rendezvous_closed=closed)
         if not outcome.is_failure:
             result.reason = "the workers saved and exited" if code == 0 else f"torchrun exit {code}"
             if code == 0 and not facts.stop_requested:  # not asked by us: say who asked (another node's

@@ -249,11 +249,13 @@ def _supervise(config: RunConfig) -> SupervisorExit:
         return supervisor.run()
     except RunLockHeld as exc:
         pid = exc.pid
+        node = config.multi_node.node_rank if config.multi_node is not None else None
         if pid is None:
-            state = read_supervisor_state(RunDir.at(config.log_dir).supervisor_state)
+            state = read_supervisor_state(RunDir.at(config.log_dir, node).supervisor_state)
             pid = state.pid if state is not None else None
         who = f"pid {pid}" if pid is not None else "another process"
-        _fail(f"refusing to start: another supervisor ({who}) is already running on {config.log_dir}")
+        of_node = f" for node {node}" if node is not None else ""
+        _fail(f"refusing to start: another supervisor{of_node} ({who}) is already running on {config.log_dir}")
     except KeyboardInterrupt:
         _fail("interrupted", SupervisorExit.STOPPED)
     except Exception as exc:  # noqa: BLE001 - never a traceback: one line, the documented code

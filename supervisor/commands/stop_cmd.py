@@ -50,9 +50,12 @@ class Target:
 def find_targets(log_dir: str | Path) -> tuple[list[Target], str]:
     """What to signal, and a short description of what was found (for the "nothing" line)."""
     run = RunDir.at(log_dir)
-    state = read_supervisor_state(run.supervisor_state)
-    if state is not None and process_matches(state.pid, state.pid_create_time):
-        return [Target(state.pid, "supervisor", state.pid_create_time, None)], state.state
+    # Multi-node: node 0's supervisor.json, else another node's supervisor.nodeR.json (a node-local
+    # directory, or node 0's supervisor not on this machine): stopping one node stops the run.
+    for path in run.list_node_states().values():
+        state = read_supervisor_state(path)
+        if state is not None and process_matches(state.pid, state.pid_create_time):
+            return [Target(state.pid, "supervisor", state.pid_create_time, None)], state.state
     snapshot = collect_snapshot(run.root)
     workers = [
         Target(r.pid, f"worker rank {r.rank}", None, snapshot.time - r.age_s)

@@ -1,5 +1,6 @@
 """Two "nodes" on loopback: two ``gpt2sup run`` x 1 process over torchrun's c10d rendezvous, each
-with its own run directory, as an operator would start them on two machines.
+with its own run directory (node-local disks) or both on one directory (shared storage), as an
+operator would start them on two machines.
 
 c10d orders the nodes of each rendezvous round by its own node descriptors, not by ``--node-rank``,
 so after a restart node 1 can host global rank 0. It once started over from step 0 in its own,
@@ -17,6 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from shared.exit_codes import SupervisorExit
@@ -41,13 +43,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_node(log_dir: Path, node_rank: int, port: int, run_id: str, hang_timeout: float = 30,
-               env: dict[str, str] | None = None) -> subprocess.Popen:
-    argv = gpt2sup_argv(
+def node_argv(log_dir: Path, node_rank: int, port: int, run_id: str, hang_timeout: float = 30,
+              extra: tuple[str, ...] = ()) -> list[str]:
+    return gpt2sup_argv(
         "run", "--log-dir", str(log_dir), "--nproc-per-node", "1", "--nnodes", "2", "--node-rank", str(node_rank),
         "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", run_id, *FAST_SUPERVISOR_ARGS,
-        "--hang-timeout", str(hang_timeout), "--", *WORKER_ARGS)
-    with open(f"{log_dir}.console", "ab") as console:
+        "--hang-timeout", str(hang_timeout), *extra, "--", *WORKER_ARGS)
+
+
+def start_node(log_dir: Path, node_rank: int, port: int, run_id: str, hang_timeout: float = 30,
+               env: dict[str, str] | None = None, console_path: Path | None = None,
+               extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    argv = node_argv(log_dir, node_rank, port, run_id, hang_timeout, extra)
+    with open(console_path or f"{log_dir}.console", "ab") as console:
         return subprocess.Popen(argv, cwd=REPO_ROOT, env=child_env(env), stdout=console, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
 
@@ -145,3 +153,86 @@ def test_a_killed_supervisor_on_node_1_stops_the_run_with_a_save_and_a_reason_th
     codes = wait_both(procs, nodes)
     assert codes == [SupervisorExit.FINISHED, SupervisorExit.FINISHED], "\n".join(console_text(d)[-2500:] for d in nodes)
     assert_same_weights(nodes[0] / FINAL_CHECKPOINT, reference_checkpoint)
+
+
+# --- one run directory shared by both nodes ---------------------------------------------------------
+def start_two_nodes_sharing(tmp_path: Path, run_id: str, node_1_args: tuple[str, ...] = (),
+                            env: dict[str, str] | None = None) -> tuple[Path, int, list[subprocess.Popen]]:
+    """Both supervisors on ``tmp_path/run``; consoles in ``tmp_path/node{R}.console``."""
+    run, port = tmp_path / "run", free_port()
+    run.mkdir()
+    procs = [start_node(run, 0, port, run_id, env=env, console_path=tmp_path / "node0.console")]
+    time.sleep(2)
+    procs.append(start_node(run, 1, port, run_id, env=env, console_path=tmp_path / "node1.console",
+                            extra=node_1_args))
+    return run, port, procs
+
+
+def node_beat(run: Path, supervisor: subprocess.Popen, step: int) -> dict | None:
+    """The heartbeat of the rank ``supervisor`` launched, once it trains past ``step``."""
+    try:
+        ours = {p.pid for p in psutil.Process(supervisor.pid).children(recursive=True)}
+    except psutil.Error:
+        return None
+    for path in (run / "heartbeat").glob("rank*.json"):
+        try:
+            beat = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if beat.get("pid") in ours and beat.get("step", -1) >= step and beat.get("phase") == "train":
+            return beat
+    return None
+
+
+def consoles(tmp_path: Path) -> str:
+    return "\n".join(console_text(tmp_path / f"node{n}")[-2500:] for n in (0, 1))
+
+
+@pytest.mark.slow
+def test_a_shared_run_directory_one_lock_and_state_per_node_status_of_both_and_a_killed_rank_on_node_1(
+        tmp_path, reference_checkpoint):
+    # Steps of 0.5 s (a sleep, no change to the math): the refusal and status checks run mid-training.
+    run, port, procs = start_two_nodes_sharing(tmp_path, "mn-shared", env={"GPT2SUP_INJECT_SLOW_RANK": "1:0.5"})
+    try:
+        beat = wait_for(lambda: node_beat(run, procs[1], 2), 240, "node 1's rank past step 2")
+        # One lock per node: a second supervisor for node 1 is refused, node 0's is untouched.
+        second = subprocess.run(node_argv(run, 1, port, "mn-shared"), check=False, cwd=REPO_ROOT, env=child_env(),
+                                capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert second.returncode == SupervisorExit.REFUSED, second.stdout + second.stderr
+        assert "another supervisor for node 1" in second.stderr, second.stderr
+        assert (run / "supervisor.lock").is_file() and (run / "supervisor.node1.lock").is_file()
+        # Status on the shared directory: both nodes' supervisors and both ranks.
+        shown = subprocess.run(gpt2sup_argv("status", "--log-dir", str(run)), check=False, cwd=REPO_ROOT,
+                               env=child_env(),
+                               capture_output=True, text=True, timeout=60)
+        assert "node 1 supervisor:" in shown.stdout, shown.stdout
+        assert "rank 0" in shown.stdout and "rank 1" in shown.stdout, shown.stdout
+        os.kill(beat["pid"], signal.SIGKILL)
+    finally:
+        codes = wait_both(procs, [tmp_path / "node0", tmp_path / "node1"])
+    assert codes == [SupervisorExit.FINISHED, SupervisorExit.FINISHED], consoles(tmp_path)
+    assert_same_weights(run / FINAL_CHECKPOINT, reference_checkpoint)
+    # Per-node files next to each other: state, attempt logs; one events.jsonl naming the node.
+    assert json.loads((run / "supervisor.node1.json").read_text())["state"] == "finished"
+    assert json.loads((run / "supervisor.json").read_text())["state"] == "finished"
+    assert list((run / "attempts").glob("*.log")) and list((run / "attempts" / "node1").glob("*.log"))
+    restarted = {e.get("node") for e in events_named(run, "restarted")}
+    assert restarted == {0, 1}, restarted
+    # Node 1's supervisor judged no checkpoint: node 0 alone validates and quarantines.
+    checked = {e.get("node") for e in events_named(run, "checkpoint_valid")}
+    assert 1 not in checked, checked
+
+
+@pytest.mark.slow
+def test_a_node_that_gives_up_ends_the_other_node_with_the_same_exit_code_and_its_reason(tmp_path):
+    run, _, procs = start_two_nodes_sharing(tmp_path, "mn-give-up", node_1_args=("--max-restarts", "0"))
+    try:
+        beat = wait_for(lambda: node_beat(run, procs[1], 2), 240, "node 1's rank past step 2")
+        os.kill(beat["pid"], signal.SIGKILL)
+    finally:
+        codes = wait_both(procs, [tmp_path / "node0", tmp_path / "node1"])
+    assert codes == [SupervisorExit.GAVE_UP, SupervisorExit.GAVE_UP], consoles(tmp_path)
+    ended = [e for e in events_named(run, "gave_up") if e.get("node") == 0]
+    assert ended and "node 1 gave up" in ended[-1]["message"], ended
+    marker = json.loads((run / "give_up.json").read_text())
+    assert marker["node"] == 1 and marker["exit_code"] == SupervisorExit.GAVE_UP
