@@ -29,6 +29,9 @@ class Heartbeat:
     max_steps: int | None = None  # extension: lets status compute progress and ETA
     message: str | None = None  # extension: last notable event; with status "failed", the reason
     save_seconds: float | None = None  # how long this rank's newest checkpoint save took
+    # --async_checkpoint: the checkpoint file (model_N.pt) being written in the background, not
+    # yet renamed into place; None when no write is in flight. Only the writing rank sets it.
+    save_in_flight: str | None = None
     eval_seconds: float | None = None  # how long its newest eval/HellaSwag/sampling pass took
     bad_checkpoint: str | None = None  # with exit 4: the checkpoint file that could not be used
     hostname: str | None = None  # the machine the rank runs on (names the node of a straggler)

@@ -43,6 +43,7 @@ from shared.exit_codes import WorkerExit
 from shared.hf_files import HFFileError, is_hf_source
 from shared.run_dir import TMP_SUFFIX, RunDir
 from shared.vocabulary import Phase
+from worker.async_save import BackgroundWrite, BackgroundWriter, HostSnapshot
 from worker.data import DataError
 from worker.distributed import Distributed
 from worker.errors import WorkerError, library_reason
@@ -79,6 +80,7 @@ class SaveOutcome:
     seconds: float
     size_bytes: int = 0
     error: str | None = None  # one line when not saved
+    pending: bool = False  # an asynchronous save that has only started: the write reports later
 
 
 class CheckpointManager:
@@ -95,6 +97,7 @@ class CheckpointManager:
         heartbeat: HeartbeatWriter | None = None,
         distributed: Distributed | None = None,
         run_log: RunLogger | None = None,
+        async_save: bool = False,
     ) -> None:
         self.run_dir = run_dir
         self.interval = interval
@@ -111,6 +114,14 @@ class CheckpointManager:
         self.last_checkpoint_name: str | None = None  # newest file this run saved or resumed from
         self.resumed_from: Path | None = None
         self.final_save_error: str | None = None  # why the last final save failed, on every rank
+        # --async_checkpoint (worker/async_save.py): periodic saves are snapshotted to host memory
+        # and written by a thread; the final (or a stop's) save stays synchronous.
+        self.async_save = async_save
+        self._snapshot: HostSnapshot | None = None
+        self._writer: BackgroundWriter | None = None
+        if async_save and is_writer:
+            self._snapshot = HostSnapshot(pin_memory=state is not None and state.device_type == "cuda")
+            self._writer = BackgroundWriter(on_exit=self._finished_at_exit)
 
     # --- start-up ---------------------------------------------------------------------------
     def remove_stale_staging_files(self) -> list[Path]:
@@ -240,7 +251,7 @@ class CheckpointManager:
         if not intact:
             raise CheckpointError(f"checkpoint {path} is damaged: {detail}", path)
         try:  # weights_only + stand-ins: our format and the build-nanogpt guide's, never code from the file
-            checkpoint = load_checkpoint(path)
+            checkpoint = load_checkpoint(path, mmap=True)  # pages come from the file as they are read
         except CheckpointLoadError as exc:
             raise CheckpointError(f"cannot load checkpoint {path}: {exc}", path) from None
         if not isinstance(checkpoint, dict):
@@ -266,36 +277,97 @@ class CheckpointManager:
         when it has to be (the last step, or ``force``), True otherwise; a failed periodic save is
         a warning. A failed final save is retried for ``final_save_retry_s`` seconds first.
         Every rank returns the same answer.
+
+        With ``async_save`` a periodic save only snapshots the state and starts its write in the
+        background; the writer rank notices the write's end at a later call (every step) and says
+        so in its heartbeat. The final save first waits for a write in flight, then saves
+        synchronously: the run never ends before its last state is on disk.
         """
         final = last_step or force
+        self._collect_background_write(block=False)  # writer rank only, no collective: every step
         if not (self.is_due(step, last_step) or force):  # the same answer on every rank
             return True
         assert self.state is not None, "save_if_due() needs the registered TrainingState"
         self._beat(phase=Phase.CHECKPOINT)
-        outcome = self._save_state(step)
-        if final and self.is_writer and not outcome.saved:
-            outcome = self._retry_final_save(step, outcome)
+        if self.async_save and not final:
+            outcome = self._start_background_save(step)
+        else:
+            self._collect_background_write(block=True)  # at most one write at a time, in step order
+            outcome = self._save_state(step)
+            if final and self.is_writer and not outcome.saved:
+                outcome = self._retry_final_save(step, outcome)
         # Every rank's heartbeat names the run's newest checkpoint: another node's supervisor reads
-        # only its own ranks' heartbeats (the broadcast is the barrier after the save).
+        # only its own ranks' heartbeats (the broadcast is the barrier after the save). With an
+        # asynchronous save this is the newest *completed* file, one save point late on the ranks
+        # that do not write; the final save's broadcast brings every rank up to date.
         self.last_checkpoint_name = self.distributed.broadcast_from_master(self.last_checkpoint_name)
-        self._beat(phase=Phase.TRAIN, last_checkpoint=self.last_checkpoint_name, message=outcome.error,
-                   save_seconds=round(outcome.seconds, 3) if outcome.saved else None)
+        in_flight = self._writer.in_flight if self._writer is not None else None
+        changes: dict[str, Any] = {"save_in_flight": None if in_flight is None else in_flight.name}
+        if not outcome.pending:  # a started write keeps the previous save's figures until it ends
+            changes.update(message=outcome.error, save_seconds=round(outcome.seconds, 3) if outcome.saved else None)
+        self._beat(phase=Phase.TRAIN, last_checkpoint=self.last_checkpoint_name, **changes)
         if not final:
             return True
         error = None if outcome.saved else (outcome.error or "not written")
         self.final_save_error = self.distributed.broadcast_from_master(error)
         return self.final_save_error is None
 
+    def _start_background_save(self, step: int) -> SaveOutcome:
+        """Snapshot the state of ``step`` to host memory and start writing it (writer rank).
+
+        The returned outcome is not saved yet (``saved=False``, no error): the heartbeat keeps its
+        previous ``save_seconds`` until the write ends. A previous write still in flight is waited
+        for first (at most one save in flight; the host buffers are reused).
+        """
+        if not self.is_writer:
+            return SaveOutcome(saved=False, path=None, seconds=0.0, pending=True)
+        assert self._writer is not None and self._snapshot is not None
+        started = time.perf_counter()
+        self._collect_background_write(block=True)
+        snapshot = self._snapshot.copy(self.state.state_dict())
+        stall = time.perf_counter() - started
+        write = BackgroundWrite(step=step, name=self.run_dir.checkpoint(step).name, stall_seconds=stall)
+        self._writer.submit(write, lambda: self.save(step, snapshot))
+        return SaveOutcome(saved=False, path=None, seconds=stall, pending=True)
+
+    def _collect_background_write(self, block: bool) -> None:
+        """Report a finished background write like a synchronous save: the log line (or the
+        warning already printed and a ``checkpoint_failed`` line in log.txt), the heartbeat's
+        ``last_checkpoint`` and ``save_seconds`` once the file is renamed into place."""
+        if self._writer is None:
+            return
+        write = self._writer.collect(block=block)
+        if write is None:
+            return
+        if write.error is not None:
+            raise write.error  # not an IO failure (those are outcomes): the same crash a sync save has
+        outcome = write.outcome
+        self._report(write.step, outcome, background=write)
+        self._beat(last_checkpoint=self.last_checkpoint_name, save_in_flight=None,
+                   save_seconds=round(outcome.seconds, 3) if outcome.saved else None,
+                   message=outcome.error)
+
+    def _finished_at_exit(self, write: BackgroundWrite) -> None:
+        """Process exit waited for a write in flight (a crash, an exception out of the loop)."""
+        if write.error is None and write.outcome is not None:
+            self._report(write.step, write.outcome, background=write)
+            self._beat(last_checkpoint=self.last_checkpoint_name, save_in_flight=None)
+
+    def _report(self, step: int, outcome: SaveOutcome, background: BackgroundWrite | None = None) -> None:
+        if outcome.saved:
+            self.last_checkpoint_name = outcome.path.name
+            how = (f", written in the background; training paused {background.stall_seconds:.2f}s"
+                   if background is not None else "")
+            self.log(f"saved {outcome.path} ({outcome.size_bytes / 1e6:.1f} MB, {outcome.seconds:.2f}s{how})")
+        elif self.run_log is not None:
+            self.run_log.log_line(f"{step} checkpoint_failed {outcome.error}")
+
     def _save_state(self, step: int) -> SaveOutcome:
         if not self.is_writer:
             return SaveOutcome(saved=False, path=None, seconds=0.0)
         state = self.state.state_dict()
         outcome = self.save(step, state)
-        if outcome.saved:
-            self.last_checkpoint_name = outcome.path.name
-            self.log(f"saved {outcome.path} ({outcome.size_bytes / 1e6:.1f} MB, {outcome.seconds:.2f}s)")
-        elif self.run_log is not None:
-            self.run_log.log_line(f"{step} checkpoint_failed {outcome.error}")
+        self._report(step, outcome)
         return outcome
 
     def _retry_final_save(self, step: int, outcome: SaveOutcome) -> SaveOutcome:

@@ -63,6 +63,7 @@ CPU_DEFAULTS: dict[str, Any] = {
     "model": "tiny", "micro_batch_size": 8, "seq_len": 64, "total_batch_size": 1024,
     "max_steps": 300, "warmup_steps": 30, "max_lr": 1e-3, "checkpoint_interval": 100, "hellaswag_limit": 100}
 DEFAULT_FINAL_SAVE_RETRY_S = 60.0
+DEFAULT_ASYNC_CHECKPOINT = True  # bitwise resume and the supervisor's end-to-end tests pass with it
 
 
 def _profile_default(key: str) -> str:
@@ -87,6 +88,14 @@ def build_arg_parser() -> argparse.ArgumentParser:
                     help="if the last step's (or a stop request's) checkpoint cannot be written, e.g. on a full disk, "
                          "retry every few seconds for this long, then exit 7 (9 for a stop's) instead of 0: a run never ends as "
                          "finished without its final state on disk (default: %(default)s)")
+    ck.add_argument("--async_checkpoint", dest="async_checkpoint", action="store_const", const=True,
+                    default=DEFAULT_ASYNC_CHECKPOINT,
+                    help="periodic saves copy the state to host memory (training pauses only for the copy) and write it "
+                         "in a background thread, with the same atomic protocol; at most one write in flight; the last "
+                         "step's and a stop's save wait for it and are written before exit. Costs one extra copy of "
+                         "model + optimizer state in host RAM (default: on)")
+    ck.add_argument("--no_async_checkpoint", dest="async_checkpoint", action="store_const", const=False,
+                    help="write every checkpoint synchronously: training waits for each save")
     ev = p.add_argument_group("evaluation (0 turns an activity off)")
     ev.add_argument("--eval_interval", type=int, default=250, help="validation loss every N steps (default: %(default)s)")
     ev.add_argument("--hellaswag_interval", type=int, default=250, help="HellaSwag acc_norm every N steps and at the last step, logged as '{step} hella {acc}' (default: %(default)s)")
@@ -153,6 +162,7 @@ class TrainConfig:
     data_path: str | None = None  # worker.finetune_dolly: the instruction jsonl
     val_fraction: float = 0.05  # worker.finetune_dolly: the share held out for validation
     tensorboard: bool = False  # TensorBoard event files in <log_dir>/tb (worker.tensorboard_log)
+    async_checkpoint: bool = DEFAULT_ASYNC_CHECKPOINT  # periodic saves written by a thread (worker.async_save)
     deterministic: bool = False  # deterministic kernels (worker.device_setup): bitwise resume on a GPU
 
     @classmethod
@@ -276,7 +286,7 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
     checkpoints = CheckpointManager(
         run_dir, interval=config.checkpoint_interval, keep_last_n=config.keep_last_n_checkpoints,
         is_writer=dist.master, log=say, final_save_retry_s=config.final_save_retry_s,
-        state=state, heartbeat=heartbeat, distributed=dist, run_log=run_log)
+        state=state, heartbeat=heartbeat, distributed=dist, run_log=run_log, async_save=config.async_checkpoint)
     checkpoints.restore(config.restore_request(), raw_model.config.architecture(), identity)
     state.train_config = identity.identity.to_train_config()  # every checkpoint records what this run is
     if dist.master:
