@@ -223,16 +223,32 @@ def test_a_shared_run_directory_one_lock_and_state_per_node_status_of_both_and_a
     assert 1 not in checked, checked
 
 
+def nth_launch(run: Path, node: int, count: int) -> dict | None:
+    launches = [e for e in events_named(run, "launched") if e.get("node") == node]
+    return launches[count - 1] if len(launches) >= count else None
+
+
 @pytest.mark.slow
-def test_a_node_that_gives_up_ends_the_other_node_with_the_same_exit_code_and_its_reason(tmp_path):
-    run, _, procs = start_two_nodes_sharing(tmp_path, "mn-give-up", node_1_args=("--max-restarts", "0"))
+def test_a_node_joining_late_meets_node_0s_third_attempt_and_when_it_gives_up_node_0_ends_with_its_reason(tmp_path):
+    run, port = tmp_path / "run", free_port()
+    run.mkdir()
+    procs = [start_node(run, 0, port, "mn-give-up", console_path=tmp_path / "node0.console")]
     try:
-        beat = wait_for(lambda: node_beat(run, procs[1], 2), 240, "node 1's rank past step 2")
-        os.kill(beat["pid"], signal.SIGKILL)
+        # Node 0 alone, waiting in the rendezvous: its torchrun killed twice, so it is on attempt 3
+        # when node 1 (started by hand, attempt 1) comes. The rendezvous id is the same for both.
+        for count in (1, 2):
+            os.kill(wait_for(lambda c=count: nth_launch(run, 0, c), 120, f"node 0's launch {count}")["pid"],
+                    signal.SIGKILL)
+        wait_for(lambda: nth_launch(run, 0, 3), 120, "node 0's third launch")
+        procs.append(start_node(run, 1, port, "mn-give-up", console_path=tmp_path / "node1.console",
+                                extra=("--max-restarts", "0")))
+        beat = wait_for(lambda: node_beat(run, procs[1], 5), 240, "node 1's rank past step 5")
+        os.kill(beat["pid"], signal.SIGKILL)  # node 1 has no restart left: it gives up
     finally:
         codes = wait_both(procs, [tmp_path / "node0", tmp_path / "node1"])
     assert codes == [SupervisorExit.GAVE_UP, SupervisorExit.GAVE_UP], consoles(tmp_path)
+    assert nth_launch(run, 1, 1)["attempt"] == 1 and nth_launch(run, 0, 3)["attempt"] == 3
     ended = [e for e in events_named(run, "gave_up") if e.get("node") == 0]
-    assert ended and "node 1 gave up" in ended[-1]["message"], ended
+    assert ended and ended[-1]["message"].startswith("node 1 gave up: restart budget exhausted"), ended
     marker = json.loads((run / "give_up.json").read_text())
     assert marker["node"] == 1 and marker["exit_code"] == SupervisorExit.GAVE_UP
