@@ -71,6 +71,8 @@ class DiskGuard:
 
     def prune(self, threshold: int) -> None:
         """Delete oldest checkpoints, keeping the newest *validated* one (validate it if needed)."""
+        if self.run_dir.node:
+            return  # multi-node: the run's checkpoints are node 0's supervisor's to prune, never node R's
         newest_valid = self.newest_valid_step
         newest = self.run_dir.newest_checkpoint()
         newer = newest is not None and (newest_valid is None or newest.step > newest_valid)

@@ -195,3 +195,16 @@ def test_torchruns_closed_rendezvous_is_recognised_in_its_log():
 
     assert rendezvous_closed("...\ntorch.distributed.elastic.rendezvous.api.RendezvousClosedError\n")
     assert not rendezvous_closed("RendezvousTimeoutError: timed out")
+
+
+def test_node_r_never_prunes_the_runs_checkpoints(tmp_path):
+    from supervisor.disk_guard import DiskGuard
+    from supervisor.run_config import RunConfig
+
+    for step in (4, 8):
+        (tmp_path / f"model_{step:05d}.pt").write_bytes(b"x" * 10)
+    guard = DiskGuard(RunDir.at(tmp_path, 1), RunConfig(log_dir=tmp_path, cwd=tmp_path, prune_on_low_disk=True),
+                      journal=None)
+    guard.newest_valid_step = 8
+    guard.prune(threshold=10**15)
+    assert sorted(p.name for p in tmp_path.glob("model_*.pt")) == ["model_00004.pt", "model_00008.pt"]
