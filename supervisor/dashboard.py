@@ -270,6 +270,8 @@ def status_lines(snapshot: RunSnapshot) -> list[str]:
     lines = [f"run {snapshot.log_dir}: {snapshot.verdict_text()}"]
     lines.append(f"supervisor: {_supervisor_text(snapshot)}")
     lines.extend(f"node {node} supervisor: {supervisor_info_text(info)}" for node, info in sorted(snapshot.nodes.items()))
+    if snapshot.supervisor is not None and snapshot.supervisor.rendezvous:
+        lines.append(f"rendezvous: {snapshot.supervisor.rendezvous}")
     if progress is not None:
         pct = f" ({progress.fraction:.1%})" if progress.fraction is not None else ""
         val = _val_text(snapshot)

@@ -101,6 +101,8 @@ class SupervisorInfo:
     # True once a later attempt trained past the last failure (or the run finished after it).
     last_failure_recovered: bool = False
     phase_timeouts: dict[str, float] = field(default_factory=dict)  # the hang timeout per phase
+    # Multi-node: "node R of N, c10d at HOST:PORT, id ID" from its run_config, else None.
+    rendezvous: str | None = None
 
 
 @dataclass
@@ -395,7 +397,17 @@ def _supervisor_info(state: SupervisorState, raw: dict[str, Any], ranks: list[Ra
         exit_code=state.exit_code,
         last_failure_recovered=_failure_recovered(state, ranks),
         phase_timeouts=_phase_timeouts(raw),
+        rendezvous=_rendezvous_text(state.run_config),
     )
+
+
+def _rendezvous_text(run_config: Any) -> str | None:
+    multi = run_config.get("multi_node") if isinstance(run_config, dict) else None
+    if not isinstance(multi, dict):
+        return None
+    node = multi.get("node_rank")
+    return (f"node {node if node is not None else '?'} of {multi.get('nnodes')}, {multi.get('rdzv_backend', 'c10d')} "
+            f"at {multi.get('rdzv_endpoint')}, id {multi.get('rdzv_id')}")
 
 
 def _rank_info(hb: Heartbeat, now: float) -> RankInfo:

@@ -165,10 +165,12 @@ def test_status_on_node_rs_own_directory_shows_its_supervisor(tmp_path):
     me = psutil.Process()
     write_supervisor_state(RunDir.at(tmp_path, 1).supervisor_state, SupervisorState(
         state="running", pid=me.pid, pid_create_time=me.create_time(), hostname="h", log_dir=str(tmp_path),
-        started_at=time.time(), attempt=4))
+        started_at=time.time(), attempt=4, run_config={"multi_node": {
+            "nnodes": "2", "node_rank": 1, "rdzv_endpoint": "gpu-07:29500", "rdzv_id": "81234", "rdzv_backend": "c10d"}}))
     snapshot = collect_snapshot(tmp_path)
     assert snapshot.has_run and snapshot.supervisor is not None and snapshot.supervisor.attempt == 4
     assert snapshot.nodes == {}
+    assert "rendezvous: node 1 of 2, c10d at gpu-07:29500, id 81234" in status_lines(snapshot)
 
 
 def test_a_launch_that_finds_the_rendezvous_closed_is_relaunched_without_counting_a_restart(tmp_path, monkeypatch):
