@@ -210,3 +210,55 @@ def test_node_r_never_prunes_the_runs_checkpoints(tmp_path):
     guard.newest_valid_step = 8
     guard.prune(threshold=10**15)
     assert sorted(p.name for p in tmp_path.glob("model_*.pt")) == ["model_00004.pt", "model_00008.pt"]
+
+
+# --- watching one node's ranks among all of a shared directory's --------------------------------------
+def _watching(tmp_path: Path, node: int):
+    import socket
+    from types import SimpleNamespace
+
+    from supervisor.attempt import StopRequests
+    from supervisor.disk_guard import DiskGuard
+    from supervisor.journal import CycleState, Journal
+    from supervisor.run_config import RunConfig
+    from supervisor.watch import TorchrunAttempts, _Live
+    from tests.supervisor.test_watch import Quiet
+
+    run = RunDir.at(tmp_path, node)
+    config = RunConfig(log_dir=tmp_path, cwd=tmp_path, multi_node=MultiNode("2", node, "127.0.0.1:29500"))
+    journal = Journal(run, Quiet(), node=node)
+    journal.begin(CycleState(state="running", pid=1, pid_create_time=0.0, hostname="h", log_dir=str(tmp_path),
+                             started_at=0.0))
+    attempts = TorchrunAttempts(config, run, journal, StopRequests(), DiskGuard(run, config, journal))
+    tree = SimpleNamespace(launched_at=time.time() - 1.0, known={100: object()})  # our rank's pid is 100
+    return attempts, _Live(tree=tree, oom_before=None), socket.gethostname()  # type: ignore[arg-type]
+
+
+def _write_beats(tmp_path: Path, beats: list[tuple[int, int, str, float]]) -> None:
+    for rank, pid, host, compute in beats:
+        write_heartbeat(RunDir.at(tmp_path).heartbeat(rank), Heartbeat(
+            pid=pid, rank=rank, world_size=len(beats), step=20, phase="train", time=time.time(), hostname=host,
+            compute_s=[compute] * 20))
+
+
+def test_a_supervisor_judges_only_its_own_ranks_and_node_0_names_another_nodes_straggler(tmp_path):
+    attempts, live, host = _watching(tmp_path, 0)
+    # rank 0: another node's process (not in our tree) on this machine; rank 1: ours.
+    _write_beats(tmp_path, [(0, 200, host, 0.30), (1, 100, host, 0.10), (2, 300, host, 0.10)])
+    attempts._read_heartbeats(live)
+    assert set(live.beats) == {1} and set(live.peers) == {0, 2}
+    stragglers = _events(tmp_path, "straggler")
+    assert [e["rank"] for e in stragglers] == [0] and stragglers[0]["node"] == 0
+
+
+def test_node_r_announces_only_its_own_stragglers_and_node_0_a_whole_slow_host(tmp_path):
+    attempts, live, host = _watching(tmp_path, 1)
+    _write_beats(tmp_path, [(0, 200, "fast-host", 0.10), (1, 100, host, 0.10), (2, 300, "slow-host", 0.30),
+                            (3, 301, "slow-host", 0.30)])
+    attempts._read_heartbeats(live)
+    assert set(live.beats) == {1}
+    assert not (tmp_path / "events.jsonl").exists() or not _events(tmp_path, "straggler")
+    attempts, live, host = _watching(tmp_path, 0)
+    attempts._read_heartbeats(live)
+    whole = [e for e in _events(tmp_path, "straggler") if e.get("whole_node")]
+    assert [e["hostname"] for e in whole] == ["slow-host"] and "node slow-host is a straggler" in whole[0]["message"]
