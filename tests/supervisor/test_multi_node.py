@@ -262,3 +262,31 @@ def test_node_r_announces_only_its_own_stragglers_and_node_0_a_whole_slow_host(t
     attempts._read_heartbeats(live)
     whole = [e for e in _events(tmp_path, "straggler") if e.get("whole_node")]
     assert [e["hostname"] for e in whole] == ["slow-host"] and "node slow-host is a straggler" in whole[0]["message"]
+
+
+def test_another_nodes_trainer_on_a_shared_directory_is_neither_foreign_nor_ours(tmp_path):
+    import subprocess
+    import sys
+
+    from supervisor.orphans import another_nodes, find_foreign_trainers
+
+    env = {**os.environ, "GPT2SUP_NODE_RANK": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--log_dir", str(tmp_path)],
+                            env=env, cwd=tmp_path)
+    try:
+        def seen() -> bool:
+            try:
+                return psutil.Process(proc.pid).environ().get("GPT2SUP_NODE_RANK") == "1"
+            except psutil.Error:
+                return False
+
+        deadline = time.monotonic() + 10
+        while not seen() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert another_nodes(proc.pid, 0) and not another_nodes(proc.pid, 1)
+        assert find_foreign_trainers(tmp_path, node=0) is None  # node 1's: node 0 leaves it alone
+        assert find_foreign_trainers(tmp_path, node=1) is not None  # node 1's own kind: not ours, so foreign
+        assert find_foreign_trainers(tmp_path) is not None  # a one-node run: a trainer is a trainer
+    finally:
+        proc.kill()
+        proc.wait()
