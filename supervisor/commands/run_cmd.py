@@ -143,7 +143,8 @@ T, B, L = DEFAULTS.timeouts, DEFAULTS.backoff, DEFAULTS.limits
     "--rdzv-id ($SLURM_JOB_ID) default to the SLURM_* variables; options given win. "
     "Use `#SBATCH --signal=TERM@120` so a time limit saves and exits 4 (README, SLURM).",
 )
-@click.option("--log-dir", default=DEFAULT_LOG_DIR, help="Run directory (checkpoints, heartbeats, logs).")
+@click.option("--log-dir", default=DEFAULT_LOG_DIR, help="Run directory (checkpoints, heartbeats, logs). "
+              "Multi-node: the same directory on shared storage for every node, or one per node.")
 @click.option("--max-restarts", default=L.max_restarts, type=click.IntRange(min=0),
               help="Restarts allowed before giving up.")
 @click.option("--nproc-per-node", default=AUTO, type=ProcessCount(), help="Processes per node; auto = visible GPUs, else 1.")
@@ -192,7 +193,8 @@ T, B, L = DEFAULTS.timeouts, DEFAULTS.backoff, DEFAULTS.limits
 @click.option("--nnodes", default=None, help="Multi-node: number of nodes (torchrun --nnodes), one supervisor per node "
               "[default: SLURM's node count under srun].")
 @click.option("--node-rank", default=None, type=click.IntRange(min=0),
-              help="Multi-node: this node's rank [default: $SLURM_NODEID under srun].")
+              help="Multi-node: this node's rank [default: $SLURM_NODEID under srun]. Node R >= 1 keeps its own "
+                   "supervisor.nodeR.{lock,json} and attempts/nodeR/ in the run directory.")
 @click.option("--rdzv-endpoint", default=None,
               help="Multi-node: rendezvous host:port [default: the SLURM node list's first host under srun].")
 @click.option("--rdzv-id", default=None, show_default=False,
