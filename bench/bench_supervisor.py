@@ -1,12 +1,21 @@
-"""Benchmark ``gpt2sup run``: detection and restart latencies, supervisor CPU, status latency.
+"""Benchmark ``gpt2sup run``: restart latency against its floor, detection, supervisor CPU, status.
 
-    python bench/bench_supervisor.py [--monitor-interval 2.0] [--hang-timeout 10] [--cpu-seconds 20]
+    python bench/bench_supervisor.py [--crashes 3] [--monitor-interval 2.0] [--hang-timeout 10]
+                                     [--cpu-seconds 10] [--compile] [--no-hang]
 
-One supervised CPU run of the tiny model (2 processes) is broken twice while it trains:
-SIGKILL of rank 1 (crash) and later SIGSTOP of rank 1 (hang). Latencies are read from the
-supervisor's own events.jsonl and the workers' heartbeats, so they are what a user would see.
-The restart latency is shown beside its floor: the parts a restart cannot avoid (start torchrun,
-import torch, load the checkpoint), each measured alone.
+One supervised CPU run of the tiny model (2 processes, ``--backoff-initial 0``) has rank 1
+SIGKILLed ``--crashes`` times. Before each crash the floor of a restart is measured with the run
+paused (SIGSTOP of the supervisor and its tree, so nothing of ours competes for the CPU): start
+torchrun (2 processes that import nothing), ``python -c 'import torch'``, ``torch.load`` of the
+newest checkpoint. Rounds interleave, so a change in the machine's load hits both sides; medians
+are reported. Each restart's phases come from its ``restart_breakdown`` event (events.jsonl), the
+restart latency from the kill to the first resumed step's heartbeat.
+
+The default backoff (5 s for a first failure, counted from the end of the attempt so validation
+overlaps it) is reported as what it would add to the median restart. Then: a hang (SIGSTOP of a
+rank) in a second run with ``--hang-timeout``, the loader's seek at an early and a late position,
+``gpt2sup status``, and with ``--compile`` the time to the first step of a ``--compile`` run's
+first attempt vs its relaunch (the inductor cache lives in the run directory).
 """
 from __future__ import annotations
 
@@ -14,16 +23,22 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from supervisor import policy
+from supervisor.restart_timing import PHASES
 
 NPROC = 2
 WORKER_ARGS = [
@@ -66,7 +81,7 @@ def heartbeat(log_dir: Path, rank: int) -> dict | None:
         return None
 
 
-def wait_for(predicate, timeout: float, what: str, poll: float = 0.02):
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, poll: float = 0.02) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -76,14 +91,10 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.02):
     raise SystemExit(f"bench: timed out waiting for {what}")
 
 
-def wall(argv: list[str], repeat: int = 3) -> float:
-    """Best-of-N wall time of a command (best: the least disturbed by other load)."""
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        subprocess.run(argv, cwd=ROOT, env=env(), capture_output=True, check=False)
-        best = min(best, time.perf_counter() - t0)
-    return best
+def wall(argv: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(argv, cwd=ROOT, env=env(), capture_output=True, check=False)
+    return time.perf_counter() - t0
 
 
 def training_step_after(log_dir: Path, rank: int, after: float, min_step: int) -> dict | None:
@@ -93,110 +104,249 @@ def training_step_after(log_dir: Path, rank: int, after: float, min_step: int) -
     return None
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--monitor-interval", type=float, default=2.0)
-    parser.add_argument("--hang-timeout", type=float, default=10.0)
-    parser.add_argument("--cpu-seconds", type=float, default=20.0)
-    args = parser.parse_args()
+def start_run(log_dir: Path, console: Path, *extra: str, worker_args: list[str] = WORKER_ARGS,
+              monitor_interval: float = 2.0) -> subprocess.Popen:
+    return subprocess.Popen(
+        gpt2sup("run", "--log-dir", str(log_dir), "--nproc-per-node", str(NPROC),
+                "--monitor-interval", str(monitor_interval), "--backoff-initial", "0", "--kill-grace", "3",
+                "--startup-timeout", "600", *extra, "--", *worker_args),
+        cwd=ROOT, env=env(), stdout=open(console, "ab"), stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
 
-    rows: list[tuple[str, str, str]] = []
-    with tempfile.TemporaryDirectory(prefix="bench_sup_") as tmp:
-        log_dir = Path(tmp) / "run"
-        console = open(Path(tmp) / "console.txt", "wb")  # noqa: SIM115 - open for the supervisor's whole life
-        sup = subprocess.Popen(
-            gpt2sup("run", "--log-dir", str(log_dir), "--nproc-per-node", str(NPROC),
-                    "--monitor-interval", str(args.monitor_interval), "--hang-timeout", str(args.hang_timeout),
-                    "--backoff-initial", "0", "--kill-grace", "3", "--startup-timeout", "300",
-                    "--", *WORKER_ARGS),
-            cwd=ROOT, env=env(), stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
+
+def stop_run(sup: subprocess.Popen) -> None:
+    if sup.poll() is None:
+        sup.send_signal(signal.SIGTERM)
         try:
-            wait_for(lambda: training_step_after(log_dir, 1, 0, 6), 300, "training to start")
+            sup.wait(120)
+        except subprocess.TimeoutExpired:
+            sup.send_signal(signal.SIGTERM)
+            sup.wait(60)
 
-            # -- supervisor CPU while watching a healthy run -----------------------------------
-            proc = psutil.Process(sup.pid)
-            c0, t0 = proc.cpu_times(), time.monotonic()
-            time.sleep(args.cpu_seconds)
-            c1, t1 = proc.cpu_times(), time.monotonic()
-            cpu = (c1.user + c1.system - c0.user - c0.system) / (t1 - t0)
-            rows.append(("supervisor CPU while watching", f"{100 * cpu:.2f}% of a core",
-                         f"goal < 1%; monitor interval {args.monitor_interval:g}s, {args.cpu_seconds:g}s sample"))
 
-            # -- crash: SIGKILL rank 1 ------------------------------------------------------------
+def run_tree(log_dir: Path, sup: subprocess.Popen) -> list[int]:
+    try:
+        state = json.loads((log_dir / "supervisor.json").read_text())
+    except (OSError, ValueError):
+        return [sup.pid]
+    return [sup.pid, *[p["pid"] for p in state.get("processes", [])]]
+
+
+def signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def newest_checkpoint(log_dir: Path) -> Path:
+    return max((p for p in log_dir.glob("model_*.pt") if not p.is_symlink()), key=lambda p: p.name)
+
+
+def measure_floor(ckpt: Path) -> dict[str, float]:
+    load = subprocess.run(
+        [sys.executable, "-c",
+         ("import sys, time, torch; t = time.perf_counter(); "
+          "torch.load(sys.argv[1], map_location='cpu', weights_only=True); print(time.perf_counter() - t)"),
+         str(ckpt)],
+        cwd=ROOT, env=env(), capture_output=True, text=True, check=False,
+    )
+    return {
+        "torchrun start": wall([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                                str(NPROC), "-m", "platform"]),
+        "import torch": wall([sys.executable, "-c", "import torch"]),
+        "checkpoint load": float(load.stdout.strip().splitlines()[-1]) if load.returncode == 0 else float("nan"),
+    }
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def crash_rounds(args: argparse.Namespace, tmp: Path, rows: list[tuple[str, str, str]]) -> Path:
+    log_dir = tmp / "run"
+    sup = start_run(log_dir, tmp / "console.txt", "--hang-timeout", "120",
+                    monitor_interval=args.monitor_interval)
+    floors: list[dict[str, float]] = []
+    restarts: list[float] = []
+    detections: list[float] = []
+    validations: list[float] = []
+    phases: list[dict[str, float]] = []
+    try:
+        wait_for(lambda: training_step_after(log_dir, 1, 0, 6), 600, "training to start")
+        proc = psutil.Process(sup.pid)
+        c0, t0 = proc.cpu_times(), time.monotonic()
+        time.sleep(args.cpu_seconds)
+        c1, t1 = proc.cpu_times(), time.monotonic()
+        cpu = (c1.user + c1.system - c0.user - c0.system) / (t1 - t0)
+        rows.append(("supervisor CPU while watching", f"{100 * cpu:.2f}% of a core",
+                     f"goal < 1%; monitor interval {args.monitor_interval:g}s, {args.cpu_seconds:g}s sample"))
+        after = 0.0
+        for round_number in range(args.crashes):
+            # -- the floor, with the supervised run paused ------------------------------------
+            wait_for(lambda after=after: training_step_after(log_dir, 1, after, 0)
+                     and len(list(log_dir.glob("model_*.pt"))) > 0, 600, "a checkpoint")
+            tree = run_tree(log_dir, sup)
+            signal_all(tree, signal.SIGSTOP)
+            try:
+                floors.append(measure_floor(newest_checkpoint(log_dir)))
+            finally:
+                signal_all(list(reversed(tree)), signal.SIGCONT)
+            # -- a crash: SIGKILL rank 1 ------------------------------------------------------
+            step_now = (heartbeat(log_dir, 1) or {}).get("step", 0)
+            wait_for(lambda s=step_now: training_step_after(log_dir, 1, 0, s + 2), 300, "steps after the pause")
             victim = heartbeat(log_dir, 1)
             killed_at = time.time()
             os.kill(victim["pid"], signal.SIGKILL)
-            crashed = wait_for(lambda: events(log_dir, "crashed"), 120, "the crashed event")[0]
-            rows.append(("crash detection (SIGKILL -> crashed event)", f"{crashed['time'] - killed_at:.2f}s",
-                         "SIGCHLD wakes the loop: torchrun noticing + classification"))
-            relaunch = wait_for(lambda: events(log_dir, "launched")[1:], 300, "the relaunch")[0]
+            crashed = wait_for(lambda n=round_number: events(log_dir, "crashed")[n:], 120, "the crashed event")[0]
+            detections.append(crashed["time"] - killed_at)
+            relaunch = wait_for(lambda n=round_number: events(log_dir, "launched")[n + 1:], 300, "the relaunch")[0]
             valid = [e for e in events(log_dir, "checkpoint_valid") if e.get("checkpoint") and e["time"] > killed_at]
             resume_step = valid[-1]["step"] if valid else -1
-            resumed = wait_for(lambda: training_step_after(log_dir, 0, relaunch["time"], resume_step + 1), 300,
-                               "the first resumed step")
-            restart_latency = resumed["time"] - killed_at
-            restart_launch = relaunch["time"] - killed_at
+            validations.append(valid[-1].get("seconds") or 0.0 if valid else float("nan"))
+            resumed = wait_for(lambda r=relaunch, s=resume_step: training_step_after(log_dir, 0, r["time"], s + 1),
+                               300, "the first resumed step")
+            restarts.append(resumed["time"] - killed_at)
+            breakdown = wait_for(lambda n=round_number: events(log_dir, "restart_breakdown")[n:], 120,
+                                 "the restart_breakdown event")[0]
+            phases.append(breakdown.get("phases", {}))
+            after = time.time()
+            print(f"round {round_number + 1}: restart {restarts[-1]:.2f}s, floor "
+                  f"{sum(floors[-1].values()):.2f}s; {breakdown['message']}", flush=True)
+    finally:
+        stop_run(sup)
 
-            # -- hang: SIGSTOP rank 1 ------------------------------------------------------------
-            wait_for(lambda: training_step_after(log_dir, 1, relaunch["time"], resume_step + 3), 300,
-                     "steps after restart")
-            victim = heartbeat(log_dir, 1)
-            stopped_at = time.time()
-            os.kill(victim["pid"], signal.SIGSTOP)
-            hung = wait_for(lambda: events(log_dir, "hung"), 120 + args.hang_timeout, "the hung event")[0]
-            last_beat = max(heartbeat(log_dir, r)["time"] for r in range(NPROC))
-            rows.append(("hang detection (SIGSTOP -> hung event)", f"{hung['time'] - stopped_at:.2f}s",
-                         (f"configured timeout {args.hang_timeout:g}s; {hung['time'] - last_beat:.2f}s after the "
-                          "last heartbeat")))
-            evidence = wait_for(lambda: events(log_dir, "evidence_captured"), 120, "evidence")[0]
-            rows.append(("hang evidence capture", f"{evidence['time'] - hung['time']:.2f}s",
-                         f"{len(evidence.get('files', []))} files (py-spy, /proc, faulthandler)"))
-            wait_for(lambda: events(log_dir, "restarted")[1:] if len(events(log_dir, "restarted")) > 1 else None,
-                     120, "the second restart")
-        finally:
-            if sup.poll() is None:
-                sup.send_signal(signal.SIGTERM)
-                try:
-                    sup.wait(120)
-                except subprocess.TimeoutExpired:
-                    sup.send_signal(signal.SIGTERM)
-                    sup.wait(60)
-            console.close()
+    floor_parts = {name: median([f[name] for f in floors]) for name in floors[0]} if floors else {}
+    floor = median([sum(f.values()) for f in floors])
+    restart = median(restarts)
+    rows.append(("crash detection (SIGKILL -> crashed event)", f"{median(detections):.2f}s",
+                 f"median of {len(detections)}; rank death seen at once (pidfd), torchrun cut after its summary"))
+    rows.append(("restart latency (SIGKILL -> first resumed step)", f"{restart:.2f}s",
+                 f"median of {len(restarts)}: {', '.join(f'{r:.2f}' for r in restarts)}; backoff 0"))
+    rows.append(("restart floor (measured alone, same rounds)", f"{floor:.2f}s",
+                 f"median of {len(floors)}: {', '.join(f'{sum(f.values()):.2f}' for f in floors)}"))
+    for name, value in floor_parts.items():
+        rows.append((f"  floor: {name}", f"{value:.3f}s", "median"))
+    rows.append(("RESTART / FLOOR", f"{restart / floor:.2f}x", "goal <= 1.2x"))
+    rows.append(("  per-round ratio", ", ".join(f"{r / sum(f.values()):.2f}" for r, f in zip(restarts, floors)), ""))
+    rows.append(("restart breakdown (restart_breakdown events, median)", "", ""))
+    for phase in (*PHASES, "total"):
+        values = [p[phase] for p in phases if phase in p]
+        if values:
+            rows.append((f"  {phase}", f"{median(values):.3f}s", ", ".join(f"{v:.2f}" for v in values)))
+    validation = median(validations)
+    delay = policy.backoff_delay(1, policy.BackoffConfig())
+    cost = policy.remaining_backoff(delay, validation)
+    rows.append(("default backoff's cost (first failure)", f"+{cost:.2f}s",
+                 (f"{delay:g}s counted from the failure, {validation:.2f}s of it spent validating; "
+                  f"restart would be {restart + cost:.2f}s")))
+    return log_dir
 
-        # -- the floor of a restart, each part alone --------------------------------------------
-        torchrun_start = wall([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                               str(NPROC), "-m", "platform"])
-        import_torch = wall([sys.executable, "-c", "import torch"])
-        ckpt = max(p for p in log_dir.glob("model_*.pt") if not p.is_symlink())
-        load = subprocess.run(
-            [sys.executable, "-c",
-             ("import sys, time, torch; t = time.perf_counter(); "
-              "torch.load(sys.argv[1], map_location='cpu', weights_only=True); print(time.perf_counter() - t)"),
-             str(ckpt)],
-            cwd=ROOT, env=env(), capture_output=True, text=True, check=False,
-        )
-        load_s = float(load.stdout.strip().splitlines()[-1]) if load.returncode == 0 else float("nan")
-        validate = subprocess.run(
-            [sys.executable, "-c",
-             ("import sys, time; from supervisor.checkpoint_validation import validate_checkpoint; "
-              "t = time.perf_counter(); r = validate_checkpoint(sys.argv[1]); print(r.ok, time.perf_counter() - t)"),
-             str(ckpt)],
-            cwd=ROOT, env=env(), capture_output=True, text=True, check=False,
-        )
-        validate_s = validate.stdout.split()[-1] if validate.returncode == 0 else "n/a"
-        floor = torchrun_start + import_torch + load_s
-        rows.append(("restart latency (SIGKILL -> first resumed step)", f"{restart_latency:.2f}s",
-                     f"relaunch after {restart_launch:.2f}s; floor {floor:.2f}s"))
-        rows.append(("  floor: torchrun start (2 procs, no torch import)", f"{torchrun_start:.2f}s", "best of 3"))
-        rows.append(("  floor: python -c 'import torch'", f"{import_torch:.2f}s", "best of 3"))
-        rows.append(("  floor: torch.load of a checkpoint", f"{load_s:.3f}s", f"{ckpt.stat().st_size / 1e6:.0f} MB"))
-        rows.append(("  pre-restart validation of that checkpoint", f"{float(validate_s):.2f}s"
-                     if validate_s != "n/a" else "n/a", "CRC + load-probe child"))
 
-        # -- status latency ------------------------------------------------------------------------
-        status_s = wall(gpt2sup("status", "--log-dir", str(log_dir)), repeat=5)
-        rows.append(("gpt2sup status", f"{status_s:.3f}s", f"vs import torch {import_torch:.2f}s (best of 5)"))
+def hang_round(args: argparse.Namespace, tmp: Path, rows: list[tuple[str, str, str]]) -> None:
+    log_dir = tmp / "hang"
+    sup = start_run(log_dir, tmp / "hang_console.txt", "--hang-timeout", str(args.hang_timeout),
+                    monitor_interval=args.monitor_interval)
+    try:
+        wait_for(lambda: training_step_after(log_dir, 1, 0, 3), 600, "training to start")
+        victim = heartbeat(log_dir, 1)
+        stopped_at = time.time()
+        os.kill(victim["pid"], signal.SIGSTOP)
+        hung = wait_for(lambda: events(log_dir, "hung"), 120 + args.hang_timeout, "the hung event")[0]
+        last_beat = max(heartbeat(log_dir, r)["time"] for r in range(NPROC))
+        rows.append(("hang detection (SIGSTOP -> hung event)", f"{hung['time'] - stopped_at:.2f}s",
+                     (f"configured timeout {args.hang_timeout:g}s; {hung['time'] - last_beat:.2f}s after the "
+                      "last heartbeat")))
+        evidence = wait_for(lambda: events(log_dir, "evidence_captured"), 120, "evidence")[0]
+        rows.append(("hang evidence capture", f"{evidence['time'] - hung['time']:.2f}s",
+                     f"{len(evidence.get('files', []))} files (py-spy, /proc, faulthandler)"))
+    finally:
+        stop_run(sup)
+
+
+def loader_seek(rows: list[tuple[str, str, str]]) -> None:
+    """ShardedTokenLoader.load_state_dict at the start vs near the end of a 50M-token shard."""
+    import numpy as np
+
+    from worker.data import ShardedTokenLoader
+
+    with tempfile.TemporaryDirectory(prefix="bench_seek_") as tmp:
+        tokens = np.lib.format.open_memmap(Path(tmp) / "d_train_000000.npy", mode="w+", dtype=np.uint16,
+                                           shape=(50_000_000,))
+        tokens[:] = 7
+        del tokens
+        np.save(Path(tmp) / "d_val_000000.npy", np.zeros(100_000, dtype=np.uint16))
+        loader = ShardedTokenLoader(tmp, "train", 8, 1024, 0, 1, 1)
+        times = {}
+        for name, position in (("early", 8192), ("late", 49_000_000)):
+            samples = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                loader.load_state_dict({"shard_index": 0, "position": position})
+                loader.next_batch()
+                samples.append(time.perf_counter() - t0)
+            times[name] = min(samples)
+    rows.append(("loader seek + first batch, early position", f"{times['early'] * 1e3:.3f}ms",
+                 "token 8,192 of a 50M-token shard (best of 5)"))
+    rows.append(("loader seek + first batch, late position", f"{times['late'] * 1e3:.3f}ms",
+                 f"token 49,000,000 ({times['late'] / times['early']:.2f}x the early one)"))
+
+
+def compile_rounds(tmp: Path, rows: list[tuple[str, str, str]]) -> None:
+    """--compile: time to the first step of the first attempt vs the relaunch after a crash."""
+    log_dir = tmp / "compile"
+    sup = start_run(log_dir, tmp / "compile_console.txt", "--hang-timeout", "600",
+                    worker_args=[*WORKER_ARGS, "--compile"])
+    firsts: list[float] = []
+    try:
+        def first_step_s() -> float | None:
+            beats = [heartbeat(log_dir, r) for r in range(NPROC)]
+            marks = [(b or {}).get("startup") or {} for b in beats]
+            if not all("first_step_done" in m and "process_start" in m for m in marks):
+                return None
+            return max(m["first_step_done"] for m in marks) - min(m["process_start"] for m in marks)
+
+        firsts.append(wait_for(first_step_s, 1200, "the first compiled step", poll=0.5))
+        pid = heartbeat(log_dir, 1)["pid"]
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: heartbeat(log_dir, 1) and heartbeat(log_dir, 1)["pid"] != pid, 600, "the relaunch")
+        firsts.append(wait_for(lambda: heartbeat(log_dir, 1)["pid"] != pid and first_step_s(), 1200,
+                               "the relaunch's first compiled step", poll=0.5))
+    finally:
+        stop_run(sup)
+    cache = log_dir / "compile_cache"
+    size = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) if cache.exists() else 0
+    rows.append(("--compile: process start -> first step, attempt 1", f"{firsts[0]:.2f}s", "empty compile cache"))
+    rows.append(("--compile: process start -> first step, attempt 2", f"{firsts[1]:.2f}s",
+                 f"cache {cache.name}/ in the run directory, {size / 1e6:.1f} MB"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--crashes", type=int, default=3)
+    parser.add_argument("--monitor-interval", type=float, default=2.0)
+    parser.add_argument("--hang-timeout", type=float, default=10.0)
+    parser.add_argument("--cpu-seconds", type=float, default=10.0)
+    parser.add_argument("--no-hang", action="store_true", help="skip the hang round")
+    parser.add_argument("--compile", action="store_true", help="also time --compile's first vs later attempt")
+    args = parser.parse_args()
+
+    rows: list[tuple[str, str, str]] = []
+    with tempfile.TemporaryDirectory(prefix="bench_sup_") as tmp_name:
+        tmp = Path(tmp_name)
+        log_dir = crash_rounds(args, tmp, rows)
+        if not args.no_hang:
+            hang_round(args, tmp, rows)
+        loader_seek(rows)
+        t0 = time.perf_counter()
+        for _ in range(5):
+            subprocess.run(gpt2sup("status", "--log-dir", str(log_dir)), cwd=ROOT, env=env(), capture_output=True,
+                           check=False)
+        rows.append(("gpt2sup status", f"{(time.perf_counter() - t0) / 5:.3f}s", "mean of 5"))
+        if args.compile:
+            compile_rounds(tmp, rows)
 
     width = max(len(r[0]) for r in rows)
     vwidth = max(len(r[1]) for r in rows)

@@ -140,6 +140,13 @@ class RunDir:
         return self.root / "events.jsonl"
 
     @property
+    def stop_request(self) -> Path:
+        """Written by the supervisor just before it SIGTERMs the workers to save and stop (and
+        removed before each launch): a worker that gets a SIGTERM without it, while a peer rank is
+        gone, is being torn down by torchrun and exits at once (worker/lifetime.py)."""
+        return self.root / STOP_REQUEST_NAME
+
+    @property
     def attempts_dir(self) -> Path:
         return self.root / "attempts" / f"node{self.node}" if self.node else self.root / "attempts"
 

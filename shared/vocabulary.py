@@ -114,6 +114,7 @@ class EventKind(StrEnum):
     CONFIG_CHANGE = "config_change"  # an allowed change of the run's arguments, noted
     JOURNAL_ERROR = "journal_error"  # the supervisor could not write its files for a while
     STRAGGLER = "straggler"  # a rank computes consistently slower than its peers (detection only)
+    RESTART_BREAKDOWN = "restart_breakdown"  # where one restart's time went (supervisor.restart_timing)
     WARNING = "warning"
     INTERNAL_ERROR = "internal_error"
 

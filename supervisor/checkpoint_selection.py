@@ -11,10 +11,12 @@ announce loudly: the run never restarts from step 0 while a checkpoint that may 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,10 +117,15 @@ def select_checkpoint_for_restart(
     *,
     deep: bool = False,
     probe_timeout: float | None = None,
+    session: ProbeSession | None = None,
+    known: Callable[[Path], ValidationResult | None] | None = None,
 ) -> Selection:
     """Validate newest-first, quarantine what is proven bad, re-point the link (module docstring).
 
-    ``probe_timeout`` is seconds per file, or None for ``auto``. One probe child serves every file.
+    ``probe_timeout`` is seconds per file, or None for ``auto``. One probe child serves every file:
+    ``session`` (a warm one the caller keeps and closes), else one started here. ``known`` returns
+    the result of an earlier validation of exactly these bytes (same path, size, mtime, inode), or
+    None: such a file is not read again (``supervisor.background_validation``).
     A validator error on a file (a bug, an unreadable directory) makes that file inconclusive.
     """
     run = RunDir.at(run_dir)
@@ -126,14 +133,21 @@ def select_checkpoint_for_restart(
     cache: dict[Path, Any] = {}
     selection = Selection(chosen=None)
     inconclusive: list[CheckpointVerdict] = []
-    with ProbeSession(probe_timeout) as session:
-        if checkpoints:
+    own = session is None
+    with contextlib.ExitStack() as stack:
+        if session is None:
+            session = stack.enter_context(ProbeSession(probe_timeout))
+        if checkpoints and known is None:
             session.start()  # the child imports torch while the newest file's CRC is read
         for checkpoint in reversed(checkpoints):
             started = time.monotonic()
             try:
-                result = validate_checkpoint(checkpoint.path, deep=deep, session=session,
-                                             siblings=list_siblings(checkpoint.path, cache))
+                result = known(checkpoint.path) if known is not None else None
+                if result is None:
+                    if not own:
+                        session.start()
+                    result = validate_checkpoint(checkpoint.path, deep=deep, session=session,
+                                                 siblings=list_siblings(checkpoint.path, cache))
             except Exception as exc:  # noqa: BLE001  a validator bug is no evidence against the file
                 verdict = CheckpointVerdict(checkpoint.path, False, f"validator error: {type(exc).__name__}: {exc}",
                                             checkpoint.step, checkpoint.size, inconclusive=True)

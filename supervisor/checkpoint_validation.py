@@ -72,6 +72,8 @@ PROBE_EXIT_CANNOT_JUDGE = 3  # worker.checkpoint_probe.EXIT_CANNOT_JUDGE (not im
 _FILE_CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE}
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent  # holds the `shared`, `worker` packages
 _CRC_THREADS = 4
+MEMORY_POLL_S = 0.1  # how often the probe child's RSS is read against its cap while it works
+PROBE_MEMORY_FLOOR = 2 * 2**30  # the smallest memory cap of a warm probe child (torch + a small file)
 
 
 class Check(NamedTuple):
@@ -265,6 +267,23 @@ def _probe_env() -> dict[str, str]:
     return env
 
 
+def _rss(pid: int) -> int | None:
+    """Resident memory of ``pid`` and its descendants, or None when it cannot be read."""
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        return proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
+    except Exception:  # noqa: BLE001 - gone or unreadable: no verdict on memory
+        return None
+
+
+def default_probe_memory_cap(size_bytes: int | None) -> int:
+    """The probe child's memory cap for files of ``size_bytes``: torch itself, plus the file twice
+    (mapped pages, and a deep check's copies), never below ``PROBE_MEMORY_FLOOR``."""
+    return max(PROBE_MEMORY_FLOOR, PROBE_MEMORY_FLOOR + 2 * int(size_bytes or 0))
+
+
 def _signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
@@ -289,9 +308,13 @@ class ProbeSession:
     """
 
     def __init__(self, timeout: float | None = None, *, startup_timeout: float = PROBE_STARTUP_TIMEOUT_S,
-                 command: Sequence[str] | None = None) -> None:
+                 command: Sequence[str] | None = None, memory_cap_bytes: int | None = None) -> None:
         self.timeout = timeout
         self.startup_timeout = startup_timeout
+        # Resident memory the child may use while it judges a file (None: no cap). Watched with
+        # psutil while a verdict is awaited; a child above it is killed and the file is not judged.
+        self.memory_cap_bytes = memory_cap_bytes
+        self._over_memory: int | None = None  # the RSS that got the child killed
         self.command = list(command) if command else [sys.executable, "-m", PROBE_MODULE, "--serve"]
         self.import_seconds: float | None = None
         self.children_started = 0
@@ -342,9 +365,15 @@ class ProbeSession:
             self._child.stdin.flush()
         except OSError:
             pass  # the child is gone; reading below finds out how it ended
-        line = self._read_line(sent + timeout)
+        self._over_memory = None
+        line = self._read_line(sent + timeout, watch_memory=True)
         seconds = time.monotonic() - sent
         if line is None:
+            if self._over_memory is not None:
+                self._stop_child()
+                cap = self.memory_cap_bytes or 0
+                return ProbeOutcome(None, f"load-probe used {self._over_memory / 2**20:.0f} MiB, above its cap of "
+                                          f"{cap / 2**20:.0f} MiB: killed (not judged)", True, seconds)
             if not self._eof:  # still running: it hangs on this file (or the machine is slow)
                 self._stop_child()
                 return ProbeOutcome(None, f"load-probe gave no verdict within {timeout:g}s (not judged: "
@@ -358,6 +387,23 @@ class ProbeSession:
             self._stop_child()
             return ProbeOutcome(None, "load-probe printed no verdict (garbage on its stdout; not judged)", True, seconds)
         return ProbeOutcome(verdict, None, False, seconds)
+
+    @property
+    def warm(self) -> bool:
+        """A started child is alive (it may still be importing torch)."""
+        return self._child is not None and self._child.poll() is None
+
+    @property
+    def child_pid(self) -> int | None:
+        return self._child.pid if self._child is not None else None
+
+    def keep_warm(self) -> None:
+        """Replace a child that died while idle (killed, OOM) and retry a failed start, so the
+        next file costs the read, not an interpreter start. Call between files only."""
+        if self._child is not None and self._child.poll() is not None:
+            self._stop_child()
+        self._start_failure = None
+        self.start()
 
     def close(self) -> None:
         if self._child is not None:
@@ -410,17 +456,28 @@ class ProbeSession:
         self._stop_child()
         self._start_failure = ProbeOutcome(None, f"{message}; not judged", True, 0.0)
 
-    def _read_line(self, deadline: float) -> str | None:
-        """The next stdout line; None at EOF (``self._eof`` set) or when ``deadline`` passes."""
+    def _read_line(self, deadline: float, watch_memory: bool = False) -> str | None:
+        """The next stdout line; None at EOF (``self._eof`` set) or when ``deadline`` passes, or,
+        with ``watch_memory`` and a cap, when the child's RSS goes above it (``_over_memory`` set)."""
         assert self._child is not None and self._child.stdout is not None
         stdout = self._child.stdout
         self._eof = False
+        watching = watch_memory and self.memory_cap_bytes is not None
         with selectors.DefaultSelector() as selector:
             selector.register(stdout, selectors.EVENT_READ)
             while b"\n" not in self._buffer:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not selector.select(timeout=remaining):
+                if remaining <= 0:
                     return None
+                if not selector.select(timeout=min(remaining, MEMORY_POLL_S) if watching else remaining):
+                    if watching:
+                        rss = _rss(self._child.pid)
+                        if rss is not None and rss > (self.memory_cap_bytes or 0):
+                            self._over_memory = rss
+                            return None
+                    if time.monotonic() >= deadline:
+                        return None
+                    continue
                 chunk = os.read(stdout.fileno(), 1 << 16)
                 if not chunk:
                     self._eof = True  # the child closed stdout: it is exiting or dead

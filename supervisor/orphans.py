@@ -43,6 +43,7 @@ from supervisor.process_tree import (
     with_descendants,
 )
 from supervisor.run_lock import worker_lock_holder
+from supervisor.stop_signals import mark_stop_request
 
 POLL_S = 0.2
 
@@ -161,6 +162,7 @@ def stop_orphans(
     started = time.monotonic()
     pids = sorted(p.pid for p in survey.orphans)
     requested_at = time.time()
+    mark_stop_request(RunDir.at(run_dir).stop_request, "orphans of a lost supervisor")  # a request, not a teardown
     send_signal(survey.workers, 15)  # SIGTERM: save at the next step boundary, exit
     forced: str | None = None
     while True:

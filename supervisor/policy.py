@@ -379,6 +379,12 @@ def backoff_delay(consecutive_failures: int, config: BackoffConfig) -> float:
     return min(config.max_s, config.initial_s * (2.0**exponent))
 
 
+def remaining_backoff(delay_s: float, already_waited_s: float) -> float:
+    """What is left of a backoff after ``already_waited_s`` spent between the attempts anyway
+    (validating the checkpoint): that work overlaps the wait instead of adding to it."""
+    return max(0.0, delay_s - max(0.0, already_waited_s))
+
+
 def next_consecutive_failures(previous: int, attempt_duration_s: float, config: BackoffConfig) -> int:
     """Failures in a row after one more failure; a long healthy attempt starts the count over."""
     if attempt_duration_s >= config.reset_after_s:

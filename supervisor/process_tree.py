@@ -8,10 +8,12 @@ worker may outlive torchrun (reparented to init) and pids get reused.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -237,3 +239,85 @@ def _reap(popen: subprocess.Popen | None) -> None:
         popen.wait(timeout=5.0)
     except (subprocess.TimeoutExpired, OSError):
         pass
+
+
+class DeathWatch:
+    """Notice the first death among watched processes at once, not at the next poll.
+
+    The ranks are torchrun's children, not ours, so their exit sends us no SIGCHLD. Each watched
+    pid gets a pidfd (Linux 5.3+), readable when the process exits; one thread waits on all of
+    them and calls ``wake`` (the monitor loop's alarm) with the time of the first death. Where
+    pidfds do not exist, ``first_death`` stays None and the caller's poll of process states is
+    the only detection (one monitor interval).
+    """
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self.wake = wake
+        self.first_death: tuple[int, float] | None = None  # (pid, time.time() when seen)
+        self._fds: dict[int, int] = {}  # pid -> pidfd
+        self._lock = threading.Lock()
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def track(self, procs: Iterable[psutil.Process]) -> None:
+        """Watch these processes too (already-watched pids are skipped)."""
+        if self._closed or not hasattr(os, "pidfd_open"):
+            return
+        added = False
+        with self._lock:
+            for proc in procs:
+                if proc.pid in self._fds:
+                    continue
+                try:
+                    self._fds[proc.pid] = os.pidfd_open(proc.pid)
+                    added = True
+                except OSError:
+                    continue  # already gone: the poll of process states finds it
+        if added:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="gpt2sup-death-watch", daemon=True)
+                self._thread.start()
+            else:
+                os.write(self._stop_w, b"r")  # re-read the fd set
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                fds = {fd: pid for pid, fd in self._fds.items()}
+            try:
+                ready, _, _ = select.select([self._stop_r, *fds], [], [])
+            except (OSError, ValueError):
+                return
+            now = time.time()
+            if self._stop_r in ready:
+                try:
+                    data = os.read(self._stop_r, 64)
+                except OSError:
+                    return
+                if b"q" in data:
+                    return
+            dead = [fds[fd] for fd in ready if fd in fds]
+            if dead:
+                with self._lock:
+                    for pid in dead:
+                        fd = self._fds.pop(pid, None)
+                        if fd is not None:
+                            os.close(fd)
+                    if self.first_death is None:
+                        self.first_death = (dead[0], now)
+                self.wake()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            os.write(self._stop_w, b"q")
+            self._thread.join(timeout=2.0)
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+        os.close(self._stop_r)
+        os.close(self._stop_w)

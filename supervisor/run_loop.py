@@ -26,6 +26,7 @@ from shared.supervisor_state import (
 from shared.vocabulary import EventKind, OutcomeKind, SupervisorStateName
 from supervisor import messages, policy
 from supervisor.attempt import AttemptResult, Attempts, StopRequests
+from supervisor.background_validation import WarmValidator
 from supervisor.checkpoint_selection import (
     Selection,
     quarantine,
@@ -74,6 +75,13 @@ class Supervisor:
         self._closed_since: float | None = None  # first of the current run of closed-rendezvous launches
         self.progress = policy.ProgressTracker()
         self._select = select
+        # The real cycle keeps one warm load-probe child and validates checkpoints as they are
+        # written (supervisor.background_validation); node R >= 1 never validates.
+        self.validator: WarmValidator | None = None
+        if select is select_checkpoint_for_restart and attempts is None and not self.node:
+            self.validator = WarmValidator(self.run_dir.root, config.probe_timeout)
+            self._select = self.validator.select
+            self.attempts.validator = self.validator  # type: ignore[attr-defined]  # offered each new checkpoint
 
     def install_signal_handlers(self) -> None:
         self.stops.install()  # SIGINT, SIGTERM, SIGHUP ask to stop; SIGCHLD wakes the loop
@@ -83,6 +91,8 @@ class Supervisor:
         self.run_dir.root.mkdir(parents=True, exist_ok=True)
         self.lock.acquire()
         try:
+            if self.validator is not None:
+                self.validator.start()  # the probe child imports torch while we look at the directory
             return self._run_locked()
         except StopRequested as request:  # raised only out of a checkpoint validation
             return self._end(SupervisorStateName.STOPPED, messages.stopped(f"{request}, during checkpoint validation"))
@@ -92,6 +102,8 @@ class Supervisor:
                 self.journal.save_state(state=SupervisorStateName.ERROR, exit_code=int(SupervisorExit.INTERNAL_ERROR))
             raise
         finally:
+            if self.validator is not None:
+                self.validator.close()
             self.journal.close()
             self.lock.release()
 
@@ -126,7 +138,11 @@ class Supervisor:
                 continue
             if not result.outcome.is_failure:
                 return self._end_of_training(result)
+            validation_started = time.monotonic()
             stalled = self.progress.record_failure(self._recover_from(result))
+            timeline = getattr(self.attempts, "timeline", None)  # restart_breakdown (TorchrunAttempts)
+            if timeline is not None:
+                timeline.validation_s = time.monotonic() - validation_started
             consecutive_failures = policy.next_consecutive_failures(consecutive_failures, result.duration_s,
                                                                     self.config.backoff)
             decision = policy.decide_after_failure(
@@ -135,7 +151,11 @@ class Supervisor:
             )
             if not decision.restart:
                 return self._give_up(decision, result)
-            self._back_off(decision.delay_s)
+            backoff_started = time.monotonic()
+            # The backoff counts from the end of the attempt: validation already waited part of it.
+            self._back_off(decision.delay_s, already_waited_s=backoff_started - validation_started)
+            if timeline is not None:
+                timeline.backoff_s = time.monotonic() - backoff_started
             relaunch = result.outcome.kind
 
     def _attempt(self) -> AttemptResult:
@@ -183,11 +203,15 @@ class Supervisor:
             self._quarantine_rejected(result)
         return self._choose_checkpoint()
 
-    def _back_off(self, delay_s: float) -> None:
+    def _back_off(self, delay_s: float, already_waited_s: float = 0.0) -> None:
+        """Wait ``delay_s`` from the end of the attempt: the ``already_waited_s`` spent validating
+        overlaps the wait (the event's ``remaining_s`` is what is left of it)."""
         if delay_s <= 0:
             return
-        self.journal.event(EventKind.BACKOFF, f"waiting {delay_s:.1f}s before restarting", delay_s=delay_s)
-        deadline = time.monotonic() + delay_s
+        remaining = policy.remaining_backoff(delay_s, already_waited_s)
+        self.journal.event(EventKind.BACKOFF, f"waiting {remaining:.1f}s more before restarting (backoff "
+                           f"{delay_s:.1f}s from the failure)", delay_s=delay_s, remaining_s=round(remaining, 3))
+        deadline = time.monotonic() + remaining
         while time.monotonic() < deadline and not self.stops.count and self._peer_ending() is None:
             self.stops.sleep(deadline - time.monotonic())
 

@@ -11,10 +11,15 @@ never quarantine a good checkpoint.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+from shared.atomic_io import write_json_atomic
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -77,3 +82,19 @@ class StopSignals:
             yield
         finally:
             self._interruptible -= 1
+
+
+def mark_stop_request(path: Path, reason: str | None) -> None:
+    """Say, before signalling, that this SIGTERM is the supervisor's own request to save and stop
+    (``RunDir.stop_request``). Workers that get a SIGTERM without it while a peer rank is gone
+    know torchrun is tearing the group down, and exit without trying to save (worker/lifetime.py).
+    A directory that cannot be written only costs that distinction: the workers then judge by
+    their peers alone, and with every peer alive they save as asked."""
+    with contextlib.suppress(OSError):
+        write_json_atomic(path, {"pid": os.getpid(), "time": time.time(), "reason": reason}, create_parent=False)
+
+
+def clear_stop_request(path: Path) -> None:
+    """Before a launch: an earlier attempt's request is not this attempt's."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)

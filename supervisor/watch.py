@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 
@@ -25,14 +26,24 @@ from supervisor.disk_guard import DiskGuard
 from supervisor.evidence import capture_hang_evidence
 from supervisor.journal import Journal
 from supervisor.process_tree import (
+    DeathWatch,
     KillReport,
     LaunchedTree,
+    is_alive,
     kill_tree,
     launch,
     send_signal,
 )
 from supervisor.process_tree import is_stopped as process_stopped
+from supervisor.restart_timing import (
+    RestartTimeline,
+    breakdown,
+    describe,
+    first_step_reached,
+    latest_milestones,
+)
 from supervisor.run_config import RunConfig
+from supervisor.stop_signals import clear_stop_request, mark_stop_request
 
 # After torchrun exits, how long stray descendants get before the tree is killed.
 EXIT_STRAGGLER_GRACE_S = 2.0
@@ -42,6 +53,12 @@ MEMORY_TIGHT_MEMORY_S = 15.0
 # A poll this late (and at least 10 monitor intervals late) means the supervisor itself was not
 # running: SIGSTOPped, a suspended VM, a starved host. Worth a line: everything it times jumped.
 SCHEDULING_GAP_S = 5.0
+# After a rank died, torchrun stops the others, prints its failure summary ("Root Cause") and then
+# spends seconds tearing down its own interpreter. The summary is all we need from it: once it is
+# in the log, the tree is killed. Until then the loop polls this often instead of every interval.
+TEARDOWN_POLL_S = 0.05
+TORCHRUN_SUMMARY_MARK = "Root Cause"
+TORCHRUN_FAILED_EXIT = 1  # what torchrun exits with after a rank failed (ChildFailedError)
 
 
 def process_running(pid: int) -> bool:
@@ -69,6 +86,9 @@ class _Live:
     stop_sent_at: float | None = None
     workers_started_at: float | None = None  # when torchrun's ranks were first seen
     stragglers: set[int] = field(default_factory=set)  # ranks announced as stragglers, until they recover
+    deaths: DeathWatch | None = None  # wakes the loop the moment a rank process exits
+    died_at: float | None = None  # the first rank's death (or a hung rank's last beat): restart_breakdown
+    noticed_at: float | None = None  # when this supervisor knew
     # Multi-node, one shared directory: the other nodes' ranks' last beats (theirs to judge; compared
     # with ours only to find stragglers), and the hosts announced as slow nodes.
     peers: dict[int, Heartbeat] = field(default_factory=dict)
@@ -98,6 +118,11 @@ class TorchrunAttempts:
         self.timeouts = policy.phase_timeouts(config.timeouts, policy.Measurements())
         self._memory_tight_at: float | None = None
         self._last_report = 0.0
+        # The restart being timed (run_loop fills validation and backoff); its restart_breakdown
+        # event is written once every relaunched rank has done its first step.
+        self.timeline: RestartTimeline | None = None
+        self.validator: Any = None  # supervisor.background_validation.WarmValidator, set by the cycle
+        self._pending_breakdown: RestartTimeline | None = None
 
     # -- timeouts --------------------------------------------------------------------------------
     def refresh_timeouts(self) -> dict[str, float]:
@@ -121,6 +146,7 @@ class TorchrunAttempts:
     def run(self, number: int) -> AttemptResult:
         log_path = self.run_dir.attempt_log(number)
         argv = torchrun.build_command(self.config)
+        clear_stop_request(self.run_dir.stop_request)
         oom_before = torchrun.read_oom_kill_count()
         try:
             tree = launch(argv, cwd=self.config.cwd, env=torchrun.build_env(self.config), log_path=log_path)
@@ -136,14 +162,26 @@ class TorchrunAttempts:
             f"log {log_path.relative_to(self.run_dir.root)}",
             pid=tree.pid, argv=argv,
         )
+        live = _Live(tree, oom_before, deaths=DeathWatch(self.stops.wake))
+        if self.timeline is not None:
+            self.timeline.launched_at = tree.launched_at
+            self._pending_breakdown, self.timeline = self.timeline, None
         try:
-            return self._watch(_Live(tree, oom_before))
+            result = self._watch(live)
         except BaseException:
             # The supervisor itself failed: never leave the workers running without a watcher.
             kill_tree(tree.live_processes(), grace_s=self.config.kill_grace, reap=tree.popen)
             raise
         finally:
+            live.deaths.close()
             self.journal.save_state(processes=[])
+        self._pending_breakdown = None  # the relaunch ended before its first step: nothing to break down
+        if result.outcome.is_failure:
+            now = time.time()
+            noticed = live.noticed_at if live.noticed_at is not None else now
+            self.timeline = RestartTimeline(died_at=min(live.died_at, noticed) if live.died_at is not None else noticed,
+                                            noticed_at=noticed, stopped_at=now)
+        return result
 
     def _watch(self, live: _Live) -> AttemptResult:
         last_poll = time.monotonic()
@@ -155,6 +193,10 @@ class TorchrunAttempts:
             code = live.tree.poll()
             if live.tree.refresh():
                 self.journal.save_state(processes=process_records(live.tree))
+            if live.deaths is not None:
+                live.deaths.track(p for pid, p in live.tree.known.items() if pid != live.tree.pid)
+            if code is None:
+                code = self._cut_teardown(live)
             self._read_heartbeats(live)
             self._watch_memory()
             self.refresh_timeouts()
@@ -176,7 +218,49 @@ class TorchrunAttempts:
             if time.monotonic() - self._last_report >= REPORT_EVERY_S:
                 self._last_report = time.monotonic()
                 self.journal.show_progress()
-            self.stops.sleep(self.config.monitor_interval)
+            self._maybe_write_breakdown(live)
+            self.stops.sleep(TEARDOWN_POLL_S if live.noticed_at is not None else self.config.monitor_interval)
+
+    # -- a rank died: torchrun tears the group down --------------------------------------------------
+    def _cut_teardown(self, live: _Live) -> int | None:
+        """A rank is gone while torchrun still runs: note when, and once torchrun's failure summary
+        is in the log, kill the tree instead of waiting seconds for torchrun's own exit.
+
+        Returns the exit code to classify (torchrun's, as if it had exited) or None to keep
+        watching. Ranks that exit 0 (finished, stopped) print no summary: torchrun ends them as
+        always. The summary names every rank's exit, so the classification is unchanged.
+        """
+        if live.noticed_at is None:
+            first = live.deaths.first_death if live.deaths is not None else None
+            if first is None:
+                workers = [p for pid, p in live.tree.known.items() if pid != live.tree.pid]
+                if not workers or all(is_alive(p) for p in workers):
+                    return None
+                live.noticed_at = time.time()  # no pidfd: seen by this poll
+                live.died_at = live.noticed_at
+            else:
+                live.died_at, live.noticed_at = first[1], time.time()
+        if TORCHRUN_SUMMARY_MARK not in torchrun.read_log_tail(live.tree.log_path, 16 * 1024):
+            return None
+        code = live.tree.poll()
+        if code is not None:
+            return code
+        self._check_survivors(kill_tree(live.tree.live_processes(), grace_s=0.0, reap=live.tree.popen))
+        return TORCHRUN_FAILED_EXIT
+
+    def _maybe_write_breakdown(self, live: _Live) -> None:
+        """One ``restart_breakdown`` event once every relaunched rank has done its first step."""
+        pending = self._pending_breakdown
+        if pending is None or pending.launched_at is None or not live.beats:
+            return
+        if len(live.beats) < self.config.nproc_per_node:
+            return
+        startups = [beat.startup for beat in live.beats.values()]
+        if not first_step_reached(startups, pending.launched_at):
+            return
+        self._pending_breakdown = None
+        phases = breakdown(pending, latest_milestones(startups, pending.launched_at))
+        self.journal.event(EventKind.RESTART_BREAKDOWN, describe(phases), phases=phases)
 
     def _read_heartbeats(self, live: _Live) -> None:
         """Keep the last good heartbeat per rank: an unreadable or vanished file is not a verdict.
@@ -204,6 +288,11 @@ class TorchrunAttempts:
         if live.beats:
             lead = live.beats[min(live.beats)]
             self.pace.observe(int(lead.step), float(lead.time), str(lead.phase))
+            if self.validator is not None:  # validate each new checkpoint while training goes on
+                named = [str(b.last_checkpoint) for b in live.beats.values() if b.last_checkpoint]
+                writing = {str(getattr(b, "save_in_flight", None) or "") for b in live.beats.values()}
+                newest = max(named, key=lambda n: step_from_checkpoint_name(n) or -1) if named else None
+                self.validator.offer(newest, writing)
         for rank in sorted(set(live.beats) - present - live.missing_warned):
             live.missing_warned.add(rank)
             self.journal.event(EventKind.WARNING, f"heartbeat of rank {rank} disappeared or is unreadable; "
@@ -268,6 +357,7 @@ class TorchrunAttempts:
             self.journal.save_state(state=SupervisorStateName.STOPPING)
             asked_by = self.stops.names[0] if self.stops.names else None  # SIGINT, SIGTERM or SIGHUP
             if workers:
+                mark_stop_request(self.run_dir.stop_request, asked_by)  # ours, not torchrun's teardown
                 send_signal(workers, signal.SIGTERM)
                 self.journal.event(EventKind.STOP_REQUESTED, f"stop requested ({asked_by}): asked {len(workers)} "
                                    "worker(s) to save and exit (another stop request forces)",
@@ -326,6 +416,8 @@ class TorchrunAttempts:
                    step: int | None) -> AttemptResult:
         tree = live.tree
         beat = live.beats.get(rank) if rank is not None else None
+        live.noticed_at = time.time()
+        live.died_at = float(beat.time) if beat is not None else live.noticed_at
         self.journal.event(EventKind.HUNG, f"attempt {self.journal.attempt}: {reason}", rank=rank, step=step,
                            kind=kind, last_beat_time=float(beat.time) if beat is not None else None)
         live_pids = {p.pid for p in tree.live_processes()}

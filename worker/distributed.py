@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from shared.vocabulary import NODE_RANK_ENV
+from worker import startup_clock
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,9 @@ class Distributed:
 
 def setup_distributed(device_type: str, device: str) -> Distributed:
     """Join the process group torchrun prepared (NCCL on CUDA, gloo on CPU), or run alone."""
+    startup_clock.mark(startup_clock.IMPORTS_DONE)  # everything is imported by now: set-up begins
     if "RANK" not in os.environ:
+        startup_clock.mark(startup_clock.RENDEZVOUS_DONE)
         return Distributed(ddp=False, rank=0, local_rank=0, world_size=1, device=device)
     rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
     device = f"cuda:{local_rank}" if device_type == "cuda" else "cpu"
@@ -97,6 +100,7 @@ def setup_distributed(device_type: str, device: str) -> Distributed:
     node = os.environ.get(NODE_RANK_ENV)
     gathered: list[Any] = [None] * world_size
     dist.all_gather_object(gathered, (node, local_rank))
+    startup_clock.mark(startup_clock.RENDEZVOUS_DONE)
     return Distributed(ddp=True, rank=rank, local_rank=local_rank, world_size=world_size, device=device,
                        leader=choose_leader(gathered))
 

@@ -6,18 +6,48 @@ The supervisor's identity arrives as ``GPT2SUP_SUPERVISOR=<pid>:<create_time>`` 
 so a recycled pid is not mistaken for it); without that variable nothing is watched (a bare run,
 or ``gpt2sup run --workers-outlive-supervisor``). Checked at step boundaries, at most once a second:
 polling is cheap, and unlike a parent-death signal it works through torchrun's extra process level.
+
+A SIGTERM is not always a request to save. When one rank dies, torchrun tears the group down by
+sending SIGTERM to the others, whose peer is gone: no step can finish and no checkpoint of the
+group can be written, so "save at the next step" would only make the survivors wait to fail. The
+supervisor therefore marks its own stop requests: it writes ``stop_request.json`` in the run
+directory before it signals (``shared.run_dir.RunDir.stop_request``). A worker launched by
+``gpt2sup run`` (``GPT2SUP_SUPERVISOR`` set) that gets a SIGTERM **without** that file:
+
+- when a rank of its group on this host is already gone (its heartbeat's pid is dead), is being
+  torn down: it writes its heartbeat (status ``failed``, saying so) and exits 1 at once, without
+  trying to save;
+- otherwise (SLURM preemption signals every process of the step at once, before the supervisor
+  has written anything; an operator's ``kill``) it saves at the next step as always. If the
+  ranks' agreement at that step boundary fails (a peer died meanwhile), the exception ends the
+  process at once (``os._exit(1)`` after the traceback) instead of waiting for the interpreter's
+  slow teardown.
+
+A bare ``python -m worker.train_gpt2`` or a bare torchrun run (no ``GPT2SUP_SUPERVISOR``) keeps
+the plain rule: SIGTERM and Ctrl-C save at the next step and stop.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import socket
 import sys
 import time
+from pathlib import Path
+from types import TracebackType
 from typing import Any
 
+from shared.atomic_io import read_json
 from shared.process_identity import ProcessId, same_process_alive
 
 SUPERVISOR_ENV = "GPT2SUP_SUPERVISOR"
+STOP_REQUEST_NAME = "stop_request.json"  # shared.run_dir.STOP_REQUEST_NAME
+# What a rank's collective raises when a peer process is gone (gloo's TCP pair, NCCL's abort).
+_PEER_LOST_WORDS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                    "NCCL communicator was aborted", "Socket Timeout", "Connection refused")
+_PEER_LOST_TYPES = ("DistBackendError", "DistNetworkError")
+EXIT_TORN_DOWN = 1  # shared.exit_codes.WorkerExit.CRASHED: the peer's failure, not ours
 
 
 class SupervisorWatch:
@@ -47,22 +77,134 @@ class SupervisorWatch:
         return same_process_alive(self.pid, self.create_time) is None
 
 
+def looks_like_peer_loss(exc: BaseException) -> bool:
+    """An exception a collective raises because another rank's process is gone."""
+    names = {klass.__name__ for klass in type(exc).__mro__}
+    return bool(names & set(_PEER_LOST_TYPES)) or any(word in str(exc) for word in _PEER_LOST_WORDS)
+
+
+def gone_peers(heartbeat_dir: Path, rank: int, since: float, host: str | None = None) -> list[int]:
+    """Ranks of this attempt on this host whose process is gone, from their heartbeats.
+
+    Only heartbeats written since ``since`` (this process's start: this attempt's) by a process on
+    ``host`` count; a pid that is alive but started after its heartbeat was written is a reused pid.
+    """
+    host = host or socket.gethostname()
+    gone: list[int] = []
+    try:
+        paths = sorted(heartbeat_dir.glob("rank*.json"))
+    except OSError:
+        return gone
+    for path in paths:
+        beat = read_json(path)
+        if not isinstance(beat, dict) or beat.get("rank") == rank or beat.get("hostname") != host:
+            continue
+        pid, written = beat.get("pid"), beat.get("time")
+        if not isinstance(pid, int) or not isinstance(written, (int, float)) or written < since:
+            continue
+        if not _pid_alive_since(pid, written):
+            gone.append(int(beat["rank"]) if isinstance(beat.get("rank"), int) else -1)
+    return gone
+
+
+def _pid_alive_since(pid: int, written: float) -> bool:
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and proc.create_time() <= written + 1.0
+    except Exception:  # noqa: BLE001 - NoSuchProcess and friends: gone
+        return False
+
+
 class StopRequest:
-    """A stop asked for by a signal, or by the supervisor's disappearance; ``reason`` says which."""
+    """A stop asked for by a signal, or by the supervisor's disappearance; ``reason`` says which.
+
+    Under ``gpt2sup run`` it also tells torchrun's teardown apart from a stop request (module
+    docstring); ``attach`` gives it the run directory and the heartbeat once they exist.
+    """
 
     def __init__(self, supervisor: SupervisorWatch | None = None) -> None:
         self.supervisor = supervisor
         self.reason: str | None = None
+        self.unrequested_sigterm = False  # SIGTERM under gpt2sup without the supervisor's stop request
+        self._run_root: Path | None = None
+        self._heartbeat: Any = None  # worker.telemetry.HeartbeatWriter
+        self._rank = 0
+        self._started = time.time()
+        self._previous_hook = sys.excepthook
 
     def install(self) -> None:
+        global _active
+        _active = self
+        with contextlib.suppress(Exception):
+            import psutil
+
+            self._started = psutil.Process().create_time()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
+        if self.supervisor is not None:
+            self._previous_hook = sys.excepthook
+            sys.excepthook = self._excepthook
+
+    def attach(self, run_root: Path, heartbeat: Any, rank: int) -> None:
+        """The run directory and this rank's heartbeat writer (telemetry calls this)."""
+        self._run_root, self._heartbeat, self._rank = Path(run_root), heartbeat, rank
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGTERM and self.supervisor is not None and not self._supervisor_asked():
+            self.unrequested_sigterm = True
+            if self._run_root is not None:
+                gone = gone_peers(self._run_root / "heartbeat", self._rank, self._started)
+                if gone:
+                    self._exit_torn_down(f"rank {gone[0]} is gone and torchrun is stopping the group (SIGTERM "
+                                         "without a stop request from the supervisor): exiting at once, no save")
         self.reason = self.reason or f"stop requested ({signal.Signals(signum).name})"
+
+    def _supervisor_asked(self) -> bool:
+        """The supervisor wrote its stop request since this process started."""
+        if self._run_root is None:
+            return False
+        record = read_json(self._run_root / STOP_REQUEST_NAME)
+        if not isinstance(record, dict):
+            return (self._run_root / STOP_REQUEST_NAME).exists()
+        written = record.get("time")
+        return not isinstance(written, (int, float)) or written >= self._started - 1.0
+
+    def _exit_torn_down(self, message: str) -> None:
+        with contextlib.suppress(Exception):
+            if self._heartbeat is not None:
+                self._heartbeat.fail(message)
+        with contextlib.suppress(Exception):
+            print(f"rank {self._rank}: {message}", file=sys.stderr, flush=True)
+        os._exit(EXIT_TORN_DOWN)
+
+    def _excepthook(self, kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        """Under gpt2sup: a crash caused by a lost peer (or during torchrun's teardown) prints its
+        traceback and ends the process at once; the interpreter's teardown of torch and a dead
+        process group takes seconds that only delay the restart."""
+        with contextlib.suppress(Exception):
+            self._previous_hook(kind, exc, tb)
+        if isinstance(exc, Exception) and (self.unrequested_sigterm or looks_like_peer_loss(exc)):
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(EXIT_TORN_DOWN)
 
     def requested(self) -> bool:
         """This rank's view at a step boundary (the ranks then agree with an all-reduce)."""
         if self.reason is None and self.supervisor is not None and self.supervisor.gone():
             self.reason = f"supervisor {self.supervisor.pid} on {socket.gethostname()} is gone"
         return self.reason is not None
+
+
+_active: StopRequest | None = None
+
+
+def attach(run_root: Path, heartbeat: Any, rank: int) -> None:
+    """Give the installed StopRequest (if any) the run directory and this rank's heartbeat."""
+    if _active is not None:
+        _active.attach(run_root, heartbeat, rank)
+
+
+__all__ = ["SUPERVISOR_ENV", "StopRequest", "SupervisorWatch", "attach", "gone_peers", "looks_like_peer_loss"]

@@ -23,6 +23,7 @@ from shared.atomic_io import write_text_atomic
 from shared.heartbeat import Heartbeat, write_heartbeat
 from shared.run_dir import RunDir
 from shared.vocabulary import Phase, RankStatus
+from worker import lifetime, startup_clock
 
 
 class WriteWarnings:
@@ -68,11 +69,19 @@ class HeartbeatWriter:
             pid=os.getpid(), rank=rank, world_size=world_size, step=-1, phase=Phase.STARTUP,
             time=time.time(), max_steps=max_steps, hostname=socket.gethostname(),
         )
+        self._first_train_step: int | None = None  # the step training starts from in this process
+        lifetime.attach(run_dir.root, self, rank)  # a SIGTERM during torchrun's teardown writes through us
 
     def beat(self, **changes: Any) -> bool:
         """Apply ``changes`` and rewrite the file; False (after a warning) when it cannot be written."""
         for key, value in changes.items():
             setattr(self.state, key, value)
+        if self.state.phase == Phase.TRAIN and isinstance(self.state.step, int):
+            if self._first_train_step is None:
+                self._first_train_step = self.state.step
+            elif self.state.step > self._first_train_step:
+                startup_clock.mark(startup_clock.FIRST_STEP_DONE)
+        self.state.startup = startup_clock.marks()  # this process's start-up milestones (restart breakdown)
         self.state.time = time.time()
         return self.warnings.attempt("heartbeat", lambda: write_heartbeat(self.path, self.state))
 

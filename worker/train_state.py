@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import torch
 
 from shared.checkpoint_format import FORMAT_VERSION
+from worker import startup_clock
 from worker.model import GPT
 from worker.rng import RngRestoreReport, capture_rng_state, restore_rng_state
 
@@ -62,10 +63,14 @@ def restore_full_state(
     that only validates the state). Raises ValueError/KeyError/TypeError/RuntimeError when the
     checkpoint does not fit, and ``worker.data.DataError`` when its data position does not exist.
     """
+    startup_clock.mark(startup_clock.CHECKPOINT_LOADED)  # the file is in memory: restore begins
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
+    startup_clock.mark(startup_clock.LOADER_SEEK_START)
     train_loader.load_state_dict(checkpoint["train_loader_state"])
+    startup_clock.mark(startup_clock.LOADER_POSITIONED)
     report = restore_rng_state(checkpoint, device_type)
+    startup_clock.mark(startup_clock.RESTORED)
     val_loss = checkpoint.get("val_loss")
     progress = TrainProgress(step=int(checkpoint["step"]), val_loss=None if val_loss is None else float(val_loss))
     return progress, report
