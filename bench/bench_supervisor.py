@@ -170,6 +170,7 @@ def crash_rounds(args: argparse.Namespace, tmp: Path, rows: list[tuple[str, str,
     sup = start_run(log_dir, tmp / "console.txt", "--hang-timeout", "120",
                     monitor_interval=args.monitor_interval)
     floors: list[dict[str, float]] = []
+    dynamo: list[float] = []  # not in the floor: the worker's first optimizer imports torch._dynamo
     restarts: list[float] = []
     detections: list[float] = []
     validations: list[float] = []
@@ -192,6 +193,7 @@ def crash_rounds(args: argparse.Namespace, tmp: Path, rows: list[tuple[str, str,
             signal_all(tree, signal.SIGSTOP)
             try:
                 floors.append(measure_floor(newest_checkpoint(log_dir)))
+                dynamo.append(wall([sys.executable, "-c", "import torch._dynamo"]) - floors[-1]["import torch"])
             finally:
                 signal_all(list(reversed(tree)), signal.SIGCONT)
             # -- a crash: SIGKILL rank 1 ------------------------------------------------------
@@ -230,6 +232,8 @@ def crash_rounds(args: argparse.Namespace, tmp: Path, rows: list[tuple[str, str,
     for name, value in floor_parts.items():
         rows.append((f"  floor: {name}", f"{value:.3f}s", "median"))
     rows.append(("RESTART / FLOOR", f"{restart / floor:.2f}x", "goal <= 1.2x"))
+    rows.append(("  not in the floor: import torch._dynamo after torch", f"{median(dynamo):.2f}s",
+                 "torch.optim.Optimizer imports it (torch._disable_dynamo); part of checkpoint_load below"))
     rows.append(("  per-round ratio", ", ".join(f"{r / sum(f.values()):.2f}" for r, f in zip(restarts, floors)), ""))
     rows.append(("restart breakdown (restart_breakdown events, median)", "", ""))
     for phase in (*PHASES, "total"):
