@@ -406,13 +406,23 @@ def _max_steps(run: RunDir) -> int | None:
     return None
 
 
+def _run_events(run: RunDir) -> list[dict[str, Any]]:
+    """``events.jsonl`` in time order. A multi-node run's nodes can share one file (each record
+    names its ``node``); every node sees the same failures, so the run's history is one node's:
+    node 0's, or the lowest node's in a node-local directory of another node."""
+    records = read_jsonl(run.events)
+    first = min((n for e in records if isinstance(n := e.get("node"), int)), default=None)
+    events = [e for e in records if e.get("node") in (None, first)]
+    return sorted(events, key=lambda e: _number(e.get("time")) or 0.0)
+
+
 def measure_goodput(log_dir: Path | str, *, live_until: float | None = None) -> Goodput | None:
     """The goodput alone (what ``gpt2sup status`` shows); None for a directory with no steps yet."""
     run = RunDir.at(log_dir)
     steps = step_records(read_jsonl(run.metrics))
     if not steps:
         return None
-    events = sorted(read_jsonl(run.events), key=lambda e: _number(e.get("time")) or 0.0)
+    events = _run_events(run)
     sessions = sessions_of(events, steps, live_until)
     end_of_time = sessions[-1][1] if sessions else steps[-1].time
     return goodput_of(steps, sessions, recoveries_of(events, _Timeline(steps), end_of_time))
@@ -422,7 +432,7 @@ def load_history(log_dir: Path | str, *, live_until: float | None = None) -> Run
     """Everything the report shows. ``live_until``: "now" for a run that is still going."""
     run = RunDir.at(log_dir)
     steps = step_records(read_jsonl(run.metrics))
-    events = sorted(read_jsonl(run.events), key=lambda e: _number(e.get("time")) or 0.0)
+    events = _run_events(run)
     sessions = sessions_of(events, steps, live_until)
     timeline = _Timeline(steps)
     end_of_time = sessions[-1][1] if sessions else (steps[-1].time if steps else 0.0)

@@ -290,3 +290,16 @@ def test_another_nodes_trainer_on_a_shared_directory_is_neither_foreign_nor_ours
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_the_report_and_goodput_count_each_failure_once_from_node_0s_events(tmp_path):
+    from supervisor.run_history import load_history
+
+    records = [{"time": 1.0, "event": "supervisor_started", "node": 0}, {"time": 1.1, "event": "supervisor_started", "node": 1},
+               {"time": 5.0, "event": "crashed", "node": 0, "message": "attempt 1: rank 0 crashed"},
+               {"time": 5.1, "event": "crashed", "node": 1, "message": "attempt 1: rank 1 crashed"}]
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "time": 2.0 + s, "loss": 1.0}) + "\n"
+                                                    for s in range(6)))
+    history = load_history(tmp_path)
+    assert [e.get("node") for e in history.events] == [0, 0] and len(history.faults) == 1
