@@ -157,11 +157,12 @@ def test_a_killed_supervisor_on_node_1_stops_the_run_with_a_save_and_a_reason_th
 
 # --- one run directory shared by both nodes ---------------------------------------------------------
 def start_two_nodes_sharing(tmp_path: Path, run_id: str, node_1_args: tuple[str, ...] = (),
-                            env: dict[str, str] | None = None) -> tuple[Path, int, list[subprocess.Popen]]:
+                            env: dict[str, str] | None = None, hang_timeout: float = 30
+                            ) -> tuple[Path, int, list[subprocess.Popen]]:
     """Both supervisors on ``tmp_path/run``; consoles in ``tmp_path/node{R}.console``."""
     run, port = tmp_path / "run", free_port()
     run.mkdir()
-    procs = [start_node(run, 0, port, run_id, env=env, console_path=tmp_path / "node0.console")]
+    procs = [start_node(run, 0, port, run_id, hang_timeout, env=env, console_path=tmp_path / "node0.console")]
     time.sleep(2)
     procs.append(start_node(run, 1, port, run_id, env=env, console_path=tmp_path / "node1.console",
                             extra=node_1_args))
@@ -192,9 +193,11 @@ def consoles(tmp_path: Path) -> str:
 def test_a_shared_run_directory_one_lock_and_state_per_node_status_of_both_and_a_killed_rank_on_node_1(
         tmp_path, reference_checkpoint):
     # Steps of 0.5 s (a sleep, no change to the math): the refusal and status checks run mid-training.
-    run, port, procs = start_two_nodes_sharing(tmp_path, "mn-shared", env={"GPT2SUP_INJECT_SLOW_RANK": "1:0.5"})
+    run, port, procs = start_two_nodes_sharing(tmp_path, "mn-shared", env={"GPT2SUP_INJECT_SLOW_RANK": "1:0.5"},
+                                               hang_timeout=20)
     try:
         beat = wait_for(lambda: node_beat(run, procs[1], 2), 240, "node 1's rank past step 2")
+        node_0s = wait_for(lambda: node_beat(run, procs[0], 2), 60, "node 0's rank past step 2")
         # One lock per node: a second supervisor for node 1 is refused, node 0's is untouched.
         second = subprocess.run(node_argv(run, 1, port, "mn-shared"), check=False, cwd=REPO_ROOT, env=child_env(),
                                 capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
@@ -207,6 +210,11 @@ def test_a_shared_run_directory_one_lock_and_state_per_node_status_of_both_and_a
                                capture_output=True, text=True, timeout=60)
         assert "node 1 supervisor:" in shown.stdout, shown.stdout
         assert "rank 0" in shown.stdout and "rank 1" in shown.stdout, shown.stdout
+        # Node 0's rank stopped first, so node 0's torchrun, which hosts the c10d store, outlives node 1's
+        # failed torchrun, which closes the rendezvous id in that store as it exits: node 1's relaunches
+        # find it closed until node 0's supervisor has killed its hung attempt.
+        os.kill(node_0s["pid"], signal.SIGSTOP)
+        time.sleep(0.5)
         os.kill(beat["pid"], signal.SIGKILL)
     finally:
         codes = wait_both(procs, [tmp_path / "node0", tmp_path / "node1"])
@@ -218,6 +226,10 @@ def test_a_shared_run_directory_one_lock_and_state_per_node_status_of_both_and_a
     assert list((run / "attempts").glob("*.log")) and list((run / "attempts" / "node1").glob("*.log"))
     restarted = {e.get("node") for e in events_named(run, "restarted")}
     assert restarted == {0, 1}, restarted
+    assert [e.get("node") for e in events_named(run, "hung")] == [0]
+    # The closed rendezvous cost node 1 launches, not restarts: its one restart is the SIGKILL's.
+    assert [e for e in events_named(run, "warning") if e.get("rendezvous_closed") and e.get("node") == 1]
+    assert json.loads((run / "supervisor.node1.json").read_text())["restarts_used"] == 1
     # Node 1's supervisor judged no checkpoint: node 0 alone validates and quarantines.
     checked = {e.get("node") for e in events_named(run, "checkpoint_valid")}
     assert 1 not in checked, checked
