@@ -1,23 +1,31 @@
-"""Checkpoints that barely stop training: snapshot on the loop, write in a background thread.
+"""Checkpoints that barely stop training: capture at the save point, copy and write in a thread.
 
 A synchronous save of GPT-2 124M (model + AdamW moments, ~1.5 GB) stops the step loop for as
-long as the disk takes to swallow it: seconds to minutes. With ``--async_checkpoint`` the loop
-only pays for a copy of the state into host memory (``HostSnapshot``); ``BackgroundWrite`` then
-hands that copy to ``CheckpointManager.save`` in a thread, which keeps the whole protocol of a
-synchronous save: free-space check, ``.tmp`` + fsync, rename, fsync of the directory, the
-``latest_checkpoint.pt`` link, keep-last-N pruning after the rename, torch's zip CRC-32s.
+long as the disk takes to swallow it: seconds to minutes. With ``--async_checkpoint`` the save
+point only captures the state's structure (``HostSnapshot.prepare``: loader position, RNG states,
+learning rate, step counts, and host tensors that will receive the bytes) and returns. A thread
+(``BackgroundWrite``) then copies the tensor bytes into host buffers that are reused from one save
+to the next (pinned on CUDA) and hands that copy to ``CheckpointManager.save``, which keeps the
+whole protocol of a synchronous save: free-space check, ``.tmp`` + fsync, rename, fsync of the
+directory, the ``latest_checkpoint.pt`` link, keep-last-N pruning after the rename, torch's zip
+CRC-32s.
 
-Why a thread and not a process: torch's zip writer and ``fsync`` release the GIL for the bulk
-of the work (the training thread keeps running; ``bench/bench_checkpoint.py`` measures the
-stall), and a thread shares the snapshot without a second 1.5 GB copy through a pipe.
+Why the copy may run late: until the next optimizer step, training only *reads* the weights and
+the optimizer's moments (forward, backward, gradient clipping and evaluations write gradients and
+activations, never parameters). So the copy overlaps the next step's forward and backward, and a
+step pre-hook on the optimizer (registered by the manager) waits for it before the weights change.
+The step loop stalls only when the copy takes longer than a forward and backward pass.
 
-Rules the manager builds on these pieces (docs/checkpoints.md, "Asynchronous saves"):
+Why a thread and not a process: the copy, torch's zip writer and ``fsync`` release the GIL for
+the bulk of the work, and a thread shares the buffers without another 1.5 GB trip through a pipe.
+``bench/bench_checkpoint.py`` measures the stall, the write and the memory.
+
+Rules the manager builds on these pieces (docs/checkpoints.md, "Asynchronously"):
 
 * at most one write in flight: a save point that finds the previous write still running waits
-  for it before it snapshots (the host buffers are reused, so they must be free);
-* the snapshot is a deep copy captured at one step: model, optimizer, loader position, RNGs and
-  progress all come from the same ``TrainingState.state_dict()`` call, copied before the next
-  optimizer step can change them;
+  for it before it captures (the host buffers are reused, so they must be free);
+* one instant: every piece comes from the same ``TrainingState.state_dict()`` call, and the tensor
+  bytes are copied before the next optimizer step can change them;
 * nothing is renamed into place until it is completely written and fsynced (``save`` does that
   in order), so a write that dies half-way leaves only a ``.tmp`` that no reader ever picks;
 * the interpreter's exit (a crash, an exception out of the loop, ``sys.exit``) waits a bounded
@@ -25,7 +33,8 @@ Rules the manager builds on these pieces (docs/checkpoints.md, "Asynchronous sav
   not thrown away; past the bound the ``.tmp`` stays behind and is removed at the next start.
 
 Fault injection for tests and drills: ``GPT2SUP_INJECT_SLOW_CHECKPOINT_WRITE=SECONDS`` makes the
-background thread sleep that long before it writes (a slow disk), so a save is visibly in flight.
+background thread sleep that long after the copy, before it writes (a slow disk), so a save is
+visibly in flight.
 """
 from __future__ import annotations
 
@@ -50,11 +59,14 @@ EXIT_WAIT_S = 300.0
 class HostSnapshot:
     """Deep copies of a state tree into host buffers that are reused from one save to the next.
 
+    The copy is made in two parts (``prepare``): the tree now, the tensor bytes when the returned
+    function runs (in the writer thread).
+
     Allocating 1.5 GB per save would churn the allocator (and on CUDA, pinned allocations are
     slow), so each source storage gets one host buffer, kept while that storage exists. Storages,
     not tensors, are copied: the tied ``wte``/``lm_head`` weight stays one storage in the copy, so
-    the file is the same size and layout as a synchronous save's. On CUDA the buffers are pinned
-    and the copies asynchronous, with one synchronize at the end.
+    the file is the same size and layout as a synchronous save's. On CUDA the buffers are pinned,
+    so the thread's device-to-host copies run at full bus speed.
     """
 
     def __init__(self, pin_memory: bool = False) -> None:
@@ -66,17 +78,27 @@ class HostSnapshot:
         """Host memory held by the buffers (what --async_checkpoint adds to the process)."""
         return sum(buffer.numel() for buffer in self._buffers.values())
 
-    def copy(self, state: Any) -> Any:
-        """A copy of ``state`` that shares no tensor memory and no mutable container with it."""
-        copied: dict[tuple[int, int, str], torch.Tensor] = {}
-        result = self._copy(state, copied)
-        if any(key[2] != "cpu" for key in copied) and torch.cuda.is_available():
-            torch.cuda.synchronize()  # the non_blocking device-to-host copies have landed
-        for key in set(self._buffers) - set(copied):  # storages that no longer exist
-            del self._buffers[key]
-        return result
+    def prepare(self, state: Any) -> tuple[Any, Callable[[], None]]:
+        """The host-side copy of ``state`` and the function that fills it.
 
-    def _copy(self, value: Any, copied: dict[tuple[int, int, str], torch.Tensor]) -> Any:
+        The returned tree already has its final shape (host tensors viewing the reused buffers, and
+        copies of every container and number), but the tensor bytes are only copied when the
+        returned function runs: in the writer thread, while the next step's forward and backward
+        read (and never write) the same tensors. ``CheckpointManager`` makes the optimizer wait for
+        that copy before it changes them (a step pre-hook).
+        """
+        pairs: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        tree = self._copy(state, pairs)
+        for key in set(self._buffers) - set(pairs):  # storages that no longer exist
+            del self._buffers[key]
+
+        def fill() -> None:
+            for host, source in pairs.values():
+                host.copy_(source)  # blocking: into pinned memory on CUDA, a plain memcpy on CPU
+
+        return tree, fill
+
+    def _copy(self, value: Any, copied: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]]) -> Any:
         if isinstance(value, torch.Tensor):
             return self._copy_tensor(value, copied)
         if isinstance(value, OrderedDict):  # a module's state_dict: keep its type and ``_metadata``
@@ -94,20 +116,19 @@ class HostSnapshot:
             return value  # immutable
         raise TypeError(f"cannot snapshot a {type(value).__name__} for an asynchronous checkpoint")
 
-    def _copy_tensor(self, tensor: torch.Tensor, copied: dict[tuple[int, int, str], torch.Tensor]) -> torch.Tensor:
+    def _copy_tensor(self, tensor: torch.Tensor,
+                     copied: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         tensor = tensor.detach()
         storage = tensor.untyped_storage()
         key = (storage.data_ptr(), storage.nbytes(), str(tensor.device))
-        host = copied.get(key)
-        if host is None:
+        if key not in copied:
             host = self._buffers.get(key)
-            if host is None:
+            if host is None:  # torch.empty touches no page: the first copy does, in the thread
                 pin = self.pin_memory and tensor.device.type == "cuda"
                 host = torch.empty(storage.nbytes(), dtype=torch.uint8, pin_memory=pin)
                 self._buffers[key] = host
-            source = torch.empty(0, dtype=torch.uint8, device=tensor.device).set_(storage)
-            host.copy_(source, non_blocking=tensor.device.type == "cuda")
-            copied[key] = host
+            copied[key] = (host, torch.empty(0, dtype=torch.uint8, device=tensor.device).set_(storage))
+        host = copied[key][0]
         view = torch.empty(0, dtype=tensor.dtype)
         return view.set_(host.untyped_storage(), tensor.storage_offset(), tensor.size(), tensor.stride())
 
@@ -118,15 +139,22 @@ class BackgroundWrite:
 
     step: int
     name: str  # the file name it will have once renamed into place (model_N.pt)
-    stall_seconds: float  # how long the step loop was stopped for the snapshot
+    stall_seconds: float  # how long the step loop was stopped: the save point + waiting for the copy
     started: float = field(default_factory=time.perf_counter)
+    copied: threading.Event = field(default_factory=threading.Event)  # the host copy is complete
     outcome: Any = None  # the write's SaveOutcome once it has finished
     error: BaseException | None = None  # an unexpected exception of the write (re-raised by the loop)
     _thread: threading.Thread | None = None
 
-    def start(self, write: Callable[[], Any]) -> None:
+    def start(self, fill: Callable[[], None], write: Callable[[], Any]) -> None:
+        """Run ``fill`` (the host copy), set ``copied``, then ``write``, in a thread."""
+
         def run() -> None:
             try:
+                try:
+                    fill()
+                finally:
+                    self.copied.set()  # also on failure: the optimizer must never wait forever
                 delay = float(os.environ.get(SLOW_WRITE_ENV) or 0)
                 if delay > 0:
                     time.sleep(delay)  # fault injection: a slow disk
@@ -169,10 +197,21 @@ class BackgroundWriter:
         """The write still running, if any (polling: never blocks)."""
         return self.pending if self.pending is not None and not self.pending.done else None
 
-    def submit(self, write: BackgroundWrite, run: Callable[[], Any]) -> None:
+    def submit(self, write: BackgroundWrite, fill: Callable[[], None], run: Callable[[], Any]) -> None:
         assert self.pending is None, "collect the previous write first: at most one save in flight"
         self.pending = write
-        write.start(run)
+        write.start(fill, run)
+
+    def wait_for_copy(self) -> float:
+        """Block until the pending write's host copy is complete; the seconds waited."""
+        pending = self.pending
+        if pending is None or pending.copied.is_set():
+            return 0.0
+        started = time.perf_counter()
+        pending.copied.wait()
+        waited = time.perf_counter() - started
+        pending.stall_seconds += waited
+        return waited
 
     def collect(self, block: bool) -> BackgroundWrite | None:
         """The finished write (once), or None: nothing pending, or still running and not ``block``."""

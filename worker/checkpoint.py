@@ -122,6 +122,9 @@ class CheckpointManager:
         if async_save and is_writer:
             self._snapshot = HostSnapshot(pin_memory=state is not None and state.device_type == "cuda")
             self._writer = BackgroundWriter(on_exit=self._finished_at_exit)
+            if state is not None:  # the snapshot is copied during the next forward/backward, which only
+                # read the weights; the optimizer step, the one thing that changes them, waits for it
+                state.optimizer.register_step_pre_hook(self._before_optimizer_step)
 
     # --- start-up ---------------------------------------------------------------------------
     def remove_stale_staging_files(self) -> list[Path]:
@@ -324,11 +327,19 @@ class CheckpointManager:
         assert self._writer is not None and self._snapshot is not None
         started = time.perf_counter()
         self._collect_background_write(block=True)
-        snapshot = self._snapshot.copy(self.state.state_dict())
+        # Every piece is captured now, at this step (loader position, RNGs, lr and step counts);
+        # only the tensor bytes are copied later, before the next optimizer step can change them.
+        snapshot, fill = self._snapshot.prepare(self.state.state_dict())
         stall = time.perf_counter() - started
         write = BackgroundWrite(step=step, name=self.run_dir.checkpoint(step).name, stall_seconds=stall)
-        self._writer.submit(write, lambda: self.save(step, snapshot))
+        self._writer.submit(write, fill, lambda: self.save(step, snapshot))
         return SaveOutcome(saved=False, path=None, seconds=stall, pending=True)
+
+    def _before_optimizer_step(self, *_: Any) -> None:
+        """The optimizer is about to change the weights and moments: the snapshot's copy of them
+        must be complete (it usually is: it ran during the forward and backward passes)."""
+        if self._writer is not None:
+            self._writer.wait_for_copy()
 
     def _collect_background_write(self, block: bool) -> None:
         """Report a finished background write like a synchronous save: the log line (or the

@@ -10,13 +10,16 @@ it; the write itself, the snapshot, the rename and the reporting are the feature
 * SIGTERM while a write is in flight: that write finishes, the stop's own checkpoint is written,
   exit 0, and the heartbeat named the file in flight meanwhile;
 * the last step waits for a write in flight and its own checkpoint is on disk at exit;
-* a background write that fails (a full disk) is a warning; training continues and ends saved.
+* a background write that fails (a full disk) is a warning; training continues and ends saved;
+* an exception out of the training loop waits for the write in flight, which lands complete.
 """
 from __future__ import annotations
 
 import os
 import shutil
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -26,6 +29,7 @@ from tests.worker.helpers import (
     FAST_ARGS,
     MB,
     N_STEPS,
+    REPO_ROOT,
     RESUME_ARGS,
     assert_trees_equal,
     checkpoint_steps,
@@ -152,3 +156,37 @@ def test_a_failed_background_write_is_a_warning_and_training_continues(launcher,
     assert read_metrics(run)[-1]["step"] == 19
     beat = read_heartbeat(run)
     assert beat["status"] == "finished" and beat["last_checkpoint"] == "model_00019.pt"
+
+
+CRASH_AFTER_A_SAVE_POINT = """
+import sys
+from shared.run_dir import RunDir
+from worker.checkpoint import CheckpointManager
+from worker.model import GPT, build_config
+from worker.train_state import TrainingState, TrainProgress
+
+class Loader:
+    def state_dict(self):
+        return {"shard_index": 0, "position": 0}
+
+model = GPT(build_config("tiny"))
+optimizer = model.configure_optimizers(0.1, 1e-3, "cpu")
+state = TrainingState(model, optimizer, Loader(), TrainProgress(step=5), "cpu", {})
+manager = CheckpointManager(RunDir.at(sys.argv[1]), interval=5, state=state, async_save=True)
+assert manager.save_if_due(5, last_step=False)
+assert manager._writer.in_flight is not None
+raise RuntimeError("crash in the training loop")
+"""
+
+
+def test_an_exception_out_of_the_loop_waits_for_the_write_in_flight(launcher, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    done = subprocess.run([sys.executable, "-c", CRASH_AFTER_A_SAVE_POINT, str(run)], check=False, cwd=REPO_ROOT,
+                          env=launcher.env(SLOW), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "crash in the training loop" in done.stderr, done.stderr
+    assert "waiting up to" in done.stdout and "model_00005.pt" in done.stdout
+    path = run / "model_00005.pt"
+    assert check_zip_crc(path)[0] and load_checkpoint(path)["step"] == 5
+    assert staging_files(run) == []
+    assert RunDir.at(run).resolve_latest_link() == path
