@@ -87,6 +87,7 @@ class _Live:
     workers_started_at: float | None = None  # when torchrun's ranks were first seen
     stragglers: set[int] = field(default_factory=set)  # ranks announced as stragglers, until they recover
     deaths: DeathWatch | None = None  # wakes the loop the moment a rank process exits
+    ranks: list[psutil.Process] = field(default_factory=list)  # torchrun's children, as last seen
     died_at: float | None = None  # the first rank's death (or a hung rank's last beat): restart_breakdown
     noticed_at: float | None = None  # when this supervisor knew
     # Multi-node, one shared directory: the other nodes' ranks' last beats (theirs to judge; compared
@@ -193,8 +194,10 @@ class TorchrunAttempts:
             code = live.tree.poll()
             if live.tree.refresh():
                 self.journal.save_state(processes=process_records(live.tree))
-            if live.deaths is not None:
-                live.deaths.track(p for pid, p in live.tree.known.items() if pid != live.tree.pid)
+                # torchrun's children, the ranks (not their helpers: a compile worker that ends is no death)
+                live.ranks = live.tree.worker_processes()
+                if live.deaths is not None:
+                    live.deaths.track(live.ranks)
             if code is None:
                 code = self._cut_teardown(live)
             self._read_heartbeats(live)
@@ -233,8 +236,7 @@ class TorchrunAttempts:
         if live.noticed_at is None:
             first = live.deaths.first_death if live.deaths is not None else None
             if first is None:
-                workers = [p for pid, p in live.tree.known.items() if pid != live.tree.pid]
-                if not workers or all(is_alive(p) for p in workers):
+                if not live.ranks or all(is_alive(p) for p in live.ranks):
                     return None
                 live.noticed_at = time.time()  # no pidfd: seen by this poll
                 live.died_at = live.noticed_at
