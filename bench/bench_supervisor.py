@@ -313,10 +313,14 @@ def compile_rounds(tmp: Path, rows: list[tuple[str, str, str]]) -> None:
             return max(m["first_step_done"] for m in marks) - min(m["process_start"] for m in marks)
 
         firsts.append(wait_for(first_step_s, 1200, "the first compiled step", poll=0.5))
-        pid = heartbeat(log_dir, 1)["pid"]
-        os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: heartbeat(log_dir, 1) and heartbeat(log_dir, 1)["pid"] != pid, 600, "the relaunch")
-        firsts.append(wait_for(lambda: heartbeat(log_dir, 1)["pid"] != pid and first_step_s(), 1200,
+        old = {heartbeat(log_dir, r)["pid"] for r in range(NPROC)}
+
+        def relaunched() -> bool:
+            beats = [heartbeat(log_dir, r) for r in range(NPROC)]
+            return all(b is not None and b["pid"] not in old for b in beats)
+
+        os.kill(heartbeat(log_dir, 1)["pid"], signal.SIGKILL)
+        firsts.append(wait_for(lambda: relaunched() and first_step_s(), 1200,
                                "the relaunch's first compiled step", poll=0.5))
     finally:
         stop_run(sup)
