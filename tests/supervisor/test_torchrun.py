@@ -130,3 +130,16 @@ def test_module_missing_recognises_pythons_messages_for_the_worker_module():
     assert module_missing("Error while finding module specification for 'nope.train' "
                           "(ModuleNotFoundError: No module named 'nope')", "nope.train")
     assert not module_missing("ModuleNotFoundError: No module named 'tiktoken'", "worker.train_gpt2")
+
+
+def test_compile_runs_get_the_run_directorys_compile_cache(tmp_path):
+    from supervisor.run_config import RunConfig
+    from supervisor.torchrun import build_env
+
+    compiled = RunConfig(log_dir=tmp_path / "run", cwd=tmp_path, worker_args=["--compile"])
+    env = build_env(compiled, base={})
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == str((tmp_path / "run").absolute() / "compile_cache")
+    assert env["TORCHINDUCTOR_FX_GRAPH_CACHE"] == "1" and env["TRITON_CACHE_DIR"].endswith("compile_cache/triton")
+    assert build_env(compiled, base={"TORCHINDUCTOR_CACHE_DIR": "/site"})["TORCHINDUCTOR_CACHE_DIR"] == "/site"
+    plain = RunConfig(log_dir=tmp_path / "run", cwd=tmp_path)
+    assert "TORCHINDUCTOR_CACHE_DIR" not in build_env(plain, base={})
