@@ -173,7 +173,6 @@ def crash_rounds(args: argparse.Namespace, tmp: Path, rows: list[tuple[str, str,
     dynamo: list[float] = []  # not in the floor: the worker's first optimizer imports torch._dynamo
     restarts: list[float] = []
     detections: list[float] = []
-    validations: list[float] = []
     phases: list[dict[str, float]] = []
     try:
         wait_for(lambda: training_step_after(log_dir, 1, 0, 6), 600, "training to start")
@@ -207,7 +206,6 @@ def crash_rounds(args: argparse.Namespace, tmp: Path, rows: list[tuple[str, str,
             relaunch = wait_for(lambda n=round_number: events(log_dir, "launched")[n + 1:], 300, "the relaunch")[0]
             valid = [e for e in events(log_dir, "checkpoint_valid") if e.get("checkpoint") and e["time"] > killed_at]
             resume_step = valid[-1]["step"] if valid else -1
-            validations.append(valid[-1].get("seconds") or 0.0 if valid else float("nan"))
             resumed = wait_for(lambda r=relaunch, s=resume_step: training_step_after(log_dir, 0, r["time"], s + 1),
                                300, "the first resumed step")
             restarts.append(resumed["time"] - killed_at)
@@ -240,7 +238,7 @@ def crash_rounds(args: argparse.Namespace, tmp: Path, rows: list[tuple[str, str,
         values = [p[phase] for p in phases if phase in p]
         if values:
             rows.append((f"  {phase}", f"{median(values):.3f}s", ", ".join(f"{v:.2f}" for v in values)))
-    validation = median(validations)
+    validation = median([p["validation"] for p in phases if "validation" in p])
     delay = policy.backoff_delay(1, policy.BackoffConfig())
     cost = policy.remaining_backoff(delay, validation)
     rows.append(("default backoff's cost (first failure)", f"+{cost:.2f}s",
