@@ -26,6 +26,9 @@ class MultiNode:
     rdzv_endpoint: str
     rdzv_id: str = DEFAULT_RDZV_ID
     rdzv_backend: str = "c10d"
+    # Node 0's supervisor hosts a torch TCPStore here, on the rendezvous host, through which the
+    # nodes agree on an ending (supervisor.node_coordination); None: the rendezvous port + 1; 0: off.
+    coordination_port: int | None = None
 
 
 @dataclass

@@ -24,7 +24,7 @@ from shared.supervisor_state import (
     read_supervisor_state,
 )
 from shared.vocabulary import EventKind, OutcomeKind, SupervisorStateName
-from supervisor import messages, policy
+from supervisor import messages, node_coordination, policy
 from supervisor.attempt import AttemptResult, Attempts, StopRequests
 from supervisor.background_validation import WarmValidator
 from supervisor.checkpoint_selection import (
@@ -72,6 +72,12 @@ class Supervisor:
                                                      peer_ended=self._peer_ended_line if self.node is not None else None)
         self.started_at = time.time()
         self._following: policy.PeerEnding | None = None
+        self._peer_seen: policy.PeerEnding | None = None  # the first ending another node recorded
+        # One directory per node shares nothing: node 0 hosts a TCPStore the nodes agree through
+        # (the real cycle only; a scripted one's tests set their own).
+        self.coordination = node_coordination.for_node(
+            config.multi_node, self.node, config.monitor_interval,
+            warn=lambda line: self.journal.event(EventKind.WARNING, line)) if attempts is None else None
         self._closed_since: float | None = None  # first of the current run of closed-rendezvous launches
         self.progress = policy.ProgressTracker()
         self._select = select
@@ -91,6 +97,8 @@ class Supervisor:
         self.run_dir.root.mkdir(parents=True, exist_ok=True)
         self.lock.acquire()
         try:
+            if self.coordination is not None:
+                self.coordination.start()  # in the background: node 0 binds, node R connects when it can
             if self.validator is not None:
                 self.validator.start()  # the probe child imports torch while we look at the directory
             return self._run_locked()
@@ -104,6 +112,8 @@ class Supervisor:
         finally:
             if self.validator is not None:
                 self.validator.close()
+            if self.coordination is not None:  # node 0: until the other nodes have read an ending
+                self.coordination.close(should_stop=lambda: self.stops.count > 1)
             self.journal.close()
             self.lock.release()
 
@@ -213,7 +223,7 @@ class Supervisor:
                            f"{delay_s:.1f}s from the failure)", delay_s=delay_s, remaining_s=round(remaining, 3))
         deadline = time.monotonic() + remaining
         while time.monotonic() < deadline and not self.stops.count and self._peer_ending() is None:
-            self.stops.sleep(deadline - time.monotonic())
+            self.stops.sleep(min(deadline - time.monotonic(), self.config.monitor_interval))
 
     def _give_up(self, decision: policy.Decision, result: AttemptResult) -> SupervisorExit:
         state = self.journal.state
@@ -240,7 +250,8 @@ class Supervisor:
 
     # -- multi-node: one node's ending is every node's ---------------------------------------------
     def _record_ending(self, state: SupervisorStateName, line: str, code: SupervisorExit) -> None:
-        """``give_up.json``: the other nodes' supervisors, when they share this directory, end the same way."""
+        """``give_up.json`` and node 0's coordination store: the other nodes' supervisors, sharing this
+        directory or not, end the same way."""
         record = {"node": self.node, "state": str(state), "exit_code": int(code), "reason": line,
                   "time": time.time(), "attempt": self.journal.attempt, "hostname": socket.gethostname(),
                   "pid": psutil.Process().pid}
@@ -249,11 +260,22 @@ class Supervisor:
         except OSError as exc:
             self.journal.event(EventKind.WARNING, f"could not record this node's ending for the other nodes in "
                                f"{self.run_dir.give_up_marker.name}: {exc.strerror or exc}")
+        if self.coordination is not None and not self.coordination.publish(record):
+            self.journal.event(EventKind.WARNING, "could not tell the other nodes through the coordination store "
+                               f"at {self.coordination.where()} (not reachable): only a shared run directory does")
 
     def _peer_ending(self) -> policy.PeerEnding | None:
-        if self.node is None:
-            return None
-        return policy.peer_ending(read_json(self.run_dir.give_up_marker), self.node, self.started_at)
+        """Another node's ending, from ``give_up.json`` or the coordination store; once seen, kept."""
+        if self.node is None or self._peer_seen is not None:
+            return self._peer_seen
+        for record in (read_json(self.run_dir.give_up_marker),
+                       self.coordination.ending() if self.coordination is not None else None):
+            self._peer_seen = policy.peer_ending(record, self.node, self.started_at)
+            if self._peer_seen is not None:
+                if self.coordination is not None:
+                    self.coordination.acknowledge()  # node 0 keeps its store up until every node has read it
+                return self._peer_seen
+        return None
 
     def _peer_ended_line(self) -> str | None:
         peer = self._peer_ending()
@@ -284,7 +306,7 @@ class Supervisor:
                            f"relaunching in {wait:g}s, not counted as a restart", rendezvous_closed=True, delay_s=wait)
         deadline = now + wait
         while time.monotonic() < deadline and not self.stops.count and self._peer_ending() is None:
-            self.stops.sleep(deadline - time.monotonic())
+            self.stops.sleep(min(deadline - time.monotonic(), self.config.monitor_interval))
         return True
 
     def _follow(self, peer: policy.PeerEnding) -> SupervisorExit:

@@ -7,6 +7,7 @@ starts (a NaN interval would busy-loop, a NaN timeout would never fire).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -200,6 +201,11 @@ T, B, L = DEFAULTS.timeouts, DEFAULTS.backoff, DEFAULTS.limits
 @click.option("--rdzv-id", default=None, show_default=False,
               help=f"Multi-node: rendezvous job id [default: $SLURM_JOB_ID under srun, else {DEFAULT_RDZV_ID}].")
 @click.option("--rdzv-backend", default="c10d", help="Multi-node: rendezvous backend.")
+@click.option("--coordination-port", default=None, type=click.IntRange(min=0, max=65535),
+              help="Multi-node: node 0's supervisor hosts a torch TCPStore on the rendezvous host at this port "
+                   "for the run's lifetime; one node's ending (gave up, refused, stopped) reaches every node through "
+                   "it, with one run directory per node too. Open it between the nodes like the rendezvous port; "
+                   "0 turns it off  [default: the rendezvous port + 1].")
 @click.argument("worker_args", nargs=-1, type=click.UNPROCESSED)
 def run(log_dir: str, max_restarts: int, nproc_per_node: int, hang_timeout: float | None, startup_timeout: float,
         checkpoint_timeout: float | None, eval_timeout: float | None, monitor_interval: float,
@@ -208,7 +214,7 @@ def run(log_dir: str, max_restarts: int, nproc_per_node: int, hang_timeout: floa
         probe_timeout: float | None, allow_config_change: bool, workers_outlive_supervisor: bool, worker_module: str,
         nnodes: str | None,
         node_rank: int | None, rdzv_endpoint: str | None, rdzv_id: str | None, rdzv_backend: str,
-        worker_args: tuple[str, ...]) -> None:
+        coordination_port: int | None, worker_args: tuple[str, ...]) -> None:
     """Launch torchrun workers and keep them alive: restart on crashes and hangs, from the newest
     checkpoint that passes validation, until training finishes.
 
@@ -218,6 +224,8 @@ def run(log_dir: str, max_restarts: int, nproc_per_node: int, hang_timeout: floa
     another terminal to look in.
     """
     multi_node = _multi_node(nnodes, node_rank, rdzv_endpoint, rdzv_id, rdzv_backend)  # a bad SLURM_* touches nothing
+    if multi_node is not None and coordination_port is not None:
+        multi_node = dataclasses.replace(multi_node, coordination_port=coordination_port)
     config = RunConfig(
         log_dir=_usable_log_dir(log_dir),
         cwd=Path.cwd(),

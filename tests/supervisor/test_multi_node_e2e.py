@@ -264,3 +264,59 @@ def test_a_node_joining_late_meets_node_0s_third_attempt_and_when_it_gives_up_no
     assert ended and ended[-1]["message"].startswith("node 1 gave up: restart budget exhausted"), ended
     marker = json.loads((run / "give_up.json").read_text())
     assert marker["node"] == 1 and marker["exit_code"] == SupervisorExit.GAVE_UP
+
+
+# --- one directory per node: an ending agreed through node 0's coordination store -----------------------
+def start_two_nodes_apart(tmp_path: Path, run_id: str, node_args: tuple[tuple[str, ...], tuple[str, ...]]
+                          ) -> tuple[list[Path], list[subprocess.Popen]]:
+    """Two supervisors, each its own run directory: nothing shared but the rendezvous and node 0's
+    coordination store (rendezvous port + 1). Steps of 0.5 s (a sleep, no change to the math), so
+    the run is mid-training when a rank is killed."""
+    nodes, port = [tmp_path / "node0", tmp_path / "node1"], free_port()
+    env = {"GPT2SUP_INJECT_SLOW_RANK": "1:0.5"}
+    procs = [start_node(nodes[0], 0, port, run_id, env=env, extra=node_args[0])]
+    time.sleep(2)
+    procs.append(start_node(nodes[1], 1, port, run_id, env=env, extra=node_args[1]))
+    return nodes, procs
+
+
+def ended_at(log_dir: Path, state: str) -> float:
+    return events_named(log_dir, state)[-1]["time"]
+
+
+@pytest.mark.slow
+def test_apart_node_1_giving_up_ends_node_0_through_the_coordination_store(tmp_path):
+    nodes, procs = start_two_nodes_apart(tmp_path, "mn-apart-1", ((), ("--max-restarts", "0")))
+    try:
+        beat = wait_for(lambda: training_past(nodes[1], 2), 240, "node 1's rank past step 2")
+        os.kill(beat["pid"], signal.SIGKILL)  # node 1 has no restart left: it gives up
+    finally:
+        codes = wait_both(procs, nodes)
+    detail = "\n".join(console_text(d)[-2500:] for d in nodes)
+    assert codes == [SupervisorExit.GAVE_UP, SupervisorExit.GAVE_UP], detail
+    message = events_named(nodes[0], "gave_up")[-1]["message"]
+    assert message.startswith("node 1 gave up: restart budget exhausted"), message
+    assert message.endswith("-- node 0 ends too"), message
+    # Nothing shared: node 0 learnt it from the store, not from a give_up.json of its own directory.
+    assert not (nodes[0] / "give_up.json").exists()
+    assert json.loads((nodes[1] / "give_up.json").read_text())["node"] == 1
+    # Well before node 0's own budget (3 restarts) or a rendezvous timeout (180 s).
+    assert ended_at(nodes[0], "gave_up") - ended_at(nodes[1], "gave_up") < 20, detail
+
+
+@pytest.mark.slow
+def test_apart_node_0_giving_up_ends_node_1_and_node_0_waits_until_node_1_has_read_it(tmp_path):
+    nodes, procs = start_two_nodes_apart(tmp_path, "mn-apart-0", (("--max-restarts", "0"), ()))
+    try:
+        beat = wait_for(lambda: training_past(nodes[0], 2), 240, "node 0's rank past step 2")
+        os.kill(beat["pid"], signal.SIGKILL)
+    finally:
+        codes = wait_both(procs, nodes)
+    detail = "\n".join(console_text(d)[-2500:] for d in nodes)
+    assert codes == [SupervisorExit.GAVE_UP, SupervisorExit.GAVE_UP], detail
+    message = events_named(nodes[1], "gave_up")[-1]["message"]
+    assert message.startswith("node 0 gave up: restart budget exhausted"), message
+    assert message.endswith("-- node 1 ends too"), message
+    assert not (nodes[1] / "give_up.json").exists()
+    assert ended_at(nodes[1], "gave_up") - ended_at(nodes[0], "gave_up") < 20, detail
+    assert not [e for e in events_named(nodes[1], "warning") if "coordination store" in e["message"]], detail
