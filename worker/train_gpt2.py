@@ -96,7 +96,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                          "wait for it and are written before exit. Costs one extra copy of model + optimizer state in host "
                          "RAM, ~1.5 GB for GPT-2 124M (docs/checkpoints.md; default: on)")
     ck.add_argument("--no_async_checkpoint", dest="async_checkpoint", action="store_const", const=False,
-                    help="write every checkpoint synchronously: training waits for each save")
+                    help="write every checkpoint synchronously: training waits for each save (default: off; "
+                         "asynchronous saves are the default)")
     ev = p.add_argument_group("evaluation (0 turns an activity off)")
     ev.add_argument("--eval_interval", type=int, default=250, help="validation loss every N steps (default: %(default)s)")
     ev.add_argument("--hellaswag_interval", type=int, default=250, help="HellaSwag acc_norm every N steps and at the last step, logged as '{step} hella {acc}' (default: %(default)s)")
