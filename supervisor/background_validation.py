@@ -10,6 +10,8 @@ a read of the file, while the run is down. ``WarmValidator`` moves both out of t
   background thread shortly after it appears: never a ``.tmp`` staging file, never the file a
   heartbeat says is still being written (``save_in_flight``), never one whose size or mtime is
   still changing;
+- at most ~1% of a core: after a validation of t seconds the next waits 99 t (checkpoints written
+  more often than that are judged at the restart, by the warm child);
 - verdicts are cached by (path, size, mtime_ns, inode). At a restart ``select_checkpoint_for_restart``
   runs exactly as before, newest first, quarantining what is proven bad, but a file whose stat
   still matches a cached verdict is not read again. A file rewritten or flipped in place changes
@@ -40,6 +42,10 @@ from supervisor.checkpoint_validation import (
 
 STABLE_FOR_S = 0.5  # a file's size and mtime must hold still this long before it is read
 IDLE_CHECK_S = 5.0  # how often an idle validator makes sure its child is alive
+# Background validation reads the file (the CRC runs in the supervisor) while training runs: after
+# a validation of t seconds the next waits DUTY_MULTIPLE * t, so it costs at most ~1% of a core
+# however often checkpoints are written. A file left unjudged is judged at the restart (warm child).
+DUTY_MULTIPLE = 99.0
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,7 @@ class WarmValidator:
         self._wake = threading.Event()
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._next_allowed = 0.0  # monotonic time before which no background validation starts
 
     # -- life ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -140,8 +147,8 @@ class WarmValidator:
             return  # a .tmp, a link, or a file the worker is still writing
         path = self.run.root / name
         first = FileKey.of(path)
-        if first is None or first in self.cache:
-            return
+        if first is None or first in self.cache or time.monotonic() < self._next_allowed:
+            return  # gone, judged, or too soon after the last one (retried within IDLE_CHECK_S)
         time.sleep(STABLE_FOR_S)
         if FileKey.of(path) != first or name in self._in_flight:
             self._wake.set()  # still changing: look again
@@ -150,7 +157,9 @@ class WarmValidator:
             if self._closed:
                 return
             self._fit_cap(first.size)
+            started = time.monotonic()
             result = validate_checkpoint(path, session=self.session, siblings=list_siblings(path, {}))
+            self._next_allowed = time.monotonic() + DUTY_MULTIPLE * (time.monotonic() - started)
             self.background_validations += 1
             if result.verdict is not Verdict.INCONCLUSIVE and FileKey.of(path) == first:
                 self.cache[first] = result

@@ -133,3 +133,21 @@ def test_file_keys_name_the_bytes(tmp_path):
     assert FileKey.of(path) != key
     assert FileKey.of(tmp_path / "missing.pt") is None
     assert isinstance(Path(key.path), Path)
+
+
+def test_background_validation_keeps_to_about_one_percent_of_a_core(tmp_path):
+    validator = WarmValidator(tmp_path)
+    try:
+        validator.start()
+        first = make_checkpoint(tmp_path / "model_00004.pt", 4)
+        validator.offer("model_00004.pt")
+        _wait(lambda: validator.known(first) is not None)
+        second = make_checkpoint(tmp_path / "model_00008.pt", 8)
+        validator.offer("model_00008.pt")
+        time.sleep(2.0)
+        assert validator.known(second) is None and validator.background_validations == 1  # waits 99x its cost
+        selection = validator.select(tmp_path)  # the restart judges it with the warm child
+        assert selection.chosen is not None and selection.chosen.path == second
+        assert _probe_children(validator) == 1
+    finally:
+        validator.close()
