@@ -33,6 +33,7 @@ from shared.exit_codes import WorkerExit
 from shared.run_dir import RunDir
 from shared.vocabulary import Phase, RankStatus
 from worker.checkpoint import CheckpointManager, RestoreRequest
+from worker.compile_cache import use_run_dir_compile_cache
 from worker.compute_clock import ComputeClock
 from worker.data import DataError, ShardedTokenLoader, resolve_data_dir
 from worker.device_setup import (
@@ -242,6 +243,8 @@ def main(argv: list[str] | None = None, *, parser: argparse.ArgumentParser | Non
     heartbeat: HeartbeatWriter | None = None
     try:
         config = TrainConfig.from_args(args, torch.cuda.is_available())
+        if config.compile:  # before anything imports torch._dynamo, which fixes inductor's cache directory
+            use_run_dir_compile_cache(Path(config.log_dir))  # a relaunch reads what this attempt compiled
         determinism = configure_determinism(config.deterministic)  # before any CUDA work
         faulthandler.enable()
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` prints every stack
