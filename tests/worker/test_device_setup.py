@@ -11,8 +11,20 @@ import os
 import pytest
 import torch
 
-from tests.worker.helpers import FINAL_CHECKPOINT, RESUME_ARGS, assert_trees_equal, load_checkpoint, run_ok, step_losses
-from worker.device_setup import CUBLAS_WORKSPACE_ENV, autocast_for, configure_determinism, to_device
+from tests.worker.helpers import (
+    FINAL_CHECKPOINT,
+    RESUME_ARGS,
+    assert_trees_equal,
+    load_checkpoint,
+    run_ok,
+    step_losses,
+)
+from worker.device_setup import (
+    CUBLAS_WORKSPACE_ENV,
+    autocast_for,
+    configure_determinism,
+    to_device,
+)
 
 
 @pytest.fixture
