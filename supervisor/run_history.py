@@ -36,7 +36,7 @@ FAILURE_EVENTS = (EventKind.CRASHED, EventKind.HUNG)
 # Events that are part of the normal life of a run; every other kind is a fault or an operator's act.
 ROUTINE_EVENTS = frozenset({
     EventKind.SUPERVISOR_STARTED, EventKind.LAUNCHED, EventKind.CHECKPOINT_VALID, EventKind.BACKOFF,
-    EventKind.EVIDENCE_CAPTURED, EventKind.FINISHED,
+    EventKind.EVIDENCE_CAPTURED, EventKind.FINISHED, EventKind.RESTART_BREAKDOWN,
 })
 MTIME_SLACK_S = 1.0  # file times and event times come from one clock, but a save ends before its event
 CURVE_KEYS = ("loss", "val_loss", "lr", "norm", "tokens_per_s", "hellaswag")
