@@ -40,9 +40,9 @@ from typing import Any
 
 from shared.atomic_io import read_json
 from shared.process_identity import ProcessId, same_process_alive
+from shared.run_dir import STOP_REQUEST_NAME
 
 SUPERVISOR_ENV = "GPT2SUP_SUPERVISOR"
-STOP_REQUEST_NAME = "stop_request.json"  # shared.run_dir.STOP_REQUEST_NAME
 # What a rank's collective raises when a peer process is gone (gloo's TCP pair, NCCL's abort).
 _PEER_LOST_WORDS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
                     "NCCL communicator was aborted", "Socket Timeout", "Connection refused")
@@ -135,8 +135,6 @@ class StopRequest:
         self._previous_hook = sys.excepthook
 
     def install(self) -> None:
-        global _active
-        _active = self
         with contextlib.suppress(Exception):
             import psutil
 
@@ -148,7 +146,7 @@ class StopRequest:
             sys.excepthook = self._excepthook
 
     def attach(self, run_root: Path, heartbeat: Any, rank: int) -> None:
-        """The run directory and this rank's heartbeat writer (telemetry calls this)."""
+        """The run directory and this rank's heartbeat writer, once ``main`` has made them."""
         self._run_root, self._heartbeat, self._rank = Path(run_root), heartbeat, rank
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -198,13 +196,5 @@ class StopRequest:
         return self.reason is not None
 
 
-_active: StopRequest | None = None
 
-
-def attach(run_root: Path, heartbeat: Any, rank: int) -> None:
-    """Give the installed StopRequest (if any) the run directory and this rank's heartbeat."""
-    if _active is not None:
-        _active.attach(run_root, heartbeat, rank)
-
-
-__all__ = ["SUPERVISOR_ENV", "StopRequest", "SupervisorWatch", "attach", "gone_peers", "looks_like_peer_loss"]
+__all__ = ["STOP_REQUEST_NAME", "SUPERVISOR_ENV", "StopRequest", "SupervisorWatch", "gone_peers", "looks_like_peer_loss"]

@@ -23,7 +23,7 @@ from shared.atomic_io import write_text_atomic
 from shared.heartbeat import Heartbeat, write_heartbeat
 from shared.run_dir import RunDir
 from shared.vocabulary import Phase, RankStatus
-from worker import lifetime, startup_clock
+from worker import startup_clock
 
 
 class WriteWarnings:
@@ -70,7 +70,6 @@ class HeartbeatWriter:
             time=time.time(), max_steps=max_steps, hostname=socket.gethostname(),
         )
         self._first_train_step: int | None = None  # the step training starts from in this process
-        lifetime.attach(run_dir.root, self, rank)  # a SIGTERM during torchrun's teardown writes through us
 
     def beat(self, **changes: Any) -> bool:
         """Apply ``changes`` and rewrite the file; False (after a warning) when it cannot be written."""

@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None, *, parser: argparse.ArgumentParser | Non
         run_dir = RunDir.at(config.log_dir)
         with hold_worker_lock(run_dir, distributed):  # before any write: exit 8 touches nothing
             heartbeat = HeartbeatWriter(run_dir, distributed.rank, distributed.world_size, config.max_steps)
+            stop.attach(run_dir.root, heartbeat, distributed.rank)  # torchrun's teardown is told apart from here on
             heartbeat.beat(phase=Phase.STARTUP)
             if determinism and distributed.master:
                 heartbeat.warnings.say(determinism)

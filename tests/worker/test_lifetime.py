@@ -108,7 +108,8 @@ os.environ["GPT2SUP_SUPERVISOR"] = "{os.getpid()}:0"
 stop = StopRequest(SupervisorWatch({os.getpid()}, 0.0))
 stop.install()
 stop._started = time.time() - 5
-HeartbeatWriter(RunDir.at({str(run)!r}), 0, 2, 10)
+run_dir = RunDir.at({str(run)!r})
+stop.attach(run_dir.root, HeartbeatWriter(run_dir, 0, 2, 10), 0)  # as worker.train_gpt2.main does
 os.kill(os.getpid(), signal.SIGTERM)
 time.sleep(30)
 print("still alive")
