@@ -8,7 +8,7 @@ AdamW after one step (exp_avg, exp_avg_sq), composed by ``TrainingState.state_di
 as the worker saves it (~1.5 GB). Each round, in alternating order so a noisy disk hits both:
 
 * raw:   the same unique tensor bytes written with plain ``write`` calls, then one ``fsync``;
-* sync:  ``CheckpointManager.save`` (free-space check, torch.save into .tmp with zip CRC-32s,
+* sync:  ``CheckpointManager.save`` (free-space check, torch.save into .tmp, zip CRC-32s filled in,
          fsync, rename, fsync of the directory, the latest link);
 * async: ``CheckpointManager.save_if_due`` with ``async_save=True``, then one real training step
          of the model (forward, backward, AdamW step at a small batch), as in the worker's loop.

@@ -44,6 +44,7 @@ from shared.hf_files import HFFileError, is_hf_source
 from shared.run_dir import TMP_SUFFIX, RunDir
 from shared.vocabulary import Phase
 from worker.async_save import BackgroundWrite, BackgroundWriter, HostSnapshot
+from worker.checkpoint_write import save_checkpoint_file
 from worker.data import DataError
 from worker.distributed import Distributed
 from worker.errors import WorkerError, library_reason
@@ -421,7 +422,7 @@ class CheckpointManager:
             )
         try:
             with _BackgroundFlusher(staging):
-                torch.save(state, str(staging))  # a path: torch's own C++ writer, faster than a handle
+                save_checkpoint_file(state, staging)  # torch.save; zip CRC-32s computed in parallel
             fsync_path(staging)
             size = staging.stat().st_size
             os.replace(staging, final)
