@@ -10,6 +10,8 @@ as the worker saves it (~1.5 GB). Each round, in alternating order so a noisy di
 * raw:   the same unique tensor bytes written with plain ``write`` calls, then one ``fsync``;
 * sync:  ``CheckpointManager.save`` (free-space check, torch.save into .tmp, zip CRC-32s filled in,
          fsync, rename, fsync of the directory, the latest link);
+* torch: plain ``torch.save`` with torch's own inline CRC-32 (how saves were written before the
+         CRCs were computed in parallel) and one fsync: what the sync save improves on;
 * async: ``CheckpointManager.save_if_due`` with ``async_save=True``, then one real training step
          of the model (forward, backward, AdamW step at a small batch), as in the worker's loop.
          The *stall* is the time the step loop is blocked by the save: the save point itself plus
@@ -91,6 +93,20 @@ def raw_write(path: Path, tensors: list[torch.Tensor]) -> float:
     return seconds
 
 
+def torch_inline_crc_save(path: Path, state: dict) -> float:
+    started = time.perf_counter()
+    torch.serialization.set_crc32_options(True)
+    torch.save(state, str(path))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    seconds = time.perf_counter() - started
+    path.unlink()
+    return seconds
+
+
 def fs_type(directory: Path) -> str:
     best, kind = "", "?"
     for line in Path("/proc/mounts").read_text().splitlines():
@@ -128,11 +144,13 @@ def main() -> None:
     rss_before = rss_after = 0
     for index in range(args.rounds):
         os.sync()
-        order = ("raw", "sync") if index % 2 == 0 else ("sync", "raw")
+        order = ("raw", "sync", "torch")[index % 3:] + ("raw", "sync", "torch")[:index % 3]
         times: dict[str, float] = {}
         for what in order:
             if what == "raw":
                 times["raw"] = raw_write(work / "raw.bin", tensors)
+            elif what == "torch":
+                times["torch"] = torch_inline_crc_save(work / "torch.pt", composed)
             else:
                 outcome = sync.save(index + 1, composed)
                 assert outcome.saved, outcome.error
@@ -152,16 +170,17 @@ def main() -> None:
         if index == 0:
             rss_after = process.memory_info().rss
         write.outcome.path.unlink()
-        rows.append((times["raw"], times["sync"], write.stall_seconds, write.outcome.seconds, plain_step, step_with_save))
+        rows.append((times["raw"], times["sync"], write.stall_seconds, write.outcome.seconds, plain_step, step_with_save,
+                     times["torch"]))
 
     print()
-    print("| round | raw write+fsync | sync save | sync/raw | async stall | stall/sync | background write "
-          "| step without / with a save in flight |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for index, (raw, synchronous, stall, written, plain, loaded) in enumerate(rows, 1):
+    print("| round | raw write+fsync | sync save | sync/raw | torch.save, inline CRC (/raw) | async stall "
+          "| stall/sync | background write | step without / with a save in flight |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for index, (raw, synchronous, stall, written, plain, loaded, inline) in enumerate(rows, 1):
         print(f"| {index} | {raw:.2f}s ({nbytes / raw / 1e6:.0f} MB/s) | {synchronous:.2f}s | "
-              f"{synchronous / raw:.2f}x | {stall:.3f}s | {stall / synchronous:.1%} | {written:.2f}s | "
-              f"{plain:.2f}s / {loaded:.2f}s |")
+              f"{synchronous / raw:.2f}x | {inline:.2f}s ({inline / raw:.2f}x) | {stall:.3f}s | "
+              f"{stall / synchronous:.1%} | {written:.2f}s | {plain:.2f}s / {loaded:.2f}s |")
     ratios = [row[1] / row[0] for row in rows]
     stalls = [row[2] / row[1] for row in rows]
     print()
