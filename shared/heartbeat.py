@@ -40,8 +40,9 @@ class Heartbeat:
     compute_s: list[float] | None = None
     # Wall-clock milestones of this process's start (worker.startup_clock): process_start,
     # imports_done, rendezvous_done, checkpoint_loaded, loader_positioned, restored,
-    # first_step_done; the supervisor's restart_breakdown event is made of them.
-    startup: dict[str, float] | None = None
+    # first_step_done; the supervisor's restart_breakdown event is made of them. From the first
+    # step on also compiler_imported (a bool: is torch._dynamo imported in the rank by now).
+    startup: dict[str, float | bool] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -57,6 +57,7 @@ from shared.checkpoint_format import (
     minimum_checkpoint_bytes,
 )
 from shared.run_dir import step_from_checkpoint_name
+from worker.compiler_import import skip_compiler_import_for_optimizers
 
 EXIT_VERDICT = 0  # a verdict (good or bad) is on stdout
 EXIT_CANNOT_JUDGE = 3  # the environment is broken (no torch): not the file's fault
@@ -443,33 +444,9 @@ def _import_for_probing() -> float:
     import worker.model
     import worker.train_state  # noqa: F401
 
-    _optimizers_without_the_compiler(torch)
+    skip_compiler_import_for_optimizers(torch)
     torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
     return time.perf_counter() - started
-
-
-def _optimizers_without_the_compiler(torch: Any) -> int:
-    """Let ``torch.optim.Optimizer``'s compile-disabled methods run as the plain functions they are.
-
-    torch wraps ``add_param_group``, ``load_state_dict``, ``state_dict`` and ``zero_grad`` in
-    ``torch._compile._disable_dynamo``, whose first call imports the whole compiler stack
-    (``torch._dynamo``, about as long as ``import torch`` itself) just to mark the function "never
-    compile". The wrapper caches that marked function on the plain one as ``__dynamo_disable``;
-    caching the plain function there instead skips the import. Nothing changes for this process,
-    which never compiles anything. Should torch change the mechanism, the attribute is simply not
-    read and the import happens as before (slower, never wrong). Returns how many were set.
-    """
-    try:
-        marker = torch._compile._disable_dynamo(lambda: None).__code__
-    except AttributeError:
-        return 0
-    count = 0
-    for value in vars(torch.optim.Optimizer).values():
-        plain = getattr(value, "__wrapped__", None)
-        if plain is not None and getattr(value, "__code__", None) is marker:
-            setattr(plain, "__dynamo_disable", plain)
-            count += 1
-    return count
 
 
 def serve(requests: Any, out: Any, import_seconds: float) -> None:

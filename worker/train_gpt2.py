@@ -34,6 +34,10 @@ from shared.run_dir import RunDir
 from shared.vocabulary import Phase, RankStatus
 from worker.checkpoint import CheckpointManager, RestoreRequest
 from worker.compile_cache import use_run_dir_compile_cache
+from worker.compiler_import import (
+    skip_compiler_import_for_optimizers,
+    skip_compiler_import_for_step,
+)
 from worker.compute_clock import ComputeClock
 from worker.data import DataError, ShardedTokenLoader, resolve_data_dir
 from worker.device_setup import (
@@ -305,7 +309,10 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
     run_log.open(resumed_step=progress.step if checkpoints.resumed_from is not None else None)
 
     model = torch.compile(raw_model) if config.compile else raw_model
-    if dist.ddp:
+    # A group of one (torchrun --nproc_per_node=1, e.g. ``gpt2sup run --nproc-per-node 1``) has no
+    # gradients to average: DDP would only cost its constructor's import of torch._dynamo.
+    wrapped_in_ddp = dist.ddp and dist.world_size > 1
+    if wrapped_in_ddp:
         model = DDP(model, device_ids=[dist.local_rank] if config.device_type == "cuda" else None)
     autocast = autocast_for(config.device_type)
     evaluations = Evaluations(
@@ -327,7 +334,7 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
         for micro_step in range(grad_accum_steps):
             x, y = train_loader.next_batch()
             x, y = to_device(x, dist.device), to_device(y, dist.device)
-            if dist.ddp:  # sync gradients only on the last micro-step
+            if wrapped_in_ddp:  # sync gradients only on the last micro-step
                 model.require_backward_grad_sync = micro_step == grad_accum_steps - 1
             with autocast():
                 _, loss = model(x, y)
@@ -422,7 +429,14 @@ def build_data(config: TrainConfig, dist: Distributed, say: Callable[[str], None
 
 
 def build_model(config: TrainConfig, device: str) -> tuple[GPT, torch.optim.Optimizer]:
-    """Seed every RNG (the same on every rank: identical init and dropout streams), build GPT + AdamW."""
+    """Seed every RNG (the same on every rank: identical init and dropout streams), build GPT + AdamW.
+
+    Without ``--compile`` nothing compiles, so AdamW's methods and its ``step`` need not import
+    ``torch._dynamo`` (~2.5 s of every restart on a 2-core CPU; ``worker.compiler_import``). With
+    it they keep torch's own wrappers.
+    """
+    if not config.compile:
+        skip_compiler_import_for_optimizers(torch)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     random.seed(config.seed)
@@ -436,7 +450,10 @@ def build_model(config: TrainConfig, device: str) -> tuple[GPT, torch.optim.Opti
     if config.seq_len > model_config.block_size:
         raise WorkerError(f"--seq_len {config.seq_len} exceeds the model's block_size {model_config.block_size}", WorkerExit.USAGE)
     model = GPT(model_config).to(device)
-    return model, model.configure_optimizers(config.weight_decay, config.max_lr, config.device_type)
+    optimizer = model.configure_optimizers(config.weight_decay, config.max_lr, config.device_type)
+    if not config.compile:
+        skip_compiler_import_for_step(torch, optimizer)
+    return model, optimizer
 
 
 # ----------------------------------------------------------------------------- loop helpers
