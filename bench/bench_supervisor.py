@@ -6,8 +6,8 @@
 One supervised CPU run of the tiny model (``--nproc`` processes, default 2, ``--backoff-initial
 0``) has its last rank SIGKILLed ``--crashes`` times. Before each crash the floor of a restart is
 measured with the run paused (SIGSTOP of the supervisor and its tree, so nothing of ours competes
-for the CPU): start torchrun (``--nproc`` processes that import nothing), ``python -c 'import
-torch'``, ``torch.load`` of the newest checkpoint. In the same pause the DDP floor replaces the
+for the CPU): torchrun's start (its launch to the moment the last of its ``--nproc`` workers runs
+Python; they import nothing), ``python -c 'import torch'``, ``torch.load`` of the newest checkpoint. In the same pause the DDP floor replaces the
 import with what a bare DDP trainer process cannot avoid: one ``python -c`` that imports torch,
 starts a gloo process group of 1, wraps an ``nn.Linear`` in DDP (whose constructor imports
 torch._dynamo) and destroys the group. With 2 processes the worker uses DDP and the DDP floor is
@@ -171,6 +171,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# torchrun's workers for the floor: each writes the wall time its interpreter got this far, then exits.
+STAMP_SCRIPT = "import os, sys, time\nopen(os.path.join(sys.argv[1], os.environ['LOCAL_RANK']), 'w').write(repr(time.time()))\n"
+
+
+def torchrun_start(nproc: int) -> float:
+    """Launch of torchrun -> the last of its ``nproc`` workers running Python (what the restart's
+    own ``torchrun_start`` phase spans; torchrun's teardown after the workers exit is not in it)."""
+    with tempfile.TemporaryDirectory(prefix="bench_torchrun.") as work:
+        script = Path(work) / "stamp.py"
+        script.write_text(STAMP_SCRIPT)
+        launched = time.time()
+        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                        str(nproc), str(script), work], cwd=ROOT, env=env(), capture_output=True, check=False)
+        stamps = [float((Path(work) / str(rank)).read_text()) for rank in range(nproc)
+                  if (Path(work) / str(rank)).exists()]
+    return max(stamps) - launched if len(stamps) == nproc else float("nan")
+
+
 def measure_floor(ckpt: Path, nproc: int) -> dict[str, float]:
     """Every part of both floors (FLOOR, DDP_FLOOR), each timed once."""
     load = subprocess.run(
@@ -181,8 +199,7 @@ def measure_floor(ckpt: Path, nproc: int) -> dict[str, float]:
         cwd=ROOT, env=env(), capture_output=True, text=True, check=False,
     )
     return {
-        "torchrun start": wall([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                                str(nproc), "-m", "platform"]),
+        "torchrun start": torchrun_start(nproc),
         "import torch": wall([sys.executable, "-c", "import torch"]),
         DDP_PROCESS: wall([sys.executable, "-c", DDP_SCRIPT, str(free_port())]),
         "checkpoint load": float(load.stdout.strip().splitlines()[-1]) if load.returncode == 0 else float("nan"),
