@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.worker.helpers import (
     FAST_ARGS,
     REPO_ROOT,
@@ -156,6 +158,7 @@ def compiler_imported(log_dir: Path, status: str = "finished") -> bool:
     return beat["startup"]["compiler_imported"]
 
 
+@pytest.mark.slow  # real worker runs: the end-to-end layer
 def test_a_one_process_run_and_its_resume_never_import_the_compiler(launcher: WorkerLauncher, tmp_path: Path) -> None:
     # A plain process that crashes after step 9, then its resume under torchrun with one rank (a
     # process group, no DDP): training, validation, checkpoint saves, load_state_dict on resume.
@@ -173,6 +176,7 @@ def test_a_one_process_run_and_its_resume_never_import_the_compiler(launcher: Wo
     assert [r[0] for r in step_records(log_dir)] == list(range(12))
 
 
+@pytest.mark.slow
 def test_a_two_process_run_reports_the_import_ddp_makes(launcher: WorkerLauncher, tmp_path: Path) -> None:
     # The other side of the diagnostic: DDP's constructor imports torch._dynamo, and the heartbeat says so.
     log_dir = tmp_path / "run"
