@@ -7,8 +7,9 @@ One supervised CPU run of the tiny model (``--nproc`` processes, default 2, ``--
 0``) has its last rank SIGKILLed ``--crashes`` times. Before each crash the floor of a restart is
 measured with the run paused (SIGSTOP of the supervisor and its tree, so nothing of ours competes
 for the CPU): torchrun's start (its launch to the moment the last of its ``--nproc`` workers runs
-Python; they import nothing), ``python -c 'import torch'``, ``torch.load`` of the newest checkpoint. In the same pause the DDP floor replaces the
-import with what a bare DDP trainer process cannot avoid: one ``python -c`` that imports torch,
+Python; they import nothing), ``python -c 'import torch'``, ``torch.load`` of the newest
+checkpoint. In the same pause the DDP floor replaces the import with what a bare DDP trainer
+process cannot avoid: one ``python -c`` that imports torch,
 starts a gloo process group of 1, wraps an ``nn.Linear`` in DDP (whose constructor imports
 torch._dynamo) and destroys the group. With 2 processes the worker uses DDP and the DDP floor is
 the fair one; with ``--nproc 1`` it does not (a group of one is not wrapped) and the plain floor
