@@ -9,10 +9,14 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from supervisor.background_validation import FileKey, WarmValidator
 from supervisor.checkpoint_validation import ProbeSession
 from tests.checkpoint_factory import make_checkpoint
+
+# Each test runs the warm probe child (torch imported in it) against real files: seconds each.
+pytestmark = pytest.mark.slow
 
 
 def _wait(predicate, timeout: float = 120.0):

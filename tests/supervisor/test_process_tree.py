@@ -67,6 +67,7 @@ def test_launch_runs_in_own_session_and_logs_both_streams(tmp_path):
     assert sid == tree.pid != os.getsid(0)  # its own session: Ctrl-C in our terminal does not reach it
 
 
+@pytest.mark.slow  # real process trees and their grace periods: seconds each
 def test_kill_tree_escalates_to_sigkill_and_leaves_no_survivor(tmp_path):
     tree = launch([sys.executable, "-c", TREE_SCRIPT], cwd=tmp_path, env=dict(os.environ), log_path=tmp_path / "a.log")
     kids = _wait_for_children(tree, 2)
@@ -81,6 +82,7 @@ def test_kill_tree_escalates_to_sigkill_and_leaves_no_survivor(tmp_path):
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
+@pytest.mark.slow  # real process trees and their grace periods: seconds each
 def test_kill_tree_finds_reparented_descendants(tmp_path):
     tree = launch([sys.executable, "-c", TREE_SCRIPT], cwd=tmp_path, env=dict(os.environ), log_path=tmp_path / "a.log")
     kids = _wait_for_children(tree, 2)
@@ -185,6 +187,7 @@ def test_run_lock_refuses_second_holder_and_names_pid(tmp_path):
         assert lock_path.read_text().strip() == str(os.getpid())
 
 
+@pytest.mark.slow  # real process trees and their grace periods: seconds each
 def test_evidence_of_a_stopped_process_does_not_hang(tmp_path):
     log = tmp_path / "attempt.log"
     code = "import faulthandler, signal, time; faulthandler.register(signal.SIGUSR1, all_threads=True); time.sleep(60)"

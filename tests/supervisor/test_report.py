@@ -150,6 +150,7 @@ def test_the_report_renders_in_a_headless_browser_with_the_curves_drawn(faulty_r
     assert blue > 300, f"only {blue} pixels of the loss curve's colour in the screenshot"
 
 
+@pytest.mark.slow  # a long synthetic run: seconds
 def test_a_report_of_thousands_of_steps_and_many_faults_stays_small_and_keeps_every_fault(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

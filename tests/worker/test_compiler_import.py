@@ -25,6 +25,9 @@ from tests.worker.helpers import (
 
 CHILD_TIMEOUT_S = 300
 
+# Every test starts child processes that import torch, most run real workers: the end-to-end layer.
+pytestmark = pytest.mark.slow
+
 # Trains a tiny GPT with the worker's own AdamW for 3 steps, round-trips the optimizer through
 # state_dict / a fresh optimizer's load_state_dict, trains 2 more steps, and prints a digest of every
 # parameter and optimizer-state byte. argv[1] == "patch": skip the compiler import (methods and step).
@@ -158,7 +161,6 @@ def compiler_imported(log_dir: Path, status: str = "finished") -> bool:
     return beat["startup"]["compiler_imported"]
 
 
-@pytest.mark.slow  # real worker runs: the end-to-end layer
 def test_a_one_process_run_and_its_resume_never_import_the_compiler(launcher: WorkerLauncher, tmp_path: Path) -> None:
     # A plain process that crashes after step 9, then its resume under torchrun with one rank (a
     # process group, no DDP): training, validation, checkpoint saves, load_state_dict on resume.
@@ -176,7 +178,6 @@ def test_a_one_process_run_and_its_resume_never_import_the_compiler(launcher: Wo
     assert [r[0] for r in step_records(log_dir)] == list(range(12))
 
 
-@pytest.mark.slow
 def test_a_two_process_run_reports_the_import_ddp_makes(launcher: WorkerLauncher, tmp_path: Path) -> None:
     # The other side of the diagnostic: DDP's constructor imports torch._dynamo, and the heartbeat says so.
     log_dir = tmp_path / "run"

@@ -67,6 +67,7 @@ def test_cpu_batches_are_moved_exactly_and_cpu_has_no_autocast():
         assert not torch.is_autocast_enabled("cpu")
 
 
+@pytest.mark.slow  # a real worker run and its reference: the end-to-end layer
 def test_a_deterministic_run_trains_bit_for_bit_like_the_reference(launcher, tmp_path, ref_bare):
     log_dir = tmp_path / "run"
     launch = run_ok(launcher, log_dir, [*RESUME_ARGS, "--deterministic"])

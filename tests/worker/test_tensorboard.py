@@ -174,6 +174,7 @@ def test_records_become_scalars_and_a_resume_supersedes_every_later_step(tmp_pat
 
 # The writer thread's own traceback would reach pytest as this warning: an error here.
 @pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.slow  # a real tmpfs filled up: seconds
 def test_a_full_disk_warns_once_never_raises_and_the_curves_end_complete(tmp_path, capfd):
     pytest.importorskip("tensorboard")
     from bench import disk_fill
