@@ -168,11 +168,10 @@ def _crc_of(view: mmap.mmap, member: _Member) -> int:
 def _torch_zip_members(handle) -> list[_Member]:
     """Each member's data span and CRC field offsets, checked against torch's layout."""
     try:
-        archive = zipfile.ZipFile(handle)
+        with zipfile.ZipFile(handle) as archive:  # closing it leaves the caller's handle open
+            infos, central = archive.infolist(), archive.start_dir
     except zipfile.BadZipFile as error:
         raise UnexpectedZipLayout(f"not a zip archive: {error}") from None
-    infos = archive.infolist()
-    central = archive.start_dir
     members = []
     for info in infos:
         handle.seek(central)

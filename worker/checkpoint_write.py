@@ -31,8 +31,7 @@ def save_checkpoint_file(state: Any, path: Path, crc_threads: int = 2) -> None:
     If torch cannot turn its CRC off (an older torch), or the file is not laid out as expected,
     torch writes it again with its own CRC: slower, never a file without CRCs.
     """
-    serialization = torch.serialization
-    if not hasattr(serialization, "set_crc32_options"):
+    if not hasattr(torch.serialization, "set_crc32_options"):
         torch.save(state, str(path))
         return
     _save_with_torch_crc(state, path, compute=False)
