@@ -482,13 +482,18 @@ def first_failure(rank_exits: Sequence[RankExit], reports: Sequence[RankReport])
     polls it is a coin toss, and the survivors' errors ("Connection closed by peer") look like
     causes. So, in order: a rank killed by a signal from outside (not torchrun's SIGTERM) — it
     wrote nothing; else the rank whose heartbeat said ``failed`` earliest — it caught its own
-    error before its peers lost their connection to it; else torchrun's root cause.
+    error before its peers lost their connection to it; else torchrun's root cause. Among the
+    ``failed`` heartbeats, one whose rank exited with its own code comes before one torchrun
+    SIGTERMed after it wrote: ranks that found the same error (a damaged checkpoint) at the same
+    moment race to exit, and the loser's -15 is torchrun's, not the error's.
     """
     exits = {e.rank: e for e in rank_exits}
     for entry in rank_exits:
         if entry.exit_code < 0 and -entry.exit_code != _TERMINATED_BY_PEER:
             return entry
     failed = sorted((r for r in reports if r.status == RankStatus.FAILED), key=lambda r: (r.time, r.rank))
+    exited_by_itself = [r for r in failed if r.rank in exits and -exits[r.rank].exit_code != _TERMINATED_BY_PEER]
+    failed = exited_by_itself or failed
     if failed:
         rank = failed[0].rank
         fallback = rank_exits[0].exit_code if rank_exits else 1

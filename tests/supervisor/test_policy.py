@@ -326,3 +326,16 @@ def test_a_rank_whose_process_exited_is_a_crash_torchrun_will_report_not_a_hang(
 def test_a_stop_may_take_a_step_and_a_save():
     timeouts = policy.phase_timeouts(TimeoutConfig(hang_timeout=12.0), policy.Measurements(slowest_save_s=2.0))
     assert policy.stop_allowance(timeouts) == 12.0 + 40.0
+
+
+def test_a_rank_torn_down_after_reporting_failed_yields_to_one_that_exited_with_its_own_code():
+    # Both ranks found the checkpoint damaged; rank 1's heartbeat said so 50 ms first, but rank 0
+    # exited 4 first and torchrun SIGTERMed rank 1 before it could: its -15 is torchrun's, not its
+    # own. The failure is rank 0's exit 4 (a bad checkpoint), not "rank 1 killed by SIGTERM" (CI).
+    reports = [policy.RankReport(0, "failed", 100.05), policy.RankReport(1, "failed", 100.0)]
+    exits = [RankExit(1, -15), RankExit(0, 4)]
+    assert policy.first_failure(exits, reports) == RankExit(0, 4)
+    facts = policy.ExitFacts(returncode=1, statuses=["failed", "failed"], rank_exits=exits, reports=reports)
+    assert policy.classify_exit(facts).kind == OutcomeKind.BAD_CHECKPOINT
+    # With no rank that exited by itself, the earliest "failed" heartbeat still names the rank.
+    assert policy.first_failure([RankExit(1, -15), RankExit(0, -15)], reports).rank == 1
