@@ -362,16 +362,18 @@ class TorchrunAttempts:
                 mark_stop_request(self.run_dir.stop_request, asked_by)  # ours, not torchrun's teardown
                 send_signal(workers, signal.SIGTERM)
                 self.journal.event(EventKind.STOP_REQUESTED, f"stop requested ({asked_by}): asked {len(workers)} "
-                                   "worker(s) to save and exit (another stop request forces)",
-                                   pids=[p.pid for p in workers], signal=asked_by)
+                                   "worker(s) to save and exit (`gpt2sup stop --force` or a second Ctrl-C "
+                                   "stops without the save)", pids=[p.pid for p in workers], signal=asked_by)
             else:
                 self.journal.event(EventKind.STOP_REQUESTED, f"stop requested ({asked_by}) before workers started: "
                                    "stopping torchrun", signal=asked_by)
                 kill_tree(tree.live_processes(), grace_s=self.config.kill_grace, reap=tree.popen)
-            return None
-        if self.stops.count < 2 and time.monotonic() - live.stop_sent_at <= self.stop_timeout():
-            return None
-        why = "second stop request" if self.stops.count >= 2 else "stop timeout"
+            if not self.stops.forced:
+                return None
+        forced = self.stops.forced
+        if not forced and time.monotonic() - live.stop_sent_at <= self.stop_timeout():
+            return None  # repeated plain requests change nothing: the save is under way
+        why = policy.forced_stop_reason(self.stops.names) if forced else "stop timeout"
         self.journal.event(EventKind.STOP_REQUESTED, f"{why}: killing the process tree")
         self._check_survivors(kill_tree(tree.live_processes(), grace_s=min(self.config.kill_grace, 2.0),
                                         reap=tree.popen))
