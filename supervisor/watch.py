@@ -86,6 +86,7 @@ class _Live:
     beats: dict[int, Heartbeat] = field(default_factory=dict)  # last GOOD heartbeat per rank
     missing_warned: set[int] = field(default_factory=set)
     stop_sent_at: float | None = None
+    stop_requests_noted: int = 0  # plain stop requests already acknowledged in the journal
     workers_started_at: float | None = None  # when torchrun's ranks were first seen
     stragglers: set[int] = field(default_factory=set)  # ranks announced as stragglers, until they recover
     deaths: DeathWatch | None = None  # wakes the loop the moment a rank process exits
@@ -356,7 +357,8 @@ class TorchrunAttempts:
 
     # -- a stop request ----------------------------------------------------------------------------
     def _forward_stop(self, live: _Live) -> AttemptResult | None:
-        """First request: ask the workers to save and exit. Second one (or the stop timeout): kill."""
+        """First request: ask the workers to save and exit. A repeated plain request is noted and
+        changes nothing; a forced one (``policy.stop_is_forced``) or the stop timeout: kill."""
         tree = live.tree
         if live.stop_sent_at is None:
             live.stop_sent_at = time.monotonic()
@@ -373,9 +375,15 @@ class TorchrunAttempts:
                 self.journal.event(EventKind.STOP_REQUESTED, f"stop requested ({asked_by}) before workers started: "
                                    "stopping torchrun", signal=asked_by)
                 kill_tree(tree.live_processes(), grace_s=self.config.kill_grace, reap=tree.popen)
+            live.stop_requests_noted = self.stops.count
             if not self.stops.forced:
                 return None
         forced = self.stops.forced
+        if not forced and self.stops.count > live.stop_requests_noted:
+            live.stop_requests_noted = self.stops.count
+            self.journal.event(EventKind.STOP_REQUESTED, f"stop requested again ({self.stops.names[-1]}): the "
+                               "workers are already saving; this changes nothing (`gpt2sup stop --force` stops "
+                               "without the save)", signal=self.stops.names[-1])
         if not forced and time.monotonic() - live.stop_sent_at <= self.stop_timeout():
             return None  # repeated plain requests change nothing: the save is under way
         why = policy.forced_stop_reason(self.stops.names) if forced else "stop timeout"

@@ -359,6 +359,11 @@ def test_repeated_plain_stops_wait_for_the_save_and_only_force_skips_it(tmp_path
         time.sleep(3)
         assert proc.poll() is None, console_text(log_dir)[-3000:]  # still waiting for the save
         assert not any("killing" in e["message"] for e in events_named(log_dir, "stop_requested"))
+        again = stop_cli(log_dir, "--no-wait")  # a third, while the supervisor waits for the save
+        assert again.exit_code == 0 and again.output.startswith("a stop is already under way"), again.output
+        wait_for(lambda: [e for e in events_named(log_dir, "stop_requested") if "stop requested again (SIGTERM)" in
+                          e["message"] and "changes nothing" in e["message"]], 30, "the repeat to be acknowledged")
+        assert proc.poll() is None
         forced = stop_cli(log_dir, "--force", "--timeout", "60")
         assert forced.exit_code == 0, forced.output
         assert forced.output.startswith("forced stop: supervisor") and "without waiting for the save" in forced.output
