@@ -116,14 +116,19 @@ def append_jsonl(path: Path, record: dict[str, Any], *, create_parent: bool = Tr
     One ``write`` on an ``O_APPEND`` descriptor keeps concurrent appends from interleaving. When
     the disk fills mid-line (a short write, then ENOSPC) the partial line is cut off again, so a
     reader never meets half a record glued to the next one; the error still reaches the caller.
+    A file whose last line is torn already (a writer killed mid-line, a disk that filled under
+    another program) gets this record on a fresh line: glued to the torn one, it would be lost
+    with it.
     """
     path = Path(path)
     if create_parent:
         path.parent.mkdir(parents=True, exist_ok=True)
     data = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         start = os.fstat(fd).st_size
+        if start and os.pread(fd, 1, start - 1) != b"\n":
+            data = b"\n" + data  # the torn line stays one bad line, skipped by the readers
         written = 0
         try:
             while written < len(data):

@@ -118,6 +118,37 @@ class RunIdentity:
         return identity
 
 
+@dataclass(frozen=True)
+class IdentityFile:
+    """``run_identity.json`` as read: the identity, or why a file that exists cannot be used.
+
+    A damaged file is never silently trusted nor silently kept: the worker rebuilds it from the
+    checkpoint it resumes (whose ``train_config`` carries the identity) or refuses to start."""
+
+    identity: RunIdentity | None
+    unreadable: str | None = None  # "not JSON", "not a JSON object", "records no identity"
+
+
+def read_identity_file(path: str | Path) -> IdentityFile:
+    """Read ``run_identity.json``; absent is ``IdentityFile(None)``. Never raises."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return IdentityFile(None)
+    except (OSError, UnicodeDecodeError) as exc:
+        return IdentityFile(None, str(getattr(exc, "strerror", None) or exc))
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return IdentityFile(None, "not JSON")
+    if not isinstance(data, dict):
+        return IdentityFile(None, "not a JSON object")
+    identity = RunIdentity.from_dict(data)
+    if identity == RunIdentity(argv=identity.argv):  # nothing of the training recorded
+        return IdentityFile(None, "records no identity")
+    return IdentityFile(identity)
+
+
 _NUMBER_FIELDS = frozenset({"total_batch_size", "micro_batch_size", "seq_len", "max_steps", "warmup_steps",
                             "max_lr", "weight_decay", "seed", "dropout", "world_size", "identity_version"})
 _MAPPING_FIELDS = frozenset({"model_config", "data", "pretrained", "settings"})

@@ -6,13 +6,14 @@ Lives in ``shared`` because it is a file contract, and stays torch-free.
 from __future__ import annotations
 
 import collections
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from shared.atomic_io import append_jsonl, read_json, rewrite_json, write_json_atomic
+from shared.atomic_io import append_jsonl, rewrite_json, write_json_atomic
 from shared.vocabulary import EventKind
 
 # The words in these files (states, event kinds) are the StrEnums of shared.vocabulary.
@@ -84,14 +85,59 @@ def write_supervisor_state(path: Path, state: SupervisorState) -> None:
     write_json_atomic(path, state.to_dict())
 
 
-def read_supervisor_state(path: Path) -> SupervisorState | None:
-    data = read_json(path)
-    if not isinstance(data, dict):
-        return None
+@dataclass(frozen=True)
+class StateFile:
+    """``supervisor.json`` as read: the state, or why a file that exists cannot be used.
+
+    "Absent" and "unreadable" are different answers: a garbage file must be reported as
+    unreadable (and its recorded arguments never silently replaced by defaults), not as a run
+    without a supervisor."""
+
+    state: SupervisorState | None
+    raw: dict[str, Any] = field(default_factory=dict)
+    unreadable: str | None = None  # why the existing file is unusable ("not JSON"); None if fine or absent
+
+    @property
+    def absent(self) -> bool:
+        return self.state is None and self.unreadable is None
+
+
+# A reader may meet supervisor.json mid-rewrite only when the disk is full (rewrite_json's in-place
+# fallback); one more read after this pause tells a torn moment from a damaged file.
+REREAD_PAUSE_S = 0.05
+
+
+def load_supervisor_state(path: Path) -> StateFile:
+    """Read ``supervisor.json``; never raises. See :class:`StateFile`."""
+    result = _load_once(path)
+    if result.unreadable is not None:
+        time.sleep(REREAD_PAUSE_S)
+        result = _load_once(path)
+    return result
+
+
+def _load_once(path: Path) -> StateFile:
     try:
-        return SupervisorState.from_dict(data)
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return StateFile(None)
+    except (OSError, UnicodeDecodeError) as exc:
+        return StateFile(None, unreadable=str(getattr(exc, "strerror", None) or exc))
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return StateFile(None, unreadable="not JSON")
+    if not isinstance(data, dict):
+        return StateFile(None, unreadable="not a JSON object")
+    try:
+        return StateFile(SupervisorState.from_dict(data), data)
     except (TypeError, ValueError):
-        return None
+        return StateFile(None, unreadable="not a supervisor state (fields missing or of the wrong type)")
+
+
+def read_supervisor_state(path: Path) -> SupervisorState | None:
+    """The state, or None when absent or unreadable (:func:`load_supervisor_state` tells which)."""
+    return load_supervisor_state(path).state
 
 
 def append_event(path: Path, event: str, attempt: int | None = None, **details: Any) -> None:

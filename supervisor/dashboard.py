@@ -187,6 +187,8 @@ def _checkpoint_text(snapshot: RunSnapshot) -> str:
 
 
 def _supervisor_text(snapshot: RunSnapshot, *, with_restarts: bool = True) -> str:
+    if snapshot.supervisor is None and snapshot.supervisor_unreadable is not None:
+        return f"unreadable (supervisor.json: {snapshot.supervisor_unreadable})"
     if snapshot.supervisor is None:
         return "none (no supervisor.json)"
     return supervisor_info_text(snapshot.supervisor, with_restarts=with_restarts)

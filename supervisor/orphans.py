@@ -107,7 +107,7 @@ def orphan_stop_verdict(
     *,
     kill_grace_s: float,
     stop_timeout_s: float,
-    stop_requests: int,
+    stop_forced: bool,
     silent: int,
     stopped: int,
 ) -> str | None:
@@ -116,8 +116,8 @@ def orphan_stop_verdict(
     ``silent``: orphan ranks alive that have not beaten since they were asked to stop;
     ``stopped``: orphan ranks in a stopped state (they cannot act on any signal but SIGKILL).
     """
-    if stop_requests >= 2:
-        return "a second stop request"
+    if stop_forced:
+        return "a forced stop request"
     if elapsed_s >= kill_grace_s and stopped:
         return f"{stopped} orphan rank(s) stopped (SIGSTOP or traced) for the kill grace ({kill_grace_s:g}s)"
     if elapsed_s >= kill_grace_s and silent:
@@ -150,13 +150,13 @@ def stop_orphans(
     *,
     kill_grace_s: float,
     stop_timeout_s: float,
-    stop_requests: Callable[[], int],
+    stop_forced: Callable[[], bool],
     wait: Callable[[float], None],
 ) -> OrphanStopReport:
     """Ask the orphan ranks to save (SIGTERM), then remove the whole orphan tree.
 
     Waits at most ``kill_grace_s`` for ranks that do not answer and ``stop_timeout_s`` for ranks
-    that are saving; a second stop request to us ends the wait at once. ``wait`` must return early
+    that are saving; a forced stop request to us (``policy.stop_is_forced``) ends the wait at once. ``wait`` must return early
     when a stop request arrives.
     """
     started = time.monotonic()
@@ -174,7 +174,7 @@ def stop_orphans(
         silent = sum(1 for w in alive if beats.get(w.pid, 0.0) < requested_at)
         forced = orphan_stop_verdict(
             time.monotonic() - started, kill_grace_s=kill_grace_s, stop_timeout_s=stop_timeout_s,
-            stop_requests=stop_requests(), silent=silent, stopped=stopped,
+            stop_forced=stop_forced(), silent=silent, stopped=stopped,
         )
         if forced is not None:
             break

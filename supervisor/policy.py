@@ -108,6 +108,28 @@ def stop_allowance(timeouts: Mapping[Phase, float]) -> float:
     return timeouts[Phase.TRAIN] + timeouts[Phase.CHECKPOINT]
 
 
+# `gpt2sup stop --force` sends this signal; a second SIGINT (Ctrl-C at the supervisor's terminal) also forces.
+FORCE_SIGNAL_NAME = "SIGQUIT"
+
+
+def stop_is_forced(signal_names: Sequence[str]) -> bool:
+    """Whether the stop requests received so far say "stop now, without the save".
+
+    Plain requests (SIGTERM from ``gpt2sup stop``, SIGHUP, a first Ctrl-C) are idempotent: two
+    operators or a retrying script that ask at the same moment must not lose the steps since the
+    last checkpoint. Only an explicit force (``gpt2sup stop --force``: SIGQUIT) or a second Ctrl-C
+    at the supervisor's own terminal (a second SIGINT) skips the save.
+    """
+    return FORCE_SIGNAL_NAME in signal_names or list(signal_names).count("SIGINT") >= 2
+
+
+def forced_stop_reason(signal_names: Sequence[str]) -> str:
+    """Words for the journal once :func:`stop_is_forced` holds."""
+    if FORCE_SIGNAL_NAME in signal_names:
+        return f"forced stop request ({FORCE_SIGNAL_NAME}, `gpt2sup stop --force`)"
+    return "second Ctrl-C (SIGINT)"
+
+
 def timeout_for_phase(phase: str | None, timeouts: Mapping[Phase, float]) -> float:
     """Seconds of heartbeat silence tolerated in ``phase`` (an unknown phase counts as training)."""
     if phase is None:

@@ -113,7 +113,7 @@ class Supervisor:
             if self.validator is not None:
                 self.validator.close()
             if self.coordination is not None:  # node 0: until the other nodes have read an ending
-                self.coordination.close(should_stop=lambda: self.stops.count > 1)
+                self.coordination.close(should_stop=lambda: self.stops.forced)
             self.journal.close()
             self.lock.release()
 
@@ -359,7 +359,7 @@ class Supervisor:
         if not survey.orphans:
             return
         report = stop_orphans(survey, self.run_dir.root, kill_grace_s=self.config.kill_grace,
-                              stop_timeout_s=self._stop_timeout(), stop_requests=lambda: self.stops.count,
+                              stop_timeout_s=self._stop_timeout(), stop_forced=lambda: self.stops.forced,
                               wait=self.stops.sleep)
         how = f"killed ({report.forced})" if report.forced else "saved and stopped"
         self.journal.event(EventKind.ORPHANS_KILLED, f"{how}: {len(report.pids)} process(es) left by supervisor "

@@ -20,11 +20,11 @@ from typing import Any
 
 import psutil
 
-from shared.atomic_io import read_file_tail, read_json
+from shared.atomic_io import read_file_tail
 from shared.heartbeat import Heartbeat, read_heartbeat
 from shared.process_identity import CREATE_TIME_TOLERANCE_S, same_process_alive
 from shared.run_dir import QUARANTINE_SUFFIX, RunDir
-from shared.supervisor_state import SupervisorState
+from shared.supervisor_state import SupervisorState, load_supervisor_state
 from shared.vocabulary import (
     TERMINAL_STATES,
     EventKind,
@@ -223,6 +223,8 @@ class RunSnapshot:
     # Multi-node: the other nodes' supervisors (``supervisor.nodeR.json``) in this directory;
     # ``supervisor`` is node 0's (``supervisor.json``), or the lowest node's when node 0's is absent.
     nodes: dict[int, SupervisorInfo] = field(default_factory=dict)
+    # Why the run's supervisor.json exists but cannot be read ("not JSON"), else None.
+    supervisor_unreadable: str | None = None
 
     def verdict_text(self) -> str:
         """The verdict, with the supervisor's exit code once it has ended: ``stopped (exit 4)``."""
@@ -307,15 +309,6 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def _read_state(path: Path) -> tuple[SupervisorState | None, dict[str, Any]]:
-    """``supervisor.json`` as the typed state, plus the raw dict for fields newer than the type."""
-    data = read_json(path)
-    if not isinstance(data, dict):
-        return None, {}
-    try:
-        return SupervisorState.from_dict(data), data
-    except (TypeError, ValueError):
-        return None, {}
 
 
 def _phase_timeouts(raw: dict[str, Any]) -> dict[str, float]:
@@ -597,8 +590,10 @@ def collect_snapshot(run_dir: Path | str, now: float | None = None, *, with_good
     if not run.root.is_dir():
         return RunSnapshot(log_dir=str(run.root), time=now, exists=False, has_run=False, verdict=RunVerdict.NO_RUN)
 
-    states = {node: _read_state(path) for node, path in run.list_node_states().items()}
-    states = {node: read for node, read in states.items() if read[0] is not None}
+    # The typed state, plus the raw dict for fields newer than the type; an unreadable file is named.
+    loaded = {node: load_supervisor_state(path) for node, path in run.list_node_states().items()}
+    unreadable = {node: f.unreadable for node, f in loaded.items() if f.unreadable is not None}
+    states = {node: (f.state, f.raw) for node, f in loaded.items() if f.state is not None}
     primary = min(states, default=0)  # node 0; a node-local directory of node R holds only R's
     state, raw_state = states.pop(primary, (None, {}))
     ranks = []
@@ -648,6 +643,7 @@ def collect_snapshot(run_dir: Path | str, now: float | None = None, *, with_good
         recent_events=events[-RECENT_EVENTS:],
         replay_check=_replay_check(events),
         nodes=nodes,
+        supervisor_unreadable=unreadable.get(primary) if supervisor is None else None,
         goodput=measure_goodput(run.root, live_until=now if verdict in ACTIVE_VERDICTS else None)
         if with_goodput and has_run else None,
     )

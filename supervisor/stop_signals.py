@@ -1,8 +1,10 @@
-"""Stop requests from the outside world: SIGINT (Ctrl-C), SIGTERM, SIGHUP (terminal closed).
+"""Stop requests from the outside world: SIGINT (Ctrl-C), SIGTERM, SIGHUP (terminal closed), SIGQUIT.
 
-All three mean "save at the next step boundary and stop": a dropped ssh session must not leave
-``supervisor.json`` saying ``running`` over orphaned workers. The handler only counts and wakes
-the loop (a second request forces), except inside :meth:`StopSignals.interruptible` blocks, where
+SIGINT, SIGTERM and SIGHUP mean "save at the next step boundary and stop": a dropped ssh session
+must not leave ``supervisor.json`` saying ``running`` over orphaned workers. Repeating them changes
+nothing (two ``gpt2sup stop`` at once are one request), except a second SIGINT: a second Ctrl-C at
+the supervisor's own terminal forces, as does SIGQUIT (``gpt2sup stop --force``); see
+``policy.stop_is_forced``. The handler only records and wakes the loop, except inside :meth:`StopSignals.interruptible` blocks, where
 the loop is waiting on something it cannot poll (a checkpoint load-probe child): there the
 request raises :class:`StopRequested` so the wait ends at once. It derives from BaseException on
 purpose: the validation code treats an ``Exception`` as "this file is bad", and a Ctrl-C must
@@ -20,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from shared.atomic_io import write_json_atomic
+from supervisor.policy import stop_is_forced
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 class StopRequested(BaseException):
@@ -47,6 +50,11 @@ class StopSignals:
     def count(self) -> int:
         return len(self.names)
 
+    @property
+    def forced(self) -> bool:
+        """A request to stop now, without waiting for the save (``policy.stop_is_forced``)."""
+        return stop_is_forced(self.names)
+
     def install(self) -> None:
         for signum in STOP_SIGNALS:
             # nohup starts us with SIGHUP ignored: the user asked to survive a closed terminal.
@@ -58,7 +66,7 @@ class StopSignals:
         signal.signal(signal.SIGCHLD, self.wake)
 
     def request(self, signum: int | None = None, _frame: Any = None) -> None:
-        """Signal-handler safe: count the request and wake the loop. A second one forces."""
+        """Signal-handler safe: record the request and wake the loop (``forced`` says whether to wait)."""
         self.names.append(signal_name(signum) if signum is not None else "request")
         self._woken.set()
         if self._interruptible:

@@ -150,16 +150,3 @@ def module_missing(log_text: str, module: str) -> bool:
 def rendezvous_closed(log_text: str) -> bool:
     """torchrun could not join: the c10d store it reached holds its ``--rdzv-id`` as closed."""
     return "RendezvousClosedError" in log_text
-
-
-def read_oom_kill_count() -> int | None:
-    """The kernel's OOM-kill counter for our cgroup (v2 memory.events or v1 oom_control)."""
-    for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
-        try:
-            for line in Path(path).read_text().splitlines():
-                key, _, value = line.partition(" ")
-                if key == "oom_kill":
-                    return int(value)
-        except (OSError, ValueError):
-            continue
-    return None

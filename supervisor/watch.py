@@ -7,6 +7,7 @@ the reason. What to do next is the cycle's business (``run_loop``), decided by `
 """
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import time
@@ -25,6 +26,7 @@ from supervisor.attempt import AttemptResult, StopRequests
 from supervisor.disk_guard import DiskGuard
 from supervisor.evidence import capture_hang_evidence
 from supervisor.journal import Journal
+from supervisor.memory_cgroup import OomWatch
 from supervisor.process_tree import (
     DeathWatch,
     KillReport,
@@ -80,10 +82,11 @@ class _Live:
     """What is known about the attempt being watched."""
 
     tree: LaunchedTree
-    oom_before: int | None
+    oom: OomWatch | None = None  # the OOM counters of the ranks' (and our) memory cgroups
     beats: dict[int, Heartbeat] = field(default_factory=dict)  # last GOOD heartbeat per rank
     missing_warned: set[int] = field(default_factory=set)
     stop_sent_at: float | None = None
+    stop_requests_noted: int = 0  # plain stop requests already acknowledged in the journal
     workers_started_at: float | None = None  # when torchrun's ranks were first seen
     stragglers: set[int] = field(default_factory=set)  # ranks announced as stragglers, until they recover
     deaths: DeathWatch | None = None  # wakes the loop the moment a rank process exits
@@ -148,7 +151,8 @@ class TorchrunAttempts:
         log_path = self.run_dir.attempt_log(number)
         argv = torchrun.build_command(self.config)
         clear_stop_request(self.run_dir.stop_request)
-        oom_before = torchrun.read_oom_kill_count()
+        oom = OomWatch()
+        oom.learn([os.getpid()])  # our own cgroup (a SLURM job's, a pod's): the ranks start in it
         try:
             tree = launch(argv, cwd=self.config.cwd, env=torchrun.build_env(self.config), log_path=log_path)
         except OSError as exc:
@@ -163,7 +167,7 @@ class TorchrunAttempts:
             f"log {log_path.relative_to(self.run_dir.root)}",
             pid=tree.pid, argv=argv,
         )
-        live = _Live(tree, oom_before, deaths=DeathWatch(self.stops.wake))
+        live = _Live(tree, oom, deaths=DeathWatch(self.stops.wake))
         if self.timeline is not None:
             self.timeline.launched_at = tree.launched_at
             self._pending_breakdown, self.timeline = self.timeline, None
@@ -198,6 +202,8 @@ class TorchrunAttempts:
                 live.ranks = live.tree.worker_processes()
                 if live.deaths is not None:
                     live.deaths.track(live.ranks)
+            if live.oom is not None:  # each poll, while they live: a killed rank's /proc entry is gone
+                live.oom.learn([p.pid for p in live.ranks])
             if code is None:
                 code = self._cut_teardown(live)
             self._read_heartbeats(live)
@@ -351,7 +357,8 @@ class TorchrunAttempts:
 
     # -- a stop request ----------------------------------------------------------------------------
     def _forward_stop(self, live: _Live) -> AttemptResult | None:
-        """First request: ask the workers to save and exit. Second one (or the stop timeout): kill."""
+        """First request: ask the workers to save and exit. A repeated plain request is noted and
+        changes nothing; a forced one (``policy.stop_is_forced``) or the stop timeout: kill."""
         tree = live.tree
         if live.stop_sent_at is None:
             live.stop_sent_at = time.monotonic()
@@ -362,16 +369,24 @@ class TorchrunAttempts:
                 mark_stop_request(self.run_dir.stop_request, asked_by)  # ours, not torchrun's teardown
                 send_signal(workers, signal.SIGTERM)
                 self.journal.event(EventKind.STOP_REQUESTED, f"stop requested ({asked_by}): asked {len(workers)} "
-                                   "worker(s) to save and exit (another stop request forces)",
-                                   pids=[p.pid for p in workers], signal=asked_by)
+                                   "worker(s) to save and exit (`gpt2sup stop --force` or a second Ctrl-C "
+                                   "stops without the save)", pids=[p.pid for p in workers], signal=asked_by)
             else:
                 self.journal.event(EventKind.STOP_REQUESTED, f"stop requested ({asked_by}) before workers started: "
                                    "stopping torchrun", signal=asked_by)
                 kill_tree(tree.live_processes(), grace_s=self.config.kill_grace, reap=tree.popen)
-            return None
-        if self.stops.count < 2 and time.monotonic() - live.stop_sent_at <= self.stop_timeout():
-            return None
-        why = "second stop request" if self.stops.count >= 2 else "stop timeout"
+            live.stop_requests_noted = self.stops.count
+            if not self.stops.forced:
+                return None
+        forced = self.stops.forced
+        if not forced and self.stops.count > live.stop_requests_noted:
+            live.stop_requests_noted = self.stops.count
+            self.journal.event(EventKind.STOP_REQUESTED, f"stop requested again ({self.stops.names[-1]}): the "
+                               "workers are already saving; this changes nothing (`gpt2sup stop --force` stops "
+                               "without the save)", signal=self.stops.names[-1])
+        if not forced and time.monotonic() - live.stop_sent_at <= self.stop_timeout():
+            return None  # repeated plain requests change nothing: the save is under way
+        why = policy.forced_stop_reason(self.stops.names) if forced else "stop timeout"
         self.journal.event(EventKind.STOP_REQUESTED, f"{why}: killing the process tree")
         self._check_survivors(kill_tree(tree.live_processes(), grace_s=min(self.config.kill_grace, 2.0),
                                         reap=tree.popen))
@@ -455,7 +470,6 @@ class TorchrunAttempts:
             self._check_survivors(kill_tree(tree.live_processes(), grace_s=self.config.kill_grace, reap=tree.popen))
         self._read_heartbeats(live)
         log_text = torchrun.read_log_tail(tree.log_path)
-        oom_after = torchrun.read_oom_kill_count()
         beats = live.beats
         # The writer's heartbeat names the final checkpoint: global rank 0, or node 0's local rank 0
         # in a multi-node run (the worker's choose_leader). Another node's directory holds no
@@ -467,7 +481,7 @@ class TorchrunAttempts:
             returncode=code,
             statuses=[str(b.status) for b in beats.values()],
             rank_exits=torchrun.parse_rank_exits(log_text) if code != 0 else (),
-            oom_kill_observed=live.oom_before is not None and oom_after is not None and oom_after > live.oom_before,
+            oom_kill_observed=live.oom is not None and live.oom.kills_since_start(),
             memory_was_tight=self._memory_tight_at is not None
             and time.time() - self._memory_tight_at < MEMORY_TIGHT_MEMORY_S,
             stop_requested=live.stop_sent_at is not None or self.stops.count > 0,

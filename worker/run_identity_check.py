@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from shared.atomic_io import read_json, write_json_atomic
+from shared.atomic_io import write_json_atomic
 from shared.exit_codes import WorkerExit
 from shared.hf_files import HFFileError
 from shared.run_dir import RunDir
@@ -31,6 +31,7 @@ from shared.run_identity import (
     compare,
     fingerprint_checkpoint_file,
     fingerprint_data,
+    read_identity_file,
 )
 from worker.errors import WorkerError
 from worker.model import cosine_lr
@@ -47,6 +48,7 @@ class RunIdentityCheck:
         self.run_dir = run_dir
         self.allow_change = allow_change
         self.log = log
+        self._resumed: tuple[RunIdentity, str] | None = None  # the resumed checkpoint's identity, its name
 
     @classmethod
     def for_launch(cls, config: Any, world_size: int, data_dir: Path, model_config: dict[str, Any],
@@ -83,14 +85,22 @@ class RunIdentityCheck:
     def check_checkpoint(self, checkpoint: dict[str, Any], path: Path) -> None:
         """Before a checkpoint's state is used: is it this run's? (exit 6 if not)"""
         step = checkpoint.get("step")
-        self._check(RunIdentity.from_checkpoint(checkpoint), f"checkpoint {path.name}",
-                    step if isinstance(step, int) else None)
+        recorded = RunIdentity.from_checkpoint(checkpoint)
+        self._check(recorded, f"checkpoint {path.name}", step if isinstance(step, int) else None)
+        self._resumed = (recorded, path.name)  # what a damaged run_identity.json is rebuilt from
 
     def check_unstarted_run(self) -> None:
-        """``--auto_resume`` found no checkpoint: a run that started here before must match too."""
-        data = read_json(self.run_dir.run_identity)
-        if isinstance(data, dict):
-            self._check(RunIdentity.from_dict(data), self.run_dir.run_identity.name, None)
+        """``--auto_resume`` found no checkpoint: a run that started here before must match too.
+        A damaged ``run_identity.json`` cannot be rebuilt without a checkpoint: refused (exit 6),
+        since training over it would trust what nobody can read."""
+        recorded = read_identity_file(self.run_dir.run_identity)
+        if recorded.unreadable is not None:
+            raise WorkerError(
+                f"{self.run_dir.run_identity} is unreadable ({recorded.unreadable}) and no checkpoint holds the "
+                f"run's identity to rebuild it from: delete it to start {self.run_dir.root} afresh, or use a new "
+                "--log_dir", WorkerExit.RUN_MISMATCH)
+        if recorded.identity is not None:
+            self._check(recorded.identity, self.run_dir.run_identity.name, None)
 
     def note_pretrained(self, path: Path, checkpoint: dict[str, Any]) -> None:
         """A fine-tune starts from ``path``: record which file (content hash) and its step."""
@@ -99,10 +109,16 @@ class RunIdentityCheck:
     def record_first_start(self, resumed: bool) -> None:
         """Rank 0, after start-up: a run that did not resume state starts here (so does one whose
         directory predates identities); write ``run_identity.json`` durably."""
+        identity = self.identity
         if resumed and self.run_dir.run_identity.exists():
-            return
+            damage = read_identity_file(self.run_dir.run_identity).unreadable
+            if damage is None or self._resumed is None:
+                return
+            identity, source = self._resumed
+            self.log(f"note: {self.run_dir.run_identity.name} was unreadable ({damage}): rebuilt from "
+                     f"checkpoint {source}")
         try:
-            write_json_atomic(self.run_dir.run_identity, self.identity.to_dict(), durable=True)
+            write_json_atomic(self.run_dir.run_identity, identity.to_dict(), durable=True)
         except OSError as exc:  # every checkpoint carries the identity too: warn and train on
             self.log(f"WARNING: could not write {self.run_dir.run_identity}: {exc.strerror or exc}")
 

@@ -2,6 +2,8 @@
 
 A stop is a *request*, never a kill: the supervisor forwards it to the worker, which finishes the
 step, writes a checkpoint and exits 0, so ``gpt2sup run`` can continue later from that step.
+Plain requests are idempotent (two operators, or a script that retries, ask once); only
+``--force`` (SIGQUIT to the supervisor, ``policy.stop_is_forced``) stops without the save.
 We only signal processes whose identity we can confirm (pid *and* start time), because a pid
 read from a stale file may by now belong to something else entirely.
 """
@@ -29,9 +31,7 @@ from supervisor.snapshot import (
 EXIT_DELIVERED = 0
 EXIT_NOTHING_OR_TIMEOUT = 1
 POLL_INTERVAL_S = 0.2
-# Between the two signals of --force: long enough that a handler has run for the first, so the
-# second is seen as a repeat even by a process that treats two identical signals as one.
-FORCE_GAP_S = 0.3
+FORCE_SIGNAL = signal.SIGQUIT  # the supervisor's "stop now" (policy.FORCE_SIGNAL_NAME)
 
 
 @dataclass(frozen=True)
@@ -104,14 +104,23 @@ def _final_line(log_dir: str) -> str:
     return line
 
 
-def _requested_line(signalled: list[Target], force: bool, to_supervisor: bool) -> str:
+def _requested_line(signalled: list[Target], force: bool, already_stopping: bool) -> str:
+    """What this command really caused, in one line."""
     names = ", ".join(f"{t.label} (pid {t.pid})" for t in signalled)
-    if force:
-        return f"forced stop: {names}"
+    to_supervisor = signalled[0].label == "supervisor"
+    if force and to_supervisor:
+        return (f"forced stop: {names}: the process tree is killed without waiting for the save; "
+                "steps since the newest checkpoint are lost")
+    if force:  # bare ranks know no forced stop: SIGTERM is all they get
+        return (f"stop requested: {names}: each rank saves at its next step boundary and exits "
+                "(workers without a supervisor have no forced stop)")
+    if already_stopping:
+        return (f"a stop is already under way: {names}: the worker saves at its next step boundary; this "
+                "request changes nothing (`gpt2sup stop --force` stops without the save)")
     # The request came from here, not from a terminal: the way to force it is this command.
     what = "the worker saves at its next step boundary, then everything exits" if to_supervisor else (
         "each rank saves at its next step boundary and exits")
-    return f"stop requested: {names}: {what} (`gpt2sup stop --force` stops without waiting)"
+    return f"stop requested: {names}: {what} (`gpt2sup stop --force` stops without the save)"
 
 
 @click.command("stop")
@@ -121,8 +130,8 @@ def _requested_line(signalled: list[Target], force: bool, to_supervisor: bool) -
 )
 @click.option(
     "--force", is_flag=True,
-    help="Send a second stop signal right away (SIGTERM then SIGINT): the supervisor treats a "
-    "repeated request as 'stop now' without waiting for the step boundary.",
+    help="Stop now without the save (SIGQUIT to the supervisor: it kills the process tree; steps since "
+    "the newest checkpoint are lost). Plain requests, repeated or not, always wait for the save.",
 )
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until the run has exited.")
 @click.option(
@@ -134,8 +143,9 @@ def stop(log_dir: str, force: bool, wait: bool, timeout_s: float) -> None:
     everything exits; `gpt2sup run` later resumes from that checkpoint.
 
     Without a live supervisor but with live workers (a bare `torchrun` run, or workers orphaned
-    by a killed supervisor) each worker rank gets SIGTERM instead. Processes are identified by
-    pid and start time, so a reused pid is never signalled.
+    by a killed supervisor) each worker rank gets SIGTERM instead. Repeating a plain stop changes
+    nothing; only --force (or a second Ctrl-C at the supervisor's terminal) skips the save.
+    Processes are identified by pid and start time, so a reused pid is never signalled.
 
     \b
     Exit codes: 0 stop delivered (with --wait: and the run exited),
@@ -147,17 +157,14 @@ def stop(log_dir: str, force: bool, wait: bool, timeout_s: float) -> None:
         click.echo(f"nothing to stop in {where}: no live supervisor or worker (run: {found})", err=True)
         sys.exit(EXIT_NOTHING_OR_TIMEOUT)
 
-    already_stopping = len(targets) == 1 and targets[0].label == "supervisor" and found == SupervisorStateName.STOPPING
-    signalled = [t for t in targets if _send(t, signal.SIGINT if force and already_stopping else signal.SIGTERM)]
-    if force and not already_stopping:
-        time.sleep(FORCE_GAP_S)
-        for t in signalled:
-            _send(t, signal.SIGINT)
+    to_supervisor = targets[0].label == "supervisor"
+    already_stopping = to_supervisor and found == SupervisorStateName.STOPPING
+    signum = FORCE_SIGNAL if force and to_supervisor else signal.SIGTERM
+    signalled = [t for t in targets if _send(t, signum)]
     if not signalled:
         click.echo(f"nothing to stop in {log_dir}: the processes exited before the signal", err=True)
         sys.exit(EXIT_NOTHING_OR_TIMEOUT)
-    to_supervisor = signalled[0].label == "supervisor"
-    click.echo(_requested_line(signalled, force, to_supervisor))
+    click.echo(_requested_line(signalled, force, already_stopping))
     if not wait:
         sys.exit(EXIT_DELIVERED)
 

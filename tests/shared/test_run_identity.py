@@ -17,6 +17,7 @@ from shared.run_identity import (
     compare,
     fingerprint_checkpoint_file,
     fingerprint_data,
+    read_identity_file,
 )
 
 
@@ -115,6 +116,19 @@ def test_identity_round_trips_through_a_plain_dict(tmp_path):
     recorded = identity(tmp_path)
     assert RunIdentity.from_dict(recorded.to_dict()) == recorded
     assert compare(recorded, RunIdentity.from_dict(recorded.to_dict())).differences == ()
+
+
+def test_the_identity_file_is_absent_readable_or_unreadable_with_a_reason(tmp_path):
+    import json
+
+    path = tmp_path / "run_identity.json"
+    assert read_identity_file(path).identity is None and read_identity_file(path).unreadable is None
+    recorded = identity(tmp_path)
+    path.write_text(json.dumps(recorded.to_dict()))
+    assert read_identity_file(path).identity == recorded
+    for text, reason in (("{torn", "not JSON"), ("[1]", "not a JSON object"), ('{"argv": ["x"]}', "records no identity")):
+        path.write_text(text)
+        assert read_identity_file(path).unreadable == reason, text
 
 
 def test_the_checkpoint_record_leaves_out_only_the_command_line(tmp_path):

@@ -200,3 +200,49 @@ def test_the_supervisor_lock_is_taken_on_a_full_disk(tmpfs):
     lock = RunLock(lock_path)
     lock.acquire()  # the pid cannot be written; the flock is what counts
     lock.release()
+
+
+# --- issue 19 item 5: a torn events.jsonl tail ---------------------------------------------------
+
+def _torn_events(path: Path) -> list[dict]:
+    """Two whole records, then a third cut mid-line (a writer killed, a copy cut short)."""
+    whole = [{"time": 1.0, "event": "supervisor_started", "attempt": None, "message": "a"},
+             {"time": 2.0, "event": "launched", "attempt": 1, "message": "b"}]
+    text = "".join(json.dumps(r) + "\n" for r in whole) + json.dumps({"time": 3.0, "event": "crashed"})[:17]
+    path.write_text(text)
+    return whole
+
+
+def test_an_append_after_a_torn_tail_starts_on_a_fresh_line_and_readers_skip_the_torn_one(tmp_path):
+    from supervisor.run_history import read_jsonl
+    from supervisor.snapshot import read_jsonl_tail
+
+    events = tmp_path / "events.jsonl"
+    whole = _torn_events(events)
+    writer = JournalWriter(events, tmp_path / "supervisor.json", warn=lambda line: None)
+    record = {"time": 4.0, "event": "supervisor_started", "attempt": None, "message": "the next supervisor"}
+    assert writer.append_event(record)
+    assert read_jsonl(events) == [*whole, record]  # glued to the torn line, it used to be lost with it
+    assert read_jsonl_tail(events, 10) == [*whole, record]
+    append_jsonl(events, {"event": "again"})  # a whole tail: no blank line added
+    assert events.read_text().endswith('"message": "the next supervisor", "time": 4.0}\n{"event": "again"}\n')
+
+
+@pytest.mark.slow
+def test_the_next_supervisor_s_records_survive_a_torn_events_jsonl(tmp_path):
+    """A real `gpt2sup run` on a directory whose events.jsonl was cut mid-line: its first record
+    (supervisor_started) used to be glued onto the cut line and lost."""
+    from supervisor.run_history import read_jsonl
+    from tests.supervisor.helpers import WORKER_ARGS, start_supervisor, wait_exit
+
+    log_dir = tmp_path / "run"
+    log_dir.mkdir()
+    whole = _torn_events(log_dir / "events.jsonl")
+    args = list(WORKER_ARGS)
+    args[args.index("--total_batch_size") + 1] = str(2 * 32)
+    proc = start_supervisor(log_dir, "--worker", "worker.trian_gpt2", nproc=1, worker_args=args)
+    assert wait_exit(proc, log_dir, timeout=120) == 3  # the missing module: gave up at once
+    records = read_jsonl(log_dir / "events.jsonl")
+    assert records[:2] == whole
+    kinds = [r["event"] for r in records[2:]]
+    assert kinds[0] == "supervisor_started" and "launched" in kinds and kinds[-1] == "gave_up", kinds

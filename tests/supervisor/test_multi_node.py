@@ -231,7 +231,7 @@ def _watching(tmp_path: Path, node: int):
                              started_at=0.0))
     attempts = TorchrunAttempts(config, run, journal, StopRequests(), DiskGuard(run, config, journal))
     tree = SimpleNamespace(launched_at=time.time() - 1.0, known={100: object()})  # our rank's pid is 100
-    return attempts, _Live(tree=tree, oom_before=None), socket.gethostname()  # type: ignore[arg-type]
+    return attempts, _Live(tree=tree), socket.gethostname()  # type: ignore[arg-type]
 
 
 def _write_beats(tmp_path: Path, beats: list[tuple[int, int, str, float]]) -> None:

@@ -111,7 +111,7 @@ def test_orphans_of_a_dead_supervisor_of_this_directory_are_proven_and_asked_to_
     survey = survey_orphans(_state(run, _dead_supervisor(), [rank]), run)
     assert [p.pid for p in survey.orphans] == [rank.pid]
     report = stop_orphans(survey, run, kill_grace_s=5.0, stop_timeout_s=60.0,
-                          stop_requests=lambda: 0, wait=time.sleep)
+                          stop_forced=lambda: False, wait=time.sleep)
     assert report.forced is None and report.pids == [rank.pid] and not report.survivors
     assert '"stopped"' in (run / "heartbeat" / "rank0.json").read_text()  # it saved and exited by itself
 
@@ -139,23 +139,23 @@ def test_an_orphan_that_cannot_or_will_not_save_is_killed_after_the_kill_grace_n
     survey = survey_orphans(_state(run, _dead_supervisor(), [rank]), run)
     started = time.monotonic()
     report = stop_orphans(survey, run, kill_grace_s=2.0, stop_timeout_s=600.0,
-                          stop_requests=lambda: 0, wait=time.sleep)
+                          stop_forced=lambda: False, wait=time.sleep)
     assert time.monotonic() - started < 10
     assert report.forced and why in report.forced
     assert not psutil.pid_exists(rank.pid) or psutil.Process(rank.pid).status() == psutil.STATUS_ZOMBIE
 
 
-def test_a_second_stop_request_ends_the_orphan_clean_up_at_once(tmp_path, reap):
+def test_a_forced_stop_request_ends_the_orphan_clean_up_at_once(tmp_path, reap):
     run = tmp_path / "run"
     rank = _start(run, "--ignore")
     reap.append(rank)
     survey = survey_orphans(_state(run, _dead_supervisor(), [rank]), run)
-    requests = iter([0, 1, 2, 2, 2])
+    requests = iter([False, False, True, True, True])
     started = time.monotonic()
     report = stop_orphans(survey, run, kill_grace_s=60.0, stop_timeout_s=600.0,
-                          stop_requests=lambda: next(requests), wait=time.sleep)
+                          stop_forced=lambda: next(requests), wait=time.sleep)
     assert time.monotonic() - started < 5
-    assert report.forced == "a second stop request"
+    assert report.forced == "a forced stop request"
 
 
 def test_a_bare_trainer_of_this_directory_is_foreign_and_named(tmp_path, reap):
@@ -186,9 +186,9 @@ def test_the_holder_of_the_worker_lock_is_foreign_even_without_a_log_dir_argumen
 
 def test_the_orphan_verdict_waits_for_answering_ranks_and_not_for_silent_or_stopped_ones():
     kw = {"kill_grace_s": 10.0, "stop_timeout_s": 600.0}
-    assert orphan_stop_verdict(5.0, stop_requests=0, silent=1, stopped=1, **kw) is None  # within grace
-    assert "stopped" in orphan_stop_verdict(10.0, stop_requests=0, silent=0, stopped=1, **kw)
-    assert "did not answer" in orphan_stop_verdict(10.0, stop_requests=0, silent=1, stopped=0, **kw)
-    assert orphan_stop_verdict(300.0, stop_requests=1, silent=0, stopped=0, **kw) is None  # saving
-    assert "stop timeout" in orphan_stop_verdict(600.0, stop_requests=0, silent=0, stopped=0, **kw)
-    assert orphan_stop_verdict(0.0, stop_requests=2, silent=0, stopped=0, **kw) == "a second stop request"
+    assert orphan_stop_verdict(5.0, stop_forced=False, silent=1, stopped=1, **kw) is None  # within grace
+    assert "stopped" in orphan_stop_verdict(10.0, stop_forced=False, silent=0, stopped=1, **kw)
+    assert "did not answer" in orphan_stop_verdict(10.0, stop_forced=False, silent=1, stopped=0, **kw)
+    assert orphan_stop_verdict(300.0, stop_forced=False, silent=0, stopped=0, **kw) is None  # saving
+    assert "stop timeout" in orphan_stop_verdict(600.0, stop_forced=False, silent=0, stopped=0, **kw)
+    assert orphan_stop_verdict(0.0, stop_forced=True, silent=0, stopped=0, **kw) == "a forced stop request"

@@ -153,7 +153,7 @@ def test_ctrl_c_during_the_orphan_clean_up_is_honoured(tmp_path):
     time.sleep(0.5)
     second.send_signal(signal.SIGINT)
     assert wait_exit(second, log_dir, timeout=20) == SupervisorExit.STOPPED, console_text(log_dir)[-3000:]
-    assert events_named(log_dir, "orphans_killed")[0]["forced"] == "a second stop request"
+    assert events_named(log_dir, "orphans_killed")[0]["forced"] == "a forced stop request"
     assert not any(_alive(pid, ct) for pid, ct in recorded)
 
 

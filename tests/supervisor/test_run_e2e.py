@@ -277,7 +277,7 @@ def test_a_second_stop_request_forces(tmp_path):
     proc.send_signal(signal.SIGINT)
     code = wait_exit(proc, log_dir, timeout=60)
     assert code == SupervisorExit.STOPPED, console_text(log_dir)[-3000:]
-    assert any("second stop request" in e["message"] for e in events_named(log_dir, "stop_requested"))
+    assert any("second Ctrl-C (SIGINT): killing" in e["message"] for e in events_named(log_dir, "stop_requested"))
     assert not any(_alive(pid, ct) for pid, ct in recorded)
 
 

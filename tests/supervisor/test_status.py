@@ -227,6 +227,26 @@ def test_snapshot_survives_garbage_files(tmp_path: Path) -> None:
     assert snap.has_run and snap.ranks == [] and snap.supervisor is None
 
 
+def test_a_supervisor_json_that_exists_but_is_garbage_is_unreadable_not_absent(tmp_path: Path) -> None:
+    """Issue 19 item 5: status said `supervisor: none (no supervisor.json)` over a damaged file."""
+    from shared.supervisor_state import load_supervisor_state
+
+    path = RunDir.at(tmp_path).supervisor_state
+    assert load_supervisor_state(path).absent
+    heartbeat(tmp_path, 0, 40, pid=dead_pid()[0], status="stopped")
+    checkpoint_files(tmp_path, {40: 2048})
+    path.write_bytes(b'{"state": "stopped", "pid": 12\x00\x00garbage')
+    loaded = load_supervisor_state(path)
+    assert (loaded.state, loaded.absent, loaded.unreadable) == (None, False, "not JSON")
+    result = invoke("--log-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "supervisor: unreadable (supervisor.json: not JSON)" in result.output, result.output
+    assert "no supervisor.json" not in result.output
+    path.write_text('{"state": "stopped"}')  # JSON, but not a supervisor state
+    as_json = json.loads(invoke("--log-dir", str(tmp_path), "--json").output)
+    assert as_json["supervisor"] is None and as_json["supervisor_unreadable"].startswith("not a supervisor state")
+
+
 # --- the command -----------------------------------------------------------------------------
 def test_status_no_run_is_one_line_exit_1(tmp_path: Path) -> None:
     result = invoke("--log-dir", str(tmp_path))

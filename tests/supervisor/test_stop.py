@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from click.testing import CliRunner
 
 from shared.heartbeat import read_heartbeat
@@ -30,8 +31,10 @@ REPO = Path(__file__).resolve().parents[2]
 FAKE_SUPERVISOR = r"""
 import json, os, signal, socket, sys, time
 import psutil
+import pytest
 from shared.run_dir import RunDir
 from shared.supervisor_state import SupervisorState, write_supervisor_state
+from supervisor.policy import stop_is_forced
 
 run, marker, mode = RunDir.at(sys.argv[1]), sys.argv[2], sys.argv[3]
 received = []
@@ -45,7 +48,7 @@ def on_signal(signum, frame):
     received.append(signal.Signals(signum).name)
     if mode == "ignore":
         return
-    if mode == "needs_force" and len(received) < 2:
+    if mode == "needs_force" and not stop_is_forced(received):
         write_state("stopping")  # a real supervisor waits here for the worker's save
         return
     with open(marker, "w") as handle:
@@ -53,8 +56,8 @@ def on_signal(signum, frame):
     write_state("stopped", exit_code=4)  # SupervisorExit.STOPPED, as `gpt2sup run` records it
     sys.exit(0)
 
-signal.signal(signal.SIGTERM, on_signal)
-signal.signal(signal.SIGINT, on_signal)
+for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+    signal.signal(signum, on_signal)
 write_state("running")
 while True:
     time.sleep(0.02)
@@ -113,14 +116,16 @@ def test_stop_delivers_sigterm_to_the_supervisor_and_waits(tmp_path: Path) -> No
         proc.wait()
 
 
-def test_force_sends_a_second_signal(tmp_path: Path) -> None:
+def test_force_sends_the_force_signal_and_says_the_save_is_skipped(tmp_path: Path) -> None:
     marker = tmp_path / "marker.json"
     proc = spawn(FAKE_SUPERVISOR, str(tmp_path), str(marker), "needs_force", ready=tmp_path / "supervisor.json")
     try:
         result = stop_cli(tmp_path, "--force", "--timeout", "20")
         assert result.exit_code == 0, result.output
-        assert json.loads(marker.read_text()) == ["SIGTERM", "SIGINT"]
+        assert json.loads(marker.read_text()) == ["SIGQUIT"]
         assert proc.wait(timeout=10) == 0
+        assert result.output.startswith(f"forced stop: supervisor (pid {proc.pid}): the process tree is killed "
+                                        "without waiting for the save")
     finally:
         proc.kill()
         proc.wait()
@@ -137,9 +142,14 @@ def test_force_on_a_supervisor_already_stopping_sends_one_more(tmp_path: Path) -
             assert time.monotonic() < deadline
             time.sleep(0.02)
         assert proc.poll() is None  # one request alone waits for the save
+        again = stop_cli(tmp_path, "--no-wait")  # a plain repeat: idempotent, and says so
+        assert again.exit_code == 0 and again.output.startswith("a stop is already under way"), again.output
+        assert "changes nothing" in again.output
+        time.sleep(0.3)
+        assert proc.poll() is None
         second = stop_cli(tmp_path, "--force", "--timeout", "20")
         assert second.exit_code == 0, second.output
-        assert json.loads(marker.read_text()) == ["SIGTERM", "SIGINT"]
+        assert json.loads(marker.read_text()) == ["SIGTERM", "SIGTERM", "SIGQUIT"]
     finally:
         proc.kill()
         proc.wait()
@@ -255,6 +265,111 @@ def test_stop_says_how_to_force_and_reports_the_run_s_own_exit_code(tmp_path: Pa
         assert "`gpt2sup stop --force`" in lines[0] and "Ctrl-C" not in result.output
         assert lines[-1] == (f"run {tmp_path}: stopped (exit 4), 74/300 steps done, newest checkpoint "
                              "model_00073.pt; `gpt2sup run` resumes it")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# --- issue 19 item 3: a stop is a stop ------------------------------------------------------------
+
+def _default_signals() -> None:
+    """The child's verdict must not depend on the shell that ran pytest (nohup, `&`)."""
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def _real_supervisor(log_dir: Path, *args: str, nproc: int, worker_args: list[str]) -> subprocess.Popen:
+    from tests.supervisor.helpers import FAST_SUPERVISOR_ARGS, child_env, gpt2sup_argv
+
+    argv = gpt2sup_argv("run", "--log-dir", str(log_dir), "--nproc-per-node", str(nproc), *FAST_SUPERVISOR_ARGS,
+                        *args, "--", *worker_args)
+    with open(f"{log_dir}.console", "ab") as console:
+        return subprocess.Popen(argv, cwd=REPO, env=child_env(), stdout=console, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, preexec_fn=_default_signals)  # noqa: PLW1509 - before exec, no lock taken
+
+
+def _two_plain_stops_at_once(log_dir: Path) -> list[subprocess.CompletedProcess]:
+    """Two operators (or a retrying script) type `gpt2sup stop` at the same moment."""
+    from tests.supervisor.helpers import child_env, gpt2sup_argv
+
+    argv = gpt2sup_argv("stop", "--log-dir", str(log_dir), "--no-wait")
+    procs = [subprocess.Popen(argv, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=60)[0] for p in procs]
+    return [subprocess.CompletedProcess(p.args, p.returncode, out) for p, out in zip(procs, outputs)]
+
+
+@pytest.mark.slow
+def test_two_plain_stops_at_once_save_and_stop_like_one(tmp_path: Path) -> None:
+    """Both requests reach the supervisor within milliseconds; it used to take the second as
+    "another stop request forces" and kill the tree, losing the steps since the last save."""
+    from shared.exit_codes import SupervisorExit
+    from tests.supervisor.helpers import (
+        WORKER_ARGS,
+        console_text,
+        events_named,
+        heartbeat,
+        wait_exit,
+        wait_for_step,
+    )
+
+    log_dir = tmp_path / "run"
+    proc = _real_supervisor(log_dir, nproc=2, worker_args=WORKER_ARGS)
+    try:
+        wait_for_step(log_dir, 2, rank=0)
+        for stopped in _two_plain_stops_at_once(log_dir):
+            assert stopped.returncode == 0, stopped.stdout
+            assert "saves at its next step boundary" in stopped.stdout, stopped.stdout
+        assert wait_exit(proc, log_dir, timeout=120) == SupervisorExit.STOPPED, console_text(log_dir)[-3000:]
+        assert not any("killing" in e["message"] for e in events_named(log_dir, "stop_requested"))
+        assert {heartbeat(log_dir, r)["status"] for r in (0, 1)} == {"stopped"}
+        stop_step = heartbeat(log_dir, 0)["step"]
+        assert (log_dir / f"model_{stop_step:05d}.pt").exists()  # the stop's own save
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.slow
+def test_repeated_plain_stops_wait_for_the_save_and_only_force_skips_it(tmp_path: Path) -> None:
+    """A worker that cannot reach its step boundary: plain requests, however many, keep waiting
+    (up to --stop-timeout); `gpt2sup stop --force` kills the tree at once."""
+    from shared.exit_codes import SupervisorExit
+    from tests.supervisor.helpers import (
+        WORKER_ARGS,
+        console_text,
+        events_named,
+        wait_exit,
+        wait_for,
+    )
+
+    log_dir = tmp_path / "run"
+    args = list(WORKER_ARGS)
+    args[args.index("--total_batch_size") + 1] = str(2 * 32)
+    proc = _real_supervisor(log_dir, "--worker", "tests.supervisor.stubborn_worker", "--stop-timeout", "600",
+                            nproc=1, worker_args=args)
+    try:
+        wait_for(lambda: (log_dir / "stubborn.ready").exists(), 60, "the worker to ignore SIGTERM")
+        for stopped in _two_plain_stops_at_once(log_dir):
+            assert stopped.returncode == 0, stopped.stdout
+            assert "saves at its next step boundary" in stopped.stdout, stopped.stdout
+        wait_for(lambda: events_named(log_dir, "stop_requested"), 30, "the forwarded stop request")
+        time.sleep(3)
+        assert proc.poll() is None, console_text(log_dir)[-3000:]  # still waiting for the save
+        assert not any("killing" in e["message"] for e in events_named(log_dir, "stop_requested"))
+        again = stop_cli(log_dir, "--no-wait")  # a third, while the supervisor waits for the save
+        assert again.exit_code == 0 and again.output.startswith("a stop is already under way"), again.output
+        wait_for(lambda: [e for e in events_named(log_dir, "stop_requested") if "stop requested again (SIGTERM)" in
+                          e["message"] and "changes nothing" in e["message"]], 30, "the repeat to be acknowledged")
+        assert proc.poll() is None
+        forced = stop_cli(log_dir, "--force", "--timeout", "60")
+        assert forced.exit_code == 0, forced.output
+        assert forced.output.startswith("forced stop: supervisor") and "without waiting for the save" in forced.output
+        assert wait_exit(proc, log_dir, timeout=60) == SupervisorExit.STOPPED
+        messages = [e["message"] for e in events_named(log_dir, "stop_requested")]
+        assert any("forced stop request (SIGQUIT, `gpt2sup stop --force`): killing" in m for m in messages), messages
     finally:
         proc.kill()
         proc.wait()

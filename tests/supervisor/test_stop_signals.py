@@ -17,7 +17,7 @@ from supervisor.stop_signals import StopRequested, StopSignals
 
 @pytest.fixture
 def restore_handlers():
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)}
     yield
     for signum, handler in saved.items():
         signal.signal(signum, handler)
@@ -33,6 +33,23 @@ def test_sigint_sigterm_and_sighup_each_count_as_a_stop_request(restore_handlers
     started = time.monotonic()
     stops.sleep(30)  # woken: returns at once
     assert time.monotonic() - started < 1
+
+
+def test_repeated_plain_requests_never_force_only_sigquit_or_a_second_sigint_does(restore_handlers):
+    """Issue 19 item 3: two `gpt2sup stop` (SIGTERM) at once are one request."""
+    from supervisor.policy import stop_is_forced
+
+    stops = StopSignals()
+    stops.install()
+    for signum in (signal.SIGTERM, signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        os.kill(os.getpid(), signum)
+        time.sleep(0.05)
+    assert stops.count == 4 and not stops.forced
+    os.kill(os.getpid(), signal.SIGQUIT)  # `gpt2sup stop --force`
+    time.sleep(0.05)
+    assert stops.forced
+    assert stop_is_forced(["SIGINT", "SIGINT"])  # a second Ctrl-C at the supervisor's terminal
+    assert not stop_is_forced(["SIGTERM"] * 5) and not stop_is_forced(["SIGHUP", "SIGTERM", "SIGINT"])
 
 
 def test_sighup_ignored_by_nohup_stays_ignored(restore_handlers):

@@ -34,7 +34,7 @@ def _attempts(tmp_path, **timeouts: float) -> tuple[TorchrunAttempts, _Live, Run
     journal.begin(CycleState(state="running", pid=1, pid_create_time=0.0, hostname="h", log_dir=str(tmp_path),
                              started_at=0.0))
     attempts = TorchrunAttempts(config, run, journal, StopRequests(), DiskGuard(run, config, journal))
-    live = _Live(tree=SimpleNamespace(launched_at=time.time() - 1.0), oom_before=None)  # type: ignore[arg-type]
+    live = _Live(tree=SimpleNamespace(launched_at=time.time() - 1.0))  # type: ignore[arg-type]
     return attempts, live, run
 
 

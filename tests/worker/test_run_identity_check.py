@@ -82,3 +82,20 @@ def test_an_unwritable_run_identity_json_is_a_warning_not_a_crash(tmp_path):
     check.record_first_start(resumed=False)
     (warning,) = printed
     assert warning.startswith(f"WARNING: could not write {blocker / 'run_identity.json'}")
+
+
+def test_a_damaged_run_identity_json_is_rebuilt_on_a_resume_and_refused_without_a_checkpoint(tmp_path):
+    """Issue 19 item 5: the garbage used to stay in place while the run resumed silently."""
+    (tmp_path / "run_identity.json").write_text("{garbage")
+    check, printed = checker(tmp_path, max_steps=90)
+    check.check_checkpoint({"step": 40, "train_config": BASE.to_dict()}, tmp_path / "model_00040.pt")
+    check.record_first_start(resumed=True)
+    assert printed[-1] == "note: run_identity.json was unreadable (not JSON): rebuilt from checkpoint model_00040.pt"
+    assert RunIdentity.from_dict(json.loads((tmp_path / "run_identity.json").read_text())) == BASE
+
+    (tmp_path / "run_identity.json").write_text('{"foreign": true}')
+    fresh, _ = checker(tmp_path)
+    with pytest.raises(WorkerError) as raised:
+        fresh.check_unstarted_run()
+    assert raised.value.code == WorkerExit.RUN_MISMATCH and "\n" not in str(raised.value)
+    assert "is unreadable (records no identity) and no checkpoint holds the run's identity" in str(raised.value)

@@ -300,3 +300,28 @@ def test_a_fresh_run_and_a_resume_with_nothing_to_re_do_write_no_replay_event(la
     assert read_events(run, "replay_check") == []
     run_ok(launcher, run, [*REPLAY_ARGS, "--auto_resume"])
     assert read_events(run, "replay_check") == []
+
+
+# --- issue 19 item 5: a damaged run_identity.json is rebuilt or refused, never silently kept -----
+
+def test_a_garbage_run_identity_json_is_rebuilt_from_the_checkpoint_it_resumes(launcher, first_run, tmp_path):
+    run = copy_run(first_run.log_dir, tmp_path / "run")
+    (run / "run_identity.json").write_bytes(b'{"identity_version": 1, "mod\x00\x00 garbage')
+    launch = run_ok(launcher, run, [*first_run.args[:-1], "61", "--auto_resume"])
+    final = f"model_{FIRST_RUN_STEPS - 1:05d}.pt"
+    assert f"note: run_identity.json was unreadable (not JSON): rebuilt from checkpoint {final}" in launch.stdout()
+    rebuilt = json.loads((run / "run_identity.json").read_text())
+    assert rebuilt == {**load_checkpoint(first_run.log_dir / final)["train_config"], "argv": []}
+
+
+def test_a_garbage_run_identity_json_without_a_checkpoint_is_refused_in_one_line(launcher, first_run, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run_identity.json").write_text("[1, 2, 3]")
+    launch = launcher.run(run, [*first_run.args, "--auto_resume"])
+    assert launch.proc.returncode == int(WorkerExit.RUN_MISMATCH), launch.output_tail()
+    assert error_lines(launch)[-1] == (
+        f"train_gpt2: error: {run / 'run_identity.json'} is unreadable (not a JSON object) and no checkpoint holds the run's identity "
+        f"to rebuild it from: delete it to start {run} afresh, or use a new --log_dir")
+    assert (run / "run_identity.json").read_text() == "[1, 2, 3]"  # refused, touching nothing
+    assert not list(run.glob("model_*.pt"))
