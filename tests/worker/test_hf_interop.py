@@ -327,11 +327,11 @@ def test_a_worker_refuses_an_hf_model_of_another_architecture_a_broken_or_a_miss
     shutil.copytree(tmp_path / "small", broken)
     (broken / MODEL_FILE).write_bytes((broken / MODEL_FILE).read_bytes()[:1000])
     done = _worker([*FAST_ARGS, "--max_steps", "2", "--pretrained_checkpoint", str(broken)], tmp_path / "b")
-    assert done.returncode == WorkerExit.CHECKPOINT_ERROR, done.stderr[-2000:]
+    assert done.returncode == WorkerExit.PRETRAINED_ERROR, done.stderr[-2000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("train_gpt2: error:")]
     assert len(errors) == 1 and "cannot load pretrained weights" in errors[0] and "Traceback" not in done.stderr
 
     done = _worker([*FAST_ARGS, "--max_steps", "2", "--pretrained_checkpoint", str(tmp_path / "nowhere")], tmp_path / "c")
-    assert done.returncode == WorkerExit.CHECKPOINT_ERROR, done.stderr[-2000:]
+    assert done.returncode == WorkerExit.PRETRAINED_ERROR, done.stderr[-2000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("train_gpt2: error:")]
     assert len(errors) == 1 and "not found" in errors[0] and "Traceback" not in done.stderr
