@@ -329,3 +329,19 @@ def test_console_script_plain_output_off_a_tty(tmp_path: Path) -> None:
     assert "\x1b[" not in completed.stdout and "Traceback" not in completed.stdout + completed.stderr
     out = completed.stdout.splitlines()
     assert len(out) == 2 and out[0].startswith(f"FAIL {flipped}  CRC-32 mismatch") and out[1].endswith("no such file")
+
+
+def test_the_worst_verdict_decides_the_exit_code() -> None:
+    from supervisor.checkpoint_validation import ValidationResult
+    from supervisor.commands.verify_cmd import exit_code
+
+    ok = ValidationResult("a", ok=True)
+    failed = ValidationResult("b", ok=False, reason="CRC-32 mismatch")
+    unjudged = ValidationResult("c", ok=False, reason="timed out", inconclusive=True)
+    newer = ValidationResult("d", ok=False, reason="format_version 2", unsupported_format_version=2)
+    empty = ValidationResult("e", ok=False, reason="no checkpoint yet", no_checkpoint=True)
+    assert exit_code([ok]) == 0 and exit_code([]) == 1
+    assert exit_code([ok, empty]) == 5
+    assert exit_code([ok, empty, unjudged]) == 3
+    assert exit_code([ok, empty, unjudged, newer]) == 4
+    assert exit_code([ok, empty, unjudged, newer, failed]) == 1
