@@ -8,6 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 FORMAT_VERSION = 1
+# Every format_version this install reads. A file with a higher one was written by a newer
+# gpt2sup: that is a property of this install, not damage, so it is never quarantined.
+SUPPORTED_FORMAT_VERSIONS = (FORMAT_VERSION,)
 
 # build-nanogpt's keys (docs/checkpoints.md), plus our own ``format_version`` and ``train_config``.
 REQUIRED_KEYS = (
@@ -25,6 +28,27 @@ REQUIRED_KEYS = (
 )
 
 MODEL_CONFIG_KEYS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd")
+
+
+def newer_format_version(checkpoint: Any) -> int | None:
+    """The file's ``format_version`` when it is newer than every version this install reads.
+
+    Checked before anything else in the file is looked at: a newer format may have other keys, and
+    judging it by this install's rules would call a sound file damaged.
+    """
+    if not isinstance(checkpoint, dict):
+        return None
+    version = checkpoint.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > max(SUPPORTED_FORMAT_VERSIONS):
+        return version
+    return None
+
+
+def unsupported_format_message(name: str, version: int) -> str:
+    """One line naming the file's version and the versions this install reads."""
+    readable = ", ".join(str(v) for v in SUPPORTED_FORMAT_VERSIONS)
+    return (f"{name} has checkpoint format_version {version}, newer than this gpt2sup reads "
+            f"(format_version {readable}): a newer gpt2sup wrote it, it is not damaged; upgrade gpt2sup to use it")
 
 
 def expected_model_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:

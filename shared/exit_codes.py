@@ -11,6 +11,12 @@ A worker exit code is a verdict the supervisor acts on, so each code means one t
 * 9 STOP_SAVE_FAILED: the worker stopped on a stop request (SIGTERM/SIGINT, or its supervisor
   gone) but that stop's checkpoint is not on disk. Kept apart from 7: when a full disk also
   swallows the heartbeat, the exit code alone must still say which ending it was.
+* 10 UNSUPPORTED_FORMAT: the checkpoint to resume from has a ``format_version`` this install does
+  not read (a newer gpt2sup wrote it). Not damage: the file is never quarantined, and relaunching
+  the same install cannot help, so the supervisor ends at once (``gpt2sup run`` exit 6).
+* 11 PRETRAINED_ERROR: the ``--pretrained_checkpoint`` source cannot be used (damaged, a bad
+  Hugging Face header or config, another architecture). It is an input of the command, not one of
+  the run's checkpoints: never renamed, and no relaunch can fix it (permanent).
 """
 from __future__ import annotations
 
@@ -30,11 +36,14 @@ class WorkerExit(IntEnum):
     FINAL_SAVE_FAILED = 7  # the last step's checkpoint could not be written
     RUN_DIR_BUSY = 8  # another trainer holds --log_dir
     STOP_SAVE_FAILED = 9  # a stop request's checkpoint could not be written
+    UNSUPPORTED_FORMAT = 10  # the checkpoint's format_version is newer than this install reads
+    PRETRAINED_ERROR = 11  # the --pretrained_checkpoint source cannot be used
 
 
 # Worker exits that no relaunch can fix: give up at once, quoting the worker's reason.
 PERMANENT_WORKER_EXITS = frozenset(
-    {WorkerExit.USAGE, WorkerExit.DATA_ERROR, WorkerExit.RUN_MISMATCH, WorkerExit.RUN_DIR_BUSY}
+    {WorkerExit.USAGE, WorkerExit.DATA_ERROR, WorkerExit.RUN_MISMATCH, WorkerExit.RUN_DIR_BUSY,
+     WorkerExit.UNSUPPORTED_FORMAT, WorkerExit.PRETRAINED_ERROR}
 )
 
 
@@ -47,3 +56,4 @@ class SupervisorExit(IntEnum):
     GAVE_UP = 3  # restart budget exhausted, no progress, or a permanent worker error
     STOPPED = 4  # stopped on request (SIGINT/SIGTERM/SIGHUP/`gpt2sup stop`); resumable
     FINISHED_WITHOUT_CHECKPOINT = 5  # reached max steps, but the final checkpoint was not written
+    UNSUPPORTED_FORMAT = 6  # a checkpoint's format_version is newer than this install reads: upgrade

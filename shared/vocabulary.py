@@ -131,3 +131,7 @@ class Verdict(StrEnum):
     VALID = "valid"
     INVALID = "invalid"  # positive evidence the file is bad: quarantine
     INCONCLUSIVE = "inconclusive"  # could not judge (timeout, probe could not start): never quarantine
+    # A format_version newer than this install reads: a property of the install, not damage.
+    # Never quarantined; the run cannot go on with this install (gpt2sup run exit 6).
+    UNSUPPORTED = "unsupported"
+    NO_CHECKPOINT = "no_checkpoint"  # verify: a directory with no model_*.pt yet (nothing to judge)

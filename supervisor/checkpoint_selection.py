@@ -8,6 +8,9 @@ good checkpoint: only positive evidence about a file (``Verdict.INVALID``) renam
 be judged (probe timeout, probe could not start) stays where it is. When no file passed but some
 could not be judged, the newest of those is chosen, flagged inconclusive, for the caller to
 announce loudly: the run never restarts from step 0 while a checkpoint that may be good exists.
+A file in a format newer than this install reads (``Verdict.UNSUPPORTED``) stops the selection at
+once, untouched: resuming from an older file or from scratch would throw away what the newer
+install trained, and the caller ends the run with its own exit code.
 """
 from __future__ import annotations
 
@@ -45,18 +48,22 @@ class CheckpointVerdict:
     size_bytes: int | None
     seconds: float | None = None
     inconclusive: bool = False  # could not be judged: not the file's fault, never quarantined
+    unsupported_format_version: int | None = None  # newer than this install reads: never quarantined
 
     @property
     def verdict(self) -> Verdict:
         if self.ok:
             return Verdict.VALID
+        if self.unsupported_format_version is not None:
+            return Verdict.UNSUPPORTED
         return Verdict.INCONCLUSIVE if self.inconclusive else Verdict.INVALID
 
     @classmethod
     def of(cls, result: ValidationResult, path: Path, step: int, seconds: float) -> CheckpointVerdict:
         return cls(path=path, ok=result.ok, reason=result.reason,
                    step=result.step if result.step is not None else step,
-                   size_bytes=result.size_bytes, seconds=seconds, inconclusive=result.inconclusive)
+                   size_bytes=result.size_bytes, seconds=seconds, inconclusive=result.inconclusive,
+                   unsupported_format_version=result.unsupported_format_version)
 
 
 # --- quarantine ------------------------------------------------------------------------------------
@@ -110,6 +117,9 @@ class Selection:
     checked: list[CheckpointVerdict] = field(default_factory=list)  # newest first
     # Newer files that could not be judged and were passed over for an older valid one (kept).
     skipped_inconclusive: list[CheckpointVerdict] = field(default_factory=list)
+    # The newest file in a format this install does not read: selection stopped there, nothing
+    # chosen, the link left alone; the run cannot go on with this install.
+    unsupported: CheckpointVerdict | None = None
 
 
 def select_checkpoint_for_restart(
@@ -157,6 +167,9 @@ def select_checkpoint_for_restart(
             if verdict.verdict is Verdict.VALID:
                 selection.chosen = verdict
                 break
+            if verdict.verdict is Verdict.UNSUPPORTED:
+                selection.unsupported = verdict
+                return selection  # untouched: no quarantine, no fallback, the link as it was
             if verdict.verdict is Verdict.INCONCLUSIVE:
                 inconclusive.append(verdict)
                 continue

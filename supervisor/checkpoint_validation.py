@@ -18,7 +18,9 @@ can never disagree. The checks run in order and stop at the first failure:
                  (model, optimizer, loader state, every RNG); with ``deep`` also finite tensors
                  and optimizer moment shapes.
 
-Verdicts (``shared.vocabulary.Verdict``): VALID; INVALID only on positive evidence about the file
+Verdicts (``shared.vocabulary.Verdict``): VALID; UNSUPPORTED for a ``format_version`` newer than
+this install reads (a newer gpt2sup wrote it: not damage, never quarantined, nothing else judged);
+INVALID only on positive evidence about the file
 (CRC mismatch, truncation, unpicklable, missing keys, wrong shapes, a failed restore, a loader that
 crashes the interpreter with SIGSEGV/SIGBUS); INCONCLUSIVE when the file could not be judged (a
 probe that timed out, could not start, or failed for reasons of its own). An inconclusive file is
@@ -102,11 +104,18 @@ class ValidationResult:
     inconclusive: bool = False
     config: dict[str, Any] | None = None
     source_format: str | None = None  # "build-nanogpt" for a file in build-nanogpt's format
+    # Set when the file's format_version is newer than this install reads (``ok`` is False).
+    unsupported_format_version: int | None = None
+    no_checkpoint: bool = False  # verify: a directory that holds no checkpoint yet (not a file)
 
     @property
     def verdict(self) -> Verdict:
         if self.ok:
             return Verdict.VALID
+        if self.no_checkpoint:
+            return Verdict.NO_CHECKPOINT
+        if self.unsupported_format_version is not None:
+            return Verdict.UNSUPPORTED
         return Verdict.INCONCLUSIVE if self.inconclusive else Verdict.INVALID
 
     def seconds(self, name: str) -> float | None:
@@ -601,6 +610,9 @@ def _finish(result: ValidationResult, crc: tuple[bool, str, float], siblings: Se
         result.config = verdict["config"]
     if isinstance(verdict.get("source_format"), str):
         result.source_format = verdict["source_format"]
+    newer = verdict.get("unsupported_format_version")
+    if isinstance(newer, int) and not isinstance(newer, bool):
+        result.unsupported_format_version = newer
     if verdict["ok"]:
         result.ok = True
     else:

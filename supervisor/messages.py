@@ -55,6 +55,11 @@ def startup_timeout(seconds: float, workers_started: bool) -> str:
     return f"no heartbeat within the start-up timeout ({seconds:.0f}s) of the workers starting"
 
 
+def unsupported_format(reason: str) -> str:
+    """A checkpoint in a format newer than this install reads: not damage, no restart can help."""
+    return f"cannot resume: {reason} (nothing renamed, no restart spent; exit {int(SupervisorExit.UNSUPPORTED_FORMAT)})"
+
+
 def gave_up(decision_reason: str, failure_reason: str) -> str:
     return f"gave up: {decision_reason}; last failure: {failure_reason}"
 

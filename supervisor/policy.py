@@ -600,6 +600,9 @@ def decide_after_failure(
         if outcome.exit_code == WorkerExit.RUN_MISMATCH:
             return Decision(False, reason="the arguments describe another run than the one in this directory",
                             end_state=SupervisorStateName.REFUSED, exit_code=SupervisorExit.REFUSED)
+        if outcome.exit_code == WorkerExit.UNSUPPORTED_FORMAT:  # the worker's own version check
+            return Decision(False, reason="the checkpoint's format is newer than this gpt2sup reads",
+                            exit_code=SupervisorExit.UNSUPPORTED_FORMAT)
         return Decision(False, reason="relaunching the same command cannot succeed")
     if restarts_used >= limits.max_restarts:
         return Decision(False, reason=f"restart budget exhausted ({restarts_used}/{limits.max_restarts} restarts used)")

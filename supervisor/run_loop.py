@@ -50,6 +50,10 @@ __all__ = ["DEFAULT_WORKER", "MultiNode", "RunConfig", "Supervisor"]
 Select = Callable[..., Selection]
 
 
+class UnsupportedCheckpoint(Exception):
+    """The newest checkpoint's format is newer than this install reads: the run ends at once."""
+
+
 class Supervisor:
     """One supervisor for one run directory; ``run()`` returns a ``SupervisorExit``."""
 
@@ -104,6 +108,9 @@ class Supervisor:
             return self._run_locked()
         except StopRequested as request:  # raised only out of a checkpoint validation
             return self._end(SupervisorStateName.STOPPED, messages.stopped(f"{request}, during checkpoint validation"))
+        except UnsupportedCheckpoint as unsupported:  # raised only out of a checkpoint validation
+            return self._end(SupervisorStateName.GAVE_UP, messages.unsupported_format(str(unsupported)),
+                             SupervisorExit.UNSUPPORTED_FORMAT)
         except Exception as exc:
             if self.journal.state is not None:
                 self.journal.event(EventKind.INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}")
@@ -409,6 +416,11 @@ class Supervisor:
             return self._node_0_decides()
         with self.stops.interruptible():  # a load-probe can take minutes: Ctrl-C must not wait for it
             selection = self._select(self.run_dir.root, probe_timeout=self.config.probe_timeout)
+        unsupported = selection.unsupported
+        if unsupported is not None:  # not damage: never renamed, never skipped for an older file or scratch
+            self.journal.save_state(newest_checkpoint=unsupported.path.name, newest_checkpoint_valid=None,
+                                    newest_checkpoint_reason=unsupported.reason)
+            raise UnsupportedCheckpoint(unsupported.reason or f"{unsupported.path.name}: unsupported format_version")
         for verdict, new_path in selection.quarantined:
             self.journal.event(EventKind.QUARANTINED, f"checkpoint {verdict.path.name} failed validation "
                                f"({verdict.reason}); renamed to {new_path.name}", checkpoint=verdict.path.name,

@@ -133,6 +133,20 @@ def make_checkpoint(
     return path
 
 
+def resave_with_format_version(path: str | Path, version: int) -> Path:
+    """Re-save a real checkpoint as a newer gpt2sup would write it: the same contents with a higher
+    ``format_version``, written by the worker's own save function (every zip CRC-32 valid). Not
+    damage: every check but the version would pass."""
+    from shared.checkpoint_loading import load_checkpoint
+    from worker.checkpoint_write import save_checkpoint_file
+
+    path = Path(path)
+    checkpoint = load_checkpoint(path)
+    checkpoint["format_version"] = int(version)
+    save_checkpoint_file(checkpoint, path)
+    return path
+
+
 # --- ways to break a file ------------------------------------------------------------------------
 
 class _ShellCommand:

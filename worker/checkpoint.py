@@ -13,6 +13,10 @@ file name. The rules it keeps (docs/checkpoints.md):
   (space may be freed), and a run whose final state is not on disk never ends as a success.
 * Before a file is used (resume or ``--pretrained_checkpoint``) every zip member's CRC-32 is
   checked: ``torch.load`` checks none, and a byte may have flipped after the supervisor looked.
+  Its ``format_version`` is checked before anything else in it is used: a newer format is exit 10
+  (this install cannot read it; the file is not damaged), never a silent load.
+* A ``--pretrained_checkpoint`` that cannot be used is exit 11, not 4: it is an input of the
+  command, not one of the run's checkpoints, so nothing is quarantined and no relaunch can help.
 * Loading is ``shared.checkpoint_loading.load_checkpoint`` (``weights_only=True`` plus stand-ins for
   the build-nanogpt guide's own format): a checkpoint never runs code.
 
@@ -37,7 +41,11 @@ import torch
 
 from shared.atomic_io import DISK_FULL_ERRNOS, fsync_path
 from shared.checkpoint_crc import check_zip_crc
-from shared.checkpoint_format import REQUIRED_KEYS
+from shared.checkpoint_format import (
+    REQUIRED_KEYS,
+    newer_format_version,
+    unsupported_format_message,
+)
 from shared.checkpoint_loading import CheckpointLoadError, load_checkpoint
 from shared.exit_codes import WorkerExit
 from shared.hf_files import HFFileError, is_hf_source
@@ -63,6 +71,13 @@ class CheckpointError(WorkerError):
     def __init__(self, message: str, path: Path | str) -> None:
         super().__init__(message, WorkerExit.CHECKPOINT_ERROR, bad_checkpoint=Path(path).name)
         self.path = Path(path)
+
+
+class PretrainedError(WorkerError):
+    """The ``--pretrained_checkpoint`` source cannot be used (exit 11: permanent, never renamed)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, WorkerExit.PRETRAINED_ERROR)
 
 
 @dataclass(frozen=True)
@@ -211,20 +226,26 @@ class CheckpointManager:
             raise _decode_error(failed)
 
     def _load_pretrained(self, path: Path, architecture: dict[str, Any], identity: RunIdentityCheck | None) -> None:
-        if is_hf_source(path):  # a Hugging Face directory or safetensors file (docs/interop.md)
-            try:
-                checkpoint = load_hf_pretrained(path, architecture, self.log)
-            except HFFileError as exc:
-                raise CheckpointError(f"cannot load pretrained weights {path}: {exc}", path) from None
-        else:
-            checkpoint = self.load(path)
-        check_architecture(checkpoint, architecture, path)
+        """Model weights from ``--pretrained_checkpoint``. Whatever makes the source unusable is a
+        ``PretrainedError`` (exit 11): the supervisor must neither rename it nor retry it."""
+        try:
+            if is_hf_source(path):  # a Hugging Face directory or safetensors file (docs/interop.md)
+                try:
+                    checkpoint = load_hf_pretrained(path, architecture, self.log)
+                except HFFileError as exc:
+                    raise PretrainedError(f"cannot load pretrained weights {path}: {exc}") from None
+            else:
+                checkpoint = self.load(path)
+            check_architecture(checkpoint, architecture, path)
+        except CheckpointError as exc:
+            raise PretrainedError(f"cannot load pretrained weights: {exc}") from None
         if identity is not None:
             identity.note_pretrained(path, checkpoint)
         try:
             self.state.model.load_state_dict(checkpoint["model"])
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint {path} does not fit this model: {library_reason(exc)}", path) from None
+            raise PretrainedError(f"pretrained checkpoint {path} does not fit this model: "
+                                  f"{library_reason(exc)}") from None
         self.log(f"loaded pretrained weights from {path}; optimizer, step and data start fresh")
 
     def _load_full(self, path: Path, architecture: dict[str, Any], identity: RunIdentityCheck | None) -> None:
@@ -260,6 +281,9 @@ class CheckpointManager:
             raise CheckpointError(f"cannot load checkpoint {path}: {exc}", path) from None
         if not isinstance(checkpoint, dict):
             raise CheckpointError(f"{path} is not a checkpoint (holds a {type(checkpoint).__name__})", path)
+        newer = newer_format_version(checkpoint)
+        if newer is not None:  # before any of it is used: not damage, and no relaunch of this install helps
+            raise WorkerError(unsupported_format_message(str(path), newer), WorkerExit.UNSUPPORTED_FORMAT)
         return checkpoint
 
     @staticmethod

@@ -14,7 +14,12 @@ whenever a verdict was reached — including "this file is bad":
     {"ok": bool, "reason": str | null, "step": int | null, "config": dict | null,
      "format_version": int | null, "has_optimizer_state": bool | null, "deep": bool,
      "source_format": str | null, "import_torch_seconds": float,
+     "unsupported_format_version": int | null,
      "checks": [[name, passed, detail, seconds], ...]}
+
+``unsupported_format_version`` is set (with ``ok`` false) for a file whose ``format_version`` is
+newer than this install reads: checked right after the load, before any other check, and not a
+verdict of damage (the caller reports it as UNSUPPORTED and never quarantines the file).
 
 ``--serve`` answers many files with one ``import torch``: it first prints
 ``{"ready": true, "import_torch_seconds": s}``, then reads one JSON request per stdin line
@@ -50,18 +55,19 @@ from pathlib import Path
 from typing import Any
 
 from shared.checkpoint_format import (
-    FORMAT_VERSION,
     MODEL_CONFIG_KEYS,
     REQUIRED_KEYS,
+    SUPPORTED_FORMAT_VERSIONS,
     expected_model_shapes,
     minimum_checkpoint_bytes,
+    newer_format_version,
+    unsupported_format_message,
 )
 from shared.run_dir import step_from_checkpoint_name
 from worker.compiler_import import skip_compiler_import_for_optimizers
 
 EXIT_VERDICT = 0  # a verdict (good or bad) is on stdout
 EXIT_CANNOT_JUDGE = 3  # the environment is broken (no torch): not the file's fault
-KNOWN_FORMAT_VERSIONS = (FORMAT_VERSION,)
 TIED_NAME = "lm_head.weight"
 TIED_TO = "transformer.wte.weight"
 _MAX_NAMES_SHOWN = 3
@@ -99,8 +105,9 @@ def check_format_version(checkpoint: dict[str, Any]) -> str:
     version = checkpoint["format_version"]
     if not isinstance(version, int) or isinstance(version, bool):
         raise CheckFailed(f"format_version is {version!r}, not an int")
-    if version not in KNOWN_FORMAT_VERSIONS:
-        raise CheckFailed(f"format_version {version} is not one this gpt2sup reads ({FORMAT_VERSION})")
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        readable = ", ".join(str(v) for v in SUPPORTED_FORMAT_VERSIONS)
+        raise CheckFailed(f"format_version {version} is not one this gpt2sup reads ({readable})")
     return f"format_version {version}"
 
 
@@ -364,7 +371,7 @@ def probe(path: Path, *, deep: bool = False, size_bytes: int | None = None) -> d
 
     verdict: dict[str, Any] = {
         "ok": False, "reason": None, "step": None, "config": None, "format_version": None,
-        "has_optimizer_state": None, "deep": deep, "source_format": None,
+        "has_optimizer_state": None, "deep": deep, "source_format": None, "unsupported_format_version": None,
         "import_torch_seconds": round(time.perf_counter() - started, 4), "checks": [],
     }
     if size_bytes is None:
@@ -398,6 +405,11 @@ def probe(path: Path, *, deep: bool = False, size_bytes: int | None = None) -> d
     if not run("load", load):
         return verdict
     checkpoint = holder["checkpoint"]
+    newer = newer_format_version(checkpoint)
+    if newer is not None:  # not damage: nothing else in a newer format is judged by this install's rules
+        verdict["format_version"] = verdict["unsupported_format_version"] = newer
+        run("format_version", lambda: _raise(CheckFailed(unsupported_format_message(path.name, newer))))
+        return verdict
     steps: list[tuple[str, Callable[[], str]]] = [
         ("keys", lambda: check_container(checkpoint)),
         ("format_version", lambda: check_format_version(checkpoint)),
@@ -430,6 +442,10 @@ def probe(path: Path, *, deep: bool = False, size_bytes: int | None = None) -> d
             verdict["has_optimizer_state"] = optimizer_state_present(checkpoint)
     verdict["ok"] = True
     return verdict
+
+
+def _raise(error: Exception) -> str:
+    raise error
 
 
 def _import_for_probing() -> float:

@@ -7,7 +7,8 @@ checkpoint: ``{"model": state_dict, "config": our config dict}``. The run's ``--
 architecture; a file of another one is refused there (exit 6), exactly as for a ``.pt`` file.
 
 Which failure is which exit: the ``safetensors`` package missing is a usage error (2: install it,
-``pip install 'gpt2sup[hf]'``); an unreadable file is a checkpoint error (4); a readable model with
+``pip install 'gpt2sup[hf]'``); an unreadable file is a pretrained-source error (11: permanent, the
+source is never renamed); a readable model with
 no gpt2sup equivalent (another activation, an untied head, unknown tensors) is a mismatch (6),
 never a reason to quarantine the file.
 """
@@ -34,7 +35,7 @@ def load_hf_pretrained(path: Path, architecture: dict[str, Any],
 
     ``config["vocab_size"]`` is the run's when the file's vocabulary fits into it (the padding is
     ours), else the file's, so the architecture check names the difference. Raises ``HFFileError``
-    for an unreadable file (the manager makes it a checkpoint error, exit 4) and ``WorkerError``
+    for an unreadable file (the manager makes it a pretrained-source error, exit 11) and ``WorkerError``
     otherwise.
     """
     try:

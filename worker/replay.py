@@ -6,6 +6,11 @@ full-precision float), so comparing each re-done step's loss bit for bit with th
 checks, in production and for free, the promise that a resume is exact. A difference means the
 data, the code, the hardware or a nondeterministic kernel changed what the run computes.
 
+A resume that changes the training math on purpose (a longer ``--max_steps``, which re-shapes
+the LR schedule as documented, or a change allowed by ``--allow_config_change``) is not compared:
+its re-done steps are meant to differ, and a mismatch blamed on "changed data, code, hardware"
+would name the wrong cause. ``for_resume`` says so in one line naming the change instead.
+
 ``ReplayCheck`` is plain state: built from the logged lines before the logger drops them, fed one
 ``observe(step, loss)`` per step, and it hands its one ``ReplayReport`` to ``on_report`` as soon as
 every logged step was re-done (or at ``finish()`` when training ended or stopped earlier).
@@ -13,7 +18,7 @@ every logged step was re-done (or at ``finish()`` when training ended or stopped
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +113,18 @@ class ReplayCheck:
             lines = []
         return cls.from_logged(lines, resumed_step, on_report)
 
+    @classmethod
+    def for_resume(cls, path: Path, resumed_step: int, on_report: Callable[[ReplayReport], None] | None,
+                   math_changes: Sequence[str] = (), say: Callable[[str], None] = print) -> ReplayCheck:
+        """The check for a resume from ``resumed_step``; ``math_changes`` are the allowed
+        differences (one line each) that change what the re-done steps compute. With any, nothing
+        is compared and one line names them as the cause (when there were steps to re-do)."""
+        check = cls.from_metrics_file(path, resumed_step, on_report)
+        if not math_changes or not check.logged:
+            return check
+        say(not_compared_message(resumed_step, len(check.logged), math_changes))
+        return cls(resumed_step, {}, on_report)
+
     @property
     def complete(self) -> bool:
         """Every logged step has been re-done."""
@@ -143,6 +160,13 @@ class ReplayCheck:
         report = self.report()
         if report is not None and self.on_report is not None:
             self.on_report(report)
+
+
+def not_compared_message(resumed_step: int, steps_logged: int, math_changes: Sequence[str]) -> str:
+    """Why the re-done steps after this resume are not compared with the losses logged before."""
+    return (f"replay check: not compared: the {steps_logged} step(s) re-done after the resume from step "
+            f"{resumed_step} are expected to differ from the losses logged before, because this resume "
+            f"changes the training math: {'; '.join(math_changes)}")
 
 
 def _bitwise_equal(a: float, b: float) -> bool:

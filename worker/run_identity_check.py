@@ -49,6 +49,10 @@ class RunIdentityCheck:
         self.allow_change = allow_change
         self.log = log
         self._resumed: tuple[RunIdentity, str] | None = None  # the resumed checkpoint's identity, its name
+        # The allowed differences from the resumed checkpoint that change what its re-done steps
+        # compute (a longer max_steps re-shapes the LR schedule; overridden math changes): the
+        # replay check must not blame data, code or hardware for them.
+        self.resume_math_changes: tuple[str, ...] = ()
 
     @classmethod
     def for_launch(cls, config: Any, world_size: int, data_dir: Path, model_config: dict[str, Any],
@@ -136,6 +140,9 @@ class RunIdentityCheck:
                 f"{self.run_dir.root} holds another run: {len(diff.math_changes)} setting(s) that change the "
                 f"training math differ from {source}; pass --allow_config_change to resume anyway, or use a "
                 f"new --log_dir{listed}", WorkerExit.RUN_MISMATCH)
+        if resumed_step is not None:
+            self.resume_math_changes = tuple(d.line() for d in diff.differences
+                                             if d.changes_math or d.key == "max_steps")
         for note in diff.notes:
             self.log(f"note: run identity: {note}")
         for difference in diff.differences:

@@ -305,7 +305,8 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
     # must come out bit for bit the same (a replay_check event says whether it did).
     replay = ReplayCheck(progress.step, {})
     if dist.master and checkpoints.resumed_from is not None:
-        replay = ReplayCheck.from_metrics_file(run_dir.metrics, progress.step, event_publisher(run_dir.events, say))
+        replay = ReplayCheck.for_resume(run_dir.metrics, progress.step, event_publisher(run_dir.events, say),
+                                        identity.resume_math_changes, say)
     run_log.open(resumed_step=progress.step if checkpoints.resumed_from is not None else None)
 
     model = torch.compile(raw_model) if config.compile else raw_model

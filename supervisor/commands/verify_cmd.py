@@ -26,8 +26,11 @@ EXIT_ALL_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
 EXIT_SOME_NOT_JUDGED = 3
+EXIT_UNSUPPORTED = 4  # no file failed, but one is in a format newer than this install reads
+EXIT_NO_CHECKPOINT_YET = 5  # nothing failed: a directory holds no checkpoint yet (a run before its first save)
 _DEEP_CHECKS = ("model-finite", "optimizer-shapes", "optimizer-finite")
-_LABELS = {Verdict.VALID: ("OK  ", "green"), Verdict.INVALID: ("FAIL", "red"), Verdict.INCONCLUSIVE: ("INCONCLUSIVE", "yellow")}
+_LABELS = {Verdict.VALID: ("OK  ", "green"), Verdict.INVALID: ("FAIL", "red"), Verdict.INCONCLUSIVE: ("INCONCLUSIVE", "yellow"),
+           Verdict.UNSUPPORTED: ("UNSUPPORTED", "magenta"), Verdict.NO_CHECKPOINT: ("NO CHECKPOINT YET", "cyan")}
 
 
 class ProbeTimeout(click.ParamType):
@@ -47,8 +50,9 @@ class ProbeTimeout(click.ParamType):
 def expand_paths(raw_paths: tuple[str, ...]) -> list[Path | ValidationResult]:
     """Files stay as given; a directory becomes its ``model_N.pt`` files sorted by step.
 
-    A directory holding no checkpoint (or one that cannot be listed) becomes a ready-made
-    failure, in its place in the output, rather than silently verifying nothing.
+    A directory holding no checkpoint becomes a ready-made "no checkpoint yet" line (nothing
+    failed: a run before its first save), one that cannot be listed a ready-made failure, each in
+    its place in the output, rather than silently verifying nothing.
     """
     items: list[Path | ValidationResult] = []
     for raw in raw_paths:
@@ -66,7 +70,9 @@ def expand_paths(raw_paths: tuple[str, ...]) -> list[Path | ValidationResult]:
             items.append(ValidationResult(path=raw, ok=False, reason=f"cannot list directory: {error.strerror or error}"))
             continue
         if not found:
-            items.append(ValidationResult(path=raw, ok=False, reason="directory holds no model_*.pt checkpoint"))
+            items.append(ValidationResult(path=raw, ok=False, no_checkpoint=True,
+                                          reason="no checkpoint yet: the directory holds no model_*.pt "
+                                                 "(a run writes its first one at its first save)"))
         items.extend(entry for _, entry in sorted(found, key=lambda item: item[0]))
     return items
 
@@ -111,10 +117,16 @@ def format_line(result: ValidationResult) -> str:
 
 
 def exit_code(results: list[ValidationResult]) -> int:
-    if not results or any(result.verdict is Verdict.INVALID for result in results):
+    """The worst verdict decides: FAIL, then UNSUPPORTED, INCONCLUSIVE, NO CHECKPOINT YET, OK."""
+    verdicts = {result.verdict for result in results}
+    if not results or Verdict.INVALID in verdicts:
         return EXIT_SOME_FAILED
-    if any(result.verdict is Verdict.INCONCLUSIVE for result in results):
+    if Verdict.UNSUPPORTED in verdicts:
+        return EXIT_UNSUPPORTED
+    if Verdict.INCONCLUSIVE in verdicts:
         return EXIT_SOME_NOT_JUDGED
+    if Verdict.NO_CHECKPOINT in verdicts:
+        return EXIT_NO_CHECKPOINT_YET
     return EXIT_ALL_OK
 
 
@@ -124,10 +136,14 @@ def exit_code(results: list[ValidationResult]) -> int:
     epilog=(
         "\b\nExit status:\n"
         "  0  every file passed\n"
-        "  1  at least one file failed (or a directory held no checkpoint)\n"
+        "  1  at least one file failed (FAIL)\n"
         "  2  usage error (bad option, no PATH)\n"
         "  3  no file failed, but at least one could not be judged (INCONCLUSIVE:\n"
         "     the probe timed out or could not start); try a longer --timeout\n"
+        "  4  no file failed, but at least one is in a checkpoint format newer than\n"
+        "     this gpt2sup reads (UNSUPPORTED: not damaged; upgrade gpt2sup)\n"
+        "  5  nothing failed, but a directory holds no checkpoint yet (NO CHECKPOINT\n"
+        "     YET: a run before its first save)\n"
         "\b\nExamples:\n"
         "  gpt2sup verify log/model_00500.pt\n"
         "  gpt2sup verify log --deep\n"
@@ -172,7 +188,9 @@ def verify(paths: tuple[str, ...], as_json: bool, deep: bool, timeout: float | N
                moments shaped like their parameters
 
     Prints one line per file: "OK   PATH  step N  SIZE  crc Xs probe Ys",
-    "FAIL PATH  REASON" or "INCONCLUSIVE PATH  REASON". Colour only on a terminal.
+    "FAIL PATH  REASON", "INCONCLUSIVE PATH  REASON" or "UNSUPPORTED PATH  REASON" (a
+    format_version newer than this gpt2sup reads: not damage), and "NO CHECKPOINT YET DIR" for a
+    directory with no model_N.pt yet. Colour only on a terminal.
     """
     results = verify_all(paths, deep=deep, timeout=timeout)
     if as_json:

@@ -257,6 +257,23 @@ def test_permanent_worker_exits_give_up_at_once(code):
     assert not decision.restart and decision.exit_code == SupervisorExit.GAVE_UP
 
 
+def test_a_rejected_pretrained_source_is_permanent_never_a_bad_checkpoint_to_quarantine():
+    """Worker exit 11: the --pretrained_checkpoint source is unusable; no restart, nothing renamed."""
+    outcome = policy.classify_exit(ExitFacts(1, ["failed"], [RankExit(0, 11)]))  # WorkerExit.PRETRAINED_ERROR
+    assert outcome.kind == OutcomeKind.PERMANENT
+    decision = _decide(outcome)
+    assert not decision.restart and decision.exit_code == SupervisorExit.GAVE_UP
+
+
+def test_the_workers_own_newer_format_check_ends_with_its_own_exit_code_without_a_restart():
+    """Worker exit 10 (e.g. on a node that does not validate) is permanent, and ``gpt2sup run``
+    ends with the unsupported-format code 6, not 'gave up' (3)."""
+    outcome = policy.classify_exit(ExitFacts(1, ["failed"], [RankExit(0, 10)]))  # WorkerExit.UNSUPPORTED_FORMAT
+    assert outcome.kind == OutcomeKind.PERMANENT
+    decision = _decide(outcome)
+    assert not decision.restart and int(decision.exit_code) == 6  # SupervisorExit.UNSUPPORTED_FORMAT
+
+
 def test_a_missing_worker_module_is_permanent():
     outcome = policy.classify_exit(ExitFacts(1, [], [RankExit(0, 1)], module_missing=True))
     assert outcome.kind == OutcomeKind.PERMANENT and not _decide(outcome).restart

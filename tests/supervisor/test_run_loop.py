@@ -214,3 +214,21 @@ def test_the_refusal_names_gpt2sups_flags_not_the_workers(tmp_path):
     summary = ("refused: run holds another run: 1 setting(s) differ; pass --allow-config-change to resume anyway, "
                "or use a new --log-dir")
     assert reporter.lines[-1].splitlines() == [summary, "  max_lr: 0.001 -> 0.5"]
+
+
+def test_a_newer_format_checkpoint_ends_the_run_before_any_launch_with_exit_6(tmp_path):
+    """Issue 19, section 2: the selection's UNSUPPORTED verdict ends the run at once: no attempt,
+    no restart, nothing renamed, one line (``test_unsupported_format.py`` runs the real thing)."""
+    (tmp_path / "model_00008.pt").write_bytes(b"x")
+    reason = ("model_00008.pt has checkpoint format_version 2, newer than this gpt2sup reads (format_version 1): "
+              "a newer gpt2sup wrote it, it is not damaged; upgrade gpt2sup to use it")
+    newer = CheckpointVerdict(tmp_path / "model_00008.pt", False, reason, 8, 1, unsupported_format_version=2)
+    cfg = RunConfig(log_dir=tmp_path, cwd=tmp_path, worker_args=["--max_steps", "12"])
+    attempts, reporter = ScriptedAttempts([]), RecordingReporter()
+    sup = Supervisor(cfg, reporter=reporter, attempts=attempts,
+                     select=lambda run_dir, **_: Selection(chosen=None, checked=[newer], unsupported=newer))
+    assert sup.run() == SupervisorExit.UNSUPPORTED_FORMAT
+    assert attempts.numbers == [] and (tmp_path / "model_00008.pt").exists()
+    (ending,) = events(tmp_path, "gave_up")
+    assert ending["exit_code"] == 6 and reason in ending["message"] and "\n" not in ending["message"]
+    assert state(tmp_path)["exit_code"] == 6 and not events(tmp_path, "quarantined")

@@ -161,10 +161,22 @@ def test_one_bad_file_in_a_directory_fails_it(tmp_path: Path) -> None:
     assert "30% of the median size of its 2 sibling checkpoint(s)" in lines(bad)[2] and "cut short" in lines(bad)[2]
 
 
-def test_directory_without_checkpoints_and_missing_path_fail_with_exit_1(tmp_path: Path) -> None:
-    empty_dir = verify(str(tmp_path))
-    assert empty_dir.exit_code == 1
-    assert lines(empty_dir) == [f"FAIL {tmp_path}  directory holds no model_*.pt checkpoint"]
+def test_a_run_directory_before_its_first_save_is_no_checkpoint_yet_not_a_failure(tmp_path: Path) -> None:
+    """The README's "while it runs" ``gpt2sup verify log/`` said FAIL (exit 1) until the first
+    save: nothing failed. It says so, with its own exit code (issue 19, section 6)."""
+    (tmp_path / "events.jsonl").write_text("")  # a run that has started but not saved yet
+    (tmp_path / "model_00008.pt.tmp").write_bytes(b"being written")  # a save in flight is no checkpoint
+    result = verify(str(tmp_path))
+    assert result.exit_code == 5, result.output  # verify_cmd.EXIT_NO_CHECKPOINT_YET
+    (line,) = lines(result)
+    assert line.startswith(f"NO CHECKPOINT YET {tmp_path}  no checkpoint yet") and "FAIL" not in line
+    data = json.loads(verify("--json", str(tmp_path)).output)
+    assert [item["verdict"] for item in data] == ["no_checkpoint"]
+    # A real failure elsewhere still wins: a missing file is FAIL, exit 1.
+    assert verify(str(tmp_path), str(tmp_path / "model_00500.pt")).exit_code == 1
+
+
+def test_a_missing_path_fails_with_exit_1(tmp_path: Path) -> None:
     missing = verify(str(tmp_path / "model_00500.pt"), str(tmp_path / "nope"))
     assert missing.exit_code == 1
     assert lines(missing) == [f"FAIL {tmp_path / 'model_00500.pt'}  no such file", f"FAIL {tmp_path / 'nope'}  no such file"]
@@ -317,3 +329,19 @@ def test_console_script_plain_output_off_a_tty(tmp_path: Path) -> None:
     assert "\x1b[" not in completed.stdout and "Traceback" not in completed.stdout + completed.stderr
     out = completed.stdout.splitlines()
     assert len(out) == 2 and out[0].startswith(f"FAIL {flipped}  CRC-32 mismatch") and out[1].endswith("no such file")
+
+
+def test_the_worst_verdict_decides_the_exit_code() -> None:
+    from supervisor.checkpoint_validation import ValidationResult
+    from supervisor.commands.verify_cmd import exit_code
+
+    ok = ValidationResult("a", ok=True)
+    failed = ValidationResult("b", ok=False, reason="CRC-32 mismatch")
+    unjudged = ValidationResult("c", ok=False, reason="timed out", inconclusive=True)
+    newer = ValidationResult("d", ok=False, reason="format_version 2", unsupported_format_version=2)
+    empty = ValidationResult("e", ok=False, reason="no checkpoint yet", no_checkpoint=True)
+    assert exit_code([ok]) == 0 and exit_code([]) == 1
+    assert exit_code([ok, empty]) == 5
+    assert exit_code([ok, empty, unjudged]) == 3
+    assert exit_code([ok, empty, unjudged, newer]) == 4
+    assert exit_code([ok, empty, unjudged, newer, failed]) == 1

@@ -327,11 +327,29 @@ def test_a_worker_refuses_an_hf_model_of_another_architecture_a_broken_or_a_miss
     shutil.copytree(tmp_path / "small", broken)
     (broken / MODEL_FILE).write_bytes((broken / MODEL_FILE).read_bytes()[:1000])
     done = _worker([*FAST_ARGS, "--max_steps", "2", "--pretrained_checkpoint", str(broken)], tmp_path / "b")
-    assert done.returncode == WorkerExit.CHECKPOINT_ERROR, done.stderr[-2000:]
+    assert done.returncode == WorkerExit.PRETRAINED_ERROR, done.stderr[-2000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("train_gpt2: error:")]
     assert len(errors) == 1 and "cannot load pretrained weights" in errors[0] and "Traceback" not in done.stderr
 
     done = _worker([*FAST_ARGS, "--max_steps", "2", "--pretrained_checkpoint", str(tmp_path / "nowhere")], tmp_path / "c")
-    assert done.returncode == WorkerExit.CHECKPOINT_ERROR, done.stderr[-2000:]
+    assert done.returncode == WorkerExit.PRETRAINED_ERROR, done.stderr[-2000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("train_gpt2: error:")]
     assert len(errors) == 1 and "not found" in errors[0] and "Traceback" not in done.stderr
+
+
+def test_an_hf_directory_with_an_unreadable_config_is_a_pretrained_error_never_a_bad_checkpoint(
+        exported, tmp_path: Path) -> None:
+    """Exit 11, not 4: the supervisor must neither look for the source in the run directory to
+    rename it nor relaunch it as a bad checkpoint (issue 19, section 4)."""
+    from shared.run_dir import RunDir
+    from worker.checkpoint import CheckpointManager
+
+    model, outdir = exported
+    bad = tmp_path / "bad_config"
+    shutil.copytree(outdir, bad)
+    (bad / "config.json").write_text("{ not json")
+    manager = CheckpointManager(RunDir.at(tmp_path / "run"), interval=0)
+    with pytest.raises(WorkerError) as raised:
+        manager._load_pretrained(bad, model.config.architecture(), None)
+    assert raised.value.code == WorkerExit.PRETRAINED_ERROR and raised.value.bad_checkpoint is None
+    assert "cannot load pretrained weights" in str(raised.value) and "config.json" in str(raised.value)

@@ -104,3 +104,29 @@ def test_the_publisher_prints_the_line_and_appends_one_replay_check_event(tmp_pa
     assert record["first_mismatch"] == {"step": 9, "before": 1.0, "after": 2.0}
     assert record["resumed_step"] == 8 and record["steps_compared"] == 1 and record["source"] == "worker"
     assert printed == [record["message"]] and printed[0].startswith("WARNING: replay check")
+
+
+def test_a_resume_that_changes_the_math_is_not_compared_and_says_which_change_is_the_cause(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(metrics_lines(LOGGED)))
+    said, reports = [], []
+    change = "max_steps: 12 -> 20 (a longer run: allowed; the LR schedule now decays over 20 steps)"
+    check = ReplayCheck.for_resume(metrics, 8, reports.append, [change], said.append)
+    for step in (9, 10, 11, 12):
+        check.observe(step, LOGGED[step] + 1.0)  # every re-done loss differs, as it must
+    check.finish()
+    assert reports == []  # no mismatch report, no event
+    (line,) = said
+    assert line.startswith("replay check: not compared: the 4 step(s) re-done after the resume from step 8")
+    assert change in line and "hardware" not in line
+
+    unchanged = ReplayCheck.for_resume(metrics, 8, reports.append, [], said.append)
+    for step in (9, 10, 11, 12):
+        unchanged.observe(step, LOGGED[step])
+    assert len(said) == 1 and len(reports) == 1 and reports[0].equal  # the math unchanged: compared
+
+
+def test_a_math_change_with_nothing_to_re_do_says_nothing(tmp_path):
+    said = []
+    check = ReplayCheck.for_resume(tmp_path / "absent.jsonl", 8, None, ["dropout: 0.1 -> 0.0"], said.append)
+    assert said == [] and check.report() is None
