@@ -268,11 +268,10 @@ def _clock(when: float, with_date: bool = True) -> str:
 
 
 def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+    """Decimal MB, as ``status``, ``verify`` and the README say: one file has one size everywhere."""
+    from supervisor.dashboard import format_bytes
+
+    return format_bytes(n)
 
 
 def _summary_rows(history: RunHistory) -> list[tuple[str, str]]:

@@ -206,3 +206,13 @@ def test_the_report_never_imports_torch(tmp_path):
     done = report(run, main=[sys.executable, "-c", NO_TORCH_MAIN])
     assert done.returncode == 0, done.stderr
     assert (run / "report.html").exists()
+
+
+def test_checkpoint_sizes_are_decimal_mb_as_status_and_verify_say():
+    """Issue 19: the same checkpoint was 38.1 MB in the report and 40.0 MB in status / verify."""
+    from supervisor import report_html
+    from supervisor.commands.verify_cmd import _megabytes
+    from supervisor.dashboard import format_bytes
+
+    size = 40_000_000
+    assert report_html._size(size) == format_bytes(size) == _megabytes(size) == "40.0 MB"
