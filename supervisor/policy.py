@@ -678,3 +678,55 @@ class DiskWatch:
         if changed:
             self.history.append(new_level)
         return changed
+
+
+# --- the run a directory holds: what a plain ``gpt2sup run`` reuses ------------------------------
+@dataclass(frozen=True)
+class RecordedRun:
+    """The worker arguments and ``--worker`` module of the last attempt the worker accepted."""
+
+    worker_args: tuple[str, ...]
+    worker_module: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"worker_args": list(self.worker_args), "worker_module": self.worker_module}
+
+
+# A supervisor that ended this way may have recorded arguments the worker never accepted.
+_UNACCEPTED_ENDINGS = frozenset({SupervisorStateName.REFUSED, SupervisorStateName.GAVE_UP})
+
+
+def run_to_reuse(accepted: object, run_config: Mapping[str, object], state: str | None,
+                 default_module: str) -> RecordedRun | None:
+    """What "no worker arguments" means on an existing run directory: its accepted run.
+
+    Why not simply ``run_config``: every supervisor rewrites it with the arguments it was given,
+    including one whose launch the worker refused (another run's data, a typo), and reusing those
+    refuses again, forever (issue 19). So each attempt the worker accepts records ``accepted_run``
+    and a refused one leaves it alone. A file without that record (written before it existed, or
+    by a supervisor killed during its first attempt) falls back to its ``run_config``, unless that
+    supervisor itself ended refused or gave up.
+    """
+    if isinstance(accepted, Mapping) and isinstance(accepted.get("worker_args"), list):
+        module = accepted.get("worker_module")
+        return RecordedRun(tuple(str(a) for a in accepted["worker_args"]),
+                           module if isinstance(module, str) and module else default_module)
+    if state in _UNACCEPTED_ENDINGS or not isinstance(run_config.get("worker_args"), list):
+        return None
+    module = run_config.get("worker_module")
+    return RecordedRun(tuple(str(a) for a in run_config["worker_args"]),  # type: ignore[union-attr]
+                       module if isinstance(module, str) and module else default_module)
+
+
+def already_finished(previous_state: str | None, previous_newest: str | None, resume_from: str | None,
+                     same_run: bool) -> bool:
+    """Whether a new ``gpt2sup run`` would only relaunch a run that is complete.
+
+    Why: torchrun and the workers take seconds to minutes to start, load the final checkpoint and
+    exit at once, with no word that nothing was left to do (issue 19). A run is complete when the
+    previous supervisor ended ``finished`` with ``resume_from`` as its newest checkpoint (it still
+    passes validation) and the worker arguments and module are the ones it finished with; other
+    arguments (a longer ``--max_steps``) go to the worker, which extends or refuses the run.
+    """
+    return (same_run and resume_from is not None and previous_newest == resume_from
+            and previous_state == SupervisorStateName.FINISHED)
