@@ -124,10 +124,11 @@ def stopped_without_checkpoint(step: int | None, cause: str | None, newest: str 
 
 
 def stopped(how: str, step: int | None = None, checkpoint: str | None = None,
-            resume_with: str | None = "gpt2sup run") -> str:
+            resume_with: str | None = "gpt2sup run", newest: str | None = None) -> str:
     """``resume_with``: the command that resumes this run (``run_command``), None when no checkpoint
-    exists (a stop during start-up): then nothing is said about resuming."""
-    saved = f"; saved {checkpoint}" if checkpoint else ""
+    exists (a stop during start-up): then nothing is said about resuming. ``newest``: the newest
+    checkpoint on disk when the stop itself saved none (a forced stop)."""
+    saved = f"; saved {checkpoint}" if checkpoint else f"; newest checkpoint {newest}" if newest else ""
     where = f" {after_step(step)}" if step is not None else ""
     resume = f"`{resume_with}` resumes it" if resume_with else "no checkpoint was written, so there is nothing to resume"
     return f"stopped on request ({how}){where}{saved}; {resume} (exit {int(SupervisorExit.STOPPED)})"

@@ -231,8 +231,27 @@ class Supervisor:
                 return self._end(SupervisorStateName.STOPPED, messages.stopped_without_checkpoint(
                     result.step, result.cause, newest.path.name if newest else None, self._run_command()))
             case _:
+                step, newest_name = self._stopped_at(result)
                 return self._end(SupervisorStateName.STOPPED, messages.stopped(
-                    result.reason, result.step, result.last_checkpoint, self._resume_command()))
+                    result.reason, step, result.last_checkpoint, self._resume_command(),
+                    newest=None if result.last_checkpoint else newest_name))
+
+    def _stopped_at(self, result: AttemptResult) -> tuple[int | None, str | None]:
+        """The step a stop ended after, and the newest checkpoint on disk, read now.
+
+        Why: a forced stop's step is the one the watcher last polled, which the ranks may have
+        passed before the kill (it said "after step 92" beside model_00093.pt and a panel at
+        94/300). Rank 0's heartbeat and the newest file on disk, read after the tree is gone, name
+        the step actually finished; the line and the panel then agree.
+        """
+        from shared.heartbeat import read_heartbeat
+
+        newest = self.run_dir.newest_checkpoint()
+        beat = read_heartbeat(self.run_dir.heartbeat(0))
+        seen = [s for s in (result.step, newest.step if newest is not None else None,
+                            beat.step if beat is not None and isinstance(beat.step, int) else None)
+                if s is not None and s >= 0]
+        return (max(seen) if seen else result.step), (newest.path.name if newest is not None else None)
 
     def _run_command(self) -> str:
         """The command that acts on this run directory, from where this supervisor was started."""

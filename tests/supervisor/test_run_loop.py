@@ -214,3 +214,21 @@ def test_the_refusal_names_gpt2sups_flags_not_the_workers(tmp_path):
     summary = ("refused: run holds another run: 1 setting(s) differ; pass --allow-config-change to resume anyway, "
                "or use a new --log-dir")
     assert reporter.lines[-1].splitlines() == [summary, "  max_lr: 0.001 -> 0.5"]
+
+
+def test_a_forced_stop_names_the_step_actually_finished_and_the_newest_checkpoint(tmp_path):
+    """Issue 19: a forced stop said "after step 92" while model_00093.pt was on disk and the panel
+    showed 94/300: the watcher's last poll was older than what the ranks had done."""
+    from shared.heartbeat import Heartbeat, write_heartbeat
+
+    def forced(number: int) -> AttemptResult:
+        (tmp_path / "model_00093.pt").write_bytes(b"x")
+        write_heartbeat(RunDir.at(tmp_path).heartbeat(0), Heartbeat(
+            pid=1, rank=0, world_size=1, step=93, phase="train", time=0.0, status="running", max_steps=300))
+        return ends(OutcomeKind.STOPPED, step=92, reason="forced (second stop request)")(number)
+
+    sup, _, reporter, _ = make(tmp_path, [forced])
+    assert sup.run() == SupervisorExit.STOPPED
+    line = reporter.lines[-1]
+    assert "after step 93" in line and "newest checkpoint model_00093.pt" in line, line
+    assert "step 92" not in line and "saved" not in line, line
