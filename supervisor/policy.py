@@ -696,6 +696,13 @@ class RecordedRun:
 _UNACCEPTED_ENDINGS = frozenset({SupervisorStateName.REFUSED, SupervisorStateName.GAVE_UP})
 
 
+def arguments_accepted(kind: OutcomeKind, step: int | None) -> bool:
+    """Whether an attempt's worker arguments became the run's: the worker trained (or resumed) with
+    them, i.e. a heartbeat named a step, and it did not end on a permanent error (a refusal, a
+    bad flag, missing data). A stop or crash during start-up proves nothing either way."""
+    return kind != OutcomeKind.PERMANENT and step is not None and step >= 0
+
+
 def run_to_reuse(accepted: object, run_config: Mapping[str, object], state: str | None,
                  default_module: str) -> RecordedRun | None:
     """What "no worker arguments" means on an existing run directory: its accepted run.

@@ -205,7 +205,7 @@ class Supervisor:
         """Run the next attempt, then make supervisor.json name the newest checkpoint on disk."""
         self.journal.attempt += 1
         result = self.attempts.run(self.journal.attempt)
-        if result.outcome.kind != OutcomeKind.PERMANENT:  # the worker took these arguments: the run's now
+        if policy.arguments_accepted(result.outcome.kind, result.step):  # the run's arguments now
             self.journal.save_state(accepted_run=policy.RecordedRun(
                 tuple(self.config.worker_args), self.config.worker_module).to_dict())
         newest = self.run_dir.newest_checkpoint()

@@ -366,3 +366,12 @@ def test_a_run_is_already_finished_only_as_the_same_run_from_its_final_checkpoin
     assert not already_finished("stopped", "model_00039.pt", "model_00039.pt", same_run=True)
     assert not already_finished("finished", "model_00039.pt", "model_00038.pt", same_run=True)  # final one quarantined
     assert not already_finished("finished", None, None, same_run=True)
+
+
+def test_arguments_are_accepted_only_by_an_attempt_that_trained_and_was_not_refused():
+    from shared.vocabulary import OutcomeKind
+    from supervisor.policy import arguments_accepted
+
+    assert arguments_accepted(OutcomeKind.STOPPED, 5) and arguments_accepted(OutcomeKind.CRASHED, 0)
+    assert not arguments_accepted(OutcomeKind.PERMANENT, 5)  # worker exit 6: another run's arguments
+    assert not arguments_accepted(OutcomeKind.STOPPED, None)  # Ctrl-C during start-up
