@@ -387,10 +387,9 @@ class Supervisor:
     # -- before the first launch -------------------------------------------------------------------
     def _begin(self) -> None:
         previous = read_supervisor_state(self.run_dir.supervisor_state)
-        if previous is None and not self.config.worker_args:
-            unreadable = record_unreadable(self.run_dir.supervisor_state)
-            if unreadable is not None:  # never fall back to the defaults: ask for the arguments
-                raise RecordUnreadable(self._unreadable_line(unreadable))
+        unreadable = record_unreadable(self.run_dir.supervisor_state) if previous is None else None
+        if unreadable is not None and not self.config.worker_args:  # never the defaults: ask for the arguments
+            raise RecordUnreadable(self._unreadable_line(unreadable))
         accepted = self._reuse_recorded_run(previous)
         self._previous, self._accepted = previous, accepted
         me = psutil.Process()
@@ -402,6 +401,9 @@ class Supervisor:
             accepted_run=accepted.to_dict() if accepted is not None else None,
         ))
         self.journal.event(EventKind.SUPERVISOR_STARTED, f"supervisor {me.pid} watching {self.run_dir.root}")
+        if unreadable is not None:
+            self.journal.event(EventKind.WARNING, f"the previous supervisor.json was unreadable ({unreadable}); "
+                               "rewritten with this run's arguments")
         if self._reused_line:
             self.journal.event(EventKind.CONFIG_CHANGE, self._reused_line, worker_args=self.config.worker_args,
                                worker_module=self.config.worker_module)

@@ -9,6 +9,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from shared.exit_codes import SupervisorExit, WorkerExit
 from shared.run_dir import RunDir
 from shared.vocabulary import OutcomeKind
@@ -16,7 +18,7 @@ from supervisor.attempt import AttemptResult
 from supervisor.checkpoint_selection import CheckpointVerdict, Selection
 from supervisor.policy import BackoffConfig, Outcome, RestartLimits
 from supervisor.run_config import RunConfig
-from supervisor.run_loop import Supervisor
+from supervisor.run_loop import RecordUnreadable, Supervisor
 
 Script = Callable[[int], AttemptResult]
 
@@ -232,3 +234,20 @@ def test_a_forced_stop_names_the_step_actually_finished_and_the_newest_checkpoin
     line = reporter.lines[-1]
     assert "after step 93" in line and "newest checkpoint model_00093.pt" in line, line
     assert "step 92" not in line and "saved" not in line, line
+
+
+def test_an_unreadable_supervisor_json_with_arguments_given_is_replaced_and_said(tmp_path):
+    (tmp_path / "supervisor.json").write_text("{garbage")
+    sup, _, reporter, _ = make(tmp_path, [ends(OutcomeKind.FINISHED, step=11, last="model_00011.pt")])
+    assert sup.run() == SupervisorExit.FINISHED
+    assert any("supervisor.json was unreadable (not valid JSON)" in line for line in reporter.lines)
+    assert state(tmp_path)["accepted_run"]["worker_args"] == ["--max_steps", "12"]
+
+
+def test_an_unreadable_supervisor_json_without_arguments_refuses_before_anything_runs(tmp_path):
+    (tmp_path / "supervisor.json").write_text("[1, 2")
+    sup, attempts, _, _ = make(tmp_path, [ends(OutcomeKind.FINISHED)], worker_args=[])
+    sup.config.worker_args = []
+    with pytest.raises(RecordUnreadable, match="unreadable .not valid JSON.*after `--`"):
+        sup.run()
+    assert attempts.numbers == [] and (tmp_path / "supervisor.json").read_text() == "[1, 2"
