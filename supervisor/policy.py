@@ -725,15 +725,22 @@ def run_to_reuse(accepted: object, run_config: Mapping[str, object], state: str 
                        module if isinstance(module, str) and module else default_module)
 
 
-def already_finished(previous_state: str | None, previous_newest: str | None, resume_from: str | None,
-                     same_run: bool) -> bool:
+def finished_checkpoint(previous_state: str | None, previous_newest: str | None,
+                        recorded: str | None) -> str | None:
+    """The final checkpoint of the run a directory holds, if it finished: the one recorded, else
+    (a file written before that record existed) the newest one of a supervisor that ended finished."""
+    if recorded is not None:
+        return recorded
+    return previous_newest if previous_state == SupervisorStateName.FINISHED else None
+
+
+def already_finished(final_checkpoint: str | None, resume_from: str | None, same_run: bool) -> bool:
     """Whether a new ``gpt2sup run`` would only relaunch a run that is complete.
 
     Why: torchrun and the workers take seconds to minutes to start, load the final checkpoint and
-    exit at once, with no word that nothing was left to do (issue 19). A run is complete when the
-    previous supervisor ended ``finished`` with ``resume_from`` as its newest checkpoint (it still
-    passes validation) and the worker arguments and module are the ones it finished with; other
-    arguments (a longer ``--max_steps``) go to the worker, which extends or refuses the run.
+    exit at once, with no word that nothing was left to do (issue 19). A run is complete when its
+    final checkpoint (``finished_checkpoint``, kept across refused attempts) is the one to resume
+    from (it still passes validation) and the worker arguments and module are the accepted ones;
+    other arguments (a longer ``--max_steps``) go to the worker, which extends or refuses the run.
     """
-    return (same_run and resume_from is not None and previous_newest == resume_from
-            and previous_state == SupervisorStateName.FINISHED)
+    return same_run and resume_from is not None and final_checkpoint == resume_from

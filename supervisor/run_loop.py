@@ -207,7 +207,7 @@ class Supervisor:
         result = self.attempts.run(self.journal.attempt)
         if policy.arguments_accepted(result.outcome.kind, result.step):  # the run's arguments now
             self.journal.save_state(accepted_run=policy.RecordedRun(
-                tuple(self.config.worker_args), self.config.worker_module).to_dict())
+                tuple(self.config.worker_args), self.config.worker_module).to_dict(), finished_checkpoint=None)
         newest = self.run_dir.newest_checkpoint()
         if newest is not None and newest.path.name != (self.journal.state.newest_checkpoint if self.journal.state
                                                         else None):
@@ -222,6 +222,7 @@ class Supervisor:
     def _end_of_training(self, result: AttemptResult) -> SupervisorExit:
         match result.outcome.kind:
             case OutcomeKind.FINISHED:
+                self.journal.save_state(finished_checkpoint=result.last_checkpoint)
                 return self._end(SupervisorStateName.FINISHED, messages.finished(result.step, result.last_checkpoint))
             case OutcomeKind.FINISHED_WITHOUT_CHECKPOINT:
                 return self._end(SupervisorStateName.FINISHED_WITHOUT_CHECKPOINT,
@@ -399,6 +400,8 @@ class Supervisor:
             hostname=socket.gethostname(), log_dir=str(self.run_dir.root), started_at=time.time(),
             max_restarts=self.config.limits.max_restarts, run_config=self.config.describe(),
             accepted_run=accepted.to_dict() if accepted is not None else None,
+            finished_checkpoint=policy.finished_checkpoint(previous.state, previous.newest_checkpoint,
+                                                           previous.finished_checkpoint) if previous else None,
         ))
         self.journal.event(EventKind.SUPERVISOR_STARTED, f"supervisor {me.pid} watching {self.run_dir.root}")
         if unreadable is not None:
@@ -418,7 +421,8 @@ class Supervisor:
         same_run = (list(accepted.worker_args) == self.config.worker_args
                     and accepted.worker_module == self.config.worker_module)
         chosen = self.run_dir.checkpoint(self.progress.best_step).name
-        return policy.already_finished(previous.state, previous.newest_checkpoint, chosen, same_run)
+        return policy.already_finished(self.journal.state.finished_checkpoint if self.journal.state else None,
+                                       chosen, same_run)
 
     def _reuse_recorded_run(self, previous: SupervisorState | None) -> policy.RecordedRun | None:
         """No worker arguments (no ``--worker``): the ones of the run this directory holds, i.e. the

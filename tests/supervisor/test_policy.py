@@ -359,13 +359,16 @@ def test_the_run_to_reuse_is_the_accepted_one_never_a_refused_attempts():
 
 
 def test_a_run_is_already_finished_only_as_the_same_run_from_its_final_checkpoint():
-    from supervisor.policy import already_finished
+    from supervisor.policy import already_finished, finished_checkpoint
 
-    assert already_finished("finished", "model_00039.pt", "model_00039.pt", same_run=True)
-    assert not already_finished("finished", "model_00039.pt", "model_00039.pt", same_run=False)  # longer max_steps
-    assert not already_finished("stopped", "model_00039.pt", "model_00039.pt", same_run=True)
-    assert not already_finished("finished", "model_00039.pt", "model_00038.pt", same_run=True)  # final one quarantined
-    assert not already_finished("finished", None, None, same_run=True)
+    assert already_finished("model_00039.pt", "model_00039.pt", same_run=True)
+    assert not already_finished("model_00039.pt", "model_00039.pt", same_run=False)  # a longer max_steps
+    assert not already_finished("model_00039.pt", "model_00038.pt", same_run=True)  # the final one quarantined
+    assert not already_finished(None, "model_00039.pt", same_run=True)  # never finished
+    # A refused attempt after the finish keeps the record; an older file without it: its ending.
+    assert finished_checkpoint("refused", "model_00039.pt", "model_00039.pt") == "model_00039.pt"
+    assert finished_checkpoint("finished", "model_00039.pt", None) == "model_00039.pt"
+    assert finished_checkpoint("stopped", "model_00039.pt", None) is None
 
 
 def test_arguments_are_accepted_only_by_an_attempt_that_trained_and_was_not_refused():

@@ -198,10 +198,13 @@ def test_a_plain_run_on_a_finished_run_says_so_and_launches_nothing(tmp_path):
             "--total_batch_size", "64"]
     first = start_supervisor(log_dir, nproc=1, worker_args=args)
     assert wait_exit(first, log_dir) == SupervisorExit.FINISHED, console_text(log_dir)[-3000:]
+    # A refused attempt in between (another run's learning rate) changes nothing about that.
+    refused = start_supervisor(log_dir, nproc=1, worker_args=[*args, "--max_lr", "0.5"])
+    assert wait_exit(refused, log_dir) == SupervisorExit.REFUSED, console_text(log_dir)[-3000:]
     for given in ([], args):  # nothing (the recorded arguments), or the same ones again
         again = start_supervisor(log_dir, nproc=1, worker_args=given)
         assert wait_exit(again, log_dir, timeout=120) == SupervisorExit.FINISHED, console_text(log_dir)[-3000:]
-        assert len(events_named(log_dir, "launched")) == 1, "torchrun was launched again"
+        assert len(events_named(log_dir, "launched")) == 2, "torchrun was launched again"
         ending = events_named(log_dir, "finished")[-1]["message"]
         assert ending.startswith("already finished at step 2 (model_00002.pt)"), ending
-    assert sorted(p.name for p in (log_dir / "attempts").iterdir()) == ["001.log"]
+    assert sorted(p.name for p in (log_dir / "attempts").iterdir()) == ["001.log", "002.log"]

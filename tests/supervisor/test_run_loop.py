@@ -251,3 +251,20 @@ def test_an_unreadable_supervisor_json_without_arguments_refuses_before_anything
     with pytest.raises(RecordUnreadable, match="unreadable .not valid JSON.*after `--`"):
         sup.run()
     assert attempts.numbers == [] and (tmp_path / "supervisor.json").read_text() == "[1, 2"
+
+
+def test_a_finished_run_stays_finished_across_a_refused_attempt_and_launches_nothing(tmp_path):
+    (tmp_path / "model_00011.pt").write_bytes(b"x")
+    first, _, _, _ = make(tmp_path, [ends(OutcomeKind.FINISHED, step=11, last="model_00011.pt")])
+    assert first.run() == SupervisorExit.FINISHED
+    refused, _, _, _ = make(tmp_path, [ends(OutcomeKind.PERMANENT, code=WorkerExit.RUN_MISMATCH, message="another run")],
+                            worker_args=["--max_steps", "12", "--max_lr", "0.5"])
+    assert refused.run() == SupervisorExit.REFUSED
+    again, attempts, reporter, _ = make(tmp_path, [], worker_args=[])
+    again.config.worker_args = []
+    assert again.run() == SupervisorExit.FINISHED
+    assert attempts.numbers == []
+    assert reporter.lines[-1].startswith("already finished at step 11 (model_00011.pt)"), reporter.lines[-1]
+    longer, attempts, _, _ = make(tmp_path, [ends(OutcomeKind.FINISHED, step=13, last="model_00013.pt")],
+                                  worker_args=["--max_steps", "14"])
+    assert longer.run() == SupervisorExit.FINISHED and attempts.numbers == [1]  # more steps asked: launched
