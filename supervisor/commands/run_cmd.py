@@ -262,6 +262,9 @@ def run(log_dir: str, max_restarts: int, nproc_per_node: int, hang_timeout: floa
     """Launch torchrun workers and keep them alive: restart on crashes and hangs, from the newest
     checkpoint that passes validation, until training finishes.
 
+    With no worker arguments, an existing run directory's own arguments and --worker module
+    (the last ones its worker accepted) are reused; a finished run is reported, not relaunched.
+
     \b
     SIGINT/SIGTERM/SIGHUP (or `gpt2sup stop`) asks the workers to save at the next step and
     exit; a second one kills them (under nohup SIGHUP stays ignored). Run `gpt2sup status` in
