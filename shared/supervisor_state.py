@@ -58,6 +58,12 @@ class SupervisorState:
     newest_checkpoint_valid: bool | None = None
     newest_checkpoint_reason: str | None = None
     run_config: dict[str, Any] = field(default_factory=dict)
+    # {"worker_args", "worker_module"} of the last attempt the worker accepted (not refused): what a
+    # later ``gpt2sup run`` with no worker arguments reuses. run_config is what was asked for.
+    accepted_run: dict[str, Any] | None = None
+    # The final checkpoint of the accepted run once it finished (kept across refused attempts;
+    # cleared when an accepted attempt trains on): a later plain ``gpt2sup run`` launches nothing.
+    finished_checkpoint: str | None = None
     exit_code: int | None = None
 
     def to_dict(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import IO
 
-from rich.console import Console, RenderableType
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.live import Live
 from rich.panel import Panel
 from rich.progress_bar import ProgressBar
@@ -307,35 +307,62 @@ def _bar_row(completed: float, total: float, label: str, style: str = "bar.compl
     return row
 
 
-def _ranks_table(snapshot: RunSnapshot) -> Table:
+# Which rank columns go first when the terminal is narrow (an 80-column terminal cannot show all):
+# a column is shown whole or not at all, never as `pha…`. rank, steps and heartbeat always stay.
+DROP_FIRST = ("compute", "pid", "timeout", "tok/s", "loss", "status", "phase")
+LEFT_COLUMNS = ("rank", "pid", "phase", "status")
+
+
+class _FittedRanks:
+    """The ranks table with the columns that fit the width rich gives it at render time."""
+
+    def __init__(self, snapshot: RunSnapshot) -> None:
+        self.snapshot = snapshot
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield _ranks_table(self.snapshot, options.max_width)
+
+
+def _ranks_table(snapshot: RunSnapshot, max_width: int | None = None) -> Table:
     quietest = _marked_quiet_rank(snapshot)
-    table = Table(box=None, padding=(0, 1), show_edge=False, header_style="bold")
-    with_timeouts = any(r.phase_timeout_s is not None for r in snapshot.ranks)
-    names = ["rank", "pid", "phase", "status", "steps", "heartbeat"]
-    names += ["timeout"] if with_timeouts else []
-    names += ["loss", "tok/s"]
+    columns: dict[str, list[RenderableType]] = {name: [] for name in
+                                                  ("rank", "pid", "phase", "status", "steps", "heartbeat")}
+    if any(r.phase_timeout_s is not None for r in snapshot.ranks):
+        columns["timeout"] = []
+    columns["loss"], columns["tok/s"] = [], []
     with_compute = any(r.compute_median_s is not None for r in snapshot.ranks)
-    names += ["compute"] if with_compute else []
-    for name in names:
-        table.add_column(name, justify="left" if name in ("rank", "pid", "phase", "status") else "right")
+    if with_compute:
+        columns["compute"] = []
     for r in snapshot.ranks:
-        age_style = "yellow" if r.rank == quietest else ""
-        cells: list[RenderableType] = [
-            str(r.rank),
-            Text(str(r.pid), style="" if r.pid_alive else "red strike"),
-            r.phase,
-            r.status,
-            _rank_step_text(r),
-            Text(format_age(r.age_s) + " ago", style=age_style),
-        ]
-        if with_timeouts:
-            cells.append(_timeout_text(r))
-        cells += [format_loss(r.loss), format_rate(r.tokens_per_s)]
+        columns["rank"].append(str(r.rank))
+        columns["pid"].append(Text(str(r.pid), style="" if r.pid_alive else "red strike"))
+        columns["phase"].append(r.phase)
+        columns["status"].append(r.status)
+        columns["steps"].append(_rank_step_text(r))
+        columns["heartbeat"].append(Text(format_age(r.age_s) + " ago", style="yellow" if r.rank == quietest else ""))
+        if "timeout" in columns:
+            columns["timeout"].append(_timeout_text(r))
+        columns["loss"].append(format_loss(r.loss))
+        columns["tok/s"].append(format_rate(r.tokens_per_s))
         if with_compute:
             straggler = f" straggler on {r.hostname or '?'}" if r.straggler is not None else ""
-            cells.append(Text(_compute_text(r) + straggler, style="bold red" if straggler else ""))
-        table.add_row(*cells)
+            columns["compute"].append(Text(_compute_text(r) + straggler, style="bold red" if straggler else ""))
+    for name in DROP_FIRST:
+        if max_width is None or _table_width(columns) <= max_width:
+            break
+        columns.pop(name, None)
+    table = Table(box=None, padding=(0, 1), show_edge=False, header_style="bold")
+    for name in columns:
+        table.add_column(name, justify="left" if name in LEFT_COLUMNS else "right", no_wrap=True)
+    for row in zip(*columns.values(), strict=True):
+        table.add_row(*row)
     return table
+
+
+def _table_width(columns: dict[str, list[RenderableType]]) -> int:
+    """Cells of one line each, one space of padding on each side (``padding=(0, 1)``)."""
+    return sum(max([len(name)] + [len(c) if isinstance(c, str) else c.cell_len  # type: ignore[attr-defined]
+                                  for c in cells]) + 2 for name, cells in columns.items())
 
 
 def render_panel(snapshot: RunSnapshot) -> RenderableType:
@@ -389,7 +416,7 @@ def render_panel(snapshot: RunSnapshot) -> RenderableType:
         if text is not None:
             grid.add_row("straggler", Text(text, style="bold red"))
     if snapshot.ranks:
-        grid.add_row("ranks", _ranks_table(snapshot))
+        grid.add_row("ranks", _FittedRanks(snapshot))
     ck_style = "red" if snapshot.checkpoints.newest_valid is False else ""
     grid.add_row("checkpoints", Text(_checkpoint_text(snapshot), style=ck_style))
     disk = snapshot.disk

@@ -6,11 +6,16 @@ through the loop, and the wording can be tested without processes.
 """
 from __future__ import annotations
 
+import os
+import shlex
 import signal
+from pathlib import Path
 
 from shared.exit_codes import SupervisorExit
+from shared.run_dir import DEFAULT_LOG_DIR
 from shared.vocabulary import OutcomeKind
 from supervisor.policy import Outcome
+from supervisor.run_config import DEFAULT_WORKER
 
 _LABELS = {
     OutcomeKind.OOM: "ran out of memory (kernel OOM kill)",
@@ -19,6 +24,20 @@ _LABELS = {
     OutcomeKind.BAD_CHECKPOINT: "could not use its checkpoint",
     OutcomeKind.FINISHED_WITHOUT_CHECKPOINT: "could not write its final checkpoint",
 }
+
+
+def run_command(log_dir: str | Path, cwd: str | Path, worker_module: str | None = None) -> str:
+    """``gpt2sup run --log-dir mine`` (``--worker M`` too, where not the default): the command that
+    acts on this run directory when typed in ``cwd``. A bare ``gpt2sup run`` acts on ``./log``,
+    so a hint that says only that sends the operator to another run."""
+    parts = ["gpt2sup", "run"]
+    target = os.path.normpath(os.path.join(cwd, log_dir))
+    relative = os.path.relpath(target, cwd)
+    if relative != os.path.normpath(DEFAULT_LOG_DIR):
+        parts += ["--log-dir", relative if not relative.startswith("..") else target]
+    if worker_module and worker_module != DEFAULT_WORKER:
+        parts += ["--worker", worker_module]
+    return shlex.join(parts)
 
 
 def signal_name(signum: int) -> str:
@@ -87,22 +106,34 @@ def finished(step: int | None, checkpoint: str | None) -> str:
     return f"training finished {after_step(step)}; final checkpoint {checkpoint} (exit {int(SupervisorExit.FINISHED)})"
 
 
+def already_finished(step: int | None, checkpoint: str) -> str:
+    """A plain ``gpt2sup run`` on a complete run: say so instead of relaunching it."""
+    return (f"already finished at step {step} ({checkpoint}): nothing launched; a longer --max_steps "
+            f"trains on (exit {int(SupervisorExit.FINISHED)})")
+
+
 def finished_without_checkpoint(step: int | None, cause: str | None) -> str:
     why = f": {cause}" if cause else ""
     return (f"training reached its last step ({after_step(step)}) but the final checkpoint is NOT on disk{why} "
             f"(exit {int(SupervisorExit.FINISHED_WITHOUT_CHECKPOINT)})")
 
 
-def stopped_without_checkpoint(step: int | None, cause: str | None, newest: str | None) -> str:
+def stopped_without_checkpoint(step: int | None, cause: str | None, newest: str | None,
+                               resume_with: str = "gpt2sup run") -> str:
     """A stop whose own checkpoint could not be written (worker exit 9): resumable, but steps are lost."""
     why = f": {cause}" if cause else ""
-    resume = f"from {newest}, redoing the steps after it" if newest else "from scratch (no checkpoint on disk)"
+    resume = (f"`{resume_with}` resumes from {newest}, redoing the steps after it" if newest
+              else "no checkpoint is on disk, so there is nothing to resume")
     return (f"stopped {after_step(step)}, but the stop's checkpoint could NOT be written{why}; "
-            f"`gpt2sup run` resumes {resume} (exit {int(SupervisorExit.STOPPED)})")
+            f"{resume} (exit {int(SupervisorExit.STOPPED)})")
 
 
-def stopped(how: str, step: int | None = None, checkpoint: str | None = None) -> str:
-    saved = f"; saved {checkpoint}" if checkpoint else ""
+def stopped(how: str, step: int | None = None, checkpoint: str | None = None,
+            resume_with: str | None = "gpt2sup run", newest: str | None = None) -> str:
+    """``resume_with``: the command that resumes this run (``run_command``), None when no checkpoint
+    exists (a stop during start-up): then nothing is said about resuming. ``newest``: the newest
+    checkpoint on disk when the stop itself saved none (a forced stop)."""
+    saved = f"; saved {checkpoint}" if checkpoint else f"; newest checkpoint {newest}" if newest else ""
     where = f" {after_step(step)}" if step is not None else ""
-    return (f"stopped on request ({how}){where}{saved}; `gpt2sup run` resumes it "
-            f"(exit {int(SupervisorExit.STOPPED)})")
+    resume = f"`{resume_with}` resumes it" if resume_with else "no checkpoint was written, so there is nothing to resume"
+    return f"stopped on request ({how}){where}{saved}; {resume} (exit {int(SupervisorExit.STOPPED)})"

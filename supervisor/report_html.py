@@ -62,6 +62,32 @@ def downsample(points: list[tuple[float, float]], max_points: int = MAX_POINTS) 
     return out
 
 
+# Fault numbers above the curves: two closer than LABEL_GAP (a fraction of the axis width, about
+# the width of a two-digit label) go on separate rows, LABEL_ROW_PT points apart, never on top of
+# each other (two crashes a few steps apart in a run of thousands).
+LABEL_GAP = 0.03
+LABEL_ROW_PT = 8
+
+
+def label_rows(xs: list[float], span: float, min_gap: float = LABEL_GAP) -> list[int]:
+    """The row of each label at ``xs`` (0 = the lowest): greedily, in order of x, the lowest row
+    whose previous label is at least ``min_gap * span`` to the left."""
+    gap = min_gap * span if span > 0 else 0.0
+    rows: list[int] = [0] * len(xs)
+    last_on_row: list[float] = []
+    for index in sorted(range(len(xs)), key=lambda i: xs[i]):
+        x = xs[index]
+        for row, last in enumerate(last_on_row):
+            if x > last and x - last >= gap:
+                last_on_row[row] = x
+                rows[index] = row
+                break
+        else:
+            rows[index] = len(last_on_row)
+            last_on_row.append(x)
+    return rows
+
+
 def _fault_style(kind: str) -> tuple[str, str]:
     return FAULT_STYLE.get(kind, DEFAULT_STYLE)
 
@@ -144,18 +170,23 @@ def _draw(history: RunHistory, against: str) -> str:
         for colour, xs in by_colour.items():
             ax.plot([v for x in xs for v in (x, x, math.nan)], [v for _ in xs for v in (0, 1, math.nan)],
                     color=colour, linewidth=0.9, alpha=0.8, transform=ax.get_xaxis_transform())
+    rows = 1
     if labelled:
         top = axes[0]
-        for number, fault in enumerate(history.faults, 1):
-            if against == "step" and fault.step is None:
-                continue
-            x = fault.step if against == "step" else (fault.time - origin) / divisor
-            top.annotate(str(number), (x, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 2),
+        numbered = [(number, fault, fault.step if against == "step" else (fault.time - origin) / divisor)
+                    for number, fault in enumerate(history.faults, 1)
+                    if not (against == "step" and fault.step is None)]
+        low, high = top.get_xlim()
+        levels = label_rows([x for _, _, x in numbered], high - low, LABEL_GAP)
+        rows = max(levels, default=0) + 1
+        for (number, fault, x), level in zip(numbered, levels, strict=True):
+            top.annotate(str(number), (x, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 2 + LABEL_ROW_PT * level),
                          textcoords="offset points", ha="center", va="bottom", fontsize=7,
                          color=_fault_style(fault.kind)[0])
     axes[-1].set_xlabel("step" if against == "step" else f"wall time since the first launch ({unit})")
     _fault_legend(fig, history)
-    fig.tight_layout(rect=(0, 0.04 if history.faults else 0, 1, 0.97 if labelled and history.faults else 1))
+    top_margin = max(0.75, 0.97 - 0.03 * (rows - 1)) if labelled and history.faults else 1
+    fig.tight_layout(rect=(0, 0.04 if history.faults else 0, 1, top_margin))
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
     plt.close(fig)
@@ -268,11 +299,10 @@ def _clock(when: float, with_date: bool = True) -> str:
 
 
 def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+    """Decimal MB, as ``status``, ``verify`` and the README say: one file has one size everywhere."""
+    from supervisor.dashboard import format_bytes
+
+    return format_bytes(n)
 
 
 def _summary_rows(history: RunHistory) -> list[tuple[str, str]]:

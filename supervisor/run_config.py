@@ -2,10 +2,11 @@
 
 The command line builds it by keyword (``commands/run_cmd.py`` takes its option defaults from
 here), the cycle reads it, and ``supervisor.json`` records it so a later ``gpt2sup run`` on the
-same directory can reuse the worker arguments.
+same directory can reuse the worker arguments (and the ``--worker`` module).
 """
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,6 +16,37 @@ from supervisor.policy import BackoffConfig, RestartLimits, TimeoutConfig
 
 DEFAULT_WORKER = "worker.train_gpt2"
 DEFAULT_RDZV_ID = "gpt2sup"
+# Worker flags whose value is a path: recorded absolute, so a later ``gpt2sup run`` that reuses
+# them from another working directory reads the same files.
+PATH_FLAGS = ("--data_dir", "--data_path", "--pretrained_checkpoint", "--checkpoint_path", "--hellaswag_path")
+
+
+def absolute_path_args(args: list[str], base: Path) -> list[str]:
+    """``args`` with each relative path value of a ``PATH_FLAGS`` flag made absolute against ``base``.
+
+    Why: the arguments are recorded in ``supervisor.json`` and reused by a later plain
+    ``gpt2sup run``, maybe from another directory, where ``../my_corpus`` names nothing.
+    """
+    out: list[str] = []
+    expects_path = False
+    for arg in args:
+        if expects_path:
+            out.append(_absolute(arg, base))
+            expects_path = False
+            continue
+        flag, eq, value = arg.partition("=")
+        if flag in PATH_FLAGS and eq:
+            out.append(f"{flag}={_absolute(value, base)}")
+        else:
+            out.append(arg)
+            expects_path = arg in PATH_FLAGS
+    return out
+
+
+def _absolute(value: str, base: Path) -> str:
+    if not value or value.startswith("-") or os.path.isabs(value):
+        return value
+    return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
 
 
 @dataclass(frozen=True)
@@ -37,6 +69,8 @@ class RunConfig:
     cwd: Path
     worker_args: list[str] = field(default_factory=list)
     worker_module: str = DEFAULT_WORKER
+    # False: --worker was not given, so an existing run's recorded module is reused.
+    worker_module_given: bool = True
     nproc_per_node: int = 1
     multi_node: MultiNode | None = None
     timeouts: TimeoutConfig = field(default_factory=TimeoutConfig)

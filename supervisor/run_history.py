@@ -309,11 +309,13 @@ def faults_of(events: list[dict[str, Any]], timeline: _Timeline) -> list[Fault]:
     return faults
 
 
-def checkpoint_rows(run: RunDir, events: list[dict[str, Any]], timeline: _Timeline) -> list[CheckpointRow]:
+def checkpoint_rows(run: RunDir, events: list[dict[str, Any]], timeline: _Timeline,
+                    state: dict[str, Any] | None = None) -> list[CheckpointRow]:
     """Every checkpoint file (quarantined ones too) with the journal's newest word on it.
 
     A name can be reused (a quarantined step saved again): an event speaks of the file on disk only
-    if it came after that file was written.
+    if it came after that file was written. Without an event, the newest file's verdict is the one
+    ``supervisor.json`` records, in ``gpt2sup status``'s words (valid / INVALID / not validated).
     """
 
     def said_of(name: str, written_at: float) -> str | None:
@@ -338,7 +340,7 @@ def checkpoint_rows(run: RunDir, events: list[dict[str, Any]], timeline: _Timeli
     rows = []
     for item in run.list_checkpoints():
         record = timeline.by_step.get(item.step)
-        text = said_of(item.path.name, _mtime(item.path)) or "not needed for a restart"
+        text = said_of(item.path.name, _mtime(item.path)) or _recorded_verdict(item.path.name, state or {})
         rows.append(CheckpointRow(item.path.name, item.step, item.size, text,
                                   val_loss=record.values.get("val_loss") if record else None))
     try:
@@ -389,6 +391,17 @@ def goodput_of(steps: list[StepRecord], sessions: list[tuple[float, float]], rec
         redo_s=sum(r.redo_s for r in recoveries),
         failures=len(recoveries),
     )
+
+
+def _recorded_verdict(name: str, state: dict[str, Any]) -> str:
+    """``gpt2sup status``'s word for a file no event judged (the same vocabulary in both views)."""
+    if name == state.get("newest_checkpoint"):
+        reason = state.get("newest_checkpoint_reason")
+        if state.get("newest_checkpoint_valid") is True:
+            return f"valid ({reason})" if reason else "valid"
+        if state.get("newest_checkpoint_valid") is False:
+            return f"INVALID: {reason or 'no reason recorded'}"
+    return "not validated (no restart needed it; `gpt2sup verify` checks it)"
 
 
 def _supervisor_state(run: RunDir) -> dict[str, Any]:
@@ -445,7 +458,7 @@ def load_history(log_dir: Path | str, *, live_until: float | None = None) -> Run
         sessions=sessions,
         faults=faults_of(events, timeline),
         recoveries=recoveries,
-        checkpoints=checkpoint_rows(run, events, timeline),
+        checkpoints=checkpoint_rows(run, events, timeline, state),
         goodput=goodput_of(steps, sessions, recoveries),
         max_steps=_max_steps(run),
         state=state.get("state") if isinstance(state.get("state"), str) else None,

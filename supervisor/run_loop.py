@@ -8,6 +8,7 @@ every record of what happened goes through ``self.journal``.
 """
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Callable
@@ -40,18 +41,42 @@ from supervisor.orphans import (
     stop_orphans,
     survey_orphans,
 )
-from supervisor.run_config import DEFAULT_WORKER, MultiNode, RunConfig
+from supervisor.run_config import (
+    DEFAULT_WORKER,
+    MultiNode,
+    RunConfig,
+    absolute_path_args,
+)
 from supervisor.run_lock import RunLock
 from supervisor.stop_signals import StopRequested
 from supervisor.watch import TorchrunAttempts
 
-__all__ = ["DEFAULT_WORKER", "MultiNode", "RunConfig", "Supervisor"]
+__all__ = ["DEFAULT_WORKER", "MultiNode", "RecordUnreadable", "RunConfig", "Supervisor"]
 
 Select = Callable[..., Selection]
 
 
 class UnsupportedCheckpoint(Exception):
     """The newest checkpoint's format is newer than this install reads: the run ends at once."""
+
+
+class RecordUnreadable(Exception):
+    """``supervisor.json`` exists but cannot be read, and the run's arguments were not given."""
+
+
+def record_unreadable(path: Path) -> str | None:
+    """Why ``path`` (present, yet read as nothing) is unreadable; None when it is absent or fine."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        return getattr(exc, "strerror", None) or str(exc)
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return "not valid JSON" if text.strip() else "empty"
+    return "not a JSON object" if not isinstance(data, dict) else "fields of the wrong type"
 
 
 class Supervisor:
@@ -76,6 +101,9 @@ class Supervisor:
                                                      peer_ended=self._peer_ended_line if self.node is not None else None)
         self.started_at = time.time()
         self._following: policy.PeerEnding | None = None
+        self._reused_line = ""  # "no worker arguments given: reusing ..." (set by _begin)
+        self._previous: SupervisorState | None = None  # the supervisor.json found at start-up
+        self._accepted: policy.RecordedRun | None = None  # the run it holds (policy.run_to_reuse)
         self._peer_seen: policy.PeerEnding | None = None  # the first ending another node recorded
         # One directory per node shares nothing: node 0 hosts a TCPStore the nodes agree through
         # (the real cycle only; a scripted one's tests set their own).
@@ -107,7 +135,8 @@ class Supervisor:
                 self.validator.start()  # the probe child imports torch while we look at the directory
             return self._run_locked()
         except StopRequested as request:  # raised only out of a checkpoint validation
-            return self._end(SupervisorStateName.STOPPED, messages.stopped(f"{request}, during checkpoint validation"))
+            return self._end(SupervisorStateName.STOPPED, messages.stopped(f"{request}, during checkpoint validation",
+                                                                            resume_with=self._resume_command()))
         except UnsupportedCheckpoint as unsupported:  # raised only out of a checkpoint validation
             return self._end(SupervisorStateName.GAVE_UP, messages.unsupported_format(str(unsupported)),
                              SupervisorExit.UNSUPPORTED_FORMAT)
@@ -128,6 +157,9 @@ class Supervisor:
     def _run_locked(self) -> SupervisorExit:
         self._begin()
         self.progress.best_step = self._choose_checkpoint()
+        if self._already_finished():
+            name = self.run_dir.checkpoint(self.progress.best_step).name  # type: ignore[arg-type]
+            return self._end(SupervisorStateName.FINISHED, messages.already_finished(self.progress.best_step, name))
         restarts_used = consecutive_failures = 0
         relaunch: OutcomeKind | None = None
         while True:
@@ -135,7 +167,8 @@ class Supervisor:
             if peer is not None:
                 return self._follow(peer)
             if self.stops.count:
-                return self._end(SupervisorStateName.STOPPED, messages.stopped("before launch"))
+                return self._end(SupervisorStateName.STOPPED, messages.stopped("before launch",
+                                                                                resume_with=self._resume_command()))
             if relaunch is not None:
                 restarts_used += 1
                 self.journal.save_state(restarts_used=restarts_used)
@@ -179,6 +212,9 @@ class Supervisor:
         """Run the next attempt, then make supervisor.json name the newest checkpoint on disk."""
         self.journal.attempt += 1
         result = self.attempts.run(self.journal.attempt)
+        if policy.arguments_accepted(result.outcome.kind, result.step):  # the run's arguments now
+            self.journal.save_state(accepted_run=policy.RecordedRun(
+                tuple(self.config.worker_args), self.config.worker_module).to_dict(), finished_checkpoint=None)
         newest = self.run_dir.newest_checkpoint()
         if newest is not None and newest.path.name != (self.journal.state.newest_checkpoint if self.journal.state
                                                         else None):
@@ -193,6 +229,7 @@ class Supervisor:
     def _end_of_training(self, result: AttemptResult) -> SupervisorExit:
         match result.outcome.kind:
             case OutcomeKind.FINISHED:
+                self.journal.save_state(finished_checkpoint=result.last_checkpoint)
                 return self._end(SupervisorStateName.FINISHED, messages.finished(result.step, result.last_checkpoint))
             case OutcomeKind.FINISHED_WITHOUT_CHECKPOINT:
                 return self._end(SupervisorStateName.FINISHED_WITHOUT_CHECKPOINT,
@@ -200,10 +237,37 @@ class Supervisor:
             case _ if result.outcome.exit_code == WorkerExit.STOP_SAVE_FAILED:
                 newest = self.run_dir.newest_checkpoint()
                 return self._end(SupervisorStateName.STOPPED, messages.stopped_without_checkpoint(
-                    result.step, result.cause, newest.path.name if newest else None))
+                    result.step, result.cause, newest.path.name if newest else None, self._run_command()))
             case _:
-                return self._end(SupervisorStateName.STOPPED,
-                                 messages.stopped(result.reason, result.step, result.last_checkpoint))
+                step, newest_name = self._stopped_at(result)
+                return self._end(SupervisorStateName.STOPPED, messages.stopped(
+                    result.reason, step, result.last_checkpoint, self._resume_command(),
+                    newest=None if result.last_checkpoint else newest_name))
+
+    def _stopped_at(self, result: AttemptResult) -> tuple[int | None, str | None]:
+        """The step a stop ended after, and the newest checkpoint on disk, read now.
+
+        Why: a forced stop's step is the one the watcher last polled, which the ranks may have
+        passed before the kill (it said "after step 92" beside model_00093.pt and a panel at
+        94/300). Rank 0's heartbeat and the newest file on disk, read after the tree is gone, name
+        the step actually finished; the line and the panel then agree.
+        """
+        from shared.heartbeat import read_heartbeat
+
+        newest = self.run_dir.newest_checkpoint()
+        beat = read_heartbeat(self.run_dir.heartbeat(0))
+        seen = [s for s in (result.step, newest.step if newest is not None else None,
+                            beat.step if beat is not None and isinstance(beat.step, int) else None)
+                if s is not None and s >= 0]
+        return (max(seen) if seen else result.step), (newest.path.name if newest is not None else None)
+
+    def _run_command(self) -> str:
+        """The command that acts on this run directory, from where this supervisor was started."""
+        return messages.run_command(self.config.log_dir, self.config.cwd, self.config.worker_module)
+
+    def _resume_command(self) -> str | None:
+        """``_run_command()`` when there is a checkpoint to resume from, else None."""
+        return self._run_command() if self.run_dir.newest_checkpoint() is not None else None
 
     def _recover_from(self, result: AttemptResult) -> int | None:
         """Record the failure, quarantine a checkpoint the worker rejected, choose where to resume."""
@@ -331,22 +395,72 @@ class Supervisor:
     # -- before the first launch -------------------------------------------------------------------
     def _begin(self) -> None:
         previous = read_supervisor_state(self.run_dir.supervisor_state)
-        reused = not self.config.worker_args and previous is not None and previous.run_config.get("worker_args")
-        if reused:
-            self.config.worker_args = [str(a) for a in previous.run_config["worker_args"]]
+        unreadable = record_unreadable(self.run_dir.supervisor_state) if previous is None else None
+        if unreadable is not None and not self.config.worker_args:  # never the defaults: ask for the arguments
+            raise RecordUnreadable(self._unreadable_line(unreadable))
+        accepted = self._reuse_recorded_run(previous)
+        self._previous, self._accepted = previous, accepted
         me = psutil.Process()
         self.journal.attempt = self.run_dir.highest_attempt()
         self.journal.begin(CycleState(
             state=SupervisorStateName.STARTING, pid=me.pid, pid_create_time=me.create_time(),
             hostname=socket.gethostname(), log_dir=str(self.run_dir.root), started_at=time.time(),
             max_restarts=self.config.limits.max_restarts, run_config=self.config.describe(),
+            accepted_run=accepted.to_dict() if accepted is not None else None,
+            finished_checkpoint=policy.finished_checkpoint(previous.state, previous.newest_checkpoint,
+                                                           previous.finished_checkpoint) if previous else None,
         ))
         self.journal.event(EventKind.SUPERVISOR_STARTED, f"supervisor {me.pid} watching {self.run_dir.root}")
-        if reused:
-            self.journal.event(EventKind.CONFIG_CHANGE, "no worker arguments given: reusing the previous run's "
-                               f"{' '.join(self.config.worker_args)}", worker_args=self.config.worker_args)
+        if unreadable is not None:
+            self.journal.event(EventKind.WARNING, f"the previous supervisor.json was unreadable ({unreadable}); "
+                               "rewritten with this run's arguments")
+        if self._reused_line:
+            self.journal.event(EventKind.CONFIG_CHANGE, self._reused_line, worker_args=self.config.worker_args,
+                               worker_module=self.config.worker_module)
         if previous is not None:
             self._kill_orphans(previous)
+
+    def _already_finished(self) -> bool:
+        """The previous supervisor finished this run and nothing asks for more: launch nothing."""
+        previous, accepted = self._previous, self._accepted
+        if previous is None or accepted is None or self.node or self.progress.best_step is None:
+            return False
+        same_run = (list(accepted.worker_args) == self.config.worker_args
+                    and accepted.worker_module == self.config.worker_module)
+        chosen = self.run_dir.checkpoint(self.progress.best_step).name
+        return policy.already_finished(self.journal.state.finished_checkpoint if self.journal.state else None,
+                                       chosen, same_run)
+
+    def _reuse_recorded_run(self, previous: SupervisorState | None) -> policy.RecordedRun | None:
+        """No worker arguments (no ``--worker``): the ones of the run this directory holds, i.e. the
+        last accepted ones, relative paths made absolute against the directory they were given in."""
+        self._reused_line = ""
+        if previous is None:
+            return None
+        accepted = policy.run_to_reuse(previous.accepted_run, previous.run_config, previous.state, DEFAULT_WORKER)
+        if accepted is None:
+            return None
+        recorded_cwd = previous.run_config.get("cwd")
+        base = Path(recorded_cwd) if isinstance(recorded_cwd, str) and recorded_cwd else self.config.cwd
+        accepted = policy.RecordedRun(tuple(absolute_path_args(list(accepted.worker_args), base)),
+                                      accepted.worker_module)
+        said = []
+        if not self.config.worker_module_given and self.config.worker_module != accepted.worker_module:
+            self.config.worker_module = accepted.worker_module
+            said.append(f"--worker {accepted.worker_module}")
+        if not self.config.worker_args and accepted.worker_args:
+            self.config.worker_args = list(accepted.worker_args)
+            said.append(" ".join(accepted.worker_args))
+        if said:
+            given = "no worker arguments given" if "--worker" not in said[0] or len(said) > 1 else "no --worker given"
+            self._reused_line = f"{given}: reusing the previous run's {' '.join(said)}"
+        return accepted
+
+    def _unreadable_line(self, why: str) -> str:
+        return (f"refusing to start: {self.run_dir.supervisor_state} is unreadable ({why}), so the worker "
+                f"arguments of the run in {self.run_dir.root} are unknown; give them after `--` "
+                f"({messages.run_command(self.run_dir.root, self.config.cwd)} [--worker MODULE] -- ARGS), "
+                "or use a new --log-dir")
 
     def _kill_orphans(self, previous: SupervisorState) -> None:
         """Processes an earlier (killed) supervisor of THIS directory left running: stop them first.

@@ -223,3 +223,32 @@ def test_every_command_line_shown_to_users_is_accepted(monkeypatch: pytest.Monke
         if problem is not None:
             failures.append(f"{example.source}: `{example.line}`: {problem}")
     assert not failures, "command lines shown to users that the commands reject:\n" + "\n".join(failures)
+
+
+# --- issue 19 §6: what a new user following the README top to bottom tripped over --------------------
+def _readme_lines() -> list[str]:
+    return [line.strip() for line in code_blocks((REPO / "README.md").read_text())]
+
+
+def test_the_readmes_follow_on_runs_each_get_their_own_log_dir() -> None:
+    """The quickstart's run is in ./log; an example run with other arguments there is refused."""
+    runs = [shlex.split(line.split("#")[0]) for line in _readme_lines() if line.startswith("gpt2sup run ")]
+    dirs = []
+    for tokens in runs:
+        if "--" in tokens or "--worker" in tokens:  # a run with its own arguments: not the quickstart's
+            assert "--log-dir" in tokens, f"`{shlex.join(tokens)}` targets ./log, which holds the quickstart run"
+            dirs.append(tokens[tokens.index("--log-dir") + 1])
+    assert dirs and len(dirs) == len(set(dirs)) and "log" not in dirs, dirs
+
+
+def test_the_quickstart_installs_the_torch_build_its_text_names_and_runs_the_whole_suite() -> None:
+    quickstart = (REPO / "README.md").read_text().split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    first_block = quickstart.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line for line in first_block.splitlines() if line and not line.startswith("#")]
+    assert len(commands) == 2, commands
+    for command in commands:  # the text says plain PyPI pulls the CUDA build on Linux
+        assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in command, command
+    assert commands[0].endswith("gpt2sup run")
+    assert commands[1].endswith("python -m pytest -ra")  # what .ci/run runs: the whole suite
+    assert 'python -m pytest -m "not slow"' in quickstart  # the inner loop, named right after
+    assert re.search(r"300 steps, [^\n]*\d+ min[^\n]*on ", quickstart), "the step count and a measured time"

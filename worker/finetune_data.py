@@ -40,6 +40,10 @@ IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index
 SPLIT_SEED = 20230412  # Dolly-15k's release date: a fixed split, independent of --seed
 DOLLY_URL = "https://huggingface.co/datasets/databricks/databricks-dolly-15k/resolve/main/databricks-dolly-15k.jsonl"
 DOLLY_CACHE_NAME = "databricks-dolly-15k.jsonl"
+DEFAULT_VAL_FRACTION = 0.05  # held out when --val_fraction is not given, raised if too few tokens
+# The fine-tune's text samples: an instruction in the training template, not pre-training's
+# "Hello, I'm a language model," (a fine-tuned model is asked questions).
+SAMPLE_INSTRUCTION = "Give three tips for staying healthy."
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,11 @@ def prompt_text(example: InstructionExample) -> str:
         parts.append(f"### Context:\n{example.context.strip()}\n\n")
     parts.append("### Response:\n")
     return "".join(parts)
+
+
+def sample_prompt() -> str:
+    """The template up to the response, for :data:`SAMPLE_INSTRUCTION`: the model writes the answer."""
+    return prompt_text(InstructionExample(SAMPLE_INSTRUCTION, "", ""))
 
 
 def load_dolly(path: Path) -> list[InstructionExample]:
@@ -83,10 +92,44 @@ def split_train_val(examples: list[InstructionExample], val_fraction: float
     """A fixed shuffle (:data:`SPLIT_SEED`); the first ``ceil(fraction * n)`` (at least 1) are held out."""
     if len(examples) < 2:
         raise DataError(f"{len(examples)} example(s): at least 2 are needed (one to train on, one held out)")
-    order = list(range(len(examples)))
-    random.Random(SPLIT_SEED).shuffle(order)
-    held_out = min(len(examples) - 1, max(1, math.ceil(val_fraction * len(examples))))
+    order = _split_order(len(examples))
+    held_out = held_out_count(len(examples), val_fraction)
     return [examples[i] for i in order[held_out:]], [examples[i] for i in order[:held_out]]
+
+
+def held_out_count(n: int, val_fraction: float) -> int:
+    return min(n - 1, max(1, math.ceil(val_fraction * n)))
+
+
+def _split_order(n: int) -> list[int]:
+    order = list(range(n))
+    random.Random(SPLIT_SEED).shuffle(order)
+    return order
+
+
+def working_val_fraction(examples: list[InstructionExample], encode: Callable[[str], list[int]],
+                         needed_tokens: int, at_least: float = DEFAULT_VAL_FRACTION) -> float | None:
+    """The smallest fraction (3 decimals, not below ``at_least``) whose held-out split packs into at
+    least ``needed_tokens`` tokens (one validation batch); None if even half the examples do not.
+
+    Why: the 5% default holds out 10 records of a 200-record file, fewer tokens than one batch of
+    a default model; the default adapts, and an explicit value that fails is told the one that works.
+    """
+    n = len(examples)
+    if n < 2:
+        return None
+    order = _split_order(n)
+    start = held_out_count(n, at_least)
+    total = 0
+    for count, index in enumerate(order[:max(start, n // 2)], 1):
+        example = examples[index]
+        total += len(encode(prompt_text(example))) + len(encode(example.response.strip())) + 1
+        if count >= start and total >= needed_tokens:
+            fraction = max(at_least, math.ceil(count / n * 1000) / 1000)
+            while held_out_count(n, fraction) < count:  # ceil(f * n) must reach count despite rounding
+                fraction += 0.001
+            return round(fraction, 3)
+    return None
 
 
 @dataclass(frozen=True)

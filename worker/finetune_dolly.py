@@ -25,12 +25,15 @@ from worker.datasets import DatasetUnavailable, find_or_download
 from worker.distributed import Distributed
 from worker.errors import WorkerError
 from worker.finetune_data import (
+    DEFAULT_VAL_FRACTION,
     DOLLY_CACHE_NAME,
     DOLLY_URL,
     PackedExamplesLoader,
     load_dolly,
     pack,
+    sample_prompt,
     split_train_val,
+    working_val_fraction,
 )
 from worker.train_gpt2 import (
     TrainConfig,
@@ -54,8 +57,12 @@ def build_finetune_parser() -> argparse.ArgumentParser:
     group.add_argument("--data_path", default=None,
                        help="Dolly-format jsonl (instruction, context, response, category); without it the cached "
                             "copy, else Dolly-15k downloaded once (default: none)")
-    group.add_argument("--val_fraction", type=float, default=0.05,
-                       help="share of the examples held out for validation, by a fixed seed (default: %(default)s)")
+    group.add_argument("--val_fraction", type=float, default=None,
+                       help=f"share of the examples held out for validation, by a fixed seed (default: "
+                            f"{DEFAULT_VAL_FRACTION}, raised as far as one validation batch needs, up to half the "
+                            "examples: a small file still validates)")
+    # Samples in the instruction template: a fine-tuned model answers instructions.
+    parser.set_defaults(generate_prompt=sample_prompt())
     return parser
 
 
@@ -63,17 +70,26 @@ def build_dolly_data(config: TrainConfig, dist: Distributed, say: Callable[[str]
     """Train and held-out loaders over the packed, masked instruction data."""
     if not config.pretrained_checkpoint:
         raise WorkerError(NEEDS_PRETRAINED, WorkerExit.USAGE)
-    if not 0.0 < config.val_fraction < 1.0:
+    if config.val_fraction is not None and not 0.0 < config.val_fraction < 1.0:
         raise WorkerError("--val_fraction must be between 0 and 1", WorkerExit.USAGE)
     grad_accum_steps = accumulation_steps(config, dist, say)
     try:
         path = find_or_download(config.data_path, "--data_path", cache_root(), DOLLY_CACHE_NAME, DOLLY_URL, say=say)
     except DatasetUnavailable as exc:
         raise DataError(str(exc)) from None
-    train_examples, val_examples = split_train_val(load_dolly(path), config.val_fraction)
+    examples = load_dolly(path)
     encoding = get_gpt2_encoding()
     eot = encoding.eot_token
     B, T = config.micro_batch_size, config.seq_len
+    val_batch = B * T * dist.world_size + 1
+    fraction = config.val_fraction
+    if fraction is None:
+        working = working_val_fraction(examples, encoding.encode_ordinary, val_batch) if config.eval_interval > 0 else None
+        fraction = working if working is not None else DEFAULT_VAL_FRACTION
+        if fraction != DEFAULT_VAL_FRACTION:
+            say(f"--val_fraction {fraction}: the default {DEFAULT_VAL_FRACTION} of {len(examples)} examples holds out "
+                f"fewer tokens than one validation batch ({val_batch:,})")
+    train_examples, val_examples = split_train_val(examples, fraction)
     train_tokens = pack(train_examples, encoding.encode_ordinary, eot)
     loaders = []
     for split, packed, accum in (("train", train_tokens, grad_accum_steps), ("val", None, 1)):
@@ -84,7 +100,11 @@ def build_dolly_data(config: TrainConfig, dist: Distributed, say: Callable[[str]
         needed = B * T * dist.world_size * accum + 1
         if packed.tokens.size < needed:
             what = ("the held-out split" if split == "val" else "the training split")
-            hint = "raise --val_fraction or lower" if split == "val" else "use more data or lower"
+            hint = "use more data or lower"
+            if split == "val":
+                working = working_val_fraction(examples, encoding.encode_ordinary, needed)
+                hint = (f"--val_fraction {working} holds out enough, or lower" if working is not None
+                        else "raise --val_fraction or lower")
             raise DataError(f"{what} of {path} has {packed.tokens.size:,} tokens but one batch needs {needed:,} "
                             f"(micro_batch_size x seq_len x processes{' x accumulation' if accum > 1 else ''} + 1): "
                             f"{hint} --micro_batch_size / --seq_len")

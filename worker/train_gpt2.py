@@ -167,7 +167,7 @@ class TrainConfig:
     device_type: str  # "cpu" or "cuda"
     profile_note: str  # which defaults were filled in, and why (printed at start)
     data_path: str | None = None  # worker.finetune_dolly: the instruction jsonl
-    val_fraction: float = 0.05  # worker.finetune_dolly: the share held out for validation
+    val_fraction: float | None = None  # worker.finetune_dolly: the share held out (None: 0.05, or what fits)
     tensorboard: bool = False  # TensorBoard event files in <log_dir>/tb (worker.tensorboard_log)
     async_checkpoint: bool = DEFAULT_ASYNC_CHECKPOINT  # periodic saves written by a thread (worker.async_save)
     deterministic: bool = False  # deterministic kernels (worker.device_setup): bitwise resume on a GPU

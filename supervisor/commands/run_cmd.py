@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,12 @@ from shared.exit_codes import SupervisorExit
 from shared.run_dir import DEFAULT_LOG_DIR, RunDir
 from shared.supervisor_state import read_supervisor_state
 from supervisor import policy
-from supervisor.run_config import DEFAULT_RDZV_ID, MultiNode, RunConfig
+from supervisor.run_config import (
+    DEFAULT_RDZV_ID,
+    MultiNode,
+    RunConfig,
+    absolute_path_args,
+)
 from supervisor.slurm import (
     DEFAULT_PORT,
     PORT_ENV,
@@ -114,10 +120,45 @@ class OneLineErrors(click.Command):
 
     def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
                      **extra: Any) -> click.Context:
+        given = list(args)  # click consumes the list it parses
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
+        except click.NoSuchOption as exc:
+            _fail(exc.format_message() + self._worker_flag_hint(exc.option_name, given))
         except click.UsageError as exc:
             _fail(exc.format_message())
+
+    def _worker_flag_hint(self, option: str, args: list[str]) -> str:
+        """A worker flag (``--data_dir``: the worker's are snake_case) given to ``gpt2sup run``
+        itself: say where it goes, with the corrected command line to copy."""
+        if "_" not in option:
+            return ""
+        ours, theirs = split_worker_flags(self, args)
+        return f" (worker arguments go after `--`: {shlex.join(['gpt2sup', 'run', *ours, '--', *theirs])})"
+
+
+def split_worker_flags(command: click.Command, args: list[str]) -> tuple[list[str], list[str]]:
+    """``args`` split into ``gpt2sup run``'s own options (with their values) and the rest."""
+    takes_value = {name: not p.is_flag for p in command.params if isinstance(p, click.Option)
+                   for name in [*p.opts, *p.secondary_opts]}
+    ours: list[str] = []
+    theirs: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            theirs.extend(args[i + 1:])
+            break
+        name = arg.partition("=")[0]
+        if name not in takes_value:
+            theirs.append(arg)
+        else:
+            ours.append(arg)
+            if takes_value[name] and "=" not in arg and i + 1 < len(args):
+                i += 1
+                ours.append(args[i])
+        i += 1
+    return ours, theirs
 
 
 def _fail(message: str, code: SupervisorExit = SupervisorExit.REFUSED) -> NoReturn:
@@ -191,7 +232,9 @@ T, B, L = DEFAULTS.timeouts, DEFAULTS.backoff, DEFAULTS.limits
               help="Let the workers train on if this supervisor is killed (for nohup/setsid setups that "
                    "restart the supervisor by hand). By default each worker saves and stops at its next "
                    "step once the supervisor is gone.")
-@click.option("--worker", "worker_module", default=DEFAULTS.worker_module, help="Python module torchrun runs (-m).")
+@click.option("--worker", "worker_module", default=None, show_default=False,
+              help=f"Python module torchrun runs (-m) [default: the module of the run in --log-dir, "
+                   f"else {DEFAULTS.worker_module}].")
 @click.option("--nnodes", default=None, help="Multi-node: number of nodes (torchrun --nnodes), one supervisor per node "
               "[default: SLURM's node count under srun].")
 @click.option("--node-rank", default=None, type=click.IntRange(min=0),
@@ -212,12 +255,16 @@ def run(log_dir: str, max_restarts: int, nproc_per_node: int, hang_timeout: floa
         checkpoint_timeout: float | None, eval_timeout: float | None, monitor_interval: float,
         backoff_initial: float, backoff_max: float, backoff_reset_after: float, max_no_progress_restarts: int,
         min_free_disk: int | None, prune_on_low_disk: bool, kill_grace: float, stop_timeout: float | None,
-        probe_timeout: float | None, allow_config_change: bool, workers_outlive_supervisor: bool, worker_module: str,
+        probe_timeout: float | None, allow_config_change: bool, workers_outlive_supervisor: bool,
+        worker_module: str | None,
         nnodes: str | None,
         node_rank: int | None, rdzv_endpoint: str | None, rdzv_id: str | None, rdzv_backend: str,
         coordination_port: int | None, worker_args: tuple[str, ...]) -> None:
     """Launch torchrun workers and keep them alive: restart on crashes and hangs, from the newest
     checkpoint that passes validation, until training finishes.
+
+    With no worker arguments, an existing run directory's own arguments and --worker module
+    (the last ones its worker accepted) are reused; a finished run is reported, not relaunched.
 
     \b
     SIGINT/SIGTERM/SIGHUP (or `gpt2sup stop`) asks the workers to save at the next step and
@@ -230,8 +277,9 @@ def run(log_dir: str, max_restarts: int, nproc_per_node: int, hang_timeout: floa
     config = RunConfig(
         log_dir=_usable_log_dir(log_dir),
         cwd=Path.cwd(),
-        worker_args=_worker_args(worker_args),
-        worker_module=worker_module,
+        worker_args=absolute_path_args(_worker_args(worker_args), Path.cwd()),
+        worker_module=worker_module or DEFAULTS.worker_module,
+        worker_module_given=worker_module is not None,
         nproc_per_node=nproc_per_node,
         multi_node=multi_node,
         timeouts=policy.TimeoutConfig(hang_timeout=hang_timeout, startup_timeout=startup_timeout,
@@ -252,7 +300,7 @@ def run(log_dir: str, max_restarts: int, nproc_per_node: int, hang_timeout: floa
 
 def _supervise(config: RunConfig) -> SupervisorExit:
     from supervisor.run_lock import RunLockHeld
-    from supervisor.run_loop import Supervisor
+    from supervisor.run_loop import RecordUnreadable, Supervisor
 
     try:
         supervisor = Supervisor(config)
@@ -267,6 +315,8 @@ def _supervise(config: RunConfig) -> SupervisorExit:
         who = f"pid {pid}" if pid is not None else "another process"
         of_node = f" for node {node}" if node is not None else ""
         _fail(f"refusing to start: another supervisor{of_node} ({who}) is already running on {config.log_dir}")
+    except RecordUnreadable as exc:
+        _fail(str(exc))
     except KeyboardInterrupt:
         _fail("interrupted", SupervisorExit.STOPPED)
     except Exception as exc:  # noqa: BLE001 - never a traceback: one line, the documented code

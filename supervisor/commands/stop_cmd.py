@@ -21,6 +21,7 @@ import click
 from shared.run_dir import RunDir
 from shared.supervisor_state import read_supervisor_state
 from shared.vocabulary import RankStatus, SupervisorStateName
+from supervisor import messages
 from supervisor.snapshot import (
     RunVerdict,
     collect_snapshot,
@@ -100,8 +101,19 @@ def _final_line(log_dir: str) -> str:
         parts.append(f"newest checkpoint {snapshot.checkpoints.newest_name}")
     line = ", ".join(parts)
     if snapshot.verdict == RunVerdict.STOPPED:
-        line += "; `gpt2sup run` resumes it"
+        line += _resume_hint(log_dir, snapshot.checkpoints.newest_name is not None)
     return line
+
+
+def _resume_hint(log_dir: str, has_checkpoint: bool) -> str:
+    """The command that resumes THIS run (a bare `gpt2sup run` acts on ./log), with its --worker."""
+    if not has_checkpoint:
+        return "; no checkpoint was written, so there is nothing to resume"
+    state = read_supervisor_state(Path(log_dir) / "supervisor.json")
+    record = (state.accepted_run or state.run_config) if state is not None else {}
+    module = record.get("worker_module")
+    command = messages.run_command(log_dir, Path.cwd(), module if isinstance(module, str) else None)
+    return f"; `{command}` resumes it"
 
 
 def _requested_line(signalled: list[Target], force: bool, already_stopping: bool) -> str:

@@ -243,3 +243,25 @@ def test_disk_bar_fills_to_the_same_percent_as_its_label(tmp_path: Path) -> None
     disk_line = next(line for line in panel_text(snap).splitlines() if "disk" in line and "free" in line)
     assert "(50%)" in disk_line
     assert disk_line.count("━") == 16  # half of the 32-cell bar
+
+
+def test_at_80_columns_the_panel_drops_rank_columns_whole_never_cuts_a_header(tmp_path: Path) -> None:
+    """Issue 19: at 80 columns the ranks table read `pha… sta… hea… time… 10.…`."""
+    now = time.time() + 10
+    make_run(tmp_path, now=now)
+    state = json.loads(RunDir.at(tmp_path).supervisor_state.read_text())
+    state["phase_timeouts"] = {"train": 240, "eval": 1200}
+    RunDir.at(tmp_path).supervisor_state.write_text(json.dumps(state))
+    buffer = io.StringIO()
+    Console(file=buffer, force_terminal=True, width=80, color_system=None).print(
+        render_panel(collect_snapshot(tmp_path, now=now)))
+    lines = buffer.getvalue().splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    (header,) = [line for line in lines if re.search(r"\brank\b", line) and "steps" in line]
+    rows = lines[lines.index(header):lines.index(header) + 3]
+    assert not any("…" in line for line in rows), "\n".join(rows)
+    words = header.strip("│ ").split()
+    assert words[0] == "ranks" and words[1] == "rank", header  # the grid label, then the table's header
+    assert set(words[2:]) <= {"pid", "phase", "status", "steps", "heartbeat", "timeout", "loss", "tok/s"}, header
+    assert {"phase", "steps", "heartbeat"} <= set(words), header  # the columns that matter most stay
+    assert "120/300" in buffer.getvalue() or "121/300" in buffer.getvalue()

@@ -356,3 +356,42 @@ def test_a_rank_torn_down_after_reporting_failed_yields_to_one_that_exited_with_
     assert policy.classify_exit(facts).kind == OutcomeKind.BAD_CHECKPOINT
     # With no rank that exited by itself, the earliest "failed" heartbeat still names the rank.
     assert policy.first_failure([RankExit(1, -15), RankExit(0, -15)], reports).rank == 1
+
+
+# --- issue 19: what a plain `gpt2sup run` reuses, and when it has nothing to do ---------------------
+
+
+def test_the_run_to_reuse_is_the_accepted_one_never_a_refused_attempts():
+    from supervisor.policy import RecordedRun, run_to_reuse
+
+    refused_config = {"worker_args": ["--data_dir", "/x"], "worker_module": "worker.train_gpt2"}
+    accepted = {"worker_args": ["--data_path", "/d.jsonl"], "worker_module": "worker.finetune_dolly"}
+    assert run_to_reuse(accepted, refused_config, "refused", "worker.train_gpt2") == RecordedRun(
+        ("--data_path", "/d.jsonl"), "worker.finetune_dolly")
+    # An older file (no accepted record): its run_config, unless that supervisor was refused or gave up.
+    assert run_to_reuse(None, refused_config, "stopped", "m").worker_args == ("--data_dir", "/x")
+    assert run_to_reuse(None, refused_config, "refused", "m") is None
+    assert run_to_reuse(None, refused_config, "gave_up", "m") is None
+    assert run_to_reuse(None, {"worker_args": []}, "running", "m") == RecordedRun((), "m")
+
+
+def test_a_run_is_already_finished_only_as_the_same_run_from_its_final_checkpoint():
+    from supervisor.policy import already_finished, finished_checkpoint
+
+    assert already_finished("model_00039.pt", "model_00039.pt", same_run=True)
+    assert not already_finished("model_00039.pt", "model_00039.pt", same_run=False)  # a longer max_steps
+    assert not already_finished("model_00039.pt", "model_00038.pt", same_run=True)  # the final one quarantined
+    assert not already_finished(None, "model_00039.pt", same_run=True)  # never finished
+    # A refused attempt after the finish keeps the record; an older file without it: its ending.
+    assert finished_checkpoint("refused", "model_00039.pt", "model_00039.pt") == "model_00039.pt"
+    assert finished_checkpoint("finished", "model_00039.pt", None) == "model_00039.pt"
+    assert finished_checkpoint("stopped", "model_00039.pt", None) is None
+
+
+def test_arguments_are_accepted_only_by_an_attempt_that_trained_and_was_not_refused():
+    from shared.vocabulary import OutcomeKind
+    from supervisor.policy import arguments_accepted
+
+    assert arguments_accepted(OutcomeKind.STOPPED, 5) and arguments_accepted(OutcomeKind.CRASHED, 0)
+    assert not arguments_accepted(OutcomeKind.PERMANENT, 5)  # worker exit 6: another run's arguments
+    assert not arguments_accepted(OutcomeKind.STOPPED, None)  # Ctrl-C during start-up

@@ -162,8 +162,22 @@ def test_checkpoint_table_tells_a_quarantined_file_from_a_new_one_with_its_name(
     assert rows["model_00004.pt"].validation == "valid, resumed from it (checked in 0.2s)"
     assert rows["model_00004.pt"].val_loss == 3.25
     assert rows["model_00008.pt.corrupt"].quarantined and rows["model_00008.pt.corrupt"].validation == "quarantined: cut short"
-    assert rows["model_00008.pt"].validation == "not needed for a restart"
+    assert rows["model_00008.pt"].validation.startswith("not validated")
     assert rows["model_00008.pt"].size_bytes == 100
+
+
+def test_the_report_says_valid_where_status_does(tmp_path):
+    """Issue 19: `report` said "not needed for a restart" of the file `status` called valid."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model_00004.pt").write_bytes(b"x" * 100)
+    (run / "model_00008.pt").write_bytes(b"x" * 100)
+    (run / "supervisor.json").write_text(json.dumps({
+        "newest_checkpoint": "model_00008.pt", "newest_checkpoint_valid": True,
+        "newest_checkpoint_reason": "written by the worker in attempt 1"}))
+    rows = {row.name: row for row in load_history(run).checkpoints}
+    assert rows["model_00008.pt"].validation == "valid (written by the worker in attempt 1)"
+    assert rows["model_00004.pt"].validation.startswith("not validated")
 
 
 @pytest.mark.parametrize("seconds, text", [(3.25, "3.2s"), (42.4, "42s"), (185, "3m05s"), (7620, "2h07m")])

@@ -9,6 +9,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from shared.exit_codes import SupervisorExit, WorkerExit
 from shared.run_dir import RunDir
 from shared.vocabulary import OutcomeKind
@@ -16,7 +18,7 @@ from supervisor.attempt import AttemptResult
 from supervisor.checkpoint_selection import CheckpointVerdict, Selection
 from supervisor.policy import BackoffConfig, Outcome, RestartLimits
 from supervisor.run_config import RunConfig
-from supervisor.run_loop import Supervisor
+from supervisor.run_loop import RecordUnreadable, Supervisor
 
 Script = Callable[[int], AttemptResult]
 
@@ -232,3 +234,53 @@ def test_a_newer_format_checkpoint_ends_the_run_before_any_launch_with_exit_6(tm
     (ending,) = events(tmp_path, "gave_up")
     assert ending["exit_code"] == 6 and reason in ending["message"] and "\n" not in ending["message"]
     assert state(tmp_path)["exit_code"] == 6 and not events(tmp_path, "quarantined")
+def test_a_forced_stop_names_the_step_actually_finished_and_the_newest_checkpoint(tmp_path):
+    """Issue 19: a forced stop said "after step 92" while model_00093.pt was on disk and the panel
+    showed 94/300: the watcher's last poll was older than what the ranks had done."""
+    from shared.heartbeat import Heartbeat, write_heartbeat
+
+    def forced(number: int) -> AttemptResult:
+        (tmp_path / "model_00093.pt").write_bytes(b"x")
+        write_heartbeat(RunDir.at(tmp_path).heartbeat(0), Heartbeat(
+            pid=1, rank=0, world_size=1, step=93, phase="train", time=0.0, status="running", max_steps=300))
+        return ends(OutcomeKind.STOPPED, step=92, reason="forced (second stop request)")(number)
+
+    sup, _, reporter, _ = make(tmp_path, [forced])
+    assert sup.run() == SupervisorExit.STOPPED
+    line = reporter.lines[-1]
+    assert "after step 93" in line and "newest checkpoint model_00093.pt" in line, line
+    assert "step 92" not in line and "saved" not in line, line
+
+
+def test_an_unreadable_supervisor_json_with_arguments_given_is_replaced_and_said(tmp_path):
+    (tmp_path / "supervisor.json").write_text("{garbage")
+    sup, _, reporter, _ = make(tmp_path, [ends(OutcomeKind.FINISHED, step=11, last="model_00011.pt")])
+    assert sup.run() == SupervisorExit.FINISHED
+    assert any("supervisor.json was unreadable (not valid JSON)" in line for line in reporter.lines)
+    assert state(tmp_path)["accepted_run"]["worker_args"] == ["--max_steps", "12"]
+
+
+def test_an_unreadable_supervisor_json_without_arguments_refuses_before_anything_runs(tmp_path):
+    (tmp_path / "supervisor.json").write_text("[1, 2")
+    sup, attempts, _, _ = make(tmp_path, [ends(OutcomeKind.FINISHED)], worker_args=[])
+    sup.config.worker_args = []
+    with pytest.raises(RecordUnreadable, match="unreadable .not valid JSON.*after `--`"):
+        sup.run()
+    assert attempts.numbers == [] and (tmp_path / "supervisor.json").read_text() == "[1, 2"
+
+
+def test_a_finished_run_stays_finished_across_a_refused_attempt_and_launches_nothing(tmp_path):
+    (tmp_path / "model_00011.pt").write_bytes(b"x")
+    first, _, _, _ = make(tmp_path, [ends(OutcomeKind.FINISHED, step=11, last="model_00011.pt")])
+    assert first.run() == SupervisorExit.FINISHED
+    refused, _, _, _ = make(tmp_path, [ends(OutcomeKind.PERMANENT, code=WorkerExit.RUN_MISMATCH, message="another run")],
+                            worker_args=["--max_steps", "12", "--max_lr", "0.5"])
+    assert refused.run() == SupervisorExit.REFUSED
+    again, attempts, reporter, _ = make(tmp_path, [], worker_args=[])
+    again.config.worker_args = []
+    assert again.run() == SupervisorExit.FINISHED
+    assert attempts.numbers == []
+    assert reporter.lines[-1].startswith("already finished at step 11 (model_00011.pt)"), reporter.lines[-1]
+    longer, attempts, _, _ = make(tmp_path, [ends(OutcomeKind.FINISHED, step=13, last="model_00013.pt")],
+                                  worker_args=["--max_steps", "14"])
+    assert longer.run() == SupervisorExit.FINISHED and attempts.numbers == [1]  # more steps asked: launched

@@ -264,7 +264,31 @@ def test_stop_says_how_to_force_and_reports_the_run_s_own_exit_code(tmp_path: Pa
         assert lines[0].startswith(f"stop requested: supervisor (pid {proc.pid}): the worker saves")
         assert "`gpt2sup stop --force`" in lines[0] and "Ctrl-C" not in result.output
         assert lines[-1] == (f"run {tmp_path}: stopped (exit 4), 74/300 steps done, newest checkpoint "
-                             "model_00073.pt; `gpt2sup run` resumes it")
+                             f"model_00073.pt; `gpt2sup run --log-dir {tmp_path}` resumes it")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("checkpoint", [True, False])
+def test_the_resume_hint_names_the_run_directory_that_was_stopped(tmp_path: Path, monkeypatch, checkpoint) -> None:
+    """Issue 19: after `gpt2sup stop --log-dir mine` the hint said `gpt2sup run` (which acts on
+    ./log); with no checkpoint yet it promised a resume there is nothing to resume from."""
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "mine"
+    run_dir.mkdir()
+    proc = spawn(FAKE_SUPERVISOR, str(run_dir), str(tmp_path / "marker.json"), "graceful",
+                 ready=run_dir / "supervisor.json")
+    try:
+        if checkpoint:
+            RunDir.at(run_dir).checkpoint(73).write_bytes(b"\0" * 10)
+        result = CliRunner().invoke(stop, ["--log-dir", "mine", "--timeout", "20"])
+        assert result.exit_code == 0, result.output
+        last = result.output.strip().splitlines()[-1]
+        if checkpoint:
+            assert last.endswith("; `gpt2sup run --log-dir mine` resumes it"), last
+        else:
+            assert "resume" in last and "nothing to resume" in last and "`gpt2sup run" not in last, last
     finally:
         proc.kill()
         proc.wait()

@@ -195,3 +195,46 @@ def test_without_a_pretrained_checkpoint_it_is_a_usage_error_before_anything_is_
     assert exited.value.code == 2
     assert "--pretrained_checkpoint" in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "run").exists()
+
+
+# --- issue 19 §6: Dolly on a small file, and samples in the instruction template --------------------
+
+
+def test_the_working_val_fraction_holds_out_one_batch_of_tokens(tmp_path: Path, encoding) -> None:
+    from worker.finetune_data import working_val_fraction
+
+    examples = load_dolly(write_dolly(tmp_path / "d.jsonl", 200))
+    needed = 8 * 64 + 1
+    fraction = working_val_fraction(examples, encoding.encode_ordinary, needed)
+    assert fraction is not None and 0.05 < fraction < 0.5
+    held_out = split_train_val(examples, fraction)[1]
+    assert pack(held_out, encoding.encode_ordinary, encoding.eot_token).tokens.size >= needed
+    assert pack(split_train_val(examples, 0.05)[1], encoding.encode_ordinary, encoding.eot_token).tokens.size < needed
+    assert working_val_fraction(examples, encoding.encode_ordinary, 10) == 0.05  # the default when it fits
+    assert working_val_fraction(examples[:4], encoding.encode_ordinary, 10**6) is None  # nothing fits
+
+
+def test_finetune_samples_use_the_instruction_template() -> None:
+    from worker.finetune_dolly import build_finetune_parser
+
+    prompt = build_finetune_parser().parse_args(["--pretrained_checkpoint", "x.pt"]).generate_prompt
+    assert prompt.startswith("### Instruction:\n") and prompt.endswith("### Response:\n"), prompt
+    assert "language model" not in prompt
+
+
+@pytest.mark.slow
+def test_a_small_dolly_file_fine_tunes_with_the_default_val_fraction_and_samples_an_instruction(tmp_path: Path) -> None:
+    from tests.supervisor.helpers import child_env
+
+    data, base = write_dolly(tmp_path / "dolly.jsonl", 200), pretrained(tmp_path / "pre" / "model_00007.pt")
+    log_dir = tmp_path / "ft"
+    args = ["--model", "tiny", "--micro_batch_size", "8", "--seq_len", "64", "--total_batch_size", "512",
+            "--max_steps", "2", "--checkpoint_interval", "0", "--eval_interval", "1", "--val_steps", "1",
+            "--hellaswag_interval", "0", "--generate_interval", "1", "--pretrained_checkpoint", str(base),
+            "--data_path", str(data), "--log_dir", str(log_dir)]
+    done = subprocess.run([sys.executable, "-m", "worker.finetune_dolly", *args], cwd=PROJECT_ROOT, env=child_env(),
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "--val_fraction 0." in done.stdout + done.stderr  # the value it used, said once
+    samples = (log_dir / "samples.txt").read_text()
+    assert "### Instruction" in samples and "language model" not in samples, samples[:500]
