@@ -241,13 +241,15 @@ def test_the_readmes_follow_on_runs_each_get_their_own_log_dir() -> None:
     assert dirs and len(dirs) == len(set(dirs)) and "log" not in dirs, dirs
 
 
-def test_the_quickstart_installs_the_torch_build_its_text_names_and_runs_the_whole_suite() -> None:
+def test_the_quickstart_installs_torch_as_its_text_says_and_runs_the_whole_suite() -> None:
     quickstart = (REPO / "README.md").read_text().split("## Quickstart", 1)[1].split("\n## ", 1)[0]
     first_block = quickstart.split("```bash\n", 1)[1].split("```", 1)[0]
     commands = [line for line in first_block.splitlines() if line and not line.startswith("#")]
     assert len(commands) == 2, commands
-    for command in commands:  # the text says plain PyPI pulls the CUDA build on Linux
-        assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in command, command
+    for command in commands:  # torch first, the build the index serves, as the text below says
+        assert command.startswith("pip install torch==2.13.0 && "), command
+    assert "`pip install torch==2.13.0` takes the one your package index serves" in quickstart
+    assert "Plain PyPI on Linux serves\n  the CUDA build instead: it runs on a CPU-only machine too" in quickstart
     assert commands[0].endswith("gpt2sup run")
     assert commands[1].endswith("python -m pytest -ra")  # what .ci/run runs: the whole suite
     assert 'python -m pytest -m "not slow"' in quickstart  # the inner loop, named right after
