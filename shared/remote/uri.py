@@ -37,23 +37,28 @@ class StoreLocation:
         return self.path.as_uri()
 
 
+def shown(uri: str) -> str:
+    """A URI fit for a message: a ``user:password@`` part (which has no place in it) cut out."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1", uri)
+
+
 def _s3_location(uri: str) -> StoreLocation:
     parts = urlsplit(uri)
     bucket = parts.netloc
     if not bucket:
-        raise CheckpointUriError(f"checkpoint URI {uri!r} names no bucket ({EXPECTED})")
+        raise CheckpointUriError(f"checkpoint URI {shown(uri)!r} names no bucket ({EXPECTED})")
     if "@" in bucket or ":" in bucket:
         raise CheckpointUriError(
-            f"checkpoint URI {uri!r}: put credentials and the endpoint in the AWS environment "
+            f"checkpoint URI {shown(uri)!r}: put credentials and the endpoint in the AWS environment "
             "(AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL_S3...), not in the URI"
         )
     if not BUCKET_RE.match(bucket) or ".." in bucket:
-        raise CheckpointUriError(f"checkpoint URI {uri!r}: {bucket!r} is not a valid bucket name")
+        raise CheckpointUriError(f"checkpoint URI {shown(uri)!r}: {bucket!r} is not a valid bucket name")
     if parts.query or parts.fragment:
-        raise CheckpointUriError(f"checkpoint URI {uri!r}: no ?query or #fragment allowed ({EXPECTED})")
+        raise CheckpointUriError(f"checkpoint URI {shown(uri)!r}: no ?query or #fragment allowed ({EXPECTED})")
     segments = [s for s in parts.path.split("/") if s]
     if any(s in (".", "..") for s in segments) or "//" in parts.path.strip("/"):
-        raise CheckpointUriError(f"checkpoint URI {uri!r}: the prefix has an empty, '.' or '..' segment")
+        raise CheckpointUriError(f"checkpoint URI {shown(uri)!r}: the prefix has an empty, '.' or '..' segment")
     return StoreLocation("s3", bucket=bucket, prefix="/".join(segments))
 
 
@@ -61,11 +66,11 @@ def _file_location(uri: str) -> StoreLocation:
     parts = urlsplit(uri)
     if parts.netloc not in ("", "localhost"):
         raise CheckpointUriError(
-            f"checkpoint URI {uri!r}: file:// takes an absolute path (file:///mnt/ckpt), not a host {parts.netloc!r}"
+            f"checkpoint URI {shown(uri)!r}: file:// takes an absolute path (file:///mnt/ckpt), not a host"
         )
     path = unquote(parts.path)
     if not path.startswith("/") or parts.query or parts.fragment:
-        raise CheckpointUriError(f"checkpoint URI {uri!r}: file:// takes an absolute path ({EXPECTED})")
+        raise CheckpointUriError(f"checkpoint URI {shown(uri)!r}: file:// takes an absolute path ({EXPECTED})")
     return StoreLocation("file", path=Path(path))
 
 
@@ -82,7 +87,7 @@ def parse_checkpoint_uri(uri: str) -> StoreLocation:
         return _s3_location(text)
     if scheme == "file":
         return _file_location(text)
-    raise CheckpointUriError(f"checkpoint URI {text!r}: unsupported scheme {scheme}:// ({EXPECTED})")
+    raise CheckpointUriError(f"checkpoint URI {shown(text)!r}: unsupported scheme {scheme}:// ({EXPECTED})")
 
 
 def open_store(uri: str, **s3_options: Any) -> CheckpointStore:
