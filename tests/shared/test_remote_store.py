@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +23,7 @@ from shared.remote import (
     StoreAccessError,
     open_store,
 )
+from shared.remote.checksums import file_digests
 from shared.remote.local_store import LocalDirStore
 from shared.remote.records import BAD, COMMITTED, UNCOMMITTED, commit_marker_name
 from tests.s3_server import (
@@ -244,3 +249,71 @@ def test_s3_unreachable_endpoint(aws_env: S3Server, monkeypatch: pytest.MonkeyPa
     endpoint = f"http://someone:not-the-secret@127.0.0.1:{port}"
     message = _access_error(monkeypatch, aws_env.fresh_uri(), AWS_ENDPOINT_URL_S3=endpoint)
     assert f"cannot reach http://127.0.0.1:{port}" in message
+
+
+def test_only_checkpoint_files_are_uploaded(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "store"))
+    other = tmp_path / "notes.txt"
+    other.write_text("x")
+    with pytest.raises(ValueError, match="not a checkpoint file name"):
+        store.upload_checkpoint(other)
+
+
+@pytest.mark.slow
+def test_s3_store_without_a_usable_checksum_is_verified_by_reading_back(aws_env: S3Server, tmp_path: Path) -> None:
+    """A store that reports no SHA-256 (or cuts parts differently) makes the uploader read the
+    object back; a read-back that differs is an IntegrityError, so nothing is committed."""
+    store = open_store(aws_env.fresh_uri(), multipart_threshold=SMALL_PART, multipart_chunksize=SMALL_PART)
+    path = make_checkpoint(tmp_path, 100, size=2 * MiB)
+    store.upload_checkpoint(path)
+    digests = file_digests(path)
+    assert store._verify_checksum(path.name, None, digests) == "reread"
+    assert store._verify_checksum(path.name, "AAAA-7", digests) == "reread"  # other part count
+    flip_byte(store, path.name, 10)
+    with pytest.raises(IntegrityError, match="read back differs"):
+        store._verify_checksum(path.name, None, digests)
+
+
+UPLOADER = """
+import sys
+from pathlib import Path
+from shared.remote import open_store
+store = open_store(sys.argv[1], multipart_threshold=5 << 20, multipart_chunksize=5 << 20, max_concurrency=1)
+store.upload_checkpoint(Path(sys.argv[2]))
+print("uploaded")
+"""
+
+
+@pytest.mark.slow
+def test_s3_uploader_killed_mid_upload_leaves_no_checkpoint(aws_env: S3Server, tmp_path: Path) -> None:
+    """A real uploading process SIGKILLed while its multipart upload is in flight."""
+    uri = aws_env.fresh_uri()
+    path = make_checkpoint(tmp_path, 700, size=100 * MiB)
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    uploader = subprocess.Popen([sys.executable, "-c", UPLOADER, uri, str(path)], env=env, cwd=repo,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    store = open_store(uri)
+    client = raw_client_for(store)
+    key = store._key(path.name)
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            uploads = client.list_multipart_uploads(Bucket=store.bucket, Prefix=key).get("Uploads", [])
+            if uploads and client.list_parts(Bucket=store.bucket, Key=key, UploadId=uploads[0]["UploadId"]).get("Parts"):
+                break
+            assert uploader.poll() is None, uploader.communicate()[0]
+            time.sleep(0.05)
+        else:
+            pytest.fail("the upload never got under way")
+    finally:
+        uploader.send_signal(signal.SIGKILL)
+        output = uploader.communicate()[0]
+    assert b"uploaded" not in output  # killed in flight, not after
+    assert store.list_committed() == []
+    assert all(e.step != 700 or e.state != COMMITTED for e in store.inventory())
+    with pytest.raises(NotCommittedError):
+        store.download(700, tmp_path / "dest")
+    # The same upload run to its end commits it.
+    store.upload_checkpoint(path)
+    assert [c.step for c in store.list_committed()] == [700]
