@@ -140,20 +140,24 @@ class S3CheckpointStore(CheckpointStore):
 
     @contextmanager
     def _translate(self, action: str, error: type[ObjectStoreError] = ObjectStoreError, client: Any = None) -> Iterator[None]:
-        """Turn boto3/botocore exceptions into one line that names no secret."""
+        """Turn the SDK's exceptions (and OS errors on the local side) into one line that names no
+        secret; anything else is a bug of ours and goes through unchanged."""
         try:
             yield
         except ObjectStoreError:
             raise
-        except Exception as exc:  # noqa: BLE001 - botocore's hierarchy, imported lazily: classified by name
+        except Exception as exc:  # botocore's hierarchy is imported lazily: sorted by module below
+            if not (_from_sdk(exc) or isinstance(exc, OSError)):
+                raise
             raise error(f"{self.uri}: cannot {action}: {self._explain(exc, client)}") from None
 
     def _explain(self, exc: BaseException, client: Any = None) -> str:
-        kind = type(exc).__name__
         holder = client or self._client_cache
         meta = getattr(holder, "meta", None)
         endpoint = public_endpoint(getattr(meta, "endpoint_url", None)) if meta is not None else "the store"
-        response = getattr(exc, "response", None)
+        cause = _root_cause(exc)
+        kind = type(cause).__name__
+        response = getattr(cause, "response", None)
         if isinstance(response, dict):
             err = response.get("Error") or {}
             status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
@@ -164,10 +168,12 @@ class S3CheckpointStore(CheckpointStore):
             return f"the AWS profile {os.environ.get('AWS_PROFILE', '')!r} is not in the AWS config files"
         if kind in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ProxyConnectionError"):
             return f"cannot reach {endpoint}"
-        if kind in ("ReadTimeoutError",):
+        if kind == "ReadTimeoutError":
             return f"{endpoint} did not answer in time"
-        if kind == "InvalidEndpointURLError" or kind == "ValueError" and "endpoint" in str(exc).lower():
+        if kind == "InvalidEndpointURLError" or kind == "ValueError" and "endpoint" in str(cause).lower():
             return "AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 is not a valid URL"
+        if isinstance(cause, OSError):
+            return f"local file error: {cause.strerror or kind}"
         return f"{kind} talking to {endpoint}"
 
     # --- backend primitives -----------------------------------------------------------------------
@@ -254,6 +260,30 @@ class S3CheckpointStore(CheckpointStore):
     def _delete(self, name: str) -> None:
         with self._translate(f"delete {name}"):
             self._client.delete_object(Bucket=self.bucket, Key=self._key(name))
+
+
+def _from_sdk(exc: BaseException) -> bool:
+    """Whether boto3, botocore or s3transfer raised this (classified without importing them)."""
+    return type(exc).__module__.split(".")[0] in ("boto3", "botocore", "s3transfer", "urllib3")
+
+
+_WRAPPERS = ("S3UploadFailedError", "RetriesExceededError", "S3TransferRetriesExceededError")
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The exception that says what happened: boto3 wraps a ClientError in S3UploadFailedError
+    (as its context) and a failed transfer's last error in RetriesExceededError
+    (``last_exception``). Only those wrappers are unwrapped: botocore's own errors (an
+    EndpointConnectionError over urllib3's) already say it."""
+    current = exc
+    for _ in range(5):
+        if type(current).__name__ not in _WRAPPERS:
+            return current
+        inner = getattr(current, "last_exception", None) or current.__cause__ or current.__context__
+        if inner is None:
+            return current
+        current = inner
+    return current
 
 
 def _is_not_found(exc: BaseException) -> bool:

@@ -223,3 +223,23 @@ def test_importing_the_layer_imports_neither_torch_nor_boto3() -> None:
     code = "import sys, shared.remote; print(sorted(m for m in ('torch', 'boto3', 'botocore') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_sdk_errors_are_traced_to_their_cause() -> None:
+    """boto3 wraps an upload's ClientError in S3UploadFailedError, a download's last error in
+    RetriesExceededError: the message must come from the inner error's code."""
+    botocore_exceptions = pytest.importorskip("botocore.exceptions")
+    boto3_exceptions = pytest.importorskip("boto3.exceptions")
+    from shared.remote.s3_store import _from_sdk, _root_cause
+
+    inner = botocore_exceptions.ClientError({"Error": {"Code": "BadDigest"}}, "UploadPart")
+    try:
+        try:
+            raise inner
+        except botocore_exceptions.ClientError:
+            raise boto3_exceptions.S3UploadFailedError("Failed to upload") from None
+    except boto3_exceptions.S3UploadFailedError as wrapped:
+        assert _from_sdk(wrapped) and _root_cause(wrapped) is inner
+    timeout = botocore_exceptions.ReadTimeoutError(endpoint_url="http://x")
+    assert _root_cause(boto3_exceptions.RetriesExceededError(timeout)) is timeout
+    assert not _from_sdk(TypeError("a bug of ours"))

@@ -20,6 +20,7 @@ from shared.remote import (
     CheckpointStore,
     IntegrityError,
     NotCommittedError,
+    ObjectStoreError,
     StoreAccessError,
     open_store,
 )
@@ -317,3 +318,21 @@ def test_s3_uploader_killed_mid_upload_leaves_no_checkpoint(aws_env: S3Server, t
     # The same upload run to its end commits it.
     store.upload_checkpoint(path)
     assert [c.step for c in store.list_committed()] == [700]
+
+
+def test_s3_store_unreachable_mid_run_is_one_line_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No server needed: an endpoint where nothing listens, as when the store goes down mid-run."""
+    pytest.importorskip("boto3")
+    (port,) = free_ports(1)
+    for name, value in {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "not-the-secret",
+                        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", "AWS_REGION": "us-east-1",
+                        "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(name, value)
+    store = open_store("s3://some-bucket/run", max_attempts=1, connect_timeout=2)
+    for call in (store.list_committed, lambda: store.upload_checkpoint(make_checkpoint(tmp_path, 100)),
+                 lambda: store.get_side_file("run_identity.json")):
+        with pytest.raises(ObjectStoreError) as info:
+            call()
+        message = str(info.value)
+        assert f"cannot reach http://127.0.0.1:{port}" in message
+        assert "\n" not in message and "not-the-secret" not in message
