@@ -23,7 +23,12 @@ COPY_BLOCK = 8 << 20
 
 
 class LocalDirStore(CheckpointStore):
-    """Checkpoints as files in one directory (created on first use, like a bucket prefix)."""
+    """Checkpoints as files in one directory.
+
+    The directory itself is created on first use, but never its parent: a mount that is not
+    there (``/mnt/nfs`` unmounted) must be an error, not a directory quietly made on the very
+    local disk the store is meant to outlive.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -37,8 +42,10 @@ class LocalDirStore(CheckpointStore):
 
     def check_access(self) -> None:
         probe = self.root / f".gpt2sup-access-check.{uuid.uuid4().hex[:8]}"
+        if not self.root.parent.is_dir():
+            raise StoreAccessError(f"{self.uri}: {self.root.parent} is not a directory (is the mount there?)")
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(exist_ok=True)
             probe.write_bytes(b"ok\n")
             probe.unlink()
         except OSError as exc:
@@ -73,7 +80,7 @@ class LocalDirStore(CheckpointStore):
         """Write through ``write(handle)`` into a temporary file, fsync, rename, fsync the directory."""
         tmp = self._tmp_path(name)
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(exist_ok=True)
             with open(tmp, "wb") as handle:
                 write(handle)
                 handle.flush()

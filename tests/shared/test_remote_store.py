@@ -44,7 +44,8 @@ SMALL_PART = 5 * MiB  # S3's minimum part size: the smallest threshold that stil
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> CheckpointStore:
     """A fresh, empty store of each kind (an S3 prefix no other test uses)."""
     if request.param == "file":
-        return open_store((tmp_path / "bucket" / "run").as_uri())
+        (tmp_path / "mount").mkdir()
+        return open_store((tmp_path / "mount" / "run").as_uri())
     server: S3Server = request.getfixturevalue("aws_env")
     return open_store(server.fresh_uri(), multipart_threshold=SMALL_PART, multipart_chunksize=SMALL_PART)
 
@@ -203,7 +204,16 @@ def test_a_directory_store_that_cannot_be_created_fails_in_one_line(tmp_path: Pa
     blocker.write_text("x")
     with pytest.raises(StoreAccessError) as info:
         open_store(str(blocker / "run")).check_access()
-    assert "\n" not in str(info.value) and "not a writable directory" in str(info.value)
+    assert "\n" not in str(info.value) and "is not a directory" in str(info.value)
+
+
+def test_a_directory_store_on_a_missing_mount_is_refused_not_created(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path}/mnt/nfs/run1")
+    with pytest.raises(StoreAccessError, match="is not a directory .is the mount there"):
+        store.check_access()
+    with pytest.raises(ObjectStoreError):
+        store.put_side_file("run_identity.json", b"{}")
+    assert not (tmp_path / "mnt").exists()
 
 
 # --- S3 access errors: one line, no secret ------------------------------------------------------
