@@ -14,6 +14,7 @@ prints a key. Error messages are built from the error code, the bucket and the e
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -45,6 +46,22 @@ _CODE_TEXT = {
     "SlowDown": "the store is throttling requests (SlowDown)",
     "ServiceUnavailable": "the store is unavailable (503)",
 }
+
+
+# The SDK's loggers write request headers at DEBUG, a session token among them.
+SDK_LOGGERS = ("boto3", "botocore", "s3transfer", "urllib3")
+
+
+def quiet_sdk_loggers() -> None:
+    """Keep the SDK's DEBUG records (headers with X-Amz-Security-Token) out of a DEBUG root logger.
+
+    Only loggers nobody configured (level NOTSET) are capped at WARNING: a person who sets
+    ``botocore``'s level on purpose gets what they asked for.
+    """
+    for name in SDK_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.WARNING)
 
 
 def public_endpoint(url: str | None) -> str:
@@ -100,6 +117,7 @@ class S3CheckpointStore(CheckpointStore):
             from botocore.config import Config
         except ImportError:
             raise StoreAccessError(f"{self.uri}: s3:// needs boto3: pip install 'gpt2sup[s3]'") from None
+        quiet_sdk_loggers()
         with self._translate("open a session"):
             session = boto3.session.Session()
             # botocore reads AWS_DEFAULT_REGION and the profile's region; AWS_REGION is the newer

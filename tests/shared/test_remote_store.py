@@ -6,6 +6,7 @@ a checkpoint, so a real torch file would only make the tests slower.
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -346,3 +347,17 @@ def test_s3_store_unreachable_mid_run_is_one_line_error(monkeypatch: pytest.Monk
         message = str(info.value)
         assert f"cannot reach http://127.0.0.1:{port}" in message
         assert "\n" not in message and "not-the-secret" not in message
+
+
+@pytest.mark.slow
+def test_s3_secrets_stay_out_of_debug_logs(aws_env: S3Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    """A program logging at DEBUG (root logger) does not receive the SDK's header dumps."""
+    for name in ("boto3", "botocore", "s3transfer", "urllib3"):
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.NOTSET)
+    caplog.set_level(logging.DEBUG)
+    store = open_store(aws_env.fresh_uri())
+    store.check_access()
+    store.upload_checkpoint(make_checkpoint(tmp_path, 100))
+    assert [c.step for c in store.list_committed()] == [100]
+    text = caplog.text
+    assert aws_env.secret_key not in text and "Authorization" not in text and aws_env.access_key not in text
