@@ -118,7 +118,7 @@ class S3CheckpointStore(CheckpointStore):
         except ImportError:
             raise StoreAccessError(f"{self.uri}: s3:// needs boto3: pip install 'gpt2sup[s3]'") from None
         quiet_sdk_loggers()
-        with self._translate("open a session"):
+        with self._translate("open a session", StoreAccessError):
             session = boto3.session.Session()
             # botocore reads AWS_DEFAULT_REGION and the profile's region; AWS_REGION is the newer
             # name the other AWS SDKs read first.
@@ -165,7 +165,8 @@ class S3CheckpointStore(CheckpointStore):
         except ObjectStoreError:
             raise
         except Exception as exc:  # botocore's hierarchy is imported lazily: sorted by module below
-            if not (_from_sdk(exc) or isinstance(exc, OSError)):
+            bad_endpoint = isinstance(exc, ValueError) and "endpoint" in str(exc).lower()  # botocore's own
+            if not (_from_sdk(exc) or isinstance(exc, OSError) or bad_endpoint):
                 raise
             raise error(f"{self.uri}: cannot {action}: {self._explain(exc, client)}") from None
 

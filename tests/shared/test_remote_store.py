@@ -361,3 +361,21 @@ def test_s3_secrets_stay_out_of_debug_logs(aws_env: S3Server, monkeypatch: pytes
     assert [c.step for c in store.list_committed()] == [100]
     text = caplog.text
     assert aws_env.secret_key not in text and "Authorization" not in text and aws_env.access_key not in text
+
+
+@pytest.mark.parametrize(("env", "words"), [
+    ({"AWS_ENDPOINT_URL_S3": "not a url"}, "is not a valid URL"),
+    ({"AWS_PROFILE": "no-such-profile"}, "AWS profile 'no-such-profile' is not in the AWS config files"),
+])
+def test_s3_misconfiguration_is_an_access_error_in_one_line(env: dict[str, str], words: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    pytest.importorskip("boto3")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(StoreAccessError) as info:
+        open_store("s3://some-bucket/run").check_access()
+    assert words in str(info.value) and "\n" not in str(info.value) and "not-the-secret" not in str(info.value)
