@@ -25,6 +25,7 @@ from shared.atomic_io import fsync_path
 from shared.remote.checksums import FileDigests, file_digests, sha256_of_file
 from shared.remote.errors import IntegrityError, NotCommittedError
 from shared.remote.records import (
+    COMMITTED,
     BadMarker,
     CommitMarker,
     RemoteCheckpoint,
@@ -122,7 +123,7 @@ class CheckpointStore(ABC):
         )
         self._put_bytes(commit_marker_name(name), marker.to_json().encode("utf-8"))
         return RemoteCheckpoint(
-            step, name, self.key_of(name), "committed", digests.size, sha256=marker.sha256,
+            step, name, self.key_of(name), COMMITTED, digests.size, sha256=marker.sha256,
             commit_id=marker.commit_id, committed_at=marker.committed_at,
         )
 
