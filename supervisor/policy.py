@@ -183,6 +183,43 @@ class HangVerdict:
         )
 
 
+def beat_of_attempt(beat_attempt_id: str | None, attempt_id: str, changed_since_launch: bool) -> bool:
+    """Does a heartbeat belong to the attempt being watched (else it is an earlier attempt's leftover)?
+
+    By the attempt id the supervisor handed the ranks, which they write into every beat; never by
+    comparing the beat's wall-clock time with the launch time (a rank whose clock is behind would
+    look like a leftover forever, and its final beat naming the final checkpoint would be lost). A
+    worker that writes no id (an older or custom ``--worker``) counts once its file changed after
+    the launch.
+    """
+    if beat_attempt_id is not None:
+        return beat_attempt_id == attempt_id
+    return changed_since_launch
+
+
+def agent_unresponsive(ranks_known: int, ranks_alive: int, agent_stopped: bool, hang_found: bool) -> bool:
+    """Is torchrun itself (the agent) the one not ending the attempt?
+
+    Only once every rank it started has exited: then nothing but torchrun is left to report and
+    exit. Stopped by a signal, it never will, so that is known at once; otherwise only when the
+    ranks' time to end (the hang check's allowance) ran out. Blaming a rank then would spend a
+    training restart on a run whose ranks may have finished and saved.
+    """
+    if ranks_known == 0 or ranks_alive > 0:
+        return False
+    return agent_stopped or hang_found
+
+
+def ranks_ended_cleanly(statuses: Sequence[str], ranks_known: int, final_checkpoint_valid: bool) -> bool:
+    """After torchrun stopped responding: did every rank end as it meant to (all finished, with the
+    final checkpoint valid; or all stopped, having saved on a stop request)?"""
+    if not statuses or len(statuses) < ranks_known:
+        return False
+    if all(status == RankStatus.STOPPED for status in statuses):
+        return True
+    return final_checkpoint_valid and all(status == RankStatus.FINISHED for status in statuses)
+
+
 def find_hung_rank(
     beats: Sequence[RankBeat],
     now: float,

@@ -34,7 +34,8 @@ def _attempts(tmp_path, **timeouts: float) -> tuple[TorchrunAttempts, _Live, Run
     journal.begin(CycleState(state="running", pid=1, pid_create_time=0.0, hostname="h", log_dir=str(tmp_path),
                              started_at=0.0))
     attempts = TorchrunAttempts(config, run, journal, StopRequests(), DiskGuard(run, config, journal))
-    live = _Live(tree=SimpleNamespace(launched_at=time.time() - 1.0), oom_before=None)  # type: ignore[arg-type]
+    tree = SimpleNamespace(launched_at=time.time() - 1.0, launched_mono=time.monotonic() - 1.0)
+    live = _Live(tree=tree, oom_before=None, attempt_id="this-attempt")  # type: ignore[arg-type]
     return attempts, live, run
 
 
@@ -67,8 +68,29 @@ def test_heartbeats_of_an_earlier_attempt_are_not_this_attempts(tmp_path):
     attempts, live, run = _attempts(tmp_path)
     old = Heartbeat(pid=1, rank=0, world_size=1, step=50, phase="train", time=live.tree.launched_at - 60)
     write_heartbeat(run.heartbeat(0), old)
+    live.at_launch = attempts._beats_on_disk()  # on disk before the launch, as the real launch records
+    # ... and one written after the launch by a straggler of another attempt, its clock ahead
+    write_heartbeat(run.heartbeat(1), Heartbeat(pid=2, rank=1, world_size=2, step=51, phase="train",
+                                                time=time.time() + 3600, attempt_id="an-earlier-attempt"))
     attempts._read_heartbeats(live)
     assert live.beats == {}
+
+
+def test_a_beat_of_this_attempt_counts_whatever_its_ranks_clock_says(tmp_path):
+    """Ties by attempt id, ages by what this supervisor saw: a rank 1 h behind is neither a leftover
+    nor silent for an hour; a rank 1 h ahead that stops beating still ages."""
+    attempts, live, run = _attempts(tmp_path)
+    _beat(run, 0, 7, attempt_id="this-attempt", seq=3)
+    write_heartbeat(run.heartbeat(1), Heartbeat(pid=101, rank=1, world_size=2, step=7, phase="train",
+                                                time=time.time() + 3600, attempt_id="this-attempt", seq=3))
+    write_heartbeat(run.heartbeat(0), Heartbeat(pid=100, rank=0, world_size=2, step=7, phase="train",
+                                                time=time.time() - 3600, attempt_id="this-attempt", seq=3))
+    attempts._read_heartbeats(live)
+    assert set(live.beats) == {0, 1}
+    assert live.silent_s(0) < 1.0 and live.silent_s(1) < 1.0
+    live.seen[1].at -= 30.0  # rank 1 wrote nothing new for 30 s of the supervisor's own clock
+    attempts._read_heartbeats(live)  # same content: its age is not reset
+    assert live.silent_s(1) >= 30.0 and live.silent_s(0) < 1.0
 
 
 def test_measured_saves_set_the_checkpoint_timeout_in_force_and_supervisor_json_says_so(tmp_path):
