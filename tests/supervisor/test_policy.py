@@ -339,3 +339,28 @@ def test_a_rank_torn_down_after_reporting_failed_yields_to_one_that_exited_with_
     assert policy.classify_exit(facts).kind == OutcomeKind.BAD_CHECKPOINT
     # With no rank that exited by itself, the earliest "failed" heartbeat still names the rank.
     assert policy.first_failure([RankExit(1, -15), RankExit(0, -15)], reports).rank == 1
+
+
+# --- clocks: a beat belongs to its attempt by id, torchrun blamed when only it is left ------------
+def test_a_beat_belongs_to_the_attempt_whose_id_it_carries_whatever_its_time():
+    assert policy.beat_of_attempt("s-2-ab", "s-2-ab", changed_since_launch=False)
+    assert not policy.beat_of_attempt("s-1-cd", "s-2-ab", changed_since_launch=True)  # a leftover, rewritten late
+    # a worker that writes no id: its beat is this attempt's once the file changed after the launch
+    assert policy.beat_of_attempt(None, "s-2-ab", changed_since_launch=True)
+    assert not policy.beat_of_attempt(None, "s-2-ab", changed_since_launch=False)
+
+
+def test_torchrun_is_blamed_only_once_every_rank_it_started_has_exited():
+    assert not policy.agent_unresponsive(ranks_known=2, ranks_alive=1, agent_stopped=True, hang_found=True)
+    assert not policy.agent_unresponsive(ranks_known=0, ranks_alive=0, agent_stopped=True, hang_found=True)
+    assert policy.agent_unresponsive(ranks_known=2, ranks_alive=0, agent_stopped=True, hang_found=False)  # at once
+    assert not policy.agent_unresponsive(ranks_known=2, ranks_alive=0, agent_stopped=False, hang_found=False)
+    assert policy.agent_unresponsive(ranks_known=2, ranks_alive=0, agent_stopped=False, hang_found=True)
+
+
+def test_after_torchrun_stopped_responding_a_run_is_finished_only_with_every_rank_finished_and_a_valid_save():
+    assert policy.ranks_ended_cleanly(["finished", "finished"], 2, final_checkpoint_valid=True)
+    assert not policy.ranks_ended_cleanly(["finished", "finished"], 2, final_checkpoint_valid=False)
+    assert not policy.ranks_ended_cleanly(["finished"], 2, final_checkpoint_valid=True)  # one rank never said
+    assert not policy.ranks_ended_cleanly(["finished", "failed"], 2, final_checkpoint_valid=True)
+    assert policy.ranks_ended_cleanly(["stopped", "stopped"], 2, final_checkpoint_valid=False)  # saved on a stop
