@@ -337,19 +337,27 @@ class PeerEnding:
         return f"node {self.node} {verb}: {self.reason.removeprefix(f'{verb}: ')}"
 
 
-def peer_ending(marker: object, own_node: int, started_at: float) -> PeerEnding | None:
-    """The ending another node recorded in ``give_up.json`` that this supervisor must follow.
+def peer_ending(marker: object, own_node: int, before: Sequence[object] = (),
+                started_at: float | None = None) -> PeerEnding | None:
+    """The ending another node recorded (``give_up.json`` or node 0's store) that this supervisor
+    must follow.
 
-    Only a record another node wrote after this supervisor started counts: an older one ended an
-    earlier run of this directory, which a new ``gpt2sup run`` on every node resumes. The record
-    is another process's file: anything malformed is ignored.
+    A record already there when this supervisor started (one of ``before``) ended an earlier run of
+    this directory, which a new ``gpt2sup run`` on every node resumes; any other was written since.
+    That is judged without comparing the record's ``time`` with this node's clock: node clocks
+    differ (a node an hour ahead would make an old record look new and end a fresh run at once).
+    Only node 0's store, which this supervisor cannot read before it connects, still falls back on
+    ``started_at`` (the record's time against this node's start). The record is another
+    process's file: anything malformed is ignored.
     """
-    if not isinstance(marker, dict):
+    if not isinstance(marker, dict) or any(marker == old for old in before):
         return None
     node, code, when = marker.get("node"), marker.get("exit_code"), marker.get("time")
     if not isinstance(node, int) or isinstance(node, bool) or node == own_node:
         return None
-    if not isinstance(code, int) or isinstance(code, bool) or not is_duration(when) or when < started_at:
+    if not isinstance(code, int) or isinstance(code, bool):
+        return None
+    if started_at is not None and (not is_duration(when) or when < started_at):
         return None
     return PeerEnding(node, str(marker.get("state") or "gave_up"), code, str(marker.get("reason") or "no reason given"))
 
