@@ -43,6 +43,7 @@ from supervisor.restart_timing import (
     describe,
     first_step_reached,
     latest_milestones,
+    on_supervisor_clock,
 )
 from supervisor.run_config import RunConfig
 from supervisor.stop_signals import clear_stop_request, mark_stop_request
@@ -60,6 +61,8 @@ SCHEDULING_GAP_S = 5.0
 # in the log, the tree is killed. Until then the loop polls this often instead of every interval.
 TEARDOWN_POLL_S = 0.05
 TORCHRUN_SUMMARY_MARK = "Root Cause"
+# Two wall clocks this close count as agreeing (a beat is first seen up to a poll after it was written).
+CLOCKS_AGREE_S = 2.0
 TORCHRUN_FAILED_EXIT = 1  # what torchrun exits with after a rank failed (ChildFailedError)
 
 
@@ -299,7 +302,8 @@ class TorchrunAttempts:
             return
         if len(live.beats) < self.config.nproc_per_node:
             return
-        startups = [beat.startup for beat in live.beats.values()]
+        startups = [on_supervisor_clock(beat.startup, self._clock_offset(live, rank, beat))
+                    for rank, beat in live.beats.items()]
         if not first_step_reached(startups, pending.launched_at):
             return
         self._pending_breakdown = None
@@ -314,6 +318,14 @@ class TorchrunAttempts:
             if hb is not None:
                 found[path.name] = beat_key(hb)
         return found
+
+    def _clock_offset(self, live: _Live, rank: int, beat: Heartbeat) -> float:
+        """How far rank's wall clock runs ahead of this supervisor's, measured by its newest beat
+        (its own time against when it was first seen here); 0 while the two agree within a poll
+        and a little (the measure itself is late by up to a poll), so agreeing clocks are never
+        "corrected"."""
+        offset = float(beat.time) - live.beat_wall_time(rank)
+        return offset if abs(offset) > self.config.monitor_interval + CLOCKS_AGREE_S else 0.0
 
     def _read_heartbeats(self, live: _Live) -> None:
         """Keep the last good heartbeat per rank: an unreadable or vanished file is not a verdict.

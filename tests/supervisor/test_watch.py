@@ -101,3 +101,23 @@ def test_measured_saves_set_the_checkpoint_timeout_in_force_and_supervisor_json_
     assert in_force["checkpoint"] == 30.0 and in_force["eval"] == 40.0 and in_force["train"] == 12.0
     saved = json.loads((tmp_path / "supervisor.json").read_text())["phase_timeouts"]
     assert saved["checkpoint"] == 30.0 and saved["hellaswag"] == 40.0
+
+
+def test_a_restart_breakdown_from_ranks_an_hour_behind_is_measured_on_the_supervisors_clock(tmp_path):
+    """The relaunched rank's start-up milestones are its own wall clock: an hour behind, they all
+    looked older than the launch and no breakdown was ever written (ahead: phases of an hour)."""
+    from supervisor.restart_timing import WORKER_MILESTONES, RestartTimeline
+
+    attempts, live, run = _attempts(tmp_path)
+    now = time.time()
+    attempts._pending_breakdown = RestartTimeline(died_at=now - 10, noticed_at=now - 9, stopped_at=now - 8,
+                                                  launched_at=now - 5)
+    rank_clock = now - 3600.0
+    startup = {name: rank_clock - 4.5 + 0.9 * i for i, (name, _) in enumerate(WORKER_MILESTONES)}  # first step: now
+    write_heartbeat(run.heartbeat(0), Heartbeat(pid=100, rank=0, world_size=1, step=5, phase="train", time=rank_clock,
+                                                attempt_id="this-attempt", seq=9, startup=startup))
+    attempts._read_heartbeats(live)
+    attempts._maybe_write_breakdown(live)
+    (event,) = [e for e in _events(tmp_path) if e["event"] == "restart_breakdown"]
+    assert abs(event["phases"]["total"] - 10.0) < 1.0, event["phases"]
+    assert all(0.0 <= seconds < 60.0 for seconds in event["phases"].values()), event["phases"]
