@@ -435,7 +435,8 @@ class TorchrunAttempts:
             self.journal.save_state(state=SupervisorStateName.STOPPING)
             asked_by = self.stops.names[0] if self.stops.names else None  # SIGINT, SIGTERM or SIGHUP
             if workers:
-                mark_stop_request(self.run_dir.stop_request, asked_by)  # ours, not torchrun's teardown
+                # ours, not torchrun's teardown; for this attempt (its ranks match the id, not a time)
+                mark_stop_request(self.run_dir.stop_request, asked_by, live.attempt_id)
                 send_signal(workers, signal.SIGTERM)
                 self.journal.event(EventKind.STOP_REQUESTED, f"stop requested ({asked_by}): asked {len(workers)} "
                                    "worker(s) to save and exit (another stop request forces)",

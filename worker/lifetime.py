@@ -41,6 +41,7 @@ from typing import Any
 from shared.atomic_io import read_json
 from shared.process_identity import ProcessId, same_process_alive
 from shared.run_dir import STOP_REQUEST_NAME
+from shared.vocabulary import ATTEMPT_ID_ENV
 
 SUPERVISOR_ENV = "GPT2SUP_SUPERVISOR"
 # What a rank's collective raises when a peer process is gone (gloo's TCP pair, NCCL's abort).
@@ -160,12 +161,16 @@ class StopRequest:
         self.reason = self.reason or f"stop requested ({signal.Signals(signum).name})"
 
     def _supervisor_asked(self) -> bool:
-        """The supervisor wrote its stop request since this process started."""
+        """The supervisor wrote its stop request since this process started: for this attempt (by the
+        attempt id both carry), else (a request without one: orphans of a lost supervisor) by time."""
         if self._run_root is None:
             return False
         record = read_json(self._run_root / STOP_REQUEST_NAME)
         if not isinstance(record, dict):
             return (self._run_root / STOP_REQUEST_NAME).exists()
+        asked, mine = record.get("attempt_id"), os.environ.get(ATTEMPT_ID_ENV)
+        if isinstance(asked, str) and mine:  # this attempt's request: no clocks compared
+            return asked == mine
         written = record.get("time")
         return not isinstance(written, (int, float)) or written >= self._started - 1.0
 

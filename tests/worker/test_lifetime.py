@@ -148,3 +148,15 @@ def test_startup_milestones_keep_their_first_time_and_the_process_start():
     assert marks[startup_clock.IMPORTS_DONE] == 100.0 and startup_clock.PROCESS_START in marks
     assert list(marks) == [m for m in startup_clock.MILESTONES if m in marks]
     startup_clock.reset()
+
+
+def test_the_supervisors_request_for_this_attempt_counts_whatever_the_clocks_say(tmp_path, monkeypatch):
+    """The supervisor's clock an hour behind this rank's: its request looked older than this process
+    and a stop was taken for torchrun's teardown. The attempt id decides, not the time."""
+    monkeypatch.setenv("GPT2SUP_ATTEMPT_ID", "7-2-abcd")
+    stop = _stop(tmp_path)
+    request = tmp_path / lifetime.STOP_REQUEST_NAME
+    request.write_text(json.dumps({"time": time.time() - 3600, "pid": 1, "attempt_id": "7-2-abcd"}))
+    assert stop._supervisor_asked()
+    request.write_text(json.dumps({"time": time.time() + 3600, "pid": 1, "attempt_id": "7-1-ef01"}))
+    assert not stop._supervisor_asked()  # an earlier attempt's, however new its time looks
