@@ -47,6 +47,23 @@ def test_live_peers_old_heartbeats_and_other_hosts_do_not_count(tmp_path):
     assert gone_peers(tmp_path, rank=0, since=now - 10) == []
 
 
+def test_this_attempts_peers_are_judged_by_its_id_and_the_files_write_not_their_clocks(tmp_path, monkeypatch):
+    """Ranks an hour behind the kernel's clock: a gone peer's beat looked older than this process
+    (never named: the rank waited out torchrun's teardown) and a live one's looked written before
+    its process started (a reused pid: named gone)."""
+    monkeypatch.setenv("GPT2SUP_ATTEMPT_ID", "7-2-abcd")
+    behind = time.time() - 3600
+
+    def beat(rank: int, pid: int, attempt: str, when: float) -> None:
+        (tmp_path / f"rank{rank}.json").write_text(json.dumps(
+            {"rank": rank, "pid": pid, "time": when, "hostname": socket.gethostname(), "attempt_id": attempt}))
+
+    beat(1, _dead_pid(), "7-2-abcd", behind)  # gone
+    beat(2, os.getppid(), "7-2-abcd", behind)  # alive (started before its file was written)
+    beat(3, _dead_pid(), "7-1-ef01", time.time() + 3600)  # an earlier attempt's, its clock ahead
+    assert gone_peers(tmp_path, rank=0, since=time.time() - 10) == [1]
+
+
 def test_a_reused_pid_is_not_alive(tmp_path):
     now = time.time()
     _beat(tmp_path, 1, os.getpid(), now - 1e6)  # our pid, but "written" long before we started
