@@ -21,7 +21,9 @@ class Heartbeat:
     world_size: int
     step: int  # last completed optimizer step (-1 before the first one)
     phase: str  # a shared.vocabulary.Phase
-    time: float  # wall-clock seconds since the epoch when written
+    # Wall-clock seconds since the epoch when written, by the rank's own clock: for people and
+    # reports only. No verdict compares it with another process's clock (README "Reliability").
+    time: float
     loss: float | None = None
     tokens_per_s: float | None = None
     last_checkpoint: str | None = None  # file name of the newest checkpoint this run saved/loaded
@@ -43,6 +45,14 @@ class Heartbeat:
     # first_step_done; the supervisor's restart_breakdown event is made of them. From the first
     # step on also compiler_imported (a bool: is torch._dynamo imported in the rank by now).
     startup: dict[str, float | bool] | None = None
+    # The id of the attempt that launched this rank (``ATTEMPT_ID_ENV``; None for a bare worker):
+    # how the supervisor tells this attempt's beats from an earlier attempt's leftovers.
+    attempt_id: str | None = None
+    # Beats this process has written (1, 2, ...): a new value is a new beat, whatever the clocks say.
+    seq: int | None = None
+    # ``time.monotonic()`` of the rank when written: differences between two beats of one process
+    # are durations that no clock step distorts (the supervisor's step pace uses them).
+    mono: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,7 +63,9 @@ class Heartbeat:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def age(self, now: float | None = None) -> float:
-        return (time.time() if now is None else now) - self.time
+        """Seconds since ``time`` by the reader's clock, never negative. Only meaningful when the
+        reader and the rank share a clock; verdicts use what the supervisor observed instead."""
+        return max(0.0, (time.time() if now is None else now) - self.time)
 
 
 def write_heartbeat(path: Path, heartbeat: Heartbeat) -> None:

@@ -20,6 +20,10 @@ else:  # pragma: no cover - Python 3.10
 # Set by `gpt2sup run --node-rank R` in its workers' environment: the worker on node 0's local rank 0
 # writes the run's files, whichever global rank torchrun's rendezvous gave it.
 NODE_RANK_ENV = "GPT2SUP_NODE_RANK"
+# Set by `gpt2sup run` in each attempt's launch environment: the attempt's id, which every rank
+# writes into its heartbeat (``attempt_id``). The supervisor ties a beat to its attempt by this id,
+# never by comparing the beat's wall-clock time with its own (node clocks differ, clocks step).
+ATTEMPT_ID_ENV = "GPT2SUP_ATTEMPT_ID"
 
 
 class Phase(StrEnum):

@@ -49,6 +49,11 @@ class Journal:
         self.state: CycleState | None = None
         self.attempt = 0
         self._console_failed = False
+        # Every record names this session (its start, wall clock) and its age on this supervisor's
+        # monotonic clock: a session's length is then measured, not read off a wall clock that may
+        # step in between (goodput, run_history.sessions_of).
+        self._session_start = time.time()
+        self._session_mono = time.monotonic()
         self.writer = JournalWriter(run_dir.events, run_dir.supervisor_state,
                                     warn=lambda line: self._console(lambda: self.reporter.event(line)))
 
@@ -62,7 +67,8 @@ class Journal:
 
     def _append(self, kind: EventKind, line: str, /, **details: Any) -> None:
         record: dict[str, Any] = {"time": time.time(), "event": str(kind), "attempt": self.attempt or None,
-                                  "message": line}
+                                  "message": line, "session_start": self._session_start,
+                                  "elapsed_s": round(time.monotonic() - self._session_mono, 3)}
         if self.node is not None:
             record["node"] = self.node
         record.update(details)

@@ -135,12 +135,15 @@ class OrphanStopReport:
     seconds: float
 
 
-def _beat_times(run_dir: Path) -> dict[int, float]:
-    beats: dict[int, float] = {}
+def _beat_contents(run_dir: Path) -> dict[int, tuple[object, ...]]:
+    """Per writer pid, what its heartbeat says now: compared with what it said when asked to stop,
+    never by its ``time`` against our clock (a rank whose clock is behind would look silent, and be
+    killed unsaved; one ahead would look as if it answered)."""
+    beats: dict[int, tuple[object, ...]] = {}
     for path in RunDir.at(run_dir).list_heartbeats():
         hb = read_heartbeat(path)
-        if hb is not None and isinstance(hb.pid, int) and isinstance(hb.time, (int, float)):
-            beats[hb.pid] = float(hb.time)
+        if hb is not None and isinstance(hb.pid, int):
+            beats[hb.pid] = (hb.seq, hb.time, hb.step, str(hb.phase), str(hb.status), hb.message)
     return beats
 
 
@@ -161,7 +164,7 @@ def stop_orphans(
     """
     started = time.monotonic()
     pids = sorted(p.pid for p in survey.orphans)
-    requested_at = time.time()
+    before = _beat_contents(run_dir)
     mark_stop_request(RunDir.at(run_dir).stop_request, "orphans of a lost supervisor")  # a request, not a teardown
     send_signal(survey.workers, 15)  # SIGTERM: save at the next step boundary, exit
     forced: str | None = None
@@ -169,9 +172,9 @@ def stop_orphans(
         alive = [w for w in survey.workers if is_alive(w)]
         if not alive:
             break
-        beats = _beat_times(run_dir)
+        beats = _beat_contents(run_dir)
         stopped = sum(1 for w in alive if is_stopped(w))
-        silent = sum(1 for w in alive if beats.get(w.pid, 0.0) < requested_at)
+        silent = sum(1 for w in alive if w.pid not in beats or beats[w.pid] == before.get(w.pid))
         forced = orphan_stop_verdict(
             time.monotonic() - started, kill_grace_s=kill_grace_s, stop_timeout_s=stop_timeout_s,
             stop_forced=stop_forced(), silent=silent, stopped=stopped,

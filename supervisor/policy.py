@@ -205,6 +205,43 @@ class HangVerdict:
         )
 
 
+def beat_of_attempt(beat_attempt_id: str | None, attempt_id: str, changed_since_launch: bool) -> bool:
+    """Does a heartbeat belong to the attempt being watched (else it is an earlier attempt's leftover)?
+
+    By the attempt id the supervisor handed the ranks, which they write into every beat; never by
+    comparing the beat's wall-clock time with the launch time (a rank whose clock is behind would
+    look like a leftover forever, and its final beat naming the final checkpoint would be lost). A
+    worker that writes no id (an older or custom ``--worker``) counts once its file changed after
+    the launch.
+    """
+    if beat_attempt_id is not None:
+        return beat_attempt_id == attempt_id
+    return changed_since_launch
+
+
+def agent_unresponsive(ranks_known: int, ranks_alive: int, agent_stopped: bool, hang_found: bool) -> bool:
+    """Is torchrun itself (the agent) the one not ending the attempt?
+
+    Only once every rank it started has exited: then nothing but torchrun is left to report and
+    exit. Stopped by a signal, it never will, so that is known at once; otherwise only when the
+    ranks' time to end (the hang check's allowance) ran out. Blaming a rank then would spend a
+    training restart on a run whose ranks may have finished and saved.
+    """
+    if ranks_known == 0 or ranks_alive > 0:
+        return False
+    return agent_stopped or hang_found
+
+
+def ranks_ended_cleanly(statuses: Sequence[str], ranks_known: int, final_checkpoint_valid: bool) -> bool:
+    """After torchrun stopped responding: did every rank end as it meant to (all finished, with the
+    final checkpoint valid; or all stopped, having saved on a stop request)?"""
+    if not statuses or len(statuses) < ranks_known:
+        return False
+    if all(status == RankStatus.STOPPED for status in statuses):
+        return True
+    return final_checkpoint_valid and all(status == RankStatus.FINISHED for status in statuses)
+
+
 def find_hung_rank(
     beats: Sequence[RankBeat],
     now: float,
@@ -322,19 +359,27 @@ class PeerEnding:
         return f"node {self.node} {verb}: {self.reason.removeprefix(f'{verb}: ')}"
 
 
-def peer_ending(marker: object, own_node: int, started_at: float) -> PeerEnding | None:
-    """The ending another node recorded in ``give_up.json`` that this supervisor must follow.
+def peer_ending(marker: object, own_node: int, before: Sequence[object] = (),
+                started_at: float | None = None) -> PeerEnding | None:
+    """The ending another node recorded (``give_up.json`` or node 0's store) that this supervisor
+    must follow.
 
-    Only a record another node wrote after this supervisor started counts: an older one ended an
-    earlier run of this directory, which a new ``gpt2sup run`` on every node resumes. The record
-    is another process's file: anything malformed is ignored.
+    A record already there when this supervisor started (one of ``before``) ended an earlier run of
+    this directory, which a new ``gpt2sup run`` on every node resumes; any other was written since.
+    That is judged without comparing the record's ``time`` with this node's clock: node clocks
+    differ (a node an hour ahead would make an old record look new and end a fresh run at once).
+    Only node 0's store, which this supervisor cannot read before it connects, still falls back on
+    ``started_at`` (the record's time against this node's start). The record is another
+    process's file: anything malformed is ignored.
     """
-    if not isinstance(marker, dict):
+    if not isinstance(marker, dict) or any(marker == old for old in before):
         return None
     node, code, when = marker.get("node"), marker.get("exit_code"), marker.get("time")
     if not isinstance(node, int) or isinstance(node, bool) or node == own_node:
         return None
-    if not isinstance(code, int) or isinstance(code, bool) or not is_duration(when) or when < started_at:
+    if not isinstance(code, int) or isinstance(code, bool):
+        return None
+    if started_at is not None and (not is_duration(when) or when < started_at):
         return None
     return PeerEnding(node, str(marker.get("state") or "gave_up"), code, str(marker.get("reason") or "no reason given"))
 

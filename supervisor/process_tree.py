@@ -86,8 +86,11 @@ class LaunchedTree:
     popen: subprocess.Popen
     root: psutil.Process
     log_path: Path
-    launched_at: float
+    launched_at: float  # wall clock, for records people read
     known: dict[int, psutil.Process] = field(default_factory=dict)  # pid -> process (incl. root)
+    # time.monotonic() at launch: every duration and timeout of the attempt is measured from this,
+    # so a step of the machine's clock changes none of them.
+    launched_mono: float = field(default_factory=time.monotonic)
 
     @property
     def pid(self) -> int:

@@ -50,6 +50,15 @@ class RestartTimeline:
         return None not in (self.died_at, self.noticed_at, self.stopped_at, self.launched_at)
 
 
+def on_supervisor_clock(startup: Mapping[str, object] | None, rank_offset_s: float) -> Mapping[str, object] | None:
+    """A rank's milestones moved onto the supervisor's wall clock, given how far the rank's clock
+    runs ahead of it (negative: behind). Flags (``compiler_imported``) and junk are kept as they are."""
+    if not isinstance(startup, Mapping) or rank_offset_s == 0.0:
+        return startup
+    return {name: float(value) - rank_offset_s if isinstance(value, (int, float)) and not isinstance(value, bool)
+            else value for name, value in startup.items()}
+
+
 def latest_milestones(startups: Iterable[Mapping[str, object] | None], launched_at: float) -> dict[str, float]:
     """Per milestone, the latest time any rank reached it, from this attempt's heartbeats only.
 

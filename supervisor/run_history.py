@@ -116,7 +116,11 @@ class Goodput:
 
     @property
     def ratio(self) -> float | None:
-        return self.useful_s / self.wall_s if self.wall_s > 0 else None
+        """useful / wall, within 0-1 whatever the files say (a clock step can leave a step's ``dt``
+        or a session's span measured across it; the ratio never reads outside 0-100%)."""
+        if self.wall_s <= 0:
+            return None
+        return min(1.0, max(0.0, self.useful_s / self.wall_s))
 
     def one_line(self) -> str:
         if self.ratio is None:
@@ -215,15 +219,37 @@ def sessions_of(events: list[dict[str, Any]], steps: list[StepRecord], live_unti
         first = steps[0]
         begin = first.time - first.values.get("dt", 0.0)
         return [(begin, live_until if live_until is not None else step_times[-1])]
+    measured = _session_lengths(events)
     sessions = []
-    for i, start in enumerate(sorted(starts)):
+    starts = sorted(starts)
+    for i, start in enumerate(starts):
         nxt = starts[i + 1] if i + 1 < len(starts) else math.inf
         inside = [t for t in times if start <= t < nxt] + [t for t in step_times if start <= t < nxt]
         end = max(inside)
+        length = measured.get(start)
+        if length is not None:  # measured on the supervisor's monotonic clock: no clock step distorts it
+            end = start + length
         if nxt == math.inf and live_until is not None:
             end = max(end, live_until)
         sessions.append((start, end))
     return sessions
+
+
+def _session_lengths(events: list[dict[str, Any]]) -> dict[float, float]:
+    """Start time (of its ``supervisor_started`` record) -> length of each session whose records
+    say how long into it they were written (``elapsed_s``, the supervisor's monotonic clock)."""
+    longest: dict[float, float] = {}
+    for event in events:
+        key, elapsed = _number(event.get("session_start")), _number(event.get("elapsed_s"))
+        if key is not None and elapsed is not None and elapsed >= 0:
+            longest[key] = max(longest.get(key, 0.0), elapsed)
+    lengths = {}
+    for event in events:
+        if event.get("event") == EventKind.SUPERVISOR_STARTED:
+            start, key = _number(event.get("time")), _number(event.get("session_start"))
+            if start is not None and key in longest:
+                lengths[start] = max(0.0, longest[key] - (_number(event.get("elapsed_s")) or 0.0))
+    return lengths
 
 
 class _Timeline:

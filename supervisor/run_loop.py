@@ -100,6 +100,9 @@ class Supervisor:
         self.attempts = attempts or TorchrunAttempts(config, self.run_dir, self.journal, self.stops, self.disk,
                                                      peer_ended=self._peer_ended_line if self.node is not None else None)
         self.started_at = time.time()
+        # Multi-node: the ending another node recorded before this supervisor started ended an
+        # earlier run; one that differs from it was written since (no clocks compared).
+        self._endings_before = [read_json(self.run_dir.give_up_marker)]
         self._following: policy.PeerEnding | None = None
         self._reused_line = ""  # "no worker arguments given: reusing ..." (set by _begin)
         self._previous: SupervisorState | None = None  # the supervisor.json found at start-up
@@ -339,13 +342,13 @@ class Supervisor:
         """Another node's ending, from ``give_up.json`` or the coordination store; once seen, kept."""
         if self.node is None or self._peer_seen is not None:
             return self._peer_seen
-        for record in (read_json(self.run_dir.give_up_marker),
-                       self.coordination.ending() if self.coordination is not None else None):
-            self._peer_seen = policy.peer_ending(record, self.node, self.started_at)
-            if self._peer_seen is not None:
-                if self.coordination is not None:
-                    self.coordination.acknowledge()  # node 0 keeps its store up until every node has read it
-                return self._peer_seen
+        self._peer_seen = policy.peer_ending(read_json(self.run_dir.give_up_marker), self.node, self._endings_before)
+        if self._peer_seen is None and self.coordination is not None:
+            self._peer_seen = policy.peer_ending(self.coordination.ending(), self.node, started_at=self.started_at)
+        if self._peer_seen is not None:
+            if self.coordination is not None:
+                self.coordination.acknowledge()  # node 0 keeps its store up until every node has read it
+            return self._peer_seen
         return None
 
     def _peer_ended_line(self) -> str | None:

@@ -123,7 +123,7 @@ class RankInfo:
     last_checkpoint: str | None
     message: str | None
     phase_timeout_s: float | None = None  # the supervisor's hang timeout for this rank's phase
-    heartbeat_time: float | None = None  # when it was written (wall clock)
+    heartbeat_time: float | None = None  # when it was written (the file's mtime: this machine's clock)
     hostname: str | None = None
     compute_median_s: float | None = None  # median own compute per step over its recent steps
     straggler: StragglerInfo | None = None  # set when it computes consistently slower than its peers
@@ -403,22 +403,34 @@ def _rendezvous_text(run_config: Any) -> str | None:
             f"at {multi.get('rdzv_endpoint')}, id {multi.get('rdzv_id')}")
 
 
-def _rank_info(hb: Heartbeat, now: float) -> RankInfo:
+def heartbeat_written_at(hb: Heartbeat, path: Path) -> float:
+    """When the heartbeat was written, on this machine's clock: the file's modification time (the
+    kernel's record of the write), not the ``time`` the rank wrote into it. A rank whose clock is an
+    hour ahead would otherwise read "heartbeat 0.0s ago" however long it has been stopped, and one
+    an hour behind would look dead. Falls back to the rank's ``time`` where the file cannot be read."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return float(hb.time)
+
+
+def _rank_info(hb: Heartbeat, now: float, written_at: float | None = None) -> RankInfo:
+    when = float(hb.time) if written_at is None else written_at
     return RankInfo(
         rank=hb.rank,
         pid=hb.pid,
-        pid_alive=heartbeat_pid_alive(hb.pid, hb.time),
+        pid_alive=heartbeat_pid_alive(hb.pid, when),
         phase=hb.phase,
         status=hb.status,
         step=hb.step,
-        age_s=max(0.0, now - hb.time),
+        age_s=max(0.0, now - when),
         loss=_number(hb.loss),
         tokens_per_s=_number(hb.tokens_per_s),
         world_size=hb.world_size,
         max_steps=hb.max_steps,
         last_checkpoint=hb.last_checkpoint,
         message=hb.message,
-        heartbeat_time=_number(hb.time),
+        heartbeat_time=_number(when),
         hostname=hb.hostname if isinstance(hb.hostname, str) else None,
         compute_median_s=_compute_median(hb.compute_s),
     )
@@ -601,7 +613,7 @@ def collect_snapshot(run_dir: Path | str, now: float | None = None, *, with_good
     for path in run.list_heartbeats():
         hb = read_heartbeat(path)
         if hb is not None:
-            ranks.append(_rank_info(hb, now))
+            ranks.append(_rank_info(hb, now, heartbeat_written_at(hb, path)))
             if isinstance(hb.compute_s, list) and isinstance(hb.rank, int):
                 compute_samples[hb.rank] = hb.compute_s
     ranks.sort(key=lambda r: r.rank)

@@ -92,14 +92,18 @@ class StopSignals:
             self._interruptible -= 1
 
 
-def mark_stop_request(path: Path, reason: str | None) -> None:
+def mark_stop_request(path: Path, reason: str | None, attempt_id: str | None = None) -> None:
     """Say, before signalling, that this SIGTERM is the supervisor's own request to save and stop
     (``RunDir.stop_request``). Workers that get a SIGTERM without it while a peer rank is gone
     know torchrun is tearing the group down, and exit without trying to save (worker/lifetime.py).
     A directory that cannot be written only costs that distinction: the workers then judge by
-    their peers alone, and with every peer alive they save as asked."""
+    their peers alone, and with every peer alive they save as asked. ``attempt_id``: the attempt
+    asked (the workers match it with their own, comparing no clocks)."""
+    record = {"pid": os.getpid(), "time": time.time(), "reason": reason}
+    if attempt_id is not None:
+        record["attempt_id"] = attempt_id
     with contextlib.suppress(OSError):
-        write_json_atomic(path, {"pid": os.getpid(), "time": time.time(), "reason": reason}, create_parent=False)
+        write_json_atomic(path, record, create_parent=False)
 
 
 def clear_stop_request(path: Path) -> None:

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from shared.atomic_io import read_file_tail
-from shared.vocabulary import NODE_RANK_ENV
+from shared.vocabulary import ATTEMPT_ID_ENV, NODE_RANK_ENV
 from supervisor.policy import RankExit
 from supervisor.process_tree import own_identity
 from supervisor.run_config import RunConfig
@@ -58,9 +58,16 @@ def build_command(config: RunConfig) -> list[str]:
     return argv
 
 
-def build_env(config: RunConfig, base: dict[str, str] | None = None) -> dict[str, str]:
-    """torchrun forces OMP_NUM_THREADS=1 when unset; give each process its share of the cores."""
+def build_env(config: RunConfig, base: dict[str, str] | None = None, attempt_id: str | None = None) -> dict[str, str]:
+    """torchrun forces OMP_NUM_THREADS=1 when unset; give each process its share of the cores.
+
+    ``attempt_id`` goes to every rank (``ATTEMPT_ID_ENV``), which writes it into its heartbeat:
+    the watcher ties beats to this attempt by it, not by comparing clocks.
+    """
     env = dict(os.environ if base is None else base)
+    env.pop(ATTEMPT_ID_ENV, None)
+    if attempt_id is not None:
+        env[ATTEMPT_ID_ENV] = attempt_id
     if not env.get("OMP_NUM_THREADS"):
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(1, config.nproc_per_node)))
     env.setdefault("PYTHONUNBUFFERED", "1")

@@ -8,6 +8,7 @@ the reason. What to do next is the cycle's business (``run_loop``), decided by `
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import time
@@ -43,6 +44,7 @@ from supervisor.restart_timing import (
     describe,
     first_step_reached,
     latest_milestones,
+    on_supervisor_clock,
 )
 from supervisor.run_config import RunConfig
 from supervisor.stop_signals import clear_stop_request, mark_stop_request
@@ -60,6 +62,8 @@ SCHEDULING_GAP_S = 5.0
 # in the log, the tree is killed. Until then the loop polls this often instead of every interval.
 TEARDOWN_POLL_S = 0.05
 TORCHRUN_SUMMARY_MARK = "Root Cause"
+# Two wall clocks this close count as agreeing (a beat is first seen up to a poll after it was written).
+CLOCKS_AGREE_S = 2.0
 TORCHRUN_FAILED_EXIT = 1  # what torchrun exits with after a rank failed (ChildFailedError)
 
 
@@ -77,12 +81,35 @@ def process_records(tree: LaunchedTree | None) -> list[ProcessRecord]:
     return [ProcessRecord(pid=ident.pid, create_time=ident.create_time, role=role) for ident, role in tree.identities()]
 
 
+def beat_key(hb: Heartbeat) -> tuple[object, ...]:
+    """What tells one beat from the next: every rewrite changes it (``seq``; for a worker that
+    writes none, its own time and progress). Only equality is used, never the clock's value."""
+    return (hb.pid, hb.attempt_id, hb.seq, hb.time, hb.step, str(hb.phase), str(hb.status))
+
+
+def new_attempt_id(number: int) -> str:
+    """Unique per launch: this supervisor, the attempt number, and a random part (a supervisor
+    restarted on the same directory counts its attempts again)."""
+    return f"{os.getpid()}-{number}-{secrets.token_hex(4)}"
+
+
+@dataclass
+class _Seen:
+    """A beat's content and when THIS supervisor first saw it (its own ``time.monotonic()``)."""
+
+    key: tuple[object, ...]
+    at: float
+
+
 @dataclass
 class _Live:
     """What is known about the attempt being watched."""
 
     tree: LaunchedTree
     oom: OomWatch | None = None  # the OOM counters of the ranks' (and our) memory cgroups
+    attempt_id: str = ""  # handed to the ranks (ATTEMPT_ID_ENV); their beats carry it back
+    at_launch: dict[str, tuple[object, ...]] = field(default_factory=dict)  # file name -> beat_key before launch
+    seen: dict[int, _Seen] = field(default_factory=dict)  # per rank: its newest beat, first seen when
     beats: dict[int, Heartbeat] = field(default_factory=dict)  # last GOOD heartbeat per rank
     missing_warned: set[int] = field(default_factory=set)
     stop_sent_at: float | None = None
@@ -102,6 +129,18 @@ class _Live:
     def last_step(self) -> int | None:
         steps = [int(b.step) for b in self.beats.values() if int(b.step) >= 0]
         return max(steps) if steps else None
+
+    def silent_s(self, rank: int, now: float | None = None) -> float:
+        """Seconds since this supervisor first saw rank's newest beat, by its own monotonic clock."""
+        seen = self.seen.get(rank)
+        return 0.0 if seen is None else max(0.0, (time.monotonic() if now is None else now) - seen.at)
+
+    def beat_wall_time(self, rank: int) -> float:
+        """When rank's newest beat arrived, on this supervisor's wall clock (for its records)."""
+        return time.time() - self.silent_s(rank)
+
+    def elapsed_s(self) -> float:
+        return max(0.0, time.monotonic() - self.tree.launched_mono)
 
 
 class TorchrunAttempts:
@@ -153,8 +192,11 @@ class TorchrunAttempts:
         clear_stop_request(self.run_dir.stop_request)
         oom = OomWatch()
         oom.learn([os.getpid()])  # our own cgroup (a SLURM job's, a pod's): the ranks start in it
+        attempt_id = new_attempt_id(number)
+        at_launch = self._beats_on_disk()
         try:
-            tree = launch(argv, cwd=self.config.cwd, env=torchrun.build_env(self.config), log_path=log_path)
+            tree = launch(argv, cwd=self.config.cwd, env=torchrun.build_env(self.config, attempt_id=attempt_id),
+                          log_path=log_path)
         except OSError as exc:
             reason = f"could not launch {argv[0]}: {exc.strerror or exc}"
             self.journal.event(EventKind.CRASHED, reason)
@@ -167,7 +209,7 @@ class TorchrunAttempts:
             f"log {log_path.relative_to(self.run_dir.root)}",
             pid=tree.pid, argv=argv,
         )
-        live = _Live(tree, oom, deaths=DeathWatch(self.stops.wake))
+        live = _Live(tree, oom, attempt_id=attempt_id, at_launch=at_launch, deaths=DeathWatch(self.stops.wake))
         if self.timeline is not None:
             self.timeline.launched_at = tree.launched_at
             self._pending_breakdown, self.timeline = self.timeline, None
@@ -207,6 +249,8 @@ class TorchrunAttempts:
             if code is None:
                 code = self._cut_teardown(live)
             self._read_heartbeats(live)
+            if code is None and self._agent_unresponsive(live, hang_found=False):
+                return self._end_for_agent(live)
             self._watch_memory()
             self.refresh_timeouts()
             if code is not None:
@@ -263,39 +307,70 @@ class TorchrunAttempts:
             return
         if len(live.beats) < self.config.nproc_per_node:
             return
-        startups = [beat.startup for beat in live.beats.values()]
+        startups = [on_supervisor_clock(beat.startup, self._clock_offset(live, rank, beat))
+                    for rank, beat in live.beats.items()]
         if not first_step_reached(startups, pending.launched_at):
             return
         self._pending_breakdown = None
         phases = breakdown(pending, latest_milestones(startups, pending.launched_at))
         self.journal.event(EventKind.RESTART_BREAKDOWN, describe(phases), phases=phases)
 
+    def _beats_on_disk(self) -> dict[str, tuple[object, ...]]:
+        """The heartbeat files' contents before a launch: a beat unchanged since then is a leftover."""
+        found = {}
+        for path in self.run_dir.list_heartbeats():
+            hb = read_heartbeat(path)
+            if hb is not None:
+                found[path.name] = beat_key(hb)
+        return found
+
+    def _clock_offset(self, live: _Live, rank: int, beat: Heartbeat) -> float:
+        """How far rank's wall clock runs ahead of this supervisor's, measured by its newest beat
+        (its own time against when it was first seen here); 0 while the two agree within a poll
+        and a little (the measure itself is late by up to a poll), so agreeing clocks are never
+        "corrected"."""
+        offset = float(beat.time) - live.beat_wall_time(rank)
+        return offset if abs(offset) > self.config.monitor_interval + CLOCKS_AGREE_S else 0.0
+
     def _read_heartbeats(self, live: _Live) -> None:
         """Keep the last good heartbeat per rank: an unreadable or vanished file is not a verdict.
 
         A half-written or garbage file, or a deleted heartbeat/ directory, must never look like
         silence (that killed healthy attempts); only the age of the last good beat decides.
+
+        No clock decides here: a beat belongs to this attempt by the attempt id it carries (or, from
+        a worker that writes none, by having changed since the launch), and its age is the time
+        since THIS supervisor first saw its content, on its own monotonic clock. Ranks whose clock
+        is hours off, or a step of the machine's clock, change neither.
         """
         present: set[int] = set()
         for path in self.run_dir.list_heartbeats():
             hb = read_heartbeat(path)
             if hb is None or not isinstance(hb.time, (int, float)) or not isinstance(hb.rank, int):
                 continue
-            if hb.time >= live.tree.launched_at and self._another_nodes(hb, live):
+            key = beat_key(hb)
+            changed = key != live.at_launch.get(path.name)
+            if changed and self._another_nodes(hb, live):
                 live.peers[hb.rank] = hb
                 live.beats.pop(hb.rank, None)  # c10d moved this global rank to another node
+                live.seen.pop(hb.rank, None)
                 continue
             live.peers.pop(hb.rank, None)
             present.add(hb.rank)
-            if hb.time < live.tree.launched_at:
+            if not policy.beat_of_attempt(hb.attempt_id, live.attempt_id, changed):
                 continue  # a leftover of an earlier attempt
+            seen = live.seen.get(hb.rank)
+            if seen is None or seen.key != key:
+                live.seen[hb.rank] = _Seen(key, time.monotonic())
             live.beats[hb.rank] = hb
             live.missing_warned.discard(hb.rank)
             self.slowest_save_s = policy.slowest(self.slowest_save_s, hb.save_seconds)
             self.slowest_eval_s = policy.slowest(self.slowest_eval_s, hb.eval_seconds)
         if live.beats:
             lead = live.beats[min(live.beats)]
-            self.pace.observe(int(lead.step), float(lead.time), str(lead.phase))
+            # The rank's own monotonic clock times its steps (differences within one process only).
+            own_clock = lead.mono if isinstance(lead.mono, (int, float)) else lead.time
+            self.pace.observe(int(lead.step), float(own_clock), str(lead.phase))
             if self.validator is not None:  # validate each new checkpoint while training goes on
                 named = [str(b.last_checkpoint) for b in live.beats.values() if b.last_checkpoint]
                 writing = {str(getattr(b, "save_in_flight", None) or "") for b in live.beats.values()}
@@ -353,7 +428,7 @@ class TorchrunAttempts:
     def _watch_memory(self) -> None:
         vm = psutil.virtual_memory()
         if vm.total and vm.available / vm.total < MEMORY_TIGHT_FRACTION:
-            self._memory_tight_at = time.time()
+            self._memory_tight_at = time.monotonic()
 
     # -- a stop request ----------------------------------------------------------------------------
     def _forward_stop(self, live: _Live) -> AttemptResult | None:
@@ -366,7 +441,8 @@ class TorchrunAttempts:
             self.journal.save_state(state=SupervisorStateName.STOPPING)
             asked_by = self.stops.names[0] if self.stops.names else None  # SIGINT, SIGTERM or SIGHUP
             if workers:
-                mark_stop_request(self.run_dir.stop_request, asked_by)  # ours, not torchrun's teardown
+                # ours, not torchrun's teardown; for this attempt (its ranks match the id, not a time)
+                mark_stop_request(self.run_dir.stop_request, asked_by, live.attempt_id)
                 send_signal(workers, signal.SIGTERM)
                 self.journal.event(EventKind.STOP_REQUESTED, f"stop requested ({asked_by}): asked {len(workers)} "
                                    "worker(s) to save and exit (`gpt2sup stop --force` or a second Ctrl-C "
@@ -391,7 +467,7 @@ class TorchrunAttempts:
         self._check_survivors(kill_tree(tree.live_processes(), grace_s=min(self.config.kill_grace, 2.0),
                                         reap=tree.popen))
         return AttemptResult(policy.Outcome(OutcomeKind.STOPPED), f"forced ({why})",
-                             time.time() - tree.launched_at, live.last_step)
+                             live.elapsed_s(), live.last_step)
 
     def _stop_for_peer(self, live: _Live, why: str) -> AttemptResult:
         """Another node ended the run: this attempt can never complete (its rendezvous or its
@@ -399,26 +475,27 @@ class TorchrunAttempts:
         self.journal.event(EventKind.STOP_REQUESTED, f"{why}: killing this node's attempt {self.journal.attempt}")
         self._check_survivors(kill_tree(live.tree.live_processes(), grace_s=min(self.config.kill_grace, 2.0),
                                         reap=live.tree.popen))
-        return AttemptResult(policy.Outcome(OutcomeKind.STOPPED), why, time.time() - live.tree.launched_at,
-                             live.last_step)
+        return AttemptResult(policy.Outcome(OutcomeKind.STOPPED), why, live.elapsed_s(), live.last_step)
 
     # -- a hang ----------------------------------------------------------------------------------
     def _detect_hang(self, live: _Live) -> AttemptResult | None:
-        now = time.time()
+        now = time.monotonic()  # every time here is this supervisor's own monotonic clock
         if not live.beats:
             if live.workers_started_at is None and live.tree.worker_processes():
                 live.workers_started_at = now
-            if policy.startup_timed_out(live.tree.launched_at, live.workers_started_at, now, False,
+            if policy.startup_timed_out(live.tree.launched_mono, live.workers_started_at, now, False,
                                         self.config.timeouts):
                 reason = messages.startup_timeout(self.config.timeouts.startup_timeout,
                                                   live.workers_started_at is not None)
                 return self._kill_hung(live, OutcomeKind.STARTUP_TIMEOUT, reason, rank=None, step=None)
             return None
-        rank_beats = [policy.RankBeat(rank=r, phase=str(b.phase), time=float(b.time), status=str(b.status),
+        rank_beats = [policy.RankBeat(rank=r, phase=str(b.phase), time=live.seen[r].at, status=str(b.status),
                                       step=int(b.step)) for r, b in live.beats.items()]
         hung = policy.find_hung_rank(rank_beats, now, self.timeouts)
         if hung is None:
             return None
+        if live.tree.poll() is None and self._agent_unresponsive(live, hang_found=True):
+            return self._end_for_agent(live)  # the ranks are gone: it is torchrun that does not end
         # Only now pay for process states: a stopped (SIGSTOP / T state) rank is the culprit, and
         # a rank that already exited is a crash torchrun is about to report.
         stopped = [r for r, b in live.beats.items() if process_stopped(int(b.pid))]
@@ -434,9 +511,10 @@ class TorchrunAttempts:
         tree = live.tree
         beat = live.beats.get(rank) if rank is not None else None
         live.noticed_at = time.time()
-        live.died_at = float(beat.time) if beat is not None else live.noticed_at
+        last_beat = live.beat_wall_time(rank) if beat is not None and rank is not None else None
+        live.died_at = last_beat if last_beat is not None else live.noticed_at
         self.journal.event(EventKind.HUNG, f"attempt {self.journal.attempt}: {reason}", rank=rank, step=step,
-                           kind=kind, last_beat_time=float(beat.time) if beat is not None else None)
+                           kind=kind, last_beat_time=last_beat)
         live_pids = {p.pid for p in tree.live_processes()}
         worker_pids = {r: int(b.pid) for r, b in live.beats.items() if int(b.pid) in live_pids}
         if not worker_pids:
@@ -452,8 +530,44 @@ class TorchrunAttempts:
                            f"evidence in {where} ({len(evidence.files)} files, {evidence.duration_s:.1f}s)",
                            incident=where, files=sorted(evidence.files), errors=evidence.errors)
         self._check_survivors(kill_tree(tree.live_processes(), grace_s=self.config.kill_grace, reap=tree.popen))
-        return AttemptResult(policy.Outcome(kind, rank=rank), reason, time.time() - tree.launched_at,
+        return AttemptResult(policy.Outcome(kind, rank=rank), reason, live.elapsed_s(),
                              step if step is None or step >= 0 else None)
+
+    def _agent_unresponsive(self, live: _Live, hang_found: bool) -> bool:
+        alive = sum(is_alive(p) for p in live.ranks)
+        if not live.ranks or alive:  # the usual case, without asking for torchrun's state
+            return False
+        return policy.agent_unresponsive(len(live.ranks), alive, process_stopped(live.tree.pid), hang_found)
+
+    def _end_for_agent(self, live: _Live) -> AttemptResult:
+        """torchrun itself stopped responding after every rank it started had exited (SIGSTOPped,
+        traced, wedged): it will never report or exit. Name it, kill the tree, and end by what the
+        ranks said: a run whose ranks finished with a valid final checkpoint on disk is finished
+        (no training restart is spent on it); anything else is torchrun's failure, restarted as a
+        crash with torchrun named as the cause."""
+        tree = live.tree
+        stopped = process_stopped(tree.pid)
+        why = (f"torchrun (pid {tree.pid}) stopped responding after its ranks exited"
+               + (" (it is stopped by a signal)" if stopped else f" ({live.elapsed_s():.0f}s into the attempt)"))
+        self.journal.event(EventKind.WARNING, f"attempt {self.journal.attempt}: {why}: killing it", pid=tree.pid,
+                           stopped=stopped)
+        self._check_survivors(kill_tree(tree.live_processes(), grace_s=0.0, reap=tree.popen))
+        self._read_heartbeats(live)
+        statuses = [str(b.status) for b in live.beats.values()]
+        named = [str(b.last_checkpoint) for b in live.beats.values() if b.last_checkpoint]
+        final = max(named, key=lambda name: step_from_checkpoint_name(name) or -1) if named else None
+        saved = final is not None and self._final_checkpoint_valid(final)
+        code = 0 if policy.ranks_ended_cleanly(statuses, len(live.ranks), saved) else TORCHRUN_FAILED_EXIT
+        return self._on_exit(live, code, agent_cause=why)
+
+    def _final_checkpoint_valid(self, name: str) -> bool:
+        """The final checkpoint a finished rank named passes validation (node 0 only writes it)."""
+        if self.config.multi_node is not None and self.config.multi_node.node_rank not in (None, 0):
+            return True
+        from supervisor.checkpoint_validation import validate_checkpoint
+
+        path = self.run_dir.root / name
+        return path.is_file() and validate_checkpoint(path, probe_timeout=self.config.probe_timeout).ok
 
     def _check_survivors(self, report: KillReport) -> None:
         if report.survivors:
@@ -461,7 +575,7 @@ class TorchrunAttempts:
                                pids=report.survivors)
 
     # -- an exit ---------------------------------------------------------------------------------
-    def _on_exit(self, live: _Live, code: int) -> AttemptResult:
+    def _on_exit(self, live: _Live, code: int, agent_cause: str | None = None) -> AttemptResult:
         tree = live.tree
         # torchrun is gone; anything left of its tree (a reparented worker) goes too.
         leftovers = tree.live_processes()
@@ -483,7 +597,7 @@ class TorchrunAttempts:
             rank_exits=torchrun.parse_rank_exits(log_text) if code != 0 else (),
             oom_kill_observed=live.oom is not None and live.oom.kills_since_start(),
             memory_was_tight=self._memory_tight_at is not None
-            and time.time() - self._memory_tight_at < MEMORY_TIGHT_MEMORY_S,
+            and time.monotonic() - self._memory_tight_at < MEMORY_TIGHT_MEMORY_S,
             stop_requested=live.stop_sent_at is not None or self.stops.count > 0,
             module_missing=code != 0 and torchrun.module_missing(log_text, self.config.worker_module),
             final_checkpoint_on_disk=not writes_checkpoints or (bool(final) and (self.run_dir.root / str(final)).is_file()),
@@ -500,11 +614,15 @@ class TorchrunAttempts:
         closed = code != 0 and not beats and torchrun.rendezvous_closed(log_text)
         if closed:
             cause = "torchrun found the rendezvous closed (RendezvousClosedError)"
-        result = AttemptResult(outcome, "", time.time() - tree.launched_at, step, message=message, cause=cause,
+        if agent_cause is not None:
+            cause = agent_cause
+        result = AttemptResult(outcome, "", live.elapsed_s(), step, message=message, cause=cause,
                                bad_checkpoint=failing.bad_checkpoint if failing is not None else None,
                                last_checkpoint=final, rendezvous_closed=closed)
         if not outcome.is_failure:
             result.reason = "the workers saved and exited" if code == 0 else f"torchrun exit {code}"
+            if agent_cause is not None:
+                result.reason += f"; {agent_cause}: killed it"
             if code == 0 and not facts.stop_requested:  # not asked by us: say who asked (another node's
                 # workers stop when their supervisor is gone, and the stop reaches every rank)
                 why = next((str(b.message) for b in beats.values() if b.status == RankStatus.STOPPED and b.message), None)
@@ -517,7 +635,7 @@ class TorchrunAttempts:
             kind=outcome.kind, exit_code=outcome.exit_code,
             signal=messages.signal_name(outcome.signal) if outcome.signal else None,
             rank=outcome.rank, step=step, torchrun_exit=code,
-            last_beat_time=float(failing.time) if failing is not None else None,
+            last_beat_time=live.beat_wall_time(failing.rank) if failing is not None else None,
         )
         return result
 

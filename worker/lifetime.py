@@ -41,6 +41,7 @@ from typing import Any
 from shared.atomic_io import read_json
 from shared.process_identity import ProcessId, same_process_alive
 from shared.run_dir import STOP_REQUEST_NAME
+from shared.vocabulary import ATTEMPT_ID_ENV
 
 SUPERVISOR_ENV = "GPT2SUP_SUPERVISOR"
 # What a rank's collective raises when a peer process is gone (gloo's TCP pair, NCCL's abort).
@@ -86,8 +87,9 @@ def looks_like_peer_loss(exc: BaseException) -> bool:
 def gone_peers(heartbeat_dir: Path, rank: int, since: float, host: str | None = None) -> list[int]:
     """Ranks of this attempt on this host whose process is gone, from their heartbeats.
 
-    Only heartbeats written since ``since`` (this process's start: this attempt's) by a process on
-    ``host`` count; a pid that is alive but started after its heartbeat was written is a reused pid.
+    Only heartbeats of this attempt (its id, ``ATTEMPT_ID_ENV``; without one, written since
+    ``since``, this process's start) by a process on ``host`` count; a pid that is alive but
+    started after its heartbeat was written is a reused pid.
     """
     host = host or socket.gethostname()
     gone: list[int] = []
@@ -95,12 +97,24 @@ def gone_peers(heartbeat_dir: Path, rank: int, since: float, host: str | None = 
         paths = sorted(heartbeat_dir.glob("rank*.json"))
     except OSError:
         return gone
+    mine = os.environ.get(ATTEMPT_ID_ENV)
     for path in paths:
         beat = read_json(path)
         if not isinstance(beat, dict) or beat.get("rank") == rank or beat.get("hostname") != host:
             continue
-        pid, written = beat.get("pid"), beat.get("time")
-        if not isinstance(pid, int) or not isinstance(written, (int, float)) or written < since:
+        pid, written, theirs = beat.get("pid"), beat.get("time"), beat.get("attempt_id")
+        if mine and isinstance(theirs, str):
+            # Under gpt2sup: this attempt's by its id, and "written" by the kernel's clock (the file's
+            # mtime, the clock of the process start times it is compared with), never the rank's own.
+            if theirs != mine:
+                continue
+            try:
+                written = path.stat().st_mtime
+            except OSError:
+                continue
+        elif not isinstance(written, (int, float)) or written < since:
+            continue
+        if not isinstance(pid, int):
             continue
         if not _pid_alive_since(pid, written):
             gone.append(int(beat["rank"]) if isinstance(beat.get("rank"), int) else -1)
@@ -160,12 +174,16 @@ class StopRequest:
         self.reason = self.reason or f"stop requested ({signal.Signals(signum).name})"
 
     def _supervisor_asked(self) -> bool:
-        """The supervisor wrote its stop request since this process started."""
+        """The supervisor wrote its stop request since this process started: for this attempt (by the
+        attempt id both carry), else (a request without one: orphans of a lost supervisor) by time."""
         if self._run_root is None:
             return False
         record = read_json(self._run_root / STOP_REQUEST_NAME)
         if not isinstance(record, dict):
             return (self._run_root / STOP_REQUEST_NAME).exists()
+        asked, mine = record.get("attempt_id"), os.environ.get(ATTEMPT_ID_ENV)
+        if isinstance(asked, str) and mine:  # this attempt's request: no clocks compared
+            return asked == mine
         written = record.get("time")
         return not isinstance(written, (int, float)) or written >= self._started - 1.0
 

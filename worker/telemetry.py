@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from shared.atomic_io import write_text_atomic
 from shared.heartbeat import Heartbeat, write_heartbeat
 from shared.run_dir import RunDir
-from shared.vocabulary import Phase, RankStatus
+from shared.vocabulary import ATTEMPT_ID_ENV, Phase, RankStatus
 from worker import startup_clock
 
 
@@ -68,6 +68,7 @@ class HeartbeatWriter:
         self.state = Heartbeat(
             pid=os.getpid(), rank=rank, world_size=world_size, step=-1, phase=Phase.STARTUP,
             time=time.time(), max_steps=max_steps, hostname=socket.gethostname(),
+            attempt_id=os.environ.get(ATTEMPT_ID_ENV) or None, seq=0,
         )
         self._first_train_step: int | None = None  # the step training starts from in this process
 
@@ -82,6 +83,8 @@ class HeartbeatWriter:
                 startup_clock.mark(startup_clock.FIRST_STEP_DONE)
         self.state.startup = startup_clock.marks()  # this process's start-up milestones (restart breakdown)
         self.state.time = time.time()
+        self.state.mono = time.monotonic()
+        self.state.seq = int(self.state.seq or 0) + 1
         return self.warnings.attempt("heartbeat", lambda: write_heartbeat(self.path, self.state))
 
     def fail(self, message: str, status: RankStatus = RankStatus.FAILED, bad_checkpoint: str | None = None) -> None:

@@ -326,7 +326,7 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
 
     # ---- the training loop ---------------------------------------------------------------------
     for step in range(progress.step + 1, config.max_steps):
-        t0 = time.time()
+        t0 = time.perf_counter()  # a duration: a step of the wall clock must not change it
         compute.start()
         last_step = step == config.max_steps - 1
         model.train()
@@ -354,7 +354,7 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
         optimizer.step()
         if config.device_type == "cuda":
             torch.cuda.synchronize()
-        dt = time.time() - t0
+        dt = time.perf_counter() - t0
         loss_value = loss_accum.item()
         tokens_per_s = config.total_batch_size / dt
         progress.step = step

@@ -56,12 +56,18 @@ def start_supervisor(
     nproc: int = NPROC,
     worker_args: list[str] | None = None,
     env: dict[str, str] | None = None,
+    main_code: str | None = None,
 ) -> subprocess.Popen:
-    """``gpt2sup run`` as a real process; its console output goes to ``<log_dir>.console``."""
+    """``gpt2sup run`` as a real process; its console output goes to ``<log_dir>.console``.
+
+    ``main_code``: Python source run with ``-c`` in place of plain ``supervisor.cli.main`` (it reads
+    the gpt2sup arguments from ``sys.argv[1:]``), e.g. ``shifted_clock.SUPERVISOR_MAIN``."""
     argv = gpt2sup_argv(
         "run", "--log-dir", str(log_dir), "--nproc-per-node", str(nproc),
         *FAST_SUPERVISOR_ARGS, *supervisor_args, "--", *(WORKER_ARGS if worker_args is None else worker_args),
     )
+    if main_code is not None:
+        argv[1:3] = ["-c", main_code]
     with open(f"{log_dir}.console", "ab") as console:
         return subprocess.Popen(argv, cwd=REPO_ROOT, env=child_env(env), stdout=console, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
@@ -164,3 +170,12 @@ sys.argv = ["gpt2sup"] + sys.argv[1:]
 from supervisor.cli import main
 main()
 """
+
+
+def write_heartbeat_as_of_its_time(path: Path, beat: Any) -> None:
+    """``write_heartbeat``, with the file's mtime set to the beat's own ``time``: a beat written at
+    that moment on a machine whose clocks agree (``status`` ages beats by the file's mtime)."""
+    from shared.heartbeat import write_heartbeat
+
+    write_heartbeat(path, beat)
+    os.utime(path, (float(beat.time), float(beat.time)))

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 from rich.console import Console
 
-from shared.heartbeat import Heartbeat, write_heartbeat
+from shared.heartbeat import Heartbeat
 from shared.run_dir import RunDir
 from shared.supervisor_state import (
     FailureRecord,
@@ -30,6 +30,7 @@ from supervisor.dashboard import (
     status_lines,
 )
 from supervisor.snapshot import DiskInfo, RunSnapshot, collect_snapshot
+from tests.supervisor.helpers import write_heartbeat_as_of_its_time as write_heartbeat
 
 TIMESTAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
 

@@ -68,13 +68,26 @@ def test_one_lock_per_node_refuses_a_second_supervisor_of_the_same_node_only(tmp
 # --- pure decisions ----------------------------------------------------------------------------------
 def test_peer_ending_follows_only_another_nodes_record_written_since_we_started():
     record = {"node": 1, "state": "gave_up", "exit_code": 3, "reason": "restart budget exhausted", "time": 100.0}
-    assert peer_ending(record, own_node=0, started_at=50.0) == PeerEnding(1, "gave_up", 3, "restart budget exhausted")
-    assert peer_ending(record, own_node=1, started_at=50.0) is None  # our own
-    assert peer_ending(record, own_node=0, started_at=150.0) is None  # an earlier run's: resumed by this one
+    assert peer_ending(record, own_node=0) == PeerEnding(1, "gave_up", 3, "restart budget exhausted")
+    assert peer_ending(record, own_node=1) is None  # our own
+    assert peer_ending(record, own_node=0, before=[record]) is None  # there when we started: an earlier run's
     for broken in (None, [], {"node": "1", "exit_code": 3, "time": 100.0}, {"node": 1, "exit_code": True, "time": 1e9},
-                   {"node": 1, "exit_code": 3, "time": "soon"}):
-        assert peer_ending(broken, own_node=0, started_at=0.0) is None
-    assert peer_ending(record, 0, 0.0).describe() == "node 1 gave up: restart budget exhausted"
+                   {"node": 1, "time": 100.0}):
+        assert peer_ending(broken, own_node=0) is None
+    assert peer_ending(record, 0).describe() == "node 1 gave up: restart budget exhausted"
+    # node 0's store, read only once connected: still by its time against our start
+    assert peer_ending(record, own_node=0, started_at=150.0) is None
+    assert peer_ending({**record, "time": "soon"}, own_node=0, started_at=0.0) is None
+
+
+def test_a_peers_ending_is_new_or_old_whatever_the_nodes_clocks_say():
+    """Node 1's clock an hour behind: its fresh record must count; an hour ahead: an old record
+    left from an earlier run must not end this one."""
+    now = 1_800_000_000.0
+    fresh_but_behind = {"node": 1, "exit_code": 3, "reason": "gave up", "time": now - 3600}
+    assert peer_ending(fresh_but_behind, own_node=0, before=[None]) is not None
+    old_but_ahead = {"node": 1, "exit_code": 3, "reason": "gave up", "time": now + 3600, "pid": 7}
+    assert peer_ending(old_but_ahead, own_node=0, before=[old_but_ahead]) is None
 
 
 def test_a_whole_slow_node_is_found_even_when_each_rank_looks_like_its_neighbours():

@@ -31,15 +31,18 @@ RANK = textwrap.dedent(
     """
     import json, os, signal, sys, time
     hb = os.path.join(sys.argv[sys.argv.index("--log_dir") + 1], "heartbeat", "rank0.json")
+    def option(name, default):
+        return float(sys.argv[sys.argv.index(name) + 1]) if name in sys.argv else default
+    clock_offset, save_s = option("--clock-offset", 0.0), option("--save-s", 1.0)
     def beat(status):
         tmp = hb + ".tmp"
         with open(tmp, "w") as f:
             json.dump({"pid": os.getpid(), "rank": 0, "world_size": 1, "step": 3, "phase": "train",
-                       "time": time.time(), "status": status}, f)
+                       "time": time.time() + clock_offset, "status": status}, f)
         os.replace(tmp, hb)
     def on_term(*_):
         beat("running")   # answered: saving at the step boundary
-        time.sleep(1.0)
+        time.sleep(save_s)
         beat("stopped")
         sys.exit(0)
     if "--ignore" in sys.argv:
@@ -113,6 +116,20 @@ def test_orphans_of_a_dead_supervisor_of_this_directory_are_proven_and_asked_to_
     report = stop_orphans(survey, run, kill_grace_s=5.0, stop_timeout_s=60.0,
                           stop_forced=lambda: False, wait=time.sleep)
     assert report.forced is None and report.pids == [rank.pid] and not report.survivors
+    assert '"stopped"' in (run / "heartbeat" / "rank0.json").read_text()  # it saved and exited by itself
+
+
+@pytest.mark.slow  # waits out a 2.5 s save
+def test_an_orphan_whose_clock_is_an_hour_behind_that_answers_is_given_its_save_not_killed(tmp_path, reap):
+    """Its answer (a beat after the request) was timed an hour before the request by its clock: it
+    looked silent and was killed after the kill grace, mid-save."""
+    run = tmp_path / "run"
+    rank = _start(run, "--clock-offset", "-3600", "--save-s", "2.5")
+    reap.append(rank)
+    survey = survey_orphans(_state(run, _dead_supervisor(), [rank]), run)
+    report = stop_orphans(survey, run, kill_grace_s=1.0, stop_timeout_s=60.0,
+                          stop_requests=lambda: 0, wait=time.sleep)
+    assert report.forced is None, report.forced
     assert '"stopped"' in (run / "heartbeat" / "rank0.json").read_text()  # it saved and exited by itself
 
 

@@ -395,3 +395,26 @@ def test_arguments_are_accepted_only_by_an_attempt_that_trained_and_was_not_refu
     assert arguments_accepted(OutcomeKind.STOPPED, 5) and arguments_accepted(OutcomeKind.CRASHED, 0)
     assert not arguments_accepted(OutcomeKind.PERMANENT, 5)  # worker exit 6: another run's arguments
     assert not arguments_accepted(OutcomeKind.STOPPED, None)  # Ctrl-C during start-up
+# --- clocks: a beat belongs to its attempt by id, torchrun blamed when only it is left ------------
+def test_a_beat_belongs_to_the_attempt_whose_id_it_carries_whatever_its_time():
+    assert policy.beat_of_attempt("s-2-ab", "s-2-ab", changed_since_launch=False)
+    assert not policy.beat_of_attempt("s-1-cd", "s-2-ab", changed_since_launch=True)  # a leftover, rewritten late
+    # a worker that writes no id: its beat is this attempt's once the file changed after the launch
+    assert policy.beat_of_attempt(None, "s-2-ab", changed_since_launch=True)
+    assert not policy.beat_of_attempt(None, "s-2-ab", changed_since_launch=False)
+
+
+def test_torchrun_is_blamed_only_once_every_rank_it_started_has_exited():
+    assert not policy.agent_unresponsive(ranks_known=2, ranks_alive=1, agent_stopped=True, hang_found=True)
+    assert not policy.agent_unresponsive(ranks_known=0, ranks_alive=0, agent_stopped=True, hang_found=True)
+    assert policy.agent_unresponsive(ranks_known=2, ranks_alive=0, agent_stopped=True, hang_found=False)  # at once
+    assert not policy.agent_unresponsive(ranks_known=2, ranks_alive=0, agent_stopped=False, hang_found=False)
+    assert policy.agent_unresponsive(ranks_known=2, ranks_alive=0, agent_stopped=False, hang_found=True)
+
+
+def test_after_torchrun_stopped_responding_a_run_is_finished_only_with_every_rank_finished_and_a_valid_save():
+    assert policy.ranks_ended_cleanly(["finished", "finished"], 2, final_checkpoint_valid=True)
+    assert not policy.ranks_ended_cleanly(["finished", "finished"], 2, final_checkpoint_valid=False)
+    assert not policy.ranks_ended_cleanly(["finished"], 2, final_checkpoint_valid=True)  # one rank never said
+    assert not policy.ranks_ended_cleanly(["finished", "failed"], 2, final_checkpoint_valid=True)
+    assert policy.ranks_ended_cleanly(["stopped", "stopped"], 2, final_checkpoint_valid=False)  # saved on a stop

@@ -183,3 +183,28 @@ def test_the_report_says_valid_where_status_does(tmp_path):
 @pytest.mark.parametrize("seconds, text", [(3.25, "3.2s"), (42.4, "42s"), (185, "3m05s"), (7620, "2h07m")])
 def test_format_seconds(seconds, text):
     assert format_seconds(seconds) == text
+
+
+def test_a_clock_step_back_mid_session_leaves_the_wall_time_measured_and_goodput_within_0_100(tmp_path):
+    """The machine's clock stepped back an hour 20 s into a 40 s session: records after the step
+    are timed an hour earlier (a step's ``dt`` measured across it was -3600 s: goodput read -11024%).
+    The session's length comes from the supervisor's monotonic clock (``elapsed_s``)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    back = T0 - 3600.0
+    write_jsonl(run / "events.jsonl", [
+        {"time": T0, "event": "supervisor_started", "message": "started", "session_start": T0, "elapsed_s": 0.0},
+        {"time": T0 + 0.1, "event": "launched", "attempt": 1, "message": "attempt 1", "session_start": T0,
+         "elapsed_s": 0.1},
+        {"time": back + 40.0, "event": "finished", "attempt": 1, "message": "training finished", "session_start": T0,
+         "elapsed_s": 40.0},
+    ])
+    records = steps(0, 19, T0) + steps(20, 39, back + 20.0)
+    records[20]["dt"] = -3600.0 + 0.8  # timed across the step by an older worker
+    write_jsonl(run / "metrics.jsonl", records)
+    goodput = measure_goodput(run)
+    assert goodput.wall_s == pytest.approx(40.0)
+    assert 0.0 <= goodput.ratio <= 1.0
+    records[20]["dt"] = 0.8
+    write_jsonl(run / "metrics.jsonl", records)
+    assert measure_goodput(run).ratio == pytest.approx(39 * 0.8 / 40.0 + 0.8 / 40.0)

@@ -21,7 +21,8 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from shared.heartbeat import Heartbeat, write_heartbeat
+from shared.heartbeat import Heartbeat
+from shared.heartbeat import write_heartbeat as shared_write_heartbeat
 from shared.run_dir import RunDir
 from shared.supervisor_state import (
     FailureRecord,
@@ -32,6 +33,7 @@ from shared.supervisor_state import (
 from supervisor.commands.status_cmd import status
 from supervisor.snapshot import collect_snapshot, read_jsonl_tail
 from tests.supervisor.helpers import NO_TORCH_MAIN
+from tests.supervisor.helpers import write_heartbeat_as_of_its_time as write_heartbeat
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -599,3 +601,18 @@ def test_a_finished_run_does_not_promise_a_validation_that_will_not_come(tmp_pat
     out = status_text(tmp_path)
     assert "not validated yet" not in out
     assert "not validated by the supervisor (`gpt2sup verify` checks it)" in out
+
+
+def test_a_beat_from_a_rank_whose_clock_is_off_is_aged_by_the_files_write_not_its_own_time(tmp_path: Path) -> None:
+    """A rank an hour ahead that stopped 30 s ago must not read 'heartbeat 0.0s ago' (nor one an
+    hour behind 'an hour ago', or dead): the age is the reader's own clock against the file's mtime."""
+    me = psutil.Process()
+    supervisor_state(tmp_path, me.pid, me.create_time())
+    run = RunDir.at(tmp_path)
+    written = time.time()
+    for rank, skew in ((0, 3600.0), (1, -3600.0)):
+        shared_write_heartbeat(run.heartbeat(rank), Heartbeat(pid=me.pid, rank=rank, world_size=2, step=7,
+                                                              phase="train", time=written + skew, max_steps=300))
+    snap = collect_snapshot(tmp_path, now=written + 30)
+    assert [round(r.age_s) for r in snap.ranks] == [30, 30]
+    assert all(r.pid_alive for r in snap.ranks)  # our own pid, started before the write

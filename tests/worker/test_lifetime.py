@@ -47,6 +47,23 @@ def test_live_peers_old_heartbeats_and_other_hosts_do_not_count(tmp_path):
     assert gone_peers(tmp_path, rank=0, since=now - 10) == []
 
 
+def test_this_attempts_peers_are_judged_by_its_id_and_the_files_write_not_their_clocks(tmp_path, monkeypatch):
+    """Ranks an hour behind the kernel's clock: a gone peer's beat looked older than this process
+    (never named: the rank waited out torchrun's teardown) and a live one's looked written before
+    its process started (a reused pid: named gone)."""
+    monkeypatch.setenv("GPT2SUP_ATTEMPT_ID", "7-2-abcd")
+    behind = time.time() - 3600
+
+    def beat(rank: int, pid: int, attempt: str, when: float) -> None:
+        (tmp_path / f"rank{rank}.json").write_text(json.dumps(
+            {"rank": rank, "pid": pid, "time": when, "hostname": socket.gethostname(), "attempt_id": attempt}))
+
+    beat(1, _dead_pid(), "7-2-abcd", behind)  # gone
+    beat(2, os.getppid(), "7-2-abcd", behind)  # alive (started before its file was written)
+    beat(3, _dead_pid(), "7-1-ef01", time.time() + 3600)  # an earlier attempt's, its clock ahead
+    assert gone_peers(tmp_path, rank=0, since=time.time() - 10) == [1]
+
+
 def test_a_reused_pid_is_not_alive(tmp_path):
     now = time.time()
     _beat(tmp_path, 1, os.getpid(), now - 1e6)  # our pid, but "written" long before we started
@@ -148,3 +165,15 @@ def test_startup_milestones_keep_their_first_time_and_the_process_start():
     assert marks[startup_clock.IMPORTS_DONE] == 100.0 and startup_clock.PROCESS_START in marks
     assert list(marks) == [m for m in startup_clock.MILESTONES if m in marks]
     startup_clock.reset()
+
+
+def test_the_supervisors_request_for_this_attempt_counts_whatever_the_clocks_say(tmp_path, monkeypatch):
+    """The supervisor's clock an hour behind this rank's: its request looked older than this process
+    and a stop was taken for torchrun's teardown. The attempt id decides, not the time."""
+    monkeypatch.setenv("GPT2SUP_ATTEMPT_ID", "7-2-abcd")
+    stop = _stop(tmp_path)
+    request = tmp_path / lifetime.STOP_REQUEST_NAME
+    request.write_text(json.dumps({"time": time.time() - 3600, "pid": 1, "attempt_id": "7-2-abcd"}))
+    assert stop._supervisor_asked()
+    request.write_text(json.dumps({"time": time.time() + 3600, "pid": 1, "attempt_id": "7-1-ef01"}))
+    assert not stop._supervisor_asked()  # an earlier attempt's, however new its time looks
