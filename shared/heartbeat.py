@@ -1,4 +1,4 @@
-"""Heartbeat schema (README, "The run directory"): the worker's only live channel to the supervisor.
+"""Heartbeat schema (docs/cli.md, "The run directory"): the worker's only live channel to the supervisor.
 
 Each rank rewrites ``heartbeat/rank{R}.json`` atomically from its training loop, at least once per
 optimizer step and at every phase change. It is never written from a background thread: a thread
@@ -22,7 +22,7 @@ class Heartbeat:
     step: int  # last completed optimizer step (-1 before the first one)
     phase: str  # a shared.vocabulary.Phase
     # Wall-clock seconds since the epoch when written, by the rank's own clock: for people and
-    # reports only. No verdict compares it with another process's clock (README "Reliability").
+    # reports only. No verdict compares it with another process's clock (docs/reliability.md).
     time: float
     loss: float | None = None
     tokens_per_s: float | None = None

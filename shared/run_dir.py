@@ -1,4 +1,4 @@
-"""The run directory layout (README, "The run directory"): one place that names every file both sides use."""
+"""The run directory layout (docs/cli.md, "The run directory"): one place that names every file both sides use."""
 from __future__ import annotations
 
 import os

@@ -471,7 +471,7 @@ def final_save_failed(step: int, stopping: bool, reason: str) -> WorkerError:
 
 
 def injected_slowness(rank: int) -> float:
-    """Fault injection (README): ``GPT2SUP_INJECT_SLOW_RANK=R:S`` makes rank R sleep S seconds in
+    """Fault injection (docs/worker.md): ``GPT2SUP_INJECT_SLOW_RANK=R:S`` makes rank R sleep S seconds in
     every micro-step, a straggler for the supervisor to find. 0 for every other rank."""
     value = os.environ.get("GPT2SUP_INJECT_SLOW_RANK")
     if not value:
@@ -488,7 +488,7 @@ def injected_slowness(rank: int) -> float:
 
 
 def maybe_inject_crash(step: int, rank: int, heartbeat: HeartbeatWriter) -> None:
-    """Fault injection for drills and tests (documented in README): die right after ``step``."""
+    """Fault injection for drills and tests (documented in docs/worker.md): die right after ``step``."""
     target = os.environ.get("GPT2SUP_INJECT_CRASH_AT_STEP")
     if target is None or rank != 0 or int(target) != step:
         return

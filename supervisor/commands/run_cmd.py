@@ -184,7 +184,7 @@ T, B, L = DEFAULTS.timeouts, DEFAULTS.backoff, DEFAULTS.limits
     "SLURM: under `srun` (one task per node) on more than one node, --nnodes, --node-rank, "
     "--rdzv-endpoint (the first host of the node list, port $" + PORT_ENV + " or " + str(DEFAULT_PORT) + ") and "
     "--rdzv-id ($SLURM_JOB_ID) default to the SLURM_* variables; options given win. "
-    "Use `#SBATCH --signal=TERM@120` so a time limit saves and exits 4 (README, SLURM).",
+    "Use `#SBATCH --signal=TERM@120` so a time limit saves and exits 4 (docs/scaling.md, SLURM).",
 )
 @click.option("--log-dir", default=DEFAULT_LOG_DIR, help="Run directory (checkpoints, heartbeats, logs). "
               "Multi-node: the same directory on shared storage for every node, or one per node.")

@@ -1,4 +1,4 @@
-"""No verdict depends on two wall clocks agreeing (README "Reliability"): real supervised runs whose
+"""No verdict depends on two wall clocks agreeing (docs/reliability.md): real supervised runs whose
 ranks' ``time.time`` is an hour off, whose supervisor's clock steps mid-run, or both (a machine-wide
 step), through ``tests.supervisor.shifted_clock``; ``time.monotonic`` is untouched, as on a real
 machine. Plus torchrun itself stopped after its ranks finished and saved."""
