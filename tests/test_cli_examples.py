@@ -200,7 +200,7 @@ def check_example(line: str, monkeypatch: pytest.MonkeyPatch) -> str | None:
 def test_examples_are_found_in_every_help_text_and_document(monkeypatch: pytest.MonkeyPatch) -> None:
     sources = {e.source for e in collect_examples(monkeypatch)}
     for expected in ("gpt2sup --help", "gpt2sup run --help", "gpt2sup verify --help",
-                     "python -m worker.prepare --help", "README.md", "docs/checkpoints.md"):
+                     "python -m worker.prepare --help", "README.md", "docs/checkpoints.md", "docs/cli.md"):
         assert expected in sources, f"no command line found in {expected}: the extractor is broken"
 
 
@@ -226,12 +226,18 @@ def test_every_command_line_shown_to_users_is_accepted(monkeypatch: pytest.Monke
 
 
 # --- issue 19 §6: what a new user following the README top to bottom tripped over --------------------
+# The README is a front page: its follow-on examples continue on the pages it links (the 124M run is in
+# docs/cli.md, multi-node and SLURM in docs/scaling.md, the worker in docs/worker.md).
+FOLLOW_ON_PAGES = ["README.md", "docs/cli.md", "docs/scaling.md", "docs/worker.md", "docs/troubleshooting.md"]
+
+
 def _readme_lines() -> list[str]:
-    return [line.strip() for line in code_blocks((REPO / "README.md").read_text())]
+    return [line.strip() for page in FOLLOW_ON_PAGES for line in code_blocks((REPO / page).read_text())]
 
 
 def test_the_readmes_follow_on_runs_each_get_their_own_log_dir() -> None:
-    """The quickstart's run is in ./log; an example run with other arguments there is refused."""
+    """The quickstart's run is in ./log; an example run with other arguments there (on the front
+    page or a page it links to) is refused."""
     runs = [shlex.split(line.split("#")[0]) for line in _readme_lines() if line.startswith("gpt2sup run ")]
     dirs = []
     for tokens in runs:

@@ -1,4 +1,4 @@
-"""A wall clock that is off, or that steps, for the clock tests (README "Reliability": no verdict
+"""A wall clock that is off, or that steps, for the clock tests (docs/reliability.md: no verdict
 depends on two wall clocks agreeing). ``time.monotonic`` is never touched, as on a real machine.
 
 Two roles read their own variables (a supervisor's environment reaches its ranks too):
