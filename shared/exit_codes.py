@@ -1,4 +1,4 @@
-"""Exit codes both processes agree on (documented in README.md).
+"""Exit codes both processes agree on (documented in README.md, the worker's in docs/worker.md).
 
 A worker exit code is a verdict the supervisor acts on, so each code means one thing:
 

@@ -299,7 +299,7 @@ def _clock(when: float, with_date: bool = True) -> str:
 
 
 def _size(n: int) -> str:
-    """Decimal MB, as ``status``, ``verify`` and the README say: one file has one size everywhere."""
+    """Decimal MB, as ``status``, ``verify`` and docs/cli.md say: one file has one size everywhere."""
     from supervisor.dashboard import format_bytes
 
     return format_bytes(n)

@@ -2,7 +2,7 @@
 
 Why a separate module: ``status``, ``stop`` and the run loop's panel all need the same answers
 ("is the supervisor alive?", "which rank went quiet?", "how far along are we?") and must agree on
-them. Everything here comes from the run directory's files (README) and from psutil; it never imports torch
+them. Everything here comes from the run directory's files (docs/cli.md, "The run directory") and from psutil; it never imports torch
 and never loads a checkpoint (the supervisor records the newest checkpoint's validation result in
 ``supervisor.json``; we only repeat it). It must stay fast enough to call every monitor interval:
 checkpoints are only ``stat``-ed and ``metrics.jsonl`` / ``events.jsonl`` are read from the end.
