@@ -7,7 +7,7 @@ uploads, SHA-256 checksums verified per part, the error codes of wrong credentia
 buckets). Tests talk to it through the standard AWS environment variables only, exactly as a
 user's run would.
 
-Import the fixtures into a ``conftest.py`` to use them (``tests/shared/conftest.py`` does).
+``tests/conftest.py`` imports the fixtures, so every test can use them.
 """
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ class S3Server:
     secret_key: str
     bucket: str
     log_path: Path
+    pid: int = 0  # the weed process (a test may SIGSTOP/SIGCONT it to take the store away)
 
     def env(self, **overrides: str) -> dict[str, str]:
         """The AWS variables a client of this server needs (``overrides`` replace or add some)."""
@@ -169,7 +170,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     ]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=root)
-    server = S3Server(f"http://127.0.0.1:{s3}", ACCESS_KEY, SECRET_KEY, BUCKET, log_path)
+    server = S3Server(f"http://127.0.0.1:{s3}", ACCESS_KEY, SECRET_KEY, BUCKET, log_path, process.pid)
     try:
         _wait_ready(server, process)
         yield server
