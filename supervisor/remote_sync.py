@@ -35,8 +35,10 @@ from supervisor import remote_policy
 
 RECORD_NAME = "remote_sync.json"
 IDENTITY_NAME = "run_identity.json"
-# The uploader's S3 client: a store that stops answering is noticed in tens of seconds, not minutes.
-SYNC_S3_OPTIONS: dict[str, Any] = {"connect_timeout": 5.0, "read_timeout": 20.0, "max_attempts": 2}
+# The uploader's S3 client: a store that stops answering (a hung server, a cut network) is
+# noticed in ~10 s, not minutes; one try per request, because the uploader retries itself, with
+# backoff, and says so once (botocore's own retries would hide the outage behind silent waits).
+SYNC_S3_OPTIONS: dict[str, Any] = {"connect_timeout": 5.0, "read_timeout": 10.0, "max_attempts": 1}
 
 Emit = Callable[..., None]  # journal.event(kind, line, **details)
 
@@ -165,8 +167,9 @@ class RemoteSync:
         self._wake.set()
         self._thread.join(timeout=5)
 
-    def flush(self, timeout_s: float) -> FlushResult:
-        """Wait (at most ``timeout_s``) until the newest local checkpoint is committed."""
+    def flush(self, timeout_s: float, give_up: Callable[[], bool] = lambda: False) -> FlushResult:
+        """Wait (at most ``timeout_s``, or until ``give_up()``: a second Ctrl-C) until the newest
+        local checkpoint is committed."""
         deadline = time.monotonic() + timeout_s
         self._flushing = True
         try:
@@ -176,7 +179,7 @@ class RemoteSync:
                     if remote_policy.is_uploaded(local, self.record.newest_committed_step):
                         return FlushResult(True, local, self.record.newest_committed_step, None)
                     left = deadline - time.monotonic()
-                    if left <= 0 or not self._thread.is_alive():
+                    if left <= 0 or not self._thread.is_alive() or give_up():
                         return FlushResult(False, local, self.record.newest_committed_step, self.record.last_error)
                     self._wake.set()
                     self._lock.wait(min(left, 1.0))

@@ -687,7 +687,7 @@ class Supervisor:
         not be committed within --upload-timeout, the line says so and a finished run exits 7."""
         if self.remote is None or state == SupervisorStateName.REFUSED:
             return line, code
-        result = self.remote.flush(self.config.upload_timeout)
+        result = self.remote.flush(self.config.upload_timeout, give_up=lambda: self.stops.forced)
         uri = self.remote.record.uri
         if result.uploaded:
             if result.newest_local is not None:

@@ -145,15 +145,16 @@ def test_store_down_mid_run_training_goes_on_backlog_uploaded_and_run_finishes(t
                             env={"GPT2SUP_INJECT_SLOW_RANK": "0:0.4"})
     wait_for(lambda: _committed(uri), 240, "a first committed checkpoint")
     before = wait_for_step(log_dir, 0)["step"]
-    os.kill(aws_env.pid, signal.SIGSTOP)
+    os.kill(aws_env.pid, signal.SIGSTOP)  # the store hangs: a request is noticed as failed in 10-20 s
     try:
-        time.sleep(20)
+        time.sleep(25)
         during = heartbeat(log_dir, 0)["step"]
         record = json.loads((log_dir / "remote_sync.json").read_text())
     finally:
         os.kill(aws_env.pid, signal.SIGCONT)
     assert during >= before + 10, (before, during)  # training never waited for the store
-    assert record["upload_lag_steps"] and record["upload_lag_steps"] > 0, record
+    assert record["upload_lag_steps"] and record["upload_lag_steps"] > 0, record  # status shows the lag
+    assert record["last_error"], record  # and why
     assert proc.poll() is None or proc.returncode == 0
     assert wait_exit(proc, log_dir) == SupervisorExit.FINISHED, console_text(log_dir)[-3000:]
     final = max_steps - 1
@@ -161,6 +162,37 @@ def test_store_down_mid_run_training_goes_on_backlog_uploaded_and_run_finishes(t
     warnings = [e for e in events_named(log_dir, "warning") if "upload_error" in e]
     assert [e["upload_error"] for e in warnings][:2] == [True, False], warnings
     assert events_named(log_dir, "finished")[-1]["exit_code"] == 0
+    assert json.loads((log_dir / "remote_sync.json").read_text())["upload_lag_steps"] == 0  # backlog caught up
+
+
+def test_a_store_still_down_at_the_end_is_an_honest_ending_not_finished(tmp_path, aws_env: S3Server):
+    log_dir, uri = tmp_path / "run", aws_env.fresh_uri()
+    proc = start_supervisor(log_dir, "--checkpoint-uri", uri, "--upload-timeout", "3",
+                            env={"GPT2SUP_INJECT_SLOW_RANK": "0:0.3"})
+    wait_for(lambda: _committed(uri), 240, "a first committed checkpoint")
+    os.kill(aws_env.pid, signal.SIGSTOP)
+    try:
+        code = wait_exit(proc, log_dir)
+    finally:
+        os.kill(aws_env.pid, signal.SIGCONT)
+    assert code == SupervisorExit.FINISHED_NOT_UPLOADED, console_text(log_dir)[-3000:]
+    assert int(FINAL_CHECKPOINT[6:11]) not in _committed(uri)
+    finished = events_named(log_dir, "finished")[-1]
+    assert "NOT uploaded" in finished["message"] and "committed to" not in finished["message"], finished
+    assert finished["exit_code"] == SupervisorExit.FINISHED_NOT_UPLOADED
+
+
+def test_a_stop_uploads_the_stops_checkpoint_before_stopped(tmp_path, aws_env: S3Server):
+    log_dir, uri = tmp_path / "run", aws_env.fresh_uri()
+    proc = start_supervisor(log_dir, "--checkpoint-uri", uri, env={"GPT2SUP_INJECT_SLOW_RANK": "0:0.3"})
+    wait_for(lambda: _committed(uri), 240, "a first committed checkpoint")
+    proc.send_signal(signal.SIGTERM)
+    assert wait_exit(proc, log_dir) == SupervisorExit.STOPPED, console_text(log_dir)[-3000:]
+    newest = max(log_dir.glob("model_*.pt"))
+    committed = _committed(uri)
+    assert int(newest.name[6:11]) in committed, (newest.name, committed)
+    assert committed[int(newest.name[6:11])].sha256 == _sha256(newest)
+    assert f"committed to {uri}" in events_named(log_dir, "stopped")[-1]["message"]
 
 
 def test_a_flipped_byte_in_the_newest_remote_checkpoint_is_marked_bad_and_the_previous_used(
