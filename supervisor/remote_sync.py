@@ -151,16 +151,21 @@ class RemoteSync:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
+        self.resync()
+        self._thread.start()
+
+    def resync(self) -> None:
+        """Take the newest committed step from the store again (a commit was marked bad since:
+        the same step, written again by a resumed run, must be uploaded again)."""
         try:
             committed = self.store.list_committed()
         except ObjectStoreError as exc:
             self._failed(exc)
-            committed = []
-        if committed:
-            self.record.newest_committed_step = committed[0].step
-            self.record.newest_committed_name = committed[0].name
+            return
+        with self._lock:
+            self.record.newest_committed_step = committed[0].step if committed else None
+            self.record.newest_committed_name = committed[0].name if committed else None
         self._write_record()
-        self._thread.start()
 
     def close(self) -> None:
         self._closing = True

@@ -656,6 +656,8 @@ class Supervisor:
                     step = self.run_dir_step(verdict.path.name)
                     remote_sync.mark_bad(self.remote_store, step, f"failed validation: {verdict.reason}",
                                          self.journal.event)
+                    if self.remote is not None:
+                        self.remote.resync()
             quarantined.extend(selection.quarantined)
             selection = dataclasses.replace(selection, quarantined=list(quarantined))
             if self.remote_store is None or selection.unsupported is not None:
@@ -668,6 +670,8 @@ class Supervisor:
                                    "resuming from the local ones", uri=self.remote_store.uri)
                 return selection
             if path is None:
+                if tried and self.remote is not None:
+                    self.remote.resync()  # a download may have been marked bad
                 return selection
             fetched.add(path.name)
 

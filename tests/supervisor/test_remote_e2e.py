@@ -180,6 +180,12 @@ def test_a_store_still_down_at_the_end_is_an_honest_ending_not_finished(tmp_path
     finished = events_named(log_dir, "finished")[-1]
     assert "NOT uploaded" in finished["message"] and "committed to" not in finished["message"], finished
     assert finished["exit_code"] == SupervisorExit.FINISHED_NOT_UPLOADED
+    # Once the store is back, a plain `gpt2sup run` uploads it (nothing is trained) and finishes with 0.
+    again = subprocess.run(gpt2sup_argv("run", "--log-dir", str(log_dir)), check=False, cwd=REPO_ROOT,
+                           env=child_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == SupervisorExit.FINISHED, again.stdout[-2000:] + again.stderr[-2000:]
+    assert int(FINAL_CHECKPOINT[6:11]) in _committed(uri)
+    assert "already finished" in events_named(log_dir, "finished")[-1]["message"]
 
 
 def test_a_stop_uploads_the_stops_checkpoint_before_stopped(tmp_path, aws_env: S3Server):
