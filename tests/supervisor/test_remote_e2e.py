@@ -90,6 +90,9 @@ def test_a_run_uploads_its_checkpoints_and_the_last_one_before_finished(tmp_path
     store = open_store(uri)
     assert store.get_side_file("run_identity.json") == (log_dir / "run_identity.json").read_bytes()
     assert supervisor_json(log_dir)["run_config"]["checkpoint_uri"] == uri
+    for path in [Path(f"{log_dir}.console"), *log_dir.rglob("*")]:
+        if path.is_file() and path.suffix != ".pt":
+            assert aws_env.secret_key not in path.read_text(errors="replace"), path
     # status shows the remote state from the run directory's record.
     status = subprocess.run(gpt2sup_argv("status", "--log-dir", str(log_dir), "--json"), check=False, cwd=REPO_ROOT,
                             env=child_env(), capture_output=True, text=True, timeout=60)
