@@ -57,3 +57,4 @@ class SupervisorExit(IntEnum):
     STOPPED = 4  # stopped on request (SIGINT/SIGTERM/SIGHUP/`gpt2sup stop`); resumable
     FINISHED_WITHOUT_CHECKPOINT = 5  # reached max steps, but the final checkpoint was not written
     UNSUPPORTED_FORMAT = 6  # a checkpoint's format_version is newer than this install reads: upgrade
+    FINISHED_NOT_UPLOADED = 7  # finished, final checkpoint on local disk, but NOT committed to --checkpoint-uri

@@ -59,7 +59,8 @@ def cli() -> None:
 
     Exit codes of run: 0 finished, 1 internal error, 2 refused or bad usage, 3 gave up,
     4 stopped on request (Ctrl-C, SIGTERM, SIGHUP, `gpt2sup stop`), 5 finished but the final
-    checkpoint could not be saved, 6 a checkpoint's format is newer than this gpt2sup reads.
+    checkpoint could not be saved, 6 a checkpoint's format is newer than this gpt2sup reads,
+    7 finished but the final checkpoint is NOT in the --checkpoint-uri store.
     verify: 0 all OK, 1 a check failed, 2 bad usage, 3 some inconclusive, 4 some in a newer
     format (unsupported), 5 a directory holds no checkpoint yet. convert: 0 written and valid, 1 not converted, 2 bad usage. export: 0 written,
     1 not exported, 2 bad usage. report: 0 written, 1 no run, 2 bad usage, 3 not written. Each

@@ -27,6 +27,7 @@ from supervisor import policy
 from supervisor.snapshot import (
     ACTIVE_VERDICTS,
     RankInfo,
+    RemoteInfo,
     ReplayCheckInfo,
     RunSnapshot,
     RunVerdict,
@@ -294,6 +295,8 @@ def status_lines(snapshot: RunSnapshot) -> list[str]:
     lines.extend(f"WARNING: straggler: {text}" for r in snapshot.ranks if (text := straggler_text(r)))
     lines.extend(_rank_line(r, quietest) for r in snapshot.ranks)
     lines.append(f"checkpoints: {_checkpoint_text(snapshot)}")
+    if snapshot.remote is not None:
+        lines.append(f"remote: {remote_text(snapshot.remote)}")
     lines.append(f"disk: {_disk_text(snapshot)}")
     return lines
 
@@ -419,6 +422,8 @@ def render_panel(snapshot: RunSnapshot) -> RenderableType:
         grid.add_row("ranks", _FittedRanks(snapshot))
     ck_style = "red" if snapshot.checkpoints.newest_valid is False else ""
     grid.add_row("checkpoints", Text(_checkpoint_text(snapshot), style=ck_style))
+    if snapshot.remote is not None:
+        grid.add_row("remote", Text(remote_text(snapshot.remote), style="yellow" if snapshot.remote.last_error else ""))
     disk = snapshot.disk
     if disk is not None:
         disk_style = "red" if disk.used_fraction > 0.9 else "yellow" if disk.used_fraction > 0.8 else "green"
@@ -426,6 +431,21 @@ def render_panel(snapshot: RunSnapshot) -> RenderableType:
         usable = disk.used_bytes + disk.free_bytes
         grid.add_row("disk", _bar_row(disk.used_bytes, usable, _disk_text(snapshot), disk_style))
     return Panel(grid, title=title, title_align="left")
+
+
+def remote_text(remote: RemoteInfo) -> str:
+    """``s3://b/p  committed step 11  lag 0 steps`` (+ uploading, last error): the store at a glance."""
+    committed = f"step {remote.newest_committed_step}" if remote.newest_committed_step is not None else "nothing yet"
+    parts = [remote.uri, f"committed {committed}"]
+    if remote.upload_lag_steps is not None:
+        parts.append(f"lag {remote.upload_lag_steps} step{'s' if remote.upload_lag_steps != 1 else ''}")
+    if remote.uploading:
+        parts.append(f"uploading {remote.uploading}")
+    if remote.skipped:
+        parts.append(f"{len(remote.skipped)} skipped")
+    if remote.last_error:
+        parts.append(f"last upload error: {remote.last_error}")
+    return "  ".join(parts)
 
 
 # --- reporters used by `gpt2sup run` -----------------------------------------------------------------

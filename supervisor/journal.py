@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,14 +57,19 @@ class Journal:
         self._session_mono = time.monotonic()
         self.writer = JournalWriter(run_dir.events, run_dir.supervisor_state,
                                     warn=lambda line: self._console(lambda: self.reporter.event(line)))
+        # The checkpoint store's uploader thread (supervisor.remote_sync) writes events too: one
+        # writer at a time, or two flushes could write one record twice and drop another.
+        self._lock = threading.RLock()
 
     def event(self, kind: EventKind, line: str, /, **details: Any) -> None:
-        self._append(kind, line, **details)
-        self._console(lambda: self.reporter.event(line))
+        with self._lock:
+            self._append(kind, line, **details)
+            self._console(lambda: self.reporter.event(line))
 
     def flush(self) -> bool:
         """Retry what waits in memory (cheap when nothing does); True when all is on disk."""
-        return self.writer.flush()
+        with self._lock:
+            return self.writer.flush()
 
     def _append(self, kind: EventKind, line: str, /, **details: Any) -> None:
         record: dict[str, Any] = {"time": time.time(), "event": str(kind), "attempt": self.attempt or None,
@@ -77,10 +83,11 @@ class Journal:
     def save_state(self, **changes: Any) -> None:
         if self.state is None:
             raise RuntimeError("Journal.save_state before Journal.begin")
-        for key, value in changes.items():
-            setattr(self.state, key, value)
-        self.state.attempt = self.attempt
-        self.writer.write_state(self.state)
+        with self._lock:
+            for key, value in changes.items():
+                setattr(self.state, key, value)
+            self.state.attempt = self.attempt
+            self.writer.write_state(self.state)
 
     def begin(self, state: CycleState) -> None:
         self.state = state
@@ -91,7 +98,8 @@ class Journal:
         from supervisor.snapshot import collect_snapshot
 
         snapshot = collect_snapshot(Path(self.run_dir.root))
-        self._console(lambda: self.reporter.update(snapshot))
+        with self._lock:
+            self._console(lambda: self.reporter.update(snapshot))
 
     def close(self) -> None:
         if not self.writer.flush():

@@ -84,6 +84,10 @@ class RunConfig:
     probe_timeout: float | None = None  # None: auto, from the probe's measured cost on this machine
     allow_config_change: bool = False  # forwarded to the worker as --allow_config_change
     workers_outlive_supervisor: bool = False  # True: workers are not told to stop when we die
+    # --checkpoint-uri: a store the supervisor uploads checkpoints to and resumes from
+    # (supervisor.remote_sync); recorded (never a credential) so a plain `gpt2sup run` reuses it.
+    checkpoint_uri: str | None = None
+    upload_timeout: float = 300.0  # how long an ending waits for the last checkpoint's upload
     launcher: list[str] = field(default_factory=lambda: [sys.executable, "-m", "torch.distributed.run"])
 
     def describe(self) -> dict[str, Any]:

