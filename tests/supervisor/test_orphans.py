@@ -128,7 +128,7 @@ def test_an_orphan_whose_clock_is_an_hour_behind_that_answers_is_given_its_save_
     reap.append(rank)
     survey = survey_orphans(_state(run, _dead_supervisor(), [rank]), run)
     report = stop_orphans(survey, run, kill_grace_s=1.0, stop_timeout_s=60.0,
-                          stop_requests=lambda: 0, wait=time.sleep)
+                          stop_forced=lambda: False, wait=time.sleep)
     assert report.forced is None, report.forced
     assert '"stopped"' in (run / "heartbeat" / "rank0.json").read_text()  # it saved and exited by itself
 
