@@ -147,11 +147,6 @@ def expand_host(pattern: str, whole: str | None = None) -> Iterator[str]:
     return _combine(pieces)
 
 
-def expand_hostlist(text: str) -> list[str]:
-    """Every host of a SLURM host list (tests and small lists; ``first_host`` for the endpoint)."""
-    return [host for pattern in split_hostlist(text) for host in expand_host(pattern, text)]
-
-
 def first_host(text: str) -> str:
     """The first host of a SLURM host list: SLURM's node 0, where the rendezvous runs.
 

@@ -68,7 +68,6 @@ class RunVerdict(StrEnum):
     NO_RUN = "no run"
 
 
-VERDICTS = tuple(RunVerdict)
 # While one of these holds, something is training and an ETA means something.
 ACTIVE_VERDICTS = frozenset({RunVerdict.RUNNING, RunVerdict.BARE_WORKER})
 _TERMINAL_VERDICT = {

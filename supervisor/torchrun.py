@@ -125,11 +125,6 @@ def worker_lines(log_text: str) -> list[str]:
     return [line.rstrip() for line in lines[:cut] if not _NOISE_RE.search(line)]
 
 
-def meaningful_log_lines(log_text: str, count: int = 3) -> list[str]:
-    """The last ``count`` lines the worker printed, each cut to a readable length."""
-    return [line[:MAX_LINE_CHARS] for line in worker_lines(log_text)[-count:]]
-
-
 def error_line(log_text: str) -> str | None:
     """The worker's own one-line cause: argparse's / the worker's ``error:`` line, else the final
     line of the last exception that is not a rank losing its connection to a dead peer."""

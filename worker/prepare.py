@@ -46,8 +46,6 @@ import numpy as np
 from shared.tokenizer import EOT_TOKEN, get_gpt2_encoding
 
 DEFAULT_SHARD_SIZE = 100_000_000  # build-nanogpt's 100M tokens per shard
-# Files read as records rather than as one text document each.
-RECORD_SUFFIXES = (".jsonl", ".json", ".parquet")
 # The validation split when not given: build-nanogpt's share (100M of FineWeb's 10B tokens) ...
 VAL_FRACTION = 0.01
 # ... with a floor, so the val loss of a mid-sized corpus is not measured on a handful of batches,

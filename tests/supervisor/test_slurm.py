@@ -17,7 +17,7 @@ from supervisor.slurm import (
     DEFAULT_PORT,
     Rendezvous,
     SlurmError,
-    expand_hostlist,
+    expand_host,
     fill_from_slurm,
     first_host,
     split_hostlist,
@@ -32,6 +32,11 @@ from tests.supervisor.helpers import (
     wait_exit,
     wait_for_step,
 )
+
+
+def expand_hostlist(text: str) -> list[str]:
+    """Every host of a SLURM host list (the supervisor only ever needs the first)."""
+    return [host for pattern in split_hostlist(text) for host in expand_host(pattern, text)]
 
 
 @pytest.mark.parametrize("text, hosts", [

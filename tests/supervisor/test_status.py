@@ -28,11 +28,10 @@ from shared.supervisor_state import (
     FailureRecord,
     SupervisorState,
     append_event,
-    write_supervisor_state,
 )
 from supervisor.commands.status_cmd import status
 from supervisor.snapshot import collect_snapshot, read_jsonl_tail
-from tests.supervisor.helpers import NO_TORCH_MAIN
+from tests.supervisor.helpers import NO_TORCH_MAIN, write_supervisor_state
 from tests.supervisor.helpers import write_heartbeat_as_of_its_time as write_heartbeat
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,10 +7,15 @@ from supervisor.torchrun import (
     build_command,
     build_env,
     error_line,
-    meaningful_log_lines,
     module_missing,
     parse_rank_exits,
+    worker_lines,
 )
+
+
+def meaningful_log_lines(log_text: str, count: int = 3) -> list[str]:
+    """The last ``count`` lines the worker printed (what ``error_line`` and the reasons read)."""
+    return worker_lines(log_text)[-count:]
 
 TORCHRUN_FAILURE_LOG = """\
 step     5 | loss 10.60 | lr 3.3e-04
