@@ -491,11 +491,10 @@ class Supervisor:
                            survivors=report.survivors, seconds=round(report.seconds, 2))
 
     def _stop_timeout(self) -> float:
-        if self.config.stop_timeout is not None:
-            return self.config.stop_timeout
+        """``policy.stop_allowance`` before any attempt: only the newest checkpoint's size is known."""
         newest = self.run_dir.newest_checkpoint()
         seen = policy.Measurements(newest_checkpoint_bytes=newest.size if newest else None)
-        return policy.stop_allowance(policy.phase_timeouts(self.config.timeouts, seen))
+        return policy.stop_allowance(policy.phase_timeouts(self.config.timeouts, seen), self.config.stop_timeout)
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _quarantine_rejected(self, result: AttemptResult) -> None:

@@ -180,10 +180,8 @@ class TorchrunAttempts:
         return {str(k): v for k, v in timeouts.items()}
 
     def stop_timeout(self) -> float:
-        """How long a stop request may take: ``--stop-timeout``, else a step and a save in force."""
-        if self.config.stop_timeout is not None:
-            return self.config.stop_timeout
-        return policy.stop_allowance(self.timeouts)
+        """``policy.stop_allowance`` with the timeouts in force (measured so far)."""
+        return policy.stop_allowance(self.timeouts, self.config.stop_timeout)
 
     # -- one attempt -----------------------------------------------------------------------------
     def run(self, number: int) -> AttemptResult:
