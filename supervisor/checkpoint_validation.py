@@ -55,6 +55,7 @@ from typing import IO, Any, NamedTuple
 from shared.checkpoint_crc import check_zip_crc
 from shared.run_dir import step_from_checkpoint_name
 from shared.vocabulary import Verdict
+from supervisor.messages import signal_name
 
 SIBLING_SIZE_FRACTION = 0.5  # a broken zip below this fraction of its siblings' median: "cut short"
 # ``auto`` probe timeout per file: a multiple of this machine's measured ``import torch`` (the
@@ -293,13 +294,6 @@ def default_probe_memory_cap(size_bytes: int | None) -> int:
     return max(PROBE_MEMORY_FLOOR, PROBE_MEMORY_FLOOR + 2 * int(size_bytes or 0))
 
 
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
 def _last_line(text: str, limit: int = 300) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1][:limit] if lines else ""
@@ -518,9 +512,9 @@ class ProbeSession:
         if code is not None and code < 0:
             number = -code
             if number in _FILE_CRASH_SIGNALS:
-                return ProbeOutcome(None, f"load-probe killed by {_signal_name(number)} while loading "
+                return ProbeOutcome(None, f"load-probe killed by {signal_name(number)} while loading "
                                           "(the loader crashes on this file)", False, seconds)
-            return ProbeOutcome(None, f"load-probe killed by {_signal_name(number)} (out of memory, or "
+            return ProbeOutcome(None, f"load-probe killed by {signal_name(number)} (out of memory, or "
                                       "stopped from outside; not judged)", True, seconds)
         if code == PROBE_EXIT_CANNOT_JUDGE:
             return ProbeOutcome(None, f"load-probe could not run: {tail or 'torch unavailable'}", True, seconds)
