@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from shared.checkpoint_crc import check_zip_crc
+from shared.exit_codes import ProbeExit
 from shared.run_dir import step_from_checkpoint_name
 from shared.vocabulary import Verdict
 from supervisor.messages import signal_name
@@ -69,7 +70,6 @@ AUTO_TIMEOUT_READ_BYTES_PER_S = 20e6
 PROBE_STARTUP_TIMEOUT_S = 300.0
 MAX_PROBE_TIMEOUT_S = 86400.0  # a day: longer is a typo (1e308), and timers overflow on such values
 PROBE_MODULE = "worker.checkpoint_probe"
-PROBE_EXIT_CANNOT_JUDGE = 3  # worker.checkpoint_probe.EXIT_CANNOT_JUDGE (not imported: it is the worker's)
 # A loader that dies of these signals crashed on the file's bytes; SIGKILL (the OOM killer, an
 # operator) and anything else say nothing about the file.
 _FILE_CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE}
@@ -516,7 +516,7 @@ class ProbeSession:
                                           "(the loader crashes on this file)", False, seconds)
             return ProbeOutcome(None, f"load-probe killed by {signal_name(number)} (out of memory, or "
                                       "stopped from outside; not judged)", True, seconds)
-        if code == PROBE_EXIT_CANNOT_JUDGE:
+        if code == ProbeExit.CANNOT_JUDGE:
             return ProbeOutcome(None, f"load-probe could not run: {tail or 'torch unavailable'}", True, seconds)
         return ProbeOutcome(None, f"load-probe failed on its own (exit status {code}"
                                   + (f": {tail}" if tail else "") + "; not judged)", True, seconds)

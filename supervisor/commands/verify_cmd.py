@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from shared.exit_codes import VerifyExit, exit_status_epilog
 from shared.run_dir import step_from_checkpoint_name
 from shared.vocabulary import Verdict
 from supervisor.checkpoint_selection import read_quarantine_record
@@ -22,12 +23,6 @@ from supervisor.checkpoint_validation import (
     validate_many,
 )
 
-EXIT_ALL_OK = 0
-EXIT_SOME_FAILED = 1
-EXIT_USAGE = 2
-EXIT_SOME_NOT_JUDGED = 3
-EXIT_UNSUPPORTED = 4  # no file failed, but one is in a format newer than this install reads
-EXIT_NO_CHECKPOINT_YET = 5  # nothing failed: a directory holds no checkpoint yet (a run before its first save)
 _DEEP_CHECKS = ("model-finite", "optimizer-shapes", "optimizer-finite")
 _LABELS = {Verdict.VALID: ("OK  ", "green"), Verdict.INVALID: ("FAIL", "red"), Verdict.INCONCLUSIVE: ("INCONCLUSIVE", "yellow"),
            Verdict.UNSUPPORTED: ("UNSUPPORTED", "magenta"), Verdict.NO_CHECKPOINT: ("NO CHECKPOINT YET", "cyan")}
@@ -120,30 +115,21 @@ def exit_code(results: list[ValidationResult]) -> int:
     """The worst verdict decides: FAIL, then UNSUPPORTED, INCONCLUSIVE, NO CHECKPOINT YET, OK."""
     verdicts = {result.verdict for result in results}
     if not results or Verdict.INVALID in verdicts:
-        return EXIT_SOME_FAILED
+        return VerifyExit.SOME_FAILED
     if Verdict.UNSUPPORTED in verdicts:
-        return EXIT_UNSUPPORTED
+        return VerifyExit.UNSUPPORTED
     if Verdict.INCONCLUSIVE in verdicts:
-        return EXIT_SOME_NOT_JUDGED
+        return VerifyExit.SOME_NOT_JUDGED
     if Verdict.NO_CHECKPOINT in verdicts:
-        return EXIT_NO_CHECKPOINT_YET
-    return EXIT_ALL_OK
+        return VerifyExit.NO_CHECKPOINT_YET
+    return VerifyExit.ALL_OK
 
 
 @click.command(
     "verify",
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog=(
-        "\b\nExit status:\n"
-        "  0  every file passed\n"
-        "  1  at least one file failed (FAIL)\n"
-        "  2  usage error (bad option, no PATH)\n"
-        "  3  no file failed, but at least one could not be judged (INCONCLUSIVE:\n"
-        "     the probe timed out or could not start); try a longer --timeout\n"
-        "  4  no file failed, but at least one is in a checkpoint format newer than\n"
-        "     this gpt2sup reads (UNSUPPORTED: not damaged; upgrade gpt2sup)\n"
-        "  5  nothing failed, but a directory holds no checkpoint yet (NO CHECKPOINT\n"
-        "     YET: a run before its first save)\n"
+        exit_status_epilog(VerifyExit) + "\n"
         "\b\nExamples:\n"
         "  gpt2sup verify log/model_00500.pt\n"
         "  gpt2sup verify log --deep\n"
