@@ -54,7 +54,7 @@ from typing import IO, Any, NamedTuple
 
 from shared.checkpoint_crc import check_zip_crc
 from shared.exit_codes import ProbeExit
-from shared.run_dir import step_from_checkpoint_name
+from shared.run_dir import scan_checkpoints, step_from_checkpoint_name
 from shared.vocabulary import Verdict
 from supervisor.messages import signal_name
 
@@ -232,7 +232,7 @@ def cut_short_hint(size: int, siblings: Sequence[Sibling]) -> str:
 
 
 def list_siblings(path: Path, cache: dict[Path, list[Sibling]] | None = None) -> list[Sibling]:
-    """The other ``model_N.pt`` regular files in ``path``'s directory, with their layouts.
+    """The other checkpoints of ``path``'s directory (``scan_checkpoints``' rule), with their layouts.
 
     Siblings come from the directory listing, not from the paths the user named, so verifying a
     single file still compares it with the rest of its run.
@@ -240,21 +240,11 @@ def list_siblings(path: Path, cache: dict[Path, list[Sibling]] | None = None) ->
     directory = path.resolve().parent
     cache = cache if cache is not None else {}
     if directory not in cache:
-        found: list[Sibling] = []
         try:
-            entries = list(os.scandir(directory))
+            listed = scan_checkpoints(directory)
         except OSError:
-            entries = []
-        for entry in entries:
-            if step_from_checkpoint_name(entry.name) is None:
-                continue
-            try:
-                if entry.is_file(follow_symlinks=False):
-                    found.append(Sibling(Path(entry.path), entry.stat(follow_symlinks=False).st_size,
-                                         tensor_layout(Path(entry.path))))
-            except OSError:
-                continue
-        cache[directory] = found
+            listed = []
+        cache[directory] = [Sibling(file.path, file.size, tensor_layout(file.path)) for file in listed]
     me = path.resolve()
     return [s for s in cache[directory] if s.path != me]
 

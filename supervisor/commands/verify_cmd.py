@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from shared.exit_codes import VerifyExit, exit_status_epilog
-from shared.run_dir import step_from_checkpoint_name
+from shared.run_dir import scan_checkpoints
 from shared.vocabulary import Verdict
 from supervisor.checkpoint_selection import read_quarantine_record
 from supervisor.checkpoint_validation import (
@@ -43,7 +43,8 @@ class ProbeTimeout(click.ParamType):
 
 
 def expand_paths(raw_paths: tuple[str, ...]) -> list[Path | ValidationResult]:
-    """Files stay as given; a directory becomes its ``model_N.pt`` files sorted by step.
+    """Files stay as given; a directory becomes its checkpoints (``scan_checkpoints``: regular
+    ``model_N.pt`` files, symlinks not followed) sorted by step.
 
     A directory holding no checkpoint becomes a ready-made "no checkpoint yet" line (nothing
     failed: a run before its first save), one that cannot be listed a ready-made failure, each in
@@ -55,12 +56,8 @@ def expand_paths(raw_paths: tuple[str, ...]) -> list[Path | ValidationResult]:
         if not path.is_dir():
             items.append(path)
             continue
-        found: list[tuple[int, Path]] = []
         try:
-            for entry in path.iterdir():
-                step = step_from_checkpoint_name(entry.name)
-                if step is not None and entry.is_file():
-                    found.append((step, entry))
+            found = scan_checkpoints(path)
         except OSError as error:
             items.append(ValidationResult(path=raw, ok=False, reason=f"cannot list directory: {error.strerror or error}"))
             continue
@@ -68,7 +65,7 @@ def expand_paths(raw_paths: tuple[str, ...]) -> list[Path | ValidationResult]:
             items.append(ValidationResult(path=raw, ok=False, no_checkpoint=True,
                                           reason="no checkpoint yet: the directory holds no model_*.pt "
                                                  "(a run writes its first one at its first save)"))
-        items.extend(entry for _, entry in sorted(found, key=lambda item: item[0]))
+        items.extend(file.path for file in found)
     return items
 
 
