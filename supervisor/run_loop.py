@@ -91,7 +91,7 @@ class Supervisor:
         self.config = config
         # Multi-node: this node's rank. Node R >= 1 has its own lock, state, attempt logs and
         # incidents (RunDir), so the nodes can share one directory; every event names its node.
-        self.node = config.multi_node.node_rank if config.multi_node is not None else None
+        self.node = config.node
         self.run_dir = RunDir.at(config.log_dir, self.node)
         self.journal = Journal(self.run_dir, reporter, node=self.node)
         self.lock = RunLock(self.run_dir.supervisor_lock)
@@ -119,7 +119,7 @@ class Supervisor:
         # The real cycle keeps one warm load-probe child and validates checkpoints as they are
         # written (supervisor.background_validation); node R >= 1 never validates.
         self.validator: WarmValidator | None = None
-        if select is select_checkpoint_for_restart and attempts is None and not self.node:
+        if select is select_checkpoint_for_restart and attempts is None and self.config.is_node_zero:
             self.validator = WarmValidator(self.run_dir.root, config.probe_timeout)
             self._select = self.validator.select
             self.attempts.validator = self.validator  # type: ignore[attr-defined]  # offered each new checkpoint
@@ -499,7 +499,7 @@ class Supervisor:
     # -- checkpoints -------------------------------------------------------------------------------
     def _quarantine_rejected(self, result: AttemptResult) -> None:
         """Worker exit 4 is a verdict on the file it was given: set it aside, as a failed validation."""
-        if self.node:
+        if not self.config.is_node_zero:
             return  # node 0's supervisor judges the run's checkpoints (its writer read the file)
         state = self.journal.state
         name = result.bad_checkpoint or (state.newest_checkpoint if state is not None else None)
@@ -528,7 +528,7 @@ class Supervisor:
 
     def _choose_checkpoint(self) -> int | None:
         """Validate newest-first, quarantine, re-point the link. Returns the step to resume from."""
-        if self.node:
+        if not self.config.is_node_zero:
             return self._node_0_decides()
         with self.stops.interruptible():  # a load-probe can take minutes: Ctrl-C must not wait for it
             selection = self._select(self.run_dir.root, probe_timeout=self.config.probe_timeout)

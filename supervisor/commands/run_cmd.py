@@ -305,7 +305,7 @@ def _supervise(config: RunConfig) -> SupervisorExit:
         return supervisor.run()
     except RunLockHeld as exc:
         pid = exc.pid
-        node = config.multi_node.node_rank if config.multi_node is not None else None
+        node = config.node
         if pid is None:
             state = read_supervisor_state(RunDir.at(config.log_dir, node).supervisor_state)
             pid = state.pid if state is not None else None
