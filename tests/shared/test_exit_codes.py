@@ -23,7 +23,9 @@ from shared.exit_codes import (
     exit_status_epilog,
 )
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+# Where the exit-code tables are: README's "## Exit codes" (the worker's may live in docs/worker.md).
+EXIT_CODE_PAGES = (ROOT / "README.md", ROOT / "docs" / "worker.md")
 # README's "command" cell -> the enum it documents
 README_COMMANDS: dict[str, type[ExitCode]] = {
     "`gpt2sup run`": SupervisorExit,
@@ -49,9 +51,16 @@ CLI_COMMANDS: dict[type[ExitCode], tuple[str, str]] = {
 
 
 def readme_exit_codes() -> dict[str, set[int]]:
-    """Each command's codes in README's "Exit codes" table (a blank command cell continues the row above)."""
-    section = README.read_text(encoding="utf-8").split("\n## Exit codes\n", 1)[1].split("\n## ", 1)[0]
+    """Each command's codes in the "## Exit codes" tables (a blank command cell continues the row
+    above; a row whose codes are not plain numbers, such as a pointer to another page, is skipped)."""
     codes: dict[str, set[int]] = {}
+    for page in EXIT_CODE_PAGES:
+        if page.exists() and "\n## Exit codes\n" in (text := page.read_text(encoding="utf-8")):
+            _add_table_codes(text.split("\n## Exit codes\n", 1)[1].split("\n## ", 1)[0], codes)
+    return codes
+
+
+def _add_table_codes(section: str, codes: dict[str, set[int]]) -> None:
     command = ""
     for line in section.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
@@ -59,7 +68,6 @@ def readme_exit_codes() -> dict[str, set[int]]:
             continue
         command = cells[0] or command
         codes.setdefault(command, set()).update(int(code) for code in cells[1].split(" / "))
-    return codes
 
 
 def test_readme_lists_exactly_the_codes_of_each_enum():
