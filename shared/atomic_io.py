@@ -155,3 +155,57 @@ def read_file_tail(path: Path, max_bytes: int) -> tuple[bytes, bool]:
             return handle.read(size - start), start > 0
     except OSError:
         return b"", False
+
+
+JSONL_TAIL_BYTES = 64 * 1024  # what a tail read of a JSONL file looks at by default
+
+
+def read_jsonl(path: Path, max_records: int | None = None,
+               tail_bytes: int = JSONL_TAIL_BYTES) -> list[dict[str, Any]]:
+    """The well-formed JSON object lines of ``path``, oldest first; a torn or foreign line is skipped.
+
+    The one tolerant JSONL reader (events.jsonl, metrics.jsonl are appended while they are read).
+    Without ``max_records`` the whole file is read, parsed as one JSON array first (several times
+    faster than line by line, which matters to ``gpt2sup status`` on a long run); only a file with
+    a bad line pays for the line-by-line pass. With ``max_records``, only the last ``max_records``
+    objects within the last ``tail_bytes``: the read seeks from the end, so its cost does not grow
+    with the file, and a line cut by the seek is skipped rather than trusted.
+    """
+    if max_records is not None:
+        return _read_jsonl_tail(path, max_records, tail_bytes)
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    try:
+        records = json.loads("[" + ",".join(line for line in text.splitlines() if line.strip()) + "]")
+    except ValueError:
+        records = []
+        for line in text.splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return [record for record in records if isinstance(record, dict)]
+
+
+def _read_jsonl_tail(path: Path, max_records: int, tail_bytes: int) -> list[dict[str, Any]]:
+    chunk, cut = read_file_tail(path, tail_bytes)
+    lines = chunk.split(b"\n")
+    if cut:
+        lines = lines[1:]  # first line is probably partial
+    records: list[dict[str, Any]] = []
+    for raw in reversed(lines):
+        if len(records) >= max_records:
+            break
+        raw = raw.strip()
+        if not raw:
+            continue
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    records.reverse()
+    return records

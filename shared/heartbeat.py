@@ -6,7 +6,6 @@ would keep beating while the loop is stuck, which is exactly the hang we must de
 """
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -61,11 +60,6 @@ class Heartbeat:
     def from_dict(cls, data: dict[str, Any]) -> Heartbeat:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
-
-    def age(self, now: float | None = None) -> float:
-        """Seconds since ``time`` by the reader's clock, never negative. Only meaningful when the
-        reader and the rank share a clock; verdicts use what the supervisor observed instead."""
-        return max(0.0, (time.time() if now is None else now) - self.time)
 
 
 def write_heartbeat(path: Path, heartbeat: Heartbeat) -> None:

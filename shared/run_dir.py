@@ -33,6 +33,31 @@ class CheckpointFile(NamedTuple):
     size: int
 
 
+def scan_checkpoints(directory: Path) -> list[CheckpointFile]:
+    """The complete checkpoint files (``model_N.pt``) of ``directory``, sorted by step ascending:
+    the one lister (the run's checkpoints, a file's siblings, ``gpt2sup verify DIR``).
+
+    Symlink rule: only regular files count, a symlink is never followed, whatever it is named. A
+    run's checkpoints are files its trainer wrote there; a link named like one would count its
+    target twice (selection, pruning, the sibling median) or a file of another directory. A path
+    the user names is still followed by the validation itself. Staging ``.tmp`` and quarantined
+    ``.corrupt`` files never match the name; a file that vanishes while we list is skipped.
+    Raises ``OSError`` when the directory itself cannot be listed (callers say what that means).
+    """
+    found: list[CheckpointFile] = []
+    for entry in list(os.scandir(directory)):
+        step = step_from_checkpoint_name(entry.name)
+        if step is None:
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False):
+                found.append(CheckpointFile(step, Path(entry.path), entry.stat(follow_symlinks=False).st_size))
+        except OSError:
+            continue
+    found.sort(key=lambda item: item.step)
+    return found
+
+
 NODE_STATE_RE = re.compile(r"^supervisor\.node(\d+)\.json$")
 GIVE_UP_NAME = "give_up.json"
 STOP_REQUEST_NAME = "stop_request.json"
@@ -162,27 +187,11 @@ class RunDir:
 
     # --- listings ---------------------------------------------------------------------------
     def list_checkpoints(self) -> list[CheckpointFile]:
-        """Complete checkpoint files (``model_N.pt``), sorted by step ascending.
-
-        Staging ``.tmp`` files and quarantined ``.corrupt`` files never match the pattern; a file
-        that vanishes while we list is skipped.
-        """
-        found: list[CheckpointFile] = []
+        """:func:`scan_checkpoints` of the run directory; none when it cannot be listed."""
         try:
-            entries = list(os.scandir(self.root))
+            return scan_checkpoints(self.root)
         except OSError:
             return []
-        for entry in entries:
-            step = step_from_checkpoint_name(entry.name)
-            if step is None:
-                continue
-            try:
-                if entry.is_file(follow_symlinks=False):
-                    found.append(CheckpointFile(step, Path(entry.path), entry.stat(follow_symlinks=False).st_size))
-            except OSError:
-                continue
-        found.sort(key=lambda item: item.step)
-        return found
 
     def newest_checkpoint(self) -> CheckpointFile | None:
         checkpoints = self.list_checkpoints()

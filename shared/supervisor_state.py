@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from shared.atomic_io import append_jsonl, rewrite_json, write_json_atomic
+from shared.atomic_io import append_jsonl, rewrite_json
 from shared.vocabulary import EventKind
 
 # The words in these files (states, event kinds) are the StrEnums of shared.vocabulary.
@@ -84,11 +84,6 @@ class SupervisorState:
             if isinstance(p, dict)
         ]
         return cls(**values)
-
-
-def write_supervisor_state(path: Path, state: SupervisorState) -> None:
-    state.updated_at = time.time()
-    write_json_atomic(path, state.to_dict())
 
 
 @dataclass(frozen=True)

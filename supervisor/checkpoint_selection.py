@@ -193,12 +193,6 @@ def select_checkpoint_for_restart(
     return selection
 
 
-def newest_checkpoint(run_dir: Path) -> tuple[int, Path, int] | None:
-    """(step, path, size) of the newest complete checkpoint file, unvalidated."""
-    newest = RunDir.at(run_dir).newest_checkpoint()
-    return (newest.step, newest.path, newest.size) if newest is not None else None
-
-
 @dataclass
 class PruneResult:
     deleted: list[CheckpointOnDisk]

@@ -53,8 +53,10 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from shared.checkpoint_crc import check_zip_crc
-from shared.run_dir import step_from_checkpoint_name
+from shared.exit_codes import ProbeExit
+from shared.run_dir import scan_checkpoints, step_from_checkpoint_name
 from shared.vocabulary import Verdict
+from supervisor.messages import signal_name
 
 SIBLING_SIZE_FRACTION = 0.5  # a broken zip below this fraction of its siblings' median: "cut short"
 # ``auto`` probe timeout per file: a multiple of this machine's measured ``import torch`` (the
@@ -68,7 +70,6 @@ AUTO_TIMEOUT_READ_BYTES_PER_S = 20e6
 PROBE_STARTUP_TIMEOUT_S = 300.0
 MAX_PROBE_TIMEOUT_S = 86400.0  # a day: longer is a typo (1e308), and timers overflow on such values
 PROBE_MODULE = "worker.checkpoint_probe"
-PROBE_EXIT_CANNOT_JUDGE = 3  # worker.checkpoint_probe.EXIT_CANNOT_JUDGE (not imported: it is the worker's)
 # A loader that dies of these signals crashed on the file's bytes; SIGKILL (the OOM killer, an
 # operator) and anything else say nothing about the file.
 _FILE_CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE}
@@ -231,7 +232,7 @@ def cut_short_hint(size: int, siblings: Sequence[Sibling]) -> str:
 
 
 def list_siblings(path: Path, cache: dict[Path, list[Sibling]] | None = None) -> list[Sibling]:
-    """The other ``model_N.pt`` regular files in ``path``'s directory, with their layouts.
+    """The other checkpoints of ``path``'s directory (``scan_checkpoints``' rule), with their layouts.
 
     Siblings come from the directory listing, not from the paths the user named, so verifying a
     single file still compares it with the rest of its run.
@@ -239,21 +240,11 @@ def list_siblings(path: Path, cache: dict[Path, list[Sibling]] | None = None) ->
     directory = path.resolve().parent
     cache = cache if cache is not None else {}
     if directory not in cache:
-        found: list[Sibling] = []
         try:
-            entries = list(os.scandir(directory))
+            listed = scan_checkpoints(directory)
         except OSError:
-            entries = []
-        for entry in entries:
-            if step_from_checkpoint_name(entry.name) is None:
-                continue
-            try:
-                if entry.is_file(follow_symlinks=False):
-                    found.append(Sibling(Path(entry.path), entry.stat(follow_symlinks=False).st_size,
-                                         tensor_layout(Path(entry.path))))
-            except OSError:
-                continue
-        cache[directory] = found
+            listed = []
+        cache[directory] = [Sibling(file.path, file.size, tensor_layout(file.path)) for file in listed]
     me = path.resolve()
     return [s for s in cache[directory] if s.path != me]
 
@@ -291,13 +282,6 @@ def default_probe_memory_cap(size_bytes: int | None) -> int:
     """The probe child's memory cap for files of ``size_bytes``: torch itself, plus the file twice
     (mapped pages, and a deep check's copies), never below ``PROBE_MEMORY_FLOOR``."""
     return max(PROBE_MEMORY_FLOOR, PROBE_MEMORY_FLOOR + 2 * int(size_bytes or 0))
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def _last_line(text: str, limit: int = 300) -> str:
@@ -518,11 +502,11 @@ class ProbeSession:
         if code is not None and code < 0:
             number = -code
             if number in _FILE_CRASH_SIGNALS:
-                return ProbeOutcome(None, f"load-probe killed by {_signal_name(number)} while loading "
+                return ProbeOutcome(None, f"load-probe killed by {signal_name(number)} while loading "
                                           "(the loader crashes on this file)", False, seconds)
-            return ProbeOutcome(None, f"load-probe killed by {_signal_name(number)} (out of memory, or "
+            return ProbeOutcome(None, f"load-probe killed by {signal_name(number)} (out of memory, or "
                                       "stopped from outside; not judged)", True, seconds)
-        if code == PROBE_EXIT_CANNOT_JUDGE:
+        if code == ProbeExit.CANNOT_JUDGE:
             return ProbeOutcome(None, f"load-probe could not run: {tail or 'torch unavailable'}", True, seconds)
         return ProbeOutcome(None, f"load-probe failed on its own (exit status {code}"
                                   + (f": {tail}" if tail else "") + "; not judged)", True, seconds)

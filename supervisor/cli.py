@@ -7,10 +7,22 @@ from __future__ import annotations
 
 import importlib
 import sys
+import textwrap
 
 import click
 
-from shared.exit_codes import SupervisorExit
+from shared.exit_codes import (
+    HELP_WIDTH,
+    ConvertExit,
+    ExitCode,
+    ExportExit,
+    ReportExit,
+    StatusExit,
+    StopExit,
+    SupervisorExit,
+    VerifyExit,
+    exit_code_summary,
+)
 from supervisor.output_guard import guard_console
 
 # command name -> (module, attribute, one-line help shown in `gpt2sup --help`)
@@ -22,6 +34,13 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "convert": ("supervisor.commands.convert_cmd", "convert", "Rewrite a build-nanogpt checkpoint in gpt2sup's format."),
     "export": ("supervisor.commands.export_cmd", "export", "Write a checkpoint as a Hugging Face GPT-2 directory."),
     "report": ("supervisor.commands.report_cmd", "report", "Write a run's curves and fault history as one HTML page."),
+}
+
+
+# command name -> its exit codes (``gpt2sup --help`` lists them all)
+_EXIT_CODES: dict[str, type[ExitCode]] = {
+    "run": SupervisorExit, "status": StatusExit, "stop": StopExit, "verify": VerifyExit,
+    "convert": ConvertExit, "export": ExportExit, "report": ReportExit,
 }
 
 
@@ -45,7 +64,16 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def _exit_codes_epilog() -> str:
+    """Every command's exit codes in one line each, from ``shared.exit_codes``."""
+    lines = ["\b", "Exit codes (each command's --help says more):"]
+    for name, codes in _EXIT_CODES.items():
+        lines += textwrap.wrap(exit_code_summary(codes), HELP_WIDTH, initial_indent=f"  {name:<9}",
+                               subsequent_indent=" " * 11)
+    return "\n".join(lines)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=_exit_codes_epilog())
 @click.version_option(package_name="gpt2sup")
 def cli() -> None:
     """Fault-tolerant supervisor for GPT-2 pre-training.
@@ -56,15 +84,6 @@ def cli() -> None:
     gpt2sup verify log/model_00500.pt is this checkpoint sound?
     gpt2sup stop                      save at the next step and exit
     gpt2sup report                    log/report.html: curves, faults, goodput
-
-    Exit codes of run: 0 finished, 1 internal error, 2 refused or bad usage, 3 gave up,
-    4 stopped on request (Ctrl-C, SIGTERM, SIGHUP, `gpt2sup stop`), 5 finished but the final
-    checkpoint could not be saved, 6 a checkpoint's format is newer than this gpt2sup reads,
-    7 finished but the final checkpoint is NOT in the --checkpoint-uri store.
-    verify: 0 all OK, 1 a check failed, 2 bad usage, 3 some inconclusive, 4 some in a newer
-    format (unsupported), 5 a directory holds no checkpoint yet. convert: 0 written and valid, 1 not converted, 2 bad usage. export: 0 written,
-    1 not exported, 2 bad usage. report: 0 written, 1 no run, 2 bad usage, 3 not written. Each
-    command's --help says more.
     """
 
 

@@ -41,6 +41,7 @@ def run_command(log_dir: str | Path, cwd: str | Path, worker_module: str | None 
 
 
 def signal_name(signum: int) -> str:
+    """``SIGKILL`` for 9; a number with no name (a real-time signal) as ``signal 40``."""
     try:
         return signal.Signals(signum).name
     except ValueError:

@@ -28,6 +28,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from supervisor.torchrun import RDZV_DEFAULT_PORT
+
 # A client's connect and each store call give up after this long (a reachable store answers in
 # milliseconds); node R >= 1 retries the connection this often while node 0's store is not up.
 CLIENT_TIMEOUT_S = 2.0
@@ -43,7 +45,7 @@ GRACE_EXTRA_S = 5.0
 def coordination_address(rdzv_endpoint: str, port: int | None) -> tuple[str, int] | None:
     """``(host, port)`` of node 0's store: the rendezvous host, ``port`` or the rendezvous port + 1.
 
-    ``port`` 0 turns the store off (None); an endpoint without a port means torchrun's 29400.
+    ``port`` 0 turns the store off (None); an endpoint without a port means torchrun's ``RDZV_DEFAULT_PORT``.
     """
     if port == 0:
         return None
@@ -53,7 +55,7 @@ def coordination_address(rdzv_endpoint: str, port: int | None) -> tuple[str, int
     host = host.strip("[]") or "127.0.0.1"
     if port is None:
         try:
-            port = (int(rdzv_port) if rdzv_port else 29400) + 1
+            port = (int(rdzv_port) if rdzv_port else RDZV_DEFAULT_PORT) + 1
         except ValueError:
             return None
     return (host, port) if 0 < port < 65536 else None

@@ -24,10 +24,6 @@ class GuardedStream(io.TextIOBase):
         self.broken: OSError | None = None
 
     @property
-    def wrapped(self) -> TextIO:
-        return self._stream
-
-    @property
     def encoding(self) -> str:  # type: ignore[override]
         return getattr(self._stream, "encoding", "utf-8") or "utf-8"
 

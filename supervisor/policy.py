@@ -103,8 +103,11 @@ def phase_timeouts(config: TimeoutConfig, seen: Measurements) -> dict[Phase, flo
     return timeouts
 
 
-def stop_allowance(timeouts: Mapping[Phase, float]) -> float:
-    """How long a stop request may take: finish the current step, then save (``--stop-timeout auto``)."""
+def stop_allowance(timeouts: Mapping[Phase, float], configured: float | None = None) -> float:
+    """How long a stop request may take: ``--stop-timeout`` when given, else (``auto``) finish the
+    current step, then save. The one rule for the live run's stops and for stopping orphans."""
+    if configured is not None:
+        return configured
     return timeouts[Phase.TRAIN] + timeouts[Phase.CHECKPOINT]
 
 

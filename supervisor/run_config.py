@@ -62,6 +62,11 @@ class MultiNode:
     # nodes agree on an ending (supervisor.node_coordination); None: the rendezvous port + 1; 0: off.
     coordination_port: int | None = None
 
+    @property
+    def is_node_zero(self) -> bool:
+        """Node 0 (``--node-rank`` 0, or not given: torchrun's default), the leader's node."""
+        return self.node_rank in (None, 0)
+
 
 @dataclass
 class RunConfig:
@@ -89,6 +94,18 @@ class RunConfig:
     checkpoint_uri: str | None = None
     upload_timeout: float = 300.0  # how long an ending waits for the last checkpoint's upload
     launcher: list[str] = field(default_factory=lambda: [sys.executable, "-m", "torch.distributed.run"])
+
+    @property
+    def node(self) -> int | None:
+        """This supervisor's ``--node-rank`` in a multi-node run; None for a one-node run."""
+        return self.multi_node.node_rank if self.multi_node is not None else None
+
+    @property
+    def is_node_zero(self) -> bool:
+        """Whether this supervisor is the run's leader: the only one, or node 0's. Only node 0's
+        judges the run's checkpoints, writes them and speaks for the whole run (one answer for
+        every "is this node 0 / the leader" question in supervisor/)."""
+        return self.multi_node is None or self.multi_node.is_node_zero
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready, for ``supervisor.json["run_config"]``."""

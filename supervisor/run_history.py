@@ -21,14 +21,13 @@ How time is accounted (docs/report.md says the same for users):
 """
 from __future__ import annotations
 
-import json
 import math
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.atomic_io import read_json
+from shared.atomic_io import read_json, read_jsonl
 from shared.run_dir import RunDir, step_from_checkpoint_name
 from shared.vocabulary import EventKind
 
@@ -167,30 +166,9 @@ class RunHistory:
 # --- reading ---------------------------------------------------------------------------------------
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every well-formed JSON object line of ``path``; a torn or foreign line is skipped.
-
-    The whole file is parsed as one JSON array first (several times faster than line by line,
-    which matters to ``gpt2sup status`` on a long run); only a file with a bad line pays for the
-    line-by-line pass.
-    """
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    try:
-        records = json.loads("[" + ",".join(line for line in text.splitlines() if line.strip()) + "]")
-    except ValueError:
-        records = []
-        for line in text.splitlines():
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-    return [record for record in records if isinstance(record, dict)]
-
-
-def _number(value: Any) -> float | None:
+def finite_number(value: Any) -> float | None:
+    """``value`` as a float when it is a finite JSON number (not a bool, NaN or infinity), else None:
+    the records read here are appended by other processes and may hold anything."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) else None
@@ -200,18 +178,18 @@ def step_records(metrics: list[dict[str, Any]]) -> list[StepRecord]:
     """One record per step (the last one written wins), sorted by step."""
     by_step: dict[int, StepRecord] = {}
     for record in metrics:
-        step, when = record.get("step"), _number(record.get("time"))
+        step, when = record.get("step"), finite_number(record.get("time"))
         if not isinstance(step, int) or isinstance(step, bool) or when is None:
             continue
-        values = {key: v for key in (*CURVE_KEYS, "dt") if (v := _number(record.get(key))) is not None}
+        values = {key: v for key in (*CURVE_KEYS, "dt") if (v := finite_number(record.get(key))) is not None}
         by_step[step] = StepRecord(step, when, values)
     return [by_step[s] for s in sorted(by_step)]
 
 
 def sessions_of(events: list[dict[str, Any]], steps: list[StepRecord], live_until: float | None) -> list[tuple[float, float]]:
     """(start, end) of each ``gpt2sup run`` session; one span of the steps for a run without a supervisor."""
-    times = sorted(t for e in events if (t := _number(e.get("time"))) is not None)
-    starts = [t for e in events if e.get("event") == EventKind.SUPERVISOR_STARTED and (t := _number(e.get("time"))) is not None]
+    times = sorted(t for e in events if (t := finite_number(e.get("time"))) is not None)
+    starts = [t for e in events if e.get("event") == EventKind.SUPERVISOR_STARTED and (t := finite_number(e.get("time"))) is not None]
     step_times = sorted(r.time for r in steps)
     if not starts:
         if not step_times:
@@ -240,15 +218,15 @@ def _session_lengths(events: list[dict[str, Any]]) -> dict[float, float]:
     say how long into it they were written (``elapsed_s``, the supervisor's monotonic clock)."""
     longest: dict[float, float] = {}
     for event in events:
-        key, elapsed = _number(event.get("session_start")), _number(event.get("elapsed_s"))
+        key, elapsed = finite_number(event.get("session_start")), finite_number(event.get("elapsed_s"))
         if key is not None and elapsed is not None and elapsed >= 0:
             longest[key] = max(longest.get(key, 0.0), elapsed)
     lengths = {}
     for event in events:
         if event.get("event") == EventKind.SUPERVISOR_STARTED:
-            start, key = _number(event.get("time")), _number(event.get("session_start"))
+            start, key = finite_number(event.get("time")), finite_number(event.get("session_start"))
             if start is not None and key in longest:
-                lengths[start] = max(0.0, longest[key] - (_number(event.get("elapsed_s")) or 0.0))
+                lengths[start] = max(0.0, longest[key] - (finite_number(event.get("elapsed_s")) or 0.0))
     return lengths
 
 
@@ -286,9 +264,9 @@ def _next_event(events: list[dict[str, Any]], start: int, kinds: tuple[str, ...]
 def recoveries_of(events: list[dict[str, Any]], timeline: _Timeline, end_of_time: float) -> list[Recovery]:
     found = []
     for index, event in enumerate(events):
-        if event.get("event") not in FAILURE_EVENTS or (failed_at := _number(event.get("time"))) is None:
+        if event.get("event") not in FAILURE_EVENTS or (failed_at := finite_number(event.get("time"))) is None:
             continue
-        beat = _number(event.get("last_beat_time"))
+        beat = finite_number(event.get("last_beat_time"))
         progress_at = min(beat, failed_at) if beat is not None else failed_at
         failed_step = event.get("step") if isinstance(event.get("step"), int) and event["step"] >= 0 else None
         later = (EventKind.LAUNCHED, *FAILURE_EVENTS)
@@ -313,7 +291,7 @@ def faults_of(events: list[dict[str, Any]], timeline: _Timeline) -> list[Fault]:
     faults = []
     for index, event in enumerate(events):
         kind = str(event.get("event"))
-        when = _number(event.get("time"))
+        when = finite_number(event.get("time"))
         if kind in ROUTINE_EVENTS or when is None:
             continue
         checkpoint = event.get("checkpoint") if isinstance(event.get("checkpoint"), str) else None
@@ -353,12 +331,12 @@ def checkpoint_rows(run: RunDir, events: list[dict[str, Any]], timeline: _Timeli
     said: dict[str, list[tuple[float, str]]] = {}
     for event in events:
         name = event.get("checkpoint")
-        when = _number(event.get("time"))
+        when = finite_number(event.get("time"))
         if not isinstance(name, str) or when is None:
             continue
         if event.get("event") == EventKind.CHECKPOINT_VALID:
             verdict = "inconclusive (used unverified)" if event.get("inconclusive") else "valid"
-            seconds = _number(event.get("seconds"))
+            seconds = finite_number(event.get("seconds"))
             said.setdefault(name, []).append(
                 (when, f"{verdict}, resumed from it" + (f" (checked in {seconds:.1f}s)" if seconds is not None else "")))
         elif event.get("event") == EventKind.QUARANTINED:
@@ -452,7 +430,7 @@ def _run_events(run: RunDir) -> list[dict[str, Any]]:
     records = read_jsonl(run.events)
     first = min((n for e in records if isinstance(n := e.get("node"), int)), default=None)
     events = [e for e in records if e.get("node") in (None, first)]
-    return sorted(events, key=lambda e: _number(e.get("time")) or 0.0)
+    return sorted(events, key=lambda e: finite_number(e.get("time")) or 0.0)
 
 
 def measure_goodput(log_dir: Path | str, *, live_until: float | None = None) -> Goodput | None:

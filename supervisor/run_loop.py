@@ -94,7 +94,7 @@ class Supervisor:
         self.config = config
         # Multi-node: this node's rank. Node R >= 1 has its own lock, state, attempt logs and
         # incidents (RunDir), so the nodes can share one directory; every event names its node.
-        self.node = config.multi_node.node_rank if config.multi_node is not None else None
+        self.node = config.node
         self.run_dir = RunDir.at(config.log_dir, self.node)
         self.journal = Journal(self.run_dir, reporter, node=self.node)
         self.lock = RunLock(self.run_dir.supervisor_lock)
@@ -122,7 +122,7 @@ class Supervisor:
         # The real cycle keeps one warm load-probe child and validates checkpoints as they are
         # written (supervisor.background_validation); node R >= 1 never validates.
         self.validator: WarmValidator | None = None
-        if select is select_checkpoint_for_restart and attempts is None and not self.node:
+        if select is select_checkpoint_for_restart and attempts is None and self.config.is_node_zero:
             self.validator = WarmValidator(self.run_dir.root, config.probe_timeout)
             self._select = self.validator.select
             self.attempts.validator = self.validator  # type: ignore[attr-defined]  # offered each new checkpoint
@@ -504,16 +504,15 @@ class Supervisor:
                            survivors=report.survivors, seconds=round(report.seconds, 2))
 
     def _stop_timeout(self) -> float:
-        if self.config.stop_timeout is not None:
-            return self.config.stop_timeout
+        """``policy.stop_allowance`` before any attempt: only the newest checkpoint's size is known."""
         newest = self.run_dir.newest_checkpoint()
         seen = policy.Measurements(newest_checkpoint_bytes=newest.size if newest else None)
-        return policy.stop_allowance(policy.phase_timeouts(self.config.timeouts, seen))
+        return policy.stop_allowance(policy.phase_timeouts(self.config.timeouts, seen), self.config.stop_timeout)
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _quarantine_rejected(self, result: AttemptResult) -> None:
         """Worker exit 4 is a verdict on the file it was given: set it aside, as a failed validation."""
-        if self.node:
+        if not self.config.is_node_zero:
             return  # node 0's supervisor judges the run's checkpoints (its writer read the file)
         state = self.journal.state
         name = result.bad_checkpoint or (state.newest_checkpoint if state is not None else None)
@@ -542,7 +541,7 @@ class Supervisor:
 
     def _choose_checkpoint(self) -> int | None:
         """Validate newest-first, quarantine, re-point the link. Returns the step to resume from."""
-        if self.node:
+        if not self.config.is_node_zero:
             return self._node_0_decides()
         selection = self._select_with_remote()
         unsupported = selection.unsupported

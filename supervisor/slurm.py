@@ -12,7 +12,7 @@ Which variables, and why in this order (a step may run on a subset of the job's 
 - node list (its first host is node 0, the rendezvous host): ``SLURM_STEP_NODELIST``,
   ``SLURM_JOB_NODELIST``, ``SLURM_NODELIST``
 - node rank: ``SLURM_NODEID``; run id: ``SLURM_JOB_ID``
-- port: ``GPT2SUP_RDZV_PORT``, else 29500 (torchrun's usual one)
+- port: ``GPT2SUP_RDZV_PORT``, else 29400 (torchrun's own default for ``--rdzv-endpoint``)
 
 Only a job on more than one node is filled in; a one-node job stays ``--standalone``. A value the
 user gave on the command line is never replaced.
@@ -23,7 +23,9 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 
-DEFAULT_PORT = 29500
+from supervisor.torchrun import RDZV_DEFAULT_PORT
+
+DEFAULT_PORT = RDZV_DEFAULT_PORT
 PORT_ENV = "GPT2SUP_RDZV_PORT"
 NNODES_VARS = ("SLURM_STEP_NUM_NODES", "SLURM_NNODES", "SLURM_JOB_NUM_NODES")
 NODELIST_VARS = ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST")
@@ -145,11 +147,6 @@ def expand_host(pattern: str, whole: str | None = None) -> Iterator[str]:
     if not pieces:
         raise SlurmError(f"empty host name in host list {whole!r}")
     return _combine(pieces)
-
-
-def expand_hostlist(text: str) -> list[str]:
-    """Every host of a SLURM host list (tests and small lists; ``first_host`` for the endpoint)."""
-    return [host for pattern in split_hostlist(text) for host in expand_host(pattern, text)]
 
 
 def first_host(text: str) -> str:

@@ -9,7 +9,6 @@ checkpoints are only ``stat``-ed and ``metrics.jsonl`` / ``events.jsonl`` are re
 """
 from __future__ import annotations
 
-import json
 import os
 import socket
 import statistics
@@ -20,7 +19,7 @@ from typing import Any
 
 import psutil
 
-from shared.atomic_io import read_file_tail
+from shared.atomic_io import read_file_tail, read_jsonl
 from shared.heartbeat import Heartbeat, read_heartbeat
 from shared.process_identity import CREATE_TIME_TOLERANCE_S, same_process_alive
 from shared.run_dir import QUARANTINE_SUFFIX, RunDir
@@ -34,7 +33,7 @@ from shared.vocabulary import (
     SupervisorStateName,
 )
 from supervisor import policy
-from supervisor.run_history import Goodput, measure_goodput
+from supervisor.run_history import Goodput, finite_number, measure_goodput
 
 # How much of a JSONL file's end to read. A metrics line is ~150 bytes, so this holds hundreds
 # of steps while keeping the read constant-time however long the run has been going.
@@ -68,7 +67,6 @@ class RunVerdict(StrEnum):
     NO_RUN = "no run"
 
 
-VERDICTS = tuple(RunVerdict)
 # While one of these holds, something is training and an ETA means something.
 ACTIVE_VERDICTS = frozenset({RunVerdict.RUNNING, RunVerdict.BARE_WORKER})
 _TERMINAL_VERDICT = {
@@ -292,37 +290,8 @@ def _live_process(pid: Any) -> psutil.Process | None:
 
 
 # --- file readers --------------------------------------------------------------------------------
-def read_jsonl_tail(path: Path, max_records: int, tail_bytes: int = TAIL_BYTES) -> list[dict[str, Any]]:
-    """The last ``max_records`` well-formed JSON objects of a JSONL file, oldest first.
-
-    Seeks from the end, so the cost does not grow with the file. A line cut by the seek, or one
-    being appended right now, is skipped rather than trusted.
-    """
-    chunk, cut = read_file_tail(path, tail_bytes)
-    lines = chunk.split(b"\n")
-    if cut:
-        lines = lines[1:]  # first line is probably partial
-    records: list[dict[str, Any]] = []
-    for raw in reversed(lines):
-        if len(records) >= max_records:
-            break
-        raw = raw.strip()
-        if not raw:
-            continue
-        try:
-            record = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    records.reverse()
-    return records
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
 
 
 
@@ -331,7 +300,7 @@ def _phase_timeouts(raw: dict[str, Any]) -> dict[str, float]:
     timeouts = raw.get("phase_timeouts")
     if not isinstance(timeouts, dict):
         return {}
-    return {str(phase): float(v) for phase, v in timeouts.items() if _number(v) is not None}
+    return {str(phase): float(v) for phase, v in timeouts.items() if finite_number(v) is not None}
 
 
 def read_log_txt_newest(path: Path, kinds: tuple[str, ...] = ("val", "hella")) -> dict[str, tuple[int, float]]:
@@ -359,7 +328,7 @@ def _replay_check(events: list[dict[str, Any]]) -> ReplayCheckInfo | None:
             continue
         mismatch = event.get("first_mismatch")
         return ReplayCheckInfo(
-            time=_number(event.get("time")),
+            time=finite_number(event.get("time")),
             resumed_step=event.get("resumed_step") if isinstance(event.get("resumed_step"), int) else None,
             steps_compared=event.get("steps_compared") if isinstance(event.get("steps_compared"), int) else None,
             equal=event.get("equal") is True,
@@ -380,7 +349,7 @@ def _failure_recovered(state: SupervisorState, ranks: list[RankInfo]) -> bool:
         return True
     if state.attempt <= failure.attempt:
         return False
-    failed_at = _number(failure.time) or 0.0
+    failed_at = finite_number(failure.time) or 0.0
     return any(
         r.step >= 0 and r.phase != Phase.STARTUP and (r.heartbeat_time or 0.0) > failed_at
         and (failure.step is None or r.step > failure.step)
@@ -440,13 +409,13 @@ def _rank_info(hb: Heartbeat, now: float, written_at: float | None = None) -> Ra
         status=hb.status,
         step=hb.step,
         age_s=max(0.0, now - when),
-        loss=_number(hb.loss),
-        tokens_per_s=_number(hb.tokens_per_s),
+        loss=finite_number(hb.loss),
+        tokens_per_s=finite_number(hb.tokens_per_s),
         world_size=hb.world_size,
         max_steps=hb.max_steps,
         last_checkpoint=hb.last_checkpoint,
         message=hb.message,
-        heartbeat_time=_number(when),
+        heartbeat_time=finite_number(when),
         hostname=hb.hostname if isinstance(hb.hostname, str) else None,
         compute_median_s=_compute_median(hb.compute_s),
     )
@@ -508,9 +477,9 @@ def seconds_per_step(metrics_tail: list[dict[str, Any]]) -> float | None:
     records = [
         (m["step"], float(m["time"]))
         for m in metrics_tail[-ETA_WINDOW_STEPS:]
-        if isinstance(m.get("step"), int) and _number(m.get("time")) is not None
+        if isinstance(m.get("step"), int) and finite_number(m.get("time")) is not None
     ]
-    dts = [d for d in (_number(m.get("dt")) for m in metrics_tail[-ETA_WINDOW_STEPS:]) if d and d > 0]
+    dts = [d for d in (finite_number(m.get("dt")) for m in metrics_tail[-ETA_WINDOW_STEPS:]) if d and d > 0]
     typical = statistics.median(dts) if dts else None
     gap = max(RESTART_GAP_MIN_S, RESTART_GAP_STEPS * (typical or 0.0))
     start = 0
@@ -537,14 +506,14 @@ def _progress_info(
     if isinstance(metric_step, int) and (step is None or metric_step > step):
         step = metric_step  # heartbeats of a finished run may lag the metrics by nothing, or be gone
     max_steps = next((r.max_steps for r in ranks if isinstance(r.max_steps, int)), None)
-    loss = lead.loss if lead is not None and lead.loss is not None else _number(last_metric.get("loss"))
+    loss = lead.loss if lead is not None and lead.loss is not None else finite_number(last_metric.get("loss"))
     tok_s = (
         lead.tokens_per_s
         if lead is not None and lead.tokens_per_s is not None
-        else _number(last_metric.get("tokens_per_s"))
+        else finite_number(last_metric.get("tokens_per_s"))
     )
 
-    dts = [d for d in (_number(m.get("dt")) for m in metrics_tail[-ETA_WINDOW_STEPS:]) if d and d > 0]
+    dts = [d for d in (finite_number(m.get("dt")) for m in metrics_tail[-ETA_WINDOW_STEPS:]) if d and d > 0]
     step_time = statistics.median(dts) if dts else None
     rate = seconds_per_step(metrics_tail)
 
@@ -641,7 +610,7 @@ def collect_snapshot(run_dir: Path | str, now: float | None = None, *, with_good
     if supervisor is not None:
         for rank in ranks:
             rank.phase_timeout_s = supervisor.phase_timeouts.get(rank.phase)
-    metrics_tail = read_jsonl_tail(run.metrics, ETA_WINDOW_STEPS)
+    metrics_tail = read_jsonl(run.metrics, ETA_WINDOW_STEPS, TAIL_BYTES)
     checkpoints = _checkpoint_info(run, state)
 
     has_run = bool(
@@ -656,7 +625,7 @@ def collect_snapshot(run_dir: Path | str, now: float | None = None, *, with_good
     verdict = _verdict(supervisor, ranks, has_run)
     progress = _progress_info(ranks, metrics_tail, verdict in ACTIVE_VERDICTS, run.log_txt)
     disk = _disk_info(run.root)
-    events = read_jsonl_tail(run.events, 10_000, tail_bytes=EVENTS_TAIL_BYTES)
+    events = read_jsonl(run.events, 10_000, tail_bytes=EVENTS_TAIL_BYTES)
     return RunSnapshot(
         log_dir=str(run.root),
         time=now,

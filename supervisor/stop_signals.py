@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.atomic_io import write_json_atomic
+from supervisor.messages import signal_name
 from supervisor.policy import stop_is_forced
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -29,13 +30,6 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 class StopRequested(BaseException):
     """Raised out of an interruptible wait when a stop request arrives."""
-
-
-def signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
 
 
 class StopSignals:

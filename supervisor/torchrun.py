@@ -12,15 +12,18 @@ import re
 from pathlib import Path
 
 from shared.atomic_io import read_file_tail
+from shared.compile_cache import use_run_dir_compile_cache
 from shared.vocabulary import ATTEMPT_ID_ENV, NODE_RANK_ENV
 from supervisor.policy import RankExit
 from supervisor.process_tree import own_identity
 from supervisor.run_config import RunConfig
 
 LOG_TAIL_BYTES = 64 * 1024
+# torchrun's c10d rendezvous port when --rdzv-endpoint names none (torch.distributed.run's docs;
+# --master-port's 29500 is the static launcher's, not used here). gpt2sup's SLURM endpoint uses it too.
+RDZV_DEFAULT_PORT = 29400
 SUPERVISOR_ENV = "GPT2SUP_SUPERVISOR"  # <pid>:<create_time> of the supervisor; workers stop when it is gone
 MAX_LINE_CHARS = 300
-COMPILE_CACHE_DIR = "compile_cache"  # worker.compile_cache.CACHE_DIR_NAME
 
 _RANK_EXIT_RE = re.compile(r"rank\s*:\s*(\d+)[^\n]*\n\s*exitcode\s*:\s*(-?\d+)")
 # torchrun's own chatter, and the worker's routine per-step progress lines: neither says why it died.
@@ -77,13 +80,9 @@ def build_env(config: RunConfig, base: dict[str, str] | None = None, attempt_id:
     if not config.workers_outlive_supervisor:
         env[SUPERVISOR_ENV] = own_identity().token
     # --compile: inductor's caches in the run directory, so a relaunch does not compile from scratch
-    # (the worker sets the same itself, for bare runs: worker/compile_cache.py). A site's own wins.
+    # (the worker sets the same itself, for bare runs). A site's own wins.
     if "--compile" in config.worker_args:
-        cache = Path(config.log_dir).absolute() / COMPILE_CACHE_DIR
-        env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
-        env.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
-        env.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
-        env.setdefault("TRITON_CACHE_DIR", str(Path(env["TORCHINDUCTOR_CACHE_DIR"]) / "triton"))
+        use_run_dir_compile_cache(Path(config.log_dir), env)
     # Multi-node: the worker on node 0 writes the run's files, whatever global rank it gets.
     env.pop(NODE_RANK_ENV, None)
     if config.multi_node is not None and config.multi_node.node_rank is not None:
@@ -123,11 +122,6 @@ def worker_lines(log_text: str) -> list[str]:
                 cut = index
                 break
     return [line.rstrip() for line in lines[:cut] if not _NOISE_RE.search(line)]
-
-
-def meaningful_log_lines(log_text: str, count: int = 3) -> list[str]:
-    """The last ``count`` lines the worker printed, each cut to a readable length."""
-    return [line[:MAX_LINE_CHARS] for line in worker_lines(log_text)[-count:]]
 
 
 def error_line(log_text: str) -> str | None:

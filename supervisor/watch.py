@@ -180,10 +180,8 @@ class TorchrunAttempts:
         return {str(k): v for k, v in timeouts.items()}
 
     def stop_timeout(self) -> float:
-        """How long a stop request may take: ``--stop-timeout``, else a step and a save in force."""
-        if self.config.stop_timeout is not None:
-            return self.config.stop_timeout
-        return policy.stop_allowance(self.timeouts)
+        """``policy.stop_allowance`` with the timeouts in force (measured so far)."""
+        return policy.stop_allowance(self.timeouts, self.config.stop_timeout)
 
     # -- one attempt -----------------------------------------------------------------------------
     def run(self, number: int) -> AttemptResult:
@@ -402,7 +400,7 @@ class TorchrunAttempts:
         samples = {rank: beat.compute_s for rank, beat in every.items()
                    if isinstance(beat.compute_s, list) and beat.status == RankStatus.RUNNING}
         found = policy.find_stragglers(samples, flagged=live.stragglers)
-        announces_all = self.config.multi_node is None or self.config.multi_node.node_rank in (None, 0)
+        announces_all = self.config.is_node_zero
         if announces_all and live.peers:
             self._note_slow_hosts(live, samples, every)
         for straggler in found:
@@ -562,7 +560,7 @@ class TorchrunAttempts:
 
     def _final_checkpoint_valid(self, name: str) -> bool:
         """The final checkpoint a finished rank named passes validation (node 0 only writes it)."""
-        if self.config.multi_node is not None and self.config.multi_node.node_rank not in (None, 0):
+        if not self.config.is_node_zero:
             return True
         from supervisor.checkpoint_validation import validate_checkpoint
 
@@ -590,7 +588,7 @@ class TorchrunAttempts:
         # checkpoint; its workers exit 7 on every rank if the writer's final save failed.
         named = [str(b.last_checkpoint) for b in beats.values() if b.last_checkpoint]
         final = max(named, key=lambda name: step_from_checkpoint_name(name) or -1) if named else None
-        writes_checkpoints = self.config.multi_node is None or self.config.multi_node.node_rank in (None, 0)
+        writes_checkpoints = self.config.is_node_zero
         facts = policy.ExitFacts(
             returncode=code,
             statuses=[str(b.status) for b in beats.values()],

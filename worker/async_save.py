@@ -177,10 +177,6 @@ class BackgroundWrite:
             self._thread.join(timeout)
         return self.done
 
-    @property
-    def write_seconds(self) -> float:
-        return float(getattr(self.outcome, "seconds", 0.0) or 0.0)
-
 
 class BackgroundWriter:
     """At most one ``BackgroundWrite`` in flight; process exit waits for it (bounded)."""

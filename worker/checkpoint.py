@@ -126,7 +126,6 @@ class CheckpointManager:
         self.heartbeat = heartbeat
         self.distributed = distributed or Distributed(False, 0, 0, 1, "cpu")
         self.run_log = run_log  # log.txt records each failed save as "{step} checkpoint_failed ..."
-        self.last_saved_step: int | None = None
         self.last_checkpoint_name: str | None = None  # newest file this run saved or resumed from
         self.resumed_from: Path | None = None
         self.final_save_error: str | None = None  # why the last final save failed, on every rank
@@ -465,7 +464,6 @@ class CheckpointManager:
             if not disk_full and not _is_io_error(exc):
                 raise
             return self._failed(started, f"checkpoint of step {step} failed: {reason}")
-        self.last_saved_step = step
         self._prune(keep=final)
         return SaveOutcome(saved=True, path=final, seconds=time.perf_counter() - started, size_bytes=size)
 

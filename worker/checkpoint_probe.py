@@ -63,11 +63,10 @@ from shared.checkpoint_format import (
     newer_format_version,
     unsupported_format_message,
 )
+from shared.exit_codes import ProbeExit
 from shared.run_dir import step_from_checkpoint_name
 from worker.compiler_import import skip_compiler_import_for_optimizers
 
-EXIT_VERDICT = 0  # a verdict (good or bad) is on stdout
-EXIT_CANNOT_JUDGE = 3  # the environment is broken (no torch): not the file's fault
 TIED_NAME = "lm_head.weight"
 TIED_TO = "transformer.wte.weight"
 _MAX_NAMES_SHOWN = 3
@@ -502,17 +501,17 @@ def main(argv: list[str] | None = None) -> int:
             import_seconds = _import_for_probing()
         except Exception as error:  # noqa: BLE001  any import failure means "cannot judge", exit 3
             print(f"cannot import torch or the worker: {type(error).__name__}: {error}", file=sys.stderr)
-            return EXIT_CANNOT_JUDGE
+            return ProbeExit.CANNOT_JUDGE
         if args.serve:
             serve(sys.stdin, verdict_out, import_seconds)
-            return EXIT_VERDICT
+            return ProbeExit.VERDICT
         verdict = probe(args.path, deep=args.deep, size_bytes=args.size_bytes)
         verdict["import_torch_seconds"] = round(import_seconds, 4)
     finally:
         sys.stdout = verdict_out
     verdict_out.write(json.dumps(verdict) + "\n")
     verdict_out.flush()
-    return EXIT_VERDICT
+    return ProbeExit.VERDICT
 
 
 if __name__ == "__main__":

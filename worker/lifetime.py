@@ -39,6 +39,7 @@ from types import TracebackType
 from typing import Any
 
 from shared.atomic_io import read_json
+from shared.exit_codes import WorkerExit
 from shared.process_identity import ProcessId, same_process_alive
 from shared.run_dir import STOP_REQUEST_NAME
 from shared.vocabulary import ATTEMPT_ID_ENV
@@ -48,7 +49,7 @@ SUPERVISOR_ENV = "GPT2SUP_SUPERVISOR"
 _PEER_LOST_WORDS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
                     "NCCL communicator was aborted", "Socket Timeout", "Connection refused")
 _PEER_LOST_TYPES = ("DistBackendError", "DistNetworkError")
-EXIT_TORN_DOWN = 1  # shared.exit_codes.WorkerExit.CRASHED: the peer's failure, not ours
+# A rank torn down by a peer's failure exits WorkerExit.CRASHED: the peer's failure, not ours.
 
 
 class SupervisorWatch:
@@ -193,7 +194,7 @@ class StopRequest:
                 self._heartbeat.fail(message)
         with contextlib.suppress(Exception):
             print(f"rank {self._rank}: {message}", file=sys.stderr, flush=True)
-        os._exit(EXIT_TORN_DOWN)
+        os._exit(WorkerExit.CRASHED)
 
     def _excepthook(self, kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
         """Under gpt2sup: a crash caused by a lost peer (or during torchrun's teardown) prints its
@@ -205,7 +206,7 @@ class StopRequest:
             with contextlib.suppress(Exception):
                 sys.stdout.flush()
                 sys.stderr.flush()
-            os._exit(EXIT_TORN_DOWN)
+            os._exit(WorkerExit.CRASHED)
 
     def requested(self) -> bool:
         """This rank's view at a step boundary (the ranks then agree with an all-reduce)."""

@@ -43,11 +43,10 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.exit_codes import PrepareExit, exit_status_epilog
 from shared.tokenizer import EOT_TOKEN, get_gpt2_encoding
 
 DEFAULT_SHARD_SIZE = 100_000_000  # build-nanogpt's 100M tokens per shard
-# Files read as records rather than as one text document each.
-RECORD_SUFFIXES = (".jsonl", ".json", ".parquet")
 # The validation split when not given: build-nanogpt's share (100M of FineWeb's 10B tokens) ...
 VAL_FRACTION = 0.01
 # ... with a floor, so the val loss of a mid-sized corpus is not measured on a handful of batches,
@@ -548,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  python -m worker.prepare notes/ README.md --output_dir my_corpus\n"
         "  python -m worker.prepare data.jsonl --output_dir my_corpus --shard_size 10000000\n"
         "  python -m worker.prepare --source fineweb-edu\n"
-        "exit codes: 0 ok, 1 output not writable, 2 bad input, 130 interrupted",
+        + exit_status_epilog(PrepareExit, "exit codes:").removeprefix("\b\n"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
@@ -639,20 +638,20 @@ def main(argv: list[str] | None = None) -> int:
         # every file was skipped, that is the cause.
         note = _skipped_note(readers)
         print(f"prepare: error: {exc}{f' ({note})' if note else ''}", file=sys.stderr)
-        return 2
+        return PrepareExit.BAD_INPUT
     except OSError as exc:
         where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
         print(f"prepare: error: cannot write output{where}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        return PrepareExit.OUTPUT_NOT_WRITABLE
     except KeyboardInterrupt:
         print("prepare: interrupted; no partial shards were kept", file=sys.stderr)
-        return 130
+        return PrepareExit.INTERRUPTED
     note = _skipped_note(readers)
     if note:
         print(f"prepare: warning: {note}", file=sys.stderr)
     sizes = [int(np.load(p, mmap_mode="r").shape[0]) for p in paths]
     print(f"wrote {len(paths)} shards ({sum(sizes):,} tokens; val {sizes[0]:,}) to {paths[0].parent}")
-    return 0
+    return PrepareExit.DONE
 
 
 if __name__ == "__main__":

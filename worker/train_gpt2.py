@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from shared.compile_cache import use_run_dir_compile_cache
 from shared.exit_codes import WorkerExit
 from shared.run_dir import RunDir
 from shared.vocabulary import Phase, RankStatus
 from worker.checkpoint import CheckpointManager, RestoreRequest
-from worker.compile_cache import use_run_dir_compile_cache
 from worker.compiler_import import (
     skip_compiler_import_for_optimizers,
     skip_compiler_import_for_step,

@@ -19,16 +19,13 @@ from pathlib import Path
 import click
 
 from shared.atomic_io import fsync_path
+from shared.exit_codes import ConvertExit, exit_status_epilog
 from shared.run_dir import TMP_SUFFIX
 from supervisor.checkpoint_validation import validate_checkpoint
 from supervisor.commands.verify_cmd import format_line
 
-EXIT_CONVERTED = 0
-EXIT_NOT_CONVERTED = 1
-EXIT_USAGE = 2
 
-
-def _fail(message: str, code: int = EXIT_NOT_CONVERTED) -> None:
+def _fail(message: str, code: int = ConvertExit.NOT_CONVERTED) -> None:
     click.echo(f"gpt2sup convert: {message}", err=True)
     sys.exit(code)
 
@@ -37,10 +34,7 @@ def _fail(message: str, code: int = EXIT_NOT_CONVERTED) -> None:
     "convert",
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog=(
-        "\b\nExit status:\n"
-        "  0  NEW written and it passed every check of gpt2sup verify\n"
-        "  1  OLD could not be read or refused, or NEW did not validate (NEW removed)\n"
-        "  2  usage error (NEW exists without --force, bad option)\n"
+        exit_status_epilog(ConvertExit) + "\n"
         "\b\nExamples:\n"
         "  gpt2sup convert old_run/model_05000.pt log/model_05000.pt\n"
         "  gpt2sup run -- --resume --checkpoint_path log/model_05000.pt"
@@ -58,9 +52,9 @@ def convert(old: Path, new: Path, force: bool) -> None:
     NEW is checked like `gpt2sup verify NEW` before the command reports success.
     """
     if new.exists() and not force:
-        _fail(f"{new} exists; pass --force to overwrite it", EXIT_USAGE)
+        _fail(f"{new} exists; pass --force to overwrite it", ConvertExit.USAGE)
     if old.resolve() == new.resolve():
-        _fail("OLD and NEW are the same file; write NEW elsewhere", EXIT_USAGE)
+        _fail("OLD and NEW are the same file; write NEW elsewhere", ConvertExit.USAGE)
     import torch
 
     from shared.checkpoint_loading import (
@@ -95,4 +89,4 @@ def convert(old: Path, new: Path, force: bool) -> None:
         _fail(f"{new} did not validate and was removed: {result.reason}")
     what = f"converted from the {GUIDE_FORMAT} format" if source == GUIDE_FORMAT else "already in gpt2sup's format; rewritten"
     click.echo(f"{old} -> {new}: {what}")
-    sys.exit(EXIT_CONVERTED)
+    sys.exit(ConvertExit.CONVERTED)

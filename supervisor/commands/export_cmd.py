@@ -13,12 +13,10 @@ from pathlib import Path
 
 import click
 
-EXIT_EXPORTED = 0
-EXIT_NOT_EXPORTED = 1
-EXIT_USAGE = 2
+from shared.exit_codes import ExportExit, exit_status_epilog
 
 
-def _fail(message: str, code: int = EXIT_NOT_EXPORTED) -> None:
+def _fail(message: str, code: int = ExportExit.NOT_EXPORTED) -> None:
     click.echo(f"gpt2sup export: {message}", err=True)
     sys.exit(code)
 
@@ -27,10 +25,7 @@ def _fail(message: str, code: int = EXIT_NOT_EXPORTED) -> None:
     "export",
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog=(
-        "\b\nExit status:\n"
-        "  0  OUTDIR written\n"
-        "  1  CHECKPOINT missing, unreadable or refused (no GPT-2 equivalent), or OUTDIR could not be written\n"
-        "  2  usage error (OUTDIR exists and is not empty without --force; safetensors not installed; bad option)\n"
+        exit_status_epilog(ExportExit) + "\n"
         "\b\nExamples:\n"
         "  gpt2sup export log/model_19072.pt gpt2-124M-hf\n"
         "  python -c \"from transformers import pipeline; print(pipeline('text-generation', 'gpt2-124M-hf')('Hello'))\"\n"
@@ -53,7 +48,7 @@ def export(checkpoint: Path, outdir: Path, force: bool) -> None:
     from supervisor.hf_export import ExportError, export_model, outdir_is_free
 
     if not outdir_is_free(outdir) and not force:
-        _fail(f"{outdir} exists and is not empty; pass --force to replace it", EXIT_USAGE)
+        _fail(f"{outdir} exists and is not empty; pass --force to replace it", ExportExit.USAGE)
     if not checkpoint.exists():
         _fail(f"checkpoint not found: {checkpoint}")
     from shared.checkpoint_loading import CheckpointLoadError, load_checkpoint
@@ -70,9 +65,9 @@ def export(checkpoint: Path, outdir: Path, force: bool) -> None:
     except HFMappingError as error:
         _fail(f"cannot export {checkpoint}: {error}")
     except ExportError as error:
-        _fail(str(error), EXIT_USAGE if error.usage else EXIT_NOT_EXPORTED)
+        _fail(str(error), ExportExit.USAGE if error.usage else ExportExit.NOT_EXPORTED)
     step = loaded.get("step")
     at = f" (step {step})" if isinstance(step, int) else ""
     click.echo(f"{checkpoint}{at} -> {result.outdir}/: {result.parameters:,} parameters in {result.tensors} tensors; "
                f"{', '.join(result.files)}")
-    sys.exit(EXIT_EXPORTED)
+    sys.exit(ExportExit.EXPORTED)

@@ -13,11 +13,7 @@ from pathlib import Path
 import click
 
 from shared.atomic_io import write_text_atomic
-
-EXIT_WRITTEN = 0
-EXIT_NO_RUN = 1
-EXIT_USAGE = 2
-EXIT_NOT_WRITTEN = 3
+from shared.exit_codes import ReportExit, exit_status_epilog
 
 
 def _fail(message: str, code: int) -> None:
@@ -29,11 +25,7 @@ def _fail(message: str, code: int) -> None:
     "report",
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog=(
-        "\b\nExit status:\n"
-        "  0  the report was written\n"
-        "  1  the directory holds no run (no metrics.jsonl, no events.jsonl)\n"
-        "  2  bad usage\n"
-        "  3  the report could not be written (matplotlib missing, OUT not writable)\n"
+        exit_status_epilog(ReportExit) + "\n"
         "\b\nExamples:\n"
         "  gpt2sup report                          # log/report.html\n"
         "  gpt2sup report --log-dir runs/a --out /tmp/a.html"
@@ -55,13 +47,13 @@ def report(log_dir: Path, out: Path | None) -> None:
     from supervisor.snapshot import collect_snapshot
 
     if not log_dir.is_dir():
-        _fail(f"{log_dir} does not exist", EXIT_NO_RUN)
+        _fail(f"{log_dir} does not exist", ReportExit.NO_RUN)
     if not any((log_dir / name).exists() for name in ("metrics.jsonl", "events.jsonl")):
-        _fail(f"{log_dir} holds no run (no metrics.jsonl or events.jsonl)", EXIT_NO_RUN)
+        _fail(f"{log_dir} holds no run (no metrics.jsonl or events.jsonl)", ReportExit.NO_RUN)
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        _fail("drawing the curves needs matplotlib: pip install 'gpt2sup[report]'", EXIT_NOT_WRITTEN)
+        _fail("drawing the curves needs matplotlib: pip install 'gpt2sup[report]'", ReportExit.NOT_WRITTEN)
     from supervisor.report_html import render_report
 
     supervisor = collect_snapshot(log_dir).supervisor
@@ -72,5 +64,5 @@ def report(log_dir: Path, out: Path | None) -> None:
     try:
         write_text_atomic(out, page, create_parent=False)
     except OSError as exc:
-        _fail(f"cannot write {out}: {exc.strerror or exc}", EXIT_NOT_WRITTEN)
+        _fail(f"cannot write {out}: {exc.strerror or exc}", ReportExit.NOT_WRITTEN)
     click.echo(f"wrote {out} ({len(page.encode()) / 1024:.0f} KB): {history.goodput.one_line()}")

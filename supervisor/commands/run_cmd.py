@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 import click
 
-from shared.exit_codes import SupervisorExit
+from shared.exit_codes import SupervisorExit, exit_status_epilog
 from shared.run_dir import DEFAULT_LOG_DIR, RunDir
 from shared.supervisor_state import read_supervisor_state
 from supervisor import policy
@@ -177,11 +177,7 @@ T, B, L = DEFAULTS.timeouts, DEFAULTS.backoff, DEFAULTS.limits
     context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
     epilog="Worker arguments go after `--`, e.g. `gpt2sup run -- --model gpt2 --max_steps 1000` "
     "(models: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny, mini, small-cpu).\n\n"
-    "Exit codes: 0 finished, 1 internal error, 2 refused (bad options, run directory locked, another "
-    "run's arguments), 3 gave up (restart budget, no progress, or a permanent worker error), "
-    "4 stopped on request, 5 reached the last step but the final checkpoint is not on disk, "
-    "6 a checkpoint's format is newer than this gpt2sup reads (upgrade; nothing renamed), "
-    "7 finished but the final checkpoint is NOT in the --checkpoint-uri store.\n\n"
+    + exit_status_epilog(SupervisorExit, "Exit codes:") + "\n\n"
     "SLURM: under `srun` (one task per node) on more than one node, --nnodes, --node-rank, "
     "--rdzv-endpoint (the first host of the node list, port $" + PORT_ENV + " or " + str(DEFAULT_PORT) + ") and "
     "--rdzv-id ($SLURM_JOB_ID) default to the SLURM_* variables; options given win. "
@@ -319,7 +315,7 @@ def _supervise(config: RunConfig) -> SupervisorExit:
         return supervisor.run()
     except RunLockHeld as exc:
         pid = exc.pid
-        node = config.multi_node.node_rank if config.multi_node is not None else None
+        node = config.node
         if pid is None:
             state = read_supervisor_state(RunDir.at(config.log_dir, node).supervisor_state)
             pid = state.pid if state is not None else None

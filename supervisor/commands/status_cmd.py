@@ -11,10 +11,8 @@ import time
 
 import click
 
+from shared.exit_codes import StatusExit, exit_status_epilog
 from supervisor.snapshot import RunSnapshot, collect_snapshot
-
-EXIT_OK = 0
-EXIT_NO_RUN = 1
 
 
 def _print_once(snapshot: RunSnapshot, as_json: bool, is_tty: bool) -> None:
@@ -66,7 +64,7 @@ def _watch(log_dir: str, as_json: bool, is_tty: bool, interval: float, max_updat
         time.sleep(interval)
 
 
-@click.command("status")
+@click.command("status", epilog=exit_status_epilog(StatusExit, "Exit codes:"))
 @click.option(
     "--log-dir", default="log", show_default=True, type=click.Path(file_okay=False),
     help="Run directory to inspect.",
@@ -91,7 +89,6 @@ def status(log_dir: str, as_json: bool, watch: bool, interval: float, max_update
     Verdicts: running, finished, finished without checkpoint, stopped, gave up, refused,
               crashed, dead (supervisor gone, run not finished), bare worker (no supervisor),
               no run. An ended run shows the supervisor's exit code: stopped (exit 4).
-    Exit codes: 0 a run was shown, 1 the directory holds no run, 2 bad usage.
     """
     is_tty = sys.stdout.isatty()
     if watch:
@@ -99,13 +96,13 @@ def status(log_dir: str, as_json: bool, watch: bool, interval: float, max_update
             _watch(log_dir, as_json, is_tty, interval, max_updates)
         except KeyboardInterrupt:
             pass
-        sys.exit(EXIT_OK)
+        sys.exit(StatusExit.SHOWN)
 
     snapshot = collect_snapshot(log_dir, with_goodput=True)
     if not snapshot.has_run and not as_json:
         from supervisor.dashboard import no_run_line
 
         click.echo(no_run_line(snapshot), err=True)
-        sys.exit(EXIT_NO_RUN)
+        sys.exit(StatusExit.NO_RUN)
     _print_once(snapshot, as_json, is_tty)
-    sys.exit(EXIT_OK if snapshot.has_run else EXIT_NO_RUN)
+    sys.exit(StatusExit.SHOWN if snapshot.has_run else StatusExit.NO_RUN)

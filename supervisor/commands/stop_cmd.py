@@ -18,6 +18,7 @@ from pathlib import Path
 
 import click
 
+from shared.exit_codes import StopExit, exit_status_epilog
 from shared.run_dir import RunDir
 from shared.supervisor_state import read_supervisor_state
 from shared.vocabulary import RankStatus, SupervisorStateName
@@ -29,8 +30,6 @@ from supervisor.snapshot import (
     process_matches,
 )
 
-EXIT_DELIVERED = 0
-EXIT_NOTHING_OR_TIMEOUT = 1
 POLL_INTERVAL_S = 0.2
 FORCE_SIGNAL = signal.SIGQUIT  # the supervisor's "stop now" (policy.FORCE_SIGNAL_NAME)
 
@@ -135,7 +134,7 @@ def _requested_line(signalled: list[Target], force: bool, already_stopping: bool
     return f"stop requested: {names}: {what} (`gpt2sup stop --force` stops without the save)"
 
 
-@click.command("stop")
+@click.command("stop", epilog=exit_status_epilog(StopExit, "Exit codes:"))
 @click.option(
     "--log-dir", default="log", show_default=True, type=click.Path(file_okay=False),
     help="Run directory whose supervisor (or bare workers) to stop.",
@@ -158,16 +157,12 @@ def stop(log_dir: str, force: bool, wait: bool, timeout_s: float) -> None:
     by a killed supervisor) each worker rank gets SIGTERM instead. Repeating a plain stop changes
     nothing; only --force (or a second Ctrl-C at the supervisor's terminal) skips the save.
     Processes are identified by pid and start time, so a reused pid is never signalled.
-
-    \b
-    Exit codes: 0 stop delivered (with --wait: and the run exited),
-                1 nothing to stop, or still running after --timeout; 2 bad usage.
     """
     targets, found = find_targets(log_dir)
     if not targets:
         where = str(log_dir).rstrip("/") + "/"
         click.echo(f"nothing to stop in {where}: no live supervisor or worker (run: {found})", err=True)
-        sys.exit(EXIT_NOTHING_OR_TIMEOUT)
+        sys.exit(StopExit.NOTHING_OR_TIMEOUT)
 
     to_supervisor = targets[0].label == "supervisor"
     already_stopping = to_supervisor and found == SupervisorStateName.STOPPING
@@ -175,15 +170,15 @@ def stop(log_dir: str, force: bool, wait: bool, timeout_s: float) -> None:
     signalled = [t for t in targets if _send(t, signum)]
     if not signalled:
         click.echo(f"nothing to stop in {log_dir}: the processes exited before the signal", err=True)
-        sys.exit(EXIT_NOTHING_OR_TIMEOUT)
+        sys.exit(StopExit.NOTHING_OR_TIMEOUT)
     click.echo(_requested_line(signalled, force, already_stopping))
     if not wait:
-        sys.exit(EXIT_DELIVERED)
+        sys.exit(StopExit.DELIVERED)
 
     left = _wait_until_gone(signalled, timeout_s)
     if left:
         names = ", ".join(f"{t.label} (pid {t.pid})" for t in left)
         click.echo(f"still running after {timeout_s:g}s: {names}; try `gpt2sup stop --force`", err=True)
-        sys.exit(EXIT_NOTHING_OR_TIMEOUT)
+        sys.exit(StopExit.NOTHING_OR_TIMEOUT)
     click.echo(_final_line(log_dir))
-    sys.exit(EXIT_DELIVERED)
+    sys.exit(StopExit.DELIVERED)

@@ -15,7 +15,8 @@ from typing import Any
 
 import click
 
-from shared.run_dir import step_from_checkpoint_name
+from shared.exit_codes import VerifyExit, exit_status_epilog
+from shared.run_dir import scan_checkpoints
 from shared.vocabulary import Verdict
 from supervisor.checkpoint_selection import read_quarantine_record
 from supervisor.checkpoint_validation import (
@@ -24,12 +25,6 @@ from supervisor.checkpoint_validation import (
     validate_many,
 )
 
-EXIT_ALL_OK = 0
-EXIT_SOME_FAILED = 1
-EXIT_USAGE = 2
-EXIT_SOME_NOT_JUDGED = 3
-EXIT_UNSUPPORTED = 4  # no file failed, but one is in a format newer than this install reads
-EXIT_NO_CHECKPOINT_YET = 5  # nothing failed: a directory holds no checkpoint yet (a run before its first save)
 _DEEP_CHECKS = ("model-finite", "optimizer-shapes", "optimizer-finite")
 _LABELS = {Verdict.VALID: ("OK  ", "green"), Verdict.INVALID: ("FAIL", "red"), Verdict.INCONCLUSIVE: ("INCONCLUSIVE", "yellow"),
            Verdict.UNSUPPORTED: ("UNSUPPORTED", "magenta"), Verdict.NO_CHECKPOINT: ("NO CHECKPOINT YET", "cyan")}
@@ -50,7 +45,8 @@ class ProbeTimeout(click.ParamType):
 
 
 def expand_paths(raw_paths: tuple[str, ...]) -> list[Path | ValidationResult]:
-    """Files stay as given; a directory becomes its ``model_N.pt`` files sorted by step.
+    """Files stay as given; a directory becomes its checkpoints (``scan_checkpoints``: regular
+    ``model_N.pt`` files, symlinks not followed) sorted by step.
 
     A directory holding no checkpoint becomes a ready-made "no checkpoint yet" line (nothing
     failed: a run before its first save), one that cannot be listed a ready-made failure, each in
@@ -62,12 +58,8 @@ def expand_paths(raw_paths: tuple[str, ...]) -> list[Path | ValidationResult]:
         if not path.is_dir():
             items.append(path)
             continue
-        found: list[tuple[int, Path]] = []
         try:
-            for entry in path.iterdir():
-                step = step_from_checkpoint_name(entry.name)
-                if step is not None and entry.is_file():
-                    found.append((step, entry))
+            found = scan_checkpoints(path)
         except OSError as error:
             items.append(ValidationResult(path=raw, ok=False, reason=f"cannot list directory: {error.strerror or error}"))
             continue
@@ -75,7 +67,7 @@ def expand_paths(raw_paths: tuple[str, ...]) -> list[Path | ValidationResult]:
             items.append(ValidationResult(path=raw, ok=False, no_checkpoint=True,
                                           reason="no checkpoint yet: the directory holds no model_*.pt "
                                                  "(a run writes its first one at its first save)"))
-        items.extend(entry for _, entry in sorted(found, key=lambda item: item[0]))
+        items.extend(file.path for file in found)
     return items
 
 
@@ -180,30 +172,21 @@ def exit_code(results: list[ValidationResult]) -> int:
     """The worst verdict decides: FAIL, then UNSUPPORTED, INCONCLUSIVE, NO CHECKPOINT YET, OK."""
     verdicts = {result.verdict for result in results}
     if not results or Verdict.INVALID in verdicts:
-        return EXIT_SOME_FAILED
+        return VerifyExit.SOME_FAILED
     if Verdict.UNSUPPORTED in verdicts:
-        return EXIT_UNSUPPORTED
+        return VerifyExit.UNSUPPORTED
     if Verdict.INCONCLUSIVE in verdicts:
-        return EXIT_SOME_NOT_JUDGED
+        return VerifyExit.SOME_NOT_JUDGED
     if Verdict.NO_CHECKPOINT in verdicts:
-        return EXIT_NO_CHECKPOINT_YET
-    return EXIT_ALL_OK
+        return VerifyExit.NO_CHECKPOINT_YET
+    return VerifyExit.ALL_OK
 
 
 @click.command(
     "verify",
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog=(
-        "\b\nExit status:\n"
-        "  0  every file passed\n"
-        "  1  at least one file failed (FAIL)\n"
-        "  2  usage error (bad option, no PATH)\n"
-        "  3  no file failed, but at least one could not be judged (INCONCLUSIVE:\n"
-        "     the probe timed out or could not start); try a longer --timeout\n"
-        "  4  no file failed, but at least one is in a checkpoint format newer than\n"
-        "     this gpt2sup reads (UNSUPPORTED: not damaged; upgrade gpt2sup)\n"
-        "  5  nothing failed, but a directory holds no checkpoint yet (NO CHECKPOINT\n"
-        "     YET: a run before its first save)\n"
+        exit_status_epilog(VerifyExit) + "\n"
         "\b\nExamples:\n"
         "  gpt2sup verify log/model_00500.pt\n"
         "  gpt2sup verify log --deep\n"

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import disk_fill
+from shared.atomic_io import write_json_atomic
+from shared.supervisor_state import SupervisorState
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NPROC = 2
@@ -179,3 +181,9 @@ def write_heartbeat_as_of_its_time(path: Path, beat: Any) -> None:
 
     write_heartbeat(path, beat)
     os.utime(path, (float(beat.time), float(beat.time)))
+
+
+def write_supervisor_state(path: Path, state: SupervisorState) -> None:
+    """Write ``supervisor.json`` as a supervisor would (the real one goes through its journal)."""
+    state.updated_at = time.time()
+    write_json_atomic(path, state.to_dict())

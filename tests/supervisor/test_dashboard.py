@@ -17,7 +17,6 @@ from shared.supervisor_state import (
     FailureRecord,
     SupervisorState,
     append_event,
-    write_supervisor_state,
 )
 from supervisor.dashboard import (
     LiveReporter,
@@ -31,6 +30,7 @@ from supervisor.dashboard import (
 )
 from supervisor.snapshot import DiskInfo, RunSnapshot, collect_snapshot
 from tests.supervisor.helpers import write_heartbeat_as_of_its_time as write_heartbeat
+from tests.supervisor.helpers import write_supervisor_state
 
 TIMESTAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
 

@@ -214,8 +214,7 @@ def _torn_events(path: Path) -> list[dict]:
 
 
 def test_an_append_after_a_torn_tail_starts_on_a_fresh_line_and_readers_skip_the_torn_one(tmp_path):
-    from supervisor.run_history import read_jsonl
-    from supervisor.snapshot import read_jsonl_tail
+    from shared.atomic_io import read_jsonl
 
     events = tmp_path / "events.jsonl"
     whole = _torn_events(events)
@@ -223,7 +222,7 @@ def test_an_append_after_a_torn_tail_starts_on_a_fresh_line_and_readers_skip_the
     record = {"time": 4.0, "event": "supervisor_started", "attempt": None, "message": "the next supervisor"}
     assert writer.append_event(record)
     assert read_jsonl(events) == [*whole, record]  # glued to the torn line, it used to be lost with it
-    assert read_jsonl_tail(events, 10) == [*whole, record]
+    assert read_jsonl(events, max_records=10) == [*whole, record]
     append_jsonl(events, {"event": "again"})  # a whole tail: no blank line added
     assert events.read_text().endswith('"message": "the next supervisor", "time": 4.0}\n{"event": "again"}\n')
 
@@ -232,7 +231,7 @@ def test_an_append_after_a_torn_tail_starts_on_a_fresh_line_and_readers_skip_the
 def test_the_next_supervisor_s_records_survive_a_torn_events_jsonl(tmp_path):
     """A real `gpt2sup run` on a directory whose events.jsonl was cut mid-line: its first record
     (supervisor_started) used to be glued onto the cut line and lost."""
-    from supervisor.run_history import read_jsonl
+    from shared.atomic_io import read_jsonl
     from tests.supervisor.helpers import WORKER_ARGS, start_supervisor, wait_exit
 
     log_dir = tmp_path / "run"

@@ -17,7 +17,6 @@ from shared.run_dir import RunDir
 from shared.supervisor_state import (
     ProcessRecord,
     SupervisorState,
-    write_supervisor_state,
 )
 from shared.vocabulary import OutcomeKind
 from supervisor.attempt import AttemptResult
@@ -32,6 +31,7 @@ from supervisor.policy import (
 from supervisor.run_config import MultiNode
 from supervisor.run_lock import RunLock, RunLockHeld
 from supervisor.snapshot import collect_snapshot
+from tests.supervisor.helpers import write_supervisor_state
 from tests.supervisor.test_run_loop import ends, make
 
 NODE_1 = MultiNode(nnodes="2", node_rank=1, rdzv_endpoint="127.0.0.1:29500")

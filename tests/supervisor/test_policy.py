@@ -343,6 +343,7 @@ def test_a_rank_whose_process_exited_is_a_crash_torchrun_will_report_not_a_hang(
 def test_a_stop_may_take_a_step_and_a_save():
     timeouts = policy.phase_timeouts(TimeoutConfig(hang_timeout=12.0), policy.Measurements(slowest_save_s=2.0))
     assert policy.stop_allowance(timeouts) == 12.0 + 40.0
+    assert policy.stop_allowance(timeouts, configured=7.5) == 7.5  # --stop-timeout wins
 
 
 def test_a_rank_torn_down_after_reporting_failed_yields_to_one_that_exited_with_its_own_code():

@@ -17,7 +17,7 @@ from supervisor.slurm import (
     DEFAULT_PORT,
     Rendezvous,
     SlurmError,
-    expand_hostlist,
+    expand_host,
     fill_from_slurm,
     first_host,
     split_hostlist,
@@ -32,6 +32,11 @@ from tests.supervisor.helpers import (
     wait_exit,
     wait_for_step,
 )
+
+
+def expand_hostlist(text: str) -> list[str]:
+    """Every host of a SLURM host list (the supervisor only ever needs the first)."""
+    return [host for pattern in split_hostlist(text) for host in expand_host(pattern, text)]
 
 
 @pytest.mark.parametrize("text, hosts", [
@@ -79,7 +84,7 @@ def test_every_missing_value_comes_from_slurm():
     filled = fill_from_slurm(Rendezvous(), SLURM_4)
     assert filled is not None
     assert filled.rendezvous == Rendezvous(nnodes="4", node_rank=2, endpoint=f"gpu-07:{DEFAULT_PORT}", rdzv_id="81234")
-    assert filled.describe() == "from SLURM: --nnodes 4 --node-rank 2 --rdzv-endpoint gpu-07:29500 --rdzv-id 81234"
+    assert filled.describe() == f"from SLURM: --nnodes 4 --node-rank 2 --rdzv-endpoint gpu-07:{DEFAULT_PORT} --rdzv-id 81234"
 
 
 def test_explicit_values_win_and_the_line_names_only_what_slurm_gave():
@@ -98,7 +103,7 @@ def test_the_step_variables_come_before_the_jobs_and_the_port_from_the_environme
     filled = fill_from_slurm(Rendezvous(), env)
     assert filled.rendezvous == Rendezvous(nnodes="2", node_rank=1, endpoint="gpu-09:31000", rdzv_id="81234")
     only_old_names = {"SLURM_NNODES": "2", "SLURM_NODELIST": "a,b", "SLURM_NODEID": "0", "SLURM_JOB_ID": "5"}
-    assert fill_from_slurm(Rendezvous(), only_old_names).rendezvous.endpoint == "a:29500"
+    assert fill_from_slurm(Rendezvous(), only_old_names).rendezvous.endpoint == f"a:{DEFAULT_PORT}"
 
 
 @pytest.mark.parametrize("env", [{}, {"SLURM_JOB_ID": "5"}, {**SLURM_4, "SLURM_NNODES": "1", "SLURM_STEP_NUM_NODES": "1"}])
@@ -146,12 +151,12 @@ def _value(argv, flag):
 def test_srun_task_builds_torchrun_with_slurms_nodes_rank_endpoint_and_job_id(tmp_path, monkeypatch, no_slurm):
     result, config = _run(tmp_path, monkeypatch, SLURM_4, "--", "--model", "tiny")
     assert result.exit_code == 0, result.output
-    assert "gpt2sup run: from SLURM: --nnodes 4 --node-rank 2 --rdzv-endpoint gpu-07:29500 --rdzv-id 81234" \
+    assert f"gpt2sup run: from SLURM: --nnodes 4 --node-rank 2 --rdzv-endpoint gpu-07:{DEFAULT_PORT} --rdzv-id 81234" \
         in result.output.splitlines()
     argv = build_command(config)
     assert "--standalone" not in argv
     assert _value(argv, "--nnodes") == "4" and _value(argv, "--node-rank") == "2"
-    assert _value(argv, "--rdzv-endpoint") == "gpu-07:29500" and _value(argv, "--rdzv-id") == "81234"
+    assert _value(argv, "--rdzv-endpoint") == f"gpu-07:{DEFAULT_PORT}" and _value(argv, "--rdzv-id") == "81234"
     assert _value(argv, "--rdzv-backend") == "c10d" and _value(argv, "--nproc-per-node") == "2"
     assert argv[-2:] == ["--model", "tiny"]
 
@@ -224,3 +229,11 @@ def _long_worker_args() -> list[str]:
     args[args.index("--max_steps") + 1] = "400"  # far from the end when the signal comes
     args[args.index("--checkpoint_interval") + 1] = "0"
     return args
+
+
+def test_the_default_rendezvous_port_is_torchruns_own():
+    """One port: what torchrun assumes for an endpoint without one is what the SLURM endpoint names."""
+    from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import (
+        DEFAULT_PORT as TORCHRUN_DEFAULT,
+    )
+    assert DEFAULT_PORT == TORCHRUN_DEFAULT

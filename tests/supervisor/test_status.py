@@ -21,6 +21,7 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
+from shared.atomic_io import read_jsonl
 from shared.heartbeat import Heartbeat
 from shared.heartbeat import write_heartbeat as shared_write_heartbeat
 from shared.run_dir import RunDir
@@ -28,11 +29,10 @@ from shared.supervisor_state import (
     FailureRecord,
     SupervisorState,
     append_event,
-    write_supervisor_state,
 )
 from supervisor.commands.status_cmd import status
-from supervisor.snapshot import collect_snapshot, read_jsonl_tail
-from tests.supervisor.helpers import NO_TORCH_MAIN
+from supervisor.snapshot import collect_snapshot
+from tests.supervisor.helpers import NO_TORCH_MAIN, write_supervisor_state
 from tests.supervisor.helpers import write_heartbeat_as_of_its_time as write_heartbeat
 
 REPO = Path(__file__).resolve().parents[2]
@@ -213,7 +213,7 @@ def test_metrics_tail_is_read_from_the_end(tmp_path: Path) -> None:
     metrics(tmp_path, range(1000, 1100), dt=0.25)
     with open(path, "a") as handle:
         handle.write('{"step": 1100, "loss": 3.0')  # a line being appended right now
-    tail = read_jsonl_tail(path, 10)
+    tail = read_jsonl(path, max_records=10)
     assert [r["step"] for r in tail] == list(range(1090, 1100))
     snap = collect_snapshot(tmp_path)
     assert snap.progress.step == 1099 and snap.progress.step_time_s == 0.25

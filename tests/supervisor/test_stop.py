@@ -22,9 +22,9 @@ from shared.run_dir import RunDir
 from shared.supervisor_state import (
     SupervisorState,
     read_supervisor_state,
-    write_supervisor_state,
 )
 from supervisor.commands.stop_cmd import stop
+from tests.supervisor.helpers import write_supervisor_state
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,16 +33,17 @@ import json, os, signal, socket, sys, time
 import psutil
 import pytest
 from shared.run_dir import RunDir
-from shared.supervisor_state import SupervisorState, write_supervisor_state
+from shared.atomic_io import write_json_atomic
+from shared.supervisor_state import SupervisorState
 from supervisor.policy import stop_is_forced
 
 run, marker, mode = RunDir.at(sys.argv[1]), sys.argv[2], sys.argv[3]
 received = []
 
 def write_state(state, exit_code=None):
-    write_supervisor_state(run.supervisor_state, SupervisorState(
+    write_json_atomic(run.supervisor_state, SupervisorState(
         state=state, pid=os.getpid(), pid_create_time=psutil.Process().create_time(),
-        hostname=socket.gethostname(), log_dir=str(run.root), started_at=time.time(), exit_code=exit_code))
+        hostname=socket.gethostname(), log_dir=str(run.root), started_at=time.time(), exit_code=exit_code).to_dict())
 
 def on_signal(signum, frame):
     received.append(signal.Signals(signum).name)

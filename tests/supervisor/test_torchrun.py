@@ -7,10 +7,15 @@ from supervisor.torchrun import (
     build_command,
     build_env,
     error_line,
-    meaningful_log_lines,
     module_missing,
     parse_rank_exits,
+    worker_lines,
 )
+
+
+def meaningful_log_lines(log_text: str, count: int = 3) -> list[str]:
+    """The last ``count`` lines the worker printed (what ``error_line`` and the reasons read)."""
+    return worker_lines(log_text)[-count:]
 
 TORCHRUN_FAILURE_LOG = """\
 step     5 | loss 10.60 | lr 3.3e-04
@@ -143,3 +148,11 @@ def test_compile_runs_get_the_run_directorys_compile_cache(tmp_path):
     assert build_env(compiled, base={"TORCHINDUCTOR_CACHE_DIR": "/site"})["TORCHINDUCTOR_CACHE_DIR"] == "/site"
     plain = RunConfig(log_dir=tmp_path / "run", cwd=tmp_path)
     assert "TORCHINDUCTOR_CACHE_DIR" not in build_env(plain, base={})
+
+
+def test_node_zero_is_the_only_supervisor_or_node_rank_0_or_none(tmp_path):
+    cfg = RunConfig(log_dir=tmp_path, cwd=tmp_path)
+    assert cfg.is_node_zero and cfg.node is None
+    for rank, leader in ((None, True), (0, True), (1, False), (3, False)):
+        cfg.multi_node = MultiNode(nnodes="4", node_rank=rank, rdzv_endpoint="h:29400")
+        assert cfg.is_node_zero is leader and cfg.multi_node.is_node_zero is leader and cfg.node == rank

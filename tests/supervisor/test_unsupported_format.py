@@ -31,7 +31,7 @@ from tests.supervisor.helpers import (
 
 NEWER = FORMAT_VERSION + 1
 # Literal, as documented (README exit-code table): ``SupervisorExit.UNSUPPORTED_FORMAT`` and
-# ``verify_cmd.EXIT_UNSUPPORTED``.
+# ``VerifyExit.UNSUPPORTED``.
 RUN_EXIT_UNSUPPORTED = 6
 VERIFY_EXIT_UNSUPPORTED = 4
 

@@ -167,7 +167,7 @@ def test_a_run_directory_before_its_first_save_is_no_checkpoint_yet_not_a_failur
     (tmp_path / "events.jsonl").write_text("")  # a run that has started but not saved yet
     (tmp_path / "model_00008.pt.tmp").write_bytes(b"being written")  # a save in flight is no checkpoint
     result = verify(str(tmp_path))
-    assert result.exit_code == 5, result.output  # verify_cmd.EXIT_NO_CHECKPOINT_YET
+    assert result.exit_code == 5, result.output  # VerifyExit.NO_CHECKPOINT_YET
     (line,) = lines(result)
     assert line.startswith(f"NO CHECKPOINT YET {tmp_path}  no checkpoint yet") and "FAIL" not in line
     data = json.loads(verify("--json", str(tmp_path)).output)

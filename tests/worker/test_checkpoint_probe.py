@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from shared.exit_codes import ProbeExit
 from tests.checkpoint_factory import (
     TINY,
     make_checkpoint,
@@ -251,7 +252,7 @@ def test_probe_without_torch_exits_3(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(PROJECT_ROOT)])}
     completed = subprocess.run([sys.executable, "-m", "worker.checkpoint_probe", "--serve"], cwd=PROJECT_ROOT,
                                env=env, capture_output=True, text=True, timeout=120, input="", check=False)
-    assert completed.returncode == checkpoint_probe.EXIT_CANNOT_JUDGE
+    assert completed.returncode == ProbeExit.CANNOT_JUDGE
     assert completed.stdout == "" and "torch is broken here" in completed.stderr
 
 

@@ -1,4 +1,4 @@
-"""--compile: inductor's caches live in the run directory (worker/compile_cache.py)."""
+"""--compile: inductor's caches live in the run directory (shared/compile_cache.py)."""
 from __future__ import annotations
 
 import subprocess
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.compile_cache import use_run_dir_compile_cache
+from shared.compile_cache import use_run_dir_compile_cache
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +25,7 @@ def test_the_cache_goes_into_the_run_directory_unless_one_is_set(tmp_path):
 
 @pytest.mark.slow
 def test_inductor_uses_it_when_set_before_dynamo_is_imported(tmp_path):
-    code = (f"from worker.compile_cache import use_run_dir_compile_cache; use_run_dir_compile_cache({str(tmp_path)!r}); "
+    code = (f"from shared.compile_cache import use_run_dir_compile_cache; use_run_dir_compile_cache({str(tmp_path)!r}); "
             "import torch._dynamo; from torch._inductor.runtime.cache_dir_utils import cache_dir; print(cache_dir())")
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("TORCHINDUCTOR", "TRITON"))}
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,

@@ -233,7 +233,7 @@ def test_saved_file_loads_weights_only_and_link_is_relative(tmp_path):
     assert os.readlink(run.latest_link) == "model_00007.pt"
     loaded = torch.load(run.latest_link, weights_only=True)
     assert loaded["step"] == 7 and torch.equal(loaded["w"], torch.full((4,), 7.0))
-    assert manager.last_saved_step == 7
+    assert run.newest_checkpoint().step == 7
     assert not list(Path(tmp_path).glob("*.tmp")) and not list(Path(tmp_path).glob("*.new"))
 
 
