@@ -572,27 +572,39 @@ def classify_exit(facts: ExitFacts) -> Outcome:
     """Name what happened to an attempt from its exit code, heartbeats and torchrun's summary."""
     statuses = list(facts.statuses)
     unsaved = RankStatus.FINISHED_WITHOUT_CHECKPOINT in statuses
-
-    def finished() -> Outcome:
-        if unsaved or not facts.final_checkpoint_on_disk:
-            return Outcome(OutcomeKind.FINISHED_WITHOUT_CHECKPOINT, exit_code=facts.returncode)
-        return Outcome(OutcomeKind.FINISHED, exit_code=0)
-
     first = first_failure(facts.rank_exits, facts.reports) if facts.returncode != 0 else None
     code = first.exit_code if first is not None else facts.returncode
     rank = first.rank if first is not None else None
     if facts.stop_requested:
-        # We asked it to stop: however it went down, that is not a failure to restart from. A stop
-        # whose checkpoint could not be written keeps the worker's exit 9, so the ending says so.
-        if facts.returncode == 0 and statuses and all(s == RankStatus.FINISHED for s in statuses):
-            return finished()
-        if unsaved or code == WorkerExit.FINAL_SAVE_FAILED:
-            return Outcome(OutcomeKind.FINISHED_WITHOUT_CHECKPOINT, exit_code=code, rank=rank)
-        return Outcome(OutcomeKind.STOPPED, exit_code=code, rank=rank)
+        return _classify_requested_stop(facts, statuses, code, rank)
     if facts.returncode == 0:
         if RankStatus.STOPPED in statuses:
             return Outcome(OutcomeKind.STOPPED, exit_code=0)
-        return finished()
+        return _finished_outcome(facts, unsaved)
+    return _classify_failure(facts, statuses, code, rank)
+
+
+def _finished_outcome(facts: ExitFacts, unsaved: bool) -> Outcome:
+    """A run that reached its end: finished, or finished without its final checkpoint on disk."""
+    if unsaved or not facts.final_checkpoint_on_disk:
+        return Outcome(OutcomeKind.FINISHED_WITHOUT_CHECKPOINT, exit_code=facts.returncode)
+    return Outcome(OutcomeKind.FINISHED, exit_code=0)
+
+
+def _classify_requested_stop(facts: ExitFacts, statuses: list[str], code: int, rank: int | None) -> Outcome:
+    """We asked it to stop: however it went down, that is not a failure to restart from. A stop
+    whose checkpoint could not be written keeps the worker's exit 9, so the ending says so."""
+    unsaved = RankStatus.FINISHED_WITHOUT_CHECKPOINT in statuses
+    if facts.returncode == 0 and statuses and all(s == RankStatus.FINISHED for s in statuses):
+        return _finished_outcome(facts, unsaved)
+    if unsaved or code == WorkerExit.FINAL_SAVE_FAILED:
+        return Outcome(OutcomeKind.FINISHED_WITHOUT_CHECKPOINT, exit_code=code, rank=rank)
+    return Outcome(OutcomeKind.STOPPED, exit_code=code, rank=rank)
+
+
+def _classify_failure(facts: ExitFacts, statuses: list[str], code: int, rank: int | None) -> Outcome:
+    """A non-zero exit nobody asked for: ``code`` and ``rank`` are the first failing rank's."""
+    unsaved = RankStatus.FINISHED_WITHOUT_CHECKPOINT in statuses
     if unsaved or code == WorkerExit.FINAL_SAVE_FAILED:
         # The exit code says it even when a full disk swallowed the heartbeat's status.
         return Outcome(OutcomeKind.FINISHED_WITHOUT_CHECKPOINT, exit_code=code, rank=rank)
