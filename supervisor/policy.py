@@ -628,6 +628,53 @@ def _classify_failure(facts: ExitFacts, statuses: list[str], code: int, rank: in
 
 
 @dataclass(frozen=True)
+class ExitEvidence:
+    """The text the supervisor read after torchrun exited, beyond ``ExitFacts``: what explains it.
+
+    Messages arrive as their summary lines already (``messages.first_line``).
+    """
+    returncode: int
+    stop_requested: bool
+    failing_summary: str | None = None  # the failing (or first-ended) rank's own message
+    torchrun_error: str | None = None  # torchrun's error line, read on a non-zero exit only
+    rendezvous_closed: bool = False  # non-zero exit, no heartbeat, and the rendezvous was closed
+    agent_cause: str | None = None  # why the supervisor killed an unresponsive torchrun agent
+    stop_summary: str | None = None  # the message of the first rank that stopped (who asked)
+
+
+@dataclass(frozen=True)
+class ExitDescription:
+    """The cause of an attempt's end, and for an attempt that did not fail, how it ended.
+
+    ``reason`` is None for a failure: ``messages.attempt_failure`` words that one from the
+    outcome, step and cause (``messages`` imports this module, so the wording stays there).
+    """
+    cause: str | None
+    reason: str | None
+
+
+def describe_exit(outcome: Outcome, evidence: ExitEvidence) -> ExitDescription:
+    """Name the cause of an attempt's end (an agent kill, a closed rendezvous, the rank's own
+    message, torchrun's error line, in that precedence) and, when it did not fail, how it ended."""
+    cause = evidence.failing_summary or evidence.torchrun_error
+    if evidence.rendezvous_closed:
+        cause = "torchrun found the rendezvous closed (RendezvousClosedError)"
+    if evidence.agent_cause is not None:
+        cause = evidence.agent_cause
+    if outcome.is_failure:
+        return ExitDescription(cause, None)
+    code = evidence.returncode
+    reason = "the workers saved and exited" if code == 0 else f"torchrun exit {code}"
+    if evidence.agent_cause is not None:
+        reason += f"; {evidence.agent_cause}: killed it"
+    # Not asked by us: say who asked (another node's workers stop when their supervisor is gone,
+    # and the stop reaches every rank).
+    if code == 0 and not evidence.stop_requested and evidence.stop_summary:
+        reason += f": {evidence.stop_summary}"
+    return ExitDescription(cause, reason)
+
+
+@dataclass(frozen=True)
 class RestartLimits:
     max_restarts: int = 10
     max_no_progress_restarts: int = 3
