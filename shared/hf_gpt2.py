@@ -94,15 +94,25 @@ def gpt_config_from_hf(hf: Mapping[str, Any]) -> dict[str, Any]:
     model_type = hf.get("model_type", "gpt2")
     if model_type != "gpt2":
         raise HFMappingError(f"config.json describes a {model_type!r} model, not GPT-2")
+    config = _hf_core_config(hf)
+    unsupported = _hf_unsupported_settings(hf, config)
+    if unsupported:
+        raise HFMappingError("the GPT-2 config has no gpt2sup equivalent: " + "; ".join(unsupported))
+    return config
 
-    def differs(key: str, wanted: Any, default: Any) -> bool:
-        value = hf.get(key, default)
-        if isinstance(wanted, float):
-            return not isinstance(value, (int, float)) or abs(float(value) - wanted) > 1e-12
-        return value != wanted
 
+def _hf_setting_differs(hf: Mapping[str, Any], key: str, wanted: Any, default: Any) -> bool:
+    """Whether ``hf[key]`` (``default`` when absent) is not ``wanted``; floats compare within 1e-12."""
+    value = hf.get(key, default)
+    if isinstance(wanted, float):
+        return not isinstance(value, (int, float)) or abs(float(value) - wanted) > 1e-12
+    return value != wanted
+
+
+def _hf_core_config(hf: Mapping[str, Any]) -> dict[str, Any]:
+    """The shape settings of a GPT-2 ``config.json`` as our config dict; a missing or unusable one is an error."""
     try:
-        config = {
+        return {
             "block_size": int(hf["n_positions"]),
             "vocab_size": int(hf["vocab_size"]),
             "n_layer": int(hf["n_layer"]),
@@ -112,6 +122,13 @@ def gpt_config_from_hf(hf: Mapping[str, Any]) -> dict[str, Any]:
         }
     except (KeyError, TypeError, ValueError) as error:
         raise HFMappingError(f"config.json lacks a usable GPT-2 setting ({error})") from None
+
+
+def _hf_unsupported_settings(hf: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+    """One phrase per setting of ``hf`` that our GPT does not compute (empty when all map)."""
+    def differs(key: str, wanted: Any, default: Any) -> bool:
+        return _hf_setting_differs(hf, key, wanted, default)
+
     unsupported = []
     if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
         unsupported.append(f"activation_function {hf.get('activation_function')!r} (ours is gelu_new, tanh GELU)")
@@ -127,9 +144,7 @@ def gpt_config_from_hf(hf: Mapping[str, Any]) -> dict[str, Any]:
         unsupported.append("cross-attention")
     if config["n_head"] <= 0 or config["n_embd"] % config["n_head"]:
         unsupported.append(f"n_embd {config['n_embd']} not divisible by n_head {config['n_head']}")
-    if unsupported:
-        raise HFMappingError("the GPT-2 config has no gpt2sup equivalent: " + "; ".join(unsupported))
-    return config
+    return unsupported
 
 
 # --- weights ---------------------------------------------------------------------------------------

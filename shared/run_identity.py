@@ -298,38 +298,62 @@ def compare(
     elif recorded.model_config is None:
         unrecorded.append("model")
 
-    for key in MATH_SCALARS:
-        before, after = getattr(recorded, key), getattr(current, key)
-        if before is None:
-            unrecorded.append(key)
-        elif not _same(before, after):
-            differences.append(Difference(key, _fmt(before), _fmt(after), changes_math=True))
+    math_differences, math_unrecorded = _compare_math_scalars(recorded, current)
+    differences.extend(math_differences)
+    unrecorded.extend(math_unrecorded)
 
     if recorded.max_steps is None:
         unrecorded.append("max_steps")
     elif current.max_steps is not None and recorded.max_steps != current.max_steps:
         differences.append(_max_steps_difference(recorded, current, resumed_step, lr_schedule))
 
-    for key in ALLOWED_SCALARS:
-        before, after = getattr(recorded, key), getattr(current, key)
-        if before is not None and not _same(before, after):
-            differences.append(Difference(key, _fmt(before), _fmt(after), changes_math=False,
-                                          note="same total batch: the same tokens per step"))
+    differences.extend(_compare_allowed_scalars(recorded, current))
 
     if recorded.is_legacy:
         unrecorded.extend(["data", "pretrained"])
     else:
         differences.extend(_compare_data(recorded.data, current.data))
         differences.extend(_compare_pretrained(recorded.pretrained, current.pretrained))
-        for key in sorted(set(recorded.settings) | set(current.settings)):
-            before, after = recorded.settings.get(key), current.settings.get(key)
-            if not _same(before, after):
-                differences.append(Difference(key, _fmt(before), _fmt(after), changes_math=False))
+        differences.extend(_compare_settings(recorded, current))
 
     notes = ()
     if unrecorded:
         notes = (f"not recorded by the run (written by an older version), so not compared: {', '.join(unrecorded)}",)
     return IdentityDiff(tuple(differences), notes)
+
+
+def _compare_math_scalars(recorded: RunIdentity, current: RunIdentity) -> tuple[list[Difference], list[str]]:
+    """The changed math scalars (each changes the math), and those ``recorded`` does not hold."""
+    differences: list[Difference] = []
+    unrecorded: list[str] = []
+    for key in MATH_SCALARS:
+        before, after = getattr(recorded, key), getattr(current, key)
+        if before is None:
+            unrecorded.append(key)
+        elif not _same(before, after):
+            differences.append(Difference(key, _fmt(before), _fmt(after), changes_math=True))
+    return differences, unrecorded
+
+
+def _compare_allowed_scalars(recorded: RunIdentity, current: RunIdentity) -> list[Difference]:
+    """The changed batch-split scalars: allowed, since the total batch (tokens per step) is the same."""
+    differences = []
+    for key in ALLOWED_SCALARS:
+        before, after = getattr(recorded, key), getattr(current, key)
+        if before is not None and not _same(before, after):
+            differences.append(Difference(key, _fmt(before), _fmt(after), changes_math=False,
+                                          note="same total batch: the same tokens per step"))
+    return differences
+
+
+def _compare_settings(recorded: RunIdentity, current: RunIdentity) -> list[Difference]:
+    """The changed free-form settings (neither side's keys missed), in key order; none changes the math."""
+    differences = []
+    for key in sorted(set(recorded.settings) | set(current.settings)):
+        before, after = recorded.settings.get(key), current.settings.get(key)
+        if not _same(before, after):
+            differences.append(Difference(key, _fmt(before), _fmt(after), changes_math=False))
+    return differences
 
 
 def _compare_model(recorded: RunIdentity, current: RunIdentity) -> Difference | None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.run_dir import QUARANTINE_SUFFIX, RunDir
+from shared.run_dir import QUARANTINE_SUFFIX, CheckpointFile, RunDir
 from shared.vocabulary import Verdict
 from supervisor.checkpoint_validation import (
     ProbeSession,
@@ -150,19 +150,7 @@ def select_checkpoint_for_restart(
         if checkpoints and known is None:
             session.start()  # the child imports torch while the newest file's CRC is read
         for checkpoint in reversed(checkpoints):
-            started = time.monotonic()
-            try:
-                result = known(checkpoint.path) if known is not None else None
-                if result is None:
-                    if not own:
-                        session.start()
-                    result = validate_checkpoint(checkpoint.path, deep=deep, session=session,
-                                                 siblings=list_siblings(checkpoint.path, cache))
-            except Exception as exc:  # noqa: BLE001  a validator bug is no evidence against the file
-                verdict = CheckpointVerdict(checkpoint.path, False, f"validator error: {type(exc).__name__}: {exc}",
-                                            checkpoint.step, checkpoint.size, inconclusive=True)
-            else:
-                verdict = CheckpointVerdict.of(result, checkpoint.path, checkpoint.step, time.monotonic() - started)
+            verdict = _judge_checkpoint(checkpoint, deep=deep, session=session, own=own, known=known, cache=cache)
             selection.checked.append(verdict)
             if verdict.verdict is Verdict.VALID:
                 selection.chosen = verdict
@@ -173,24 +161,51 @@ def select_checkpoint_for_restart(
             if verdict.verdict is Verdict.INCONCLUSIVE:
                 inconclusive.append(verdict)
                 continue
-            try:
-                new_path = quarantine(checkpoint.path, verdict.reason or "failed validation")
-            except OSError as exc:
-                verdict.reason = f"{verdict.reason}; could not quarantine: {exc.strerror or exc}"
-                new_path = checkpoint.path
-            selection.quarantined.append((verdict, new_path))
+            selection.quarantined.append((verdict, _quarantine_or_note(checkpoint.path, verdict)))
     if selection.chosen is not None:
         selection.skipped_inconclusive = inconclusive
     elif inconclusive:
         selection.chosen = inconclusive[0]  # the newest file that may be good: resume UNVERIFIED
-    target = selection.chosen.path if selection.chosen is not None else None
+    _repoint_latest_link(run, selection.chosen.path if selection.chosen is not None else None)
+    return selection
+
+
+def _judge_checkpoint(checkpoint: CheckpointFile, *, deep: bool, session: ProbeSession, own: bool,
+                      known: Callable[[Path], ValidationResult | None] | None,
+                      cache: dict[Path, Any]) -> CheckpointVerdict:
+    """The verdict on one file: ``known``'s earlier result, else a validation through ``session``
+    (started here when the caller lent it). A validator error makes the file inconclusive."""
+    started = time.monotonic()
+    try:
+        result = known(checkpoint.path) if known is not None else None
+        if result is None:
+            if not own:
+                session.start()
+            result = validate_checkpoint(checkpoint.path, deep=deep, session=session,
+                                         siblings=list_siblings(checkpoint.path, cache))
+    except Exception as exc:  # noqa: BLE001  a validator bug is no evidence against the file
+        return CheckpointVerdict(checkpoint.path, False, f"validator error: {type(exc).__name__}: {exc}",
+                                 checkpoint.step, checkpoint.size, inconclusive=True)
+    return CheckpointVerdict.of(result, checkpoint.path, checkpoint.step, time.monotonic() - started)
+
+
+def _quarantine_or_note(path: Path, verdict: CheckpointVerdict) -> Path:
+    """Quarantine a proven-bad file; where that fails, say so in the verdict and keep the path."""
+    try:
+        return quarantine(path, verdict.reason or "failed validation")
+    except OSError as exc:
+        verdict.reason = f"{verdict.reason}; could not quarantine: {exc.strerror or exc}"
+        return path
+
+
+def _repoint_latest_link(run: RunDir, target: Path | None) -> None:
+    """Point ``latest`` at ``target`` (remove it for None), touching the link only when it differs."""
     try:
         current = os.readlink(run.latest_link) if run.latest_link.is_symlink() else None
     except OSError:
         current = None
     if current != (target.name if target is not None else None) or (target is None and run.latest_link.exists()):
         run.point_latest_link(target)
-    return selection
 
 
 @dataclass

@@ -368,17 +368,8 @@ def _table_width(columns: dict[str, list[RenderableType]]) -> int:
                                   for c in cells]) + 2 for name, cells in columns.items())
 
 
-def render_panel(snapshot: RunSnapshot) -> RenderableType:
-    """The panel of the issue: progress bar, loss, tok/s, ETA, phase, per-rank heartbeat age,
-    restarts, newest checkpoint, disk bar."""
-    verdict_style = VERDICT_STYLE.get(snapshot.verdict, "bold")
-    title = Text.assemble(("gpt2sup ", "bold"), (snapshot.log_dir, ""), " · ", (snapshot.verdict_text(), verdict_style))
-    if not snapshot.has_run:
-        return Panel(Text(no_run_line(snapshot)), title=title, title_align="left")
-
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold", no_wrap=True)
-    grid.add_column()
+def _add_progress_rows(grid: Table, snapshot: RunSnapshot) -> None:
+    """The step (a bar when the run's length is known) and loss rows, when the run has progress."""
     progress = snapshot.progress
     if progress is not None:
         if progress.fraction is not None and progress.max_steps:
@@ -399,6 +390,10 @@ def render_panel(snapshot: RunSnapshot) -> RenderableType:
                 f"   phase {progress.phase or '-'}",
             ),
         )
+
+
+def _add_supervisor_rows(grid: Table, snapshot: RunSnapshot) -> None:
+    """The supervisor row, one row per node, and the restarts and last failure of this supervisor."""
     sup = snapshot.supervisor
     grid.add_row("supervisor", _supervisor_text(snapshot, with_restarts=False))
     for node, info in sorted(snapshot.nodes.items()):
@@ -409,6 +404,31 @@ def render_panel(snapshot: RunSnapshot) -> RenderableType:
         failure = _failure_text(snapshot)
         if failure is not None:
             grid.add_row("last failure", Text(failure, style="dim" if sup.last_failure_recovered else "yellow"))
+
+
+def _add_disk_row(grid: Table, snapshot: RunSnapshot) -> None:
+    """The disk bar, when the disk was measured: yellow past 80 % used, red past 90 %."""
+    disk = snapshot.disk
+    if disk is not None:
+        disk_style = "red" if disk.used_fraction > 0.9 else "yellow" if disk.used_fraction > 0.8 else "green"
+        # The bar fills to df's Use% (used of used + available), the same number as its label.
+        usable = disk.used_bytes + disk.free_bytes
+        grid.add_row("disk", _bar_row(disk.used_bytes, usable, _disk_text(snapshot), disk_style))
+
+
+def render_panel(snapshot: RunSnapshot) -> RenderableType:
+    """The panel of the issue: progress bar, loss, tok/s, ETA, phase, per-rank heartbeat age,
+    restarts, newest checkpoint, disk bar."""
+    verdict_style = VERDICT_STYLE.get(snapshot.verdict, "bold")
+    title = Text.assemble(("gpt2sup ", "bold"), (snapshot.log_dir, ""), " · ", (snapshot.verdict_text(), verdict_style))
+    if not snapshot.has_run:
+        return Panel(Text(no_run_line(snapshot)), title=title, title_align="left")
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    _add_progress_rows(grid, snapshot)
+    _add_supervisor_rows(grid, snapshot)
     if snapshot.goodput is not None:
         grid.add_row("goodput", snapshot.goodput.one_line().removeprefix("goodput "))
     check = snapshot.replay_check
@@ -424,12 +444,7 @@ def render_panel(snapshot: RunSnapshot) -> RenderableType:
     grid.add_row("checkpoints", Text(_checkpoint_text(snapshot), style=ck_style))
     if snapshot.remote is not None:
         grid.add_row("remote", Text(remote_text(snapshot.remote), style="yellow" if snapshot.remote.last_error else ""))
-    disk = snapshot.disk
-    if disk is not None:
-        disk_style = "red" if disk.used_fraction > 0.9 else "yellow" if disk.used_fraction > 0.8 else "green"
-        # The bar fills to df's Use% (used of used + available), the same number as its label.
-        usable = disk.used_bytes + disk.free_bytes
-        grid.add_row("disk", _bar_row(disk.used_bytes, usable, _disk_text(snapshot), disk_style))
+    _add_disk_row(grid, snapshot)
     return Panel(grid, title=title, title_align="left")
 
 

@@ -575,27 +575,39 @@ def classify_exit(facts: ExitFacts) -> Outcome:
     """Name what happened to an attempt from its exit code, heartbeats and torchrun's summary."""
     statuses = list(facts.statuses)
     unsaved = RankStatus.FINISHED_WITHOUT_CHECKPOINT in statuses
-
-    def finished() -> Outcome:
-        if unsaved or not facts.final_checkpoint_on_disk:
-            return Outcome(OutcomeKind.FINISHED_WITHOUT_CHECKPOINT, exit_code=facts.returncode)
-        return Outcome(OutcomeKind.FINISHED, exit_code=0)
-
     first = first_failure(facts.rank_exits, facts.reports) if facts.returncode != 0 else None
     code = first.exit_code if first is not None else facts.returncode
     rank = first.rank if first is not None else None
     if facts.stop_requested:
-        # We asked it to stop: however it went down, that is not a failure to restart from. A stop
-        # whose checkpoint could not be written keeps the worker's exit 9, so the ending says so.
-        if facts.returncode == 0 and statuses and all(s == RankStatus.FINISHED for s in statuses):
-            return finished()
-        if unsaved or code == WorkerExit.FINAL_SAVE_FAILED:
-            return Outcome(OutcomeKind.FINISHED_WITHOUT_CHECKPOINT, exit_code=code, rank=rank)
-        return Outcome(OutcomeKind.STOPPED, exit_code=code, rank=rank)
+        return _classify_requested_stop(facts, statuses, code, rank)
     if facts.returncode == 0:
         if RankStatus.STOPPED in statuses:
             return Outcome(OutcomeKind.STOPPED, exit_code=0)
-        return finished()
+        return _finished_outcome(facts, unsaved)
+    return _classify_failure(facts, statuses, code, rank)
+
+
+def _finished_outcome(facts: ExitFacts, unsaved: bool) -> Outcome:
+    """A run that reached its end: finished, or finished without its final checkpoint on disk."""
+    if unsaved or not facts.final_checkpoint_on_disk:
+        return Outcome(OutcomeKind.FINISHED_WITHOUT_CHECKPOINT, exit_code=facts.returncode)
+    return Outcome(OutcomeKind.FINISHED, exit_code=0)
+
+
+def _classify_requested_stop(facts: ExitFacts, statuses: list[str], code: int, rank: int | None) -> Outcome:
+    """We asked it to stop: however it went down, that is not a failure to restart from. A stop
+    whose checkpoint could not be written keeps the worker's exit 9, so the ending says so."""
+    unsaved = RankStatus.FINISHED_WITHOUT_CHECKPOINT in statuses
+    if facts.returncode == 0 and statuses and all(s == RankStatus.FINISHED for s in statuses):
+        return _finished_outcome(facts, unsaved)
+    if unsaved or code == WorkerExit.FINAL_SAVE_FAILED:
+        return Outcome(OutcomeKind.FINISHED_WITHOUT_CHECKPOINT, exit_code=code, rank=rank)
+    return Outcome(OutcomeKind.STOPPED, exit_code=code, rank=rank)
+
+
+def _classify_failure(facts: ExitFacts, statuses: list[str], code: int, rank: int | None) -> Outcome:
+    """A non-zero exit nobody asked for: ``code`` and ``rank`` are the first failing rank's."""
+    unsaved = RankStatus.FINISHED_WITHOUT_CHECKPOINT in statuses
     if unsaved or code == WorkerExit.FINAL_SAVE_FAILED:
         # The exit code says it even when a full disk swallowed the heartbeat's status.
         return Outcome(OutcomeKind.FINISHED_WITHOUT_CHECKPOINT, exit_code=code, rank=rank)
@@ -616,6 +628,53 @@ def classify_exit(facts: ExitFacts) -> Outcome:
             return Outcome(OutcomeKind.OOM, signal=signum, rank=rank)
         return Outcome(OutcomeKind.CRASHED, signal=signum, rank=rank)
     return Outcome(OutcomeKind.CRASHED, exit_code=code, rank=rank)
+
+
+@dataclass(frozen=True)
+class ExitEvidence:
+    """The text the supervisor read after torchrun exited, beyond ``ExitFacts``: what explains it.
+
+    Messages arrive as their summary lines already (``messages.first_line``).
+    """
+    returncode: int
+    stop_requested: bool
+    failing_summary: str | None = None  # the failing (or first-ended) rank's own message
+    torchrun_error: str | None = None  # torchrun's error line, read on a non-zero exit only
+    rendezvous_closed: bool = False  # non-zero exit, no heartbeat, and the rendezvous was closed
+    agent_cause: str | None = None  # why the supervisor killed an unresponsive torchrun agent
+    stop_summary: str | None = None  # the message of the first rank that stopped (who asked)
+
+
+@dataclass(frozen=True)
+class ExitDescription:
+    """The cause of an attempt's end, and for an attempt that did not fail, how it ended.
+
+    ``reason`` is None for a failure: ``messages.attempt_failure`` words that one from the
+    outcome, step and cause (``messages`` imports this module, so the wording stays there).
+    """
+    cause: str | None
+    reason: str | None
+
+
+def describe_exit(outcome: Outcome, evidence: ExitEvidence) -> ExitDescription:
+    """Name the cause of an attempt's end (an agent kill, a closed rendezvous, the rank's own
+    message, torchrun's error line, in that precedence) and, when it did not fail, how it ended."""
+    cause = evidence.failing_summary or evidence.torchrun_error
+    if evidence.rendezvous_closed:
+        cause = "torchrun found the rendezvous closed (RendezvousClosedError)"
+    if evidence.agent_cause is not None:
+        cause = evidence.agent_cause
+    if outcome.is_failure:
+        return ExitDescription(cause, None)
+    code = evidence.returncode
+    reason = "the workers saved and exited" if code == 0 else f"torchrun exit {code}"
+    if evidence.agent_cause is not None:
+        reason += f"; {evidence.agent_cause}: killed it"
+    # Not asked by us: say who asked (another node's workers stop when their supervisor is gone,
+    # and the stop reaches every rank).
+    if code == 0 and not evidence.stop_requested and evidence.stop_summary:
+        reason += f": {evidence.stop_summary}"
+    return ExitDescription(cause, reason)
 
 
 @dataclass(frozen=True)

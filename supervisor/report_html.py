@@ -17,6 +17,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -137,52 +138,18 @@ def _draw(history: RunHistory, against: str) -> str:
         return step if against == "step" else (when - origin) / divisor
 
     labelled = len(history.faults) <= MAX_LABELLED_FAULTS
+    spans = _lost_work_spans(history, against, origin, divisor)
+    fault_lines = _fault_xs_by_colour(history, against, origin, divisor)
     for ax, (ylabel, series) in zip(axes, panels):
-        for key, legend, style in series:
-            points = downsample([(x_of(s, t), v) for s, t, v in history.series(key)])
-            if against == "time":
-                points = _break_gaps(points)
-            xs, ys = [p[0] for p in points], [p[1] for p in points]
-            if style == "line":
-                ax.plot(xs, ys, linewidth=1.0, label=legend, color="#1f77b4" if key == "loss" else None)
-            else:
-                ax.plot(xs, ys, "o-", markersize=3, linewidth=0.8, label=legend, color="#e377c2")
+        _plot_series(ax, history, series, against, x_of)
         ax.set_ylabel(ylabel)
         if len(series) > 1:
             ax.legend(loc="upper right", fontsize=8)
-        # Lost work: the steps trained twice (against step) or the time from the last progress to
-        # the failed step regained (against time). One path per panel and one per kind of fault,
-        # however many there are: the page stays small.
-        spans = []
-        for recovery in history.recoveries:
-            if against == "step":
-                if recovery.redone_steps is not None:
-                    spans.append((recovery.redone_steps[0] - 0.5, recovery.redone_steps[1] + 0.5))
-            else:
-                spans.append(((recovery.progress_at - origin) / divisor, (recovery.regained_at - origin) / divisor))
         _shade(ax, spans)
-        by_colour: dict[str, list[float]] = {}
-        for fault in history.faults:
-            if against == "step" and fault.step is None:
-                continue
-            x = fault.step if against == "step" else (fault.time - origin) / divisor
-            by_colour.setdefault(_fault_style(fault.kind)[0], []).append(x)
-        for colour, xs in by_colour.items():
+        for colour, xs in fault_lines.items():
             ax.plot([v for x in xs for v in (x, x, math.nan)], [v for _ in xs for v in (0, 1, math.nan)],
                     color=colour, linewidth=0.9, alpha=0.8, transform=ax.get_xaxis_transform())
-    rows = 1
-    if labelled:
-        top = axes[0]
-        numbered = [(number, fault, fault.step if against == "step" else (fault.time - origin) / divisor)
-                    for number, fault in enumerate(history.faults, 1)
-                    if not (against == "step" and fault.step is None)]
-        low, high = top.get_xlim()
-        levels = label_rows([x for _, _, x in numbered], high - low, LABEL_GAP)
-        rows = max(levels, default=0) + 1
-        for (number, fault, x), level in zip(numbered, levels, strict=True):
-            top.annotate(str(number), (x, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 2 + LABEL_ROW_PT * level),
-                         textcoords="offset points", ha="center", va="bottom", fontsize=7,
-                         color=_fault_style(fault.kind)[0])
+    rows = _number_faults(axes[0], history, against, origin, divisor) if labelled else 1
     axes[-1].set_xlabel("step" if against == "step" else f"wall time since the first launch ({unit})")
     _fault_legend(fig, history)
     top_margin = max(0.75, 0.97 - 0.03 * (rows - 1)) if labelled and history.faults else 1
@@ -191,6 +158,60 @@ def _draw(history: RunHistory, against: str) -> str:
     fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
     plt.close(fig)
     return _compact_svg(buffer.getvalue())
+
+
+def _plot_series(ax: Any, history: RunHistory, series: Any, against: str,
+                 x_of: Callable[[int, float], float]) -> None:
+    """Each (key, legend, style) of one panel as a line, downsampled; against time, broken at gaps."""
+    for key, legend, style in series:
+        points = downsample([(x_of(s, t), v) for s, t, v in history.series(key)])
+        if against == "time":
+            points = _break_gaps(points)
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        if style == "line":
+            ax.plot(xs, ys, linewidth=1.0, label=legend, color="#1f77b4" if key == "loss" else None)
+        else:
+            ax.plot(xs, ys, "o-", markersize=3, linewidth=0.8, label=legend, color="#e377c2")
+
+
+def _lost_work_spans(history: RunHistory, against: str, origin: float, divisor: float) -> list[tuple[float, float]]:
+    """Lost work: the steps trained twice (against step) or the time from the last progress to
+    the failed step regained (against time). Shaded as one path per panel, however many there are:
+    the page stays small."""
+    spans = []
+    for recovery in history.recoveries:
+        if against == "step":
+            if recovery.redone_steps is not None:
+                spans.append((recovery.redone_steps[0] - 0.5, recovery.redone_steps[1] + 0.5))
+        else:
+            spans.append(((recovery.progress_at - origin) / divisor, (recovery.regained_at - origin) / divisor))
+    return spans
+
+
+def _fault_xs_by_colour(history: RunHistory, against: str, origin: float, divisor: float) -> dict[str, list[float]]:
+    """Where each fault falls on the x axis, grouped by its kind's colour (one path per kind);
+    against step, a fault with no step is left out."""
+    by_colour: dict[str, list[float]] = {}
+    for fault in history.faults:
+        if against == "step" and fault.step is None:
+            continue
+        x = fault.step if against == "step" else (fault.time - origin) / divisor
+        by_colour.setdefault(_fault_style(fault.kind)[0], []).append(x)
+    return by_colour
+
+
+def _number_faults(top: Any, history: RunHistory, against: str, origin: float, divisor: float) -> int:
+    """Number each fault above the top panel, stacking labels that would overlap; the rows used."""
+    numbered = [(number, fault, fault.step if against == "step" else (fault.time - origin) / divisor)
+                for number, fault in enumerate(history.faults, 1)
+                if not (against == "step" and fault.step is None)]
+    low, high = top.get_xlim()
+    levels = label_rows([x for _, _, x in numbered], high - low, LABEL_GAP)
+    for (number, fault, x), level in zip(numbered, levels, strict=True):
+        top.annotate(str(number), (x, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 2 + LABEL_ROW_PT * level),
+                     textcoords="offset points", ha="center", va="bottom", fontsize=7,
+                     color=_fault_style(fault.kind)[0])
+    return max(levels, default=0) + 1
 
 
 def _shade(ax: Any, spans: list[tuple[float, float]]) -> None:

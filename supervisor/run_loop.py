@@ -178,12 +178,9 @@ class Supervisor:
         restarts_used = consecutive_failures = 0
         relaunch: OutcomeKind | None = None
         while True:
-            peer = self._peer_ending()
-            if peer is not None:
-                return self._follow(peer)
-            if self.stops.count:
-                return self._end(SupervisorStateName.STOPPED, messages.stopped("before launch",
-                                                                                resume_with=self._resume_command()))
+            ending = self._ending_before_launch()
+            if ending is not None:
+                return ending
             if relaunch is not None:
                 restarts_used += 1
                 self.journal.save_state(restarts_used=restarts_used)
@@ -204,10 +201,7 @@ class Supervisor:
             if not result.outcome.is_failure:
                 return self._end_of_training(result)
             validation_started = time.monotonic()
-            stalled = self.progress.record_failure(self._recover_from(result))
-            timeline = getattr(self.attempts, "timeline", None)  # restart_breakdown (TorchrunAttempts)
-            if timeline is not None:
-                timeline.validation_s = time.monotonic() - validation_started
+            stalled = self._recover_timed(result, validation_started)
             consecutive_failures = policy.next_consecutive_failures(consecutive_failures, result.duration_s,
                                                                     self.config.backoff)
             decision = policy.decide_after_failure(
@@ -216,12 +210,35 @@ class Supervisor:
             )
             if not decision.restart:
                 return self._give_up(decision, result)
-            backoff_started = time.monotonic()
-            # The backoff counts from the end of the attempt: validation already waited part of it.
-            self._back_off(decision.delay_s, already_waited_s=backoff_started - validation_started)
-            if timeline is not None:
-                timeline.backoff_s = time.monotonic() - backoff_started
+            self._back_off_timed(decision.delay_s, validation_started)
             relaunch = result.outcome.kind
+
+    def _ending_before_launch(self) -> SupervisorExit | None:
+        """How the run ends before the next launch (a peer node's ending, a stop asked for), or None."""
+        peer = self._peer_ending()
+        if peer is not None:
+            return self._follow(peer)
+        if self.stops.count:
+            return self._end(SupervisorStateName.STOPPED, messages.stopped("before launch",
+                                                                            resume_with=self._resume_command()))
+        return None
+
+    def _recover_timed(self, result: AttemptResult, validation_started: float) -> int:
+        """Recover from a failed attempt (the stalled-failure count), timing it for restart_breakdown."""
+        stalled = self.progress.record_failure(self._recover_from(result))
+        timeline = getattr(self.attempts, "timeline", None)  # restart_breakdown (TorchrunAttempts)
+        if timeline is not None:
+            timeline.validation_s = time.monotonic() - validation_started
+        return stalled
+
+    def _back_off_timed(self, delay_s: float, validation_started: float) -> None:
+        """Wait out the backoff, timing it for restart_breakdown."""
+        backoff_started = time.monotonic()
+        # The backoff counts from the end of the attempt: validation already waited part of it.
+        self._back_off(delay_s, already_waited_s=backoff_started - validation_started)
+        timeline = getattr(self.attempts, "timeline", None)
+        if timeline is not None:
+            timeline.backoff_s = time.monotonic() - backoff_started
 
     def _attempt(self) -> AttemptResult:
         """Run the next attempt, then make supervisor.json name the newest checkpoint on disk."""

@@ -235,17 +235,7 @@ class TorchrunAttempts:
             if gap > max(10 * self.config.monitor_interval, SCHEDULING_GAP_S):
                 self.journal.event(EventKind.WARNING, f"the supervisor itself was not scheduled for {gap:.0f}s "
                                    "(stopped, suspended or starved)", gap_s=round(gap, 1))
-            code = live.tree.poll()
-            if live.tree.refresh():
-                self.journal.save_state(processes=process_records(live.tree))
-                # torchrun's children, the ranks (not their helpers: a compile worker that ends is no death)
-                live.ranks = live.tree.worker_processes()
-                if live.deaths is not None:
-                    live.deaths.track(live.ranks)
-            if live.oom is not None:  # each poll, while they live: a killed rank's /proc entry is gone
-                live.oom.learn([p.pid for p in live.ranks])
-            if code is None:
-                code = self._cut_teardown(live)
+            code = self._observe_tree(live)
             self._read_heartbeats(live)
             if code is None and self._agent_unresponsive(live, hang_found=False):
                 return self._end_for_agent(live)
@@ -253,24 +243,45 @@ class TorchrunAttempts:
             self.refresh_timeouts()
             if code is not None:
                 return self._on_exit(live, code)
-            ended = self.peer_ended() if self.peer_ended is not None else None
+            ended = self._end_while_running(live)
             if ended is not None:
-                return self._stop_for_peer(live, ended)
-            if self.stops.count:
-                forced = self._forward_stop(live)
-                if forced is not None:
-                    return forced
-            else:
-                hang = self._detect_hang(live)
-                if hang is not None:
-                    return hang
-            self.disk.check()
-            self.journal.flush()  # space may be back: what waits in memory goes out now
-            if time.monotonic() - self._last_report >= REPORT_EVERY_S:
-                self._last_report = time.monotonic()
-                self.journal.show_progress()
-            self._maybe_write_breakdown(live)
+                return ended
+            self._between_polls(live)
             self.stops.sleep(TEARDOWN_POLL_S if live.noticed_at is not None else self.config.monitor_interval)
+
+    def _observe_tree(self, live: _Live) -> int | None:
+        """One poll of the process tree: torchrun's exit code (or, once a rank died and torchrun's
+        summary is out, the code to classify), else None; refreshes the ranks and OOM bookkeeping."""
+        code = live.tree.poll()
+        if live.tree.refresh():
+            self.journal.save_state(processes=process_records(live.tree))
+            # torchrun's children, the ranks (not their helpers: a compile worker that ends is no death)
+            live.ranks = live.tree.worker_processes()
+            if live.deaths is not None:
+                live.deaths.track(live.ranks)
+        if live.oom is not None:  # each poll, while they live: a killed rank's /proc entry is gone
+            live.oom.learn([p.pid for p in live.ranks])
+        if code is None:
+            code = self._cut_teardown(live)
+        return code
+
+    def _end_while_running(self, live: _Live) -> AttemptResult | None:
+        """How a running attempt ends now: a peer node ended, a stop forced, or a hang; else None."""
+        ended = self.peer_ended() if self.peer_ended is not None else None
+        if ended is not None:
+            return self._stop_for_peer(live, ended)
+        if self.stops.count:
+            return self._forward_stop(live)
+        return self._detect_hang(live)
+
+    def _between_polls(self, live: _Live) -> None:
+        """Disk check, journal flush (space may be back), the periodic progress line, the breakdown."""
+        self.disk.check()
+        self.journal.flush()  # space may be back: what waits in memory goes out now
+        if time.monotonic() - self._last_report >= REPORT_EVERY_S:
+            self._last_report = time.monotonic()
+            self.journal.show_progress()
+        self._maybe_write_breakdown(live)
 
     # -- a rank died: torchrun tears the group down --------------------------------------------------
     def _cut_teardown(self, live: _Live) -> int | None:
@@ -574,6 +585,40 @@ class TorchrunAttempts:
 
     # -- an exit ---------------------------------------------------------------------------------
     def _on_exit(self, live: _Live, code: int, agent_cause: str | None = None) -> AttemptResult:
+        read = self._read_exit(live, code)
+        outcome = policy.classify_exit(read.facts)
+        failing = _failing_rank(read.beats, outcome, code)
+        step = _last_completed_step(failing, live)
+        message = failing.message if failing is not None and failing.status != RankStatus.RUNNING else None
+        evidence = policy.ExitEvidence(
+            returncode=code, stop_requested=read.facts.stop_requested,
+            failing_summary=messages.first_line(message),
+            torchrun_error=torchrun.error_line(read.log_text) if code != 0 else None,
+            rendezvous_closed=code != 0 and not read.beats and torchrun.rendezvous_closed(read.log_text),
+            agent_cause=agent_cause,
+            stop_summary=messages.first_line(next((str(b.message) for b in read.beats.values()
+                                                   if b.status == RankStatus.STOPPED and b.message), None)),
+        )
+        described = policy.describe_exit(outcome, evidence)
+        result = AttemptResult(outcome, described.reason or "", live.elapsed_s(), step, message=message,
+                               cause=described.cause,
+                               bad_checkpoint=failing.bad_checkpoint if failing is not None else None,
+                               last_checkpoint=read.final_checkpoint, rendezvous_closed=evidence.rendezvous_closed)
+        if not outcome.is_failure:
+            return result
+        result.reason = messages.attempt_failure(outcome, step, described.cause)
+        self.journal.event(
+            EventKind.CRASHED, f"attempt {self.journal.attempt}: {result.reason}",
+            kind=outcome.kind, exit_code=outcome.exit_code,
+            signal=messages.signal_name(outcome.signal) if outcome.signal else None,
+            rank=outcome.rank, step=step, torchrun_exit=code,
+            last_beat_time=live.beat_wall_time(failing.rank) if failing is not None else None,
+        )
+        return result
+
+    def _read_exit(self, live: _Live, code: int) -> _ExitRead:
+        """The I/O after torchrun exited: end what is left of its tree, read the last heartbeats,
+        torchrun's log and whether the final checkpoint is on disk, as ``policy.ExitFacts``."""
         tree = live.tree
         # torchrun is gone; anything left of its tree (a reparented worker) goes too.
         leftovers = tree.live_processes()
@@ -601,41 +646,24 @@ class TorchrunAttempts:
             final_checkpoint_on_disk=not writes_checkpoints or (bool(final) and (self.run_dir.root / str(final)).is_file()),
             reports=[policy.RankReport(r, str(b.status), float(b.time), int(b.step)) for r, b in beats.items()],
         )
-        outcome = policy.classify_exit(facts)
-        if outcome.rank is not None:
-            failing = beats.get(outcome.rank)
-        else:  # torchrun named no rank: its report is lost (full disk) or there was no failure
-            failing = _first_to_end(beats) if code != 0 else None
-        step = _last_completed_step(failing, live)
-        message = failing.message if failing is not None and failing.status != RankStatus.RUNNING else None
-        cause = messages.first_line(message) or (torchrun.error_line(log_text) if code != 0 else None)
-        closed = code != 0 and not beats and torchrun.rendezvous_closed(log_text)
-        if closed:
-            cause = "torchrun found the rendezvous closed (RendezvousClosedError)"
-        if agent_cause is not None:
-            cause = agent_cause
-        result = AttemptResult(outcome, "", live.elapsed_s(), step, message=message, cause=cause,
-                               bad_checkpoint=failing.bad_checkpoint if failing is not None else None,
-                               last_checkpoint=final, rendezvous_closed=closed)
-        if not outcome.is_failure:
-            result.reason = "the workers saved and exited" if code == 0 else f"torchrun exit {code}"
-            if agent_cause is not None:
-                result.reason += f"; {agent_cause}: killed it"
-            if code == 0 and not facts.stop_requested:  # not asked by us: say who asked (another node's
-                # workers stop when their supervisor is gone, and the stop reaches every rank)
-                why = next((str(b.message) for b in beats.values() if b.status == RankStatus.STOPPED and b.message), None)
-                if why:
-                    result.reason += f": {messages.first_line(why)}"
-            return result
-        result.reason = messages.attempt_failure(outcome, step, cause)
-        self.journal.event(
-            EventKind.CRASHED, f"attempt {self.journal.attempt}: {result.reason}",
-            kind=outcome.kind, exit_code=outcome.exit_code,
-            signal=messages.signal_name(outcome.signal) if outcome.signal else None,
-            rank=outcome.rank, step=step, torchrun_exit=code,
-            last_beat_time=live.beat_wall_time(failing.rank) if failing is not None else None,
-        )
-        return result
+        return _ExitRead(facts, beats, log_text, final)
+
+
+@dataclass(frozen=True)
+class _ExitRead:
+    """What ``_read_exit`` gathered: the facts to classify, and what explains them."""
+    facts: policy.ExitFacts
+    beats: dict[int, Heartbeat]
+    log_text: str
+    final_checkpoint: str | None  # the newest checkpoint the writer's heartbeat names
+
+
+def _failing_rank(beats: dict[int, Heartbeat], outcome: policy.Outcome, code: int) -> Heartbeat | None:
+    """The heartbeat of the rank the outcome names; torchrun named no rank: its report is lost
+    (full disk) or there was no failure."""
+    if outcome.rank is not None:
+        return beats.get(outcome.rank)
+    return _first_to_end(beats) if code != 0 else None
 
 
 def _first_to_end(beats: dict[int, Heartbeat]) -> Heartbeat | None:

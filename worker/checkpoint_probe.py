@@ -361,6 +361,60 @@ def check_optimizer_finite(checkpoint: dict[str, Any], torch: Any) -> str:
 
 # --- driver --------------------------------------------------------------------------------------
 
+def _run_check(verdict: dict[str, Any], name: str, check: Callable[[], str]) -> bool:
+    """Run one check, append ``[name, passed, detail, seconds]`` to the verdict; a failure's detail
+    becomes the verdict's reason. Any other exception is the file's fault (it broke an assumption)."""
+    t0 = time.perf_counter()
+    try:
+        detail, passed = check(), True
+    except CheckFailed as failure:
+        detail, passed = str(failure), False
+    except Exception as error:  # noqa: BLE001  the file's contents broke an assumption: its fault
+        detail, passed = f"unexpected structure in the file ({type(error).__name__}: {error})", False
+    verdict["checks"].append([name, passed, detail, round(time.perf_counter() - t0, 4)])
+    if not passed:
+        verdict["reason"] = detail
+    return passed
+
+
+def _probe_steps(checkpoint: Any, path: Path, size_bytes: int, deep: bool,
+                 torch: Any) -> list[tuple[str, Callable[[], str]]]:
+    """The checks after a successful load, in order; ``deep`` adds the full-tensor scans."""
+    steps: list[tuple[str, Callable[[], str]]] = [
+        ("keys", lambda: check_container(checkpoint)),
+        ("format_version", lambda: check_format_version(checkpoint)),
+        ("step", lambda: check_step(checkpoint, path)),
+        ("config", lambda: check_config(checkpoint)),
+        ("shapes", lambda: check_model_shapes(checkpoint, torch)),
+        ("optimizer", lambda: check_optimizer_container(checkpoint)),
+        ("size-floor", lambda: check_size_floor(
+            checkpoint, size_bytes, optimizer_state_present(checkpoint))),
+        ("state", lambda: check_other_state(checkpoint, torch)),
+        ("restore", lambda: check_restore(checkpoint, torch)),
+    ]
+    if deep:
+        steps += [
+            ("model-finite", lambda: check_model_finite(checkpoint, torch)),
+            ("optimizer-shapes", lambda: check_optimizer_shapes(checkpoint, torch)),
+            ("optimizer-finite", lambda: check_optimizer_finite(checkpoint, torch)),
+        ]
+    return steps
+
+
+def _record_passed_check(verdict: dict[str, Any], name: str, checkpoint: Any) -> None:
+    """What a passed check lets the verdict report: the format version, step, plain config, whether
+    optimizer state is present."""
+    if name == "keys":
+        verdict["format_version"] = checkpoint["format_version"]
+    elif name == "step":
+        verdict["step"] = checkpoint["step"]
+    elif name == "config":
+        verdict["config"] = {k: v for k, v in checkpoint["config"].items()
+                             if isinstance(v, (int, float, str, bool)) or v is None}
+    elif name == "optimizer":
+        verdict["has_optimizer_state"] = optimizer_state_present(checkpoint)
+
+
 def probe(path: Path, *, deep: bool = False, size_bytes: int | None = None) -> dict[str, Any]:
     """Load ``path`` and run every check; return the verdict dict (see the module docstring)."""
     started = time.perf_counter()
@@ -377,17 +431,7 @@ def probe(path: Path, *, deep: bool = False, size_bytes: int | None = None) -> d
         size_bytes = path.stat().st_size
 
     def run(name: str, check: Callable[[], str]) -> bool:
-        t0 = time.perf_counter()
-        try:
-            detail, passed = check(), True
-        except CheckFailed as failure:
-            detail, passed = str(failure), False
-        except Exception as error:  # noqa: BLE001  the file's contents broke an assumption: its fault
-            detail, passed = f"unexpected structure in the file ({type(error).__name__}: {error})", False
-        verdict["checks"].append([name, passed, detail, round(time.perf_counter() - t0, 4)])
-        if not passed:
-            verdict["reason"] = detail
-        return passed
+        return _run_check(verdict, name, check)
 
     holder: dict[str, Any] = {}
 
@@ -409,36 +453,10 @@ def probe(path: Path, *, deep: bool = False, size_bytes: int | None = None) -> d
         verdict["format_version"] = verdict["unsupported_format_version"] = newer
         run("format_version", lambda: _raise(CheckFailed(unsupported_format_message(path.name, newer))))
         return verdict
-    steps: list[tuple[str, Callable[[], str]]] = [
-        ("keys", lambda: check_container(checkpoint)),
-        ("format_version", lambda: check_format_version(checkpoint)),
-        ("step", lambda: check_step(checkpoint, path)),
-        ("config", lambda: check_config(checkpoint)),
-        ("shapes", lambda: check_model_shapes(checkpoint, torch)),
-        ("optimizer", lambda: check_optimizer_container(checkpoint)),
-        ("size-floor", lambda: check_size_floor(
-            checkpoint, size_bytes, optimizer_state_present(checkpoint))),
-        ("state", lambda: check_other_state(checkpoint, torch)),
-        ("restore", lambda: check_restore(checkpoint, torch)),
-    ]
-    if deep:
-        steps += [
-            ("model-finite", lambda: check_model_finite(checkpoint, torch)),
-            ("optimizer-shapes", lambda: check_optimizer_shapes(checkpoint, torch)),
-            ("optimizer-finite", lambda: check_optimizer_finite(checkpoint, torch)),
-        ]
-    for name, check in steps:
+    for name, check in _probe_steps(checkpoint, path, size_bytes, deep, torch):
         if not run(name, check):
             return verdict
-        if name == "keys":
-            verdict["format_version"] = checkpoint["format_version"]
-        elif name == "step":
-            verdict["step"] = checkpoint["step"]
-        elif name == "config":
-            verdict["config"] = {k: v for k, v in checkpoint["config"].items()
-                                 if isinstance(v, (int, float, str, bool)) or v is None}
-        elif name == "optimizer":
-            verdict["has_optimizer_state"] = optimizer_state_present(checkpoint)
+        _record_passed_check(verdict, name, checkpoint)
     verdict["ok"] = True
     return verdict
 

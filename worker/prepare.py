@@ -280,14 +280,7 @@ def prepare_shards(
     only for a corpus larger than one shard). On any failure the shards written so far are removed,
     and so are the directories this call created, so nothing half-made is left behind.
     """
-    if shard_size < 2:
-        raise PrepareError(f"--shard_size must be at least 2 tokens (got {shard_size})")
-    if val_documents is not None and val_documents < 1:
-        raise PrepareError(f"--val_documents must be at least 1 (got {val_documents})")
-    if val_tokens is not None and val_tokens < 1:
-        raise PrepareError(f"--val_tokens must be at least 1 (got {val_tokens})")
-    if val_documents is not None and val_tokens is not None:
-        raise PrepareError("give --val_tokens or --val_documents, not both")
+    _check_shard_arguments(shard_size, val_documents, val_tokens)
     output_dir = Path(output_dir)
     created = _created_directories(output_dir)
     try:
@@ -324,14 +317,32 @@ def prepare_shards(
                            docs=docs_done, shards=len(paths))
             return paths
     except BaseException:
-        for path in writer.written:
-            path.unlink(missing_ok=True)
-        for directory in created:  # deepest first; rmdir refuses a directory that is not empty
-            try:
-                directory.rmdir()
-            except OSError:
-                break
+        _remove_partial_output(writer.written, created)
         raise
+
+
+def _check_shard_arguments(shard_size: int, val_documents: int | None, val_tokens: int | None) -> None:
+    """Refuse impossible sizes before anything is created (one-line ``PrepareError``)."""
+    if shard_size < 2:
+        raise PrepareError(f"--shard_size must be at least 2 tokens (got {shard_size})")
+    if val_documents is not None and val_documents < 1:
+        raise PrepareError(f"--val_documents must be at least 1 (got {val_documents})")
+    if val_tokens is not None and val_tokens < 1:
+        raise PrepareError(f"--val_tokens must be at least 1 (got {val_tokens})")
+    if val_documents is not None and val_tokens is not None:
+        raise PrepareError("give --val_tokens or --val_documents, not both")
+
+
+def _remove_partial_output(written: list[Path], created: list[Path]) -> None:
+    """After a failure: remove the shards written so far, then the directories this call created
+    (deepest first), so nothing half-made is left behind."""
+    for path in written:
+        path.unlink(missing_ok=True)
+    for directory in created:  # deepest first; rmdir refuses a directory that is not empty
+        try:
+            directory.rmdir()
+        except OSError:
+            break
 
 
 # ----------------------------------------------------------------------------- inputs

@@ -276,16 +276,10 @@ def main(argv: list[str] | None = None, *, parser: argparse.ArgumentParser | Non
 
 def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: HeartbeatWriter,
           stop: StopRequest, build: DataBuilder | None = None) -> int:
-    def say(message: str) -> None:
-        if dist.master:
-            heartbeat.warnings.say(message)
-
+    say = _rank0_say(dist, heartbeat)
     if config.profile_note:
         say(config.profile_note)
-    try:
-        data = (build or build_data)(config, dist, say)
-    except DataError as exc:
-        raise WorkerError(str(exc), WorkerExit.DATA_ERROR) from None
+    data = _load_training_data(config, dist, say, build)
     train_loader, val_loader, grad_accum_steps = data.train, data.val, data.grad_accum_steps
     raw_model, optimizer = build_model(config, dist.device)
     progress = TrainProgress()
@@ -301,20 +295,10 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
     state.train_config = identity.identity.to_train_config()  # every checkpoint records what this run is
     if dist.master:
         identity.record_first_start(resumed=checkpoints.resumed_from is not None)
-    # The losses logged after the checkpoint, read before the logger drops them: re-done, each
-    # must come out bit for bit the same (a replay_check event says whether it did).
-    replay = ReplayCheck(progress.step, {})
-    if dist.master and checkpoints.resumed_from is not None:
-        replay = ReplayCheck.for_resume(run_dir.metrics, progress.step, event_publisher(run_dir.events, say),
-                                        identity.resume_math_changes, say)
+    replay = _replay_check(run_dir, dist, progress, checkpoints, identity, say)
     run_log.open(resumed_step=progress.step if checkpoints.resumed_from is not None else None)
 
-    model = torch.compile(raw_model) if config.compile else raw_model
-    # A group of one (torchrun --nproc_per_node=1, e.g. ``gpt2sup run --nproc-per-node 1``) has no
-    # gradients to average: DDP would only cost its constructor's import of torch._dynamo.
-    wrapped_in_ddp = dist.ddp and dist.world_size > 1
-    if wrapped_in_ddp:
-        model = DDP(model, device_ids=[dist.local_rank] if config.device_type == "cuda" else None)
+    model, wrapped_in_ddp = _compiled_and_wrapped(raw_model, config, dist)
     autocast = autocast_for(config.device_type)
     evaluations = Evaluations(
         config.schedule(), dist, model, raw_model, val_loader, heartbeat, run_log, say, autocast, progress,
@@ -349,11 +333,9 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
         dist.mean_(loss_accum)
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         lr = cosine_lr(step, config.max_lr, config.warmup_steps, config.max_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        _set_lr(optimizer, lr)
         optimizer.step()
-        if config.device_type == "cuda":
-            torch.cuda.synchronize()
+        _synchronize(config.device_type)
         dt = time.perf_counter() - t0
         loss_value = loss_accum.item()
         tokens_per_s = config.total_batch_size / dt
@@ -391,6 +373,58 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
     run_log.close()
     dist.shutdown()
     return int(WorkerExit.OK)
+
+
+def _rank0_say(dist: Distributed, heartbeat: HeartbeatWriter) -> Callable[[str], None]:
+    """A progress line goes out once, from the master rank (its heartbeat's warnings carry it)."""
+    def say(message: str) -> None:
+        if dist.master:
+            heartbeat.warnings.say(message)
+    return say
+
+
+def _load_training_data(config: TrainConfig, dist: Distributed, say: Callable[[str], None],
+                        build: DataBuilder | None) -> TrainingData:
+    """The loaders (``build``, else :func:`build_data`); bad data is the worker's exit DATA_ERROR."""
+    try:
+        return (build or build_data)(config, dist, say)
+    except DataError as exc:
+        raise WorkerError(str(exc), WorkerExit.DATA_ERROR) from None
+
+
+def _replay_check(run_dir: RunDir, dist: Distributed, progress: TrainProgress, checkpoints: CheckpointManager,
+                  identity: RunIdentityCheck, say: Callable[[str], None]) -> ReplayCheck:
+    """The losses logged after the checkpoint, read before the logger drops them: re-done, each
+    must come out bit for bit the same (a replay_check event says whether it did)."""
+    if dist.master and checkpoints.resumed_from is not None:
+        return ReplayCheck.for_resume(run_dir.metrics, progress.step, event_publisher(run_dir.events, say),
+                                      identity.resume_math_changes, say)
+    return ReplayCheck(progress.step, {})
+
+
+def _compiled_and_wrapped(raw_model: GPT, config: TrainConfig, dist: Distributed) -> tuple[Any, bool]:
+    """The model the step loop calls (compiled when asked, in DDP across ranks), and whether DDP wraps it.
+
+    A group of one (torchrun --nproc_per_node=1, e.g. ``gpt2sup run --nproc-per-node 1``) has no
+    gradients to average: DDP would only cost its constructor's import of torch._dynamo.
+    """
+    model = torch.compile(raw_model) if config.compile else raw_model
+    wrapped_in_ddp = dist.ddp and dist.world_size > 1
+    if wrapped_in_ddp:
+        model = DDP(model, device_ids=[dist.local_rank] if config.device_type == "cuda" else None)
+    return model, wrapped_in_ddp
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """This step's learning rate on every parameter group."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _synchronize(device_type: str) -> None:
+    """Wait for the GPU to finish the step, so the step's duration is its real one."""
+    if device_type == "cuda":
+        torch.cuda.synchronize()
 
 
 # ----------------------------------------------------------------------------- set-up

@@ -419,3 +419,46 @@ def test_after_torchrun_stopped_responding_a_run_is_finished_only_with_every_ran
     assert not policy.ranks_ended_cleanly(["finished"], 2, final_checkpoint_valid=True)  # one rank never said
     assert not policy.ranks_ended_cleanly(["finished", "failed"], 2, final_checkpoint_valid=True)
     assert policy.ranks_ended_cleanly(["stopped", "stopped"], 2, final_checkpoint_valid=False)  # saved on a stop
+
+
+# --- describe_exit: the cause and wording of an attempt's end ---------------------------------------
+def _crash() -> policy.Outcome:
+    return policy.Outcome(OutcomeKind.CRASHED, exit_code=1, rank=1)
+
+
+def test_describe_exit_cause_is_the_ranks_own_message_before_torchruns_error_line():
+    evidence = policy.ExitEvidence(returncode=1, stop_requested=False, failing_summary="ValueError: boom",
+                                   torchrun_error="ChildFailedError")
+    assert policy.describe_exit(_crash(), evidence) == policy.ExitDescription("ValueError: boom", None)
+    evidence = policy.ExitEvidence(returncode=1, stop_requested=False, torchrun_error="ChildFailedError")
+    assert policy.describe_exit(_crash(), evidence).cause == "ChildFailedError"
+
+
+def test_describe_exit_closed_rendezvous_then_agent_kill_override_the_cause():
+    closed = policy.ExitEvidence(returncode=1, stop_requested=False, failing_summary="x", rendezvous_closed=True)
+    assert policy.describe_exit(_crash(), closed).cause == \
+        "torchrun found the rendezvous closed (RendezvousClosedError)"
+    killed = policy.ExitEvidence(returncode=1, stop_requested=False, rendezvous_closed=True,
+                                 agent_cause="the torchrun agent stopped answering")
+    assert policy.describe_exit(_crash(), killed).cause == "the torchrun agent stopped answering"
+
+
+def test_describe_exit_a_failure_leaves_the_wording_to_messages():
+    evidence = policy.ExitEvidence(returncode=1, stop_requested=False)
+    assert policy.describe_exit(_crash(), evidence) == policy.ExitDescription(None, None)
+
+
+def test_describe_exit_words_a_clean_end_and_names_who_asked_for_a_stop():
+    stopped = policy.Outcome(OutcomeKind.STOPPED, exit_code=0)
+    ours = policy.ExitEvidence(returncode=0, stop_requested=True, stop_summary="stop requested by node 1")
+    assert policy.describe_exit(stopped, ours).reason == "the workers saved and exited"
+    theirs = policy.ExitEvidence(returncode=0, stop_requested=False, stop_summary="SIGTERM from outside")
+    assert policy.describe_exit(stopped, theirs).reason == "the workers saved and exited: SIGTERM from outside"
+
+
+def test_describe_exit_a_non_zero_clean_end_names_torchruns_code_and_the_agent_kill():
+    outcome = policy.Outcome(OutcomeKind.FINISHED_WITHOUT_CHECKPOINT, exit_code=7)
+    evidence = policy.ExitEvidence(returncode=7, stop_requested=False, stop_summary="ignored: code is not 0",
+                                   agent_cause="agent unresponsive")
+    described = policy.describe_exit(outcome, evidence)
+    assert described == policy.ExitDescription("agent unresponsive", "torchrun exit 7; agent unresponsive: killed it")
