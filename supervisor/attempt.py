@@ -27,6 +27,7 @@ class AttemptResult:
     bad_checkpoint: str | None = None  # with a BAD_CHECKPOINT outcome: the file the worker rejected
     last_checkpoint: str | None = None  # the newest checkpoint the worker reported (saved or loaded)
     rendezvous_closed: bool = False  # torchrun exited at once: its rendezvous id is closed in a live c10d store
+    attempt_id: str | None = None  # the id this attempt's ranks carry in their beats (None: unknown)
 
 
 class Attempts(Protocol):

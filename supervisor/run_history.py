@@ -36,6 +36,8 @@ FAILURE_EVENTS = (EventKind.CRASHED, EventKind.HUNG)
 ROUTINE_EVENTS = frozenset({
     EventKind.SUPERVISOR_STARTED, EventKind.LAUNCHED, EventKind.CHECKPOINT_VALID, EventKind.BACKOFF,
     EventKind.EVIDENCE_CAPTURED, EventKind.FINISHED, EventKind.RESTART_BREAKDOWN,
+    # The checkpoint store's routine (--checkpoint-uri): an upload per checkpoint is no fault.
+    EventKind.UPLOADED, EventKind.UPLOAD_SKIPPED, EventKind.DOWNLOADED,
 })
 MTIME_SLACK_S = 1.0  # file times and event times come from one clock, but a save ends before its event
 CURVE_KEYS = ("loss", "val_loss", "lr", "norm", "tokens_per_s", "hellaswag")

@@ -9,7 +9,6 @@ every record of what happened goes through ``self.journal``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import socket
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from shared.run_dir import RunDir
 from shared.supervisor_state import (
     FailureRecord,
     SupervisorState,
+    load_supervisor_state,
     read_supervisor_state,
 )
 from shared.vocabulary import EventKind, OutcomeKind, SupervisorStateName
@@ -68,18 +68,9 @@ class RecordUnreadable(Exception):
 
 
 def record_unreadable(path: Path) -> str | None:
-    """Why ``path`` (present, yet read as nothing) is unreadable; None when it is absent or fine."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        return getattr(exc, "strerror", None) or str(exc)
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return "not valid JSON" if text.strip() else "empty"
-    return "not a JSON object" if not isinstance(data, dict) else "fields of the wrong type"
+    """Why ``path`` (present, yet read as nothing) is unreadable; None when it is absent or fine.
+    The one rule of ``shared.supervisor_state.load_supervisor_state``, so `run` and `status` say the same."""
+    return load_supervisor_state(path).unreadable
 
 
 class Supervisor:
@@ -288,6 +279,8 @@ class Supervisor:
 
         newest = self.run_dir.newest_checkpoint()
         beat = read_heartbeat(self.run_dir.heartbeat(0))
+        if beat is not None and beat.attempt_id and result.attempt_id and beat.attempt_id != result.attempt_id:
+            beat = None  # an earlier attempt's beat (this one was killed in its start-up): its steps were lost
         seen = [s for s in (result.step, newest.step if newest is not None else None,
                             beat.step if beat is not None and isinstance(beat.step, int) else None)
                 if s is not None and s >= 0]
@@ -344,11 +337,13 @@ class Supervisor:
 
     def _end(self, state: SupervisorStateName, line: str, code: SupervisorExit | None = None) -> SupervisorExit:
         code = code if code is not None else _EXIT_OF[state]
+        if self.node is not None and self._following is None and state in _ENDS_THE_RUN:
+            # First, so the other nodes end now, not after this node's upload wait (--upload-timeout);
+            # the wait never changes the code of an ending that other nodes follow.
+            self._record_ending(state, line, code)
         line, code = self._settle_uploads(state, line, code)
         self.journal.save_state(state=state, exit_code=int(code))
         self.journal.event(EventKind(str(state)), line, exit_code=int(code))
-        if self.node is not None and self._following is None and state in _ENDS_THE_RUN:
-            self._record_ending(state, line, code)
         self.journal.show_progress()
         return code
 
@@ -456,7 +451,8 @@ class Supervisor:
     def _already_finished(self) -> bool:
         """The previous supervisor finished this run and nothing asks for more: launch nothing."""
         previous, accepted = self._previous, self._accepted
-        if previous is None or accepted is None or self.node or self.progress.best_step is None:
+        # Multi-node: every node must end alike, so each launches and its workers end at once.
+        if previous is None or accepted is None or self.config.multi_node is not None or self.progress.best_step is None:
             return False
         same_run = (list(accepted.worker_args) == self.config.worker_args
                     and accepted.worker_module == self.config.worker_module)
@@ -626,7 +622,7 @@ class Supervisor:
         On a new machine (no run_identity.json) the identity is restored from the store first,
         so the worker's identity check applies to the resumed run."""
         uri = self.config.checkpoint_uri
-        if uri is None or self.node:
+        if uri is None or not self.config.is_node_zero:
             return None  # node R >= 1 writes no checkpoints: node 0's supervisor syncs the run
         from shared.remote import CheckpointUriError, ObjectStoreError
 
@@ -723,6 +719,7 @@ class Supervisor:
         self.journal.event(EventKind.WARNING, note, uri=uri, newest_local_step=result.newest_local,
                            newest_committed_step=result.newest_committed, not_uploaded=True)
         if state == SupervisorStateName.FINISHED:
+            line = line.replace(f"(exit {int(code)})", f"(exit {int(SupervisorExit.FINISHED_NOT_UPLOADED)})")
             code = SupervisorExit.FINISHED_NOT_UPLOADED
         return f"{line}; {note}", code
 

@@ -476,7 +476,7 @@ class TorchrunAttempts:
         self._check_survivors(kill_tree(tree.live_processes(), grace_s=min(self.config.kill_grace, 2.0),
                                         reap=tree.popen))
         return AttemptResult(policy.Outcome(OutcomeKind.STOPPED), f"forced ({why})",
-                             live.elapsed_s(), live.last_step)
+                             live.elapsed_s(), live.last_step, attempt_id=live.attempt_id)
 
     def _stop_for_peer(self, live: _Live, why: str) -> AttemptResult:
         """Another node ended the run: this attempt can never complete (its rendezvous or its

@@ -316,3 +316,19 @@ def test_the_report_and_goodput_count_each_failure_once_from_node_0s_events(tmp_
                                                     for s in range(6)))
     history = load_history(tmp_path)
     assert [e.get("node") for e in history.events] == [0, 0] and len(history.faults) == 1
+
+
+def test_node_0_of_a_finished_multi_node_run_launches_so_every_node_ends_alike(tmp_path):
+    """A one-node `gpt2sup run` on a finished run says "already finished" and launches nothing; node 0
+    of a multi-node run must not: the other nodes' supervisors would launch into a rendezvous that
+    never forms and spend their restarts. Node 0 launches, and every node's workers end at once."""
+    from dataclasses import replace
+
+    node_0 = replace(NODE_0, coordination_port=0)
+    (tmp_path / "model_00011.pt").write_bytes(b"x")
+    first, _, _, _ = make(tmp_path, [ends(OutcomeKind.FINISHED, step=11, last="model_00011.pt")], multi_node=node_0)
+    assert first.run() == SupervisorExit.FINISHED
+    again, attempts, _, _ = make(tmp_path, [ends(OutcomeKind.FINISHED, step=11, last="model_00011.pt")],
+                                 multi_node=node_0)
+    assert again.run() == SupervisorExit.FINISHED
+    assert attempts.numbers == [1]

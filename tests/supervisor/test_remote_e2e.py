@@ -182,6 +182,7 @@ def test_a_store_still_down_at_the_end_is_an_honest_ending_not_finished(tmp_path
     assert int(FINAL_CHECKPOINT[6:11]) not in _committed(uri)
     finished = events_named(log_dir, "finished")[-1]
     assert "NOT uploaded" in finished["message"] and "committed to" not in finished["message"], finished
+    assert "(exit 7)" in finished["message"] and "(exit 0)" not in finished["message"], finished  # what it exits
     assert finished["exit_code"] == SupervisorExit.FINISHED_NOT_UPLOADED
     # Once the store is back, a plain `gpt2sup run` uploads it (nothing is trained) and finishes with 0.
     again = subprocess.run(gpt2sup_argv("run", "--log-dir", str(log_dir)), check=False, cwd=REPO_ROOT,

@@ -95,6 +95,24 @@ def test_faults_carry_their_step_and_a_hang_links_its_evidence(tmp_path):
     assert recovery.resumed_step is None  # nothing says where it resumed: not guessed
 
 
+def test_the_checkpoint_stores_routine_events_are_not_faults(tmp_path):
+    """With --checkpoint-uri every checkpoint's upload is an event: numbered as faults they pushed
+    the report past its labelled-fault limit and took the real faults' numbers."""
+    run = tmp_path / "run"
+    run.mkdir()
+    write_jsonl(run / "events.jsonl", [
+        {"time": T0, "event": "supervisor_started", "attempt": None, "message": "started"},
+        {"time": T0 + 1, "event": "downloaded", "attempt": None, "step": 4, "message": "fetched"},
+        {"time": T0 + 2, "event": "launched", "attempt": 1, "message": "attempt 1"},
+        *[{"time": T0 + 3 + i, "event": "uploaded", "attempt": 1, "step": 4 + i, "message": "committed"}
+          for i in range(5)],
+        {"time": T0 + 9, "event": "upload_skipped", "attempt": 1, "message": "skipped 6"},
+        {"time": T0 + 10, "event": "disk_warning", "attempt": 1, "message": "disk low"},
+    ])
+    write_jsonl(run / "metrics.jsonl", steps(5, 12, T0 + 2))
+    assert [f.kind for f in load_history(run).faults] == ["disk_warning"]
+
+
 def test_time_between_two_supervisors_is_not_counted_as_wall_time(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -243,7 +243,7 @@ def test_a_forced_stop_names_the_step_actually_finished_and_the_newest_checkpoin
         (tmp_path / "model_00093.pt").write_bytes(b"x")
         write_heartbeat(RunDir.at(tmp_path).heartbeat(0), Heartbeat(
             pid=1, rank=0, world_size=1, step=93, phase="train", time=0.0, status="running", max_steps=300))
-        return ends(OutcomeKind.STOPPED, step=92, reason="forced (second stop request)")(number)
+        return ends(OutcomeKind.STOPPED, step=92, reason="forced (second Ctrl-C (SIGINT))")(number)
 
     sup, _, reporter, _ = make(tmp_path, [forced])
     assert sup.run() == SupervisorExit.STOPPED
@@ -252,11 +252,33 @@ def test_a_forced_stop_names_the_step_actually_finished_and_the_newest_checkpoin
     assert "step 92" not in line and "saved" not in line, line
 
 
+def test_a_forced_stop_in_a_relaunchs_start_up_never_names_the_earlier_attempts_steps(tmp_path):
+    """The previous attempt trained to step 120 and crashed (newest checkpoint 100); the relaunch is
+    force-stopped before its rank 0 beat: the beat on disk is the earlier attempt's, whose steps
+    101-120 were lost, so the line must not say "after step 120"."""
+    from dataclasses import replace
+
+    from shared.heartbeat import Heartbeat, write_heartbeat
+
+    def forced(number: int) -> AttemptResult:
+        (tmp_path / "model_00100.pt").write_bytes(b"x")
+        write_heartbeat(RunDir.at(tmp_path).heartbeat(0), Heartbeat(
+            pid=1, rank=0, world_size=1, step=120, phase="train", time=0.0, status="running", max_steps=300,
+            attempt_id="earlier-attempt"))
+        result = ends(OutcomeKind.STOPPED, step=None, reason="forced (second Ctrl-C (SIGINT))")(number)
+        return replace(result, attempt_id="this-attempt")
+
+    sup, _, reporter, _ = make(tmp_path, [forced])
+    assert sup.run() == SupervisorExit.STOPPED
+    line = reporter.lines[-1]
+    assert "step 120" not in line and "after step 100" in line, line
+
+
 def test_an_unreadable_supervisor_json_with_arguments_given_is_replaced_and_said(tmp_path):
     (tmp_path / "supervisor.json").write_text("{garbage")
     sup, _, reporter, _ = make(tmp_path, [ends(OutcomeKind.FINISHED, step=11, last="model_00011.pt")])
     assert sup.run() == SupervisorExit.FINISHED
-    assert any("supervisor.json was unreadable (not valid JSON)" in line for line in reporter.lines)
+    assert any("supervisor.json was unreadable (not JSON)" in line for line in reporter.lines)
     assert state(tmp_path)["accepted_run"]["worker_args"] == ["--max_steps", "12"]
 
 
@@ -264,7 +286,7 @@ def test_an_unreadable_supervisor_json_without_arguments_refuses_before_anything
     (tmp_path / "supervisor.json").write_text("[1, 2")
     sup, attempts, _, _ = make(tmp_path, [ends(OutcomeKind.FINISHED)], worker_args=[])
     sup.config.worker_args = []
-    with pytest.raises(RecordUnreadable, match="unreadable .not valid JSON.*after `--`"):
+    with pytest.raises(RecordUnreadable, match="unreadable .not JSON.*after `--`"):
         sup.run()
     assert attempts.numbers == [] and (tmp_path / "supervisor.json").read_text() == "[1, 2"
 
