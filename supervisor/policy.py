@@ -594,6 +594,18 @@ def _finished_outcome(facts: ExitFacts, unsaved: bool) -> Outcome:
     return Outcome(OutcomeKind.FINISHED, exit_code=0)
 
 
+def stop_checkpoint_missing(exit_code: int | None, reached_step: int | None, newest_step: int | None) -> bool:
+    """A plain stop whose own checkpoint is not on disk, though the worker never said exit 9.
+
+    Why: a worker that fails its stop save can still die another way on the way out (an abort in
+    interpreter teardown: torchrun exit 1, signal -6), and the ending then said "saved
+    model_00004.pt" beside a run that had reached step 6. Whatever the code, a worker that exited
+    non-zero after reaching a step newer than every checkpoint on disk did not save its stop."""
+    if exit_code is None or exit_code == 0 or reached_step is None or reached_step < 0:
+        return False  # a forced stop (no code: killed on purpose) or a clean exit
+    return newest_step is None or newest_step < reached_step
+
+
 def _classify_requested_stop(facts: ExitFacts, statuses: list[str], code: int, rank: int | None) -> Outcome:
     """We asked it to stop: however it went down, that is not a failure to restart from. A stop
     whose checkpoint could not be written keeps the worker's exit 9, so the ending says so."""

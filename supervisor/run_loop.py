@@ -263,6 +263,10 @@ class Supervisor:
                     result.step, result.cause, newest.path.name if newest else None, self._run_command()))
             case _:
                 step, newest_name = self._stopped_at(result)
+                newest = self.run_dir.newest_checkpoint()
+                if policy.stop_checkpoint_missing(result.outcome.exit_code, step, newest.step if newest else None):
+                    return self._end(SupervisorStateName.STOPPED, messages.stopped_without_checkpoint(
+                        step, result.cause or result.reason, newest_name, self._run_command()))
                 return self._end(SupervisorStateName.STOPPED, messages.stopped(
                     result.reason, step, result.last_checkpoint, self._resume_command(),
                     newest=None if result.last_checkpoint else newest_name))

@@ -462,3 +462,14 @@ def test_describe_exit_a_non_zero_clean_end_names_torchruns_code_and_the_agent_k
                                    agent_cause="agent unresponsive")
     described = policy.describe_exit(outcome, evidence)
     assert described == policy.ExitDescription("agent unresponsive", "torchrun exit 7; agent unresponsive: killed it")
+
+
+def test_a_stop_whose_worker_died_non_zero_past_the_newest_checkpoint_did_not_save():
+    """CI saw "stopped on request (torchrun exit 1) after step 6; saved model_00004.pt": the stop's
+    save failed on a full disk and the worker then aborted instead of exiting 9."""
+    assert policy.stop_checkpoint_missing(1, reached_step=6, newest_step=4)
+    assert policy.stop_checkpoint_missing(-6, reached_step=6, newest_step=None)
+    assert not policy.stop_checkpoint_missing(1, reached_step=6, newest_step=6)  # the save landed
+    assert not policy.stop_checkpoint_missing(0, reached_step=6, newest_step=4)  # a clean exit
+    assert not policy.stop_checkpoint_missing(None, reached_step=6, newest_step=4)  # forced: killed on purpose
+    assert not policy.stop_checkpoint_missing(1, reached_step=None, newest_step=None)  # before the first step

@@ -213,8 +213,10 @@ def small_tmpfs(tmp_path):
 def test_low_disk_warns_and_pruning_keeps_newest_valid(small_tmpfs):
     log_dir = small_tmpfs / "run"
     # Checkpoints of the tiny model are ~40 MB: after the second one the 150 MB disk is "low".
+    # A slowed rank: the disk check runs every few seconds, and an unslowed 12-step run can end
+    # (in ~5 s) between two checks, with no low disk ever seen (CI saw it).
     proc = start_supervisor(log_dir, "--min-free-disk", "100M", "--prune-on-low-disk", nproc=1,
-                            worker_args=_one_proc_args())
+                            worker_args=_one_proc_args(), env={"GPT2SUP_INJECT_SLOW_RANK": "0:0.5"})
     code = wait_exit(proc, log_dir)
     assert code == SupervisorExit.FINISHED, console_text(log_dir)[-3000:]
     warnings = [e for e in events_named(log_dir, "disk_warning") if e.get("level") != "ok"]

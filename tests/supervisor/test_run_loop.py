@@ -306,3 +306,15 @@ def test_a_finished_run_stays_finished_across_a_refused_attempt_and_launches_not
     longer, attempts, _, _ = make(tmp_path, [ends(OutcomeKind.FINISHED, step=13, last="model_00013.pt")],
                                   worker_args=["--max_steps", "14"])
     assert longer.run() == SupervisorExit.FINISHED and attempts.numbers == [1]  # more steps asked: launched
+
+
+def test_a_stop_whose_worker_aborted_past_the_newest_checkpoint_never_claims_a_save(tmp_path):
+    """A full disk failed the stop's save and the worker then aborted (torchrun exit 1) instead of
+    exiting 9: the line said "saved model_00004.pt" for a run that had reached step 6."""
+    (tmp_path / "model_00004.pt").write_bytes(b"x")
+    sup, _, reporter, _ = make(tmp_path, [ends(OutcomeKind.STOPPED, code=1, step=6, last="model_00004.pt",
+                                                reason="stopped on request (torchrun exit 1)")])
+    assert sup.run() == SupervisorExit.STOPPED
+    line = reporter.lines[-1]
+    assert "could NOT be written" in line and "resumes from model_00004.pt" in line, line
+    assert "saved model_" not in line, line

@@ -194,7 +194,9 @@ def test_an_older_checkpoint_of_another_model_is_a_run_mismatch_too_never_a_bad_
 
 
 def test_missing_pretrained_checkpoint(cli):
-    assert_one_line_error(cli["missing_pretrained"], WorkerExit.CHECKPOINT_ERROR, "nope.pt")
+    # A --pretrained_checkpoint is an input of the command, not one of the run's checkpoints: its own
+    # permanent exit (11), never CHECKPOINT_ERROR (4), which would have the supervisor quarantine it.
+    assert_one_line_error(cli["missing_pretrained"], WorkerExit.PRETRAINED_ERROR, "nope.pt")
 
 
 def test_auto_resume_with_nothing_to_resume_starts_fresh_and_says_so(cli):
@@ -249,8 +251,8 @@ def test_a_byte_flipped_in_the_checkpoint_to_resume_is_caught_by_its_crc_and_nam
 
 def test_a_byte_flipped_in_the_pretrained_checkpoint_is_caught_before_it_is_used(cli):
     result = cli["flipped_pretrained"]
-    assert_one_line_error(result, WorkerExit.CHECKPOINT_ERROR, "flipped_pretrained.pt", "CRC-32 mismatch")
-    assert read_heartbeat(result.log_dir)["bad_checkpoint"] == "flipped_pretrained.pt"
+    assert_one_line_error(result, WorkerExit.PRETRAINED_ERROR, "flipped_pretrained.pt", "CRC-32 mismatch")
+    assert read_heartbeat(result.log_dir).get("bad_checkpoint") is None  # not the run's: never quarantined
     assert checkpoint_steps(result.log_dir) == []
 
 
