@@ -29,6 +29,15 @@ WORKER_ARGS = [
     "--eval_interval", "0", "--hellaswag_interval", "0", "--generate_interval", "0",
     "--micro_batch_size", "2", "--seq_len", "32", "--total_batch_size", str(2 * 32 * NPROC),
 ]
+
+
+def one_process_worker_args() -> list[str]:
+    """``WORKER_ARGS`` for a one-process run (``nproc=1``): the same batch per process, half the total."""
+    args = list(WORKER_ARGS)
+    args[args.index("--total_batch_size") + 1] = str(2 * 32)
+    return args
+
+
 # Short timeouts so failures are found quickly, long enough that a loaded 2-core box does not
 # produce false hangs.
 FAST_SUPERVISOR_ARGS = [

@@ -232,13 +232,16 @@ def test_the_next_supervisor_s_records_survive_a_torn_events_jsonl(tmp_path):
     """A real `gpt2sup run` on a directory whose events.jsonl was cut mid-line: its first record
     (supervisor_started) used to be glued onto the cut line and lost."""
     from shared.atomic_io import read_jsonl
-    from tests.supervisor.helpers import WORKER_ARGS, start_supervisor, wait_exit
+    from tests.supervisor.helpers import (
+        one_process_worker_args,
+        start_supervisor,
+        wait_exit,
+    )
 
     log_dir = tmp_path / "run"
     log_dir.mkdir()
     whole = _torn_events(log_dir / "events.jsonl")
-    args = list(WORKER_ARGS)
-    args[args.index("--total_batch_size") + 1] = str(2 * 32)
+    args = one_process_worker_args()
     proc = start_supervisor(log_dir, "--worker", "worker.trian_gpt2", nproc=1, worker_args=args)
     assert wait_exit(proc, log_dir, timeout=120) == 3  # the missing module: gave up at once
     records = read_jsonl(log_dir / "events.jsonl")

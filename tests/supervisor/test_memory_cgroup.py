@@ -176,8 +176,8 @@ def test_gpt2sup_run_names_an_oom_kill_inside_the_rank_s_own_cgroup(tmp_path: Pa
     """Issue 19 item 4: it used to say `killed by SIGKILL` (it read the root cgroup's counter)."""
     from shared.exit_codes import SupervisorExit
     from tests.supervisor.helpers import (
-        WORKER_ARGS,
         console_text,
+        one_process_worker_args,
         read_events,
         start_supervisor,
         supervisor_json,
@@ -185,8 +185,7 @@ def test_gpt2sup_run_names_an_oom_kill_inside_the_rank_s_own_cgroup(tmp_path: Pa
     )
 
     log_dir = tmp_path / "run"
-    args = list(WORKER_ARGS)
-    args[args.index("--total_batch_size") + 1] = str(2 * 32)
+    args = one_process_worker_args()
     proc = start_supervisor(log_dir, "--worker", "tests.supervisor.oom_worker", "--max-restarts", "0", nproc=1,
                             worker_args=args, env={"GPT2SUP_TEST_OOM_CGROUP": str(limited_cgroup)})
     assert wait_exit(proc, log_dir, timeout=120) == SupervisorExit.GAVE_UP, console_text(log_dir)[-3000:]

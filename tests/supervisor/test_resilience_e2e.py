@@ -29,6 +29,7 @@ from tests.supervisor.helpers import (
     events_named,
     gpt2sup_argv,
     heartbeat,
+    one_process_worker_args,
     read_events,
     start_supervisor,
     supervisor_json,
@@ -138,8 +139,7 @@ def test_ctrl_c_during_the_orphan_clean_up_is_honoured(tmp_path):
     """Two Ctrl-Cs while the clean-up waits on orphans that ignore the stop request: exit 4 now."""
     log_dir = tmp_path / "run"
     stubborn = ["--worker", "tests.supervisor.stubborn_worker", "--kill-grace", "60"]
-    args = list(WORKER_ARGS)
-    args[args.index("--total_batch_size") + 1] = str(2 * 32)
+    args = one_process_worker_args()
     first = start_supervisor(log_dir, *stubborn, nproc=1, worker_args=args)
     recorded = wait_for(lambda: len(_recorded_or_empty(log_dir)) >= 2 and _recorded_or_empty(log_dir), 60,
                         "torchrun and its worker")

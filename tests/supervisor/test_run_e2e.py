@@ -27,6 +27,7 @@ from tests.supervisor.helpers import (
     gpt2sup_argv,
     heartbeat,
     mounted_tmpfs,
+    one_process_worker_args,
     read_events,
     start_supervisor,
     supervisor_json,
@@ -121,7 +122,7 @@ def test_truncated_newest_checkpoint_is_quarantined_and_previous_used(tmp_path, 
 def test_same_step_crash_gives_up_for_lack_of_progress(tmp_path):
     log_dir = tmp_path / "run"
     proc = start_supervisor(log_dir, "--max-no-progress-restarts", "2", nproc=1,
-                            worker_args=_one_proc_args(), env={"GPT2SUP_INJECT_CRASH_AT_STEP": "5"})
+                            worker_args=one_process_worker_args(), env={"GPT2SUP_INJECT_CRASH_AT_STEP": "5"})
     code = wait_exit(proc, log_dir)
     assert code == SupervisorExit.GAVE_UP, console_text(log_dir)[-3000:]
     state = supervisor_json(log_dir)
@@ -136,7 +137,7 @@ def test_same_step_crash_gives_up_for_lack_of_progress(tmp_path):
 def test_restart_budget_exhausted_gives_up(tmp_path):
     log_dir = tmp_path / "run"
     proc = start_supervisor(log_dir, "--max-restarts", "2", "--max-no-progress-restarts", "0", nproc=1,
-                            worker_args=_one_proc_args(), env={"GPT2SUP_INJECT_CRASH_AT_STEP": "1"})
+                            worker_args=one_process_worker_args(), env={"GPT2SUP_INJECT_CRASH_AT_STEP": "1"})
     code = wait_exit(proc, log_dir)
     assert code == SupervisorExit.GAVE_UP, console_text(log_dir)[-3000:]
     assert len(events_named(log_dir, "crashed")) == 3
@@ -198,12 +199,6 @@ def test_second_supervisor_refused_and_orphans_of_a_killed_one_cleaned(tmp_path,
     _finish_ok(third, log_dir, reference_checkpoint)
 
 
-def _one_proc_args() -> list[str]:
-    args = list(WORKER_ARGS)
-    args[args.index("--total_batch_size") + 1] = str(2 * 32)
-    return args
-
-
 @pytest.fixture
 def small_tmpfs(tmp_path):
     with mounted_tmpfs(tmp_path / "tmpfs", "150m") as mount_point:
@@ -216,7 +211,7 @@ def test_low_disk_warns_and_pruning_keeps_newest_valid(small_tmpfs):
     # A slowed rank: the disk check runs every few seconds, and an unslowed 12-step run can end
     # (in ~5 s) between two checks, with no low disk ever seen (CI saw it).
     proc = start_supervisor(log_dir, "--min-free-disk", "100M", "--prune-on-low-disk", nproc=1,
-                            worker_args=_one_proc_args(), env={"GPT2SUP_INJECT_SLOW_RANK": "0:0.5"})
+                            worker_args=one_process_worker_args(), env={"GPT2SUP_INJECT_SLOW_RANK": "0:0.5"})
     code = wait_exit(proc, log_dir)
     assert code == SupervisorExit.FINISHED, console_text(log_dir)[-3000:]
     warnings = [e for e in events_named(log_dir, "disk_warning") if e.get("level") != "ok"]
@@ -238,7 +233,7 @@ def test_no_first_heartbeat_is_a_startup_timeout(tmp_path):
     log_dir = tmp_path / "run"
     proc = start_supervisor(log_dir, "--worker", "tests.supervisor.silent_worker", "--startup-timeout", "10",
                             "--max-restarts", "1", "--max-no-progress-restarts", "0", nproc=1,
-                            worker_args=_one_proc_args())
+                            worker_args=one_process_worker_args())
     def attempt_processes() -> list[tuple[int, float]]:
         try:
             recorded = _recorded_processes(log_dir)
@@ -260,7 +255,7 @@ def test_a_second_stop_request_forces(tmp_path):
     --stop-timeout). Second SIGINT: kill the tree now."""
     log_dir = tmp_path / "run"
     proc = start_supervisor(log_dir, "--worker", "tests.supervisor.stubborn_worker", "--stop-timeout", "600",
-                            nproc=1, worker_args=_one_proc_args())
+                            nproc=1, worker_args=one_process_worker_args())
 
     def attempt_processes() -> list[tuple[int, float]]:
         try:
@@ -310,7 +305,7 @@ def test_a_misspelled_worker_flag_gives_up_at_once_with_argparses_own_line(tmp_p
 def test_a_missing_data_directory_gives_up_at_once_with_the_workers_reason(tmp_path):
     log_dir = tmp_path / "run"
     proc = start_supervisor(log_dir, "--backoff-initial", "60", nproc=1,
-                            worker_args=[*_one_proc_args(), "--data_dir", str(tmp_path / "no-such-data")])
+                            worker_args=[*one_process_worker_args(), "--data_dir", str(tmp_path / "no-such-data")])
     line = _gave_up_at_once(log_dir, proc)
     assert f"data directory {tmp_path / 'no-such-data'} does not exist" in line
     assert "exit 5" in line
@@ -319,7 +314,7 @@ def test_a_missing_data_directory_gives_up_at_once_with_the_workers_reason(tmp_p
 def test_a_worker_module_that_does_not_exist_gives_up_at_once(tmp_path):
     log_dir = tmp_path / "run"
     proc = start_supervisor(log_dir, "--backoff-initial", "60", "--worker", "worker.trian_gpt2", nproc=1,
-                            worker_args=_one_proc_args())
+                            worker_args=one_process_worker_args())
     line = _gave_up_at_once(log_dir, proc)
     assert line.startswith("gave up: No module named worker.trian_gpt2 ("), line
 
@@ -345,7 +340,7 @@ def test_a_crash_names_the_first_failed_rank_its_own_error_and_its_last_step(tmp
 
 def test_a_rank_stopped_while_saving_is_found_within_the_save_timeout(tmp_path):
     log_dir = tmp_path / "run"
-    args = _one_proc_args()
+    args = one_process_worker_args()
     args[args.index("--max_steps") + 1] = "400"
     args[args.index("--checkpoint_interval") + 1] = "3"
     proc = start_supervisor(log_dir, "--hang-timeout", "12", "--checkpoint-timeout", "auto", nproc=1,
@@ -372,7 +367,7 @@ def test_a_rank_stopped_while_saving_is_found_within_the_save_timeout(tmp_path):
 
 def test_an_unreadable_heartbeat_does_not_restart_a_healthy_attempt(tmp_path):
     log_dir = tmp_path / "run"
-    args = _one_proc_args()
+    args = one_process_worker_args()
     args[args.index("--max_steps") + 1] = "100000"  # still training when we are done breaking it
     proc = start_supervisor(log_dir, "--startup-timeout", "60", nproc=1, worker_args=args)
     try:
@@ -441,7 +436,7 @@ def test_a_byte_flipped_after_validation_is_rejected_by_the_worker_and_the_previ
 def test_a_final_checkpoint_that_cannot_be_written_ends_finished_without_checkpoint(tmp_path):
     with mounted_tmpfs(tmp_path / "tmpfs", "60m") as disk:  # the tiny model's ~40 MB save never fits
         log_dir = disk / "run"
-        proc = start_supervisor(log_dir, nproc=1, worker_args=[*_one_proc_args(), "--final_save_retry_s", "1"])
+        proc = start_supervisor(log_dir, nproc=1, worker_args=[*one_process_worker_args(), "--final_save_retry_s", "1"])
         code = wait_exit(proc, log_dir)
         assert code == SupervisorExit.FINISHED_WITHOUT_CHECKPOINT, console_text(log_dir)[-3000:]
         state = supervisor_json(log_dir)
@@ -456,7 +451,7 @@ def test_a_stop_whose_checkpoint_cannot_be_written_says_so_and_never_claims_a_sa
     # 60 MB holds one ~40 MB checkpoint of the tiny model (step 4), never a second one.
     with mounted_tmpfs(tmp_path / "tmpfs", "60m") as disk:
         log_dir = disk / "run"
-        args = _one_proc_args()
+        args = one_process_worker_args()
         args[args.index("--max_steps") + 1] = "100000"
         args[args.index("--checkpoint_interval") + 1] = "4"
         proc = start_supervisor(log_dir, nproc=1, worker_args=[*args, "--final_save_retry_s", "1"])
@@ -476,7 +471,7 @@ def test_a_stop_whose_checkpoint_cannot_be_written_says_so_and_never_claims_a_sa
 
 def test_another_runs_arguments_are_refused_with_the_differences_then_allowed_or_reused(tmp_path):
     log_dir = tmp_path / "run"
-    args = _one_proc_args()
+    args = one_process_worker_args()
     first = start_supervisor(log_dir, nproc=1, worker_args=args)
     assert wait_exit(first, log_dir) == SupervisorExit.FINISHED, console_text(log_dir)[-3000:]
 

@@ -363,16 +363,15 @@ def test_repeated_plain_stops_wait_for_the_save_and_only_force_skips_it(tmp_path
     (up to --stop-timeout); `gpt2sup stop --force` kills the tree at once."""
     from shared.exit_codes import SupervisorExit
     from tests.supervisor.helpers import (
-        WORKER_ARGS,
         console_text,
         events_named,
+        one_process_worker_args,
         wait_exit,
         wait_for,
     )
 
     log_dir = tmp_path / "run"
-    args = list(WORKER_ARGS)
-    args[args.index("--total_batch_size") + 1] = str(2 * 32)
+    args = one_process_worker_args()
     proc = _real_supervisor(log_dir, "--worker", "tests.supervisor.stubborn_worker", "--stop-timeout", "600",
                             nproc=1, worker_args=args)
     try:
