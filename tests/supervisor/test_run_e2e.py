@@ -121,8 +121,12 @@ def test_truncated_newest_checkpoint_is_quarantined_and_previous_used(tmp_path, 
 
 def test_same_step_crash_gives_up_for_lack_of_progress(tmp_path):
     log_dir = tmp_path / "run"
+    # Synchronous saves: the crash right after step 5 must find step 4's checkpoint complete (a
+    # background write still in flight dies with the process, and the first attempt would then
+    # have made no progress either: 4 launches, not 3).
+    worker_args = [*one_process_worker_args(), "--no_async_checkpoint"]
     proc = start_supervisor(log_dir, "--max-no-progress-restarts", "2", nproc=1,
-                            worker_args=one_process_worker_args(), env={"GPT2SUP_INJECT_CRASH_AT_STEP": "5"})
+                            worker_args=worker_args, env={"GPT2SUP_INJECT_CRASH_AT_STEP": "5"})
     code = wait_exit(proc, log_dir)
     assert code == SupervisorExit.GAVE_UP, console_text(log_dir)[-3000:]
     state = supervisor_json(log_dir)
