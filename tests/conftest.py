@@ -33,3 +33,18 @@ def _reset_inherited_ignored_stop_signals() -> None:
 
 
 _reset_inherited_ignored_stop_signals()
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: how many tests run at once.
+
+    Most of an end-to-end test's time is spent waiting on real processes (a torchrun start, a
+    hang timeout, a kill grace), so a few more workers than cores keep the cores busy; every test
+    process is pinned to one thread (OMP_NUM_THREADS=1), so they do not fight inside a test.
+    ``GPT2SUP_TEST_WORKERS`` overrides the count (``-n N`` too; ``-n 0`` runs in one process).
+    """
+    wanted = os.environ.get("GPT2SUP_TEST_WORKERS")
+    if wanted:
+        return max(0, int(wanted))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(8, cores + 1)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.once_per_run import once_per_run
 from tests.worker.helpers import RESUME_ARGS, WorkerLauncher, run_ok
 
 
@@ -38,20 +39,22 @@ def mount_tmpfs(tmp_path, launcher: WorkerLauncher) -> Iterator[Callable[[int], 
 
 @pytest.fixture(scope="session")
 def worker_cache(tmp_path_factory) -> Path:
-    """A private cache with the built-in corpus already tokenized (built once per session)."""
-    cache = tmp_path_factory.mktemp("gpt2sup_cache")
-    previous = os.environ.get("GPT2SUP_CACHE_DIR")
-    os.environ["GPT2SUP_CACHE_DIR"] = str(cache)
-    try:
-        from worker.data import ensure_default_corpus
+    """A private cache with the built-in corpus already tokenized (built once per test run)."""
 
-        ensure_default_corpus()
-    finally:
-        if previous is None:
-            os.environ.pop("GPT2SUP_CACHE_DIR", None)
-        else:
-            os.environ["GPT2SUP_CACHE_DIR"] = previous
-    return cache
+    def build(cache: Path) -> None:
+        previous = os.environ.get("GPT2SUP_CACHE_DIR")
+        os.environ["GPT2SUP_CACHE_DIR"] = str(cache)
+        try:
+            from worker.data import ensure_default_corpus
+
+            ensure_default_corpus()
+        finally:
+            if previous is None:
+                os.environ.pop("GPT2SUP_CACHE_DIR", None)
+            else:
+                os.environ["GPT2SUP_CACHE_DIR"] = previous
+
+    return once_per_run(tmp_path_factory, "worker-cache", build)
 
 
 @pytest.fixture(scope="session")
@@ -78,15 +81,12 @@ def _reap_stragglers(request) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def ref_bare(launcher, tmp_path_factory) -> Path:
-    """An uninterrupted one-process run of RESUME_ARGS (dropout 0.1)."""
-    log_dir = tmp_path_factory.mktemp("ref_bare") / "run"
-    run_ok(launcher, log_dir, RESUME_ARGS)
-    return log_dir
+    """An uninterrupted one-process run of RESUME_ARGS (dropout 0.1); read-only."""
+    return once_per_run(tmp_path_factory, "worker-ref-bare", lambda out: run_ok(launcher, out / "run", RESUME_ARGS)) / "run"
 
 
 @pytest.fixture(scope="session")
 def ref_ddp(launcher, tmp_path_factory) -> Path:
-    """An uninterrupted two-process torchrun run of RESUME_ARGS (dropout 0.1)."""
-    log_dir = tmp_path_factory.mktemp("ref_ddp") / "run"
-    run_ok(launcher, log_dir, RESUME_ARGS, nproc=2)
-    return log_dir
+    """An uninterrupted two-process torchrun run of RESUME_ARGS (dropout 0.1); read-only."""
+    return once_per_run(tmp_path_factory, "worker-ref-ddp",
+                        lambda out: run_ok(launcher, out / "run", RESUME_ARGS, nproc=2)) / "run"
