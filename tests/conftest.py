@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 os.environ.setdefault("GPT2SUP_OFFLINE", "1")
 
 # The real S3 server (SeaweedFS on loopback), for the store's tests and the supervisor's.
@@ -48,3 +50,25 @@ def pytest_xdist_auto_num_workers(config) -> int:
         return max(0, int(wanted))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return min(8, cores + 1)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    """Order and group the tests for the parallel run (``--dist loadgroup``).
+
+    * The long end-to-end tests (``slow``) go first, so the last minutes are not one worker
+      finishing a long test while the others idle (longest first is the classic schedule).
+    * The tests of a module that shares a module-scoped fixture (an expensive training run) form
+      one xdist group: one worker builds the fixture once instead of every worker once.
+    Deterministic, so every worker collects the same order (xdist requires it).
+    """
+    shared_module_fixture: set[str] = set()
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        for defs in (info.name2fixturedefs.values() if info else ()):
+            if any(d.scope == "module" for d in defs):
+                shared_module_fixture.add(item.module.__name__)
+    for item in items:
+        if item.module.__name__ in shared_module_fixture:
+            item.add_marker(pytest.mark.xdist_group(name=item.module.__name__))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order kept

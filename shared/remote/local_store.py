@@ -98,7 +98,7 @@ class LocalDirStore(CheckpointStore):
     def _part_size(self, size: int) -> int | None:
         return None
 
-    def _upload(self, name: str, local: Path, digests: FileDigests) -> str:
+    def _upload(self, name: str, local: Path, digests: Callable[[], FileDigests]) -> str:
         def copy(handle: BinaryIO) -> None:
             with open(local, "rb") as source:
                 shutil.copyfileobj(source, handle, COPY_BLOCK)
@@ -108,7 +108,7 @@ class LocalDirStore(CheckpointStore):
             sha = sha256_of_file(self.root / name)
         except OSError as exc:
             raise self._os_error(f"read back {name}", exc) from None
-        if sha != digests.sha256_hex:
+        if sha != digests().sha256_hex:
             raise IntegrityError(f"{self.key_of(name)}: the stored copy differs from the local file; not committed")
         return "reread"
 

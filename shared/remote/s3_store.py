@@ -17,7 +17,7 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -240,13 +240,16 @@ class S3CheckpointStore(CheckpointStore):
 
         return int(ChunksizeAdjuster().adjust_chunksize(self.multipart_chunksize, size))
 
-    def _upload(self, name: str, local: Path, digests: FileDigests) -> str:
+    def _upload(self, name: str, local: Path, digests: Callable[[], FileDigests]) -> str:
         key = self._key(name)
         with self._translate(f"upload {name}"):
             self._client.upload_file(
                 str(local), self.bucket, key, ExtraArgs={"ChecksumAlgorithm": "SHA256"}, Config=self._transfer_config(),
             )
             head = self._client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        return self._verify_upload(name, head, digests())
+
+    def _verify_upload(self, name: str, head: dict[str, Any], digests: FileDigests) -> str:
         if int(head.get("ContentLength", -1)) != digests.size:
             raise IntegrityError(f"{self.key_of(name)}: stored size {head.get('ContentLength')} != local {digests.size}; not committed")
         return self._verify_checksum(name, head.get("ChecksumSHA256"), digests)

@@ -19,6 +19,8 @@ import os
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from shared.atomic_io import fsync_path
@@ -71,8 +73,9 @@ class CheckpointStore(ABC):
         """The part size a file of ``size`` bytes is uploaded with (``None``: a single part)."""
 
     @abstractmethod
-    def _upload(self, name: str, local: Path, digests: FileDigests) -> str:
-        """Upload ``local`` as ``name`` and verify it against ``digests``; returns how it was
+    def _upload(self, name: str, local: Path, digests: Callable[[], FileDigests]) -> str:
+        """Upload ``local`` as ``name`` and verify it against ``digests()`` (the local file's,
+        computed while the bytes travel: call it after the transfer); returns how it was
         verified. Raises IntegrityError when the store holds other bytes."""
 
     @abstractmethod
@@ -112,11 +115,16 @@ class CheckpointStore(ABC):
         if step is None:
             raise ValueError(f"not a checkpoint file name: {name!r} (expected model_NNNNN.pt)")
         size = local_path.stat().st_size
-        digests = file_digests(local_path, self._part_size(size))
-        # A new upload of a name withdraws its old commit first: between the two, the step is
-        # honestly uncommitted rather than committed with a marker for other bytes.
-        self._delete(commit_marker_name(name))
-        verified_by = self._upload(name, local_path, digests)
+        # The local digests are computed by a second thread while the upload reads the same file
+        # (hashlib releases the GIL): hashing first, then uploading, made an upload ~35% slower
+        # than a plain one (bench/bench_remote.py). The marker is written only after both.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-digest") as pool:
+            hashing = pool.submit(file_digests, local_path, self._part_size(size))
+            # A new upload of a name withdraws its old commit first: between the two, the step
+            # is honestly uncommitted rather than committed with a marker for other bytes.
+            self._delete(commit_marker_name(name))
+            verified_by = self._upload(name, local_path, hashing.result)
+            digests = hashing.result()
         marker = CommitMarker(
             name=name, step=step, size=digests.size, sha256=digests.sha256_hex, commit_id=uuid.uuid4().hex,
             committed_at=time.time(), verified_by=verified_by,

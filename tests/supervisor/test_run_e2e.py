@@ -373,12 +373,15 @@ def test_an_unreadable_heartbeat_does_not_restart_a_healthy_attempt(tmp_path):
     log_dir = tmp_path / "run"
     args = one_process_worker_args()
     args[args.index("--max_steps") + 1] = "100000"  # still training when we are done breaking it
-    proc = start_supervisor(log_dir, "--startup-timeout", "60", nproc=1, worker_args=args)
+    # Short, but long enough for the first beat of a rank started on a loaded machine.
+    startup_timeout = 25
+    proc = start_supervisor(log_dir, "--startup-timeout", str(startup_timeout), nproc=1, worker_args=args)
     try:
         wait_for_step(log_dir, 1, rank=0)
         launched = events_named(log_dir, "launched")
         # Past the start-up timeout, a poll that read no heartbeat once looked like "never beat".
-        wait_for(lambda: time.time() - launched[-1]["time"] > 61, 120, "the attempt to outlive the start-up timeout")
+        wait_for(lambda: time.time() - launched[-1]["time"] > startup_timeout + 1, 120,
+                 "the attempt to outlive the start-up timeout")
         path = log_dir / "heartbeat" / "rank0.json"
         broken_at = time.time()
         while time.time() < broken_at + 4:  # 8 polls: garbage, half-written, gone (the worker rewrites it)
