@@ -6,9 +6,10 @@ download, in this process and in every worker process a test starts (they inheri
 """
 from __future__ import annotations
 
+import functools
 import os
-
-import pytest
+import re
+from pathlib import Path
 
 os.environ.setdefault("GPT2SUP_OFFLINE", "1")
 
@@ -52,23 +53,42 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return min(8, cores + 1)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items) -> None:
-    """Order and group the tests for the parallel run (``--dist loadgroup``).
+_MODULE_FIXTURE = re.compile(r"@pytest\.fixture\(\s*scope\s*=\s*[\"']module[\"']")
 
-    * The long end-to-end tests (``slow``) go first, so the last minutes are not one worker
-      finishing a long test while the others idle (longest first is the classic schedule).
-    * The tests of a module that shares a module-scoped fixture (an expensive training run) form
-      one xdist group: one worker builds the fixture once instead of every worker once.
-    Deterministic, so every worker collects the same order (xdist requires it).
+
+@functools.cache
+def _shares_a_module_fixture(test_file: str) -> bool:
+    """Whether a test file defines a module-scoped fixture (an expensive run built once per module)."""
+    try:
+        return bool(_MODULE_FIXTURE.search(Path(test_file).read_text(encoding="utf-8")))
+    except OSError:
+        return False
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadscope`` with our own scopes: a file that shares a module-scoped fixture is one
+    unit (one worker builds the fixture once, instead of every worker once); every other test is
+    a unit of its own, so long tests spread over the workers. Scopes keep collection order (the
+    slow tests first, below) instead of xdist's "most tests first".
+
+    (xdist's ``loadgroup`` would say this with marks, but it does not group under pytest 9:
+    pytest-xdist issue #1386.)
     """
-    shared_module_fixture: set[str] = set()
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        for defs in (info.name2fixturedefs.values() if info else ()):
-            if any(d.scope == "module" for d in defs):
-                shared_module_fixture.add(item.module.__name__)
-    for item in items:
-        if item.module.__name__ in shared_module_fixture:
-            item.add_marker(pytest.mark.xdist_group(name=item.module.__name__))
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order kept
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FixtureScopeScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            test_file = nodeid.split("::", 1)[0]
+            return test_file if _shares_a_module_fixture(str(config.rootpath / test_file)) else nodeid
+
+    config.option.loadscopereorder = False
+    return FixtureScopeScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The long end-to-end tests (``slow``) go first, so the last minutes are not one worker
+    finishing a long test while the others idle (longest first is the classic schedule).
+    Deterministic (a stable sort), so every worker collects the same order, as xdist requires."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
