@@ -26,6 +26,7 @@ from tests.supervisor.helpers import (
     events_named,
     gpt2sup_argv,
     heartbeat,
+    one_process_worker_args,
     read_events,
     start_supervisor,
     supervisor_json,
@@ -69,7 +70,7 @@ def _kill_tree(pid: int) -> None:
 
 def test_a_run_uploads_its_checkpoints_and_the_last_one_before_finished(tmp_path, aws_env: S3Server):
     log_dir, uri = tmp_path / "run", aws_env.fresh_uri()
-    proc = start_supervisor(log_dir, "--checkpoint-uri", uri)
+    proc = start_supervisor(log_dir, "--checkpoint-uri", uri, nproc=1, worker_args=one_process_worker_args())
     assert wait_exit(proc, log_dir) == SupervisorExit.FINISHED, console_text(log_dir)[-3000:]
     committed = _committed(uri)
     final_step = int(FINAL_CHECKPOINT[6:11])
@@ -170,8 +171,8 @@ def test_store_down_mid_run_training_goes_on_backlog_uploaded_and_run_finishes(t
 
 def test_a_store_still_down_at_the_end_is_an_honest_ending_not_finished(tmp_path, private_aws_env: S3Server):
     log_dir, uri = tmp_path / "run", private_aws_env.fresh_uri()
-    proc = start_supervisor(log_dir, "--checkpoint-uri", uri, "--upload-timeout", "3",
-                            env={"GPT2SUP_INJECT_SLOW_RANK": "0:0.3"})
+    proc = start_supervisor(log_dir, "--checkpoint-uri", uri, "--upload-timeout", "3", nproc=1,
+                            worker_args=one_process_worker_args(), env={"GPT2SUP_INJECT_SLOW_RANK": "0:0.3"})
     wait_for(lambda: _committed(uri), 240, "a first committed checkpoint")
     os.kill(private_aws_env.pid, signal.SIGSTOP)
     try:
@@ -194,7 +195,8 @@ def test_a_store_still_down_at_the_end_is_an_honest_ending_not_finished(tmp_path
 
 def test_a_stop_uploads_the_stops_checkpoint_before_stopped(tmp_path, aws_env: S3Server):
     log_dir, uri = tmp_path / "run", aws_env.fresh_uri()
-    proc = start_supervisor(log_dir, "--checkpoint-uri", uri, env={"GPT2SUP_INJECT_SLOW_RANK": "0:0.3"})
+    proc = start_supervisor(log_dir, "--checkpoint-uri", uri, nproc=1, worker_args=one_process_worker_args(),
+                            env={"GPT2SUP_INJECT_SLOW_RANK": "0:0.3"})
     wait_for(lambda: _committed(uri), 240, "a first committed checkpoint")
     proc.send_signal(signal.SIGTERM)
     assert wait_exit(proc, log_dir) == SupervisorExit.STOPPED, console_text(log_dir)[-3000:]
@@ -231,7 +233,8 @@ def test_a_flipped_byte_in_the_newest_remote_checkpoint_is_marked_bad_and_the_pr
 def test_wrong_credentials_refuse_in_one_line_before_training_and_leak_no_secret(tmp_path, aws_env: S3Server):
     log_dir, uri = tmp_path / "run", aws_env.fresh_uri()
     wrong = "wrong-secret-0123456789-must-not-leak"
-    proc = start_supervisor(log_dir, "--checkpoint-uri", uri, env={"AWS_SECRET_ACCESS_KEY": wrong})
+    proc = start_supervisor(log_dir, "--checkpoint-uri", uri, nproc=1, worker_args=one_process_worker_args(),
+                            env={"AWS_SECRET_ACCESS_KEY": wrong})
     assert wait_exit(proc, log_dir, timeout=120) == SupervisorExit.REFUSED
     output = console_text(log_dir)
     refusal = [line for line in output.splitlines() if "refusing to start" in line]
