@@ -240,17 +240,30 @@ def sigkill_after(launcher: WorkerLauncher, run: Path, step: int, nproc: int) ->
     """Start a run and SIGKILL its whole process tree once rank 0 has logged ``step``."""
     launch = launcher.start(run, REPLAY_ARGS, nproc=nproc)
 
+    def newest_logged_step() -> int:
+        """metrics.jsonl's newest complete line: the heartbeat of a step is written before its
+        metrics line, so a kill timed on the heartbeat could land between the two (CI saw step 9)."""
+        try:
+            lines = (run / "metrics.jsonl").read_text().splitlines()
+        except OSError:
+            return -1
+        for line in reversed(lines):
+            try:
+                return int(json.loads(line)["step"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        return -1
+
     def reached():
         assert launch.alive(), f"worker exited early:\n{launch.output_tail()}"
-        beat = read_heartbeat(run)
-        return beat is not None and beat.get("step", -1) >= step
+        return newest_logged_step() >= step
 
     wait_for(reached, 240, f"step {step}", poll=0.005)
     ranks = psutil.Process(launch.pid).children(recursive=True)
     launch.kill_tree(signal.SIGKILL)
     psutil.wait_procs(ranks, timeout=30)
     launch.wait(30)
-    return read_metrics(run)[-1]["step"]
+    return newest_logged_step()  # a line the kill cut short is not a logged step
 
 
 @pytest.mark.parametrize("nproc", [1, 2])
