@@ -6,7 +6,7 @@ copy of the same reference run. ``once_per_run`` builds it in a directory every 
 marks it complete last, so the second worker waits for the first and then reuses its result.
 Without xdist it is an ordinary once-per-session build.
 
-Callers must treat the artifact as read-only: copy it (``copy_run``) before damaging it.
+Callers must treat the artifact as read-only: copy it before damaging it.
 """
 from __future__ import annotations
 
@@ -44,9 +44,3 @@ def once_per_run(tmp_path_factory: pytest.TempPathFactory, name: str, build: Cal
         build(target)
         (target / DONE_MARKER).touch()
     return target
-
-
-def copy_run(source: Path, destination: Path) -> Path:
-    """A private copy of a shared run directory (``cp -a``: symlinks, modes and times kept)."""
-    shutil.copytree(source, destination, symlinks=True)
-    return destination

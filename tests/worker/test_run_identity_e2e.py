@@ -23,6 +23,7 @@ import numpy as np
 import psutil
 import pytest
 
+from shared.atomic_io import read_jsonl
 from shared.exit_codes import WorkerExit
 from tests.worker.helpers import (
     FAST_ARGS,
@@ -243,16 +244,8 @@ def sigkill_after(launcher: WorkerLauncher, run: Path, step: int, nproc: int) ->
     def newest_logged_step() -> int:
         """metrics.jsonl's newest complete line: the heartbeat of a step is written before its
         metrics line, so a kill timed on the heartbeat could land between the two (CI saw step 9)."""
-        try:
-            lines = (run / "metrics.jsonl").read_text().splitlines()
-        except OSError:
-            return -1
-        for line in reversed(lines):
-            try:
-                return int(json.loads(line)["step"])
-            except (ValueError, KeyError, TypeError):
-                continue
-        return -1
+        newest = read_jsonl(run / "metrics.jsonl", max_records=1)
+        return int(newest[-1]["step"]) if newest else -1
 
     def reached():
         assert launch.alive(), f"worker exited early:\n{launch.output_tail()}"
