@@ -6,7 +6,7 @@ decides, before each launch, which checkpoint a run resumes from.
 
 - ``open_checked``: open the store and ``check_access()`` before training (one line on failure).
 - ``RemoteSync``: a background thread uploading node 0's new ``model_NNNNN.pt`` files one at a
-  time (``supervisor.remote_policy.next_upload``: newest first, intermediate ones skipped and
+  time (``supervisor.policy.next_upload``: newest first, intermediate ones skipped and
   said so), committing each, pruning the bucket to the worker's keep-last-N, refreshing the
   ``run_identity.json`` side file, retrying with backoff while the store is away. It writes
   ``remote_sync.json`` in the run directory (URI, newest committed step, lag, last error) for
@@ -31,7 +31,7 @@ from shared.remote import CheckpointStore, IntegrityError, ObjectStoreError, ope
 from shared.remote.uri import shown
 from shared.run_dir import RunDir
 from shared.vocabulary import EventKind
-from supervisor import remote_policy
+from supervisor import policy
 
 RECORD_NAME = "remote_sync.json"
 IDENTITY_NAME = "run_identity.json"
@@ -93,7 +93,7 @@ def fetch_newer(store: CheckpointStore, run_dir: RunDir, chosen_local: int | Non
     store (never deleted) and the next older one is tried."""
     while True:
         committed = [entry.step for entry in store.list_committed()]
-        step = remote_policy.remote_to_try(committed, chosen_local, tried)
+        step = policy.remote_to_try(committed, chosen_local, tried)
         if step is None:
             return None
         tried.add(step)
@@ -181,7 +181,7 @@ class RemoteSync:
             with self._lock:
                 while True:
                     local = self._newest_local()
-                    if remote_policy.is_uploaded(local, self.record.newest_committed_step):
+                    if policy.is_uploaded(local, self.record.newest_committed_step):
                         return FlushResult(True, local, self.record.newest_committed_step, None)
                     left = deadline - time.monotonic()
                     if left <= 0 or not self._thread.is_alive() or give_up():
@@ -210,7 +210,7 @@ class RemoteSync:
         self.record.newest_local_step = max(steps) if steps else None
         try:
             self._sync_identity()
-            plan = remote_policy.next_upload(steps, self.record.newest_committed_step, self._skipped)
+            plan = policy.next_upload(steps, self.record.newest_committed_step, self._skipped)
             if plan.skipped:
                 self._skipped.update(plan.skipped)
                 self.emit(EventKind.UPLOAD_SKIPPED, f"not uploading {_names(plan.skipped)} to {self.record.uri}: "
@@ -269,11 +269,11 @@ class RemoteSync:
         text = str(exc) if isinstance(exc, ObjectStoreError) else f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"
         self.record.last_error = " ".join(text.split())[:300]
         self.record.last_error_at = time.time()
-        self._retry_s = remote_policy.next_retry_delay(self._retry_s)
+        self._retry_s = policy.next_retry_delay(self._retry_s)
         if not self._warned:
             self._warned = True
             self.emit(EventKind.WARNING, f"cannot upload to {self.record.uri} ({self.record.last_error}); training "
-                      f"goes on, retrying with backoff (up to {remote_policy.UPLOAD_RETRY_MAX_S:g}s)",
+                      f"goes on, retrying with backoff (up to {policy.UPLOAD_RETRY_MAX_S:g}s)",
                       uri=self.record.uri, upload_error=True)
 
     def _recovered(self) -> None:
@@ -290,7 +290,7 @@ class RemoteSync:
         return newest.step if newest is not None else None
 
     def _write_record(self) -> None:
-        self.record.upload_lag_steps = remote_policy.upload_lag(self.record.newest_local_step,
+        self.record.upload_lag_steps = policy.upload_lag(self.record.newest_local_step,
                                                                 self.record.newest_committed_step)
         self.record.skipped = sorted(self._skipped) or None
         self.record.updated_at = time.time()

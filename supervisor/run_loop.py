@@ -27,7 +27,7 @@ from shared.supervisor_state import (
     read_supervisor_state,
 )
 from shared.vocabulary import EventKind, OutcomeKind, SupervisorStateName
-from supervisor import messages, node_coordination, policy, remote_policy, remote_sync
+from supervisor import messages, node_coordination, policy, remote_sync
 from supervisor.attempt import AttemptResult, Attempts, StopRequests
 from supervisor.background_validation import WarmValidator
 from supervisor.checkpoint_selection import (
@@ -650,7 +650,7 @@ class Supervisor:
         # Its own store (its own client): the uploader thread and the launches never share one.
         store = open_store(self.config.checkpoint_uri, **remote_sync.SYNC_S3_OPTIONS)
         self.remote = RemoteSync(store, self.run_dir, self.journal.event,
-                                 keep_last=remote_policy.keep_last_from_worker_args(self.config.worker_args),
+                                 keep_last=policy.keep_last_from_worker_args(self.config.worker_args),
                                  interval_s=self.config.monitor_interval)
         self.remote.start()
 

@@ -1,7 +1,7 @@
-"""The pure decisions of the checkpoint store wiring (``supervisor.remote_policy``)."""
+"""The pure decisions of the checkpoint store wiring (``supervisor.policy.remote``)."""
 from __future__ import annotations
 
-from supervisor import remote_policy as rp
+from supervisor.policy import remote as rp
 
 
 def test_next_upload_is_the_newest_local_checkpoint_newer_than_the_store():
