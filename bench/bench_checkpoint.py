@@ -40,9 +40,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.run_dir import RunDir
-from worker.checkpoint import CheckpointManager, iter_tensors
+from worker.checkpointing.checkpoint import CheckpointManager, iter_tensors
+from worker.checkpointing.train_state import TrainingState, TrainProgress
 from worker.model import GPT, build_config
-from worker.train_state import TrainingState, TrainProgress
 
 
 class _Loader:

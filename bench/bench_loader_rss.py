@@ -41,7 +41,7 @@ def status_kb(field):
 read = 0
 t0 = time.perf_counter()
 if mode == "loader":
-    from worker.data import ShardedTokenLoader
+    from worker.data.shards import ShardedTokenLoader
     loader = ShardedTokenLoader(data_dir, "train", B, T)
     checksum = 0
     for _ in range(batches):

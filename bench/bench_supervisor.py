@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from supervisor import policy
-from supervisor.restart_timing import PHASES
+from supervisor.attempts.restart_timing import PHASES
 
 NPROC = 2  # the default of --nproc
 FLOOR = ("torchrun start", "import torch", "checkpoint load")
@@ -340,7 +340,7 @@ def loader_seek(rows: list[tuple[str, str, str]]) -> None:
     """ShardedTokenLoader.load_state_dict at the start vs near the end of a 50M-token shard."""
     import numpy as np
 
-    from worker.data import ShardedTokenLoader
+    from worker.data.shards import ShardedTokenLoader
 
     with tempfile.TemporaryDirectory(prefix="bench_seek_") as tmp:
         tokens = np.lib.format.open_memmap(Path(tmp) / "d_train_000000.npy", mode="w+", dtype=np.uint16,

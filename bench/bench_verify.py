@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shared.checkpoint_crc import check_zip_crc
-from supervisor.checkpoint_validation import (
+from supervisor.checkpoints.checkpoint_validation import (
     ProbeSession,
     validate_checkpoint,
     validate_many,
@@ -100,8 +100,8 @@ def make_checkpoint(path: Path, step: int, config: dict) -> Path:
     """
     import torch
 
+    from worker.checkpointing.train_state import TrainProgress, compose_checkpoint
     from worker.model import GPT, GPTConfig
-    from worker.train_state import TrainProgress, compose_checkpoint
 
     class _LoaderAtStart:
         def state_dict(self) -> dict[str, int]:

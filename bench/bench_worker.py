@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shared.checkpoint_crc import check_zip_crc
 from shared.run_dir import RunDir
 from worker import train_gpt2
-from worker.checkpoint import CheckpointManager, iter_tensors
+from worker.checkpointing.checkpoint import CheckpointManager, iter_tensors
+from worker.checkpointing.train_state import TrainProgress, compose_checkpoint
 from worker.model import GPT, build_config
-from worker.train_state import TrainProgress, compose_checkpoint
 
 
 def worker_tokens_per_s(args: argparse.Namespace, workdir: Path) -> float:

@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 from bench.disk_fill import fill_disk, mounted_tmpfs
 from shared.process_identity import same_process_alive
 from shared.run_dir import RunDir
-from supervisor.process_tree import processes_with_log_dir
+from supervisor.attempts.process_tree import processes_with_log_dir
 
 NPROC = 2
 CHECKPOINT_INTERVAL = 4

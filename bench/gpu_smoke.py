@@ -62,7 +62,7 @@ def fit_micro_batch(args: argparse.Namespace) -> None:
     has ~65k tokens per shard: 8 GPUs x 16 x 1024 would not fit), and say so."""
     import numpy as np
 
-    from worker.data import list_shards, resolve_data_dir
+    from worker.data.shards import list_shards, resolve_data_dir
 
     smallest = min(np.load(path, mmap_mode="r").shape[0] for path in list_shards(resolve_data_dir(args.data_dir), "train"))
     fits = max(1, (smallest - 1) // (args.seq_len * args.nproc))

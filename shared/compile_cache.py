@@ -5,7 +5,7 @@ A restarted attempt compiles the same model with the same shapes again. Inductor
 compiled (FX graphs, AOT autograd results, generated kernels) on disk, by default under /tmp per
 user, where a node's reboot, a container or another machine of the job loses it. Pointing the
 cache at ``<log_dir>/compile_cache`` makes the second attempt read what the first one wrote, for a
-bare run (the worker calls this) as for ``gpt2sup run`` (``supervisor.torchrun.build_env`` calls it on
+bare run (the worker calls this) as for ``gpt2sup run`` (``supervisor.attempts.torchrun.build_env`` calls it on
 the workers' environment) (every rank shares the directory: inductor writes its entries
 atomically). Values already in the environment win: a site-wide cache stays in charge.
 """

@@ -39,7 +39,7 @@ class Heartbeat:
     # Seconds of the rank's own compute in each of its last steps (at most 20, newest last): the
     # forward/backward passes before the gradient all-reduce, which makes step times equal.
     compute_s: list[float] | None = None
-    # Wall-clock milestones of this process's start (worker.startup_clock): process_start,
+    # Wall-clock milestones of this process's start (worker.runtime.startup_clock): process_start,
     # imports_done, rendezvous_done, checkpoint_loaded, loader_positioned, restored,
     # first_step_done; the supervisor's restart_breakdown event is made of them. From the first
     # step on also compiler_imported (a bool: is torch._dynamo imported in the rank by now).

@@ -135,6 +135,11 @@ class RunDir:
     def supervisor_lock(self) -> Path:
         return self.root / f"supervisor{self._node_suffix}.lock"
 
+    @property
+    def remote_sync(self) -> Path:
+        """``--checkpoint-uri``: the uploader's record (URI, newest committed step, lag, last error)."""
+        return self.root / "remote_sync.json"
+
     def node_state(self, node: int) -> Path:
         """``supervisor.json`` for node 0, ``supervisor.nodeR.json`` for node R (one directory, several nodes)."""
         return RunDir.at(self.root, node).supervisor_state
@@ -168,7 +173,7 @@ class RunDir:
     def stop_request(self) -> Path:
         """Written by the supervisor just before it SIGTERMs the workers to save and stop (and
         removed before each launch): a worker that gets a SIGTERM without it, while a peer rank is
-        gone, is being torn down by torchrun and exits at once (worker/lifetime.py)."""
+        gone, is being torn down by torchrun and exits at once (worker/runtime/lifetime.py)."""
         return self.root / STOP_REQUEST_NAME
 
     @property

@@ -118,8 +118,8 @@ class EventKind(StrEnum):
     CONFIG_CHANGE = "config_change"  # an allowed change of the run's arguments, noted
     JOURNAL_ERROR = "journal_error"  # the supervisor could not write its files for a while
     STRAGGLER = "straggler"  # a rank computes consistently slower than its peers (detection only)
-    RESTART_BREAKDOWN = "restart_breakdown"  # where one restart's time went (supervisor.restart_timing)
-    UPLOADED = "uploaded"  # a checkpoint committed in the --checkpoint-uri store (supervisor.remote_sync)
+    RESTART_BREAKDOWN = "restart_breakdown"  # where one restart's time went (supervisor.attempts.restart_timing)
+    UPLOADED = "uploaded"  # a checkpoint committed in the --checkpoint-uri store (supervisor.checkpoints.remote_sync)
     UPLOAD_SKIPPED = "upload_skipped"  # older checkpoints not uploaded: a newer one went first
     DOWNLOADED = "downloaded"  # a remote checkpoint newer than every valid local one, fetched before a launch
     WARNING = "warning"

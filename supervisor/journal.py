@@ -57,7 +57,7 @@ class Journal:
         self._session_mono = time.monotonic()
         self.writer = JournalWriter(run_dir.events, run_dir.supervisor_state,
                                     warn=lambda line: self._console(lambda: self.reporter.event(line)))
-        # The checkpoint store's uploader thread (supervisor.remote_sync) writes events too: one
+        # The checkpoint store's uploader thread (supervisor.checkpoints.remote_sync) writes events too: one
         # writer at a time, or two flushes could write one record twice and drop another.
         self._lock = threading.RLock()
 
@@ -95,7 +95,7 @@ class Journal:
 
     def show_progress(self) -> None:
         """Redraw the console view from the run directory's one read model."""
-        from supervisor.snapshot import collect_snapshot
+        from supervisor.views.snapshot import collect_snapshot
 
         snapshot = collect_snapshot(Path(self.run_dir.root))
         with self._lock:

@@ -59,7 +59,7 @@ class MultiNode:
     rdzv_id: str = DEFAULT_RDZV_ID
     rdzv_backend: str = "c10d"
     # Node 0's supervisor hosts a torch TCPStore here, on the rendezvous host, through which the
-    # nodes agree on an ending (supervisor.node_coordination); None: the rendezvous port + 1; 0: off.
+    # nodes agree on an ending (supervisor.multinode.node_coordination); None: the rendezvous port + 1; 0: off.
     coordination_port: int | None = None
 
     @property
@@ -90,7 +90,7 @@ class RunConfig:
     allow_config_change: bool = False  # forwarded to the worker as --allow_config_change
     workers_outlive_supervisor: bool = False  # True: workers are not told to stop when we die
     # --checkpoint-uri: a store the supervisor uploads checkpoints to and resumes from
-    # (supervisor.remote_sync); recorded (never a credential) so a plain `gpt2sup run` reuses it.
+    # (supervisor.checkpoints.remote_sync); recorded (never a credential) so a plain `gpt2sup run` reuses it.
     checkpoint_uri: str | None = None
     upload_timeout: float = 300.0  # how long an ending waits for the last checkpoint's upload
     launcher: list[str] = field(default_factory=lambda: [sys.executable, "-m", "torch.distributed.run"])

@@ -27,23 +27,26 @@ from shared.supervisor_state import (
     read_supervisor_state,
 )
 from shared.vocabulary import EventKind, OutcomeKind, SupervisorStateName
-from supervisor import messages, node_coordination, policy, remote_sync
-from supervisor.attempt import AttemptResult, Attempts, StopRequests
-from supervisor.background_validation import WarmValidator
-from supervisor.checkpoint_selection import (
-    Selection,
-    quarantine,
-    select_checkpoint_for_restart,
-)
-from supervisor.disk_guard import DiskGuard
-from supervisor.journal import CycleState, Journal, Reporter
-from supervisor.orphans import (
+from supervisor import messages, policy
+from supervisor.attempts.attempt import AttemptResult, Attempts, StopRequests
+from supervisor.attempts.orphans import (
     find_foreign_trainers,
     lost_supervisor,
     stop_orphans,
     survey_orphans,
 )
-from supervisor.remote_sync import RemoteSync
+from supervisor.attempts.watch import TorchrunAttempts
+from supervisor.checkpoints import remote_sync
+from supervisor.checkpoints.background_validation import WarmValidator
+from supervisor.checkpoints.checkpoint_selection import (
+    Selection,
+    quarantine,
+    select_checkpoint_for_restart,
+)
+from supervisor.checkpoints.disk_guard import DiskGuard
+from supervisor.checkpoints.remote_sync import RemoteSync
+from supervisor.journal import CycleState, Journal, Reporter
+from supervisor.multinode import node_coordination
 from supervisor.run_config import (
     DEFAULT_WORKER,
     MultiNode,
@@ -52,7 +55,6 @@ from supervisor.run_config import (
 )
 from supervisor.run_lock import RunLock
 from supervisor.stop_signals import StopRequested
-from supervisor.watch import TorchrunAttempts
 
 __all__ = ["DEFAULT_WORKER", "MultiNode", "RecordUnreadable", "RunConfig", "Supervisor"]
 
@@ -79,7 +81,7 @@ class Supervisor:
     def __init__(self, config: RunConfig, reporter: Reporter | None = None, attempts: Attempts | None = None,
                  select: Select = select_checkpoint_for_restart) -> None:
         if reporter is None:
-            from supervisor.dashboard import make_reporter
+            from supervisor.views.dashboard import make_reporter
 
             reporter = make_reporter()
         self.config = config
@@ -111,7 +113,7 @@ class Supervisor:
         self.progress = policy.ProgressTracker()
         self._select = select
         # The real cycle keeps one warm load-probe child and validates checkpoints as they are
-        # written (supervisor.background_validation); node R >= 1 never validates.
+        # written (supervisor.checkpoints.background_validation); node R >= 1 never validates.
         self.validator: WarmValidator | None = None
         if select is select_checkpoint_for_restart and attempts is None and self.config.is_node_zero:
             self.validator = WarmValidator(self.run_dir.root, config.probe_timeout)
@@ -498,7 +500,7 @@ class Supervisor:
     def _kill_orphans(self, previous: SupervisorState) -> None:
         """Processes an earlier (killed) supervisor of THIS directory left running: stop them first.
 
-        Only processes proven to be this run's are signalled (``supervisor.orphans``); a stop
+        Only processes proven to be this run's are signalled (``supervisor.attempts.orphans``); a stop
         request to us ends the wait (the second one at once).
         """
         lost = lost_supervisor(previous)
@@ -610,7 +612,7 @@ class Supervisor:
         return chosen.step
 
 
-    # -- the checkpoint store (--checkpoint-uri; supervisor.remote_sync) ----------------------------
+    # -- the checkpoint store (--checkpoint-uri; supervisor.checkpoints.remote_sync) ----------------------------
     def _resolve_checkpoint_uri(self) -> None:
         """No --checkpoint-uri given: the one this run directory's previous supervisor recorded."""
         if self.config.checkpoint_uri is not None:

@@ -89,7 +89,7 @@ class StopSignals:
 def mark_stop_request(path: Path, reason: str | None, attempt_id: str | None = None) -> None:
     """Say, before signalling, that this SIGTERM is the supervisor's own request to save and stop
     (``RunDir.stop_request``). Workers that get a SIGTERM without it while a peer rank is gone
-    know torchrun is tearing the group down, and exit without trying to save (worker/lifetime.py).
+    know torchrun is tearing the group down, and exit without trying to save (worker/runtime/lifetime.py).
     A directory that cannot be written only costs that distinction: the workers then judge by
     their peers alone, and with every peer alive they save as asked. ``attempt_id``: the attempt
     asked (the workers match it with their own, comparing no clocks)."""

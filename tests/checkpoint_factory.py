@@ -138,7 +138,7 @@ def resave_with_format_version(path: str | Path, version: int) -> Path:
     ``format_version``, written by the worker's own save function (every zip CRC-32 valid). Not
     damage: every check but the version would pass."""
     from shared.checkpoint_loading import load_checkpoint
-    from worker.checkpoint_write import save_checkpoint_file
+    from worker.checkpointing.checkpoint_write import save_checkpoint_file
 
     path = Path(path)
     checkpoint = load_checkpoint(path)

@@ -5,7 +5,7 @@
 
 Why a child process: loading parses an untrusted pickle and memory-maps tensor bytes. A damaged
 file can make it raise, hang, or (in native code) crash the interpreter. The caller
-(``supervisor.checkpoint_validation``) runs this module with a timeout so that none of those can
+(``supervisor.checkpoints.checkpoint_validation``) runs this module with a timeout so that none of those can
 take the supervisor or ``gpt2sup verify`` down with it.
 
 Contract with the caller: exactly ONE JSON object on the last line of stdout, exit status 0,
@@ -34,10 +34,10 @@ Loading is ``shared.checkpoint_loading.load_checkpoint(path, mmap=True)``: ``wei
 with a stand-in allowlist, so the build-nanogpt guide's own files load, a file whose pickle would
 call ``os.system`` is refused before anything runs, and ``mmap`` maps tensor bytes instead of
 reading them. After the structure checks, ``restore`` runs the worker's own resume code,
-``worker.train_state.restore_full_state``, on the loaded dict: the model built from the file's
+``worker.checkpointing.train_state.restore_full_state``, on the loaded dict: the model built from the file's
 config (on the ``meta`` device: every key and shape is checked as on CPU, no memory is spent on
 weights), AdamW built as the worker builds it, a loader stand-in whose ``load_state_dict`` runs
-``worker.data.validate_loader_state``, and every RNG state restored. So "verify OK" means "this
+``worker.data.shards.validate_loader_state``, and every RNG state restored. So "verify OK" means "this
 file resumes". ``--deep`` then touches every tensor (finite values, optimizer moments shaped
 like their parameters), which does read the whole file.
 """
@@ -65,7 +65,7 @@ from shared.checkpoint_format import (
 )
 from shared.exit_codes import ProbeExit
 from shared.run_dir import step_from_checkpoint_name
-from worker.compiler_import import skip_compiler_import_for_optimizers
+from worker.runtime.compiler_import import skip_compiler_import_for_optimizers
 
 TIED_NAME = "lm_head.weight"
 TIED_TO = "transformer.wte.weight"
@@ -205,7 +205,7 @@ class _LoaderStandIn:
         self.state: Any = None
 
     def load_state_dict(self, state: Any) -> None:
-        from worker.data import validate_loader_state
+        from worker.data.shards import validate_loader_state
 
         validate_loader_state(state)
         self.state = state
@@ -234,7 +234,7 @@ def _model_without_weights(config: dict[str, Any], torch: Any) -> Any:
 
 def check_restore(checkpoint: dict[str, Any], torch: Any) -> str:
     """The worker's own resume code on this dict (module docstring): what a resume would do."""
-    from worker.train_state import restore_full_state
+    from worker.checkpointing.train_state import restore_full_state
 
     try:
         with warnings.catch_warnings():
@@ -474,8 +474,6 @@ def _import_for_probing() -> float:
     started = time.perf_counter()
     import torch
 
-    import worker.model
-    import worker.train_state  # noqa: F401
 
     skip_compiler_import_for_optimizers(torch)
     torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])

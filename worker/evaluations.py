@@ -22,9 +22,9 @@ from torch.nn import functional as F
 
 from shared.vocabulary import Phase
 from worker import hellaswag
-from worker.data import ShardedTokenLoader, cache_root
-from worker.distributed import Distributed
-from worker.telemetry import HeartbeatWriter, RunLogger
+from worker.data.shards import ShardedTokenLoader, cache_root
+from worker.runtime.distributed import Distributed
+from worker.runtime.telemetry import HeartbeatWriter, RunLogger
 
 SAMPLE_SEQUENCES = 4
 SAMPLE_TOKENS = 32

@@ -10,7 +10,7 @@ optimizer, step, schedule and data start fresh. Everything else is pre-training'
 evaluations and the run identity. So ``--auto_resume`` prefers the run's own checkpoint (it
 records the pretrained file's identity: a relaunch never starts over from the pretrained
 weights), and a fine-tune killed mid-way resumes bit for bit. The data, template and loss mask:
-``worker.finetune_data`` and docs/finetuning.md.
+``worker.data.finetune_data`` and docs/finetuning.md.
 """
 from __future__ import annotations
 
@@ -20,11 +20,8 @@ from collections.abc import Callable
 
 from shared.exit_codes import WorkerExit
 from shared.tokenizer import get_gpt2_encoding
-from worker.data import DataError, cache_root
-from worker.datasets import DatasetUnavailable, find_or_download
-from worker.distributed import Distributed
-from worker.errors import WorkerError
-from worker.finetune_data import (
+from worker.data.datasets import DatasetUnavailable, find_or_download
+from worker.data.finetune_data import (
     DEFAULT_VAL_FRACTION,
     DOLLY_CACHE_NAME,
     DOLLY_URL,
@@ -35,6 +32,9 @@ from worker.finetune_data import (
     split_train_val,
     working_val_fraction,
 )
+from worker.data.shards import DataError, cache_root
+from worker.errors import WorkerError
+from worker.runtime.distributed import Distributed
 from worker.train_gpt2 import (
     TrainConfig,
     TrainingData,

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from worker.datasets import (
+from worker.data.datasets import (
     DatasetUnavailable,
     MalformedRecord,
     find_or_download,
@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Iterable[str] | None = None) -> int:
     from shared.checkpoint_loading import CheckpointLoadError, load_checkpoint
     from shared.tokenizer import get_gpt2_encoding
-    from worker.data import cache_root
+    from worker.data.shards import cache_root
     from worker.model import GPT, GPTConfig
 
     args = build_parser().parse_args(list(argv) if argv is not None else None)

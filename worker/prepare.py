@@ -1,6 +1,6 @@
 """Tokenize text into build-nanogpt token shards: ``python -m worker.prepare``.
 
-Shard format (what :mod:`worker.data` reads): 1-D ``uint16`` arrays saved with ``np.save``, named
+Shard format (what :mod:`worker.data.shards` reads): 1-D ``uint16`` arrays saved with ``np.save``, named
 ``{prefix}_val_000000.npy``, ``{prefix}_train_000001.npy``, ... Shard 0 is the validation split,
 every later shard is training data, and every document starts with ``<|endoftext|>`` (50256) so
 the model sees document boundaries. Documents flow across shard boundaries, as in build-nanogpt.

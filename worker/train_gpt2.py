@@ -33,30 +33,30 @@ from shared.compile_cache import use_run_dir_compile_cache
 from shared.exit_codes import WorkerExit
 from shared.run_dir import RunDir
 from shared.vocabulary import Phase, RankStatus
-from worker.checkpoint import CheckpointManager, RestoreRequest
-from worker.compiler_import import (
+from worker.checkpointing.checkpoint import CheckpointManager, RestoreRequest
+from worker.checkpointing.replay import ReplayCheck, event_publisher
+from worker.checkpointing.run_identity_check import RunIdentityCheck
+from worker.checkpointing.train_state import TrainingState, TrainProgress
+from worker.data.shards import DataError, ShardedTokenLoader, resolve_data_dir
+from worker.errors import WorkerError, library_reason
+from worker.evaluations import Evaluations, Schedule, load_hellaswag
+from worker.model import GPT, build_config, cosine_lr
+from worker.runtime.compiler_import import (
     skip_compiler_import_for_optimizers,
     skip_compiler_import_for_step,
 )
-from worker.compute_clock import ComputeClock
-from worker.data import DataError, ShardedTokenLoader, resolve_data_dir
-from worker.device_setup import (
+from worker.runtime.compute_clock import ComputeClock
+from worker.runtime.device_setup import (
     autocast_for,
     configure_determinism,
     configure_fast_math,
     to_device,
 )
-from worker.distributed import Distributed, setup_distributed
-from worker.errors import WorkerError, library_reason
-from worker.evaluations import Evaluations, Schedule, load_hellaswag
-from worker.lifetime import StopRequest, SupervisorWatch
-from worker.model import GPT, build_config, cosine_lr
-from worker.replay import ReplayCheck, event_publisher
-from worker.run_identity_check import RunIdentityCheck
-from worker.telemetry import HeartbeatWriter, RunLogger, print_to_stderr
-from worker.tensorboard_log import TensorBoardLog, require_tensorboard
-from worker.train_state import TrainingState, TrainProgress
-from worker.worker_lock import hold_worker_lock
+from worker.runtime.distributed import Distributed, setup_distributed
+from worker.runtime.lifetime import StopRequest, SupervisorWatch
+from worker.runtime.telemetry import HeartbeatWriter, RunLogger, print_to_stderr
+from worker.runtime.tensorboard_log import TensorBoardLog, require_tensorboard
+from worker.runtime.worker_lock import hold_worker_lock
 
 __all__ = ["TrainConfig", "WorkerError", "build_arg_parser", "main", "train"]
 
@@ -168,9 +168,9 @@ class TrainConfig:
     profile_note: str  # which defaults were filled in, and why (printed at start)
     data_path: str | None = None  # worker.finetune_dolly: the instruction jsonl
     val_fraction: float | None = None  # worker.finetune_dolly: the share held out (None: 0.05, or what fits)
-    tensorboard: bool = False  # TensorBoard event files in <log_dir>/tb (worker.tensorboard_log)
-    async_checkpoint: bool = DEFAULT_ASYNC_CHECKPOINT  # periodic saves written by a thread (worker.async_save)
-    deterministic: bool = False  # deterministic kernels (worker.device_setup): bitwise resume on a GPU
+    tensorboard: bool = False  # TensorBoard event files in <log_dir>/tb (worker.runtime.tensorboard_log)
+    async_checkpoint: bool = DEFAULT_ASYNC_CHECKPOINT  # periodic saves written by a thread (worker.checkpointing.async_save)
+    deterministic: bool = False  # deterministic kernels (worker.runtime.device_setup): bitwise resume on a GPU
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, cuda_available: bool) -> TrainConfig:
@@ -467,7 +467,7 @@ def build_model(config: TrainConfig, device: str) -> tuple[GPT, torch.optim.Opti
     """Seed every RNG (the same on every rank: identical init and dropout streams), build GPT + AdamW.
 
     Without ``--compile`` nothing compiles, so AdamW's methods and its ``step`` need not import
-    ``torch._dynamo`` (~2.5 s of every restart on a 2-core CPU; ``worker.compiler_import``). With
+    ``torch._dynamo`` (~2.5 s of every restart on a 2-core CPU; ``worker.runtime.compiler_import``). With
     it they keep torch's own wrappers.
     """
     if not config.compile:

@@ -1,7 +1,7 @@
 """Checkpoints that outlive the machine: an S3-compatible bucket or a mounted directory as a
 checkpoint store, with a commit protocol (docs/object-storage.md).
 
-``gpt2sup run --checkpoint-uri`` uses it through ``supervisor.remote_sync``. Nothing
+``gpt2sup run --checkpoint-uri`` uses it through ``supervisor.checkpoints.remote_sync``. Nothing
 here imports torch or boto3 at import time (boto3 is imported by the S3 backend when first used).
 """
 from __future__ import annotations

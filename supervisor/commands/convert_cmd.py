@@ -21,7 +21,7 @@ import click
 from shared.atomic_io import fsync_path
 from shared.exit_codes import ConvertExit, exit_status_epilog
 from shared.run_dir import TMP_SUFFIX
-from supervisor.checkpoint_validation import validate_checkpoint
+from supervisor.checkpoints.checkpoint_validation import validate_checkpoint
 from supervisor.commands.verify_cmd import format_line
 
 

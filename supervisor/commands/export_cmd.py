@@ -2,7 +2,7 @@
 
 The checkpoint is read with ``shared.checkpoint_loading.load_checkpoint`` (safe loading, our
 format or build-nanogpt's); only its ``model`` and ``config`` are used. The directory is written by
-``supervisor.hf_export`` (docs/interop.md has the layout mapping and what is not carried, e.g. the
+``supervisor.checkpoints.hf_export`` (docs/interop.md has the layout mapping and what is not carried, e.g. the
 optimizer state). torch is imported only when the command runs; every failure is one line
 ``gpt2sup export: ...`` and an exit code, never a traceback.
 """
@@ -45,7 +45,11 @@ def export(checkpoint: Path, outdir: Path, force: bool) -> None:
     Optimizer state, step, data position and RNG states are not exported. OUTDIR appears whole or
     not at all (written next to it, then renamed).
     """
-    from supervisor.hf_export import ExportError, export_model, outdir_is_free
+    from supervisor.checkpoints.hf_export import (
+        ExportError,
+        export_model,
+        outdir_is_free,
+    )
 
     if not outdir_is_free(outdir) and not force:
         _fail(f"{outdir} exists and is not empty; pass --force to replace it", ExportExit.USAGE)

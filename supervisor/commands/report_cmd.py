@@ -43,8 +43,8 @@ def report(log_dir: Path, out: Path | None) -> None:
     time lost to faults (detection, restart, re-done steps) and goodput; the checkpoints with
     sizes and validation results.
     """
-    from supervisor.run_history import load_history
-    from supervisor.snapshot import collect_snapshot
+    from supervisor.views.run_history import load_history
+    from supervisor.views.snapshot import collect_snapshot
 
     if not log_dir.is_dir():
         _fail(f"{log_dir} does not exist", ReportExit.NO_RUN)
@@ -54,7 +54,7 @@ def report(log_dir: Path, out: Path | None) -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         _fail("drawing the curves needs matplotlib: pip install 'gpt2sup[report]'", ReportExit.NOT_WRITTEN)
-    from supervisor.report_html import render_report
+    from supervisor.views.report_html import render_report
 
     supervisor = collect_snapshot(log_dir).supervisor
     live = supervisor is not None and supervisor.alive is True

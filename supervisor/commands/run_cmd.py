@@ -23,18 +23,18 @@ from shared.exit_codes import SupervisorExit, exit_status_epilog
 from shared.run_dir import DEFAULT_LOG_DIR, RunDir
 from shared.supervisor_state import read_supervisor_state
 from supervisor import policy
-from supervisor.run_config import (
-    DEFAULT_RDZV_ID,
-    MultiNode,
-    RunConfig,
-    absolute_path_args,
-)
-from supervisor.slurm import (
+from supervisor.multinode.slurm import (
     DEFAULT_PORT,
     PORT_ENV,
     Rendezvous,
     SlurmError,
     fill_from_slurm,
+)
+from supervisor.run_config import (
+    DEFAULT_RDZV_ID,
+    MultiNode,
+    RunConfig,
+    absolute_path_args,
 )
 
 DEFAULTS = RunConfig(log_dir=Path(DEFAULT_LOG_DIR), cwd=Path("."))

@@ -12,7 +12,7 @@ import time
 import click
 
 from shared.exit_codes import StatusExit, exit_status_epilog
-from supervisor.snapshot import RunSnapshot, collect_snapshot
+from supervisor.views.snapshot import RunSnapshot, collect_snapshot
 
 
 def _print_once(snapshot: RunSnapshot, as_json: bool, is_tty: bool) -> None:
@@ -20,7 +20,7 @@ def _print_once(snapshot: RunSnapshot, as_json: bool, is_tty: bool) -> None:
     if as_json:
         click.echo(json.dumps(snapshot.to_dict(), indent=2, sort_keys=True, default=str))
         return
-    from supervisor.dashboard import render_panel, status_lines
+    from supervisor.views.dashboard import render_panel, status_lines
 
     if is_tty:
         from rich.console import Console
@@ -38,7 +38,7 @@ def _watch(log_dir: str, as_json: bool, is_tty: bool, interval: float, max_updat
         from rich.console import Console
         from rich.live import Live
 
-        from supervisor.dashboard import render_panel
+        from supervisor.views.dashboard import render_panel
 
         with Live(console=Console(), auto_refresh=False) as live:
             while True:
@@ -52,7 +52,8 @@ def _watch(log_dir: str, as_json: bool, is_tty: bool, interval: float, max_updat
         if as_json:
             click.echo(json.dumps(snapshot.to_dict(), sort_keys=True, default=str))
         else:
-            from supervisor.dashboard import status_lines, utc_timestamp
+            from supervisor.timestamps import utc_timestamp
+            from supervisor.views.dashboard import status_lines
 
             stamp = utc_timestamp(snapshot.time)
             for line in status_lines(snapshot):
@@ -100,7 +101,7 @@ def status(log_dir: str, as_json: bool, watch: bool, interval: float, max_update
 
     snapshot = collect_snapshot(log_dir, with_goodput=True)
     if not snapshot.has_run and not as_json:
-        from supervisor.dashboard import no_run_line
+        from supervisor.views.dashboard import no_run_line
 
         click.echo(no_run_line(snapshot), err=True)
         sys.exit(StatusExit.NO_RUN)

@@ -23,7 +23,7 @@ from shared.run_dir import RunDir
 from shared.supervisor_state import read_supervisor_state
 from shared.vocabulary import RankStatus, SupervisorStateName
 from supervisor import messages
-from supervisor.snapshot import (
+from supervisor.views.snapshot import (
     RunVerdict,
     collect_snapshot,
     heartbeat_pid_alive,

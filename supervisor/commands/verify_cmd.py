@@ -1,6 +1,6 @@
 """``gpt2sup verify``: is this checkpoint sound? (the operator's instrument)
 
-The checks live in ``supervisor.checkpoint_validation`` so the supervisor's pre-restart
+The checks live in ``supervisor.checkpoints.checkpoint_validation`` so the supervisor's pre-restart
 validation and this command can never disagree. This module only expands paths, prints and picks
 the exit code. It does not import torch: the load-probe child does (one child for all files).
 """
@@ -18,8 +18,8 @@ import click
 from shared.exit_codes import VerifyExit, exit_status_epilog
 from shared.run_dir import scan_checkpoints
 from shared.vocabulary import Verdict
-from supervisor.checkpoint_selection import read_quarantine_record
-from supervisor.checkpoint_validation import (
+from supervisor.checkpoints.checkpoint_selection import read_quarantine_record
+from supervisor.checkpoints.checkpoint_validation import (
     ValidationResult,
     parse_probe_timeout,
     validate_many,

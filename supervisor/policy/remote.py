@@ -1,4 +1,4 @@
-"""Pure decisions of the checkpoint store wiring (``supervisor.remote_sync``): data in, verdict out.
+"""Pure decisions of the checkpoint store wiring (``supervisor.checkpoints.remote_sync``): data in, verdict out.
 
 Kept apart from ``supervisor.policy`` (the restart decisions) so each can be read alone; both
 are unit-tested without processes, files or a server.

@@ -14,8 +14,8 @@ import torch
 
 from shared import checkpoint_crc
 from shared.checkpoint_crc import UnexpectedZipLayout, check_zip_crc, fill_in_zip_crcs
-from worker import checkpoint_write
-from worker.checkpoint_write import save_checkpoint_file
+from worker.checkpointing import checkpoint_write
+from worker.checkpointing.checkpoint_write import save_checkpoint_file
 
 
 def checkpoint_like_state() -> dict:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from shared.run_dir import RunDir, scan_checkpoints
-from supervisor.checkpoint_validation import list_siblings
+from supervisor.checkpoints.checkpoint_validation import list_siblings
 from supervisor.commands.verify_cmd import expand_paths
 
 

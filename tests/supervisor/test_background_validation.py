@@ -1,4 +1,4 @@
-"""supervisor.background_validation: one warm probe child, verdicts made while training runs."""
+"""supervisor.checkpoints.background_validation: one warm probe child, verdicts made while training runs."""
 from __future__ import annotations
 
 import os
@@ -11,8 +11,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from supervisor.background_validation import FileKey, WarmValidator
-from supervisor.checkpoint_validation import ProbeSession
+from supervisor.checkpoints.background_validation import FileKey, WarmValidator
+from supervisor.checkpoints.checkpoint_validation import ProbeSession
 from tests.checkpoint_factory import make_checkpoint
 
 # Each test runs the warm probe child (torch imported in it) against real files: seconds each.

@@ -1,4 +1,4 @@
-"""supervisor.checkpoint_selection on real run directories: doubt never destroys a checkpoint.
+"""supervisor.checkpoints.checkpoint_selection on real run directories: doubt never destroys a checkpoint.
 
 Real checkpoint files, real probe children, real (too short / invalid) timeouts. Before the fix,
 ``probe_timeout`` 0.01, nan and inf each renamed two good checkpoints ``.corrupt`` and the
@@ -15,7 +15,7 @@ import torch
 
 from shared.run_dir import RunDir
 from shared.vocabulary import Verdict
-from supervisor.checkpoint_selection import (
+from supervisor.checkpoints.checkpoint_selection import (
     quarantine,
     read_quarantine_record,
     select_checkpoint_for_restart,

@@ -1,4 +1,4 @@
-"""supervisor.checkpoint_validation on real files and real probe child processes.
+"""supervisor.checkpoints.checkpoint_validation on real files and real probe child processes.
 
 Each test writes a real torch.save checkpoint (tests/checkpoint_factory.py), breaks it one way,
 and asserts the exact check that catches it and the verdict (valid / invalid / inconclusive).
@@ -20,7 +20,7 @@ import torch
 
 from shared.checkpoint_crc import check_zip_crc
 from shared.vocabulary import Verdict
-from supervisor.checkpoint_validation import (
+from supervisor.checkpoints.checkpoint_validation import (
     AUTO_TIMEOUT_FLOOR_S,
     Check,
     ProbeSession,
@@ -331,7 +331,7 @@ def test_a_too_short_real_timeout_is_inconclusive(good: Path) -> None:
 
 
 def test_validation_modules_do_not_import_torch() -> None:
-    code = ("import sys, supervisor.checkpoint_validation, supervisor.checkpoint_selection, "
+    code = ("import sys, supervisor.checkpoints.checkpoint_validation, supervisor.checkpoints.checkpoint_selection, "
             "shared.checkpoint_loading, worker.checkpoint_probe; assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, check=True, timeout=60)
 

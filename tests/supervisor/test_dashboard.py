@@ -18,7 +18,7 @@ from shared.supervisor_state import (
     SupervisorState,
     append_event,
 )
-from supervisor.dashboard import (
+from supervisor.views.dashboard import (
     LiveReporter,
     PlainReporter,
     format_bytes,
@@ -28,7 +28,7 @@ from supervisor.dashboard import (
     render_panel,
     status_lines,
 )
-from supervisor.snapshot import DiskInfo, RunSnapshot, collect_snapshot
+from supervisor.views.snapshot import DiskInfo, RunSnapshot, collect_snapshot
 from tests.supervisor.helpers import write_heartbeat_as_of_its_time as write_heartbeat
 from tests.supervisor.helpers import write_supervisor_state
 

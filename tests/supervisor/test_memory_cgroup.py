@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.memory_cgroup import (
+from supervisor.attempts.memory_cgroup import (
     CgroupMounts,
     OomWatch,
     counter_files,

@@ -19,8 +19,7 @@ from shared.supervisor_state import (
     SupervisorState,
 )
 from shared.vocabulary import OutcomeKind
-from supervisor.attempt import AttemptResult
-from supervisor.dashboard import status_lines
+from supervisor.attempts.attempt import AttemptResult
 from supervisor.policy import (
     Outcome,
     PeerEnding,
@@ -30,7 +29,8 @@ from supervisor.policy import (
 )
 from supervisor.run_config import MultiNode
 from supervisor.run_lock import RunLock, RunLockHeld
-from supervisor.snapshot import collect_snapshot
+from supervisor.views.dashboard import status_lines
+from supervisor.views.snapshot import collect_snapshot
 from tests.supervisor.helpers import write_supervisor_state
 from tests.supervisor.test_run_loop import ends, make
 
@@ -206,14 +206,14 @@ def test_a_launch_that_finds_the_rendezvous_closed_is_relaunched_without_countin
 
 
 def test_torchruns_closed_rendezvous_is_recognised_in_its_log():
-    from supervisor.torchrun import rendezvous_closed
+    from supervisor.attempts.torchrun import rendezvous_closed
 
     assert rendezvous_closed("...\ntorch.distributed.elastic.rendezvous.api.RendezvousClosedError\n")
     assert not rendezvous_closed("RendezvousTimeoutError: timed out")
 
 
 def test_node_r_never_prunes_the_runs_checkpoints(tmp_path):
-    from supervisor.disk_guard import DiskGuard
+    from supervisor.checkpoints.disk_guard import DiskGuard
     from supervisor.run_config import RunConfig
 
     for step in (4, 8):
@@ -230,11 +230,11 @@ def _watching(tmp_path: Path, node: int):
     import socket
     from types import SimpleNamespace
 
-    from supervisor.attempt import StopRequests
-    from supervisor.disk_guard import DiskGuard
+    from supervisor.attempts.attempt import StopRequests
+    from supervisor.attempts.watch import TorchrunAttempts, _Live
+    from supervisor.checkpoints.disk_guard import DiskGuard
     from supervisor.journal import CycleState, Journal
     from supervisor.run_config import RunConfig
-    from supervisor.watch import TorchrunAttempts, _Live
     from tests.supervisor.test_watch import Quiet
 
     run = RunDir.at(tmp_path, node)
@@ -281,7 +281,7 @@ def test_another_nodes_trainer_on_a_shared_directory_is_neither_foreign_nor_ours
     import subprocess
     import sys
 
-    from supervisor.orphans import another_nodes, find_foreign_trainers
+    from supervisor.attempts.orphans import another_nodes, find_foreign_trainers
 
     env = {**os.environ, "GPT2SUP_NODE_RANK": "1"}
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--log_dir", str(tmp_path)],
@@ -306,7 +306,7 @@ def test_another_nodes_trainer_on_a_shared_directory_is_neither_foreign_nor_ours
 
 
 def test_the_report_and_goodput_count_each_failure_once_from_node_0s_events(tmp_path):
-    from supervisor.run_history import load_history
+    from supervisor.views.run_history import load_history
 
     records = [{"time": 1.0, "event": "supervisor_started", "node": 0}, {"time": 1.1, "event": "supervisor_started", "node": 1},
                {"time": 5.0, "event": "crashed", "node": 0, "message": "attempt 1: rank 0 crashed"},

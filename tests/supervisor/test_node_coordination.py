@@ -1,4 +1,4 @@
-"""Agreeing on an ending through node 0's TCPStore (supervisor.node_coordination), without
+"""Agreeing on an ending through node 0's TCPStore (supervisor.multinode.node_coordination), without
 supervisors: the address and node count, the store itself in-process (host and client on
 loopback), and the cycle's use of it (one "announce" and one "has another node ended?" check,
 over give_up.json and the store). The two-supervisor runs are in test_multi_node_e2e.py."""
@@ -12,7 +12,7 @@ import pytest
 
 from shared.exit_codes import SupervisorExit
 from shared.vocabulary import OutcomeKind
-from supervisor.node_coordination import (
+from supervisor.multinode.node_coordination import (
     NodeCoordination,
     coordination_address,
     for_node,
@@ -187,7 +187,7 @@ def test_the_supervisor_imports_torch_only_when_a_multi_node_store_opens():
     import subprocess
     import sys
 
-    code = ("import sys, supervisor.run_loop, supervisor.node_coordination; "
+    code = ("import sys, supervisor.run_loop, supervisor.multinode.node_coordination; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

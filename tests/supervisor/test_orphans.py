@@ -19,7 +19,7 @@ import pytest
 
 from shared.process_identity import ProcessId, same_process_alive
 from shared.supervisor_state import ProcessRecord, SupervisorState
-from supervisor.orphans import (
+from supervisor.attempts.orphans import (
     find_foreign_trainers,
     orphan_stop_verdict,
     stop_orphans,

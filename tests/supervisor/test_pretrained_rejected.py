@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from shared.hf_files import MODEL_FILE
-from supervisor.hf_export import export_model
+from supervisor.checkpoints.hf_export import export_model
 from tests.supervisor.helpers import (
     WORKER_ARGS,
     console_text,

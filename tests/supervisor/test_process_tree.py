@@ -21,15 +21,15 @@ from shared.process_identity import (
     same_process_alive,
 )
 from shared.run_dir import RunDir
-from supervisor import checkpoint_selection as cs
-from supervisor.evidence import capture_hang_evidence
-from supervisor.process_tree import (
+from supervisor.attempts.evidence import capture_hang_evidence
+from supervisor.attempts.process_tree import (
     command_line_log_dir,
     is_stopped,
     kill_tree,
     launch,
     processes_with_log_dir,
 )
+from supervisor.checkpoints import checkpoint_selection as cs
 from supervisor.run_lock import RunLock, RunLockHeld, worker_lock_holder
 from tests.checkpoint_factory import make_checkpoint, truncate_to_fraction
 

@@ -1,4 +1,4 @@
-"""The supervisor's uploader (``supervisor.remote_sync.RemoteSync``) driven tick by tick against
+"""The supervisor's uploader (``supervisor.checkpoints.remote_sync.RemoteSync``) driven tick by tick against
 a real directory store (``file://``): backlog, keep-last-N in the store, the identity side file,
 a store that goes away and comes back, and an ending's wait. No threads are started except in
 the flush test; ``_tick`` is the thread's one iteration."""
@@ -13,7 +13,7 @@ import pytest
 
 from shared.remote import open_store
 from shared.run_dir import RunDir
-from supervisor.remote_sync import RECORD_NAME, RemoteSync
+from supervisor.checkpoints.remote_sync import RemoteSync
 
 
 class Events:
@@ -54,7 +54,7 @@ def test_a_backlog_uploads_the_newest_and_says_which_were_skipped(tmp_path):
     assert committed == [11]
     assert events.named("upload_skipped")[0][2]["steps"] == [3, 7]
     assert len(events.named("uploaded")) == 1
-    record = json.loads((run / RECORD_NAME).read_text())
+    record = json.loads((run / "remote_sync.json").read_text())
     assert record["newest_committed_step"] == 11 and record["upload_lag_steps"] == 0 and record["skipped"] == [3, 7]
     sync._tick()  # nothing new: nothing uploaded, nothing said again
     assert len(events.named("uploaded")) == 1 and len(events.named("upload_skipped")) == 1
@@ -93,14 +93,14 @@ def test_a_store_that_goes_away_warns_once_backs_off_and_catches_up(tmp_path):
     assert delays == [1.0, 2.0, 4.0]
     warnings = events.named("warning")
     assert len(warnings) == 1 and warnings[0][2]["upload_error"] is True
-    record = json.loads((run / RECORD_NAME).read_text())
+    record = json.loads((run / "remote_sync.json").read_text())
     assert record["last_error"] and record["upload_lag_steps"] == 4 and record["newest_committed_step"] == 3
     (tmp_path / "unmounted").rename(mount)  # back
     _checkpoint(run, 11)
     assert sync._tick() == sync.interval_s
     assert [e.step for e in open_store(str(mount / "store")).list_committed()] == [11, 3]
     assert events.named("warning")[-1][2]["upload_error"] is False
-    record = json.loads((run / RECORD_NAME).read_text())
+    record = json.loads((run / "remote_sync.json").read_text())
     assert record["last_error"] is None and record["upload_lag_steps"] == 0
 
 

@@ -210,9 +210,9 @@ def test_the_report_never_imports_torch(tmp_path):
 
 def test_checkpoint_sizes_are_decimal_mb_as_status_and_verify_say():
     """Issue 19: the same checkpoint was 38.1 MB in the report and 40.0 MB in status / verify."""
-    from supervisor import report_html
     from supervisor.commands.verify_cmd import _megabytes
-    from supervisor.dashboard import format_bytes
+    from supervisor.views import report_html
+    from supervisor.views.dashboard import format_bytes
 
     size = 40_000_000
     assert report_html._size(size) == format_bytes(size) == _megabytes(size) == "40.0 MB"
@@ -220,7 +220,7 @@ def test_checkpoint_sizes_are_decimal_mb_as_status_and_verify_say():
 
 def test_fault_numbers_close_together_are_staggered_not_drawn_on_top_of_each_other():
     """Issue 19: the fault numbers above the curves printed on top of each other."""
-    from supervisor.report_html import label_rows
+    from supervisor.views.report_html import label_rows
 
     rows = label_rows([100, 101, 103, 500, 501, 900], span=1000)
     assert rows[0] != rows[1] != rows[2] and rows[0] != rows[2]  # three crashes within 3 steps

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from shared.exit_codes import SupervisorExit
-from supervisor.restart_timing import PHASES
+from supervisor.attempts.restart_timing import PHASES
 from tests.supervisor.helpers import (
     FINAL_CHECKPOINT,
     assert_same_weights,

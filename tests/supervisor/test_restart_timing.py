@@ -1,4 +1,4 @@
-"""supervisor.restart_timing: the restart_breakdown's phases (pure) and DeathWatch (real processes)."""
+"""supervisor.attempts.restart_timing: the restart_breakdown's phases (pure) and DeathWatch (real processes)."""
 from __future__ import annotations
 
 import subprocess
@@ -9,8 +9,8 @@ import time
 import psutil
 
 from supervisor import policy
-from supervisor.process_tree import DeathWatch
-from supervisor.restart_timing import (
+from supervisor.attempts.process_tree import DeathWatch
+from supervisor.attempts.restart_timing import (
     RestartTimeline,
     breakdown,
     describe,

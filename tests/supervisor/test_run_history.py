@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.run_history import format_seconds, load_history, measure_goodput
+from supervisor.views.run_history import format_seconds, load_history, measure_goodput
 
 T0 = 1_800_000_000.0
 

@@ -14,8 +14,8 @@ import pytest
 from shared.exit_codes import SupervisorExit, WorkerExit
 from shared.run_dir import RunDir
 from shared.vocabulary import OutcomeKind
-from supervisor.attempt import AttemptResult
-from supervisor.checkpoint_selection import CheckpointVerdict, Selection
+from supervisor.attempts.attempt import AttemptResult
+from supervisor.checkpoints.checkpoint_selection import CheckpointVerdict, Selection
 from supervisor.policy import BackoffConfig, Outcome, RestartLimits
 from supervisor.run_config import RunConfig
 from supervisor.run_loop import RecordUnreadable, Supervisor

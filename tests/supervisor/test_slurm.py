@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from shared.exit_codes import SupervisorExit
+from supervisor.attempts.torchrun import build_command
 from supervisor.commands import run_cmd
-from supervisor.slurm import (
+from supervisor.multinode.slurm import (
     DEFAULT_PORT,
     Rendezvous,
     SlurmError,
@@ -22,7 +23,6 @@ from supervisor.slurm import (
     first_host,
     split_hostlist,
 )
-from supervisor.torchrun import build_command
 from tests.supervisor.helpers import (
     WORKER_ARGS,
     console_text,

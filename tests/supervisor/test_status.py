@@ -31,7 +31,7 @@ from shared.supervisor_state import (
     append_event,
 )
 from supervisor.commands.status_cmd import status
-from supervisor.snapshot import collect_snapshot
+from supervisor.views.snapshot import collect_snapshot
 from tests.supervisor.helpers import NO_TORCH_MAIN, write_supervisor_state
 from tests.supervisor.helpers import write_heartbeat_as_of_its_time as write_heartbeat
 

@@ -114,8 +114,8 @@ def test_writes_into_a_pipe_whose_reader_died_are_dropped_and_the_exit_code_stan
 
 def test_workers_learn_who_supervises_them_unless_told_to_outlive_it(tmp_path):
     from shared.process_identity import ProcessId
+    from supervisor.attempts.torchrun import SUPERVISOR_ENV, build_env
     from supervisor.run_config import RunConfig
-    from supervisor.torchrun import SUPERVISOR_ENV, build_env
 
     inherited = {SUPERVISOR_ENV: "1:2.0"}  # a supervisor that started us must not be passed on
     env = build_env(RunConfig(log_dir=tmp_path, cwd=tmp_path), base=inherited)

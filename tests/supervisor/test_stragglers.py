@@ -14,9 +14,9 @@ from rich.console import Console
 from shared.exit_codes import SupervisorExit
 from shared.heartbeat import Heartbeat, write_heartbeat
 from shared.run_dir import RunDir
-from supervisor.dashboard import render_panel, status_lines
 from supervisor.policy import find_stragglers
-from supervisor.snapshot import collect_snapshot
+from supervisor.views.dashboard import render_panel, status_lines
+from supervisor.views.snapshot import collect_snapshot
 from tests.supervisor.helpers import (
     REPO_ROOT,
     WORKER_ARGS,

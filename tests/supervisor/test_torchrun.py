@@ -1,9 +1,7 @@
-"""Unit tests for ``supervisor.torchrun``: its command line and environment, and reading its log."""
+"""Unit tests for ``supervisor.attempts.torchrun``: its command line and environment, and reading its log."""
 from __future__ import annotations
 
-from supervisor.policy import RankExit
-from supervisor.run_config import MultiNode, RunConfig
-from supervisor.torchrun import (
+from supervisor.attempts.torchrun import (
     build_command,
     build_env,
     error_line,
@@ -11,6 +9,8 @@ from supervisor.torchrun import (
     parse_rank_exits,
     worker_lines,
 )
+from supervisor.policy import RankExit
+from supervisor.run_config import MultiNode, RunConfig
 
 
 def meaningful_log_lines(log_text: str, count: int = 3) -> list[str]:
@@ -138,8 +138,8 @@ def test_module_missing_recognises_pythons_messages_for_the_worker_module():
 
 
 def test_compile_runs_get_the_run_directorys_compile_cache(tmp_path):
+    from supervisor.attempts.torchrun import build_env
     from supervisor.run_config import RunConfig
-    from supervisor.torchrun import build_env
 
     compiled = RunConfig(log_dir=tmp_path / "run", cwd=tmp_path, worker_args=["--compile"])
     env = build_env(compiled, base={})

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from shared.checkpoint_format import FORMAT_VERSION
-from supervisor.checkpoint_selection import select_checkpoint_for_restart
+from supervisor.checkpoints.checkpoint_selection import select_checkpoint_for_restart
 from tests.checkpoint_factory import make_checkpoint, resave_with_format_version
 from tests.supervisor.helpers import (
     REPO_ROOT,

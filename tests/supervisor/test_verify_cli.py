@@ -17,7 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from supervisor.checkpoint_selection import quarantine
+from supervisor.checkpoints.checkpoint_selection import quarantine
 from supervisor.cli import cli
 from tests.checkpoint_factory import (
     TINY,
@@ -332,7 +332,7 @@ def test_console_script_plain_output_off_a_tty(tmp_path: Path) -> None:
 
 
 def test_the_worst_verdict_decides_the_exit_code() -> None:
-    from supervisor.checkpoint_validation import ValidationResult
+    from supervisor.checkpoints.checkpoint_validation import ValidationResult
     from supervisor.commands.verify_cmd import exit_code
 
     ok = ValidationResult("a", ok=True)

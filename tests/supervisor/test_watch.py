@@ -8,12 +8,12 @@ from types import SimpleNamespace
 
 from shared.heartbeat import Heartbeat, write_heartbeat
 from shared.run_dir import RunDir
-from supervisor.attempt import StopRequests
-from supervisor.disk_guard import DiskGuard
+from supervisor.attempts.attempt import StopRequests
+from supervisor.attempts.watch import TorchrunAttempts, _Live
+from supervisor.checkpoints.disk_guard import DiskGuard
 from supervisor.journal import CycleState, Journal
 from supervisor.policy import TimeoutConfig
 from supervisor.run_config import RunConfig
-from supervisor.watch import TorchrunAttempts, _Live
 
 
 class Quiet:
@@ -106,7 +106,7 @@ def test_measured_saves_set_the_checkpoint_timeout_in_force_and_supervisor_json_
 def test_a_restart_breakdown_from_ranks_an_hour_behind_is_measured_on_the_supervisors_clock(tmp_path):
     """The relaunched rank's start-up milestones are its own wall clock: an hour behind, they all
     looked older than the launch and no breakdown was ever written (ahead: phases of an hour)."""
-    from supervisor.restart_timing import WORKER_MILESTONES, RestartTimeline
+    from supervisor.attempts.restart_timing import WORKER_MILESTONES, RestartTimeline
 
     attempts, live, run = _attempts(tmp_path)
     now = time.time()

@@ -45,7 +45,7 @@ def worker_cache(tmp_path_factory) -> Path:
         previous = os.environ.get("GPT2SUP_CACHE_DIR")
         os.environ["GPT2SUP_CACHE_DIR"] = str(cache)
         try:
-            from worker.data import ensure_default_corpus
+            from worker.data.shards import ensure_default_corpus
 
             ensure_default_corpus()
         finally:
@@ -59,7 +59,7 @@ def worker_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def default_data_dir(worker_cache) -> Path:
-    from worker.data import DEFAULT_CORPUS_NAME
+    from worker.data.shards import DEFAULT_CORPUS_NAME
 
     return worker_cache / DEFAULT_CORPUS_NAME
 

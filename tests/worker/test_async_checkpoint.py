@@ -42,7 +42,7 @@ from tests.worker.helpers import (
     step_records,
     wait_for,
 )
-from worker.async_save import SLOW_WRITE_ENV
+from worker.checkpointing.async_save import SLOW_WRITE_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -161,9 +161,9 @@ def test_a_failed_background_write_is_a_warning_and_training_continues(launcher,
 CRASH_AFTER_A_SAVE_POINT = """
 import sys
 from shared.run_dir import RunDir
-from worker.checkpoint import CheckpointManager
+from worker.checkpointing.checkpoint import CheckpointManager
 from worker.model import GPT, build_config
-from worker.train_state import TrainingState, TrainProgress
+from worker.checkpointing.train_state import TrainingState, TrainProgress
 
 class Loader:
     def state_dict(self):

@@ -107,7 +107,7 @@ def test_keep_last_n_checkpoints_keeps_exactly_the_newest(launcher, tmp_path):
 
 def test_pretrained_checkpoint_loads_weights_only(launcher, ref_bare, default_data_dir, tmp_path):
     """Weights equal the file's; step, optimizer and data position start fresh."""
-    from worker.data import ShardedTokenLoader
+    from worker.data.shards import ShardedTokenLoader
     from worker.model import GPT, build_config
 
     source_path = ref_bare / FINAL_CHECKPOINT
@@ -177,7 +177,7 @@ def test_nearly_full_disk_skips_the_save_keeps_the_previous_trains_on_but_never_
 
 def test_disk_full_during_the_write_is_not_fatal(mount_tmpfs):
     """ENOSPC in the middle of torch.save (the free-space estimate was too optimistic)."""
-    from worker.checkpoint import CheckpointManager
+    from worker.checkpointing.checkpoint import CheckpointManager
 
     mnt = mount_tmpfs(24)
     messages: list[str] = []

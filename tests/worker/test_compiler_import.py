@@ -1,9 +1,9 @@
 """The worker never imports ``torch._dynamo`` (~2.5 s of every restart) unless it compiles or uses DDP.
 
-``worker.compiler_import.skip_compiler_import_for_optimizers`` patches ``torch.optim.Optimizer``
+``worker.runtime.compiler_import.skip_compiler_import_for_optimizers`` patches ``torch.optim.Optimizer``
 process-wide, so every check that applies it runs in a child process of its own: nothing leaks
 into this pytest process. The real runs read ``startup["compiler_imported"]`` from the worker's
-last heartbeat (``worker.startup_clock``).
+last heartbeat (``worker.runtime.startup_clock``).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 ROUND_TRIP = r"""
 import hashlib, json, sys
 import torch
-from worker.compiler_import import skip_compiler_import_for_optimizers, skip_compiler_import_for_step
+from worker.runtime.compiler_import import skip_compiler_import_for_optimizers, skip_compiler_import_for_step
 from worker.model import GPT, build_config
 
 patched = skip_compiler_import_for_optimizers(torch) if sys.argv[1] == "patch" else 0
@@ -66,7 +66,7 @@ saved = first.state_dict()
 saved_digest = digest(*state_tensors(first))
 second = adamw()
 second.load_state_dict(saved)
-hook_calls = []  # the async checkpoint's pre-hook must still run (worker.checkpoint)
+hook_calls = []  # the async checkpoint's pre-hook must still run (worker.checkpointing.checkpoint)
 second.register_step_pre_hook(lambda *_: hook_calls.append("pre"))
 second.register_step_post_hook(lambda *_: hook_calls.append("post"))
 after_load = digest(*state_tensors(second))

@@ -6,8 +6,8 @@ import time
 import pytest
 
 from shared.exit_codes import WorkerExit
-from worker.compute_clock import ComputeClock
 from worker.errors import WorkerError
+from worker.runtime.compute_clock import ComputeClock
 from worker.train_gpt2 import injected_slowness
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from shared.tokenizer import EOT_TOKEN
-from worker.data import (
+from worker.data.shards import (
     DataError,
     ShardedTokenLoader,
     default_corpus_documents,
@@ -245,7 +245,7 @@ def test_default_corpus_builds_once(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_cache_dir_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from worker.data import cache_root
+    from worker.data.shards import cache_root
 
     monkeypatch.delenv("GPT2SUP_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -269,7 +269,7 @@ CONCURRENT_CHILD = textwrap.dedent(
     """
     import hashlib, json, os, sys, time
     from pathlib import Path
-    import worker.data as data
+    import worker.data.shards as data
 
     builds = []
     real_build = data._build_default_corpus
@@ -329,7 +329,7 @@ def test_a_full_pass_gives_read_pages_back(tmp_path):
     np.save(tmp_path / "big_train_000001.npy", np.arange(tokens, dtype=np.uint64).astype(np.uint16))
     script = textwrap.dedent(
         f"""
-        from worker.data import ShardedTokenLoader
+        from worker.data.shards import ShardedTokenLoader
 
         def rss_file_kb():
             for line in open("/proc/self/status"):

@@ -1,4 +1,4 @@
-"""``--deterministic`` and the batch transfer (worker.device_setup).
+"""``--deterministic`` and the batch transfer (worker.runtime.device_setup).
 
 On this CPU-only machine the GPU side cannot run; what can be checked is that the switches are
 set as documented, that a real worker run with the flag trains bit for bit like one without it
@@ -19,7 +19,7 @@ from tests.worker.helpers import (
     run_ok,
     step_losses,
 )
-from worker.device_setup import (
+from worker.runtime.device_setup import (
     CUBLAS_WORKSPACE_ENV,
     autocast_for,
     configure_determinism,

@@ -28,13 +28,13 @@ from tests.worker.helpers import (
     staging_files,
     wait_for,
 )
-from worker.checkpoint import (
+from worker.checkpointing.checkpoint import (
     FREE_SPACE_MARGIN_BYTES,
     CheckpointManager,
     tensor_storage_bytes,
 )
+from worker.checkpointing.train_state import TrainProgress, compose_checkpoint
 from worker.model import GPT, build_config
-from worker.train_state import TrainProgress, compose_checkpoint
 
 # Real training processes or probe children: the end-to-end layer, run by CI, not the inner loop.
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""worker.finetune_dolly and worker.finetune_data: template, loss mask, split, loader state; then
+"""worker.finetune_dolly and worker.data.finetune_data: template, loss mask, split, loader state; then
 real processes: a supervised fine-tune killed mid-way resumes bit for bit, and a pretrained file of
 another architecture is refused with one line.
 """
@@ -15,8 +15,7 @@ from torch.nn import functional as F
 
 from shared.exit_codes import WorkerExit
 from shared.tokenizer import get_gpt2_encoding
-from worker.data import DataError
-from worker.finetune_data import (
+from worker.data.finetune_data import (
     IGNORE_INDEX,
     InstructionExample,
     PackedExamplesLoader,
@@ -25,6 +24,7 @@ from worker.finetune_data import (
     prompt_text,
     split_train_val,
 )
+from worker.data.shards import DataError
 from worker.model import GPT, build_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -201,7 +201,7 @@ def test_without_a_pretrained_checkpoint_it_is_a_usage_error_before_anything_is_
 
 
 def test_the_working_val_fraction_holds_out_one_batch_of_tokens(tmp_path: Path, encoding) -> None:
-    from worker.finetune_data import working_val_fraction
+    from worker.data.finetune_data import working_val_fraction
 
     examples = load_dolly(write_dolly(tmp_path / "d.jsonl", 200))
     needed = 8 * 64 + 1

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from shared.tokenizer import get_gpt2_encoding
 from worker import hellaswag
-from worker.datasets import OFFLINE_ENV
+from worker.data.datasets import OFFLINE_ENV
 from worker.model import GPT, GPTConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

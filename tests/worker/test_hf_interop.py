@@ -1,4 +1,4 @@
-"""Hugging Face GPT-2 interop: export (``supervisor.hf_export``) and import (``--pretrained_checkpoint``
+"""Hugging Face GPT-2 interop: export (``supervisor.checkpoints.hf_export``) and import (``--pretrained_checkpoint``
 DIR or ``model.safetensors``), on real files.
 
 Fast tests map real files in-process: export -> import is bitwise, OpenAI's key spelling loads,
@@ -33,10 +33,10 @@ from shared.hf_gpt2 import (
     to_hf_state_dict,
 )
 from shared.hf_tokenizer import packaged_tokenizer_files
-from supervisor.hf_export import ExportError, export_model
+from supervisor.checkpoints.hf_export import ExportError, export_model
 from tests.worker.helpers import FAST_ARGS, read_metrics, run_ok
+from worker.checkpointing.hf_import import load_hf_pretrained
 from worker.errors import WorkerError
-from worker.hf_import import load_hf_pretrained
 from worker.model import GPT, GPTConfig, build_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -342,7 +342,7 @@ def test_an_hf_directory_with_an_unreadable_config_is_a_pretrained_error_never_a
     """Exit 11, not 4: the supervisor must neither look for the source in the run directory to
     rename it nor relaunch it as a bad checkpoint (issue 19, section 4)."""
     from shared.run_dir import RunDir
-    from worker.checkpoint import CheckpointManager
+    from worker.checkpointing.checkpoint import CheckpointManager
 
     model, outdir = exported
     bad = tmp_path / "bad_config"

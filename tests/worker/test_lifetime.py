@@ -1,4 +1,4 @@
-"""worker.lifetime: telling torchrun's teardown from a stop request, and the start-up milestones."""
+"""worker.runtime.lifetime: telling torchrun's teardown from a stop request, and the start-up milestones."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from worker import lifetime, startup_clock
-from worker.lifetime import (
+from worker.runtime import lifetime, startup_clock
+from worker.runtime.lifetime import (
     StopRequest,
     SupervisorWatch,
     gone_peers,
@@ -119,8 +119,8 @@ def test_sigterm_without_a_request_while_a_peer_is_gone_exits_at_once(tmp_path):
     code = f"""
 import os, signal, sys, time
 from shared.run_dir import RunDir
-from worker.lifetime import StopRequest, SupervisorWatch
-from worker.telemetry import HeartbeatWriter
+from worker.runtime.lifetime import StopRequest, SupervisorWatch
+from worker.runtime.telemetry import HeartbeatWriter
 os.environ["GPT2SUP_SUPERVISOR"] = "{os.getpid()}:0"
 stop = StopRequest(SupervisorWatch({os.getpid()}, 0.0))
 stop.install()
@@ -143,7 +143,7 @@ print("still alive")
 def test_the_excepthook_ends_a_torn_down_rank_at_once_and_keeps_the_traceback(tmp_path):
     code = f"""
 import os
-from worker.lifetime import StopRequest, SupervisorWatch
+from worker.runtime.lifetime import StopRequest, SupervisorWatch
 stop = StopRequest(SupervisorWatch({os.getpid()}, 0.0))
 stop.install()
 import atexit

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.data import ShardedTokenLoader
+from worker.data.shards import ShardedTokenLoader
 
 
 class RecordingTokens:

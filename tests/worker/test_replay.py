@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from worker.replay import ReplayCheck, event_publisher
+from worker.checkpointing.replay import ReplayCheck, event_publisher
 
 
 def metrics_lines(losses: dict[int, float]) -> list[str]:

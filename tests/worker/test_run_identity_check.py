@@ -9,8 +9,8 @@ import pytest
 from shared.exit_codes import WorkerExit
 from shared.run_dir import RunDir
 from shared.run_identity import RunIdentity
+from worker.checkpointing.run_identity_check import RunIdentityCheck
 from worker.errors import WorkerError
-from worker.run_identity_check import RunIdentityCheck
 
 TINY = {"block_size": 128, "vocab_size": 50304, "n_layer": 2, "n_head": 2, "n_embd": 64}
 BASE = RunIdentity(identity_version=1, model="tiny", model_config=TINY, max_steps=60, warmup_steps=6, max_lr=1e-3, seed=1337,

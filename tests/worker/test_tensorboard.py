@@ -28,8 +28,12 @@ from tests.worker.helpers import (
     read_metrics,
     run_ok,
 )
-from worker.telemetry import WriteWarnings
-from worker.tensorboard_log import RETRY_INTERVAL_S, TensorBoardLog, fault_summary
+from worker.runtime.telemetry import WriteWarnings
+from worker.runtime.tensorboard_log import (
+    RETRY_INTERVAL_S,
+    TensorBoardLog,
+    fault_summary,
+)
 
 TEXT_TAG = "faults/text_summary"  # add_text("faults", ...) as the text plugin files it
 TRAIN_TAGS = {"loss": "train/loss", "lr": "train/lr", "norm": "train/grad_norm", "tokens_per_s": "train/tokens_per_s"}
@@ -130,7 +134,7 @@ class RecordingSink:
 @pytest.mark.parametrize("rank0", [True, False])
 def test_the_run_logger_hands_its_sinks_every_record_on_rank_0_only(tmp_path, rank0):
     from shared.run_dir import RunDir
-    from worker.telemetry import RunLogger
+    from worker.runtime.telemetry import RunLogger
 
     sink = RecordingSink()
     logger = RunLogger(RunDir.at(tmp_path), enabled=rank0, sinks=[sink])

@@ -15,10 +15,10 @@ import torch
 
 from shared.checkpoint_format import expected_model_shapes, parameter_count
 from shared.run_dir import RunDir
-from worker.checkpoint import CheckpointManager
+from worker.checkpointing.checkpoint import CheckpointManager
+from worker.checkpointing.rng import capture_rng_state, restore_rng_state
 from worker.model import GPT, MODEL_PRESETS, build_config, cosine_lr
-from worker.rng import capture_rng_state, restore_rng_state
-from worker.telemetry import RunLogger
+from worker.runtime.telemetry import RunLogger
 
 # ----------------------------------------------------------------------------- RNG bundle
 
@@ -272,7 +272,7 @@ def test_library_reasons_never_advise_turning_safe_loading_off():
     ([("0", 0), ("0", 1)], 0),  # one node
 ])
 def test_the_leader_is_node_0s_local_rank_0_whatever_global_rank_it_got(ranks, leader):
-    from worker.distributed import Distributed, choose_leader
+    from worker.runtime.distributed import Distributed, choose_leader
 
     assert choose_leader(ranks) == leader
     assert Distributed(True, leader, 0, len(ranks), "cpu", leader=leader).master

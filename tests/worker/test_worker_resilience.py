@@ -30,7 +30,7 @@ from tests.worker.helpers import (
     read_metrics,
     wait_for,
 )
-from worker.telemetry import RunLogger
+from worker.runtime.telemetry import RunLogger
 
 # Real training processes or probe children: the end-to-end layer, run by CI, not the inner loop.
 pytestmark = pytest.mark.slow

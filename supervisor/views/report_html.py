@@ -22,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from supervisor.run_history import Fault, RunHistory, format_seconds
+from supervisor.views.run_history import Fault, RunHistory, format_seconds
 
 MAX_POINTS = 200
 # How each kind of event is drawn: colour and legend label. Kinds not listed are drawn grey.
@@ -321,7 +321,7 @@ def _clock(when: float, with_date: bool = True) -> str:
 
 def _size(n: int) -> str:
     """Decimal MB, as ``status``, ``verify`` and docs/cli.md say: one file has one size everywhere."""
-    from supervisor.dashboard import format_bytes
+    from supervisor.views.dashboard import format_bytes
 
     return format_bytes(n)
 

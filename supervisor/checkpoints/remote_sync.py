@@ -26,14 +26,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.atomic_io import read_json, write_json_atomic, write_text_atomic
+from shared.atomic_io import write_json_atomic, write_text_atomic
 from shared.remote import CheckpointStore, IntegrityError, ObjectStoreError, open_store
 from shared.remote.uri import shown
 from shared.run_dir import RunDir
 from shared.vocabulary import EventKind
 from supervisor import policy
 
-RECORD_NAME = "remote_sync.json"
 IDENTITY_NAME = "run_identity.json"
 # The uploader's S3 client: a store that stops answering (a hung server, a cut network) is
 # noticed in ~10 s, not minutes; one try per request, because the uploader retries itself, with
@@ -66,12 +65,6 @@ class RemoteRecord:
     last_error_at: float | None = None
     skipped: list[int] | None = None
     updated_at: float = 0.0
-
-
-def read_record(run_root: Path) -> dict[str, Any] | None:
-    """The record of the run in ``run_root`` (None: the run uses no store)."""
-    data = read_json(Path(run_root) / RECORD_NAME)
-    return data if isinstance(data, dict) else None
 
 
 def restore_identity(store: CheckpointStore, run_dir: RunDir) -> bool:
@@ -295,7 +288,7 @@ class RemoteSync:
         self.record.skipped = sorted(self._skipped) or None
         self.record.updated_at = time.time()
         try:
-            write_json_atomic(self.run_dir.root / RECORD_NAME, asdict(self.record), create_parent=False)
+            write_json_atomic(self.run_dir.remote_sync, asdict(self.record), create_parent=False)
         except OSError:
             pass  # a full or read-only disk: status shows an older record; the upload itself goes on
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from shared.run_dir import QUARANTINE_SUFFIX, CheckpointFile, RunDir
 from shared.vocabulary import Verdict
-from supervisor.checkpoint_validation import (
+from supervisor.checkpoints.checkpoint_validation import (
     ProbeSession,
     ValidationResult,
     list_siblings,
@@ -80,7 +80,7 @@ def quarantine(path: Path, reason: str) -> Path:
     (a full disk), the rename still happens and the caller's journal event keeps the reason.
     Raises OSError only when the rename itself fails.
     """
-    from supervisor.dashboard import utc_timestamp
+    from supervisor.timestamps import utc_timestamp
 
     path = Path(path)
     target = path.with_name(path.name + QUARANTINE_SUFFIX)
@@ -135,7 +135,7 @@ def select_checkpoint_for_restart(
     ``probe_timeout`` is seconds per file, or None for ``auto``. One probe child serves every file:
     ``session`` (a warm one the caller keeps and closes), else one started here. ``known`` returns
     the result of an earlier validation of exactly these bytes (same path, size, mtime, inode), or
-    None: such a file is not read again (``supervisor.background_validation``).
+    None: such a file is not read again (``supervisor.checkpoints.background_validation``).
     A validator error on a file (a bug, an unreadable directory) makes that file inconclusive.
     """
     run = RunDir.at(run_dir)

@@ -22,13 +22,12 @@ from shared.heartbeat import Heartbeat, read_heartbeat
 from shared.run_dir import RunDir, step_from_checkpoint_name
 from shared.supervisor_state import ProcessRecord
 from shared.vocabulary import EventKind, OutcomeKind, RankStatus, SupervisorStateName
-from supervisor import messages, policy, torchrun
-from supervisor.attempt import AttemptResult, StopRequests
-from supervisor.disk_guard import DiskGuard
-from supervisor.evidence import capture_hang_evidence
-from supervisor.journal import Journal
-from supervisor.memory_cgroup import OomWatch
-from supervisor.process_tree import (
+from supervisor import messages, policy
+from supervisor.attempts import torchrun
+from supervisor.attempts.attempt import AttemptResult, StopRequests
+from supervisor.attempts.evidence import capture_hang_evidence
+from supervisor.attempts.memory_cgroup import OomWatch
+from supervisor.attempts.process_tree import (
     DeathWatch,
     KillReport,
     LaunchedTree,
@@ -37,8 +36,8 @@ from supervisor.process_tree import (
     launch,
     send_signal,
 )
-from supervisor.process_tree import is_stopped as process_stopped
-from supervisor.restart_timing import (
+from supervisor.attempts.process_tree import is_stopped as process_stopped
+from supervisor.attempts.restart_timing import (
     RestartTimeline,
     breakdown,
     describe,
@@ -46,6 +45,8 @@ from supervisor.restart_timing import (
     latest_milestones,
     on_supervisor_clock,
 )
+from supervisor.checkpoints.disk_guard import DiskGuard
+from supervisor.journal import Journal
 from supervisor.run_config import RunConfig
 from supervisor.stop_signals import clear_stop_request, mark_stop_request
 
@@ -164,7 +165,7 @@ class TorchrunAttempts:
         # The restart being timed (run_loop fills validation and backoff); its restart_breakdown
         # event is written once every relaunched rank has done its first step.
         self.timeline: RestartTimeline | None = None
-        self.validator: Any = None  # supervisor.background_validation.WarmValidator, set by the cycle
+        self.validator: Any = None  # supervisor.checkpoints.background_validation.WarmValidator, set by the cycle
         self._pending_breakdown: RestartTimeline | None = None
 
     # -- timeouts --------------------------------------------------------------------------------
@@ -573,7 +574,7 @@ class TorchrunAttempts:
         """The final checkpoint a finished rank named passes validation (node 0 only writes it)."""
         if not self.config.is_node_zero:
             return True
-        from supervisor.checkpoint_validation import validate_checkpoint
+        from supervisor.checkpoints.checkpoint_validation import validate_checkpoint
 
         path = self.run_dir.root / name
         return path.is_file() and validate_checkpoint(path, probe_timeout=self.config.probe_timeout).ok

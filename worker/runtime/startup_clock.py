@@ -19,7 +19,7 @@ From the first step on, ``marks()`` also carries one diagnostic that is not a ti
 
     compiler_imported  whether ``torch._dynamo`` is imported in this process by now (a bool,
                        read at every call). Without ``--compile`` a 1-process run never imports
-                       it (``worker.compiler_import``); with 2+ processes DDP's constructor does
+                       it (``worker.runtime.compiler_import``); with 2+ processes DDP's constructor does
                        (~2.5 s of a restart on a 2-core CPU).
 """
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 
-from shared.atomic_io import read_file_tail, read_jsonl
+from shared.atomic_io import read_file_tail, read_json, read_jsonl
 from shared.heartbeat import Heartbeat, read_heartbeat
 from shared.process_identity import CREATE_TIME_TOLERANCE_S, same_process_alive
 from shared.run_dir import QUARANTINE_SUFFIX, RunDir
@@ -33,7 +33,7 @@ from shared.vocabulary import (
     SupervisorStateName,
 )
 from supervisor import policy
-from supervisor.run_history import Goodput, finite_number, measure_goodput
+from supervisor.views.run_history import Goodput, finite_number, measure_goodput
 
 # How much of a JSONL file's end to read. A metrics line is ~150 bytes, so this holds hundreds
 # of steps while keeping the read constant-time however long the run has been going.
@@ -648,11 +648,9 @@ def collect_snapshot(run_dir: Path | str, now: float | None = None, *, with_good
 
 
 def remote_info(root: Path) -> RemoteInfo | None:
-    """The uploader's record in the run directory (``supervisor.remote_sync``), or None."""
-    from supervisor.remote_sync import read_record
-
-    data = read_record(root)
-    if data is None or not isinstance(data.get("uri"), str):
+    """The uploader's record in the run directory (``supervisor.checkpoints.remote_sync``), or None."""
+    data = read_json(RunDir.at(root).remote_sync)
+    if not isinstance(data, dict) or not isinstance(data.get("uri"), str):
         return None
 
     def number(key: str) -> Any:

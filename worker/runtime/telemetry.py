@@ -23,7 +23,7 @@ from shared.atomic_io import write_text_atomic
 from shared.heartbeat import Heartbeat, write_heartbeat
 from shared.run_dir import RunDir
 from shared.vocabulary import ATTEMPT_ID_ENV, Phase, RankStatus
-from worker import startup_clock
+from worker.runtime import startup_clock
 
 
 class WriteWarnings:
@@ -93,7 +93,7 @@ class HeartbeatWriter:
 
 
 class MetricsSink(Protocol):
-    """Another destination of the per-step records (``worker.tensorboard_log.TensorBoardLog``).
+    """Another destination of the per-step records (``worker.runtime.tensorboard_log.TensorBoardLog``).
 
     Told the same three things as the files: where the attempt starts, each step's record, the end.
     Like every write here, a sink never raises into training: it reports its own failures.

@@ -31,8 +31,11 @@ from typing import Any
 
 from shared.run_dir import CHECKPOINT_NAME_RE, RunDir
 from shared.vocabulary import Verdict
-from supervisor.checkpoint_selection import Selection, select_checkpoint_for_restart
-from supervisor.checkpoint_validation import (
+from supervisor.checkpoints.checkpoint_selection import (
+    Selection,
+    select_checkpoint_for_restart,
+)
+from supervisor.checkpoints.checkpoint_validation import (
     ProbeSession,
     ValidationResult,
     default_probe_memory_cap,

@@ -144,7 +144,7 @@ class StopRequest:
         self.reason: str | None = None
         self.unrequested_sigterm = False  # SIGTERM under gpt2sup without the supervisor's stop request
         self._run_root: Path | None = None
-        self._heartbeat: Any = None  # worker.telemetry.HeartbeatWriter
+        self._heartbeat: Any = None  # worker.runtime.telemetry.HeartbeatWriter
         self._rank = 0
         self._started = time.time()
         self._previous_hook = sys.excepthook

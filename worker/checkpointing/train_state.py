@@ -14,9 +14,13 @@ from typing import Any, Protocol
 import torch
 
 from shared.checkpoint_format import FORMAT_VERSION
-from worker import startup_clock
+from worker.checkpointing.rng import (
+    RngRestoreReport,
+    capture_rng_state,
+    restore_rng_state,
+)
 from worker.model import GPT
-from worker.rng import RngRestoreReport, capture_rng_state, restore_rng_state
+from worker.runtime import startup_clock
 
 
 class Stateful(Protocol):
@@ -61,7 +65,7 @@ def restore_full_state(
 
     ``train_loader`` is anything with ``load_state_dict`` (the checkpoint probe passes a stand-in
     that only validates the state). Raises ValueError/KeyError/TypeError/RuntimeError when the
-    checkpoint does not fit, and ``worker.data.DataError`` when its data position does not exist.
+    checkpoint does not fit, and ``worker.data.shards.DataError`` when its data position does not exist.
     """
     startup_clock.mark(startup_clock.CHECKPOINT_LOADED)  # the file is in memory: restore begins
     model.load_state_dict(checkpoint["model"])

@@ -51,15 +51,19 @@ from shared.exit_codes import WorkerExit
 from shared.hf_files import HFFileError, is_hf_source
 from shared.run_dir import TMP_SUFFIX, RunDir
 from shared.vocabulary import Phase
-from worker.async_save import BackgroundWrite, BackgroundWriter, HostSnapshot
-from worker.checkpoint_write import save_checkpoint_file
-from worker.data import DataError
-from worker.distributed import Distributed
+from worker.checkpointing.async_save import (
+    BackgroundWrite,
+    BackgroundWriter,
+    HostSnapshot,
+)
+from worker.checkpointing.checkpoint_write import save_checkpoint_file
+from worker.checkpointing.hf_import import load_hf_pretrained
+from worker.checkpointing.run_identity_check import RunIdentityCheck
+from worker.checkpointing.train_state import TrainingState, TrainProgress
+from worker.data.shards import DataError
 from worker.errors import WorkerError, library_reason
-from worker.hf_import import load_hf_pretrained
-from worker.run_identity_check import RunIdentityCheck
-from worker.telemetry import HeartbeatWriter, RunLogger
-from worker.train_state import TrainingState, TrainProgress
+from worker.runtime.distributed import Distributed
+from worker.runtime.telemetry import HeartbeatWriter, RunLogger
 
 # Bytes we always want to leave free on top of the checkpoint itself (logs, heartbeats, metadata).
 FREE_SPACE_MARGIN_BYTES = 16 * 1024 * 1024
@@ -129,7 +133,7 @@ class CheckpointManager:
         self.last_checkpoint_name: str | None = None  # newest file this run saved or resumed from
         self.resumed_from: Path | None = None
         self.final_save_error: str | None = None  # why the last final save failed, on every rank
-        # --async_checkpoint (worker/async_save.py): periodic saves are snapshotted to host memory
+        # --async_checkpoint (worker/checkpointing/async_save.py): periodic saves are snapshotted to host memory
         # and written by a thread; the final (or a stop's) save stays synchronous.
         self.async_save = async_save
         self._snapshot: HostSnapshot | None = None

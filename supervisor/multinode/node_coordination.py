@@ -28,7 +28,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from supervisor.torchrun import RDZV_DEFAULT_PORT
+from supervisor.attempts.torchrun import RDZV_DEFAULT_PORT
 
 # A client's connect and each store call give up after this long (a reachable store answers in
 # milliseconds); node R >= 1 retries the connection this often while node 0's store is not up.

@@ -1,7 +1,7 @@
 """How a run looks to a person: the rich live panel on a terminal, plain timestamped lines off one.
 
 Both ``gpt2sup run`` (through :func:`make_reporter`) and ``gpt2sup status`` draw from the same
-:class:`~supervisor.snapshot.RunSnapshot` with the same formatters here, so the panel a user
+:class:`~supervisor.views.snapshot.RunSnapshot` with the same formatters here, so the panel a user
 watches during a run and the one ``status`` prints never disagree. Off a terminal (nohup, CI,
 a pipe) colour and cursor tricks are noise in a log file, hence plain lines, rate-limited so a
 multi-day run does not write a progress line every monitor interval.
@@ -12,7 +12,6 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import IO
 
 from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
@@ -24,7 +23,8 @@ from rich.text import Text
 
 from shared.vocabulary import RankStatus
 from supervisor import policy
-from supervisor.snapshot import (
+from supervisor.timestamps import utc_timestamp
+from supervisor.views.snapshot import (
     ACTIVE_VERDICTS,
     RankInfo,
     RemoteInfo,
@@ -91,11 +91,6 @@ def format_loss(loss: float | None) -> str:
 def format_percent_used(fraction: float) -> str:
     """Rounded up, as ``df`` rounds Use%: a disk that is 99.1% full never reads 99%."""
     return f"{math.ceil(fraction * 100 - 1e-9)}%"
-
-
-def utc_timestamp(t: float | None = None) -> str:
-    moment = datetime.fromtimestamp(time.time() if t is None else t, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _step_text(snapshot: RunSnapshot) -> str:
@@ -582,5 +577,4 @@ __all__ = [
     "progress_line",
     "render_panel",
     "status_lines",
-    "utc_timestamp",
 ]

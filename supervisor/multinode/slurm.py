@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 
-from supervisor.torchrun import RDZV_DEFAULT_PORT
+from supervisor.attempts.torchrun import RDZV_DEFAULT_PORT
 
 DEFAULT_PORT = RDZV_DEFAULT_PORT
 PORT_ENV = "GPT2SUP_RDZV_PORT"

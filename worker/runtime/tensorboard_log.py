@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 from shared.exit_codes import WorkerExit
 from worker.errors import WorkerError
-from worker.telemetry import WriteWarnings, print_to_stderr
+from worker.runtime.telemetry import WriteWarnings, print_to_stderr
 
 INSTALL_HINT = "pip install 'gpt2sup[tensorboard]'"
 # metrics.jsonl key -> TensorBoard tag (worker/evaluations.py names the evaluation keys).

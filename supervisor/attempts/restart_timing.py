@@ -2,7 +2,7 @@
 
 The supervisor notes its own moments (``RestartTimeline``: the death, when it noticed, when the
 tree was gone, validation, backoff, the relaunch); each relaunched rank reports the milestones of
-its own start in its heartbeat (``startup``, written by ``worker.startup_clock``). ``breakdown``
+its own start in its heartbeat (``startup``, written by ``worker.runtime.startup_clock``). ``breakdown``
 turns both into consecutive phases whose sum is the whole restart, for one ``restart_breakdown``
 event in events.jsonl. Pure: no processes, no files, no clock.
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 PHASES = ("detection", "tree_stop", "validation", "backoff", "supervisor", "torchrun_start", "imports",
           "rendezvous", "checkpoint_load", "loader_seek", "first_step")
-# worker.startup_clock's milestones, in order, and the phase that ends at each.
+# worker.runtime.startup_clock's milestones, in order, and the phase that ends at each.
 WORKER_MILESTONES = (("process_start", "torchrun_start"), ("imports_done", "imports"),
                      ("rendezvous_done", "rendezvous"), ("loader_seek_start", "checkpoint_load"),
                      ("loader_positioned", "loader_seek"), ("first_step_done", "first_step"))

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from shared.vocabulary import NODE_RANK_ENV
-from worker import startup_clock
+from worker.runtime import startup_clock
 
 
 @dataclass(frozen=True)

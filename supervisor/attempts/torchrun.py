@@ -14,8 +14,8 @@ from pathlib import Path
 from shared.atomic_io import read_file_tail
 from shared.compile_cache import use_run_dir_compile_cache
 from shared.vocabulary import ATTEMPT_ID_ENV, NODE_RANK_ENV
+from supervisor.attempts.process_tree import own_identity
 from supervisor.policy import RankExit
-from supervisor.process_tree import own_identity
 from supervisor.run_config import RunConfig
 
 LOG_TAIL_BYTES = 64 * 1024

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worker.data import DataError, ShardedTokenLoader, _Shard
-from worker.datasets import DatasetUnavailable, MalformedRecord, read_jsonl_records
+from worker.data.datasets import DatasetUnavailable, MalformedRecord, read_jsonl_records
+from worker.data.shards import DataError, ShardedTokenLoader, _Shard
 
 IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index
 SPLIT_SEED = 20230412  # Dolly-15k's release date: a fixed split, independent of --seed
@@ -157,7 +157,7 @@ def targets_of(tokens: torch.Tensor, trained: torch.Tensor) -> torch.Tensor:
 class PackedExamplesLoader(ShardedTokenLoader):
     """The pre-training loader over one in-memory packed stream, with prompt targets masked.
 
-    Same addressing, wrapping and state as :class:`worker.data.ShardedTokenLoader` (one "shard"),
+    Same addressing, wrapping and state as :class:`worker.data.shards.ShardedTokenLoader` (one "shard"),
     so checkpoints, the probe's loader check and resume need nothing new.
     """
 

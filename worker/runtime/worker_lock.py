@@ -16,8 +16,8 @@ from contextlib import contextmanager
 
 from shared.exit_codes import WorkerExit
 from shared.run_dir import RunDir
-from worker.distributed import Distributed
 from worker.errors import WorkerError
+from worker.runtime.distributed import Distributed
 
 
 @contextmanager

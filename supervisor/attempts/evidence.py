@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil
 
-from supervisor.process_tree import is_stopped
+from supervisor.attempts.process_tree import is_stopped
 
 PY_SPY_TIMEOUT_S = 10.0
 FAULTHANDLER_WAIT_S = 1.5

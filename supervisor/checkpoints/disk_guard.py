@@ -13,7 +13,7 @@ import time
 from shared.run_dir import RunDir
 from shared.vocabulary import DiskLevel, EventKind
 from supervisor import policy
-from supervisor.checkpoint_selection import prune_oldest_checkpoints
+from supervisor.checkpoints.checkpoint_selection import prune_oldest_checkpoints
 from supervisor.journal import Journal
 from supervisor.run_config import RunConfig
 
@@ -91,7 +91,7 @@ class DiskGuard:
 
     def _passes_validation(self, name: str) -> bool:
         if name not in self._validated:
-            from supervisor.checkpoint_validation import validate_checkpoint
+            from supervisor.checkpoints.checkpoint_validation import validate_checkpoint
 
             result = validate_checkpoint(self.run_dir.root / name, probe_timeout=self.config.probe_timeout)
             self._validated[name] = result.ok

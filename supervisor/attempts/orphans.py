@@ -33,7 +33,7 @@ from shared.process_identity import ProcessId, same_process_alive
 from shared.run_dir import RunDir
 from shared.supervisor_state import SupervisorState
 from shared.vocabulary import NODE_RANK_ENV, TERMINAL_STATES
-from supervisor.process_tree import (
+from supervisor.attempts.process_tree import (
     command_line_log_dir,
     is_alive,
     is_stopped,
