@@ -143,9 +143,13 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=10)
 
 
-def start_seaweedfs(weed: str, root: Path) -> tuple[S3Server, subprocess.Popen[bytes]]:
+def start_seaweedfs(weed: str, root: Path, *, volumes: int = 100) -> tuple[S3Server, subprocess.Popen[bytes]]:
     """A SeaweedFS server (master, volume, filer, S3 gateway in one process) under ``root``,
-    ready and with the bucket created; stop it with ``stop_seaweedfs`` (also used by bench/)."""
+    ready and with the bucket created; stop it with ``stop_seaweedfs`` (also used by bench/).
+
+    It holds at most ``volumes`` x 64 MB (volumes are created as data arrives, not preallocated,
+    and deleting objects does not give the space back): when they are full, every upload is
+    answered HTTP 500, which a test or a benchmark would take for a store fault."""
     (root / "data").mkdir(parents=True, exist_ok=True)
     config = root / "s3.json"
     config.write_text(json.dumps({"identities": [{
@@ -158,7 +162,7 @@ def start_seaweedfs(weed: str, root: Path) -> tuple[S3Server, subprocess.Popen[b
     command = [
         weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={root / 'data'}",
         f"-master.port={master}", f"-master.port.grpc={master_grpc}", "-master.volumeSizeLimitMB=64",
-        f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}", "-volume.max=20",
+        f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}", f"-volume.max={volumes}",
         f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}", f"-filer.localSocket={root / 'filer.sock'}",
         "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", "-s3.port.iceberg=0", "-s3.port.lance=0",
         f"-s3.config={config}",

@@ -56,7 +56,7 @@ class CommitMarker:
     sha256: str
     commit_id: str
     committed_at: float
-    verified_by: str  # "store-sha256" (the store's own checksum matched) or "reread"
+    verified_by: str  # "store-crc32" (the store's own checksum matched; "store-sha256" in older markers) or "reread"
 
     def to_json(self) -> str:
         return json.dumps({"format": COMMIT_FORMAT, "version": MARKER_VERSION, **asdict(self)}, sort_keys=True) + "\n"

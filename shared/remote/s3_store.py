@@ -1,8 +1,9 @@
 """S3 and every S3-compatible store (MinIO, SeaweedFS, Ceph, R2) as a checkpoint store, via boto3.
 
 Why boto3: one well-kept dependency (the AWS SDK itself), S3's own checksums (``ChecksumAlgorithm
-SHA256``: the store verifies every part as it receives it and reports the object's checksum
-back), and its transfer manager for parallel multipart uploads and downloads. It is imported
+CRC32``: the store verifies every part as it receives it and reports the object's checksum back;
+the end-to-end SHA-256 is ours, in the commit marker: ``shared/remote/checksums.py``), and its
+transfer manager for parallel multipart uploads and downloads. It is imported
 lazily, inside this backend, so ``shared/`` imports fast and boto3 stays an optional extra.
 
 Credentials and the endpoint come only from the standard AWS chain (``AWS_ACCESS_KEY_ID``,
@@ -244,7 +245,7 @@ class S3CheckpointStore(CheckpointStore):
         key = self._key(name)
         with self._translate(f"upload {name}"):
             self._client.upload_file(
-                str(local), self.bucket, key, ExtraArgs={"ChecksumAlgorithm": "SHA256"}, Config=self._transfer_config(),
+                str(local), self.bucket, key, ExtraArgs={"ChecksumAlgorithm": "CRC32"}, Config=self._transfer_config(),
             )
             head = self._client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
         return self._verify_upload(name, head, digests())
@@ -252,17 +253,17 @@ class S3CheckpointStore(CheckpointStore):
     def _verify_upload(self, name: str, head: dict[str, Any], digests: FileDigests) -> str:
         if int(head.get("ContentLength", -1)) != digests.size:
             raise IntegrityError(f"{self.key_of(name)}: stored size {head.get('ContentLength')} != local {digests.size}; not committed")
-        return self._verify_checksum(name, head.get("ChecksumSHA256"), digests)
+        return self._verify_checksum(name, head.get("ChecksumCRC32"), digests)
 
     def _verify_checksum(self, name: str, reported: str | None, digests: FileDigests) -> str:
-        """Compare the store's SHA-256 with ours; read the object back when the store has none
-        we can compare (no checksum support, or parts cut differently from ours)."""
-        expected = {digests.sha256_b64, digests.s3_checksum()}
-        if reported and reported in expected:
-            return "store-sha256"
-        comparable = reported and (("-" not in reported) or reported.endswith(f"-{len(digests.part_digests)}"))
+        """Compare the store's CRC-32 with ours; read the object back (and compare SHA-256s) when
+        the store reports none we can compare (no checksum support, or parts cut differently)."""
+        if reported and reported in digests.s3_checksums():
+            return "store-crc32"
+        parts = len(digests.part_crc32s) if digests.part_size is not None else 1
+        comparable = reported and (("-" not in reported) or reported.endswith(f"-{parts}"))
         if comparable:
-            raise IntegrityError(f"{self.key_of(name)}: the store's SHA-256 differs from the local file's; not committed")
+            raise IntegrityError(f"{self.key_of(name)}: the store's checksum differs from the local file's; not committed")
         if self._reread_sha256(name) != digests.sha256_hex:
             raise IntegrityError(f"{self.key_of(name)}: the object read back differs from the local file; not committed")
         return "reread"

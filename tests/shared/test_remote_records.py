@@ -7,12 +7,13 @@ import hashlib
 import json
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
 
 from shared.remote import CheckpointUriError, IntegrityError, parse_checkpoint_uri
-from shared.remote.checksums import composite_sha256, file_digests
+from shared.remote.checksums import composite_crc32, crc32_combine, file_digests
 from shared.remote.records import (
     BAD,
     COMMITTED,
@@ -96,7 +97,7 @@ def test_a_uri_with_credentials_does_not_echo_them() -> None:
 # --- markers and states --------------------------------------------------------------------
 def _commit(name: str = "model_00500.pt", size: int = 10, commit_id: str = "c1") -> CommitMarker:
     step = int(name[6:11])
-    return CommitMarker(name, step, size, SHA, commit_id, 1.0, "store-sha256")
+    return CommitMarker(name, step, size, SHA, commit_id, 1.0, "store-crc32")
 
 
 def test_commit_marker_round_trips_and_rejects_garbage() -> None:
@@ -181,20 +182,30 @@ def test_file_digests_whole_and_parts(tmp_path: Path) -> None:
     part = 300_000
     digests = file_digests(path, part)
     assert digests.size == len(data) and digests.sha256_hex == hashlib.sha256(data).hexdigest()
-    expected_parts = [hashlib.sha256(data[i:i + part]).digest() for i in range(0, len(data), part)]
-    assert list(digests.part_digests) == expected_parts
-    assert digests.s3_checksum() == composite_sha256(expected_parts)
-    assert digests.s3_checksum().endswith(f"-{len(expected_parts)}")
+    assert digests.crc32 == zlib.crc32(data)
+    expected_parts = [zlib.crc32(data[i:i + part]) for i in range(0, len(data), part)]
+    assert list(digests.part_crc32s) == expected_parts
+    whole = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+    assert digests.s3_checksums() == {whole, composite_crc32(expected_parts)}
+    assert composite_crc32(expected_parts).endswith(f"-{len(expected_parts)}")
     single = file_digests(path)
-    assert single.s3_checksum() == base64.b64encode(hashlib.sha256(data).digest()).decode()
+    assert single.s3_checksums() == {whole} and single.part_crc32s == (zlib.crc32(data),)
 
 
-def test_composite_matches_a_value_seaweedfs_reported() -> None:
-    """The value a real server returned for 3 parts of 5 MiB, 5 MiB, 2 MiB of zeros-free data is
-    recomputed in test_remote_store; here the formula on a fixed input."""
-    parts = [hashlib.sha256(b"a").digest(), hashlib.sha256(b"b").digest()]
-    combined = base64.b64encode(hashlib.sha256(parts[0] + parts[1]).digest()).decode()
-    assert composite_sha256(parts) == f"{combined}-2"
+@pytest.mark.parametrize("split", [0, 1, 299_999, 300_000, 1_279_999])
+def test_crc32_combine_equals_the_crc_of_the_concatenation(split: int) -> None:
+    data = bytes(range(256)) * 5000
+    head, tail = data[:split], data[split:]
+    assert crc32_combine(zlib.crc32(head), zlib.crc32(tail), len(tail)) == zlib.crc32(data)
+
+
+def test_composite_crc32_formula() -> None:
+    """S3's composite: the CRC-32 of the big-endian part CRC-32s, then -N (a real SeaweedFS
+    reports it for a multipart upload: test_remote_store checks it against ours)."""
+    parts = [zlib.crc32(b"a"), zlib.crc32(b"b")]
+    combined = base64.b64encode(zlib.crc32(parts[0].to_bytes(4, "big") + parts[1].to_bytes(4, "big"))
+                                .to_bytes(4, "big")).decode()
+    assert composite_crc32(parts) == f"{combined}-2"
 
 
 def test_s3_checksum_mismatch_is_an_integrity_error_without_network(tmp_path: Path) -> None:
@@ -202,8 +213,9 @@ def test_s3_checksum_mismatch_is_an_integrity_error_without_network(tmp_path: Pa
     path.write_bytes(b"x" * 100)
     store = S3CheckpointStore("bucket", "p")
     with pytest.raises(IntegrityError, match="not committed"):
-        store._verify_checksum("model_00001.pt", base64.b64encode(b"0" * 32).decode(), file_digests(path))
-    assert store._verify_checksum("model_00001.pt", file_digests(path).sha256_b64, file_digests(path)) == "store-sha256"
+        store._verify_checksum("model_00001.pt", base64.b64encode(b"0" * 4).decode(), file_digests(path))
+    reported = base64.b64encode(zlib.crc32(b"x" * 100).to_bytes(4, "big")).decode()
+    assert store._verify_checksum("model_00001.pt", reported, file_digests(path)) == "store-crc32"
 
 
 # --- error texts ---------------------------------------------------------------------------

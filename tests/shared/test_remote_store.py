@@ -107,8 +107,9 @@ def test_multipart_upload_is_verified_and_round_trips(store: CheckpointStore, tm
         assert '"verified_by": "reread"' in marker
     else:
         head = raw_client_for(store).head_object(Bucket=store.bucket, Key=store._key(path.name), ChecksumMode="ENABLED")
-        assert head["ChecksumSHA256"].endswith("-3")  # 5 + 5 + 2 MiB: really multipart
-        assert '"verified_by": "store-sha256"' in marker  # the store's own checksum matched ours
+        assert head["ChecksumCRC32"].endswith("-3")  # 5 + 5 + 2 MiB: really multipart
+        assert head["ChecksumCRC32"] in file_digests(path, 5 * MiB).s3_checksums()  # our composite, computed locally
+        assert '"verified_by": "store-crc32"' in marker  # the store's own checksum matched ours
     got = store.download(500, tmp_path / "dest")
     assert got.read_bytes() == path.read_bytes()
 
@@ -273,7 +274,7 @@ def test_only_checkpoint_files_are_uploaded(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_s3_store_without_a_usable_checksum_is_verified_by_reading_back(aws_env: S3Server, tmp_path: Path) -> None:
-    """A store that reports no SHA-256 (or cuts parts differently) makes the uploader read the
+    """A store that reports no CRC-32 (or cuts parts differently) makes the uploader read the
     object back; a read-back that differs is an IntegrityError, so nothing is committed."""
     store = open_store(aws_env.fresh_uri(), multipart_threshold=SMALL_PART, multipart_chunksize=SMALL_PART)
     path = make_checkpoint(tmp_path, 100, size=2 * MiB)
