@@ -288,7 +288,7 @@ class Supervisor:
         if beat is not None and beat.attempt_id and result.attempt_id and beat.attempt_id != result.attempt_id:
             beat = None  # an earlier attempt's beat (this one was killed in its start-up): its steps were lost
         seen = [s for s in (result.step, newest.step if newest is not None else None,
-                            beat.step if beat is not None and isinstance(beat.step, int) else None)
+                            beat.step if beat is not None else None)
                 if s is not None and s >= 0]
         return (max(seen) if seen else result.step), (newest.path.name if newest is not None else None)
 

@@ -142,8 +142,8 @@ def _beat_contents(run_dir: Path) -> dict[int, tuple[object, ...]]:
     beats: dict[int, tuple[object, ...]] = {}
     for path in RunDir.at(run_dir).list_heartbeats():
         hb = read_heartbeat(path)
-        if hb is not None and isinstance(hb.pid, int):
-            beats[hb.pid] = (hb.seq, hb.time, hb.step, str(hb.phase), str(hb.status), hb.message)
+        if hb is not None:
+            beats[hb.pid] = (hb.seq, hb.time, hb.step, hb.phase, hb.status, hb.message)
     return beats
 
 

@@ -85,7 +85,7 @@ def process_records(tree: LaunchedTree | None) -> list[ProcessRecord]:
 def beat_key(hb: Heartbeat) -> tuple[object, ...]:
     """What tells one beat from the next: every rewrite changes it (``seq``; for a worker that
     writes none, its own time and progress). Only equality is used, never the clock's value."""
-    return (hb.pid, hb.attempt_id, hb.seq, hb.time, hb.step, str(hb.phase), str(hb.status))
+    return (hb.pid, hb.attempt_id, hb.seq, hb.time, hb.step, hb.phase, hb.status)
 
 
 def new_attempt_id(number: int) -> str:
@@ -128,7 +128,7 @@ class _Live:
 
     @property
     def last_step(self) -> int | None:
-        steps = [int(b.step) for b in self.beats.values() if int(b.step) >= 0]
+        steps = [b.step for b in self.beats.values() if b.step >= 0]
         return max(steps) if steps else None
 
     def silent_s(self, rank: int, now: float | None = None) -> float:
@@ -339,7 +339,7 @@ class TorchrunAttempts:
         (its own time against when it was first seen here); 0 while the two agree within a poll
         and a little (the measure itself is late by up to a poll), so agreeing clocks are never
         "corrected"."""
-        offset = float(beat.time) - live.beat_wall_time(rank)
+        offset = beat.time - live.beat_wall_time(rank)
         return offset if abs(offset) > self.config.monitor_interval + CLOCKS_AGREE_S else 0.0
 
     def _read_heartbeats(self, live: _Live) -> None:
@@ -356,7 +356,7 @@ class TorchrunAttempts:
         present: set[int] = set()
         for path in self.run_dir.list_heartbeats():
             hb = read_heartbeat(path)
-            if hb is None or not isinstance(hb.time, (int, float)) or not isinstance(hb.rank, int):
+            if hb is None:  # unreadable or malformed (validated once, in shared.heartbeat)
                 continue
             key = beat_key(hb)
             changed = key != live.at_launch.get(path.name)
@@ -379,11 +379,11 @@ class TorchrunAttempts:
         if live.beats:
             lead = live.beats[min(live.beats)]
             # The rank's own monotonic clock times its steps (differences within one process only).
-            own_clock = lead.mono if isinstance(lead.mono, (int, float)) else lead.time
-            self.pace.observe(int(lead.step), float(own_clock), str(lead.phase))
+            own_clock = lead.mono if lead.mono is not None else lead.time
+            self.pace.observe(lead.step, own_clock, lead.phase)
             if self.validator is not None:  # validate each new checkpoint while training goes on
-                named = [str(b.last_checkpoint) for b in live.beats.values() if b.last_checkpoint]
-                writing = {str(getattr(b, "save_in_flight", None) or "") for b in live.beats.values()}
+                named = [b.last_checkpoint for b in live.beats.values() if b.last_checkpoint]
+                writing = {b.save_in_flight or "" for b in live.beats.values()}
                 newest = max(named, key=lambda n: step_from_checkpoint_name(n) or -1) if named else None
                 self.validator.offer(newest, writing)
         for rank in sorted(set(live.beats) - present - live.missing_warned):
@@ -399,7 +399,7 @@ class TorchrunAttempts:
             return False
         if hb.hostname is not None and hb.hostname != socket.gethostname():
             return True
-        return isinstance(hb.pid, int) and hb.pid not in live.tree.known
+        return hb.pid not in live.tree.known
 
     def _note_stragglers(self, live: _Live) -> None:
         """One ``straggler`` event when a rank becomes one; another only after it recovered.
@@ -410,7 +410,7 @@ class TorchrunAttempts:
         """
         every = {**live.peers, **live.beats}
         samples = {rank: beat.compute_s for rank, beat in every.items()
-                   if isinstance(beat.compute_s, list) and beat.status == RankStatus.RUNNING}
+                   if beat.compute_s is not None and beat.status == RankStatus.RUNNING}
         found = policy.find_stragglers(samples, flagged=live.stragglers)
         announces_all = self.config.is_node_zero
         if announces_all and live.peers:
@@ -421,7 +421,7 @@ class TorchrunAttempts:
                 self.journal.event(EventKind.STRAGGLER, straggler.describe(host), rank=straggler.rank,
                                    hostname=host, median_s=round(straggler.median_s, 6),
                                    others_median_s=round(straggler.others_median_s, 6),
-                                   ratio=round(straggler.ratio, 3), step=int(every[straggler.rank].step))
+                                   ratio=round(straggler.ratio, 3), step=every[straggler.rank].step)
         live.stragglers = {straggler.rank for straggler in found}
 
     def _note_slow_hosts(self, live: _Live, samples: dict[int, list[float]], every: dict[int, Heartbeat]) -> None:
@@ -499,8 +499,8 @@ class TorchrunAttempts:
                                                   live.workers_started_at is not None)
                 return self._kill_hung(live, OutcomeKind.STARTUP_TIMEOUT, reason, rank=None, step=None)
             return None
-        rank_beats = [policy.RankBeat(rank=r, phase=str(b.phase), time=live.seen[r].at, status=str(b.status),
-                                      step=int(b.step)) for r, b in live.beats.items()]
+        rank_beats = [policy.RankBeat(rank=r, phase=b.phase, time=live.seen[r].at, status=b.status, step=b.step)
+                      for r, b in live.beats.items()]
         hung = policy.find_hung_rank(rank_beats, now, self.timeouts)
         if hung is None:
             return None
@@ -508,8 +508,8 @@ class TorchrunAttempts:
             return self._end_for_agent(live)  # the ranks are gone: it is torchrun that does not end
         # Only now pay for process states: a stopped (SIGSTOP / T state) rank is the culprit, and
         # a rank that already exited is a crash torchrun is about to report.
-        stopped = [r for r, b in live.beats.items() if process_stopped(int(b.pid))]
-        exited = [r for r, b in live.beats.items() if not process_running(int(b.pid))]
+        stopped = [r for r, b in live.beats.items() if process_stopped(b.pid)]
+        exited = [r for r, b in live.beats.items() if not process_running(b.pid)]
         if stopped or exited:
             hung = policy.find_hung_rank(rank_beats, now, self.timeouts, stopped, exited)
             if hung is None:
@@ -526,7 +526,7 @@ class TorchrunAttempts:
         self.journal.event(EventKind.HUNG, f"attempt {self.journal.attempt}: {reason}", rank=rank, step=step,
                            kind=kind, last_beat_time=last_beat)
         live_pids = {p.pid for p in tree.live_processes()}
-        worker_pids = {r: int(b.pid) for r, b in live.beats.items() if int(b.pid) in live_pids}
+        worker_pids = {r: b.pid for r, b in live.beats.items() if b.pid in live_pids}
         if not worker_pids:
             worker_pids = {i: p.pid for i, p in enumerate(tree.worker_processes())}
         incident = self.run_dir.incident_dir(self.run_dir.next_incident_number())
@@ -563,8 +563,8 @@ class TorchrunAttempts:
                            stopped=stopped)
         self._check_survivors(kill_tree(tree.live_processes(), grace_s=0.0, reap=tree.popen))
         self._read_heartbeats(live)
-        statuses = [str(b.status) for b in live.beats.values()]
-        named = [str(b.last_checkpoint) for b in live.beats.values() if b.last_checkpoint]
+        statuses = [b.status for b in live.beats.values()]
+        named = [b.last_checkpoint for b in live.beats.values() if b.last_checkpoint]
         final = max(named, key=lambda name: step_from_checkpoint_name(name) or -1) if named else None
         saved = final is not None and self._final_checkpoint_valid(final)
         code = 0 if policy.ranks_ended_cleanly(statuses, len(live.ranks), saved) else TORCHRUN_FAILED_EXIT
@@ -597,7 +597,7 @@ class TorchrunAttempts:
             torchrun_error=torchrun.error_line(read.log_text) if code != 0 else None,
             rendezvous_closed=code != 0 and not read.beats and torchrun.rendezvous_closed(read.log_text),
             agent_cause=agent_cause,
-            stop_summary=messages.first_line(next((str(b.message) for b in read.beats.values()
+            stop_summary=messages.first_line(next((b.message for b in read.beats.values()
                                                    if b.status == RankStatus.STOPPED and b.message), None)),
         )
         described = policy.describe_exit(outcome, evidence)
@@ -632,12 +632,12 @@ class TorchrunAttempts:
         # The writer's heartbeat names the final checkpoint: global rank 0, or node 0's local rank 0
         # in a multi-node run (the worker's choose_leader). Another node's directory holds no
         # checkpoint; its workers exit 7 on every rank if the writer's final save failed.
-        named = [str(b.last_checkpoint) for b in beats.values() if b.last_checkpoint]
+        named = [b.last_checkpoint for b in beats.values() if b.last_checkpoint]
         final = max(named, key=lambda name: step_from_checkpoint_name(name) or -1) if named else None
         writes_checkpoints = self.config.is_node_zero
         facts = policy.ExitFacts(
             returncode=code,
-            statuses=[str(b.status) for b in beats.values()],
+            statuses=[b.status for b in beats.values()],
             rank_exits=torchrun.parse_rank_exits(log_text) if code != 0 else (),
             oom_kill_observed=live.oom is not None and live.oom.kills_since_start(),
             memory_was_tight=self._memory_tight_at is not None
@@ -645,7 +645,7 @@ class TorchrunAttempts:
             stop_requested=live.stop_sent_at is not None or self.stops.count > 0,
             module_missing=code != 0 and torchrun.module_missing(log_text, self.config.worker_module),
             final_checkpoint_on_disk=not writes_checkpoints or (bool(final) and (self.run_dir.root / str(final)).is_file()),
-            reports=[policy.RankReport(r, str(b.status), float(b.time), int(b.step)) for r, b in beats.items()],
+            reports=[policy.RankReport(r, b.status, b.time, b.step) for r, b in beats.items()],
         )
         return _ExitRead(facts, beats, log_text, final)
 
@@ -676,6 +676,6 @@ def _first_to_end(beats: dict[int, Heartbeat]) -> Heartbeat | None:
 
 def _last_completed_step(failing: Heartbeat | None, live: _Live) -> int | None:
     """The failing rank's own last completed step, else the furthest any rank got."""
-    if failing is not None and int(failing.step) >= 0:
-        return int(failing.step)
+    if failing is not None and failing.step >= 0:
+        return failing.step
     return live.last_step

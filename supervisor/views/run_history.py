@@ -420,7 +420,7 @@ def _max_steps(run: RunDir) -> int | None:
 
     for path in run.list_heartbeats():
         beat = read_heartbeat(path)
-        if beat is not None and isinstance(beat.max_steps, int) and beat.max_steps > 0:
+        if beat is not None and beat.max_steps is not None and beat.max_steps > 0:
             return beat.max_steps
     return None
 

@@ -396,11 +396,11 @@ def heartbeat_written_at(hb: Heartbeat, path: Path) -> float:
     try:
         return path.stat().st_mtime
     except OSError:
-        return float(hb.time)
+        return hb.time
 
 
 def _rank_info(hb: Heartbeat, now: float, written_at: float | None = None) -> RankInfo:
-    when = float(hb.time) if written_at is None else written_at
+    when = hb.time if written_at is None else written_at
     return RankInfo(
         rank=hb.rank,
         pid=hb.pid,
@@ -416,7 +416,7 @@ def _rank_info(hb: Heartbeat, now: float, written_at: float | None = None) -> Ra
         last_checkpoint=hb.last_checkpoint,
         message=hb.message,
         heartbeat_time=finite_number(when),
-        hostname=hb.hostname if isinstance(hb.hostname, str) else None,
+        hostname=hb.hostname,
         compute_median_s=_compute_median(hb.compute_s),
     )
 
@@ -430,10 +430,9 @@ def _mark_nodes(ranks: list[RankInfo], states: dict[int, SupervisorState | None]
                 rank.node = node
 
 
-def _compute_median(samples: Any) -> float | None:
-    if not isinstance(samples, list) or not samples or not all(policy.is_duration(v) for v in samples):
-        return None
-    return policy.median(samples)
+def _compute_median(samples: list[float] | None) -> float | None:
+    """Durations already validated by ``shared.heartbeat``."""
+    return policy.median(samples) if samples else None
 
 
 def _mark_stragglers(ranks: list[RankInfo], samples: dict[int, list[float]]) -> None:
@@ -599,7 +598,7 @@ def collect_snapshot(run_dir: Path | str, now: float | None = None, *, with_good
         hb = read_heartbeat(path)
         if hb is not None:
             ranks.append(_rank_info(hb, now, heartbeat_written_at(hb, path)))
-            if isinstance(hb.compute_s, list) and isinstance(hb.rank, int):
+            if hb.compute_s is not None:
                 compute_samples[hb.rank] = hb.compute_s
     ranks.sort(key=lambda r: r.rank)
     _mark_stragglers(ranks, compute_samples)
