@@ -35,18 +35,14 @@ from supervisor.attempts.orphans import (
     stop_orphans,
     survey_orphans,
 )
-from supervisor.attempts.watch import TorchrunAttempts
 from supervisor.checkpoints import remote_sync
-from supervisor.checkpoints.background_validation import WarmValidator
 from supervisor.checkpoints.checkpoint_selection import (
     Selection,
     quarantine,
-    select_checkpoint_for_restart,
 )
 from supervisor.checkpoints.disk_guard import DiskGuard
 from supervisor.checkpoints.remote_sync import RemoteSync
 from supervisor.journal import CycleState, Journal, Reporter
-from supervisor.multinode import node_coordination
 from supervisor.run_config import (
     DEFAULT_WORKER,
     MultiNode,
@@ -55,11 +51,9 @@ from supervisor.run_config import (
 )
 from supervisor.run_lock import RunLock
 from supervisor.stop_signals import StopRequested
+from supervisor.wiring import Wiring
 
 __all__ = ["DEFAULT_WORKER", "MultiNode", "RecordUnreadable", "RunConfig", "Supervisor"]
-
-Select = Callable[..., Selection]
-
 
 class UnsupportedCheckpoint(Exception):
     """The newest checkpoint's format is newer than this install reads: the run ends at once."""
@@ -78,8 +72,9 @@ def record_unreadable(path: Path) -> str | None:
 class Supervisor:
     """One supervisor for one run directory; ``run()`` returns a ``SupervisorExit``."""
 
-    def __init__(self, config: RunConfig, reporter: Reporter | None = None, attempts: Attempts | None = None,
-                 select: Select = select_checkpoint_for_restart) -> None:
+    def __init__(self, config: RunConfig, wire: Callable[[Supervisor], Wiring], reporter: Reporter | None = None) -> None:
+        """``wire``: what the cycle is plugged into, built from this supervisor's parts
+        (``supervisor.wiring.production_wiring`` from ``gpt2sup run``; scripted fakes in tests)."""
         if reporter is None:
             from supervisor.views.dashboard import make_reporter
 
@@ -93,8 +88,6 @@ class Supervisor:
         self.lock = RunLock(self.run_dir.supervisor_lock)
         self.stops = StopRequests()
         self.disk = DiskGuard(self.run_dir, config, self.journal)
-        self.attempts = attempts or TorchrunAttempts(config, self.run_dir, self.journal, self.stops, self.disk,
-                                                     peer_ended=self._peer_ended_line if self.node is not None else None)
         self.started_at = time.time()
         # Multi-node: the ending another node recorded before this supervisor started ended an
         # earlier run; one that differs from it was written since (no clocks compared).
@@ -104,21 +97,14 @@ class Supervisor:
         self._previous: SupervisorState | None = None  # the supervisor.json found at start-up
         self._accepted: policy.RecordedRun | None = None  # the run it holds (policy.run_to_reuse)
         self._peer_seen: policy.PeerEnding | None = None  # the first ending another node recorded
-        # One directory per node shares nothing: node 0 hosts a TCPStore the nodes agree through
-        # (the real cycle only; a scripted one's tests set their own).
-        self.coordination = node_coordination.for_node(
-            config.multi_node, self.node, config.monitor_interval,
-            warn=lambda line: self.journal.event(EventKind.WARNING, line)) if attempts is None else None
         self._closed_since: float | None = None  # first of the current run of closed-rendezvous launches
         self.progress = policy.ProgressTracker()
-        self._select = select
-        # The real cycle keeps one warm load-probe child and validates checkpoints as they are
-        # written (supervisor.checkpoints.background_validation); node R >= 1 never validates.
-        self.validator: WarmValidator | None = None
-        if select is select_checkpoint_for_restart and attempts is None and self.config.is_node_zero:
-            self.validator = WarmValidator(self.run_dir.root, config.probe_timeout)
-            self._select = self.validator.select
-            self.attempts.validator = self.validator  # type: ignore[attr-defined]  # offered each new checkpoint
+        wiring = wire(self)
+        self.attempts: Attempts = wiring.attempts
+        self._select = wiring.select
+        self.validator = wiring.validator  # one warm load-probe child, validating checkpoints as written
+        # One directory per node shares nothing: node 0 hosts a TCPStore the nodes agree through.
+        self.coordination = wiring.coordination
         self.remote_store: CheckpointStore | None = None  # --checkpoint-uri, node 0 only (_open_remote)
         self.remote: RemoteSync | None = None  # its background uploader
 
@@ -219,9 +205,7 @@ class Supervisor:
     def _recover_timed(self, result: AttemptResult, validation_started: float) -> int:
         """Recover from a failed attempt (the stalled-failure count), timing it for restart_breakdown."""
         stalled = self.progress.record_failure(self._recover_from(result))
-        timeline = getattr(self.attempts, "timeline", None)  # restart_breakdown (TorchrunAttempts)
-        if timeline is not None:
-            timeline.validation_s = time.monotonic() - validation_started
+        self.attempts.time_recovery(validation_s=time.monotonic() - validation_started)  # restart_breakdown
         return stalled
 
     def _back_off_timed(self, delay_s: float, validation_started: float) -> None:
@@ -229,9 +213,7 @@ class Supervisor:
         backoff_started = time.monotonic()
         # The backoff counts from the end of the attempt: validation already waited part of it.
         self._back_off(delay_s, already_waited_s=backoff_started - validation_started)
-        timeline = getattr(self.attempts, "timeline", None)
-        if timeline is not None:
-            timeline.backoff_s = time.monotonic() - backoff_started
+        self.attempts.time_recovery(backoff_s=time.monotonic() - backoff_started)
 
     def _attempt(self) -> AttemptResult:
         """Run the next attempt, then make supervisor.json name the newest checkpoint on disk."""
@@ -382,7 +364,7 @@ class Supervisor:
             return self._peer_seen
         return None
 
-    def _peer_ended_line(self) -> str | None:
+    def peer_ended_line(self) -> str | None:
         peer = self._peer_ending()
         return peer.describe() if peer is not None else None
 

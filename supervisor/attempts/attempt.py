@@ -31,4 +31,11 @@ class AttemptResult:
 
 
 class Attempts(Protocol):
-    def run(self, number: int) -> AttemptResult: ...
+    def run(self, number: int) -> AttemptResult:
+        """Launch attempt ``number`` and watch it until it ends, however it ends."""
+        ...
+
+    def time_recovery(self, *, validation_s: float | None = None, backoff_s: float | None = None) -> None:
+        """The cycle's share of the restart in progress (checkpoint validation, backoff), for its
+        ``restart_breakdown`` event; an implementation that times no restarts ignores it."""
+        ...

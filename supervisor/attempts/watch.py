@@ -14,7 +14,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 import psutil
 
@@ -144,11 +144,19 @@ class _Live:
         return max(0.0, time.monotonic() - self.tree.launched_mono)
 
 
+class NewCheckpoints(Protocol):
+    """Told of each new checkpoint as the ranks write it (the warm validator of
+    ``supervisor.checkpoints.background_validation``)."""
+
+    def offer(self, newest: str | None, in_flight: set[str]) -> None: ...
+
+
 class TorchrunAttempts:
     """The real ``Attempts``: one torchrun per call to ``run``."""
 
     def __init__(self, config: RunConfig, run_dir: RunDir, journal: Journal, stops: StopRequests,
-                 disk: DiskGuard, peer_ended: Callable[[], str | None] | None = None) -> None:
+                 disk: DiskGuard, peer_ended: Callable[[], str | None] | None = None,
+                 validator: NewCheckpoints | None = None) -> None:
         self.config = config
         # Multi-node: why another node ended the run (its give_up.json), checked every poll.
         self.peer_ended = peer_ended
@@ -165,7 +173,7 @@ class TorchrunAttempts:
         # The restart being timed (run_loop fills validation and backoff); its restart_breakdown
         # event is written once every relaunched rank has done its first step.
         self.timeline: RestartTimeline | None = None
-        self.validator: Any = None  # supervisor.checkpoints.background_validation.WarmValidator, set by the cycle
+        self.validator = validator  # offered each new checkpoint while training goes on
         self._pending_breakdown: RestartTimeline | None = None
 
     # -- timeouts --------------------------------------------------------------------------------
@@ -185,6 +193,14 @@ class TorchrunAttempts:
         return policy.stop_allowance(self.timeouts, self.config.stop_timeout)
 
     # -- one attempt -----------------------------------------------------------------------------
+    def time_recovery(self, *, validation_s: float | None = None, backoff_s: float | None = None) -> None:
+        if self.timeline is None:
+            return
+        if validation_s is not None:
+            self.timeline.validation_s = validation_s
+        if backoff_s is not None:
+            self.timeline.backoff_s = backoff_s
+
     def run(self, number: int) -> AttemptResult:
         log_path = self.run_dir.attempt_log(number)
         argv = torchrun.build_command(self.config)

@@ -308,9 +308,10 @@ def run(log_dir: str, max_restarts: int, nproc_per_node: int, hang_timeout: floa
 def _supervise(config: RunConfig) -> SupervisorExit:
     from supervisor.run_lock import RunLockHeld
     from supervisor.run_loop import RecordUnreadable, Supervisor
+    from supervisor.wiring import production_wiring
 
     try:
-        supervisor = Supervisor(config)
+        supervisor = Supervisor(config, production_wiring)
         supervisor.install_signal_handlers()
         return supervisor.run()
     except RunLockHeld as exc:

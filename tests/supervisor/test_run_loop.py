@@ -19,6 +19,7 @@ from supervisor.checkpoints.checkpoint_selection import CheckpointVerdict, Selec
 from supervisor.policy import BackoffConfig, Outcome, RestartLimits
 from supervisor.run_config import RunConfig
 from supervisor.run_loop import RecordUnreadable, Supervisor
+from supervisor.wiring import scripted_wiring
 
 Script = Callable[[int], AttemptResult]
 
@@ -45,6 +46,9 @@ class ScriptedAttempts:
     def run(self, number: int) -> AttemptResult:
         self.numbers.append(number)
         return self.script.pop(0)(number)
+
+    def time_recovery(self, *, validation_s: float | None = None, backoff_s: float | None = None) -> None:
+        pass  # the real attempts time restarts; a script has none to time
 
 
 class TrustingSelect:
@@ -76,7 +80,7 @@ def make(tmp_path: Path, script: list[Script], *, worker_args: list[str] | None 
     cfg = RunConfig(log_dir=tmp_path, cwd=tmp_path, worker_args=list(worker_args or ["--max_steps", "12"]),
                     backoff=BackoffConfig(initial_s=backoff), **config)
     attempts, reporter, select = ScriptedAttempts(script), RecordingReporter(), TrustingSelect()
-    return Supervisor(cfg, reporter=reporter, attempts=attempts, select=select), attempts, reporter, select
+    return Supervisor(cfg, scripted_wiring(attempts, select), reporter=reporter), attempts, reporter, select
 
 
 def events(tmp_path: Path, name: str | None = None) -> list[dict]:
@@ -201,8 +205,8 @@ def test_a_failing_console_is_noted_once_and_the_run_ends_as_it_would(tmp_path):
             raise BrokenPipeError(32, "Broken pipe")
 
     cfg = RunConfig(log_dir=tmp_path, cwd=tmp_path)
-    sup = Supervisor(cfg, reporter=BrokenConsole(), attempts=ScriptedAttempts([ends(OutcomeKind.STOPPED, code=0)]),
-                     select=TrustingSelect())
+    sup = Supervisor(cfg, scripted_wiring(ScriptedAttempts([ends(OutcomeKind.STOPPED, code=0)]), TrustingSelect()),
+                     reporter=BrokenConsole())
     assert sup.run() == SupervisorExit.STOPPED
     warnings = [e for e in events(tmp_path, "warning") if "console" in e["message"]]
     assert len(warnings) == 1
@@ -227,8 +231,9 @@ def test_a_newer_format_checkpoint_ends_the_run_before_any_launch_with_exit_6(tm
     newer = CheckpointVerdict(tmp_path / "model_00008.pt", False, reason, 8, 1, unsupported_format_version=2)
     cfg = RunConfig(log_dir=tmp_path, cwd=tmp_path, worker_args=["--max_steps", "12"])
     attempts, reporter = ScriptedAttempts([]), RecordingReporter()
-    sup = Supervisor(cfg, reporter=reporter, attempts=attempts,
-                     select=lambda run_dir, **_: Selection(chosen=None, checked=[newer], unsupported=newer))
+    sup = Supervisor(cfg, scripted_wiring(attempts, lambda run_dir, **_: Selection(chosen=None, checked=[newer],
+                                                                                   unsupported=newer)),
+                     reporter=reporter)
     assert sup.run() == SupervisorExit.UNSUPPORTED_FORMAT
     assert attempts.numbers == [] and (tmp_path / "model_00008.pt").exists()
     (ending,) = events(tmp_path, "gave_up")
