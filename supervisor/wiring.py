@@ -63,6 +63,7 @@ def production_wiring(parts: CycleParts) -> Wiring:
     return Wiring(attempts, select, validator, coordination)
 
 
-def scripted_wiring(attempts: Attempts, select: Select) -> Callable[[Any], Wiring]:
-    """A wiring of given attempts and selection (the cycle's tests), no validator, no store."""
-    return lambda _parts: Wiring(attempts, select)
+def scripted_wiring(attempts: Attempts, select: Select,
+                    coordination: node_coordination.NodeCoordination | None = None) -> Callable[[Any], Wiring]:
+    """A wiring of given parts (the cycle's tests): no validator; a coordination store if given."""
+    return lambda _parts: Wiring(attempts, select, coordination=coordination)

@@ -307,7 +307,8 @@ def run(log_dir: str, max_restarts: int, nproc_per_node: int, hang_timeout: floa
 
 def _supervise(config: RunConfig) -> SupervisorExit:
     from supervisor.run_lock import RunLockHeld
-    from supervisor.run_loop import RecordUnreadable, Supervisor
+    from supervisor.run_loop import Supervisor
+    from supervisor.run_start import RecordUnreadable
     from supervisor.wiring import production_wiring
 
     try:

@@ -187,7 +187,7 @@ def test_status_on_node_rs_own_directory_shows_its_supervisor(tmp_path):
 
 
 def test_a_launch_that_finds_the_rendezvous_closed_is_relaunched_without_counting_a_restart(tmp_path, monkeypatch):
-    monkeypatch.setattr("supervisor.run_loop.CLOSED_RENDEZVOUS_WAIT_S", 0.01)
+    monkeypatch.setattr("supervisor.multinode.endings.CLOSED_RENDEZVOUS_WAIT_S", 0.01)
 
     def closed(number: int) -> AttemptResult:
         return AttemptResult(Outcome(OutcomeKind.CRASHED, exit_code=1), "torchrun exit 1", 0.5,

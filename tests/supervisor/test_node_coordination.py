@@ -154,8 +154,7 @@ def test_another_nodes_ending_in_the_store_ends_this_node_with_its_code_and_is_r
                         "reason": "gave up: restart budget exhausted (0/0 restarts used)", "time": time.time()}
         return ends(OutcomeKind.CRASHED, code=1)(number)
 
-    sup, attempts, _, _ = make(tmp_path, [crash_then_node_1_gives_up], multi_node=NODE_0)
-    sup.coordination = store
+    sup, attempts, _, _ = make(tmp_path, [crash_then_node_1_gives_up], multi_node=NODE_0, coordination=store)
     assert sup.run() == SupervisorExit.GAVE_UP
     assert attempts.numbers == [1]
     line = events(tmp_path, "gave_up")[-1]["message"]
@@ -167,16 +166,15 @@ def test_another_nodes_ending_in_the_store_ends_this_node_with_its_code_and_is_r
 def test_an_ending_in_the_store_from_before_this_supervisor_started_is_ignored(tmp_path):
     (tmp_path / "model_00011.pt").write_bytes(b"x")
     store = FakeStore({"node": 1, "state": "gave_up", "exit_code": 3, "reason": "old", "time": time.time() - 60})
-    sup, _, _, _ = make(tmp_path, [ends(OutcomeKind.FINISHED, step=11, last="model_00011.pt")], multi_node=NODE_0)
-    sup.coordination = store
+    sup, _, _, _ = make(tmp_path, [ends(OutcomeKind.FINISHED, step=11, last="model_00011.pt")], multi_node=NODE_0,
+                        coordination=store)
     assert sup.run() == SupervisorExit.FINISHED and store.acknowledged == 0
 
 
 def test_a_node_that_gives_up_announces_it_in_the_file_and_the_store_and_warns_when_unreachable(tmp_path):
     store = FakeStore(reachable=False)
     sup, _, _, _ = make(tmp_path, [ends(OutcomeKind.CRASHED, code=1)], multi_node=NODE_1,
-                        limits=RestartLimits(max_restarts=0, max_no_progress_restarts=0))
-    sup.coordination = store
+                        limits=RestartLimits(max_restarts=0, max_no_progress_restarts=0), coordination=store)
     assert sup.run() == SupervisorExit.GAVE_UP
     marker = json.loads((tmp_path / "give_up.json").read_text())
     assert store.published == [marker] and marker["node"] == 1

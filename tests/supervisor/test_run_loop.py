@@ -18,7 +18,8 @@ from supervisor.attempts.attempt import AttemptResult
 from supervisor.checkpoints.checkpoint_selection import CheckpointVerdict, Selection
 from supervisor.policy import BackoffConfig, Outcome, RestartLimits
 from supervisor.run_config import RunConfig
-from supervisor.run_loop import RecordUnreadable, Supervisor
+from supervisor.run_loop import Supervisor
+from supervisor.run_start import RecordUnreadable
 from supervisor.wiring import scripted_wiring
 
 Script = Callable[[int], AttemptResult]
@@ -75,12 +76,14 @@ def ends(kind: OutcomeKind, *, code: int | None = None, signal: int | None = Non
     return attempt
 
 
-def make(tmp_path: Path, script: list[Script], *, worker_args: list[str] | None = None,
-         backoff: float = 0.0, **config: object) -> tuple[Supervisor, ScriptedAttempts, RecordingReporter, TrustingSelect]:
+def make(tmp_path: Path, script: list[Script], *, worker_args: list[str] | None = None, backoff: float = 0.0,
+         coordination: object = None, **config: object,
+         ) -> tuple[Supervisor, ScriptedAttempts, RecordingReporter, TrustingSelect]:
     cfg = RunConfig(log_dir=tmp_path, cwd=tmp_path, worker_args=list(worker_args or ["--max_steps", "12"]),
                     backoff=BackoffConfig(initial_s=backoff), **config)
     attempts, reporter, select = ScriptedAttempts(script), RecordingReporter(), TrustingSelect()
-    return Supervisor(cfg, scripted_wiring(attempts, select), reporter=reporter), attempts, reporter, select
+    return (Supervisor(cfg, scripted_wiring(attempts, select, coordination), reporter=reporter),  # type: ignore[arg-type]
+            attempts, reporter, select)
 
 
 def events(tmp_path: Path, name: str | None = None) -> list[dict]:

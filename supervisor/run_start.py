@@ -1,0 +1,149 @@
+"""Before the first launch: the run a directory holds, and what an earlier supervisor left.
+
+No worker arguments given: the last accepted ones are reused (paths made absolute); a
+``supervisor.json`` that cannot be read is refused rather than guessed at; the journal begins;
+processes proven to be an earlier (killed) supervisor's workers are stopped first; and a run the
+previous supervisor finished is not launched again.
+"""
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import psutil
+
+from shared.run_dir import RunDir
+from shared.supervisor_state import (
+    SupervisorState,
+    load_supervisor_state,
+    read_supervisor_state,
+)
+from shared.vocabulary import EventKind, SupervisorStateName
+from supervisor import messages, policy
+from supervisor.attempts.attempt import StopRequests
+from supervisor.attempts.orphans import lost_supervisor, stop_orphans, survey_orphans
+from supervisor.journal import CycleState, Journal
+from supervisor.run_config import DEFAULT_WORKER, RunConfig, absolute_path_args
+
+
+class RecordUnreadable(Exception):
+    """``supervisor.json`` exists but cannot be read, and the run's arguments were not given."""
+
+
+def record_unreadable(path: Path) -> str | None:
+    """Why ``path`` (present, yet read as nothing) is unreadable; None when it is absent or fine.
+    The one rule of ``shared.supervisor_state.load_supervisor_state``, so `run` and `status` say the same."""
+    return load_supervisor_state(path).unreadable
+
+
+class RunStart:
+    def __init__(self, config: RunConfig, run_dir: RunDir, journal: Journal, stops: StopRequests) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.journal = journal
+        self.stops = stops
+        self.previous: SupervisorState | None = None  # the supervisor.json found at start-up
+        self.accepted: policy.RecordedRun | None = None  # the run it holds (policy.run_to_reuse)
+        self.reused_line = ""  # "no worker arguments given: reusing ..."
+
+    def begin(self) -> None:
+        previous = read_supervisor_state(self.run_dir.supervisor_state)
+        unreadable = record_unreadable(self.run_dir.supervisor_state) if previous is None else None
+        if unreadable is not None and not self.config.worker_args:  # never the defaults: ask for the arguments
+            raise RecordUnreadable(self._unreadable_line(unreadable))
+        accepted = self._reuse_recorded_run(previous)
+        self.previous, self.accepted = previous, accepted
+        me = psutil.Process()
+        self.journal.attempt = self.run_dir.highest_attempt()
+        self.journal.begin(CycleState(
+            state=SupervisorStateName.STARTING, pid=me.pid, pid_create_time=me.create_time(),
+            hostname=socket.gethostname(), log_dir=str(self.run_dir.root), started_at=time.time(),
+            max_restarts=self.config.limits.max_restarts, run_config=self.config.describe(),
+            accepted_run=accepted.to_dict() if accepted is not None else None,
+            finished_checkpoint=policy.finished_checkpoint(previous.state, previous.newest_checkpoint,
+                                                           previous.finished_checkpoint) if previous else None,
+        ))
+        self.journal.event(EventKind.SUPERVISOR_STARTED, f"supervisor {me.pid} watching {self.run_dir.root}")
+        if unreadable is not None:
+            self.journal.event(EventKind.WARNING, f"the previous supervisor.json was unreadable ({unreadable}); "
+                               "rewritten with this run's arguments")
+        if self.reused_line:
+            self.journal.event(EventKind.CONFIG_CHANGE, self.reused_line, worker_args=self.config.worker_args,
+                               worker_module=self.config.worker_module)
+        if previous is not None:
+            self._kill_orphans(previous)
+
+    def already_finished(self, best_step: int | None) -> bool:
+        """The previous supervisor finished this run and nothing asks for more: launch nothing."""
+        previous, accepted = self.previous, self.accepted
+        # Multi-node: every node must end alike, so each launches and its workers end at once.
+        if previous is None or accepted is None or self.config.multi_node is not None or best_step is None:
+            return False
+        same_run = (list(accepted.worker_args) == self.config.worker_args
+                    and accepted.worker_module == self.config.worker_module)
+        chosen = self.run_dir.checkpoint(best_step).name
+        return policy.already_finished(self.journal.state.finished_checkpoint if self.journal.state else None,
+                                       chosen, same_run)
+
+    def _reuse_recorded_run(self, previous: SupervisorState | None) -> policy.RecordedRun | None:
+        """No worker arguments (no ``--worker``): the ones of the run this directory holds, i.e. the
+        last accepted ones, relative paths made absolute against the directory they were given in."""
+        self.reused_line = ""
+        if previous is None:
+            return None
+        accepted = policy.run_to_reuse(previous.accepted_run, previous.run_config, previous.state, DEFAULT_WORKER)
+        if accepted is None:
+            return None
+        recorded_cwd = previous.run_config.get("cwd")
+        base = Path(recorded_cwd) if isinstance(recorded_cwd, str) and recorded_cwd else self.config.cwd
+        accepted = policy.RecordedRun(tuple(absolute_path_args(list(accepted.worker_args), base)),
+                                      accepted.worker_module)
+        said = []
+        if not self.config.worker_module_given and self.config.worker_module != accepted.worker_module:
+            self.config.worker_module = accepted.worker_module
+            said.append(f"--worker {accepted.worker_module}")
+        if not self.config.worker_args and accepted.worker_args:
+            self.config.worker_args = list(accepted.worker_args)
+            said.append(" ".join(accepted.worker_args))
+        if said:
+            given = "no worker arguments given" if "--worker" not in said[0] or len(said) > 1 else "no --worker given"
+            self.reused_line = f"{given}: reusing the previous run's {' '.join(said)}"
+        return accepted
+
+    def _unreadable_line(self, why: str) -> str:
+        return (f"refusing to start: {self.run_dir.supervisor_state} is unreadable ({why}), so the worker "
+                f"arguments of the run in {self.run_dir.root} are unknown; give them after `--` "
+                f"({messages.run_command(self.run_dir.root, self.config.cwd)} [--worker MODULE] -- ARGS), "
+                "or use a new --log-dir")
+
+    def _kill_orphans(self, previous: SupervisorState) -> None:
+        """Processes an earlier (killed) supervisor of THIS directory left running: stop them first.
+
+        Only processes proven to be this run's are signalled (``supervisor.attempts.orphans``); a stop
+        request to us ends the wait (the second one at once).
+        """
+        lost = lost_supervisor(previous)
+        if lost is not None:
+            self.journal.event(EventKind.WARNING, lost, previous_supervisor=previous.pid)
+        survey = survey_orphans(previous, self.run_dir.root)
+        if survey.left_alone:
+            self.journal.event(EventKind.WARNING, f"not touching {len(survey.left_alone)} live process(es) recorded "
+                               "in supervisor.json: " + "; ".join(f"pid {pid}: {why}" for pid, why in
+                                                                  sorted(survey.left_alone.items())),
+                               pids=sorted(survey.left_alone))
+        if not survey.orphans:
+            return
+        report = stop_orphans(survey, self.run_dir.root, kill_grace_s=self.config.kill_grace,
+                              stop_timeout_s=self._stop_timeout(), stop_forced=lambda: self.stops.forced,
+                              wait=self.stops.sleep)
+        how = f"killed ({report.forced})" if report.forced else "saved and stopped"
+        self.journal.event(EventKind.ORPHANS_KILLED, f"{how}: {len(report.pids)} process(es) left by supervisor "
+                           f"{previous.pid}: {report.pids}", pids=report.pids, forced=report.forced,
+                           survivors=report.survivors, seconds=round(report.seconds, 2))
+
+    def _stop_timeout(self) -> float:
+        """``policy.stop_allowance`` before any attempt: only the newest checkpoint's size is known."""
+        newest = self.run_dir.newest_checkpoint()
+        seen = policy.Measurements(newest_checkpoint_bytes=newest.size if newest else None)
+        return policy.stop_allowance(policy.phase_timeouts(self.config.timeouts, seen), self.config.stop_timeout)
