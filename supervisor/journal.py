@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shared.run_dir import RunDir
-from shared.supervisor_state import JournalWriter, SupervisorState
+from shared.supervisor_state import SupervisorState
 from shared.vocabulary import EventKind
+from supervisor.journal_writer import JournalWriter
 
 
-class Reporter(Protocol):
+class Console(Protocol):
     """The console: a progress view refreshed each interval, and one line per event."""
 
     def update(self, snapshot: Any) -> None: ...
@@ -43,7 +44,7 @@ class Journal:
     the run directory cannot be written they wait in memory (one console line says so) and go out
     in order once it can; supervising never stops for it."""
 
-    def __init__(self, run_dir: RunDir, reporter: Reporter, node: int | None = None) -> None:
+    def __init__(self, run_dir: RunDir, reporter: Console, node: int | None = None) -> None:
         self.run_dir = run_dir
         self.reporter = reporter
         self.node = node  # multi-node: every event names its node (one events.jsonl may serve them all)

@@ -1,7 +1,7 @@
 """The Supervisor: validate -> launch -> watch -> dispatch on the outcome -> decide -> back off.
 
 This is the only stateful, time-driven piece of ``gpt2sup run``, and it only sequences: the
-decisions are ``policy``'s, launching and watching one attempt is ``watch.TorchrunAttempts``'s
+decisions are ``policy``'s, launching and watching one attempt is ``torchrun_attempts.TorchrunAttempts``'s
 (injectable, so the cycle is unit-tested with scripted attempts), judging checkpoints is
 ``checkpoint_selection``'s, disk space is ``DiskGuard``'s, the wording is ``messages``'s, and
 every record of what happened goes through ``self.journal``.
@@ -18,14 +18,14 @@ from shared.supervisor_state import (
 )
 from shared.vocabulary import EventKind, OutcomeKind, SupervisorStateName
 from supervisor import messages, policy
-from supervisor.attempts.attempt import AttemptResult, Attempts, StopRequests
+from supervisor.attempts.attempt import AttemptResult, Attempts
 from supervisor.attempts.orphans import (
     find_foreign_trainers,
 )
 from supervisor.checkpoints.disk_guard import DiskGuard
 from supervisor.checkpoints.remote_checkpoints import RemoteCheckpoints
 from supervisor.checkpoints.resume_choice import ResumeChoice, UnsupportedCheckpoint
-from supervisor.journal import Journal, Reporter
+from supervisor.journal import Console, Journal
 from supervisor.multinode.endings import NodeEndings
 from supervisor.run_config import (
     DEFAULT_WORKER,
@@ -34,7 +34,7 @@ from supervisor.run_config import (
 )
 from supervisor.run_lock import RunLock
 from supervisor.run_start import RunStart
-from supervisor.stop_signals import StopRequested
+from supervisor.stop_signals import StopRequested, StopSignals
 from supervisor.wiring import Wiring
 
 __all__ = ["DEFAULT_WORKER", "MultiNode", "RunConfig", "Supervisor"]
@@ -42,7 +42,7 @@ __all__ = ["DEFAULT_WORKER", "MultiNode", "RunConfig", "Supervisor"]
 class Supervisor:
     """One supervisor for one run directory; ``run()`` returns a ``SupervisorExit``."""
 
-    def __init__(self, config: RunConfig, wire: Callable[[Supervisor], Wiring], reporter: Reporter | None = None) -> None:
+    def __init__(self, config: RunConfig, wire: Callable[[Supervisor], Wiring], reporter: Console | None = None) -> None:
         """``wire``: what the cycle is plugged into, built from this supervisor's parts
         (``supervisor.wiring.production_wiring`` from ``gpt2sup run``; scripted fakes in tests)."""
         if reporter is None:
@@ -56,7 +56,7 @@ class Supervisor:
         self.run_dir = RunDir.at(config.log_dir, self.node)
         self.journal = Journal(self.run_dir, reporter, node=self.node)
         self.lock = RunLock(self.run_dir.supervisor_lock)
-        self.stops = StopRequests()
+        self.stops = StopSignals()
         self.disk = DiskGuard(self.run_dir, config, self.journal)
         self.progress = policy.ProgressTracker()
         wiring = wire(self)

@@ -21,10 +21,10 @@ from shared.supervisor_state import (
 )
 from shared.vocabulary import EventKind, SupervisorStateName
 from supervisor import messages, policy
-from supervisor.attempts.attempt import StopRequests
 from supervisor.attempts.orphans import lost_supervisor, stop_orphans, survey_orphans
 from supervisor.journal import CycleState, Journal
 from supervisor.run_config import DEFAULT_WORKER, RunConfig, absolute_path_args
+from supervisor.stop_signals import StopSignals
 
 
 class RecordUnreadable(Exception):
@@ -38,7 +38,7 @@ def record_unreadable(path: Path) -> str | None:
 
 
 class RunStart:
-    def __init__(self, config: RunConfig, run_dir: RunDir, journal: Journal, stops: StopRequests) -> None:
+    def __init__(self, config: RunConfig, run_dir: RunDir, journal: Journal, stops: StopSignals) -> None:
         self.config = config
         self.run_dir = run_dir
         self.journal = journal

@@ -13,8 +13,8 @@ from typing import Any, Protocol
 
 from shared.run_dir import RunDir
 from shared.vocabulary import EventKind
-from supervisor.attempts.attempt import Attempts, StopRequests
-from supervisor.attempts.watch import TorchrunAttempts
+from supervisor.attempts.attempt import Attempts
+from supervisor.attempts.torchrun_attempts import TorchrunAttempts
 from supervisor.checkpoints.background_validation import WarmValidator
 from supervisor.checkpoints.checkpoint_selection import (
     Selection,
@@ -24,6 +24,7 @@ from supervisor.checkpoints.disk_guard import DiskGuard
 from supervisor.journal import Journal
 from supervisor.multinode import node_coordination
 from supervisor.run_config import RunConfig
+from supervisor.stop_signals import StopSignals
 
 Select = Callable[..., Selection]
 
@@ -42,7 +43,7 @@ class CycleParts(Protocol):
     config: RunConfig
     run_dir: RunDir
     journal: Journal
-    stops: StopRequests
+    stops: StopSignals
     disk: DiskGuard
     node: int | None
 

@@ -1,7 +1,7 @@
 """One launch attempt as the cycle sees it: ``Attempts.run(n) -> AttemptResult``.
 
 The cycle (``run_loop``) only needs "run attempt n and tell me how it ended"; the real
-implementation launches torchrun and watches it (``supervisor.attempts.watch``), tests pass a fake that
+implementation launches torchrun and watches it (``supervisor.attempts.torchrun_attempts``), tests pass a fake that
 returns scripted endings. This is the seam torch elastic draws with ``_start_workers`` /
 ``_monitor_workers``.
 """
@@ -11,9 +11,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from supervisor.policy import Outcome
-from supervisor.stop_signals import StopSignals as StopRequests
-
-__all__ = ["AttemptResult", "Attempts", "StopRequests"]
 
 
 @dataclass

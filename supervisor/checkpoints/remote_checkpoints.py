@@ -22,11 +22,11 @@ from supervisor.checkpoints.checkpoint_selection import Selection
 from supervisor.checkpoints.remote_sync import RemoteSync
 from supervisor.journal import Journal
 from supervisor.run_config import RunConfig
-from supervisor.stop_signals import StopSignals as StopRequests
+from supervisor.stop_signals import StopSignals
 
 
 class RemoteCheckpoints:
-    def __init__(self, config: RunConfig, run_dir: RunDir, journal: Journal, stops: StopRequests,
+    def __init__(self, config: RunConfig, run_dir: RunDir, journal: Journal, stops: StopSignals,
                  select: Callable[..., Selection]) -> None:
         self.config = config
         self.run_dir = run_dir

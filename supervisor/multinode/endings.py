@@ -18,17 +18,18 @@ from shared.exit_codes import SupervisorExit
 from shared.run_dir import RunDir
 from shared.vocabulary import EventKind, SupervisorStateName
 from supervisor import policy
-from supervisor.attempts.attempt import AttemptResult, StopRequests
+from supervisor.attempts.attempt import AttemptResult
 from supervisor.journal import Journal
 from supervisor.multinode.node_coordination import NodeCoordination
 from supervisor.run_config import RunConfig
+from supervisor.stop_signals import StopSignals
 
 # Between launches that found the rendezvous closed (see NodeEndings.stale_rendezvous).
 CLOSED_RENDEZVOUS_WAIT_S = 2.0
 
 
 class NodeEndings:
-    def __init__(self, config: RunConfig, run_dir: RunDir, journal: Journal, stops: StopRequests,
+    def __init__(self, config: RunConfig, run_dir: RunDir, journal: Journal, stops: StopSignals,
                  coordination: NodeCoordination | None) -> None:
         self.config = config
         self.node = config.node

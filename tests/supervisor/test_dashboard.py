@@ -11,12 +11,12 @@ from pathlib import Path
 import psutil
 from rich.console import Console
 
+from shared.events import append_event
 from shared.heartbeat import Heartbeat
 from shared.run_dir import RunDir
 from shared.supervisor_state import (
     FailureRecord,
     SupervisorState,
-    append_event,
 )
 from supervisor.views.dashboard import (
     LiveReporter,

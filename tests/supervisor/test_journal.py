@@ -19,11 +19,8 @@ import pytest
 
 from bench.disk_fill import MountRefused, fill_disk, mounted_tmpfs
 from shared.atomic_io import append_jsonl
-from shared.supervisor_state import (
-    JournalWriter,
-    SupervisorState,
-    read_supervisor_state,
-)
+from shared.supervisor_state import SupervisorState, read_supervisor_state
+from supervisor.journal_writer import JournalWriter
 
 NOBODY = 65534
 

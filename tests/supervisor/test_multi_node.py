@@ -230,19 +230,19 @@ def _watching(tmp_path: Path, node: int):
     import socket
     from types import SimpleNamespace
 
-    from supervisor.attempts.attempt import StopRequests
-    from supervisor.attempts.watch import TorchrunAttempts, _Live
+    from supervisor.attempts.torchrun_attempts import TorchrunAttempts, _Live
     from supervisor.checkpoints.disk_guard import DiskGuard
     from supervisor.journal import CycleState, Journal
     from supervisor.run_config import RunConfig
-    from tests.supervisor.test_watch import Quiet
+    from supervisor.stop_signals import StopSignals
+    from tests.supervisor.test_torchrun_attempts import Quiet
 
     run = RunDir.at(tmp_path, node)
     config = RunConfig(log_dir=tmp_path, cwd=tmp_path, multi_node=MultiNode("2", node, "127.0.0.1:29500"))
     journal = Journal(run, Quiet(), node=node)
     journal.begin(CycleState(state="running", pid=1, pid_create_time=0.0, hostname="h", log_dir=str(tmp_path),
                              started_at=0.0))
-    attempts = TorchrunAttempts(config, run, journal, StopRequests(), DiskGuard(run, config, journal))
+    attempts = TorchrunAttempts(config, run, journal, StopSignals(), DiskGuard(run, config, journal))
     tree = SimpleNamespace(launched_at=time.time() - 1.0, known={100: object()})  # our rank's pid is 100
     return attempts, _Live(tree=tree), socket.gethostname()  # type: ignore[arg-type]
 

@@ -22,13 +22,13 @@ import pytest
 from click.testing import CliRunner
 
 from shared.atomic_io import read_jsonl
+from shared.events import append_event
 from shared.heartbeat import Heartbeat
 from shared.heartbeat import write_heartbeat as shared_write_heartbeat
 from shared.run_dir import RunDir
 from shared.supervisor_state import (
     FailureRecord,
     SupervisorState,
-    append_event,
 )
 from supervisor.commands.status_cmd import status
 from supervisor.views.snapshot import collect_snapshot

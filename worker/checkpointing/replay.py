@@ -176,7 +176,7 @@ def _bitwise_equal(a: float, b: float) -> bool:
 
 def event_publisher(events_path: Path, say: Callable[[str], None]) -> Callable[[ReplayReport], None]:
     """``on_report`` for the worker: print the line and append one ``replay_check`` event."""
-    from shared.supervisor_state import append_event
+    from shared.events import append_event
     from shared.vocabulary import EventKind
 
     def publish(report: ReplayReport) -> None:

@@ -8,12 +8,12 @@ from types import SimpleNamespace
 
 from shared.heartbeat import Heartbeat, write_heartbeat
 from shared.run_dir import RunDir
-from supervisor.attempts.attempt import StopRequests
-from supervisor.attempts.watch import TorchrunAttempts, _Live
+from supervisor.attempts.torchrun_attempts import TorchrunAttempts, _Live
 from supervisor.checkpoints.disk_guard import DiskGuard
 from supervisor.journal import CycleState, Journal
 from supervisor.policy import TimeoutConfig
 from supervisor.run_config import RunConfig
+from supervisor.stop_signals import StopSignals
 
 
 class Quiet:
@@ -33,7 +33,7 @@ def _attempts(tmp_path, **timeouts: float) -> tuple[TorchrunAttempts, _Live, Run
     journal = Journal(run, Quiet())
     journal.begin(CycleState(state="running", pid=1, pid_create_time=0.0, hostname="h", log_dir=str(tmp_path),
                              started_at=0.0))
-    attempts = TorchrunAttempts(config, run, journal, StopRequests(), DiskGuard(run, config, journal))
+    attempts = TorchrunAttempts(config, run, journal, StopSignals(), DiskGuard(run, config, journal))
     tree = SimpleNamespace(launched_at=time.time() - 1.0, launched_mono=time.monotonic() - 1.0)
     live = _Live(tree=tree, attempt_id="this-attempt")  # type: ignore[arg-type]
     return attempts, live, run

@@ -24,7 +24,7 @@ from shared.supervisor_state import ProcessRecord
 from shared.vocabulary import EventKind, OutcomeKind, RankStatus, SupervisorStateName
 from supervisor import messages, policy
 from supervisor.attempts import torchrun
-from supervisor.attempts.attempt import AttemptResult, StopRequests
+from supervisor.attempts.attempt import AttemptResult
 from supervisor.attempts.evidence import capture_hang_evidence
 from supervisor.attempts.memory_cgroup import OomWatch
 from supervisor.attempts.process_tree import (
@@ -48,7 +48,7 @@ from supervisor.attempts.restart_timing import (
 from supervisor.checkpoints.disk_guard import DiskGuard
 from supervisor.journal import Journal
 from supervisor.run_config import RunConfig
-from supervisor.stop_signals import clear_stop_request, mark_stop_request
+from supervisor.stop_signals import StopSignals, clear_stop_request, mark_stop_request
 
 # After torchrun exits, how long stray descendants get before the tree is killed.
 EXIT_STRAGGLER_GRACE_S = 2.0
@@ -154,7 +154,7 @@ class NewCheckpoints(Protocol):
 class TorchrunAttempts:
     """The real ``Attempts``: one torchrun per call to ``run``."""
 
-    def __init__(self, config: RunConfig, run_dir: RunDir, journal: Journal, stops: StopRequests,
+    def __init__(self, config: RunConfig, run_dir: RunDir, journal: Journal, stops: StopSignals,
                  disk: DiskGuard, peer_ended: Callable[[], str | None] | None = None,
                  validator: NewCheckpoints | None = None) -> None:
         self.config = config
