@@ -27,7 +27,7 @@ MARKDOWN = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
 # `supervisor/test_x.py::test_name`, `tests/supervisor/test_x.py`, `bench/chaos_soak.py`: a file of
 # ours (a test module, or a bench script) and optionally a function in it.
 TEST_REF = re.compile(
-    r"(?<![\w/.])((?:tests/)?(?:supervisor|worker|shared)/test_\w+\.py|tests/[\w/]+\.py|bench/\w+\.py)"
+    r"(?<![\w/.])((?:tests/)?(?:supervisor|worker|shared)/(?:\w+/)?test_\w+\.py|tests/[\w/]+\.py|bench/\w+\.py)"
     r"(?:::(\w+))?")
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
@@ -159,8 +159,8 @@ def test_every_relative_link_resolves(document: Path) -> None:
 
 
 def test_the_checks_catch_a_missing_test_and_a_missing_row() -> None:
-    assert ref_problem("supervisor/test_policy.py", "test_permanent_worker_exits_give_up_at_once") is None
-    assert ref_problem("supervisor/test_policy.py", "test_no_such_thing") is not None
+    assert ref_problem("supervisor/policy/test_policy.py", "test_permanent_worker_exits_give_up_at_once") is None
+    assert ref_problem("supervisor/policy/test_policy.py", "test_no_such_thing") is not None
     assert ref_problem("supervisor/test_no_such_file.py", None) is not None
     assert named_tests("`tests/supervisor/test_chaos_soak.py::test_a` and `bench/chaos_soak.py`") == [
         ("tests/supervisor/test_chaos_soak.py", "test_a"), ("bench/chaos_soak.py", None)]

@@ -23,7 +23,7 @@ from worker.data.shards import (
     validate_loader_state,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def write_shards(directory: Path, train_sizes: list[int], val_size: int = 300) -> list[np.ndarray]:

@@ -132,7 +132,7 @@ time.sleep(30)
 print("still alive")
 """
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True, check=False,
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[3], capture_output=True, check=False,
                           text=True, timeout=60)
     assert done.returncode == 1 and "still alive" not in done.stdout, done.stderr
     assert time.monotonic() - started < 20
@@ -150,7 +150,7 @@ import atexit
 atexit.register(lambda: print("atexit ran"))
 raise RuntimeError("Connection closed by peer [127.0.0.1]:1")
 """
-    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True, check=False,
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[3], capture_output=True, check=False,
                           text=True, timeout=60)
     assert done.returncode == 1
     assert "Connection closed by peer" in done.stderr and "Traceback" in done.stderr

@@ -235,7 +235,7 @@ def _watching(tmp_path: Path, node: int):
     from supervisor.journal import CycleState, Journal
     from supervisor.run_config import RunConfig
     from supervisor.stop_signals import StopSignals
-    from tests.supervisor.test_torchrun_attempts import Quiet
+    from tests.supervisor.attempts.test_torchrun_attempts import Quiet
 
     run = RunDir.at(tmp_path, node)
     config = RunConfig(log_dir=tmp_path, cwd=tmp_path, multi_node=MultiNode("2", node, "127.0.0.1:29500"))

@@ -9,7 +9,7 @@ import pytest
 
 from shared.compile_cache import use_run_dir_compile_cache
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_the_cache_goes_into_the_run_directory_unless_one_is_set(tmp_path):

@@ -35,7 +35,7 @@ from supervisor.views.snapshot import collect_snapshot
 from tests.supervisor.helpers import NO_TORCH_MAIN, write_supervisor_state
 from tests.supervisor.helpers import write_heartbeat_as_of_its_time as write_heartbeat
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 # Runs the real console entry point with torch made unimportable: any import of torch on the
 # status path raises, which gives a traceback and a non-zero exit.

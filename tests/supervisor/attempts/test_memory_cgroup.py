@@ -25,7 +25,7 @@ from supervisor.attempts.memory_cgroup import (
     parse_proc_cgroup,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 MiB = 1024 * 1024
 
 V1_PROC_CGROUP = """12:pids:/slurm/uid_0/job_7/step_0

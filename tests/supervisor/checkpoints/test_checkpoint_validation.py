@@ -43,7 +43,7 @@ from tests.checkpoint_factory import (
 # Real training processes or probe children: the end-to-end layer, run by CI, not the inner loop.
 pytestmark = pytest.mark.slow
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from tests.checkpoint_factory import (
     write_hostile_pickle,
 )
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 EXPORTED_FILES = {"config.json", "generation_config.json", MODEL_FILE, "vocab.json", "merges.txt",
                   "tokenizer_config.json", "special_tokens_map.json"}
 
