@@ -3,6 +3,7 @@ on the CPU with a tiny model: both throughput runs, the reference, and a crash a
 ``gpt2sup run`` whose losses and final weights it compares bit for bit."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -25,8 +26,15 @@ def test_gpu_smoke_runs_end_to_end_on_cpu_and_finds_the_resume_bitwise(tmp_path)
     assert "BITWISE EQUAL: 10 losses and the final weights" in done.stdout
     assert "MFU" in done.stdout
     assert (tmp_path / "work" / "crashed_once").exists()  # the crash really happened
-    attempts = (tmp_path / "work" / "supervised.log").read_text()
-    assert "restart" in attempts.lower()
+    # The supervised run's own journal: one crash, one restart from a validated checkpoint at or
+    # before the crash step, and a clean finish.
+    events = [json.loads(line) for line in (tmp_path / "work" / "supervised" / "events.jsonl").read_text().splitlines()]
+    kinds = [event["event"] for event in events]
+    assert kinds.count("crashed") == 1 and kinds.count("restarted") == 1, kinds
+    assert kinds.index("crashed") < kinds.index("restarted") and kinds[-1] == "finished", kinds
+    resumed = [e for e in events[kinds.index("crashed"):] if e["event"] == "checkpoint_valid"]
+    assert resumed and resumed[0].get("step") is not None and resumed[0]["step"] <= 4, resumed
+    assert events[-1]["exit_code"] == 0
 
 
 def test_gpu_smoke_refuses_a_crash_step_outside_the_run(tmp_path):
