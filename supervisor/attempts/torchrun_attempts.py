@@ -18,7 +18,7 @@ from typing import Protocol
 
 import psutil
 
-from shared.heartbeat import Heartbeat, read_heartbeat
+from shared.heartbeat import Heartbeat
 from shared.run_dir import RunDir, step_from_checkpoint_name
 from shared.supervisor_state import ProcessRecord
 from shared.vocabulary import EventKind, OutcomeKind, RankStatus, SupervisorStateName
@@ -26,6 +26,7 @@ from supervisor import messages, policy
 from supervisor.attempts import torchrun
 from supervisor.attempts.attempt import AttemptResult
 from supervisor.attempts.evidence import capture_hang_evidence
+from supervisor.attempts.heartbeat_reader import HeartbeatReader
 from supervisor.attempts.memory_cgroup import OomWatch
 from supervisor.attempts.process_tree import (
     DeathWatch,
@@ -82,12 +83,6 @@ def process_records(tree: LaunchedTree | None) -> list[ProcessRecord]:
     return [ProcessRecord(pid=ident.pid, create_time=ident.create_time, role=role) for ident, role in tree.identities()]
 
 
-def beat_key(hb: Heartbeat) -> tuple[object, ...]:
-    """What tells one beat from the next: every rewrite changes it (``seq``; for a worker that
-    writes none, its own time and progress). Only equality is used, never the clock's value."""
-    return (hb.pid, hb.attempt_id, hb.seq, hb.time, hb.step, hb.phase, hb.status)
-
-
 def new_attempt_id(number: int) -> str:
     """Unique per launch: this supervisor, the attempt number, and a random part (a supervisor
     restarted on the same directory counts its attempts again)."""
@@ -95,24 +90,12 @@ def new_attempt_id(number: int) -> str:
 
 
 @dataclass
-class _Seen:
-    """A beat's content and when THIS supervisor first saw it (its own ``time.monotonic()``)."""
-
-    key: tuple[object, ...]
-    at: float
-
-
-@dataclass
 class _Live:
     """What is known about the attempt being watched."""
 
     tree: LaunchedTree
+    heartbeats: HeartbeatReader  # the ranks' beats as this attempt sees them
     oom: OomWatch | None = None  # the OOM counters of the ranks' (and our) memory cgroups
-    attempt_id: str = ""  # handed to the ranks (ATTEMPT_ID_ENV); their beats carry it back
-    at_launch: dict[str, tuple[object, ...]] = field(default_factory=dict)  # file name -> beat_key before launch
-    seen: dict[int, _Seen] = field(default_factory=dict)  # per rank: its newest beat, first seen when
-    beats: dict[int, Heartbeat] = field(default_factory=dict)  # last GOOD heartbeat per rank
-    missing_warned: set[int] = field(default_factory=set)
     stop_sent_at: float | None = None
     stop_requests_noted: int = 0  # plain stop requests already acknowledged in the journal
     workers_started_at: float | None = None  # when torchrun's ranks were first seen
@@ -121,24 +104,36 @@ class _Live:
     ranks: list[psutil.Process] = field(default_factory=list)  # torchrun's children, as last seen
     died_at: float | None = None  # the first rank's death (or a hung rank's last beat): restart_breakdown
     noticed_at: float | None = None  # when this supervisor knew
-    # Multi-node, one shared directory: the other nodes' ranks' last beats (theirs to judge; compared
-    # with ours only to find stragglers), and the hosts announced as slow nodes.
-    peers: dict[int, Heartbeat] = field(default_factory=dict)
-    slow_hosts: set[str] = field(default_factory=set)
+    slow_hosts: set[str] = field(default_factory=set)  # hosts announced as slow nodes
+
+    @property
+    def reader(self) -> HeartbeatReader:
+        return self.heartbeats
+
+    @property
+    def attempt_id(self) -> str:
+        return self.reader.attempt_id
+
+    @property
+    def beats(self) -> dict[int, Heartbeat]:
+        """The last GOOD heartbeat per rank of this attempt."""
+        return self.reader.beats
+
+    @property
+    def peers(self) -> dict[int, Heartbeat]:
+        """Multi-node, one shared directory: the other nodes' ranks' last beats (theirs to judge;
+        compared with ours only to find stragglers)."""
+        return self.reader.peers
 
     @property
     def last_step(self) -> int | None:
-        steps = [b.step for b in self.beats.values() if b.step >= 0]
-        return max(steps) if steps else None
+        return self.reader.last_step
 
     def silent_s(self, rank: int, now: float | None = None) -> float:
-        """Seconds since this supervisor first saw rank's newest beat, by its own monotonic clock."""
-        seen = self.seen.get(rank)
-        return 0.0 if seen is None else max(0.0, (time.monotonic() if now is None else now) - seen.at)
+        return self.reader.silent_s(rank, now)
 
     def beat_wall_time(self, rank: int) -> float:
-        """When rank's newest beat arrived, on this supervisor's wall clock (for its records)."""
-        return time.time() - self.silent_s(rank)
+        return self.reader.beat_wall_time(rank)
 
     def elapsed_s(self) -> float:
         return max(0.0, time.monotonic() - self.tree.launched_mono)
@@ -208,7 +203,7 @@ class TorchrunAttempts:
         oom = OomWatch()
         oom.learn([os.getpid()])  # our own cgroup (a SLURM job's, a pod's): the ranks start in it
         attempt_id = new_attempt_id(number)
-        at_launch = self._beats_on_disk()
+        at_launch = HeartbeatReader.on_disk(self.run_dir)
         try:
             tree = launch(argv, cwd=self.config.cwd, env=torchrun.build_env(self.config, attempt_id=attempt_id),
                           log_path=log_path)
@@ -224,7 +219,8 @@ class TorchrunAttempts:
             f"log {log_path.relative_to(self.run_dir.root)}",
             pid=tree.pid, argv=argv,
         )
-        live = _Live(tree, oom, attempt_id=attempt_id, at_launch=at_launch, deaths=DeathWatch(self.stops.wake))
+        live = _Live(tree, HeartbeatReader(self.run_dir, attempt_id, at_launch), oom,
+                     deaths=DeathWatch(self.stops.wake))
         if self.timeline is not None:
             self.timeline.launched_at = tree.launched_at
             self._pending_breakdown, self.timeline = self.timeline, None
@@ -341,15 +337,6 @@ class TorchrunAttempts:
         phases = breakdown(pending, latest_milestones(startups, pending.launched_at))
         self.journal.event(EventKind.RESTART_BREAKDOWN, describe(phases), phases=phases)
 
-    def _beats_on_disk(self) -> dict[str, tuple[object, ...]]:
-        """The heartbeat files' contents before a launch: a beat unchanged since then is a leftover."""
-        found = {}
-        for path in self.run_dir.list_heartbeats():
-            hb = read_heartbeat(path)
-            if hb is not None:
-                found[path.name] = beat_key(hb)
-        return found
-
     def _clock_offset(self, live: _Live, rank: int, beat: Heartbeat) -> float:
         """How far rank's wall clock runs ahead of this supervisor's, measured by its newest beat
         (its own time against when it was first seen here); 0 while the two agree within a poll
@@ -359,37 +346,13 @@ class TorchrunAttempts:
         return offset if abs(offset) > self.config.monitor_interval + CLOCKS_AGREE_S else 0.0
 
     def _read_heartbeats(self, live: _Live) -> None:
-        """Keep the last good heartbeat per rank: an unreadable or vanished file is not a verdict.
-
-        A half-written or garbage file, or a deleted heartbeat/ directory, must never look like
-        silence (that killed healthy attempts); only the age of the last good beat decides.
-
-        No clock decides here: a beat belongs to this attempt by the attempt id it carries (or, from
-        a worker that writes none, by having changed since the launch), and its age is the time
-        since THIS supervisor first saw its content, on its own monotonic clock. Ranks whose clock
-        is hours off, or a step of the machine's clock, change neither.
-        """
-        present: set[int] = set()
-        for path in self.run_dir.list_heartbeats():
-            hb = read_heartbeat(path)
-            if hb is None:  # unreadable or malformed (validated once, in shared.heartbeat)
-                continue
-            key = beat_key(hb)
-            changed = key != live.at_launch.get(path.name)
-            if changed and self._another_nodes(hb, live):
-                live.peers[hb.rank] = hb
-                live.beats.pop(hb.rank, None)  # c10d moved this global rank to another node
-                live.seen.pop(hb.rank, None)
-                continue
-            live.peers.pop(hb.rank, None)
-            present.add(hb.rank)
-            if not policy.beat_of_attempt(hb.attempt_id, live.attempt_id, changed):
-                continue  # a leftover of an earlier attempt
-            seen = live.seen.get(hb.rank)
-            if seen is None or seen.key != key:
-                live.seen[hb.rank] = _Seen(key, time.monotonic())
-            live.beats[hb.rank] = hb
-            live.missing_warned.discard(hb.rank)
+        """Read the ranks' beats (``HeartbeatReader.read``: the last good one kept per rank, tied
+        to this attempt by its id, aged on this supervisor's own clock), then what the beats tell:
+        the slowest save and eval, the step pace, a new checkpoint to validate, stragglers."""
+        for rank in live.reader.read(lambda hb: self._another_nodes(hb, live)):
+            self.journal.event(EventKind.WARNING, f"heartbeat of rank {rank} disappeared or is unreadable; "
+                               "judging it by its last good beat", rank=rank)
+        for hb in live.beats.values():
             self.slowest_save_s = policy.slowest(self.slowest_save_s, hb.save_seconds)
             self.slowest_eval_s = policy.slowest(self.slowest_eval_s, hb.eval_seconds)
         if live.beats:
@@ -402,10 +365,6 @@ class TorchrunAttempts:
                 writing = {b.save_in_flight or "" for b in live.beats.values()}
                 newest = max(named, key=lambda n: step_from_checkpoint_name(n) or -1) if named else None
                 self.validator.offer(newest, writing)
-        for rank in sorted(set(live.beats) - present - live.missing_warned):
-            live.missing_warned.add(rank)
-            self.journal.event(EventKind.WARNING, f"heartbeat of rank {rank} disappeared or is unreadable; "
-                               "judging it by its last good beat", rank=rank)
         self._note_stragglers(live)
 
     def _another_nodes(self, hb: Heartbeat, live: _Live) -> bool:
@@ -515,7 +474,7 @@ class TorchrunAttempts:
                                                   live.workers_started_at is not None)
                 return self._kill_hung(live, OutcomeKind.STARTUP_TIMEOUT, reason, rank=None, step=None)
             return None
-        rank_beats = [policy.RankBeat(rank=r, phase=b.phase, time=live.seen[r].at, status=b.status, step=b.step)
+        rank_beats = [policy.RankBeat(rank=r, phase=b.phase, time=live.reader.seen[r].at, status=b.status, step=b.step)
                       for r, b in live.beats.items()]
         hung = policy.find_hung_rank(rank_beats, now, self.timeouts)
         if hung is None:

@@ -14,7 +14,7 @@ Each module of ``shared/`` and the tests that cover it (paths under ``tests/``):
 - ``hf_gpt2``: ``supervisor/commands/test_export_cli.py``, ``worker/test_hf_interop.py``
 - ``hf_tokenizer``: ``worker/test_hf_interop.py``
 - ``process_identity``: ``supervisor/attempts/test_orphans.py``, ``supervisor/attempts/test_process_tree.py``, ``supervisor/test_resilience_e2e.py`` (and 1 more)
-- ``run_dir``: ``shared/test_scan_checkpoints.py``, ``supervisor/attempts/test_process_tree.py``, ``supervisor/attempts/test_torchrun_attempts.py`` (and 19 more)
+- ``run_dir``: ``shared/test_scan_checkpoints.py``, ``supervisor/attempts/test_heartbeat_reader.py``, ``supervisor/attempts/test_process_tree.py`` (and 20 more)
 - ``run_identity``: ``shared/test_run_identity.py``
 - ``supervisor_state``: ``supervisor/attempts/test_orphans.py``, ``supervisor/multinode/test_multi_node.py``, ``supervisor/test_journal.py`` (and 3 more)
 - ``tokenizer``: ``shared/test_tokenizer.py``

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 from shared.heartbeat import Heartbeat, write_heartbeat
 from shared.run_dir import RunDir
+from supervisor.attempts.heartbeat_reader import HeartbeatReader
 from supervisor.attempts.torchrun_attempts import TorchrunAttempts, _Live
 from supervisor.checkpoints.disk_guard import DiskGuard
 from supervisor.journal import CycleState, Journal
@@ -35,7 +36,7 @@ def _attempts(tmp_path, **timeouts: float) -> tuple[TorchrunAttempts, _Live, Run
                              started_at=0.0))
     attempts = TorchrunAttempts(config, run, journal, StopSignals(), DiskGuard(run, config, journal))
     tree = SimpleNamespace(launched_at=time.time() - 1.0, launched_mono=time.monotonic() - 1.0)
-    live = _Live(tree=tree, attempt_id="this-attempt")  # type: ignore[arg-type]
+    live = _Live(tree=tree, heartbeats=HeartbeatReader(run, "this-attempt"))  # type: ignore[arg-type]
     return attempts, live, run
 
 
@@ -68,7 +69,7 @@ def test_heartbeats_of_an_earlier_attempt_are_not_this_attempts(tmp_path):
     attempts, live, run = _attempts(tmp_path)
     old = Heartbeat(pid=1, rank=0, world_size=1, step=50, phase="train", time=live.tree.launched_at - 60)
     write_heartbeat(run.heartbeat(0), old)
-    live.at_launch = attempts._beats_on_disk()  # on disk before the launch, as the real launch records
+    live.heartbeats.at_launch = HeartbeatReader.on_disk(run)  # on disk before the launch, as the real launch records
     # ... and one written after the launch by a straggler of another attempt, its clock ahead
     write_heartbeat(run.heartbeat(1), Heartbeat(pid=2, rank=1, world_size=2, step=51, phase="train",
                                                 time=time.time() + 3600, attempt_id="an-earlier-attempt"))
@@ -88,7 +89,7 @@ def test_a_beat_of_this_attempt_counts_whatever_its_ranks_clock_says(tmp_path):
     attempts._read_heartbeats(live)
     assert set(live.beats) == {0, 1}
     assert live.silent_s(0) < 1.0 and live.silent_s(1) < 1.0
-    live.seen[1].at -= 30.0  # rank 1 wrote nothing new for 30 s of the supervisor's own clock
+    live.heartbeats.seen[1].at -= 30.0  # rank 1 wrote nothing new for 30 s of the supervisor's own clock
     attempts._read_heartbeats(live)  # same content: its age is not reset
     assert live.silent_s(1) >= 30.0 and live.silent_s(0) < 1.0
 

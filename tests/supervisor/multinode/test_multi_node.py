@@ -230,6 +230,7 @@ def _watching(tmp_path: Path, node: int):
     import socket
     from types import SimpleNamespace
 
+    from supervisor.attempts.heartbeat_reader import HeartbeatReader
     from supervisor.attempts.torchrun_attempts import TorchrunAttempts, _Live
     from supervisor.checkpoints.disk_guard import DiskGuard
     from supervisor.journal import CycleState, Journal
@@ -244,7 +245,7 @@ def _watching(tmp_path: Path, node: int):
                              started_at=0.0))
     attempts = TorchrunAttempts(config, run, journal, StopSignals(), DiskGuard(run, config, journal))
     tree = SimpleNamespace(launched_at=time.time() - 1.0, known={100: object()})  # our rank's pid is 100
-    return attempts, _Live(tree=tree), socket.gethostname()  # type: ignore[arg-type]
+    return attempts, _Live(tree=tree, heartbeats=HeartbeatReader(run, "")), socket.gethostname()  # type: ignore[arg-type]
 
 
 def _write_beats(tmp_path: Path, beats: list[tuple[int, int, str, float]]) -> None:
