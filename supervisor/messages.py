@@ -138,3 +138,95 @@ def stopped(how: str, step: int | None = None, checkpoint: str | None = None,
     where = f" {after_step(step)}" if step is not None else ""
     resume = f"`{resume_with}` resumes it" if resume_with else "no checkpoint was written, so there is nothing to resume"
     return f"stopped on request ({how}){where}{saved}; {resume} (exit {int(SupervisorExit.STOPPED)})"
+
+
+# --- what the watch of one attempt says (supervisor.attempts.torchrun_attempts) --------------------
+def could_not_launch(program: str, error: str) -> str:
+    return f"could not launch {program}: {error}"
+
+
+def launched(number: int, pid: int, nproc_per_node: int, log_name: str) -> str:
+    return f"attempt {number}: launched torchrun pid {pid} ({nproc_per_node} proc/node), log {log_name}"
+
+
+def not_scheduled(gap_s: float) -> str:
+    return f"the supervisor itself was not scheduled for {gap_s:.0f}s (stopped, suspended or starved)"
+
+
+def heartbeat_unreadable(rank: int) -> str:
+    return f"heartbeat of rank {rank} disappeared or is unreadable; judging it by its last good beat"
+
+
+def slow_node(host: str, own_s: float, others_s: float) -> str:
+    return (f"node {host} is a straggler: {own_s * 1000:.1f} ms of compute per step, "
+            f"{own_s / others_s:.2f}x the other nodes' {others_s * 1000:.1f} ms")
+
+
+def stop_forwarded(asked_by: str | None, workers: int) -> str:
+    return (f"stop requested ({asked_by}): asked {workers} worker(s) to save and exit (`gpt2sup stop --force` "
+            "or a second Ctrl-C stops without the save)")
+
+
+def stop_before_workers(asked_by: str | None) -> str:
+    return f"stop requested ({asked_by}) before workers started: stopping torchrun"
+
+
+def stop_repeated(signal: str) -> str:
+    return (f"stop requested again ({signal}): the workers are already saving; this changes nothing "
+            "(`gpt2sup stop --force` stops without the save)")
+
+
+def killing_tree(why: str) -> str:
+    return f"{why}: killing the process tree"
+
+
+def killing_for_peer(why: str, attempt: int) -> str:
+    return f"{why}: killing this node's attempt {attempt}"
+
+
+def in_attempt(attempt: int, what: str) -> str:
+    """``attempt 3: <what>``: a hang or a crash, as the journal records it."""
+    return f"attempt {attempt}: {what}"
+
+
+def evidence_captured(where: str, files: int, seconds: float) -> str:
+    return f"evidence in {where} ({files} files, {seconds:.1f}s)"
+
+
+def agent_unresponsive(pid: int, stopped: bool, elapsed_s: float) -> str:
+    return (f"torchrun (pid {pid}) stopped responding after its ranks exited"
+            + (" (it is stopped by a signal)" if stopped else f" ({elapsed_s:.0f}s into the attempt)"))
+
+
+def survived_sigkill(pids: list[int]) -> str:
+    return f"processes survived SIGKILL: {pids}"
+
+
+# --- what the cycle says between attempts (supervisor.run_loop) -----------------------------------
+def internal_error(exc: BaseException) -> str:
+    return f"internal error: {type(exc).__name__}: {exc}"
+
+
+def restarted(restarts_used: int, max_restarts: int, after: object) -> str:
+    return f"restart {restarts_used}/{max_restarts} after {after}"
+
+
+def refusing_to_launch(beside: str) -> str:
+    return f"refusing to launch: {beside}"
+
+
+def written_in_attempt(attempt: int) -> str:
+    return f"written by the worker in attempt {attempt}"
+
+
+def backing_off(remaining_s: float, delay_s: float) -> str:
+    return f"waiting {remaining_s:.1f}s more before restarting (backoff {delay_s:.1f}s from the failure)"
+
+
+def last_failure(decision_reason: str, failure_reason: str) -> str:
+    return f"{decision_reason}; last failure: {failure_reason}"
+
+
+def following_node(peer: str, node: int | None) -> str:
+    return f"{peer} -- node {node} ends too"
+

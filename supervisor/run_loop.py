@@ -92,7 +92,7 @@ class Supervisor:
                              SupervisorExit.UNSUPPORTED_FORMAT)
         except Exception as exc:
             if self.journal.state is not None:
-                self.journal.event(EventKind.INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}")
+                self.journal.event(EventKind.INTERNAL_ERROR, messages.internal_error(exc))
                 self.journal.save_state(state=SupervisorStateName.ERROR, exit_code=int(SupervisorExit.INTERNAL_ERROR))
             raise
         finally:
@@ -125,12 +125,12 @@ class Supervisor:
             if relaunch is not None:
                 restarts_used += 1
                 self.journal.save_state(restarts_used=restarts_used)
-                self.journal.event(EventKind.RESTARTED, f"restart {restarts_used}/{self.config.limits.max_restarts} "
-                                   f"after {relaunch}", restarts_used=restarts_used)
+                self.journal.event(EventKind.RESTARTED, messages.restarted(restarts_used, self.config.limits.max_restarts,
+                                                                           relaunch), restarts_used=restarts_used)
             self.disk.check(force=True)
             foreign = find_foreign_trainers(self.run_dir.root, node=self.node)
             if foreign is not None:  # a bare torchrun, another copy of gpt2sup's workers: never two trainers
-                return self._end(SupervisorStateName.REFUSED, f"refusing to launch: {foreign.describe()}")
+                return self._end(SupervisorStateName.REFUSED, messages.refusing_to_launch(foreign.describe()))
             result = self._attempt()
             peer = self.endings.peer()
             if peer is not None and result.outcome.kind not in (OutcomeKind.FINISHED,
@@ -191,7 +191,7 @@ class Supervisor:
             self.journal.save_state(
                 newest_checkpoint=newest.path.name,
                 newest_checkpoint_valid=True if written else None,
-                newest_checkpoint_reason=f"written by the worker in attempt {self.journal.attempt}" if written else None,
+                newest_checkpoint_reason=messages.written_in_attempt(self.journal.attempt) if written else None,
             )
         return result
 
@@ -265,8 +265,8 @@ class Supervisor:
         if delay_s <= 0:
             return
         remaining = policy.remaining_backoff(delay_s, already_waited_s)
-        self.journal.event(EventKind.BACKOFF, f"waiting {remaining:.1f}s more before restarting (backoff "
-                           f"{delay_s:.1f}s from the failure)", delay_s=delay_s, remaining_s=round(remaining, 3))
+        self.journal.event(EventKind.BACKOFF, messages.backing_off(remaining, delay_s), delay_s=delay_s,
+                           remaining_s=round(remaining, 3))
         deadline = time.monotonic() + remaining
         while time.monotonic() < deadline and not self.stops.count and self.endings.peer() is None:
             self.stops.sleep(min(deadline - time.monotonic(), self.config.monitor_interval))
@@ -274,7 +274,7 @@ class Supervisor:
     def _give_up(self, decision: policy.Decision, result: AttemptResult) -> SupervisorExit:
         state = self.journal.state
         assert state is not None and state.last_failure is not None
-        state.last_failure.reason = f"{decision.reason}; last failure: {result.reason}"
+        state.last_failure.reason = messages.last_failure(decision.reason, result.reason)
         self.journal.save_state(last_failure=state.last_failure)
         log_name = str(self.run_dir.attempt_log(self.journal.attempt).relative_to(self.run_dir.root))
         if decision.end_state == SupervisorStateName.REFUSED:
@@ -312,7 +312,7 @@ class Supervisor:
             state, code = SupervisorStateName.GAVE_UP, SupervisorExit.GAVE_UP
         if state not in _ENDS_THE_RUN:
             state = SupervisorStateName.GAVE_UP
-        return self._end(state, f"{peer.describe()} -- node {self.node} ends too", code)
+        return self._end(state, messages.following_node(peer.describe(), self.node), code)
 
 
 _ENDS_THE_RUN = (SupervisorStateName.GAVE_UP, SupervisorStateName.REFUSED, SupervisorStateName.STOPPED)

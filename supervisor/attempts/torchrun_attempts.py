@@ -208,15 +208,14 @@ class TorchrunAttempts:
             tree = launch(argv, cwd=self.config.cwd, env=torchrun.build_env(self.config, attempt_id=attempt_id),
                           log_path=log_path)
         except OSError as exc:
-            reason = f"could not launch {argv[0]}: {exc.strerror or exc}"
+            reason = messages.could_not_launch(argv[0], str(exc.strerror or exc))
             self.journal.event(EventKind.CRASHED, reason)
             return AttemptResult(policy.Outcome(OutcomeKind.PERMANENT), reason, 0.0, cause=reason)
         self.pace.reset_attempt()
         self.journal.save_state(state=SupervisorStateName.RUNNING, processes=process_records(tree))
         self.journal.event(
             EventKind.LAUNCHED,
-            f"attempt {number}: launched torchrun pid {tree.pid} ({self.config.nproc_per_node} proc/node), "
-            f"log {log_path.relative_to(self.run_dir.root)}",
+            messages.launched(number, tree.pid, self.config.nproc_per_node, str(log_path.relative_to(self.run_dir.root))),
             pid=tree.pid, argv=argv,
         )
         live = _Live(tree, HeartbeatReader(self.run_dir, attempt_id, at_launch), oom,
@@ -246,8 +245,7 @@ class TorchrunAttempts:
         while True:
             gap, last_poll = time.monotonic() - last_poll, time.monotonic()
             if gap > max(10 * self.config.monitor_interval, SCHEDULING_GAP_S):
-                self.journal.event(EventKind.WARNING, f"the supervisor itself was not scheduled for {gap:.0f}s "
-                                   "(stopped, suspended or starved)", gap_s=round(gap, 1))
+                self.journal.event(EventKind.WARNING, messages.not_scheduled(gap), gap_s=round(gap, 1))
             code = self._observe_tree(live)
             self._read_heartbeats(live)
             if code is None and self._agent_unresponsive(live, hang_found=False):
@@ -350,8 +348,7 @@ class TorchrunAttempts:
         to this attempt by its id, aged on this supervisor's own clock), then what the beats tell:
         the slowest save and eval, the step pace, a new checkpoint to validate, stragglers."""
         for rank in live.reader.read(lambda hb: self._another_nodes(hb, live)):
-            self.journal.event(EventKind.WARNING, f"heartbeat of rank {rank} disappeared or is unreadable; "
-                               "judging it by its last good beat", rank=rank)
+            self.journal.event(EventKind.WARNING, messages.heartbeat_unreadable(rank), rank=rank)
         for hb in live.beats.values():
             self.slowest_save_s = policy.slowest(self.slowest_save_s, hb.save_seconds)
             self.slowest_eval_s = policy.slowest(self.slowest_eval_s, hb.eval_seconds)
@@ -404,9 +401,7 @@ class TorchrunAttempts:
         slow = policy.find_slow_hosts(samples, {rank: beat.hostname for rank, beat in every.items()})
         for host, (own, others) in slow.items():
             if host not in live.slow_hosts:
-                self.journal.event(EventKind.STRAGGLER, f"node {host} is a straggler: {own * 1000:.1f} ms of compute "
-                                   f"per step, {own / others:.2f}x the other nodes' {others * 1000:.1f} ms",
-                                   hostname=host, median_s=round(own, 6), others_median_s=round(others, 6),
+                self.journal.event(EventKind.STRAGGLER, messages.slow_node(host, own, others), hostname=host, median_s=round(own, 6), others_median_s=round(others, 6),
                                    ratio=round(own / others, 3), whole_node=True)
         live.slow_hosts = set(slow)
 
@@ -429,12 +424,10 @@ class TorchrunAttempts:
                 # ours, not torchrun's teardown; for this attempt (its ranks match the id, not a time)
                 mark_stop_request(self.run_dir.stop_request, asked_by, live.attempt_id)
                 send_signal(workers, signal.SIGTERM)
-                self.journal.event(EventKind.STOP_REQUESTED, f"stop requested ({asked_by}): asked {len(workers)} "
-                                   "worker(s) to save and exit (`gpt2sup stop --force` or a second Ctrl-C "
-                                   "stops without the save)", pids=[p.pid for p in workers], signal=asked_by)
+                self.journal.event(EventKind.STOP_REQUESTED, messages.stop_forwarded(asked_by, len(workers)),
+                                   pids=[p.pid for p in workers], signal=asked_by)
             else:
-                self.journal.event(EventKind.STOP_REQUESTED, f"stop requested ({asked_by}) before workers started: "
-                                   "stopping torchrun", signal=asked_by)
+                self.journal.event(EventKind.STOP_REQUESTED, messages.stop_before_workers(asked_by), signal=asked_by)
                 kill_tree(tree.live_processes(), grace_s=self.config.kill_grace, reap=tree.popen)
             live.stop_requests_noted = self.stops.count
             if not self.stops.forced:
@@ -442,13 +435,12 @@ class TorchrunAttempts:
         forced = self.stops.forced
         if not forced and self.stops.count > live.stop_requests_noted:
             live.stop_requests_noted = self.stops.count
-            self.journal.event(EventKind.STOP_REQUESTED, f"stop requested again ({self.stops.names[-1]}): the "
-                               "workers are already saving; this changes nothing (`gpt2sup stop --force` stops "
-                               "without the save)", signal=self.stops.names[-1])
+            self.journal.event(EventKind.STOP_REQUESTED, messages.stop_repeated(self.stops.names[-1]),
+                               signal=self.stops.names[-1])
         if not forced and time.monotonic() - live.stop_sent_at <= self.stop_timeout():
             return None  # repeated plain requests change nothing: the save is under way
         why = policy.forced_stop_reason(self.stops.names) if forced else "stop timeout"
-        self.journal.event(EventKind.STOP_REQUESTED, f"{why}: killing the process tree")
+        self.journal.event(EventKind.STOP_REQUESTED, messages.killing_tree(why))
         self._check_survivors(kill_tree(tree.live_processes(), grace_s=min(self.config.kill_grace, 2.0),
                                         reap=tree.popen))
         return AttemptResult(policy.Outcome(OutcomeKind.STOPPED), f"forced ({why})",
@@ -457,7 +449,7 @@ class TorchrunAttempts:
     def _stop_for_peer(self, live: _Live, why: str) -> AttemptResult:
         """Another node ended the run: this attempt can never complete (its rendezvous or its
         collectives wait for that node), so kill it now rather than after a timeout."""
-        self.journal.event(EventKind.STOP_REQUESTED, f"{why}: killing this node's attempt {self.journal.attempt}")
+        self.journal.event(EventKind.STOP_REQUESTED, messages.killing_for_peer(why, self.journal.attempt))
         self._check_survivors(kill_tree(live.tree.live_processes(), grace_s=min(self.config.kill_grace, 2.0),
                                         reap=live.tree.popen))
         return AttemptResult(policy.Outcome(OutcomeKind.STOPPED), why, live.elapsed_s(), live.last_step)
@@ -498,7 +490,7 @@ class TorchrunAttempts:
         live.noticed_at = time.time()
         last_beat = live.beat_wall_time(rank) if beat is not None and rank is not None else None
         live.died_at = last_beat if last_beat is not None else live.noticed_at
-        self.journal.event(EventKind.HUNG, f"attempt {self.journal.attempt}: {reason}", rank=rank, step=step,
+        self.journal.event(EventKind.HUNG, messages.in_attempt(self.journal.attempt, reason), rank=rank, step=step,
                            kind=kind, last_beat_time=last_beat)
         live_pids = {p.pid for p in tree.live_processes()}
         worker_pids = {r: b.pid for r, b in live.beats.items() if b.pid in live_pids}
@@ -512,7 +504,7 @@ class TorchrunAttempts:
         )
         where = str(incident.relative_to(self.run_dir.root))
         self.journal.event(EventKind.EVIDENCE_CAPTURED,
-                           f"evidence in {where} ({len(evidence.files)} files, {evidence.duration_s:.1f}s)",
+                           messages.evidence_captured(where, len(evidence.files), evidence.duration_s),
                            incident=where, files=sorted(evidence.files), errors=evidence.errors)
         self._check_survivors(kill_tree(tree.live_processes(), grace_s=self.config.kill_grace, reap=tree.popen))
         return AttemptResult(policy.Outcome(kind, rank=rank), reason, live.elapsed_s(),
@@ -532,9 +524,8 @@ class TorchrunAttempts:
         crash with torchrun named as the cause."""
         tree = live.tree
         stopped = process_stopped(tree.pid)
-        why = (f"torchrun (pid {tree.pid}) stopped responding after its ranks exited"
-               + (" (it is stopped by a signal)" if stopped else f" ({live.elapsed_s():.0f}s into the attempt)"))
-        self.journal.event(EventKind.WARNING, f"attempt {self.journal.attempt}: {why}: killing it", pid=tree.pid,
+        why = messages.agent_unresponsive(tree.pid, stopped, live.elapsed_s())
+        self.journal.event(EventKind.WARNING, messages.in_attempt(self.journal.attempt, f"{why}: killing it"), pid=tree.pid,
                            stopped=stopped)
         self._check_survivors(kill_tree(tree.live_processes(), grace_s=0.0, reap=tree.popen))
         self._read_heartbeats(live)
@@ -556,7 +547,7 @@ class TorchrunAttempts:
 
     def _check_survivors(self, report: KillReport) -> None:
         if report.survivors:
-            self.journal.event(EventKind.INTERNAL_ERROR, f"processes survived SIGKILL: {report.survivors}",
+            self.journal.event(EventKind.INTERNAL_ERROR, messages.survived_sigkill(report.survivors),
                                pids=report.survivors)
 
     # -- an exit ---------------------------------------------------------------------------------
@@ -584,7 +575,7 @@ class TorchrunAttempts:
             return result
         result.reason = messages.attempt_failure(outcome, step, described.cause)
         self.journal.event(
-            EventKind.CRASHED, f"attempt {self.journal.attempt}: {result.reason}",
+            EventKind.CRASHED, messages.in_attempt(self.journal.attempt, result.reason),
             kind=outcome.kind, exit_code=outcome.exit_code,
             signal=messages.signal_name(outcome.signal) if outcome.signal else None,
             rank=outcome.rank, step=step, torchrun_exit=code,
