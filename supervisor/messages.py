@@ -230,3 +230,110 @@ def last_failure(decision_reason: str, failure_reason: str) -> str:
 def following_node(peer: str, node: int | None) -> str:
     return f"{peer} -- node {node} ends too"
 
+
+# --- before the first launch (supervisor.run_start) ------------------------------------------------
+def supervisor_started(pid: int, run_root: object) -> str:
+    return f"supervisor {pid} watching {run_root}"
+
+
+def record_rewritten(unreadable: str) -> str:
+    return f"the previous supervisor.json was unreadable ({unreadable}); rewritten with this run's arguments"
+
+
+def record_unreadable(state_path: object, why: str, run_root: object, command: str) -> str:
+    return (f"refusing to start: {state_path} is unreadable ({why}), so the worker arguments of the run in "
+            f"{run_root} are unknown; give them after `--` ({command} [--worker MODULE] -- ARGS), "
+            "or use a new --log-dir")
+
+
+def not_touching(left_alone: dict[int, str]) -> str:
+    return (f"not touching {len(left_alone)} live process(es) recorded in supervisor.json: "
+            + "; ".join(f"pid {pid}: {why}" for pid, why in sorted(left_alone.items())))
+
+
+def orphans_stopped(forced: str | None, pids: list[int], previous_pid: int) -> str:
+    how = f"killed ({forced})" if forced else "saved and stopped"
+    return f"{how}: {len(pids)} process(es) left by supervisor {previous_pid}: {pids}"
+
+
+# --- the checkpoint a launch resumes from (supervisor.checkpoints.resume_choice) -------------------
+def quarantined(name: str, reason: str | None, renamed_to: str, by_worker: bool = False) -> str:
+    if by_worker:
+        return f"checkpoint {name} rejected by the worker ({reason}); renamed to {renamed_to}"
+    return f"checkpoint {name} failed validation ({reason}); renamed to {renamed_to}"
+
+
+def kept_unjudged(name: str, reason: str | None) -> str:
+    return f"could not judge {name} ({reason}); kept it, resuming from an older file that passed"
+
+
+def resuming_unverified_none_passed(name: str) -> str:
+    return (f"NO CHECKPOINT PASSED VALIDATION, but {name} is still on disk: resuming from it UNVERIFIED "
+            "rather than from scratch")
+
+
+NONE_VALID = "NO VALID CHECKPOINT: every checkpoint failed validation; starting from scratch"
+
+
+def could_not_judge_resuming(name: str, reason: str | None) -> str:
+    return f"COULD NOT JUDGE {name} ({reason}): resuming from it UNVERIFIED; the worker's own checks are the last line"
+
+
+def resuming_from(name: str, seconds: float | None, inconclusive_reason: str | None = None,
+                  inconclusive: bool = False) -> str:
+    if inconclusive:
+        return f"resuming from {name} UNVERIFIED: validation inconclusive ({inconclusive_reason})"
+    return f"resuming from {name} (validated in {seconds or 0:.2f}s)"
+
+
+def rejected_but_unnamed(cause: str | None, name: str | None) -> str:
+    return (f"the worker rejected its checkpoint ({cause}) but "
+            f"{'did not name it' if not name else name + ' is gone'}; validating again")
+
+
+def could_not_quarantine(name: str, error: str) -> str:
+    return f"could not quarantine {name}: {error}"
+
+
+# --- the nodes' shared endings (supervisor.multinode.endings) ----------------------------------------
+def ending_not_recorded(marker_name: str, error: str) -> str:
+    return f"could not record this node's ending for the other nodes in {marker_name}: {error}"
+
+
+def store_unreachable(where: str) -> str:
+    return (f"could not tell the other nodes through the coordination store at {where} (not reachable): "
+            "only a shared run directory does")
+
+
+def rendezvous_still_closed(rdzv_id: str, wait_s: float) -> str:
+    return (f"the rendezvous '{rdzv_id}' is still closed by the previous attempt (a torchrun of it, on some "
+            f"node, still hosts the c10d store): relaunching in {wait_s:g}s, not counted as a restart")
+
+
+# --- the checkpoint store (supervisor.checkpoints.remote_checkpoints) ---------------------------------
+def store_refused(error: object) -> str:
+    return f"refusing to start: checkpoint store: {error}"
+
+
+def identity_not_restored(error: str) -> str:
+    return f"refusing to start: cannot restore run_identity.json: {error}"
+
+
+def identity_restored(uri: str) -> str:
+    return f"restored run_identity.json from {uri} (a new machine: the run continues from the store)"
+
+
+def remote_unlisted(error: object) -> str:
+    return f"could not look at the remote checkpoints ({error}); resuming from the local ones"
+
+
+def committed_to(line: str, step: int, uri: str) -> str:
+    return f"{line} [model_{step:05d}.pt committed to {uri}]"
+
+
+def not_uploaded(step: int | None, uri: str, timeout_s: float, committed: int | None, error: str | None) -> str:
+    remote = f"step {committed}" if committed is not None else "nothing"
+    why = f": {error}" if error else ""
+    return (f"model_{step:05d}.pt is on local disk but NOT uploaded to {uri} within {timeout_s:g}s "
+            f"(the store holds {remote}{why})")
+

@@ -64,10 +64,9 @@ class RunStart:
             finished_checkpoint=policy.finished_checkpoint(previous.state, previous.newest_checkpoint,
                                                            previous.finished_checkpoint) if previous else None,
         ))
-        self.journal.event(EventKind.SUPERVISOR_STARTED, f"supervisor {me.pid} watching {self.run_dir.root}")
+        self.journal.event(EventKind.SUPERVISOR_STARTED, messages.supervisor_started(me.pid, self.run_dir.root))
         if unreadable is not None:
-            self.journal.event(EventKind.WARNING, f"the previous supervisor.json was unreadable ({unreadable}); "
-                               "rewritten with this run's arguments")
+            self.journal.event(EventKind.WARNING, messages.record_rewritten(unreadable))
         if self.reused_line:
             self.journal.event(EventKind.CONFIG_CHANGE, self.reused_line, worker_args=self.config.worker_args,
                                worker_module=self.config.worker_module)
@@ -112,10 +111,8 @@ class RunStart:
         return accepted
 
     def _unreadable_line(self, why: str) -> str:
-        return (f"refusing to start: {self.run_dir.supervisor_state} is unreadable ({why}), so the worker "
-                f"arguments of the run in {self.run_dir.root} are unknown; give them after `--` "
-                f"({messages.run_command(self.run_dir.root, self.config.cwd)} [--worker MODULE] -- ARGS), "
-                "or use a new --log-dir")
+        return messages.record_unreadable(self.run_dir.supervisor_state, why, self.run_dir.root,
+                                          messages.run_command(self.run_dir.root, self.config.cwd))
 
     def _kill_orphans(self, previous: SupervisorState) -> None:
         """Processes an earlier (killed) supervisor of THIS directory left running: stop them first.
@@ -128,18 +125,15 @@ class RunStart:
             self.journal.event(EventKind.WARNING, lost, previous_supervisor=previous.pid)
         survey = survey_orphans(previous, self.run_dir.root)
         if survey.left_alone:
-            self.journal.event(EventKind.WARNING, f"not touching {len(survey.left_alone)} live process(es) recorded "
-                               "in supervisor.json: " + "; ".join(f"pid {pid}: {why}" for pid, why in
-                                                                  sorted(survey.left_alone.items())),
+            self.journal.event(EventKind.WARNING, messages.not_touching(survey.left_alone),
                                pids=sorted(survey.left_alone))
         if not survey.orphans:
             return
         report = stop_orphans(survey, self.run_dir.root, kill_grace_s=self.config.kill_grace,
                               stop_timeout_s=self._stop_timeout(), stop_forced=lambda: self.stops.forced,
                               wait=self.stops.sleep)
-        how = f"killed ({report.forced})" if report.forced else "saved and stopped"
-        self.journal.event(EventKind.ORPHANS_KILLED, f"{how}: {len(report.pids)} process(es) left by supervisor "
-                           f"{previous.pid}: {report.pids}", pids=report.pids, forced=report.forced,
+        self.journal.event(EventKind.ORPHANS_KILLED, messages.orphans_stopped(report.forced, report.pids, previous.pid),
+                           pids=report.pids, forced=report.forced,
                            survivors=report.survivors, seconds=round(report.seconds, 2))
 
     def _stop_timeout(self) -> float:

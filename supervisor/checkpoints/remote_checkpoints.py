@@ -16,7 +16,7 @@ from shared.remote.store import CheckpointStore
 from shared.run_dir import RunDir, step_from_checkpoint_name
 from shared.supervisor_state import read_supervisor_state
 from shared.vocabulary import EventKind, SupervisorStateName
-from supervisor import policy
+from supervisor import messages, policy
 from supervisor.checkpoints import remote_sync
 from supervisor.checkpoints.checkpoint_selection import Selection
 from supervisor.checkpoints.remote_sync import RemoteSync
@@ -63,12 +63,11 @@ class RemoteCheckpoints:
             self.store = remote_sync.open_checked(uri)
             restored = remote_sync.restore_identity(self.store, self.run_dir)
         except (CheckpointUriError, ObjectStoreError) as exc:
-            return f"refusing to start: checkpoint store: {exc}"
+            return messages.store_refused(exc)
         except OSError as exc:
-            return f"refusing to start: cannot restore run_identity.json: {exc.strerror or exc}"
+            return messages.identity_not_restored(str(exc.strerror or exc))
         if restored:
-            self.journal.event(EventKind.DOWNLOADED, f"restored run_identity.json from {self.store.uri} "
-                               "(a new machine: the run continues from the store)", uri=self.store.uri)
+            self.journal.event(EventKind.DOWNLOADED, messages.identity_restored(self.store.uri), uri=self.store.uri)
         return None
 
     def start_uploads(self) -> None:
@@ -114,8 +113,7 @@ class RemoteCheckpoints:
             try:
                 path = remote_sync.fetch_newer(self.store, self.run_dir, chosen, tried, self.journal.event)
             except (ObjectStoreError, OSError) as exc:
-                self.journal.event(EventKind.WARNING, f"could not look at the remote checkpoints ({exc}); "
-                                   "resuming from the local ones", uri=self.store.uri)
+                self.journal.event(EventKind.WARNING, messages.remote_unlisted(exc), uri=self.store.uri)
                 return selection
             if path is None:
                 if tried and self.uploader is not None:
@@ -140,12 +138,10 @@ class RemoteCheckpoints:
         uri = self.uploader.record.uri
         if result.uploaded:
             if result.newest_local is not None:
-                line = f"{line} [model_{result.newest_local:05d}.pt committed to {uri}]"
+                line = messages.committed_to(line, result.newest_local, uri)
             return line, code
-        remote = f"step {result.newest_committed}" if result.newest_committed is not None else "nothing"
-        why = f": {result.error}" if result.error else ""
-        note = (f"model_{result.newest_local:05d}.pt is on local disk but NOT uploaded to {uri} within "
-                f"{self.config.upload_timeout:g}s (the store holds {remote}{why})")
+        note = messages.not_uploaded(result.newest_local, uri, self.config.upload_timeout, result.newest_committed,
+                                     result.error)
         self.journal.event(EventKind.WARNING, note, uri=uri, newest_local_step=result.newest_local,
                            newest_committed_step=result.newest_committed, not_uploaded=True)
         if state == SupervisorStateName.FINISHED:

@@ -14,6 +14,7 @@ from pathlib import Path
 from shared.exit_codes import WorkerExit
 from shared.run_dir import CheckpointFile, RunDir
 from shared.vocabulary import EventKind
+from supervisor import messages
 from supervisor.checkpoints.checkpoint_selection import (
     CheckpointVerdict,
     Selection,
@@ -60,17 +61,15 @@ class ResumeChoice:
 
     def _journal_set_aside(self, selection: Selection) -> None:
         for verdict, new_path in selection.quarantined:
-            self.journal.event(EventKind.QUARANTINED, f"checkpoint {verdict.path.name} failed validation "
-                               f"({verdict.reason}); renamed to {new_path.name}", checkpoint=verdict.path.name,
-                               reason=verdict.reason, renamed_to=new_path.name)
+            self.journal.event(EventKind.QUARANTINED, messages.quarantined(verdict.path.name, verdict.reason, new_path.name),
+                               checkpoint=verdict.path.name, reason=verdict.reason, renamed_to=new_path.name)
         for skipped in selection.skipped_inconclusive:
-            self.journal.event(EventKind.WARNING, f"could not judge {skipped.path.name} ({skipped.reason}); kept it, "
-                               "resuming from an older file that passed", checkpoint=skipped.path.name)
+            self.journal.event(EventKind.WARNING, messages.kept_unjudged(skipped.path.name, skipped.reason),
+                               checkpoint=skipped.path.name)
 
     def _resume_unverified(self, remaining: CheckpointFile) -> int:
         self.run_dir.point_latest_link(remaining.path)
-        self.journal.event(EventKind.WARNING, f"NO CHECKPOINT PASSED VALIDATION, but {remaining.path.name} is "
-                           "still on disk: resuming from it UNVERIFIED rather than from scratch",
+        self.journal.event(EventKind.WARNING, messages.resuming_unverified_none_passed(remaining.path.name),
                            checkpoint=remaining.path.name)
         self.disk.newest_valid_step = None
         self.journal.save_state(newest_checkpoint=remaining.path.name, newest_checkpoint_valid=None,
@@ -79,8 +78,7 @@ class ResumeChoice:
 
     def _start_from_scratch(self, selection: Selection) -> None:
         if selection.checked:
-            self.journal.event(EventKind.CHECKPOINT_VALID, "NO VALID CHECKPOINT: every checkpoint failed "
-                               "validation; starting from scratch", checkpoint=None)
+            self.journal.event(EventKind.CHECKPOINT_VALID, messages.NONE_VALID, checkpoint=None)
         last = selection.checked[-1] if selection.checked else None
         self.disk.newest_valid_step = None
         self.journal.save_state(newest_checkpoint=last.path.name if last else None,
@@ -89,11 +87,9 @@ class ResumeChoice:
 
     def _resume_from(self, chosen: CheckpointVerdict) -> int | None:
         if chosen.inconclusive:
-            self.journal.event(EventKind.WARNING, f"COULD NOT JUDGE {chosen.path.name} ({chosen.reason}): resuming "
-                               "from it UNVERIFIED; the worker's own checks are the last line", checkpoint=chosen.path.name)
-            line = f"resuming from {chosen.path.name} UNVERIFIED: validation inconclusive ({chosen.reason})"
-        else:
-            line = f"resuming from {chosen.path.name} (validated in {chosen.seconds or 0:.2f}s)"
+            self.journal.event(EventKind.WARNING, messages.could_not_judge_resuming(chosen.path.name, chosen.reason),
+                               checkpoint=chosen.path.name)
+        line = messages.resuming_from(chosen.path.name, chosen.seconds, chosen.reason, chosen.inconclusive)
         self.journal.event(EventKind.CHECKPOINT_VALID, line, checkpoint=chosen.path.name, step=chosen.step,
                            seconds=chosen.seconds, inconclusive=chosen.inconclusive)
         self.disk.newest_valid_step = None if chosen.inconclusive else chosen.step
@@ -119,15 +115,14 @@ class ResumeChoice:
         name = bad_checkpoint or (state.newest_checkpoint if state is not None else None)
         path = self.run_dir.root / Path(name).name if name else None
         if path is None or not path.is_file():
-            self.journal.event(EventKind.WARNING, f"the worker rejected its checkpoint ({cause}) but "
-                               f"{'did not name it' if not name else name + ' is gone'}; validating again")
+            self.journal.event(EventKind.WARNING, messages.rejected_but_unnamed(cause, name))
             return
         reason = cause or f"the worker could not use it (exit {int(WorkerExit.CHECKPOINT_ERROR)})"
         try:
             new_path = quarantine(path, reason)
         except OSError as exc:
-            self.journal.event(EventKind.WARNING, f"could not quarantine {path.name}: {exc.strerror or exc}")
+            self.journal.event(EventKind.WARNING, messages.could_not_quarantine(path.name, str(exc.strerror or exc)))
             return
-        self.journal.event(EventKind.QUARANTINED, f"checkpoint {path.name} rejected by the worker ({reason}); "
-                           f"renamed to {new_path.name}", checkpoint=path.name, reason=reason,
+        self.journal.event(EventKind.QUARANTINED, messages.quarantined(path.name, reason, new_path.name, by_worker=True),
+                           checkpoint=path.name, reason=reason,
                            renamed_to=new_path.name, source="worker")

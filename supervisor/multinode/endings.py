@@ -17,7 +17,7 @@ from shared.atomic_io import read_json, write_json_atomic
 from shared.exit_codes import SupervisorExit
 from shared.run_dir import RunDir
 from shared.vocabulary import EventKind, SupervisorStateName
-from supervisor import policy
+from supervisor import messages, policy
 from supervisor.attempts.attempt import AttemptResult
 from supervisor.journal import Journal
 from supervisor.multinode.node_coordination import NodeCoordination
@@ -54,11 +54,10 @@ class NodeEndings:
         try:
             write_json_atomic(self.run_dir.give_up_marker, record, create_parent=False)
         except OSError as exc:
-            self.journal.event(EventKind.WARNING, f"could not record this node's ending for the other nodes in "
-                               f"{self.run_dir.give_up_marker.name}: {exc.strerror or exc}")
+            self.journal.event(EventKind.WARNING, messages.ending_not_recorded(self.run_dir.give_up_marker.name,
+                                                                               str(exc.strerror or exc)))
         if self.coordination is not None and not self.coordination.publish(record):
-            self.journal.event(EventKind.WARNING, "could not tell the other nodes through the coordination store "
-                               f"at {self.coordination.where()} (not reachable): only a shared run directory does")
+            self.journal.event(EventKind.WARNING, messages.store_unreachable(self.coordination.where()))
 
     def peer(self) -> policy.PeerEnding | None:
         """Another node's ending, from ``give_up.json`` or the coordination store; once seen, kept."""
@@ -97,9 +96,8 @@ class NodeEndings:
         if now - self._closed_since > self.config.timeouts.startup_timeout:
             return False
         wait = CLOSED_RENDEZVOUS_WAIT_S
-        self.journal.event(EventKind.WARNING, f"the rendezvous '{self.config.multi_node.rdzv_id}' is still closed by "
-                           "the previous attempt (a torchrun of it, on some node, still hosts the c10d store): "
-                           f"relaunching in {wait:g}s, not counted as a restart", rendezvous_closed=True, delay_s=wait)
+        self.journal.event(EventKind.WARNING, messages.rendezvous_still_closed(self.config.multi_node.rdzv_id, wait),
+                           rendezvous_closed=True, delay_s=wait)
         deadline = now + wait
         while time.monotonic() < deadline and not self.stops.count and self.peer() is None:
             self.stops.sleep(min(deadline - time.monotonic(), self.config.monitor_interval))
