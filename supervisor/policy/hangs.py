@@ -35,7 +35,7 @@ class HangVerdict:
     def describe(self) -> str:
         where = f"after step {self.step}" if self.step >= 0 else "before its first step"
         return (
-            f"rank {self.rank} silent for {self.silent_s:.1f}s in phase {self.phase!r} {where} "
+            f"rank {self.rank} silent for {self.silent_s:.1f}s in phase '{self.phase}' {where} "
             f"(timeout {self.timeout_s:.0f}s)"
         )
 

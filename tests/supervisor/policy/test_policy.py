@@ -70,6 +70,15 @@ def test_find_hung_rank_names_the_rank_that_went_quiet_first():
     assert "rank 1" in verdict.describe()
 
 
+def test_a_hang_is_described_with_the_phases_word_whether_it_came_as_a_string_or_an_enum():
+    """A typed heartbeat's phase is a Phase: the line said "in phase <Phase.TRAIN: 'train'>"."""
+    for phase in ("train", Phase.TRAIN):
+        beat = RankBeat(rank=1, phase=phase, time=0.0, step=9)
+        verdict = policy.find_hung_rank([beat], 1000.0, CFG)
+        assert verdict is not None
+        assert verdict.describe() == "rank 1 silent for 1000.0s in phase 'train' after step 9 (timeout 30s)"
+
+
 def test_long_phases_are_not_hangs_within_their_allowance():
     now = 1000.0
     beats = [
