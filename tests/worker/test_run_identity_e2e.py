@@ -201,8 +201,11 @@ def test_a_fine_tune_resumes_its_own_checkpoints_and_never_silently_restarts_fro
         launcher, first_run, tmp_path):
     pretrained = first_run.log_dir / f"model_{FIRST_RUN_STEPS - 1:05d}.pt"
     run = tmp_path / "run"
-    # What the supervisor runs on every launch: the user's arguments plus --auto_resume.
-    args = [*FAST_ARGS, "--max_steps", "12", "--pretrained_checkpoint", str(pretrained), "--auto_resume"]
+    # What the supervisor runs on every launch: the user's arguments plus --auto_resume. Synchronous
+    # saves: the crash injected after step 9 must find step 8's checkpoint on disk, not still being
+    # written in the background (CI once killed that write, and model_00008.pt was never there).
+    args = [*FAST_ARGS, "--no_async_checkpoint", "--max_steps", "12", "--pretrained_checkpoint", str(pretrained),
+            "--auto_resume"]
     crashed = launcher.run(run, args, env={"GPT2SUP_INJECT_CRASH_AT_STEP": "9"})
     assert crashed.proc.returncode == 1 and "loaded pretrained weights" in crashed.stdout(), crashed.output_tail()
     recorded = json.loads((run / "run_identity.json").read_text())["pretrained"]
@@ -213,7 +216,7 @@ def test_a_fine_tune_resumes_its_own_checkpoints_and_never_silently_restarts_fro
     assert "resumed from" in resumed.stdout() and "loaded pretrained weights" not in resumed.stdout()
     assert load_checkpoint(run / "model_00011.pt")["train_config"]["pretrained"] == recorded
 
-    forgotten = launcher.run(run, [*FAST_ARGS, "--max_steps", "12", "--auto_resume"])
+    forgotten = launcher.run(run, [*FAST_ARGS, "--no_async_checkpoint", "--max_steps", "12", "--auto_resume"])
     assert forgotten.proc.returncode == int(WorkerExit.RUN_MISMATCH), forgotten.output_tail()
     assert error_lines(forgotten)[1:] == [
         f"  pretrained_checkpoint: {pretrained.resolve()} (step 59, content {recorded['content_digest']}) -> none"]
