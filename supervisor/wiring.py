@@ -2,14 +2,14 @@
 warm validator and the nodes' coordination store.
 
 ``run_cmd`` builds the production wiring with ``production_wiring``; the cycle's unit tests hand
-the same ``Supervisor`` a ``Wiring`` of scripted attempts and selections. So nothing in the
+the same ``Supervisor`` a ``Wiring`` of scripted attempts and selections (``tests/supervisor/test_run_loop.py``). So nothing in the
 cycle asks which one it got: both go through the same code.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from shared.run_dir import RunDir
 from shared.vocabulary import EventKind
@@ -62,9 +62,3 @@ def production_wiring(parts: CycleParts) -> Wiring:
                                               warn=lambda line: parts.journal.event(EventKind.WARNING, line))
     select: Select = validator.select if validator is not None else select_checkpoint_for_restart
     return Wiring(attempts, select, validator, coordination)
-
-
-def scripted_wiring(attempts: Attempts, select: Select,
-                    coordination: node_coordination.NodeCoordination | None = None) -> Callable[[Any], Wiring]:
-    """A wiring of given parts (the cycle's tests): no validator; a coordination store if given."""
-    return lambda _parts: Wiring(attempts, select, coordination=coordination)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from shared.heartbeat import Heartbeat, read_heartbeat
 from shared.run_dir import RunDir
@@ -36,9 +35,9 @@ class Seen:
 
 
 class HeartbeatReader:
-    def __init__(self, run_dir: RunDir | Path, attempt_id: str,
+    def __init__(self, run_dir: RunDir, attempt_id: str,
                  at_launch: dict[str, tuple[object, ...]] | None = None) -> None:
-        self.run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir.at(run_dir)
+        self.run_dir = run_dir
         self.attempt_id = attempt_id  # handed to the ranks (ATTEMPT_ID_ENV); their beats carry it back
         self.at_launch = dict(at_launch or {})  # file name -> beat_key before the launch: leftovers
         self.seen: dict[int, Seen] = {}  # per rank: its newest beat, and when it was first seen

@@ -16,11 +16,12 @@ from shared.run_dir import RunDir
 from shared.vocabulary import OutcomeKind
 from supervisor.attempts.attempt import AttemptResult
 from supervisor.checkpoints.checkpoint_selection import CheckpointVerdict, Selection
+from supervisor.multinode.node_coordination import NodeCoordination
 from supervisor.policy import BackoffConfig, Outcome, RestartLimits
 from supervisor.run_config import RunConfig
 from supervisor.run_loop import Supervisor
 from supervisor.run_start import RecordUnreadable
-from supervisor.wiring import scripted_wiring
+from supervisor.wiring import Select, Wiring
 
 Script = Callable[[int], AttemptResult]
 
@@ -50,6 +51,12 @@ class ScriptedAttempts:
 
     def time_recovery(self, *, validation_s: float | None = None, backoff_s: float | None = None) -> None:
         pass  # the real attempts time restarts; a script has none to time
+
+
+def scripted_wiring(attempts: ScriptedAttempts, select: Select,
+                    coordination: NodeCoordination | None = None) -> Callable[[object], Wiring]:
+    """The cycle's wiring for these tests: given attempts and selection, no validator."""
+    return lambda _parts: Wiring(attempts, select, coordination=coordination)
 
 
 class TrustingSelect:
