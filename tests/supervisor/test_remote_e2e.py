@@ -195,7 +195,10 @@ def test_a_store_still_down_at_the_end_is_an_honest_ending_not_finished(tmp_path
 
 def test_a_stop_uploads_the_stops_checkpoint_before_stopped(tmp_path, aws_env: S3Server):
     log_dir, uri = tmp_path / "run", aws_env.fresh_uri()
-    proc = start_supervisor(log_dir, "--checkpoint-uri", uri, nproc=1, worker_args=one_process_worker_args(),
+    # Long enough that the stop lands mid-run however late the first commit is: a stop that
+    # arrives in the last step ends the run `finished`, which is not what this test is about.
+    long_run = [*one_process_worker_args(), "--max_steps", "400"]
+    proc = start_supervisor(log_dir, "--checkpoint-uri", uri, nproc=1, worker_args=long_run,
                             env={"GPT2SUP_INJECT_SLOW_RANK": "0:0.3"})
     wait_for(lambda: _committed(uri), 240, "a first committed checkpoint")
     proc.send_signal(signal.SIGTERM)

@@ -5,6 +5,7 @@ the issue exactly.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -164,13 +165,20 @@ def _recorded_or_empty(log_dir: Path) -> list[tuple[int, float]]:
         return []
 
 
+def _copy_unless_vanished(src: str, dst: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        shutil.copy2(src, dst)
+
+
 def test_a_copy_of_a_live_run_directory_is_trained_without_touching_the_original(tmp_path, reference_checkpoint):
     """`cp -a runA runB` while A trains, then `gpt2sup run --log-dir runB`: A loses nothing."""
     run_a, run_b = tmp_path / "runA", tmp_path / "runB"
     first = start_supervisor(run_a)
     wait_for_step(run_a, 3, rank=0)
     a_processes = _recorded(run_a)
-    shutil.copytree(run_a, run_b, symlinks=True)  # events.jsonl comes along: look only at B's own
+    # events.jsonl comes along: look only at B's own. Like `cp -a`, a file that vanishes while it is
+    # copied (a heartbeat's temporary file, renamed over the heartbeat) is left out, not an error.
+    shutil.copytree(run_a, run_b, symlinks=True, copy_function=_copy_unless_vanished)
     copied = len(read_events(run_b))
     second = start_supervisor(run_b)
     wait_for(lambda: [e for e in read_events(run_b)[copied:] if e["event"] == "launched"], 120, "B's own launch")
@@ -190,7 +198,8 @@ def test_a_bare_torchrun_on_the_directory_makes_run_refuse_naming_its_pids(tmp_p
     log_dir = tmp_path / "run"
     bare = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(NPROC),
-         "-m", "worker.train_gpt2", "--log_dir", str(log_dir), *WORKER_ARGS],
+         "-m", "worker.train_gpt2", "--log_dir", str(log_dir), *WORKER_ARGS,
+         "--max_steps", "100000"],  # still training when `gpt2sup run` looks, however slow the machine
         cwd=REPO_ROOT, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
