@@ -14,7 +14,7 @@ from pathlib import Path
 from shared.exit_codes import SupervisorExit
 from shared.run_dir import DEFAULT_LOG_DIR
 from shared.vocabulary import OutcomeKind
-from supervisor.policy import Outcome
+from supervisor.policy import Outcome, RankExit
 from supervisor.run_config import DEFAULT_WORKER
 
 _LABELS = {
@@ -196,6 +196,18 @@ def evidence_captured(where: str, files: int, seconds: float) -> str:
 def agent_unresponsive(pid: int, stopped: bool, elapsed_s: float) -> str:
     return (f"torchrun (pid {pid}) stopped responding after its ranks exited"
             + (" (it is stopped by a signal)" if stopped else f" ({elapsed_s:.0f}s into the attempt)"))
+
+
+def died_in_teardown(first: RankExit | None, torchrun_code: int) -> str:
+    """A rank that failed after every rank had ended: the run is done, nothing to restart."""
+    if first is None:
+        who = f"torchrun exited {torchrun_code}"
+    elif first.exit_code < 0:
+        who = f"rank {first.rank} was killed by {signal_name(-first.exit_code)}"
+    else:
+        who = f"rank {first.rank} exited {first.exit_code}"
+    return (f"{who} after every rank had ended (finished with its final checkpoint valid, or stopped): "
+            "a failure in the workers' teardown, not in training; not restarted")
 
 
 def survived_sigkill(pids: list[int]) -> str:

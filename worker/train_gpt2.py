@@ -372,6 +372,7 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
     replay.finish()
     run_log.close()
     dist.shutdown()
+    maybe_inject_teardown_abort(dist.rank)
     return int(WorkerExit.OK)
 
 
@@ -534,6 +535,16 @@ def maybe_inject_crash(step: int, rank: int, heartbeat: HeartbeatWriter) -> None
     print(f"[fault injection] crashing after step {step}", file=sys.stderr, flush=True)
     heartbeat.fail(f"fault injection: crashed after step {step}")
     os._exit(int(WorkerExit.CRASHED))
+
+
+def maybe_inject_teardown_abort(rank: int) -> None:
+    """Fault injection (docs/worker.md): ``GPT2SUP_INJECT_TEARDOWN_ABORT=R`` makes rank R abort
+    (SIGABRT) after its run ended and its last checkpoint was saved, as gloo's teardown sometimes
+    does ("terminate called without an active exception"): the run is done all the same."""
+    target = os.environ.get("GPT2SUP_INJECT_TEARDOWN_ABORT")
+    if target is not None and target.strip() == str(rank):
+        print(f"[fault injection] rank {rank} aborting in teardown", file=sys.stderr, flush=True)
+        os.abort()
 
 
 if __name__ == "__main__":

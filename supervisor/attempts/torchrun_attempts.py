@@ -7,6 +7,7 @@ the reason. What to do next is the cycle's business (``run_loop``), decided by `
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import signal
@@ -529,12 +530,16 @@ class TorchrunAttempts:
                            stopped=stopped)
         self._check_survivors(kill_tree(tree.live_processes(), grace_s=0.0, reap=tree.popen))
         self._read_heartbeats(live)
-        statuses = [b.status for b in live.beats.values()]
-        named = [b.last_checkpoint for b in live.beats.values() if b.last_checkpoint]
-        final = max(named, key=lambda name: step_from_checkpoint_name(name) or -1) if named else None
-        saved = final is not None and self._final_checkpoint_valid(final)
-        code = 0 if policy.ranks_ended_cleanly(statuses, len(live.ranks), saved) else TORCHRUN_FAILED_EXIT
-        return self._on_exit(live, code, agent_cause=why)
+        ended = self._ranks_ended_cleanly(live.beats, _newest_named_checkpoint(live.beats), len(live.ranks))
+        return self._on_exit(live, 0 if ended else TORCHRUN_FAILED_EXIT, agent_cause=why)
+
+    def _ranks_ended_cleanly(self, beats: dict[int, Heartbeat], final: str | None, ranks_known: int) -> bool:
+        """Every rank's last heartbeat says it ended as it meant to: all ``finished`` with the
+        final checkpoint they named valid (probed only then), or all ``stopped``."""
+        statuses = [b.status for b in beats.values()]
+        finished = bool(statuses) and all(s == RankStatus.FINISHED for s in statuses)
+        saved = finished and final is not None and self._final_checkpoint_valid(final)
+        return policy.ranks_ended_cleanly(statuses, ranks_known, saved)
 
     def _final_checkpoint_valid(self, name: str) -> bool:
         """The final checkpoint a finished rank named passes validation (node 0 only writes it)."""
@@ -553,6 +558,16 @@ class TorchrunAttempts:
     # -- an exit ---------------------------------------------------------------------------------
     def _on_exit(self, live: _Live, code: int, agent_cause: str | None = None) -> AttemptResult:
         read = self._read_exit(live, code)
+        if code != 0 and agent_cause is None and self._ranks_ended_cleanly(read.beats, read.final_checkpoint,
+                                                                          len(live.ranks)):
+            # Every rank had finished (final checkpoint valid) or stopped, then one died on its
+            # way out (gloo's teardown aborts now and then): the run's work is done and on disk.
+            # A restart would only resume from that checkpoint and fail the same way.
+            first = read.facts.rank_exits[0] if read.facts.rank_exits else None
+            self.journal.event(EventKind.WARNING,
+                               messages.in_attempt(self.journal.attempt, messages.died_in_teardown(first, code)),
+                               teardown_exit=code, rank=first.rank if first else None)
+            read, code = read.cleared(), 0
         outcome = policy.classify_exit(read.facts)
         failing = _failing_rank(read.beats, outcome, code)
         step = _last_completed_step(failing, live)
@@ -598,8 +613,7 @@ class TorchrunAttempts:
         # The writer's heartbeat names the final checkpoint: global rank 0, or node 0's local rank 0
         # in a multi-node run (the worker's choose_leader). Another node's directory holds no
         # checkpoint; its workers exit 7 on every rank if the writer's final save failed.
-        named = [b.last_checkpoint for b in beats.values() if b.last_checkpoint]
-        final = max(named, key=lambda name: step_from_checkpoint_name(name) or -1) if named else None
+        final = _newest_named_checkpoint(beats)
         writes_checkpoints = self.config.is_node_zero
         facts = policy.ExitFacts(
             returncode=code,
@@ -623,6 +637,18 @@ class _ExitRead:
     beats: dict[int, Heartbeat]
     log_text: str
     final_checkpoint: str | None  # the newest checkpoint the writer's heartbeat names
+
+    def cleared(self) -> _ExitRead:
+        """The same read as a clean exit: what ended it was the workers' teardown, not the run."""
+        facts = dataclasses.replace(self.facts, returncode=0, rank_exits=())
+        return dataclasses.replace(self, facts=facts)
+
+
+def _newest_named_checkpoint(beats: dict[int, Heartbeat]) -> str | None:
+    """The newest checkpoint a heartbeat names: the writer's (global rank 0, or node 0's local
+    rank 0 in a multi-node run); another node's ranks name none."""
+    named = [b.last_checkpoint for b in beats.values() if b.last_checkpoint]
+    return max(named, key=lambda name: step_from_checkpoint_name(name) or -1) if named else None
 
 
 def _failing_rank(beats: dict[int, Heartbeat], outcome: policy.Outcome, code: int) -> Heartbeat | None:

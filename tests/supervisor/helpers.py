@@ -51,7 +51,8 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
-    for key in ("GPT2SUP_INJECT_CRASH_AT_STEP", "GPT2SUP_INJECT_CRASH_ONCE_FILE", "GPT2SUP_INJECT_SLOW_RANK"):
+    for key in ("GPT2SUP_INJECT_CRASH_AT_STEP", "GPT2SUP_INJECT_CRASH_ONCE_FILE", "GPT2SUP_INJECT_SLOW_RANK",
+                "GPT2SUP_INJECT_TEARDOWN_ABORT"):
         env.pop(key, None)
     env.update(extra or {})
     return env

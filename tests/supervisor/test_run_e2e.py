@@ -440,6 +440,18 @@ def test_a_byte_flipped_after_validation_is_rejected_by_the_worker_and_the_previ
 # --- issue 6 item 3: "finished" means the final state is on disk -------------------------------------
 
 
+def test_a_rank_aborting_in_teardown_after_the_final_save_is_finished_not_a_crash(tmp_path, reference_checkpoint):
+    """Every rank said `finished` and the final checkpoint is sound, then rank 1 dies of SIGABRT on
+    its way out (gloo's teardown does now and then): the run is done, not restarted."""
+    log_dir = tmp_path / "run"
+    proc = start_supervisor(log_dir, env={"GPT2SUP_INJECT_TEARDOWN_ABORT": "1"})
+    _finish_ok(proc, log_dir, reference_checkpoint)
+    assert len(events_named(log_dir, "launched")) == 1 and not events_named(log_dir, "crashed")
+    teardown = [e for e in events_named(log_dir, "warning") if e.get("teardown_exit") is not None]
+    assert teardown and "after every rank had ended" in teardown[0]["message"], read_events(log_dir)
+    assert "SIGABRT" in teardown[0]["message"], teardown
+
+
 def test_a_final_checkpoint_that_cannot_be_written_ends_finished_without_checkpoint(tmp_path):
     with mounted_tmpfs(tmp_path / "tmpfs", "60m") as disk:  # the tiny model's ~40 MB save never fits
         log_dir = disk / "run"
