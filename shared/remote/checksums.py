@@ -23,7 +23,8 @@ from pathlib import Path
 READ_BLOCK = 1 << 20
 
 
-def _crc32_b64(value: int) -> str:
+def crc32_b64(value: int) -> str:
+    """A CRC-32 as S3 writes it in ``ChecksumCRC32``: base64 of its 4 big-endian bytes."""
     return base64.b64encode(value.to_bytes(4, "big")).decode("ascii")
 
 
@@ -88,7 +89,7 @@ class FileDigests:
     def s3_checksums(self) -> set[str]:
         """The ``ChecksumCRC32`` values a store may report for this file: the whole object's,
         and for a multipart upload also the composite of its parts."""
-        values = {_crc32_b64(self.crc32)}
+        values = {crc32_b64(self.crc32)}
         if self.part_size is not None:
             values.add(composite_crc32(self.part_crc32s))
         return values
@@ -97,13 +98,16 @@ class FileDigests:
 def composite_crc32(part_crc32s: tuple[int, ...] | list[int]) -> str:
     """S3's composite CRC-32 of a multipart object: the CRC-32 of the parts' CRC-32s, then ``-N``."""
     combined = zlib.crc32(b"".join(value.to_bytes(4, "big") for value in part_crc32s))
-    return f"{_crc32_b64(combined)}-{len(part_crc32s)}"
+    return f"{crc32_b64(combined)}-{len(part_crc32s)}"
 
 
-def file_digests(path: Path, part_size: int | None = None) -> FileDigests:
+def file_digests(path: Path, part_size: int | None = None, *, crc32: bool = True) -> FileDigests:
     """Read ``path`` once: its SHA-256 and the CRC-32 of each ``part_size`` slice (the last may be
     short; the whole file is one part when ``part_size`` is None). hashlib and zlib release the
-    GIL, so this runs beside an upload."""
+    GIL, so this runs beside an upload. ``crc32=False``: the SHA-256 alone (``part_crc32s``
+    empty), for an uploader that computes each part's CRC-32 as it sends the part."""
+    if not crc32:
+        return _sha256_only(path, part_size)
     whole = hashlib.sha256()
     parts: list[int] = []
     part_crc, in_part = 0, 0
@@ -130,6 +134,15 @@ def file_digests(path: Path, part_size: int | None = None) -> FileDigests:
     if part_size is None or in_part:
         parts.append(part_crc)
     return FileDigests(size, whole.hexdigest(), part_size, tuple(parts))
+
+
+def _sha256_only(path: Path, part_size: int | None) -> FileDigests:
+    whole, size = hashlib.sha256(), 0
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(READ_BLOCK), b""):
+            size += len(block)
+            whole.update(block)
+    return FileDigests(size, whole.hexdigest(), part_size)
 
 
 def sha256_of_file(path: Path) -> str:

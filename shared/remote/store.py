@@ -50,6 +50,9 @@ class CheckpointStore(ABC):
     """One prefix of a store, holding one run's checkpoints and side files."""
 
     uri: str  # how messages name this store: s3://bucket/prefix or file:///path (never a secret)
+    # The uploader computes each part's CRC-32 from the bytes it sends (S3): the digests thread
+    # then reads the file for its SHA-256 only, and ``_upload`` gets digests without CRC-32s.
+    crc32_while_sending: bool = False
 
     # --- backend primitives -------------------------------------------------------------------
     @abstractmethod
@@ -75,8 +78,9 @@ class CheckpointStore(ABC):
     @abstractmethod
     def _upload(self, name: str, local: Path, digests: Callable[[], FileDigests]) -> str:
         """Upload ``local`` as ``name`` and verify it against ``digests()`` (the local file's,
-        computed while the bytes travel: call it after the transfer); returns how it was
-        verified. Raises IntegrityError when the store holds other bytes."""
+        computed while the bytes travel: call it after the transfer; without CRC-32s when
+        ``crc32_while_sending``); returns how it was verified. Raises IntegrityError when the
+        store holds other bytes."""
 
     @abstractmethod
     def _download(self, name: str, dest: Path) -> None:
@@ -119,7 +123,7 @@ class CheckpointStore(ABC):
         # (hashlib releases the GIL): hashing first, then uploading, made an upload ~35% slower
         # than a plain one (bench/bench_remote.py). The marker is written only after both.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-digest") as pool:
-            hashing = pool.submit(file_digests, local_path, self._part_size(size))
+            hashing = pool.submit(file_digests, local_path, self._part_size(size), crc32=not self.crc32_while_sending)
             # A new upload of a name withdraws its old commit first: between the two, the step
             # is honestly uncommitted rather than committed with a marker for other bytes.
             self._delete(commit_marker_name(name))

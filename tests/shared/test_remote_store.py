@@ -287,6 +287,37 @@ def test_s3_store_without_a_usable_checksum_is_verified_by_reading_back(aws_env:
         store._verify_checksum(path.name, None, digests)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [2 * MiB, 12 * MiB], ids=["one-put", "multipart"])
+def test_s3_a_part_whose_bytes_differ_from_its_crc32_is_refused_by_the_store_and_aborted(
+        aws_env: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    """The CRC-32 the uploader computes goes in each part's header and the store checks the bytes
+    it receives against it: bytes that changed between the two (here: a wrong CRC-32 for one
+    part) are refused, the multipart upload is aborted (no parts left behind), nothing is committed."""
+    from shared.remote import s3_store
+
+    store = open_store(aws_env.fresh_uri(), multipart_threshold=SMALL_PART, multipart_chunksize=SMALL_PART)
+    path = make_checkpoint(tmp_path, 300, size=size)
+    real_crc32 = s3_store.region_crc32
+
+    def wrong_for_the_last_part(local: Path, offset: int, length: int) -> int:
+        crc = real_crc32(local, offset, length)
+        return crc ^ 1 if offset + length == size else crc
+
+    monkeypatch.setattr(s3_store, "region_crc32", wrong_for_the_last_part)
+    with pytest.raises(ObjectStoreError) as refused:
+        store.upload_checkpoint(path)
+    assert not isinstance(refused.value, IntegrityError)  # refused by the store on arrival, not found after
+    assert "BadDigest" in str(refused.value), refused.value
+    client = raw_client_for(store)
+    key = store._key(path.name)
+    assert not client.list_multipart_uploads(Bucket=store.bucket, Prefix=key).get("Uploads")
+    assert store.list_committed() == []
+    monkeypatch.undo()
+    store.upload_checkpoint(path)  # the same file, its CRC-32s right: committed
+    assert [e.step for e in store.list_committed()] == [300]
+
+
 UPLOADER = """
 import sys
 from pathlib import Path
