@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from bench import disk_fill
 from shared.atomic_io import write_json_atomic
 from shared.supervisor_state import SupervisorState
@@ -197,3 +199,17 @@ def write_supervisor_state(path: Path, state: SupervisorState) -> None:
     """Write ``supervisor.json`` as a supervisor would (the real one goes through its journal)."""
     state.updated_at = time.time()
     write_json_atomic(path, state.to_dict())
+
+
+def kill_process_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every descendant. ``os.killpg`` is not enough for a torchrun: it starts
+    each rank in a session of its own, so the ranks would outlive it (and a long run trains on)."""
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for process in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(tree, timeout=30)

@@ -30,6 +30,7 @@ from tests.supervisor.helpers import (
     events_named,
     gpt2sup_argv,
     heartbeat,
+    kill_process_tree,
     one_process_worker_args,
     read_events,
     start_supervisor,
@@ -215,8 +216,9 @@ def test_a_bare_torchrun_on_the_directory_makes_run_refuse_naming_its_pids(tmp_p
         assert bare.poll() is None and all(psutil.pid_exists(pid) for pid in ranks)  # untouched
         assert supervisor_json(log_dir)["state"] == "refused"
     finally:
-        os.killpg(bare.pid, signal.SIGKILL)
+        kill_process_tree(bare.pid)  # the ranks too: they train on for 100000 steps otherwise
         bare.wait()
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(log_dir) in " ".join(p.info["cmdline"] or [])]
 
 
 def test_a_full_disk_mid_run_does_not_kill_the_supervisor_and_its_journal_catches_up(tmp_path, reference_checkpoint):
