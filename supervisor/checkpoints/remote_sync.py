@@ -19,6 +19,8 @@ storage layer built without them; only the URI is recorded.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +42,19 @@ IDENTITY_NAME = "run_identity.json"
 SYNC_S3_OPTIONS: dict[str, Any] = {"connect_timeout": 5.0, "read_timeout": 10.0, "max_attempts": 1}
 
 Emit = Callable[..., None]  # journal.event(kind, line, **details)
+# The uploader's CPU priority (nice), below the training ranks': on a host whose cores the ranks
+# keep busy (data loading, a CPU run), hashing and sending a checkpoint waits for them, never the
+# other way round. Threads it starts (the parts, the digest) inherit it.
+UPLOAD_NICENESS = 10
+
+
+def lower_this_threads_priority(niceness: int) -> None:
+    """Raise the calling thread's nice value by ``niceness`` (Linux: nice is per thread, and a
+    thread's nice value is inherited by the threads it creates). Best effort: elsewhere, or when
+    the system refuses, the upload runs at normal priority."""
+    with contextlib.suppress(AttributeError, OSError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + niceness))
 
 
 def open_checked(uri: str) -> CheckpointStore:
@@ -186,6 +201,7 @@ class RemoteSync:
 
     # -- the thread --------------------------------------------------------------------------------
     def _loop(self) -> None:
+        lower_this_threads_priority(UPLOAD_NICENESS)
         while not self._closing:
             try:
                 delay = self._tick()

@@ -1,10 +1,13 @@
 """The supervisor's uploader (``supervisor.checkpoints.remote_sync.RemoteSync``) driven tick by tick against
 a real directory store (``file://``): backlog, keep-last-N in the store, the identity side file,
-a store that goes away and comes back, and an ending's wait. No threads are started except in
-the flush test; ``_tick`` is the thread's one iteration."""
+a store that goes away and comes back, an ending's wait, and the uploader's CPU priority. No
+threads are started except in the flush and priority tests; ``_tick`` is the thread's one
+iteration."""
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,7 @@ import pytest
 
 from shared.remote import open_store
 from shared.run_dir import RunDir
-from supervisor.checkpoints.remote_sync import RemoteSync
+from supervisor.checkpoints.remote_sync import UPLOAD_NICENESS, RemoteSync
 
 
 class Events:
@@ -119,3 +122,28 @@ def test_flush_waits_for_the_newest_and_reports_honestly_when_it_cannot(tmp_path
         assert not sync.flush(30, give_up=lambda: True).uploaded  # a second Ctrl-C does not wait
     finally:
         sync.close()
+
+
+def test_uploads_run_below_the_training_ranks_cpu_priority(tmp_path):
+    """The uploader thread lowers its own priority (nice +10) and leaves the supervisor's other
+    threads alone: on a host whose cores the ranks keep busy, an upload waits for them."""
+    sync, _events, run, _mount = _sync(tmp_path)
+    seen: list[int] = []
+    upload = sync.store.upload_checkpoint
+
+    def recording(path: Path) -> Any:
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return upload(path)
+
+    sync.store.upload_checkpoint = recording  # type: ignore[method-assign]
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    _checkpoint(run, 4)
+    sync.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        sync.close()
+    assert seen == [min(19, mine + UPLOAD_NICENESS)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
