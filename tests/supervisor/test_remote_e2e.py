@@ -115,7 +115,9 @@ def test_a_run_uploads_its_checkpoints_and_the_last_one_before_finished(tmp_path
 def test_machine_lost_mid_run_resumes_from_the_bucket_on_an_empty_dir_bitwise(
         tmp_path, aws_env: S3Server, reference_checkpoint):
     log_dir, uri = tmp_path / "run", aws_env.fresh_uri()
-    slow = {"GPT2SUP_INJECT_SLOW_RANK": "0:0.3"}  # time to lose the machine mid-run (no effect on the math)
+    # Time to lose the machine mid-run (no effect on the math): the first commit must come well
+    # before the last step however slow the uploader is on a loaded machine (it runs at nice +10).
+    slow = {"GPT2SUP_INJECT_SLOW_RANK": "0:0.6"}
     proc = start_supervisor(log_dir, "--checkpoint-uri", uri, env=slow)
     wait_for(lambda: _committed(uri), 240, "a first committed checkpoint")
     _kill_tree(proc.pid)
@@ -172,8 +174,8 @@ def test_store_down_mid_run_training_goes_on_backlog_uploaded_and_run_finishes(t
 def test_a_store_still_down_at_the_end_is_an_honest_ending_not_finished(tmp_path, private_aws_env: S3Server):
     log_dir, uri = tmp_path / "run", private_aws_env.fresh_uri()
     proc = start_supervisor(log_dir, "--checkpoint-uri", uri, "--upload-timeout", "3", nproc=1,
-                            worker_args=one_process_worker_args(), env={"GPT2SUP_INJECT_SLOW_RANK": "0:0.3"})
-    wait_for(lambda: _committed(uri), 240, "a first committed checkpoint")
+                            worker_args=one_process_worker_args(), env={"GPT2SUP_INJECT_SLOW_RANK": "0:0.6"})
+    wait_for(lambda: _committed(uri), 240, "a first committed checkpoint")  # long before the last step
     os.kill(private_aws_env.pid, signal.SIGSTOP)
     try:
         code = wait_exit(proc, log_dir)
