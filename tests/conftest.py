@@ -6,10 +6,15 @@ download, in this process and in every worker process a test starts (they inheri
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("GPT2SUP_OFFLINE", "1")
 
@@ -92,3 +97,32 @@ def pytest_collection_modifyitems(config, items) -> None:
     finishing a long test while the others idle (longest first is the classic schedule).
     Deterministic (a stable sort), so every worker collects the same order, as xdist requires."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test that has a ``tmp_path``: any process still running with that directory on
+    its command line (a rank whose torchrun a test killed with ``killpg``: ranks live in sessions
+    of their own) is killed, with a warning naming the test. A leaked run would otherwise train on
+    under every later test, slowing the suite and bending its timings."""
+    if "tmp_path" not in request.fixturenames:
+        yield
+        return
+    where = str(request.getfixturevalue("tmp_path"))  # set up before this fixture, so torn down after it
+    yield
+    import psutil
+
+    me = os.getpid()
+    left = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error, TypeError):
+            parts = process.info["cmdline"] or ()
+            if process.info["pid"] != me and any(where + os.sep in part or part.endswith(where) for part in parts):
+                left.append(process)
+    for process in left:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    if left:
+        psutil.wait_procs(left, timeout=10)
+        warnings.warn(f"{request.node.nodeid} left {len(left)} process(es) running: "
+                      f"{[p.pid for p in left]}; killed", stacklevel=1)
