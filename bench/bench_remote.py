@@ -13,6 +13,8 @@ tests do). Each round, in alternating order so a noisy machine hits both sides:
   their ratio (goal >= 0.9x);
 * steps: a real ``gpt2sup run`` (tiny model, 1 process, a checkpoint every 5 steps) with and
   without ``--checkpoint-uri``: the median step time ``dt`` of metrics.jsonl (goal: within 3%);
+  and, paired within the uploads-on run, the median of the steps that overlapped an upload (the
+  ``uploaded`` events' windows) against the steps that did not;
 * machine loss: a run with ``--checkpoint-uri`` commits a checkpoint, its whole process tree is
   SIGKILLed and its directory deleted; the same command on an empty directory is timed from its
   start to its first resumed step (``new machine``). Against it, the floor: the same committed
@@ -33,6 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,17 +79,31 @@ def upload_plain(server, key: str, path: Path) -> float:  # type: ignore[no-unty
     return time.perf_counter() - started
 
 
-def run_steps(log_dir: Path, uri: str | None, steps: int, env: dict[str, str]) -> float:
-    """Median step dt of one real ``gpt2sup run``."""
+@dataclass(frozen=True)
+class StepTimes:
+    """One run's step times: the median of all, and (uploads on) of the steps that overlapped an
+    upload vs those that did not, the same process minutes apart at most (a paired comparison the
+    box's run-to-run noise does not reach)."""
+    median_s: float
+    during_upload: list[float]
+    without_upload: list[float]
+
+
+def run_steps(log_dir: Path, uri: str | None, steps: int, env: dict[str, str]) -> StepTimes:
+    """Step times of one real ``gpt2sup run``."""
     argv = [sys.executable, "-c", "from supervisor.cli import main; main()", "run", "--log-dir", str(log_dir),
             "--nproc-per-node", "1", "--monitor-interval", "0.5", *(["--checkpoint-uri", uri] if uri else []),
             "--", *TINY, "--max_steps", str(steps)]
     done = subprocess.run(argv, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise SystemExit(f"gpt2sup run exited {done.returncode}: {done.stdout[-1500:]}{done.stderr[-1500:]}")
-    dts = [json.loads(line)["dt"] for line in (log_dir / "metrics.jsonl").read_text().splitlines()
-           if line.strip() and "dt" in json.loads(line)]
-    return statistics.median(dts[2:] or dts)
+    records = [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    timed = [(r["time"], r["dt"]) for r in records if "dt" in r and "time" in r][2:]  # past the warm-up steps
+    uploads = [(e["time"] - e["seconds"], e["time"]) for e in map(json.loads, (log_dir / "events.jsonl").read_text().splitlines())
+               if e.get("event") == "uploaded" and "seconds" in e]
+    during = [dt for end, dt in timed if any(start < end and end - dt < stop for start, stop in uploads)]
+    without = [dt for end, dt in timed if not any(start < end and end - dt < stop for start, stop in uploads)]
+    return StepTimes(statistics.median(dt for _, dt in timed), during, without)
 
 
 def gpt2sup_run(log_dir: Path, worker_args: list[str], env: dict[str, str], *extra: str) -> subprocess.Popen[bytes]:
@@ -220,7 +237,11 @@ def main() -> None:
                     uri = f"s3://{server.bucket}/bench/{uuid.uuid4().hex[:8]}" if side == "on" else None
                     step[side] = run_steps(log_dir, uri, args.steps, env)
                     shutil.rmtree(log_dir, ignore_errors=True)
-                step_rows.append((rnd + 1, step["off"] * 1e3, step["on"] * 1e3, step["on"] / step["off"] - 1))
+                on = step["on"]
+                paired = (statistics.median(on.during_upload) / statistics.median(on.without_upload) - 1
+                          if on.during_upload and on.without_upload else float("nan"))
+                step_rows.append((rnd + 1, step["off"].median_s * 1e3, on.median_s * 1e3,
+                                  on.median_s / step["off"].median_s - 1, len(on.during_upload), paired))
             if "loss" not in args.skip:
                 new, download, restart = machine_loss_round(server, scratch, env, loss_args, first)
                 loss_rows.append((rnd + 1, new, download, restart, new / (download + restart)))
@@ -232,9 +253,10 @@ def main() -> None:
                 print(f"{r[0]:>5} {r[1]:>10.1f} {r[2]:>11.1f} {r[3]:>6.2f}")
         if step_rows:
             print(f"\nmedian step time, {args.steps} steps, tiny model (goal: uploads on within 3% of off)")
-            print(f"{'round':>5} {'off ms':>8} {'on ms':>8} {'on/off':>7}")
+            print("  (paired: within the uploads-on run, steps that overlapped an upload vs steps that did not)")
+            print(f"{'round':>5} {'off ms':>8} {'on ms':>8} {'on/off':>7} {'overlapped':>11} {'paired':>7}")
             for r in step_rows:
-                print(f"{r[0]:>5} {r[1]:>8.2f} {r[2]:>8.2f} {r[3]:>+7.1%}")
+                print(f"{r[0]:>5} {r[1]:>8.2f} {r[2]:>8.2f} {r[3]:>+7.1%} {r[4]:>11} {r[5]:>+7.1%}")
         if loss_rows:
             print(f"\nmachine loss to the first resumed step, --model {args.loss_model} "
                   f"(goal: new machine <= 1.2x download + restart)")
