@@ -135,6 +135,16 @@ def throughput(args: argparse.Namespace, work: Path, label: str, *extra: str) ->
     return statistics.median(rates) if rates else None
 
 
+def resumed_step(run_dir: Path) -> int | None:
+    """The step the supervisor resumed from after the first crash (its journal), None if none."""
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
+    kinds = [event["event"] for event in events]
+    if "crashed" not in kinds:
+        return None
+    after = [e for e in events[kinds.index("crashed"):] if e["event"] == "checkpoint_valid"]
+    return after[0].get("step") if after else None
+
+
 def kill_and_resume(args: argparse.Namespace, work: Path) -> tuple[bool, str]:
     """(bitwise equal, what was compared) for a crash-and-restart under gpt2sup against a reference."""
     common = worker_args(args, "--deterministic", "--checkpoint_interval", str(max(1, args.crash_at // 2)))
@@ -143,12 +153,18 @@ def kill_and_resume(args: argparse.Namespace, work: Path) -> tuple[bool, str]:
         return False, "the reference run failed"
     crash_env = {"GPT2SUP_INJECT_CRASH_AT_STEP": str(args.crash_at),
                  "GPT2SUP_INJECT_CRASH_ONCE_FILE": str(work / "crashed_once")}
+    # Synchronous saves in the supervised run: the injected crash ends the process at once, and a
+    # background write still in flight would die with it, leaving the restart nothing to resume
+    # from (a rerun from scratch, trivially equal, would then pass for a resume).
     supervisor = [sys.executable, "-m", "supervisor.cli", "run", "--log-dir", str(supervised), "--max-restarts", "2",
-                  "--nproc-per-node", str(args.nproc), "--backoff-initial", "0", "--", *common]
+                  "--nproc-per-node", str(args.nproc), "--backoff-initial", "0", "--", *common, "--no_async_checkpoint"]
     if run(supervisor, work / "supervised.log", crash_env) != 0:
         return False, "gpt2sup run did not finish"
     if not (work / "crashed_once").exists():
         return False, "the injected crash did not happen"
+    resumed = resumed_step(supervised)
+    if resumed is None or resumed > args.crash_at:
+        return False, f"the restart did not resume from a validated checkpoint at or before step {args.crash_at} ({resumed})"
     want, got = metrics(reference), metrics(supervised)
     differing = [step for step in want if got.get(step, {}).get("loss") != want[step]["loss"]]
     if differing or len(got) != len(want):
