@@ -16,7 +16,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_gpu_smoke_runs_end_to_end_on_cpu_and_finds_the_resume_bitwise(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GPT2SUP_CACHE_DIR": str(tmp_path / "cache")}
+    # gpu_smoke.sh runs `python` from PATH: this interpreter's, also when pytest was started as
+    # `.venv/bin/python -m pytest` without the venv on PATH.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GPT2SUP_CACHE_DIR": str(tmp_path / "cache"),
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     done = subprocess.run(
         ["bash", str(REPO_ROOT / "bench" / "gpu_smoke.sh"), "--device", "cpu", "--model", "tiny",
          "--micro-batch", "2", "--seq-len", "32", "--steps", "10", "--crash-at", "4", "--peak-tflops", "0.1",
