@@ -106,8 +106,6 @@ def file_digests(path: Path, part_size: int | None = None, *, crc32: bool = True
     short; the whole file is one part when ``part_size`` is None). hashlib and zlib release the
     GIL, so this runs beside an upload. ``crc32=False``: the SHA-256 alone (``part_crc32s``
     empty), for an uploader that computes each part's CRC-32 as it sends the part."""
-    if not crc32:
-        return _sha256_only(path, part_size)
     whole = hashlib.sha256()
     parts: list[int] = []
     part_crc, in_part = 0, 0
@@ -119,6 +117,8 @@ def file_digests(path: Path, part_size: int | None = None, *, crc32: bool = True
                 break
             size += len(block)
             whole.update(block)
+            if not crc32:
+                continue
             if part_size is None:
                 part_crc = zlib.crc32(block, part_crc)
                 continue
@@ -131,20 +131,11 @@ def file_digests(path: Path, part_size: int | None = None, *, crc32: bool = True
                 if in_part == part_size:
                     parts.append(part_crc)
                     part_crc, in_part = 0, 0
-    if part_size is None or in_part:
+    if crc32 and (part_size is None or in_part):
         parts.append(part_crc)
     return FileDigests(size, whole.hexdigest(), part_size, tuple(parts))
 
 
-def _sha256_only(path: Path, part_size: int | None) -> FileDigests:
-    whole, size = hashlib.sha256(), 0
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(READ_BLOCK), b""):
-            size += len(block)
-            whole.update(block)
-    return FileDigests(size, whole.hexdigest(), part_size)
-
-
 def sha256_of_file(path: Path) -> str:
     """The hex SHA-256 of a file (a download checked against its commit marker)."""
-    return file_digests(path).sha256_hex
+    return file_digests(path, crc32=False).sha256_hex

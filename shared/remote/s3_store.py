@@ -267,12 +267,18 @@ class S3CheckpointStore(CheckpointStore):
         sent = dataclasses.replace(digests(), part_size=part_size, part_crc32s=crcs)
         return self._verify_upload(name, head, sent)
 
+    def _send_region(self, request: Callable[..., Any], local: Path, offset: int, length: int,
+                     **params: Any) -> tuple[Any, int]:
+        """One request whose body is ``length`` bytes of ``local`` from ``offset``, sent with
+        their CRC-32 (read first): the store's answer, and that CRC-32."""
+        crc = region_crc32(local, offset, length)
+        with FileRegion(local, offset, length) as body:
+            answer = request(Bucket=self.bucket, Body=body, ContentLength=length, ChecksumCRC32=crc32_b64(crc),
+                             **params)
+        return answer, crc
+
     def _put_file(self, key: str, local: Path, size: int) -> int:
-        crc = region_crc32(local, 0, size)
-        with FileRegion(local, 0, size) as body:
-            self._client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentLength=size,
-                                    ChecksumCRC32=crc32_b64(crc))
-        return crc
+        return self._send_region(self._client.put_object, local, 0, size, Key=key)[1]
 
     def _multipart(self, key: str, local: Path, size: int, part_size: int) -> tuple[int, ...]:
         client = self._client
@@ -280,11 +286,8 @@ class S3CheckpointStore(CheckpointStore):
 
         def send(number: int) -> tuple[str, int]:
             offset = (number - 1) * part_size
-            length = min(part_size, size - offset)
-            crc = region_crc32(local, offset, length)
-            with FileRegion(local, offset, length) as body:
-                answer = client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                                            Body=body, ContentLength=length, ChecksumCRC32=crc32_b64(crc))
+            answer, crc = self._send_region(client.upload_part, local, offset, min(part_size, size - offset),
+                                            Key=key, UploadId=upload_id, PartNumber=number)
             return answer["ETag"], crc
 
         numbers = range(1, -(-size // part_size) + 1)
