@@ -452,6 +452,21 @@ def test_a_rank_aborting_in_teardown_after_the_final_save_is_finished_not_a_cras
     assert "SIGABRT" in teardown[0]["message"], teardown
 
 
+def test_ranks_stopped_from_outside_then_one_aborting_in_teardown_is_stopped_not_a_crash(tmp_path):
+    """SIGTERM to every rank, not from the supervisor (an operator's kill, a preemption): they save
+    and say `stopped`, then rank 1 aborts on its way out. The run stopped: no crash, no restart."""
+    log_dir = tmp_path / "run"
+    proc = start_supervisor(log_dir, env={"GPT2SUP_INJECT_TEARDOWN_ABORT": "1"})
+    wait_for_step(log_dir, 3, rank=1)
+    for rank in (0, 1):
+        os.kill(heartbeat(log_dir, rank)["pid"], signal.SIGTERM)
+    code = wait_exit(proc, log_dir)
+    assert code == SupervisorExit.STOPPED, console_text(log_dir)[-3000:]
+    assert len(events_named(log_dir, "launched")) == 1 and not events_named(log_dir, "crashed")
+    teardown = [e for e in events_named(log_dir, "warning") if e.get("teardown_exit") is not None]
+    assert teardown and "SIGABRT" in teardown[0]["message"], read_events(log_dir)
+
+
 def test_a_final_checkpoint_that_cannot_be_written_ends_finished_without_checkpoint(tmp_path):
     with mounted_tmpfs(tmp_path / "tmpfs", "60m") as disk:  # the tiny model's ~40 MB save never fits
         log_dir = disk / "run"
