@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import functools
 import math
 import os
 import random
@@ -44,6 +45,7 @@ from worker.model import GPT, build_config, cosine_lr
 from worker.runtime.compiler_import import (
     skip_compiler_import_for_optimizers,
     skip_compiler_import_for_step,
+    wrap_in_ddp_without_compiler_import,
 )
 from worker.runtime.compute_clock import ComputeClock
 from worker.runtime.device_setup import (
@@ -407,12 +409,17 @@ def _compiled_and_wrapped(raw_model: GPT, config: TrainConfig, dist: Distributed
     """The model the step loop calls (compiled when asked, in DDP across ranks), and whether DDP wraps it.
 
     A group of one (torchrun --nproc_per_node=1, e.g. ``gpt2sup run --nproc-per-node 1``) has no
-    gradients to average: DDP would only cost its constructor's import of torch._dynamo.
+    gradients to average, so no DDP. Without ``--compile`` DDP is built without importing
+    torch._dynamo (~1.2 s of CPU per rank at every start; ``worker.runtime.compiler_import``).
     """
     model = torch.compile(raw_model) if config.compile else raw_model
     wrapped_in_ddp = dist.ddp and dist.world_size > 1
     if wrapped_in_ddp:
-        model = DDP(model, device_ids=[dist.local_rank] if config.device_type == "cuda" else None)
+        device_ids = [dist.local_rank] if config.device_type == "cuda" else None
+        if config.compile:
+            model = DDP(model, device_ids=device_ids)
+        else:
+            model = wrap_in_ddp_without_compiler_import(torch, functools.partial(DDP, model, device_ids=device_ids))
     return model, wrapped_in_ddp
 
 

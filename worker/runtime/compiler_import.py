@@ -8,14 +8,22 @@ imports it from two places: the compile-disabled methods (``add_param_group``, `
 graph breaks, no-ops outside ``torch.compile``; ``skip_compiler_import_for_step``).
 
 Used only where nothing is compiled (the worker without ``--compile``, the checkpoint
-load-probe). A multi-process run pays the import anyway: ``DistributedDataParallel.__init__``
-reads ``torch._dynamo.utils.get_optimize_ddp_mode()``.
+load-probe). DistributedDataParallel imports it from two more places, each rank of a multi-process
+run once: its constructor reads ``torch._dynamo.utils.get_optimize_ddp_mode()`` (a setting only
+``torch.compile`` acts on) and its forward enters a compile-disabled context manager
+(``wrap_in_ddp_without_compiler_import``).
 """
 from __future__ import annotations
 
 import sys
 import types
+from collections.abc import Callable
 from typing import Any
+
+# What DDP's constructor asks dynamo: anything but "python_reducer" (compiled autograd's reducer,
+# only ever used under torch.compile) leaves DDP on its C++ reducer. torch's own default
+# (``torch._dynamo.config.optimize_ddp = True``) reads as "ddp_optimizer".
+UNCOMPILED_DDP_MODE = "ddp_optimizer"
 
 
 def skip_compiler_import_for_optimizers(torch: Any) -> int:
@@ -72,4 +80,50 @@ def skip_compiler_import_for_step(torch: Any, optimizer: Any) -> bool:
             return body(self, *args, **kwargs)
 
     optimizer.step = types.MethodType(torch.optim.Optimizer.profile_hook_step(without_graph_breaks), optimizer)
+    return True
+
+
+def wrap_in_ddp_without_compiler_import(torch: Any, wrap: Callable[[], Any]) -> Any:
+    """``wrap()`` (which builds the ``DistributedDataParallel`` module) without ``import torch._dynamo``.
+
+    Only for a process that never compiles. Two places in DDP import the compiler stack:
+
+    - the constructor reads ``torch._dynamo.utils.get_optimize_ddp_mode()`` through ``torch``'s
+      lazy attribute, only to learn whether compiled autograd's python reducer is asked for. While
+      ``wrap()`` runs, ``torch._dynamo`` is a stand-in that answers torch's default
+      (``UNCOMPILED_DDP_MODE``, the C++ reducer, exactly what an uncompiled DDP uses); it is removed
+      right after, and a real ``import torch._dynamo`` still finds the real module (the import
+      system does not read the attribute). Already imported: nothing is stood in for.
+    - every forward enters ``DDP._inside_ddp_forward``, wrapped in ``torch._disable_dynamo`` (the
+      same lazy wrapper as the optimizer methods above); its plain function is cached as its own
+      "never compile" form, as ``skip_compiler_import_for_optimizers`` does.
+
+    Same module, same reducer, same math; should torch move either place, the import simply
+    happens as before (slower, never wrong).
+    """
+    _skip_compiler_import_for_ddp_forward(torch)
+    if "torch._dynamo" in sys.modules or "_dynamo" in vars(torch):
+        return wrap()
+    stand_in = types.SimpleNamespace(
+        utils=types.SimpleNamespace(get_optimize_ddp_mode=lambda: UNCOMPILED_DDP_MODE))
+    torch._dynamo = stand_in
+    try:
+        return wrap()
+    finally:
+        if vars(torch).get("_dynamo") is stand_in:
+            del torch._dynamo
+
+
+def _skip_compiler_import_for_ddp_forward(torch: Any) -> bool:
+    """Cache ``DDP._inside_ddp_forward``'s plain function as its compile-disabled form (see above)."""
+    try:
+        marker = torch._compile._disable_dynamo(lambda: None).__code__
+        from torch.nn.parallel import DistributedDataParallel
+    except (AttributeError, ImportError):
+        return False
+    lazy = getattr(getattr(DistributedDataParallel, "_inside_ddp_forward", None), "__wrapped__", None)
+    plain = getattr(lazy, "__wrapped__", None)
+    if plain is None or getattr(lazy, "__code__", None) is not marker:
+        return False
+    setattr(plain, "__dynamo_disable", plain)
     return True

@@ -1,4 +1,4 @@
-"""The worker never imports ``torch._dynamo`` (~2.5 s of every restart) unless it compiles or uses DDP.
+"""The worker never imports ``torch._dynamo`` (~2.5 s of every restart) unless it compiles.
 
 ``worker.runtime.compiler_import.skip_compiler_import_for_optimizers`` patches ``torch.optim.Optimizer``
 process-wide, so every check that applies it runs in a child process of its own: nothing leaks
@@ -8,6 +8,7 @@ last heartbeat (``worker.runtime.startup_clock``).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -178,8 +179,73 @@ def test_a_one_process_run_and_its_resume_never_import_the_compiler(launcher: Wo
     assert [r[0] for r in step_records(log_dir)] == list(range(12))
 
 
-def test_a_two_process_run_reports_the_import_ddp_makes(launcher: WorkerLauncher, tmp_path: Path) -> None:
-    # The other side of the diagnostic: DDP's constructor imports torch._dynamo, and the heartbeat says so.
+def test_a_two_process_run_never_imports_the_compiler(launcher: WorkerLauncher, tmp_path: Path) -> None:
+    # DDP's constructor and forward would import torch._dynamo; the worker builds it without.
     log_dir = tmp_path / "run"
     run_ok(launcher, log_dir, [*ARGS, "--max_steps", "2", "--eval_interval", "0"], nproc=2)
-    assert compiler_imported(log_dir) is True
+    assert compiler_imported(log_dir) is False
+
+
+# Run by torchrun with 2 ranks: the worker's tiny GPT in DDP built without the compiler import,
+# 3 SGD steps, then the same in torch's own DDP (its lazy wrapper restored, the real import made):
+# prints each rank's digests of parameters and gradients, and whether dynamo was imported when.
+DDP_BOTH_WAYS = r"""
+import hashlib, json, os, sys
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from worker.model import GPT, build_config
+from worker.runtime.compiler_import import wrap_in_ddp_without_compiler_import
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+
+def digest(tensors):
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+def train(wrap):
+    torch.manual_seed(0)
+    raw = GPT(build_config("tiny", dropout=0.1))
+    model = wrap(raw)
+    gen = torch.Generator().manual_seed(100 + rank)
+    for _ in range(3):  # plain SGD by hand: torch.optim would import dynamo itself (tested above)
+        for p in raw.parameters():
+            p.grad = None
+        x = torch.randint(0, raw.config.vocab_size, (2, 16), generator=gen)
+        _, loss = model(x, x)
+        loss.backward()
+        grads = digest(p.grad for p in raw.parameters())
+        with torch.no_grad():
+            for p in raw.parameters():
+                p -= 1e-2 * p.grad
+    return {"params": digest(raw.parameters()), "grads": grads}
+
+out = {"ours": train(lambda m: wrap_in_ddp_without_compiler_import(torch, lambda: DDP(m)))}
+out["dynamo_after_ours"] = "torch._dynamo" in sys.modules
+lazy = DDP._inside_ddp_forward.__wrapped__
+del lazy.__wrapped__.__dynamo_disable  # back to torch's own: the wrapper imports dynamo again
+out["torchs"] = train(DDP)
+out["dynamo_after_torchs"] = "torch._dynamo" in sys.modules
+print("RESULT " + json.dumps(out), flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_ddp_built_without_the_compiler_import_trains_bit_for_bit_like_torchs_own(tmp_path: Path) -> None:
+    script = tmp_path / "ddp_both_ways.py"
+    script.write_text(DDP_BOTH_WAYS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S,
+        start_new_session=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads(line.split("RESULT ", 1)[1]) for line in done.stdout.splitlines() if "RESULT " in line]
+    assert len(ranks) == 2, done.stdout
+    for out in ranks:
+        assert not out["dynamo_after_ours"] and out["dynamo_after_torchs"], out  # each way ran as it says
+        assert out["ours"] == out["torchs"], out  # same gradients (all-reduced) and same weights
+    assert ranks[0]["ours"] == ranks[1]["ours"]  # the ranks agree: the gradients really were averaged
