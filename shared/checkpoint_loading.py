@@ -44,8 +44,9 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 class CheckpointLoadError(Exception):
     """The file cannot be loaded; the message is the one line a user sees.
 
-    ``refused`` is True when the file asks for something we never load (its pickle names code),
-    False when it is unreadable (cut short, not a torch.save file, damaged pickle).
+    ``refused`` is True when the file asks for something we never load (its pickle names code, or
+    a numpy array of a type gpt2sup does not rebuild, e.g. strings or objects): no evidence of
+    damage. False when it is unreadable (cut short, not a torch.save file, damaged pickle).
     """
 
     def __init__(self, message: str, *, refused: bool = False) -> None:
@@ -83,7 +84,8 @@ class DtypeStandIn:
         import numpy as np
 
         if self.spec is None or not re.fullmatch(r"[biuf][1248]|f2|c8|c16", self.spec):
-            raise CheckpointLoadError(f"the file holds a numpy array of type {self.spec!r}, which gpt2sup does not load")
+            raise CheckpointLoadError(f"the file holds a numpy array of type {self.spec!r}, which gpt2sup does not load",
+                                      refused=True)  # our choice, not damage
         order = self.byteorder if self.byteorder in "<>" else "="
         return np.dtype(self.spec).newbyteorder(order)
 
@@ -106,7 +108,7 @@ class ArrayStandIn:
         import numpy as np
 
         if not isinstance(self.dtype, DtypeStandIn) or not isinstance(self.raw, (bytes, bytearray)):
-            raise CheckpointLoadError("the file holds a numpy array gpt2sup cannot rebuild from plain bytes")
+            raise CheckpointLoadError("the file holds a numpy array gpt2sup cannot rebuild from plain bytes", refused=True)
         dtype = self.dtype.real()
         shape = tuple(int(d) for d in self.shape)
         count = 1
@@ -126,7 +128,7 @@ def _reconstruct(subtype: Any = None, shape: Any = None, dtype: Any = None) -> A
 def _scalar(dtype: Any, raw: Any = None) -> Any:
     """Stand-in for ``numpy._core.multiarray.scalar`` (e.g. a ``np.float64`` val_loss)."""
     if not isinstance(dtype, DtypeStandIn) or not isinstance(raw, (bytes, bytearray)):
-        raise CheckpointLoadError("the file holds a numpy scalar gpt2sup cannot rebuild from plain bytes")
+        raise CheckpointLoadError("the file holds a numpy scalar gpt2sup cannot rebuild from plain bytes", refused=True)
     import numpy as np
 
     return np.frombuffer(bytes(raw), dtype=dtype.real(), count=1)[0].item()

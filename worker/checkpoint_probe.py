@@ -1,7 +1,7 @@
 """Load-probe of checkpoints, meant to run in a throw-away child process.
 
-    python -m worker.checkpoint_probe PATH [--deep] [--size-bytes N]   one file, one verdict
-    python -m worker.checkpoint_probe --serve                          many files, one import
+    python -m worker.checkpoint_probe PATH [--deep] [--size-bytes N] [--generic]   one file, one verdict
+    python -m worker.checkpoint_probe --serve [--generic]                          many files, one import
 
 Why a child process: loading parses an untrusted pickle and memory-maps tensor bytes. A damaged
 file can make it raise, hang, or (in native code) crash the interpreter. The caller
@@ -14,17 +14,21 @@ whenever a verdict was reached — including "this file is bad":
     {"ok": bool, "reason": str | null, "step": int | null, "config": dict | null,
      "format_version": int | null, "has_optimizer_state": bool | null, "deep": bool,
      "source_format": str | null, "import_torch_seconds": float,
-     "unsupported_format_version": int | null,
+     "unsupported_format_version": int | null, "inconclusive": bool,
      "checks": [[name, passed, detail, seconds], ...]}
 
 ``unsupported_format_version`` is set (with ``ok`` false) for a file whose ``format_version`` is
 newer than this install reads: checked right after the load, before any other check, and not a
 verdict of damage (the caller reports it as UNSUPPORTED and never quarantines the file).
 
+``inconclusive`` is true (with ``ok`` false) only in ``--generic`` mode, for a file that cannot be
+judged without running code it names (below): not a verdict of damage. It is false otherwise.
+
 ``--serve`` answers many files with one ``import torch``: it first prints
 ``{"ready": true, "import_torch_seconds": s}``, then reads one JSON request per stdin line
-(``{"path": str, "deep": bool, "size_bytes": int | null}``) and prints one verdict line (above)
-per request, until stdin closes. The caller times each request on its own.
+(``{"path": str, "deep": bool, "size_bytes": int | null}``, optionally ``"generic": true``) and
+prints one verdict line (above) per request, until stdin closes. The caller times each request on
+its own. ``--serve --generic`` probes every request in generic mode.
 
 Exit status 3 means the probe could not judge any file (torch or the worker failed to import);
 the caller must not blame the checkpoint for that. Anything else (a signal, another status, no
@@ -40,6 +44,24 @@ weights), AdamW built as the worker builds it, a loader stand-in whose ``load_st
 ``worker.data.shards.validate_loader_state``, and every RNG state restored. So "verify OK" means "this
 file resumes". ``--deep`` then touches every tensor (finite values, optimizer moments shaped
 like their parameters), which does read the whole file.
+
+``--generic`` probes a checkpoint in a format of its own (a user's training script's, not
+gpt2sup's): nothing about gpt2sup's format or GPT-2 is assumed; no format_version, keys, shapes,
+size floor or restore. Its checks, in the same ``checks`` list:
+
+- ``load``: the same safe load. A file whose pickle names a class we never load (refused) is not
+  damage: ``ok`` false, ``inconclusive`` true, reason "cannot judge without loading code the file
+  names: ...". Any other load error is damage (``ok`` false).
+- ``step``: when the file is a dict with an int ``step`` and its name is ``model_N.pt``, the two
+  must agree; otherwise there is nothing to compare and the check passes.
+- ``tensors``: counts the tensors anywhere in the loaded object (touches no tensor bytes). With
+  ``--deep``, every floating tensor under the top-level ``model`` key (or, for a flat mapping of
+  tensors such as a bare state_dict, every one of them) must be finite.
+
+A generic verdict reports ``step`` (the dict's int ``step``, if any), ``config`` (the dict's
+``config``, if it is a dict after loading, e.g. a pickled ``GPTConfig`` dataclass) and
+``source_format`` ``"generic"``; ``format_version``, ``has_optimizer_state`` and
+``unsupported_format_version`` stay null.
 """
 from __future__ import annotations
 
@@ -50,7 +72,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -359,6 +381,127 @@ def check_optimizer_finite(checkpoint: dict[str, Any], torch: Any) -> str:
     return f"{count} optimizer tensors finite"
 
 
+# --- generic mode: a checkpoint in a format of its own -------------------------------------------
+
+GENERIC_FORMAT = "generic"  # ``source_format`` of every generic verdict
+CANNOT_JUDGE_PREFIX = "cannot judge without loading code the file names: "
+
+
+def _walk_tensors(value: Any, torch: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, tensor) for every tensor in dicts, lists and tuples, nested, in order.
+
+    Iterative, and each container is visited once: a deep or self-referencing pickle cannot
+    exhaust the recursion limit. Reads no tensor bytes.
+    """
+    seen: set[int] = set()
+    stack: list[tuple[str, Any]] = [(prefix, value)]
+    while stack:
+        key, item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            yield key, item
+            continue
+        if isinstance(item, dict):
+            children = [(str(k), v) for k, v in item.items()]
+        elif isinstance(item, (list, tuple)):
+            children = [(str(i), v) for i, v in enumerate(item)]
+        else:
+            continue
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        stack.extend(reversed([(f"{key}.{k}" if key else k, v) for k, v in children]))
+
+
+def check_generic_step(checkpoint: Any, path: Path) -> str:
+    step = checkpoint.get("step") if isinstance(checkpoint, dict) else None
+    if not isinstance(step, int) or isinstance(step, bool):
+        return "no step to compare (no int 'step' in the file)"
+    name_step = step_from_checkpoint_name(path.name)
+    if name_step is None:
+        return f"step {step}; no step to compare in the file name {path.name}"
+    if name_step != step:
+        raise CheckFailed(f"step {step} inside the file disagrees with its name {path.name} (step {name_step})")
+    return f"step {step} matches the file name"
+
+
+def _finite_scope(checkpoint: Any, torch: Any) -> tuple[str, Any] | None:
+    """What ``--deep`` scans in generic mode: the top-level ``model`` entry, else the whole object
+    when it is a flat mapping of tensors (a bare state_dict); None when neither."""
+    if isinstance(checkpoint, dict) and "model" in checkpoint:
+        return "model", checkpoint["model"]
+    if isinstance(checkpoint, dict) and checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        return "", checkpoint
+    return None
+
+
+def check_generic_tensors(checkpoint: Any, torch: Any, deep: bool) -> str:
+    count = sum(1 for _ in _walk_tensors(checkpoint, torch))
+    found = f"{count} tensor{'' if count == 1 else 's'} in the file"
+    if not deep:
+        return found
+    scope = _finite_scope(checkpoint, torch)
+    if scope is None:
+        return found + "; no 'model' entry or flat state_dict to check for finite values"
+    prefix, value = scope
+    scanned = 0
+    for name, tensor in _walk_tensors(value, torch, prefix):
+        if not (tensor.is_floating_point() or tensor.is_complex()):
+            continue
+        scanned += 1
+        bad = _nonfinite(tensor, torch)
+        if bad:
+            raise CheckFailed(f"tensor {name} holds {bad} non-finite values (NaN/inf)")
+    where = "under 'model'" if prefix else "of the state_dict"
+    return found + f"; {scanned} floating tensor{'' if scanned == 1 else 's'} {where} finite"
+
+
+def probe_generic(path: Path, *, deep: bool = False) -> dict[str, Any]:
+    """Generic-mode verdict for ``path`` (module docstring, ``--generic``)."""
+    started = time.perf_counter()
+    import torch  # inside, as in ``probe``
+
+    from shared.checkpoint_loading import CheckpointLoadError, load_checkpoint
+
+    verdict: dict[str, Any] = {
+        "ok": False, "reason": None, "step": None, "config": None, "format_version": None,
+        "has_optimizer_state": None, "deep": deep, "source_format": GENERIC_FORMAT,
+        "unsupported_format_version": None, "inconclusive": False,
+        "import_torch_seconds": round(time.perf_counter() - started, 4), "checks": [],
+    }
+    holder: dict[str, Any] = {}
+
+    def load() -> str:
+        try:
+            holder["checkpoint"] = load_checkpoint(path, mmap=True)
+        except CheckpointLoadError as error:
+            if error.refused:  # it names code we never run: no evidence either way about the bytes
+                verdict["inconclusive"] = True
+                raise CheckFailed(CANNOT_JUDGE_PREFIX + str(error)) from None
+            raise CheckFailed(str(error)) from None
+        loaded = holder["checkpoint"]
+        return f"loaded without running code (weights_only, mmap): a {type(loaded).__name__}"
+
+    if not _run_check(verdict, "load", load):
+        return verdict
+    checkpoint = holder["checkpoint"]
+    if isinstance(checkpoint, dict):
+        step, config = checkpoint.get("step"), checkpoint.get("config")
+        if isinstance(step, int) and not isinstance(step, bool):
+            verdict["step"] = step
+        if isinstance(config, dict):
+            verdict["config"] = {str(k): v for k, v in config.items()
+                                 if isinstance(v, (int, float, str, bool)) or v is None}
+    steps: list[tuple[str, Callable[[], str]]] = [
+        ("step", lambda: check_generic_step(checkpoint, path)),
+        ("tensors", lambda: check_generic_tensors(checkpoint, torch, deep)),
+    ]
+    for name, check in steps:
+        if not _run_check(verdict, name, check):
+            return verdict
+    verdict["ok"] = True
+    return verdict
+
+
 # --- driver --------------------------------------------------------------------------------------
 
 def _run_check(verdict: dict[str, Any], name: str, check: Callable[[], str]) -> bool:
@@ -425,7 +568,7 @@ def probe(path: Path, *, deep: bool = False, size_bytes: int | None = None) -> d
     verdict: dict[str, Any] = {
         "ok": False, "reason": None, "step": None, "config": None, "format_version": None,
         "has_optimizer_state": None, "deep": deep, "source_format": None, "unsupported_format_version": None,
-        "import_torch_seconds": round(time.perf_counter() - started, 4), "checks": [],
+        "inconclusive": False, "import_torch_seconds": round(time.perf_counter() - started, 4), "checks": [],
     }
     if size_bytes is None:
         size_bytes = path.stat().st_size
@@ -480,8 +623,9 @@ def _import_for_probing() -> float:
     return time.perf_counter() - started
 
 
-def serve(requests: Any, out: Any, import_seconds: float) -> None:
-    """The ``--serve`` loop: one verdict line per request line (module docstring)."""
+def serve(requests: Any, out: Any, import_seconds: float, *, generic: bool = False) -> None:
+    """The ``--serve`` loop: one verdict line per request line (module docstring). ``generic``
+    probes every request in generic mode; a request's own ``"generic": true`` does it for one."""
     out.write(json.dumps({"ready": True, "import_torch_seconds": round(import_seconds, 4)}) + "\n")
     out.flush()
     for line in requests:
@@ -489,8 +633,11 @@ def serve(requests: Any, out: Any, import_seconds: float) -> None:
             continue
         request = json.loads(line)
         size = request.get("size_bytes")
-        verdict = probe(Path(request["path"]), deep=bool(request.get("deep")),
-                        size_bytes=int(size) if size is not None else None)
+        if generic or request.get("generic") is True:
+            verdict = probe_generic(Path(request["path"]), deep=bool(request.get("deep")))
+        else:
+            verdict = probe(Path(request["path"]), deep=bool(request.get("deep")),
+                            size_bytes=int(size) if size is not None else None)
         verdict["import_torch_seconds"] = round(import_seconds, 4)
         out.write(json.dumps(verdict) + "\n")
         out.flush()
@@ -505,6 +652,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deep", action="store_true", help="also check every tensor is finite and optimizer shapes")
     parser.add_argument("--size-bytes", type=int, default=None, help="file size the caller measured")
     parser.add_argument("--serve", action="store_true", help="read one JSON request per stdin line")
+    parser.add_argument("--generic", action="store_true",
+                        help="a checkpoint in a format of its own: load, step vs. name, tensors (no gpt2sup format checks)")
     args = parser.parse_args(argv)
     if (args.path is None) == (not args.serve):
         parser.error("give either PATH or --serve")
@@ -519,9 +668,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"cannot import torch or the worker: {type(error).__name__}: {error}", file=sys.stderr)
             return ProbeExit.CANNOT_JUDGE
         if args.serve:
-            serve(sys.stdin, verdict_out, import_seconds)
+            serve(sys.stdin, verdict_out, import_seconds, generic=args.generic)
             return ProbeExit.VERDICT
-        verdict = probe(args.path, deep=args.deep, size_bytes=args.size_bytes)
+        if args.generic:
+            verdict = probe_generic(args.path, deep=args.deep)
+        else:
+            verdict = probe(args.path, deep=args.deep, size_bytes=args.size_bytes)
         verdict["import_torch_seconds"] = round(import_seconds, 4)
     finally:
         sys.stdout = verdict_out

@@ -16,15 +16,17 @@ can never disagree. The checks run in order and stop at the first failure:
 4. ``load-probe`` ``python -m worker.checkpoint_probe`` in a child process: safe load, keys,
                  format, step vs. name, config, shapes, size floor, then the worker's own restore
                  (model, optimizer, loader state, every RNG); with ``deep`` also finite tensors
-                 and optimizer moment shapes.
+                 and optimizer moment shapes. With ``generic`` (a checkpoint in a format of its own,
+                 e.g. a user script's: :func:`probe_command`), only the safe load, step vs. name,
+                 and with ``deep`` finite ``model`` tensors.
 
 Verdicts (``shared.vocabulary.Verdict``): VALID; UNSUPPORTED for a ``format_version`` newer than
 this install reads (a newer gpt2sup wrote it: not damage, never quarantined, nothing else judged);
 INVALID only on positive evidence about the file
 (CRC mismatch, truncation, unpicklable, missing keys, wrong shapes, a failed restore, a loader that
 crashes the interpreter with SIGSEGV/SIGBUS); INCONCLUSIVE when the file could not be judged (a
-probe that timed out, could not start, or failed for reasons of its own). An inconclusive file is
-never quarantined.
+probe that timed out, could not start, or failed for reasons of its own; in generic mode, a file
+whose pickle names a class we never load). An inconclusive file is never quarantined.
 
 Speed: all files of one call share ONE probe child (one ``import torch``), each file with its own
 timeout; a file that hangs or crashes the child costs only that file, the next one gets a fresh
@@ -260,6 +262,13 @@ class ProbeOutcome(NamedTuple):
     seconds: float
 
 
+def probe_command(generic: bool = False) -> list[str]:
+    """The probe child's argv: ``python -m worker.checkpoint_probe --serve``, plus ``--generic``
+    for checkpoints in a format of their own (a user script's), judged without gpt2sup's format
+    checks (``worker.checkpoint_probe``'s docstring)."""
+    return [sys.executable, "-m", PROBE_MODULE, "--serve", *(["--generic"] if generic else [])]
+
+
 def _probe_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
@@ -297,7 +306,8 @@ class ProbeSession:
     (``startup_timeout``). A file that times out or kills the child ends that child; the next
     file starts a fresh one. A start that fails (no torch, too slow) is not retried for every
     file: each later file gets the same inconclusive outcome. Never raises for anything the
-    child does. ``command`` replaces the child's argv (tests simulate misbehaving children).
+    child does. ``command`` replaces the child's argv (tests simulate misbehaving children;
+    ``probe_command(generic=True)`` probes every file in generic mode).
     """
 
     def __init__(self, timeout: float | None = None, *, startup_timeout: float = PROBE_STARTUP_TIMEOUT_S,
@@ -308,7 +318,7 @@ class ProbeSession:
         # psutil while a verdict is awaited; a child above it is killed and the file is not judged.
         self.memory_cap_bytes = memory_cap_bytes
         self._over_memory: int | None = None  # the RSS that got the child killed
-        self.command = list(command) if command else [sys.executable, "-m", PROBE_MODULE, "--serve"]
+        self.command = list(command) if command else probe_command()
         self.import_seconds: float | None = None
         self.children_started = 0
         self._child: subprocess.Popen[bytes] | None = None
@@ -340,7 +350,10 @@ class ProbeSession:
             return float(self.timeout)
         return auto_probe_timeout(self.import_seconds or 0.0, size_bytes)
 
-    def probe(self, path: Path, *, deep: bool = False, size_bytes: int | None = None) -> ProbeOutcome:
+    def probe(self, path: Path, *, deep: bool = False, size_bytes: int | None = None,
+              generic: bool = False) -> ProbeOutcome:
+        """One file's outcome. ``generic`` asks for generic mode for this file alone (a child
+        started with ``--generic`` uses it for every file anyway)."""
         started = time.monotonic()
         if self._bad_timeout is not None:
             return ProbeOutcome(None, self._bad_timeout, True, 0.0)
@@ -350,7 +363,9 @@ class ProbeSession:
         if self._start_failure is not None:
             return self._start_failure._replace(seconds=time.monotonic() - started)
         assert self._child is not None and self._child.stdin is not None
-        request = {"path": str(Path(path).absolute()), "deep": deep, "size_bytes": size_bytes}
+        request: dict[str, Any] = {"path": str(Path(path).absolute()), "deep": deep, "size_bytes": size_bytes}
+        if generic:
+            request["generic"] = True
         timeout = self.timeout_for(size_bytes)
         sent = time.monotonic()
         try:
@@ -562,7 +577,7 @@ def _timed_crc(path: Path) -> tuple[bool, str, float]:
 
 
 def _finish(result: ValidationResult, crc: tuple[bool, str, float], siblings: Sequence[Sibling],
-            session: ProbeSession, deep: bool) -> ValidationResult:
+            session: ProbeSession, deep: bool, generic: bool = False) -> ValidationResult:
     """Checks 3 and 4 for a file that passed 1 and 2."""
     result.ok = False
     ok, detail, seconds = crc
@@ -572,7 +587,7 @@ def _finish(result: ValidationResult, crc: tuple[bool, str, float], siblings: Se
         result.record("zip-crc", False, detail, seconds)
         return result
     result.record("zip-crc", True, detail, seconds)
-    outcome = session.probe(Path(result.path).resolve(), deep=deep, size_bytes=result.size_bytes)
+    outcome = session.probe(Path(result.path).resolve(), deep=deep, size_bytes=result.size_bytes, generic=generic)
     if outcome.verdict is None:
         result.record("load-probe", False, outcome.error or "load-probe failed", outcome.seconds)
         result.inconclusive = outcome.inconclusive
@@ -601,6 +616,9 @@ def _finish(result: ValidationResult, crc: tuple[bool, str, float], siblings: Se
         result.ok = True
     else:
         result.reason = str(verdict.get("reason") or "load-probe rejected the file")
+        # Generic mode: the file names code we never load, so it was not judged (never quarantined).
+        if verdict.get("inconclusive") is True:
+            result.inconclusive = True
     return result
 
 
@@ -611,11 +629,13 @@ def validate_checkpoint(
     probe_timeout: float | None = None,
     siblings: Sequence[Sibling] | None = None,
     session: ProbeSession | None = None,
+    generic: bool = False,
 ) -> ValidationResult:
     """Run checks 1-4 (module docstring) on one file, stopping at the first failure.
 
     ``probe_timeout`` None means ``auto``. Pass a ``session`` to share one probe child across
     files (the caller closes it); without one, a child is started and closed for this file.
+    ``generic`` probes a checkpoint in a format of its own (:func:`probe_command`).
     """
     path = Path(path)
     siblings = list(siblings or [])
@@ -623,16 +643,17 @@ def validate_checkpoint(
     if not result.ok:
         return result
     if session is not None:
-        return _finish(result, _timed_crc(path.resolve()), siblings, session, deep)
-    with ProbeSession(probe_timeout) as own:
+        return _finish(result, _timed_crc(path.resolve()), siblings, session, deep, generic)
+    with ProbeSession(probe_timeout, command=probe_command(generic)) as own:
         own.start()  # import torch while the CRC pass reads the file
-        return _finish(result, _timed_crc(path.resolve()), siblings, own, deep)
+        return _finish(result, _timed_crc(path.resolve()), siblings, own, deep, generic)
 
 
 def validate_many(
-    paths: Iterable[str | Path], deep: bool = False, *, probe_timeout: float | None = None
+    paths: Iterable[str | Path], deep: bool = False, *, probe_timeout: float | None = None, generic: bool = False
 ) -> list[ValidationResult]:
-    """Validate each path, results in order: CRCs in threads, every probe in one child."""
+    """Validate each path, results in order: CRCs in threads, every probe in one child
+    (``generic``: in generic mode, :func:`probe_command`)."""
     paths = [Path(raw) for raw in paths]
     cache: dict[Path, list[Sibling]] = {}
     siblings = [list_siblings(path, cache) if path.exists() else [] for path in paths]
@@ -640,9 +661,10 @@ def validate_many(
     pending = [i for i, result in enumerate(results) if result.ok]
     if not pending:
         return results
-    with ProbeSession(probe_timeout) as session, ThreadPoolExecutor(max_workers=_CRC_THREADS) as pool:
+    with ProbeSession(probe_timeout, command=probe_command(generic)) as session, \
+            ThreadPoolExecutor(max_workers=_CRC_THREADS) as pool:
         crcs = {i: pool.submit(_timed_crc, paths[i].resolve()) for i in pending}
         session.start()  # the child imports torch while the threads read files
         for i in pending:
-            results[i] = _finish(results[i], crcs[i].result(), siblings[i], session, deep)
+            results[i] = _finish(results[i], crcs[i].result(), siblings[i], session, deep, generic)
     return results
