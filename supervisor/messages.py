@@ -35,9 +35,22 @@ def run_command(log_dir: str | Path, cwd: str | Path, worker_module: str | None 
     relative = os.path.relpath(target, cwd)
     if relative != os.path.normpath(DEFAULT_LOG_DIR):
         parts += ["--log-dir", relative if not relative.startswith("..") else target]
-    if worker_module and worker_module != DEFAULT_WORKER:
-        parts += ["--worker", worker_module]
+    if worker_module and worker_module != DEFAULT_WORKER and not worker_module.endswith(".py"):
+        parts += ["--worker", worker_module]  # a script is not: the directory's record names it
     return shlex.join(parts)
+
+
+def script_startup_timeout(seconds: float, workers_started: bool) -> str:
+    if not workers_started:
+        return f"torchrun started no worker within the start-up timeout ({seconds:.0f}s)"
+    return (f"the script printed nothing and wrote no file within the start-up timeout ({seconds:.0f}s) "
+            "of its ranks starting")
+
+
+def script_hang_detection_off(script: str) -> str:
+    return (f"hang detection is OFF: {os.path.basename(script)} writes no gpt2sup heartbeats; crashes are "
+            "still restarted. Give --hang-timeout SECONDS to judge it by the silence of its output and "
+            "files, or add gpt2sup's heartbeat client (docs/own-trainer.md)")
 
 
 def signal_name(signum: int) -> str:
@@ -61,11 +74,12 @@ def first_line(text: str | None) -> str | None:
     return stripped[0].strip() if stripped else None
 
 
-def attempt_failure(outcome: Outcome, step: int | None, cause: str | None) -> str:
-    """``rank 1 crashed: killed by SIGKILL after step 5`` (+ ``: <its own error line>``)."""
+def attempt_failure(outcome: Outcome, step: int | None, cause: str | None, step_known: bool = True) -> str:
+    """``rank 1 crashed: killed by SIGKILL after step 5`` (+ ``: <its own error line>``).
+    ``step_known`` False: a script without heartbeats, whose step nobody told us: no step."""
     who = f"rank {outcome.rank}" if outcome.rank is not None else "torchrun"
     how = f"killed by {signal_name(outcome.signal)}" if outcome.signal else f"exited with code {outcome.exit_code}"
-    reason = f"{who} {_LABELS.get(outcome.kind, 'crashed')}: {how} {after_step(step)}"
+    reason = f"{who} {_LABELS.get(outcome.kind, 'crashed')}: {how}" + (f" {after_step(step)}" if step_known else "")
     return f"{reason}: {cause}" if cause else reason
 
 
@@ -162,7 +176,10 @@ def slow_node(host: str, own_s: float, others_s: float) -> str:
             f"{own_s / others_s:.2f}x the other nodes' {others_s * 1000:.1f} ms")
 
 
-def stop_forwarded(asked_by: str | None, workers: int) -> str:
+def stop_forwarded(asked_by: str | None, workers: int, script: bool = False) -> str:
+    if script:  # a user's script: SIGTERM is all it gets; whether it saves is its own code's business
+        return (f"stop requested ({asked_by}): sent SIGTERM to {workers} rank(s) of the script "
+                "(`gpt2sup stop --force` or a second Ctrl-C kills them at once)")
     return (f"stop requested ({asked_by}): asked {workers} worker(s) to save and exit (`gpt2sup stop --force` "
             "or a second Ctrl-C stops without the save)")
 

@@ -15,6 +15,8 @@ from typing import Any
 from supervisor.policy import BackoffConfig, RestartLimits, TimeoutConfig
 
 DEFAULT_WORKER = "worker.train_gpt2"
+# A script's own resume flag, appended when the run directory holds a checkpoint (the guide's).
+DEFAULT_RESUME_FLAG = "--auto_resume"
 DEFAULT_RDZV_ID = "gpt2sup"
 # Worker flags whose value is a path: recorded absolute, so a later ``gpt2sup run`` that reuses
 # them from another working directory reads the same files.
@@ -49,6 +51,11 @@ def _absolute(value: str, base: Path) -> str:
     return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
 
 
+def is_script(worker: str) -> bool:
+    """``worker`` names a script file (``train_gpt2.py``), not a module (``worker.train_gpt2``)."""
+    return worker.endswith(".py")
+
+
 @dataclass(frozen=True)
 class MultiNode:
     """torchrun's c10d rendezvous, one supervisor per node."""
@@ -73,9 +80,15 @@ class RunConfig:
     log_dir: Path
     cwd: Path
     worker_args: list[str] = field(default_factory=list)
+    # The module torchrun runs with -m, or the absolute path of a script (``gpt2sup run --
+    # SCRIPT.py ARGS``: any trainer, not only gpt2sup's worker; ``runs_script``). Recorded and
+    # reused as one value, so a plain ``gpt2sup run`` relaunches whichever the run used.
     worker_module: str = DEFAULT_WORKER
     # False: --worker was not given, so an existing run's recorded module is reused.
     worker_module_given: bool = True
+    # A script's: appended when the run directory holds a checkpoint to resume from; None: never.
+    resume_flag: str | None = DEFAULT_RESUME_FLAG
+    resume_flag_given: bool = True  # False: an existing run's recorded resume flag is reused
     nproc_per_node: int = 1
     multi_node: MultiNode | None = None
     timeouts: TimeoutConfig = field(default_factory=TimeoutConfig)
@@ -94,6 +107,12 @@ class RunConfig:
     checkpoint_uri: str | None = None
     upload_timeout: float = 300.0  # how long an ending waits for the last checkpoint's upload
     launcher: list[str] = field(default_factory=lambda: [sys.executable, "-m", "torch.distributed.run"])
+
+    @property
+    def runs_script(self) -> bool:
+        """A script of the user's (``-- SCRIPT.py``), not a worker module: no gpt2sup heartbeats,
+        run identity or exit codes are assumed (docs/own-trainer.md)."""
+        return is_script(self.worker_module)
 
     @property
     def node(self) -> int | None:

@@ -22,6 +22,7 @@ from supervisor.attempts.attempt import AttemptResult, Attempts
 from supervisor.attempts.orphans import (
     find_foreign_trainers,
 )
+from supervisor.checkpoints.checkpoint_validation import probe_command
 from supervisor.checkpoints.disk_guard import DiskGuard
 from supervisor.checkpoints.remote_checkpoints import RemoteCheckpoints
 from supervisor.checkpoints.resume_choice import ResumeChoice, UnsupportedCheckpoint
@@ -108,6 +109,8 @@ class Supervisor:
     def _run_locked(self) -> SupervisorExit:
         self.remote_checkpoints.resolve_uri()
         self.start.begin()
+        if self.validator is not None:  # the run's record may have named a script: its own format
+            self.validator.use_probe(probe_command(self.config.runs_script))
         refused = self.remote_checkpoints.open()
         if refused is not None:
             return self._end(SupervisorStateName.REFUSED, refused)
@@ -203,7 +206,7 @@ class Supervisor:
             case OutcomeKind.FINISHED_WITHOUT_CHECKPOINT:
                 return self._end(SupervisorStateName.FINISHED_WITHOUT_CHECKPOINT,
                                  messages.finished_without_checkpoint(result.step, result.cause))
-            case _ if result.outcome.exit_code == WorkerExit.STOP_SAVE_FAILED:
+            case _ if result.outcome.exit_code == WorkerExit.STOP_SAVE_FAILED and not self.config.runs_script:
                 newest = self.run_dir.newest_checkpoint()
                 return self._end(SupervisorStateName.STOPPED, messages.stopped_without_checkpoint(
                     result.step, result.cause, newest.path.name if newest else None, self._run_command()))
@@ -213,9 +216,10 @@ class Supervisor:
                 if policy.stop_checkpoint_missing(result.outcome.exit_code, step, newest.step if newest else None):
                     return self._end(SupervisorStateName.STOPPED, messages.stopped_without_checkpoint(
                         step, result.cause or result.reason, newest_name, self._run_command()))
+                # A script's checkpoint is the newest on disk, not one a stop is known to have saved.
+                saved = None if self.config.runs_script else result.last_checkpoint
                 return self._end(SupervisorStateName.STOPPED, messages.stopped(
-                    result.reason, step, result.last_checkpoint, self._resume_command(),
-                    newest=None if result.last_checkpoint else newest_name))
+                    result.reason, step, saved, self._resume_command(), newest=None if saved else newest_name))
 
     def _stopped_at(self, result: AttemptResult) -> tuple[int | None, str | None]:
         """The step a stop ended after, and the newest checkpoint on disk, read now.

@@ -7,6 +7,7 @@ previous supervisor finished is not launched again.
 """
 from __future__ import annotations
 
+import shlex
 import socket
 import time
 from pathlib import Path
@@ -23,7 +24,12 @@ from shared.vocabulary import EventKind, SupervisorStateName
 from supervisor import messages, policy
 from supervisor.attempts.orphans import lost_supervisor, stop_orphans, survey_orphans
 from supervisor.journal import CycleState, Journal
-from supervisor.run_config import DEFAULT_WORKER, RunConfig, absolute_path_args
+from supervisor.run_config import (
+    DEFAULT_WORKER,
+    RunConfig,
+    absolute_path_args,
+    is_script,
+)
 from supervisor.stop_signals import StopSignals
 
 
@@ -70,6 +76,8 @@ class RunStart:
         if self.reused_line:
             self.journal.event(EventKind.CONFIG_CHANGE, self.reused_line, worker_args=self.config.worker_args,
                                worker_module=self.config.worker_module)
+        if self.config.runs_script and self.config.timeouts.hang_timeout is None:
+            self.journal.event(EventKind.WARNING, messages.script_hang_detection_off(self.config.worker_module))
         if previous is not None:
             self._kill_orphans(previous)
 
@@ -96,6 +104,11 @@ class RunStart:
             return None
         recorded_cwd = previous.run_config.get("cwd")
         base = Path(recorded_cwd) if isinstance(recorded_cwd, str) and recorded_cwd else self.config.cwd
+        if not self.config.resume_flag_given and "resume_flag" in previous.run_config:
+            recorded_flag = previous.run_config.get("resume_flag")
+            self.config.resume_flag = recorded_flag if isinstance(recorded_flag, str) and recorded_flag else None
+        if is_script(accepted.worker_module):
+            return self._reuse_recorded_script(accepted, base)
         accepted = policy.RecordedRun(tuple(absolute_path_args(list(accepted.worker_args), base)),
                                       accepted.worker_module)
         said = []
@@ -108,6 +121,20 @@ class RunStart:
         if said:
             given = "no worker arguments given" if "--worker" not in said[0] or len(said) > 1 else "no --worker given"
             self.reused_line = f"{given}: reusing the previous run's {' '.join(said)}"
+        return accepted
+
+    def _reuse_recorded_script(self, accepted: policy.RecordedRun, recorded_cwd: Path) -> policy.RecordedRun:
+        """The run is a script's (``-- SCRIPT.py``): a plain ``gpt2sup run`` relaunches that script
+        with its arguments, from the directory it was started in (its relative paths, its own
+        ``log/``, are relative to that), so its checkpoints land where they did."""
+        if self.config.worker_module_given or self.config.worker_args:
+            return accepted  # a script or arguments were given: those are the run now
+        self.config.worker_module = accepted.worker_module
+        self.config.worker_args = list(accepted.worker_args)
+        if recorded_cwd.is_dir():
+            self.config.cwd = recorded_cwd
+        self.reused_line = (f"no script given: reusing the previous run's {shlex.join([accepted.worker_module, *accepted.worker_args])}"
+                            f" (in {self.config.cwd})")
         return accepted
 
     def _unreadable_line(self, why: str) -> str:

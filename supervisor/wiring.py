@@ -20,6 +20,7 @@ from supervisor.checkpoints.checkpoint_selection import (
     Selection,
     select_checkpoint_for_restart,
 )
+from supervisor.checkpoints.checkpoint_validation import probe_command
 from supervisor.checkpoints.disk_guard import DiskGuard
 from supervisor.journal import Journal
 from supervisor.multinode import node_coordination
@@ -54,7 +55,9 @@ def production_wiring(parts: CycleParts) -> Wiring:
     """torchrun attempts, and on node 0 one warm load-probe child that validates checkpoints as
     they are written (node R >= 1 never validates); the coordination store of a multi-node run."""
     config = parts.config
-    validator = WarmValidator(parts.run_dir.root, config.probe_timeout) if config.is_node_zero else None
+    # A user's script saves its own format: the generic probe judges it (not gpt2sup's restore).
+    validator = (WarmValidator(parts.run_dir.root, config.probe_timeout, command=probe_command(config.runs_script))
+                 if config.is_node_zero else None)
     attempts = TorchrunAttempts(config, parts.run_dir, parts.journal, parts.stops, parts.disk,
                                 peer_ended=parts.peer_ended_line if parts.node is not None else None,
                                 validator=validator)

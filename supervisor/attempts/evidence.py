@@ -91,6 +91,19 @@ def _proc_snapshot(pid: int) -> str:
     return "\n".join(parts)
 
 
+def catches_signal(pid: int, signum: int) -> bool:
+    """Whether ``pid`` has a handler for ``signum`` (Linux: the ``SigCgt`` mask in
+    ``/proc/PID/status``). Unknown (no /proc, gone): False, so nothing is sent that might kill it."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (int(signum) - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        return False
+    return False
+
+
 def capture_hang_evidence(
     directory: Path,
     *,
@@ -111,8 +124,13 @@ def capture_hang_evidence(
         log_offset = 0
 
     stopped = {rank: is_stopped(pid) for rank, pid in worker_pids.items()}
-    # Ask for faulthandler dumps first: they run concurrently with the rest of the capture.
+    # Ask for faulthandler dumps first: they run concurrently with the rest of the capture. Only
+    # a process that handles SIGUSR1 gets it: its default action kills, and a script of the
+    # user's (``-- SCRIPT.py``) rarely registers faulthandler; killed, it leaves py-spy no stack.
     for rank, pid in worker_pids.items():
+        if not catches_signal(pid, signal.SIGUSR1):
+            report.errors.append(f"rank {rank}: SIGUSR1 not sent: the process does not handle it (no faulthandler)")
+            continue
         try:
             psutil.Process(pid).send_signal(signal.SIGUSR1)
         except (psutil.NoSuchProcess, psutil.AccessDenied) as exc:

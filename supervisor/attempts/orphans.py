@@ -29,7 +29,11 @@ from pathlib import Path
 import psutil
 
 from shared.heartbeat import read_heartbeat
-from shared.process_identity import ProcessId, same_process_alive
+from shared.process_identity import (
+    CREATE_TIME_TOLERANCE_S,
+    ProcessId,
+    same_process_alive,
+)
 from shared.run_dir import RunDir
 from shared.supervisor_state import SupervisorState
 from shared.vocabulary import NODE_RANK_ENV, TERMINAL_STATES
@@ -42,6 +46,7 @@ from supervisor.attempts.process_tree import (
     send_signal,
     with_descendants,
 )
+from supervisor.attempts.torchrun import SUPERVISOR_ENV
 from supervisor.run_lock import worker_lock_holder
 from supervisor.stop_signals import mark_stop_request
 
@@ -79,7 +84,9 @@ def survey_orphans(previous: SupervisorState | None, run_dir: Path) -> OrphanSur
         reason = why_not
         if reason is None:
             log_dir = command_line_log_dir(proc)
-            if log_dir != wanted:
+            if log_dir is None and started_by(proc, boss):
+                pass  # a script's rank (no --log_dir of ours): its environment names that supervisor
+            elif log_dir != wanted:
                 reason = f"it trains {log_dir}" if log_dir is not None else "no --log_dir on its command line"
         if reason is not None:
             survey.left_alone[proc.pid] = reason
@@ -89,6 +96,20 @@ def survey_orphans(previous: SupervisorState | None, run_dir: Path) -> OrphanSur
             survey.workers.append(proc)
     survey.orphans = with_descendants(proven)
     return survey
+
+
+def started_by(proc: psutil.Process, supervisor: ProcessId) -> bool:
+    """``proc``'s environment names ``supervisor`` (``GPT2SUP_SUPERVISOR``, which every attempt's
+    torchrun and ranks inherit unless ``--workers-outlive-supervisor``): the proof for a script's
+    processes, whose command lines carry no ``--log_dir`` of ours. A pid and a start time both
+    match, so a recycled pid proves nothing."""
+    try:
+        token = proc.environ().get(SUPERVISOR_ENV)
+    except (psutil.Error, OSError):
+        return False
+    named = ProcessId.parse(token) if token else None
+    return (named is not None and named.pid == supervisor.pid
+            and abs(named.create_time - supervisor.create_time) <= CREATE_TIME_TOLERANCE_S)
 
 
 def lost_supervisor(previous: SupervisorState | None) -> str | None:

@@ -66,10 +66,19 @@ def command_line_log_dir(proc: psutil.Process) -> Path | None:
         return None
 
 
+def _ancestors() -> set[int]:
+    try:
+        return {parent.pid for parent in psutil.Process().parents()}
+    except psutil.Error:
+        return set()
+
+
 def processes_with_log_dir(run_dir: Path, exclude: Iterable[int] = ()) -> list[psutil.Process]:
-    """Every live process started with ``--log_dir`` equal to ``run_dir`` (a trainer of it)."""
+    """Every live process started with ``--log_dir`` equal to ``run_dir`` (a trainer of it), but
+    this process and its ancestors: a wrapper of ``gpt2sup run`` (``timeout``, ``time``, a shell
+    ``-c``) carries the same command line, script arguments (``--log_dir``) included."""
     wanted = Path(run_dir).resolve()
-    skip = set(exclude) | {os.getpid()}
+    skip = set(exclude) | {os.getpid()} | _ancestors()
     found: list[psutil.Process] = []
     for proc in psutil.process_iter():
         if proc.pid in skip or not is_alive(proc):

@@ -42,8 +42,10 @@ _MISSING_MODULE_LINE_RE = re.compile(r"No module named .+")
 _MISSING_MODULE_RE = re.compile(r"No module named '?([\w.]+)'?|Error while finding module specification for '([\w.]+)'")
 
 
-def build_command(config: RunConfig) -> list[str]:
-    """torchrun argv: its own restarts off, one supervisor per node, our worker with auto-resume."""
+def build_command(config: RunConfig, resume: bool = True) -> list[str]:
+    """torchrun argv: its own restarts off, one supervisor per node, our worker with auto-resume;
+    a script with its arguments as given, and its resume flag when ``resume`` (there is a
+    checkpoint to resume from)."""
     argv = list(config.launcher)
     if config.multi_node is None:
         argv += ["--standalone"]
@@ -54,6 +56,9 @@ def build_command(config: RunConfig) -> list[str]:
         if mn.node_rank is not None:
             argv += ["--node-rank", str(mn.node_rank)]
     argv += ["--nproc-per-node", str(config.nproc_per_node), "--max-restarts", "0"]
+    if config.runs_script:
+        argv += [config.worker_module, *config.worker_args]
+        return argv + [config.resume_flag] if resume and config.resume_flag else argv
     argv += ["-m", config.worker_module, "--auto_resume", "--log_dir", str(config.log_dir)]
     if config.allow_config_change:
         argv += ["--allow_config_change"]

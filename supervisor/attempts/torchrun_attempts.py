@@ -47,6 +47,7 @@ from supervisor.attempts.restart_timing import (
     latest_milestones,
     on_supervisor_clock,
 )
+from supervisor.attempts.silence import SilenceWatch
 from supervisor.checkpoints.disk_guard import DiskGuard
 from supervisor.journal import Journal
 from supervisor.run_config import RunConfig
@@ -106,6 +107,7 @@ class _Live:
     died_at: float | None = None  # the first rank's death (or a hung rank's last beat): restart_breakdown
     noticed_at: float | None = None  # when this supervisor knew
     slow_hosts: set[str] = field(default_factory=set)  # hosts announced as slow nodes
+    silence: SilenceWatch | None = None  # a script without heartbeats: when its output or files last changed
 
     @property
     def reader(self) -> HeartbeatReader:
@@ -199,12 +201,16 @@ class TorchrunAttempts:
 
     def run(self, number: int) -> AttemptResult:
         log_path = self.run_dir.attempt_log(number)
-        argv = torchrun.build_command(self.config)
+        # A script's resume flag only when there is something to resume (a script may refuse it
+        # on an empty directory); gpt2sup's worker always gets --auto_resume.
+        argv = torchrun.build_command(self.config, resume=self.run_dir.newest_checkpoint() is not None)
         clear_stop_request(self.run_dir.stop_request)
         oom = OomWatch()
         oom.learn([os.getpid()])  # our own cgroup (a SLURM job's, a pod's): the ranks start in it
         attempt_id = new_attempt_id(number)
         at_launch = HeartbeatReader.on_disk(self.run_dir)
+        # A script's silence is measured against what was there before any rank ran.
+        silence = SilenceWatch.at_launch(log_path, self.run_dir.root) if self.config.runs_script else None
         try:
             tree = launch(argv, cwd=self.config.cwd, env=torchrun.build_env(self.config, attempt_id=attempt_id),
                           log_path=log_path)
@@ -221,6 +227,7 @@ class TorchrunAttempts:
         )
         live = _Live(tree, HeartbeatReader(self.run_dir, attempt_id, at_launch), oom,
                      deaths=DeathWatch(self.stops.wake))
+        live.silence = silence
         if self.timeline is not None:
             self.timeline.launched_at = tree.launched_at
             self._pending_breakdown, self.timeline = self.timeline, None
@@ -363,6 +370,11 @@ class TorchrunAttempts:
                 writing = {b.save_in_flight or "" for b in live.beats.values()}
                 newest = max(named, key=lambda n: step_from_checkpoint_name(n) or -1) if named else None
                 self.validator.offer(newest, writing)
+        elif self.validator is not None and self.config.runs_script:
+            # No heartbeat names a checkpoint: the newest one on disk is offered (the validator
+            # waits until its size and mtime hold still, so a file being written is not read).
+            newest = self.run_dir.newest_checkpoint()
+            self.validator.offer(newest.path.name if newest is not None else None)
         self._note_stragglers(live)
 
     def _another_nodes(self, hb: Heartbeat, live: _Live) -> bool:
@@ -425,7 +437,8 @@ class TorchrunAttempts:
                 # ours, not torchrun's teardown; for this attempt (its ranks match the id, not a time)
                 mark_stop_request(self.run_dir.stop_request, asked_by, live.attempt_id)
                 send_signal(workers, signal.SIGTERM)
-                self.journal.event(EventKind.STOP_REQUESTED, messages.stop_forwarded(asked_by, len(workers)),
+                self.journal.event(EventKind.STOP_REQUESTED,
+                                   messages.stop_forwarded(asked_by, len(workers), self.config.runs_script),
                                    pids=[p.pid for p in workers], signal=asked_by)
             else:
                 self.journal.event(EventKind.STOP_REQUESTED, messages.stop_before_workers(asked_by), signal=asked_by)
@@ -458,6 +471,8 @@ class TorchrunAttempts:
     # -- a hang ----------------------------------------------------------------------------------
     def _detect_hang(self, live: _Live) -> AttemptResult | None:
         now = time.monotonic()  # every time here is this supervisor's own monotonic clock
+        if not live.beats and live.silence is not None:
+            return self._detect_silence(live, now)
         if not live.beats:
             if live.workers_started_at is None and live.tree.worker_processes():
                 live.workers_started_at = now
@@ -483,6 +498,30 @@ class TorchrunAttempts:
             if hung is None:
                 return None
         return self._kill_hung(live, OutcomeKind.HUNG, hung.describe(), rank=hung.rank, step=hung.step)
+
+    def _detect_silence(self, live: _Live, now: float) -> AttemptResult | None:
+        """A script that writes no heartbeats (none yet: one using gpt2sup's client is judged by
+        its beats once they come), with an explicit ``--hang-timeout``: hung once its output and
+        files (``attempts.silence``) are still that long after its first sign of life; before that,
+        the start-up allowance, as for a worker's first heartbeat. No timeout given: never."""
+        assert live.silence is not None
+        timeouts = self.config.timeouts
+        if timeouts.hang_timeout is None:
+            return None
+        if live.workers_started_at is None and live.tree.worker_processes():
+            live.workers_started_at = now
+        last_change = live.silence.observe(now)
+        if last_change is None:
+            if policy.startup_timed_out(live.tree.launched_mono, live.workers_started_at, now, False, timeouts):
+                reason = messages.script_startup_timeout(timeouts.startup_timeout, live.workers_started_at is not None)
+                return self._kill_hung(live, OutcomeKind.STARTUP_TIMEOUT, reason, rank=None, step=None)
+            return None
+        verdict = policy.silent_too_long(last_change, now, timeouts.hang_timeout)
+        if verdict is None:
+            return None
+        if live.tree.poll() is None and self._agent_unresponsive(live, hang_found=True):
+            return self._end_for_agent(live)
+        return self._kill_hung(live, OutcomeKind.HUNG, verdict.describe(), rank=None, step=None)
 
     def _kill_hung(self, live: _Live, kind: OutcomeKind, reason: str, rank: int | None,
                    step: int | None) -> AttemptResult:
@@ -548,7 +587,8 @@ class TorchrunAttempts:
         from supervisor.checkpoints.checkpoint_validation import validate_checkpoint
 
         path = self.run_dir.root / name
-        return path.is_file() and validate_checkpoint(path, probe_timeout=self.config.probe_timeout).ok
+        return path.is_file() and validate_checkpoint(path, probe_timeout=self.config.probe_timeout,
+                                                      generic=self.config.runs_script).ok
 
     def _check_survivors(self, report: KillReport) -> None:
         if report.survivors:
@@ -571,6 +611,9 @@ class TorchrunAttempts:
         outcome = policy.classify_exit(read.facts)
         failing = _failing_rank(read.beats, outcome, code)
         step = _last_completed_step(failing, live)
+        step_known = step is not None or not self.config.runs_script
+        if not step_known and read.final_checkpoint:  # a script: its newest checkpoint's step is what is known
+            step = step_from_checkpoint_name(read.final_checkpoint)
         message = failing.message if failing is not None and failing.status != RankStatus.RUNNING else None
         evidence = policy.ExitEvidence(
             returncode=code, stop_requested=read.facts.stop_requested,
@@ -588,7 +631,7 @@ class TorchrunAttempts:
                                last_checkpoint=read.final_checkpoint, rendezvous_closed=evidence.rendezvous_closed)
         if not outcome.is_failure:
             return result
-        result.reason = messages.attempt_failure(outcome, step, described.cause)
+        result.reason = messages.attempt_failure(outcome, step, described.cause, step_known)
         self.journal.event(
             EventKind.CRASHED, messages.in_attempt(self.journal.attempt, result.reason),
             kind=outcome.kind, exit_code=outcome.exit_code,
@@ -614,6 +657,9 @@ class TorchrunAttempts:
         # in a multi-node run (the worker's choose_leader). Another node's directory holds no
         # checkpoint; its workers exit 7 on every rank if the writer's final save failed.
         final = _newest_named_checkpoint(beats)
+        if final is None and self.config.runs_script:
+            newest = self.run_dir.newest_checkpoint()  # no heartbeat names one: the newest on disk
+            final = newest.path.name if newest is not None else None
         writes_checkpoints = self.config.is_node_zero
         facts = policy.ExitFacts(
             returncode=code,
@@ -623,8 +669,11 @@ class TorchrunAttempts:
             memory_was_tight=self._memory_tight_at is not None
             and time.monotonic() - self._memory_tight_at < MEMORY_TIGHT_MEMORY_S,
             stop_requested=live.stop_sent_at is not None or self.stops.count > 0,
-            module_missing=code != 0 and torchrun.module_missing(log_text, self.config.worker_module),
-            final_checkpoint_on_disk=not writes_checkpoints or (bool(final) and (self.run_dir.root / str(final)).is_file()),
+            module_missing=code != 0 and not self.config.runs_script
+            and torchrun.module_missing(log_text, self.config.worker_module),
+            final_checkpoint_on_disk=not writes_checkpoints or self.config.runs_script
+            or (bool(final) and (self.run_dir.root / str(final)).is_file()),
+            worker_exit_codes=not self.config.runs_script,
             reports=[policy.RankReport(r, b.status, b.time, b.step) for r, b in beats.items()],
         )
         return _ExitRead(facts, beats, log_text, final)

@@ -106,6 +106,18 @@ class WarmValidator:
         with self._lock:
             self.session.close()
 
+    def use_probe(self, command: list[str]) -> None:
+        """Judge with this probe child from now on. A plain ``gpt2sup run`` learns that the run is
+        a script's (generic probe) only from the directory's record, after the child was started:
+        the child is replaced and no verdict of the other probe is kept."""
+        with self._lock:
+            if self.session.command == list(command):
+                return
+            self.session.close()
+            self.session.command = list(command)
+            self.cache.clear()
+            self.session.keep_warm()
+
     # -- what the watcher tells us ------------------------------------------------------------
     def offer(self, newest: str | None, in_flight: set[str] | frozenset[str] = frozenset()) -> None:
         """The newest checkpoint the workers name, and the files still being written (cheap; the

@@ -93,7 +93,8 @@ class DiskGuard:
         if name not in self._validated:
             from supervisor.checkpoints.checkpoint_validation import validate_checkpoint
 
-            result = validate_checkpoint(self.run_dir.root / name, probe_timeout=self.config.probe_timeout)
+            result = validate_checkpoint(self.run_dir.root / name, probe_timeout=self.config.probe_timeout,
+                                         generic=self.config.runs_script)
             self._validated[name] = result.ok
         return self._validated[name]
 

@@ -35,6 +35,7 @@ from supervisor.run_config import (
     MultiNode,
     RunConfig,
     absolute_path_args,
+    is_script,
 )
 
 DEFAULTS = RunConfig(log_dir=Path(DEFAULT_LOG_DIR), cwd=Path("."))
@@ -177,6 +178,9 @@ T, B, L = DEFAULTS.timeouts, DEFAULTS.backoff, DEFAULTS.limits
     context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
     epilog="Worker arguments go after `--`, e.g. `gpt2sup run -- --model gpt2 --max_steps 1000` "
     "(models: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny, mini, small-cpu).\n\n"
+    "Your own trainer: `gpt2sup run -- train_gpt2.py ARGS` runs any torchrun script, unchanged, and "
+    "restarts it with --resume-flag after a crash; --log-dir must be where it writes its "
+    "model_NNNNN.pt files (docs/own-trainer.md).\n\n"
     + exit_status_epilog(SupervisorExit, "Exit codes:") + "\n\n"
     "SLURM: under `srun` (one task per node) on more than one node, --nnodes, --node-rank, "
     "--rdzv-endpoint (the first host of the node list, port $" + PORT_ENV + " or " + str(DEFAULT_PORT) + ") and "
@@ -240,6 +244,10 @@ T, B, L = DEFAULTS.timeouts, DEFAULTS.backoff, DEFAULTS.limits
 @click.option("--worker", "worker_module", default=None, show_default=False,
               help=f"Python module torchrun runs (-m) [default: the module of the run in --log-dir, "
                    f"else {DEFAULTS.worker_module}].")
+@click.option("--resume-flag", default=None, show_default=False,
+              help="A script's (-- SCRIPT.py ...) own resume flag, appended to its arguments whenever --log-dir "
+                   "holds a checkpoint (after a crash, on a rerun); `none`: never appended  "
+                   "[default: the run's recorded one, else --auto_resume].")
 @click.option("--nnodes", default=None, help="Multi-node: number of nodes (torchrun --nnodes), one supervisor per node "
               "[default: SLURM's node count under srun].")
 @click.option("--node-rank", default=None, type=click.IntRange(min=0),
@@ -262,7 +270,7 @@ def run(log_dir: str, max_restarts: int, nproc_per_node: int, hang_timeout: floa
         min_free_disk: int | None, prune_on_low_disk: bool, kill_grace: float, stop_timeout: float | None,
         probe_timeout: float | None, allow_config_change: bool, workers_outlive_supervisor: bool,
         checkpoint_uri: str | None, upload_timeout: float, worker_module: str | None,
-        nnodes: str | None,
+        resume_flag: str | None, nnodes: str | None,
         node_rank: int | None, rdzv_endpoint: str | None, rdzv_id: str | None, rdzv_backend: str,
         coordination_port: int | None, worker_args: tuple[str, ...]) -> None:
     """Launch torchrun workers and keep them alive: restart on crashes and hangs, from the newest
@@ -279,12 +287,19 @@ def run(log_dir: str, max_restarts: int, nproc_per_node: int, hang_timeout: floa
     multi_node = _multi_node(nnodes, node_rank, rdzv_endpoint, rdzv_id, rdzv_backend)  # a bad SLURM_* touches nothing
     if multi_node is not None and coordination_port is not None:
         multi_node = dataclasses.replace(multi_node, coordination_port=coordination_port)
+    script, args = _script_and_args(worker_args, worker_module, _resume_flag(resume_flag))
+    if script is not None:
+        _refuse_what_a_script_cannot_use(multi_node, checkpoint_uri, allow_config_change)
+    else:
+        args = absolute_path_args(_worker_args(args), Path.cwd())
     config = RunConfig(
         log_dir=_usable_log_dir(log_dir),
         cwd=Path.cwd(),
-        worker_args=absolute_path_args(_worker_args(worker_args), Path.cwd()),
-        worker_module=worker_module or DEFAULTS.worker_module,
-        worker_module_given=worker_module is not None,
+        worker_args=args,
+        worker_module=script or worker_module or DEFAULTS.worker_module,
+        worker_module_given=script is not None or worker_module is not None,
+        resume_flag=_resume_flag(resume_flag) if resume_flag is not None else DEFAULTS.resume_flag,
+        resume_flag_given=resume_flag is not None,
         nproc_per_node=nproc_per_node,
         multi_node=multi_node,
         timeouts=policy.TimeoutConfig(hang_timeout=hang_timeout, startup_timeout=startup_timeout,
@@ -344,10 +359,50 @@ def _checkpoint_uri(given: str | None) -> str | None:
         _fail(str(exc))
 
 
-def _worker_args(given: tuple[str, ...]) -> list[str]:
+def _resume_flag(given: str | None) -> str | None:
+    """``--resume-flag``: a flag to append (``--auto_resume``), or ``none``; not given: None."""
+    if given is None or given.strip().lower() == "none":
+        return None
+    if not given.startswith("-") or any(c.isspace() for c in given):
+        _fail(f"--resume-flag must be one flag such as --auto_resume, or none; got {given!r}")
+    return given
+
+
+def _script_and_args(given: tuple[str, ...], worker_module: str | None,
+                     resume_flag: str | None) -> tuple[str | None, list[str]]:
+    """``-- SCRIPT.py ARGS``: the script's absolute path and its arguments; else (None, args).
+
+    A script that is not there is one line and exit 2 before anything starts, not a launch that
+    torchrun reports as a crash and the restarts repeat."""
     args = list(given)
     if args and args[0] == "--":
         args = args[1:]
+    if not args or not is_script(args[0]):
+        return None, args
+    if worker_module is not None:
+        _fail("give either --worker MODULE or a script (-- SCRIPT.py ARGS), not both")
+    path = Path(os.path.normpath(Path.cwd() / Path(args[0]).expanduser()))
+    if not path.is_file():
+        _fail(f"no such script: {args[0]}" + (f" (looked in {Path.cwd()})" if not Path(args[0]).is_absolute() else ""))
+    flag = resume_flag or DEFAULTS.resume_flag
+    if flag and any(a == flag or a.startswith(flag + "=") for a in args[1:]):
+        _fail(f"{flag} is appended by gpt2sup run whenever --log-dir holds a checkpoint; leave it out "
+              "(or pass --resume-flag none to manage it yourself)")
+    return str(path), args[1:]
+
+
+def _refuse_what_a_script_cannot_use(multi_node: MultiNode | None, checkpoint_uri: str | None,
+                                     allow_config_change: bool) -> None:
+    """Options that need gpt2sup's own worker (its flags, heartbeats or node-0 writer): one line."""
+    if allow_config_change:
+        _fail("--allow-config-change is a flag of gpt2sup's worker; pass your script's own flags after the script")
+    if multi_node is not None:
+        _fail("a script (-- SCRIPT.py) runs on one node for now; multi-node runs need gpt2sup's worker")
+    if checkpoint_uri is not None:
+        _fail("--checkpoint-uri needs gpt2sup's worker for now (it uploads the checkpoints its heartbeats name)")
+
+
+def _worker_args(args: list[str]) -> list[str]:
     for flag in ("--log_dir", "--auto_resume"):
         if any(a == flag or a.startswith(flag + "=") for a in args):
             _fail(f"{flag} is set by gpt2sup run; use --log-dir / nothing instead of passing it to the worker")

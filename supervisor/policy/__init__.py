@@ -46,10 +46,12 @@ from supervisor.policy.exits import (
 from supervisor.policy.hangs import (
     HangVerdict,
     RankBeat,
+    SilenceVerdict,
     agent_unresponsive,
     beat_of_attempt,
     find_hung_rank,
     ranks_ended_cleanly,
+    silent_too_long,
     startup_timed_out,
 )
 from supervisor.policy.measures import (
@@ -152,6 +154,7 @@ __all__ = [
     "RankReport",
     "RecordedRun",
     "RestartLimits",
+    "SilenceVerdict",
     "StepPaceTracker",
     "Straggler",
     "TimeoutConfig",
@@ -188,6 +191,7 @@ __all__ = [
     "remaining_backoff",
     "remote_to_try",
     "run_to_reuse",
+    "silent_too_long",
     "slowest",
     "startup_timed_out",
     "stop_allowance",

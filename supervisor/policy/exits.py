@@ -48,6 +48,10 @@ class ExitFacts:
     module_missing: bool = False  # Python could not find the --worker module
     final_checkpoint_on_disk: bool = True  # the checkpoint the finishing worker named exists
     reports: Sequence[RankReport] = ()  # per-rank heartbeat ends, to find who failed first
+    # gpt2sup's worker: its exit codes mean what shared.exit_codes says (3 diverged, 4 bad
+    # checkpoint, 9 stop unsaved, ...). A user's script (``-- SCRIPT.py``): they mean nothing but
+    # argparse's 2 (a usage error: restarting repeats it); any other non-zero exit is a crash.
+    worker_exit_codes: bool = True
 
 
 @dataclass(frozen=True)
@@ -132,13 +136,15 @@ def _classify_requested_stop(facts: ExitFacts, statuses: list[str], code: int, r
     unsaved = RankStatus.FINISHED_WITHOUT_CHECKPOINT in statuses
     if facts.returncode == 0 and statuses and all(s == RankStatus.FINISHED for s in statuses):
         return _finished_outcome(facts, unsaved)
-    if unsaved or code == WorkerExit.FINAL_SAVE_FAILED:
+    if unsaved or (facts.worker_exit_codes and code == WorkerExit.FINAL_SAVE_FAILED):
         return Outcome(OutcomeKind.FINISHED_WITHOUT_CHECKPOINT, exit_code=code, rank=rank)
     return Outcome(OutcomeKind.STOPPED, exit_code=code, rank=rank)
 
 
 def _classify_failure(facts: ExitFacts, statuses: list[str], code: int, rank: int | None) -> Outcome:
     """A non-zero exit nobody asked for: ``code`` and ``rank`` are the first failing rank's."""
+    if not facts.worker_exit_codes:
+        return _classify_script_failure(facts, code, rank)
     unsaved = RankStatus.FINISHED_WITHOUT_CHECKPOINT in statuses
     if unsaved or code == WorkerExit.FINAL_SAVE_FAILED:
         # The exit code says it even when a full disk swallowed the heartbeat's status.
@@ -159,6 +165,18 @@ def _classify_failure(facts: ExitFacts, statuses: list[str], code: int, rank: in
         if signum == 9 and (facts.oom_kill_observed or facts.memory_was_tight):
             return Outcome(OutcomeKind.OOM, signal=signum, rank=rank)
         return Outcome(OutcomeKind.CRASHED, signal=signum, rank=rank)
+    return Outcome(OutcomeKind.CRASHED, exit_code=code, rank=rank)
+
+
+def _classify_script_failure(facts: ExitFacts, code: int, rank: int | None) -> Outcome:
+    """A user's script failed: exit 2 is argparse's usage error (permanent), a SIGKILL under
+    memory pressure an OOM kill, anything else a crash to restart from its newest checkpoint."""
+    if code == WorkerExit.USAGE:
+        return Outcome(OutcomeKind.PERMANENT, exit_code=code, rank=rank)
+    if code < 0:
+        signum = -code
+        kind = OutcomeKind.OOM if signum == 9 and (facts.oom_kill_observed or facts.memory_was_tight) else OutcomeKind.CRASHED
+        return Outcome(kind, signal=signum, rank=rank)
     return Outcome(OutcomeKind.CRASHED, exit_code=code, rank=rank)
 
 

@@ -126,3 +126,25 @@ def startup_timed_out(launched_at: float, workers_started_at: float | None, now:
     return not any_heartbeat and now - started > config.startup_timeout
 
 
+
+
+@dataclass(frozen=True)
+class SilenceVerdict:
+    """A script that writes no heartbeats said nothing, on its output or in its files, too long."""
+
+    silent_s: float
+    timeout_s: float
+
+    def describe(self) -> str:
+        return (f"no output and no file written for {self.silent_s:.1f}s (--hang-timeout {self.timeout_s:.0f}s; "
+                "a script without heartbeats is judged by its silence)")
+
+
+def silent_too_long(last_change: float, now: float, hang_timeout: float | None) -> SilenceVerdict | None:
+    """A heartbeat-less script is hung once neither its ranks' output nor its run directory's files
+    changed for ``hang_timeout`` seconds (times on the supervisor's monotonic clock). No timeout
+    given: never (hang detection is off; a long save or eval would otherwise look like a hang)."""
+    if hang_timeout is None:
+        return None
+    silent = now - last_change
+    return SilenceVerdict(silent, hang_timeout) if silent > hang_timeout else None

@@ -270,6 +270,8 @@ def status_lines(snapshot: RunSnapshot) -> list[str]:
     lines.extend(f"node {node} supervisor: {supervisor_info_text(info)}" for node, info in sorted(snapshot.nodes.items()))
     if snapshot.supervisor is not None and snapshot.supervisor.rendezvous:
         lines.append(f"rendezvous: {snapshot.supervisor.rendezvous}")
+    if snapshot.supervisor is not None and snapshot.supervisor.script_hang_detection:
+        lines.append(f"hang detection: {snapshot.supervisor.script_hang_detection}")
     if progress is not None:
         pct = f" ({progress.fraction:.1%})" if progress.fraction is not None else ""
         val = _val_text(snapshot)
@@ -396,6 +398,9 @@ def _add_supervisor_rows(grid: Table, snapshot: RunSnapshot) -> None:
     if sup is not None:
         restarts_style = "red" if sup.restarts_used >= sup.max_restarts else ""
         grid.add_row("restarts", Text(f"{sup.restarts_used}/{sup.max_restarts}", style=restarts_style))
+        if sup.script_hang_detection:
+            style = "yellow" if sup.script_hang_detection.startswith("OFF") else ""
+            grid.add_row("hang detection", Text(sup.script_hang_detection, style=style))
         failure = _failure_text(snapshot)
         if failure is not None:
             grid.add_row("last failure", Text(failure, style="dim" if sup.last_failure_recovered else "yellow"))

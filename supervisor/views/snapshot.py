@@ -101,6 +101,8 @@ class SupervisorInfo:
     phase_timeouts: dict[str, float] = field(default_factory=dict)  # the hang timeout per phase
     # Multi-node: "node R of N, c10d at HOST:PORT, id ID" from its run_config, else None.
     rendezvous: str | None = None
+    # A script without heartbeats (``-- SCRIPT.py``): how its hangs are found, else None.
+    script_hang_detection: str | None = None
 
 
 @dataclass
@@ -376,7 +378,23 @@ def _supervisor_info(state: SupervisorState, raw: dict[str, Any], ranks: list[Ra
         last_failure_recovered=_failure_recovered(state, ranks),
         phase_timeouts=_phase_timeouts(raw),
         rendezvous=_rendezvous_text(state.run_config),
+        script_hang_detection=_script_hang_detection(state.run_config, bool(ranks)),
     )
+
+
+def _script_hang_detection(run_config: Any, has_heartbeats: bool) -> str | None:
+    """A user's script (``-- SCRIPT.py``): whether and how its hangs are detected. One that writes
+    heartbeats (``shared.client``) is judged by them, like gpt2sup's worker: None."""
+    if not isinstance(run_config, dict) or has_heartbeats:
+        return None
+    worker = run_config.get("worker_module")
+    if not isinstance(worker, str) or not worker.endswith(".py"):
+        return None
+    timeouts = run_config.get("timeouts")
+    hang = timeouts.get("hang_timeout") if isinstance(timeouts, dict) else None
+    if not isinstance(hang, (int, float)):
+        return "OFF (a script without heartbeats; give --hang-timeout to judge it by its silence)"
+    return f"by silence: no output and no file written for {hang:g}s"
 
 
 def _rendezvous_text(run_config: Any) -> str | None:

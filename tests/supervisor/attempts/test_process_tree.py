@@ -218,6 +218,38 @@ def test_evidence_of_a_stopped_process_does_not_hang(tmp_path):
             proc.wait()
 
 
+@pytest.mark.slow  # a real process, py-spy on it
+def test_evidence_of_a_process_without_a_sigusr1_handler_does_not_kill_it(tmp_path):
+    # A user's script (`gpt2sup run -- SCRIPT.py`) registers no faulthandler: SIGUSR1's default
+    # action would kill it, and py-spy would then find no process to take the stack of.
+    log = tmp_path / "attempt.log"
+    log.write_text("")
+    plain = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.5)
+        report = capture_hang_evidence(tmp_path / "incidents" / "001", worker_pids={0: plain.pid},
+                                       attempt_log=log, summary={"reason": "test"})
+        assert plain.poll() is None, "the evidence capture killed the process it was to look at"
+        assert any("SIGUSR1 not sent" in error for error in report.errors), report.errors
+        if (tmp_path / "incidents" / "001" / "py-spy-rank0.txt").exists():
+            assert "sleep" in (tmp_path / "incidents" / "001" / "py-spy-rank0.txt").read_text()
+    finally:
+        plain.kill()
+        plain.wait()
+
+
+def test_a_wrapper_of_the_supervisor_is_not_a_trainer_of_its_run(tmp_path):
+    # `timeout 600 gpt2sup run -- train.py --log_dir D`: the wrapper's command line names the
+    # run directory too; the supervisor once refused to launch, naming its own parent.
+    code = ("import sys; from supervisor.attempts.process_tree import processes_with_log_dir; "
+            "print([p.pid for p in processes_with_log_dir(sys.argv[2])])")
+    done = subprocess.run(["timeout", "60", sys.executable, "-c", code, "--log_dir", str(tmp_path)],
+                          cwd=Path(__file__).resolve().parents[3], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_worker_lock_holder_names_the_pid_holding_the_flock_and_never_creates_the_file(tmp_path):
     lock_path = tmp_path / "worker.lock"
     assert worker_lock_holder(lock_path) is None and not lock_path.exists()

@@ -156,3 +156,19 @@ def test_node_zero_is_the_only_supervisor_or_node_rank_0_or_none(tmp_path):
     for rank, leader in ((None, True), (0, True), (1, False), (3, False)):
         cfg.multi_node = MultiNode(nnodes="4", node_rank=rank, rdzv_endpoint="h:29400")
         assert cfg.is_node_zero is leader and cfg.multi_node.is_node_zero is leader and cfg.node == rank
+
+
+def test_a_script_runs_as_given_and_gets_its_resume_flag_only_when_there_is_something_to_resume(tmp_path):
+    script = str(tmp_path / "train_gpt2.py")
+    cfg = RunConfig(log_dir=tmp_path / "log", cwd=tmp_path, worker_module=script, worker_args=["--max_steps", "5"])
+    assert cfg.runs_script
+    tail = build_command(cfg, resume=False)[-3:]
+    assert tail == [script, "--max_steps", "5"]  # no -m, no --log_dir of ours, no resume flag
+    assert build_command(cfg, resume=True)[-4:] == [script, "--max_steps", "5", "--auto_resume"]
+    cfg.resume_flag = "--resume_latest"
+    assert build_command(cfg, resume=True)[-1] == "--resume_latest"
+    cfg.resume_flag = None  # --resume-flag none
+    assert build_command(cfg, resume=True)[-1] == "5"
+    # gpt2sup's worker always gets --auto_resume, whatever ``resume`` says
+    worker = RunConfig(log_dir=tmp_path, cwd=tmp_path)
+    assert "--auto_resume" in build_command(worker, resume=False)

@@ -482,3 +482,38 @@ def test_a_stop_whose_worker_died_non_zero_past_the_newest_checkpoint_did_not_sa
     assert not policy.stop_checkpoint_missing(0, reached_step=6, newest_step=4)  # a clean exit
     assert not policy.stop_checkpoint_missing(None, reached_step=6, newest_step=4)  # forced: killed on purpose
     assert not policy.stop_checkpoint_missing(1, reached_step=None, newest_step=None)  # before the first step
+
+
+# --- a user's script (``gpt2sup run -- SCRIPT.py``): its exit codes mean nothing of ours -----------
+@pytest.mark.parametrize(("code", "kind"), [
+    (WorkerExit.USAGE, OutcomeKind.PERMANENT),  # argparse: relaunching repeats it
+    (WorkerExit.DIVERGED, OutcomeKind.CRASHED),  # 3 is gpt2sup's "diverged", not the script's
+    (WorkerExit.CHECKPOINT_ERROR, OutcomeKind.CRASHED),  # 4 would quarantine a checkpoint
+    (WorkerExit.STOP_SAVE_FAILED, OutcomeKind.CRASHED),  # 9 would end the run "stopped"
+    (WorkerExit.FINAL_SAVE_FAILED, OutcomeKind.CRASHED),  # 7 would end it "without checkpoint"
+    (WorkerExit.DATA_ERROR, OutcomeKind.CRASHED),  # 5 is permanent for the worker only
+    (1, OutcomeKind.CRASHED),
+    (-9, OutcomeKind.CRASHED),
+])
+def test_a_scripts_exit_code_is_a_crash_unless_it_is_argparses_2(code, kind):
+    facts = ExitFacts(returncode=1, rank_exits=[RankExit(0, int(code))], worker_exit_codes=False)
+    assert policy.classify_exit(facts).kind == kind
+    # the same codes from gpt2sup's worker keep their meaning (the check above can fail)
+    if code in (WorkerExit.DIVERGED, WorkerExit.CHECKPOINT_ERROR, WorkerExit.STOP_SAVE_FAILED):
+        assert policy.classify_exit(ExitFacts(returncode=1, rank_exits=[RankExit(0, int(code))])).kind != kind
+
+
+def test_a_scripts_clean_exit_is_finished_and_a_sigkill_under_memory_pressure_an_oom():
+    assert policy.classify_exit(ExitFacts(returncode=0, worker_exit_codes=False)).kind == OutcomeKind.FINISHED
+    oom = ExitFacts(returncode=1, rank_exits=[RankExit(0, -9)], memory_was_tight=True, worker_exit_codes=False)
+    assert policy.classify_exit(oom).kind == OutcomeKind.OOM
+    asked = ExitFacts(returncode=1, rank_exits=[RankExit(0, -15)], stop_requested=True, worker_exit_codes=False)
+    assert policy.classify_exit(asked).kind == OutcomeKind.STOPPED
+
+
+def test_a_script_is_judged_by_its_silence_only_with_an_explicit_hang_timeout():
+    assert policy.silent_too_long(last_change=100.0, now=1e9, hang_timeout=None) is None  # off: never
+    assert policy.silent_too_long(last_change=100.0, now=129.0, hang_timeout=30.0) is None
+    verdict = policy.silent_too_long(last_change=100.0, now=131.0, hang_timeout=30.0)
+    assert verdict is not None and verdict.silent_s == pytest.approx(31.0)
+    assert "31.0s" in verdict.describe() and "--hang-timeout 30s" in verdict.describe()
