@@ -349,7 +349,7 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
             say(f"step {step:5d} | loss {loss_value} is not finite: training diverged, stopping without saving")
             heartbeat.beat(step=step, loss=None, status=RankStatus.DIVERGED, message="non-finite loss")
             run_log.close()
-            dist.shutdown()
+            dist.shutdown(int(WorkerExit.DIVERGED))
             return int(WorkerExit.DIVERGED)
         say(f"step {step:5d} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm:.4f} | dt {dt * 1000:.2f}ms | tok/sec {tokens_per_s:.2f}")
         run_log.log_line(f"{step} train {loss_value:.6f}")

@@ -54,7 +54,7 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env["OMP_NUM_THREADS"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     for key in ("GPT2SUP_INJECT_CRASH_AT_STEP", "GPT2SUP_INJECT_CRASH_ONCE_FILE", "GPT2SUP_INJECT_SLOW_RANK",
-                "GPT2SUP_INJECT_TEARDOWN_ABORT"):
+                "GPT2SUP_INJECT_TEARDOWN_ABORT", "GPT2SUP_INJECT_TEARDOWN_HANG", "GPT2SUP_TEARDOWN_LIMIT_S"):
         env.pop(key, None)
     env.update(extra or {})
     return env

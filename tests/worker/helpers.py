@@ -191,7 +191,8 @@ class WorkerLauncher:
         env["OMP_NUM_THREADS"] = "1"
         env["PYTHONUNBUFFERED"] = "1"
         env["GPT2SUP_CACHE_DIR"] = str(self.cache_dir)
-        for key in ("GPT2SUP_INJECT_CRASH_AT_STEP", "GPT2SUP_INJECT_CRASH_ONCE_FILE"):
+        for key in ("GPT2SUP_INJECT_CRASH_AT_STEP", "GPT2SUP_INJECT_CRASH_ONCE_FILE", "GPT2SUP_INJECT_TEARDOWN_HANG",
+                    "GPT2SUP_TEARDOWN_LIMIT_S"):
             env.pop(key, None)
         env.update(extra or {})
         return env

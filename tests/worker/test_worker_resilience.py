@@ -187,3 +187,16 @@ def test_a_second_worker_on_the_same_run_dir_exits_8_and_leaves_the_first_alone(
     for step in checkpoint_steps(run):
         assert load_checkpoint(run / f"model_{step:05d}.pt")["step"] == step
     assert checkpoint_steps(run)[-1] == stopped_at
+
+
+def test_a_rank_whose_process_group_teardown_never_returns_exits_with_its_code_within_the_limit(launcher, tmp_path):
+    # torch's destroy_process_group() now and then never returns (seen once here: a rank that had
+    # saved and said "exiting" was still there 180 s later, holding torchrun open). Everything is
+    # saved by then: the worker bounds the teardown and exits with the code it was about to.
+    run = tmp_path / "run"
+    launch = launcher.start(run, [*FAST_ARGS, "--max_steps", "3"], nproc=2,
+                            env={"GPT2SUP_INJECT_TEARDOWN_HANG": "1", "GPT2SUP_TEARDOWN_LIMIT_S": "3"})
+    assert launch.wait(120) == 0, launch.output_tail()
+    assert "rank 1 hanging in the process group's teardown" in launch.output_tail()
+    assert "teardown did not finish in 3s" in launch.output_tail()
+    assert read_heartbeat(run, 1)["status"] == "finished" and (run / "model_00002.pt").exists()

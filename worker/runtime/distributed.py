@@ -7,6 +7,9 @@ bookkeeping (only for DDP's gradient-sync switch, which is part of the math).
 from __future__ import annotations
 
 import os
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +18,31 @@ import torch.distributed as dist
 
 from shared.vocabulary import NODE_RANK_ENV
 from worker.runtime import startup_clock
+
+TEARDOWN_LIMIT_S = 60.0
+TEARDOWN_LIMIT_ENV = "GPT2SUP_TEARDOWN_LIMIT_S"  # tests shorten it (docs/worker.md)
+
+
+def teardown_limit_s() -> float:
+    try:
+        value = float(os.environ.get(TEARDOWN_LIMIT_ENV, TEARDOWN_LIMIT_S))
+    except ValueError:
+        return TEARDOWN_LIMIT_S
+    return value if 0 < value < float("inf") else TEARDOWN_LIMIT_S
+
+
+def _exit_after_stuck_teardown(exit_code: int, limit: float) -> None:
+    print(f"the process group's teardown did not finish in {limit:g}s (torch's destroy_process_group "
+          f"hangs now and then); the run is saved: exiting {exit_code}", file=sys.stderr, flush=True)
+    os._exit(exit_code)
+
+
+def _maybe_inject_teardown_hang(rank: int) -> None:
+    """Fault injection (docs/worker.md): ``GPT2SUP_INJECT_TEARDOWN_HANG=R``: rank R's teardown never returns."""
+    target = os.environ.get("GPT2SUP_INJECT_TEARDOWN_HANG")
+    if target is not None and target.strip() == str(rank):
+        print(f"[fault injection] rank {rank} hanging in the process group's teardown", file=sys.stderr, flush=True)
+        time.sleep(10**6)
 
 
 @dataclass(frozen=True)
@@ -81,9 +109,23 @@ class Distributed:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
-    def shutdown(self) -> None:
-        if self.ddp and dist.is_initialized():
+    def shutdown(self, exit_code: int = 0) -> None:
+        """Destroy the process group, in bounded time. ``destroy_process_group()`` now and then
+        never returns (pytorch issue 75097; seen here once, a rank that had saved and said
+        "exiting" still there 180 s later). Everything the run needs is on disk by now, so a rank
+        still in it after ``TEARDOWN_LIMIT_S`` says so and exits with the code it was about to
+        exit with, instead of holding its GPU (and its torchrun) forever."""
+        if not (self.ddp and dist.is_initialized()):
+            return
+        limit = teardown_limit_s()
+        guard = threading.Timer(limit, _exit_after_stuck_teardown, args=(exit_code, limit))
+        guard.daemon = True
+        guard.start()
+        try:
+            _maybe_inject_teardown_hang(self.rank)
             dist.destroy_process_group()
+        finally:
+            guard.cancel()
 
 
 def setup_distributed(device_type: str, device: str) -> Distributed:
