@@ -24,6 +24,12 @@ NODE_RANK_ENV = "GPT2SUP_NODE_RANK"
 # writes into its heartbeat (``attempt_id``). The supervisor ties a beat to its attempt by this id,
 # never by comparing the beat's wall-clock time with its own (node clocks differ, clocks step).
 ATTEMPT_ID_ENV = "GPT2SUP_ATTEMPT_ID"
+# Set by `gpt2sup run` for every rank: ``<pid>:<create_time>`` of the supervisor. Workers (and a
+# script using ``shared.client``) stop when it is gone; a later supervisor proves orphans by it.
+SUPERVISOR_ENV = "GPT2SUP_SUPERVISOR"
+# Set by `gpt2sup run` for every rank: the run directory (``--log-dir``), where a script using
+# ``shared.client`` writes its heartbeats.
+RUN_DIR_ENV = "GPT2SUP_RUN_DIR"
 
 
 class Phase(StrEnum):

@@ -48,9 +48,9 @@ def script_startup_timeout(seconds: float, workers_started: bool) -> str:
 
 
 def script_hang_detection_off(script: str) -> str:
-    return (f"hang detection is OFF: {os.path.basename(script)} writes no gpt2sup heartbeats; crashes are "
-            "still restarted. Give --hang-timeout SECONDS to judge it by the silence of its output and "
-            "files, or add gpt2sup's heartbeat client (docs/own-trainer.md)")
+    return (f"hang detection is OFF for {os.path.basename(script)} unless it writes gpt2sup heartbeats "
+            "(shared.client): crashes are still restarted. Give --hang-timeout SECONDS to judge a script "
+            "without heartbeats by the silence of its output and files (docs/own-trainer.md)")
 
 
 def signal_name(signum: int) -> str:

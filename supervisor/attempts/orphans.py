@@ -36,7 +36,7 @@ from shared.process_identity import (
 )
 from shared.run_dir import RunDir
 from shared.supervisor_state import SupervisorState
-from shared.vocabulary import NODE_RANK_ENV, TERMINAL_STATES
+from shared.vocabulary import NODE_RANK_ENV, SUPERVISOR_ENV, TERMINAL_STATES
 from supervisor.attempts.process_tree import (
     command_line_log_dir,
     is_alive,
@@ -46,7 +46,6 @@ from supervisor.attempts.process_tree import (
     send_signal,
     with_descendants,
 )
-from supervisor.attempts.torchrun import SUPERVISOR_ENV
 from supervisor.run_lock import worker_lock_holder
 from supervisor.stop_signals import mark_stop_request
 

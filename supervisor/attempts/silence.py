@@ -64,7 +64,7 @@ def activity_key(console_log: Path, run_dir: Path) -> ActivityKey:
 class SilenceWatch:
     """When (supervisor's monotonic clock) anything of the script's last changed.
 
-    The baseline is taken at the launch, before any rank runs (``at_launch``). Until something
+    The baseline is taken right after the launch, before any rank can run (``at_launch``). Until something
     changes after it the script has shown no sign of life, and ``observe`` answers None: the
     start-up allowance governs that time (imports, a compile, data loading), not the hang
     timeout. Times come from this supervisor's clock when it sees a change, never from the files'

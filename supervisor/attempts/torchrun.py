@@ -13,7 +13,7 @@ from pathlib import Path
 
 from shared.atomic_io import read_file_tail
 from shared.compile_cache import use_run_dir_compile_cache
-from shared.vocabulary import ATTEMPT_ID_ENV, NODE_RANK_ENV
+from shared.vocabulary import ATTEMPT_ID_ENV, NODE_RANK_ENV, RUN_DIR_ENV, SUPERVISOR_ENV
 from supervisor.attempts.process_tree import own_identity
 from supervisor.policy import RankExit
 from supervisor.run_config import RunConfig
@@ -22,7 +22,6 @@ LOG_TAIL_BYTES = 64 * 1024
 # torchrun's c10d rendezvous port when --rdzv-endpoint names none (torch.distributed.run's docs;
 # --master-port's 29500 is the static launcher's, not used here). gpt2sup's SLURM endpoint uses it too.
 RDZV_DEFAULT_PORT = 29400
-SUPERVISOR_ENV = "GPT2SUP_SUPERVISOR"  # <pid>:<create_time> of the supervisor; workers stop when it is gone
 MAX_LINE_CHARS = 300
 
 _RANK_EXIT_RE = re.compile(r"rank\s*:\s*(\d+)[^\n]*\n\s*exitcode\s*:\s*(-?\d+)")
@@ -84,6 +83,7 @@ def build_env(config: RunConfig, base: dict[str, str] | None = None, attempt_id:
     env.pop(SUPERVISOR_ENV, None)
     if not config.workers_outlive_supervisor:
         env[SUPERVISOR_ENV] = own_identity().token
+    env[RUN_DIR_ENV] = str(config.log_dir)  # where a script using shared.client writes its heartbeats
     # --compile: inductor's caches in the run directory, so a relaunch does not compile from scratch
     # (the worker sets the same itself, for bare runs). A site's own wins.
     if "--compile" in config.worker_args:

@@ -209,8 +209,6 @@ class TorchrunAttempts:
         oom.learn([os.getpid()])  # our own cgroup (a SLURM job's, a pod's): the ranks start in it
         attempt_id = new_attempt_id(number)
         at_launch = HeartbeatReader.on_disk(self.run_dir)
-        # A script's silence is measured against what was there before any rank ran.
-        silence = SilenceWatch.at_launch(log_path, self.run_dir.root) if self.config.runs_script else None
         try:
             tree = launch(argv, cwd=self.config.cwd, env=torchrun.build_env(self.config, attempt_id=attempt_id),
                           log_path=log_path)
@@ -227,7 +225,10 @@ class TorchrunAttempts:
         )
         live = _Live(tree, HeartbeatReader(self.run_dir, attempt_id, at_launch), oom,
                      deaths=DeathWatch(self.stops.wake))
-        live.silence = silence
+        if self.config.runs_script:
+            # Measured against what is there now: launch() just created the console log, and
+            # torchrun needs seconds (import torch) before anything of the script's can appear.
+            live.silence = SilenceWatch.at_launch(log_path, self.run_dir.root)
         if self.timeline is not None:
             self.timeline.launched_at = tree.launched_at
             self._pending_breakdown, self.timeline = self.timeline, None

@@ -42,9 +42,8 @@ from shared.atomic_io import read_json
 from shared.exit_codes import WorkerExit
 from shared.process_identity import ProcessId, same_process_alive
 from shared.run_dir import STOP_REQUEST_NAME
-from shared.vocabulary import ATTEMPT_ID_ENV
+from shared.vocabulary import ATTEMPT_ID_ENV, SUPERVISOR_ENV
 
-SUPERVISOR_ENV = "GPT2SUP_SUPERVISOR"
 # What a rank's collective raises when a peer process is gone (gloo's TCP pair, NCCL's abort).
 _PEER_LOST_WORDS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
                     "NCCL communicator was aborted", "Socket Timeout", "Connection refused")
