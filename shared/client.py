@@ -29,9 +29,10 @@ What it buys, under ``gpt2sup run -- SCRIPT.py``:
   the gradient all-reduce that makes every rank's step time equal) and the live panel of
   ``gpt2sup status`` (step, loss, tokens/s, phase per rank).
 
-Dependency-free (the standard library and gpt2sup's ``shared`` package), cheap (one small JSON
-file rewritten per beat, by the training loop itself: never from a thread, which would beat on
-while the loop is stuck), and a no-op outside gpt2sup (no ``GPT2SUP_RUN_DIR`` in the environment
+Dependency-free (the standard library and gpt2sup's ``shared`` package), cheap (a few
+microseconds per step: one small JSON file rewritten at most every ``MIN_BEAT_INTERVAL_S``, by the
+training loop itself: never from a thread, which would beat on while the loop is stuck), and a
+no-op outside gpt2sup (no ``GPT2SUP_RUN_DIR`` in the environment
 and no ``run_dir`` given): the same script runs bare, under plain torchrun, unchanged.
 """
 from __future__ import annotations
@@ -58,6 +59,10 @@ from shared.vocabulary import (
 )
 
 COMPUTE_SAMPLES = 20  # the newest per-step compute times a beat carries (as the worker's)
+# Step beats closer together than this update the record in memory only: a rewrite of the file
+# costs ~0.3 ms, which a fast step would notice; hang timeouts are seconds, so a beat at most this
+# much older changes no verdict. A phase change, a save and an ending are always written at once.
+MIN_BEAT_INTERVAL_S = 0.25
 
 
 class Heartbeat:
@@ -82,6 +87,7 @@ class Heartbeat:
         self.message: str | None = None
         self.compute_s: list[float] = []
         self._seq = 0
+        self._last_write = -MIN_BEAT_INTERVAL_S
         self._stop_reason: str | None = None
         self._supervisor_pid = _pid_of(os.environ.get(SUPERVISOR_ENV, ""))
         self._next_supervisor_check = 0.0
@@ -92,13 +98,16 @@ class Heartbeat:
     # -- what the training loop says --------------------------------------------------------------
     def beat(self, step: int, *, phase: str = Phase.TRAIN, loss: float | None = None,
              tokens_per_s: float | None = None, compute_s: float | None = None) -> None:
-        """``step`` (the last completed optimizer step) is done: at least once per step."""
+        """``step`` (the last completed optimizer step) is done: call it once per step. Written to
+        the file at most every ``MIN_BEAT_INTERVAL_S`` (a phase change at once)."""
+        changed_phase = Phase(phase) != self.current_phase
         self.step, self.current_phase = int(step), Phase(phase)
         self.loss = float(loss) if loss is not None else None
         self.tokens_per_s = float(tokens_per_s) if tokens_per_s is not None else None
         if compute_s is not None:
             self.compute_s = [*self.compute_s, float(compute_s)][-COMPUTE_SAMPLES:]
-        self._write()
+        if changed_phase or time.monotonic() - self._last_write >= MIN_BEAT_INTERVAL_S:
+            self._write()
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -147,6 +156,7 @@ class Heartbeat:
     def _write(self) -> None:
         if self.run is None:
             return
+        self._last_write = time.monotonic()
         self._seq += 1
         record: dict[str, Any] = {
             "pid": os.getpid(), "rank": self.rank, "world_size": self.world_size, "step": self.step,

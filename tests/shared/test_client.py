@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.client import COMPUTE_SAMPLES, Heartbeat
+from shared.client import COMPUTE_SAMPLES, MIN_BEAT_INTERVAL_S, Heartbeat
 from shared.heartbeat import Heartbeat as HeartbeatRecord
 from shared.vocabulary import (
     ATTEMPT_ID_ENV,
@@ -84,19 +84,22 @@ def test_each_call_writes_the_ranks_heartbeat_as_the_supervisor_reads_it(tmp_pat
     assert beat.seq is not None and first.seq is not None and beat.seq > first.seq
     assert beat.mono is not None and beat.time >= first.time
 
-    for step in range(1, 30):
+    for step in range(1, 30):  # fast steps: the file is rewritten at most every MIN_BEAT_INTERVAL_S
         hb.beat(step, loss=1.0, compute_s=step / 1000)
+    assert read_beat(tmp_path, 1).step < 29, "every fast beat rewrote the file (~0.3 ms a step)"
+    time.sleep(MIN_BEAT_INTERVAL_S)
+    hb.beat(30, loss=1.0, compute_s=0.03)
     beat = read_beat(tmp_path, 1)
-    assert beat.step == 29
-    assert beat.compute_s == [step / 1000 for step in range(10, 30)]  # the newest 20, newest last
+    assert beat.step == 30
+    assert beat.compute_s == [step / 1000 for step in range(11, 31)]  # the newest 20, newest last
     assert len(beat.compute_s) == COMPUTE_SAMPLES == 20
 
-    hb.saved(tmp_path / "model_00029.pt")
-    assert read_beat(tmp_path, 1).last_checkpoint == "model_00029.pt"  # its name, as the worker's
+    hb.saved(tmp_path / "model_00030.pt")  # written at once, however soon after a beat
+    assert read_beat(tmp_path, 1).last_checkpoint == "model_00030.pt"  # its name, as the worker's
 
     hb.stopped("asked to stop")
     ended = read_beat(tmp_path, 1)
-    assert (ended.status, ended.message, ended.step) == (RankStatus.STOPPED, "asked to stop", 29)
+    assert (ended.status, ended.message, ended.step) == (RankStatus.STOPPED, "asked to stop", 30)
 
 
 @pytest.mark.parametrize(("end", "status", "message"), [
