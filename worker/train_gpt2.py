@@ -54,7 +54,11 @@ from worker.runtime.device_setup import (
     configure_fast_math,
     to_device,
 )
-from worker.runtime.distributed import Distributed, setup_distributed
+from worker.runtime.distributed import (
+    Distributed,
+    bound_the_teardown,
+    setup_distributed,
+)
 from worker.runtime.lifetime import StopRequest, SupervisorWatch
 from worker.runtime.telemetry import HeartbeatWriter, RunLogger, print_to_stderr
 from worker.runtime.tensorboard_log import TensorBoardLog, require_tensorboard
@@ -349,7 +353,8 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
             say(f"step {step:5d} | loss {loss_value} is not finite: training diverged, stopping without saving")
             heartbeat.beat(step=step, loss=None, status=RankStatus.DIVERGED, message="non-finite loss")
             run_log.close()
-            dist.shutdown(int(WorkerExit.DIVERGED))
+            bound_the_teardown()
+            dist.shutdown()
             return int(WorkerExit.DIVERGED)
         say(f"step {step:5d} | loss {loss_value:.6f} | lr {lr:.4e} | norm {norm:.4f} | dt {dt * 1000:.2f}ms | tok/sec {tokens_per_s:.2f}")
         run_log.log_line(f"{step} train {loss_value:.6f}")
@@ -371,6 +376,7 @@ def train(config: TrainConfig, dist: Distributed, run_dir: RunDir, heartbeat: He
             break
     else:
         heartbeat.beat(status=RankStatus.FINISHED)
+    bound_the_teardown()  # the run's work is on disk: whatever follows must end in bounded time
     replay.finish()
     run_log.close()
     dist.shutdown()

@@ -6,9 +6,9 @@ bookkeeping (only for DDP's gradient-sync switch, which is part of the math).
 """
 from __future__ import annotations
 
+import faulthandler
 import os
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +19,7 @@ import torch.distributed as dist
 from shared.vocabulary import NODE_RANK_ENV
 from worker.runtime import startup_clock
 
-TEARDOWN_LIMIT_S = 60.0
+TEARDOWN_LIMIT_S = 30.0
 TEARDOWN_LIMIT_ENV = "GPT2SUP_TEARDOWN_LIMIT_S"  # tests shorten it (docs/worker.md)
 
 
@@ -31,10 +31,19 @@ def teardown_limit_s() -> float:
     return value if 0 < value < float("inf") else TEARDOWN_LIMIT_S
 
 
-def _exit_after_stuck_teardown(exit_code: int, limit: float) -> None:
-    print(f"the process group's teardown did not finish in {limit:g}s (torch's destroy_process_group "
-          f"hangs now and then); the run is saved: exiting {exit_code}", file=sys.stderr, flush=True)
-    os._exit(exit_code)
+def bound_the_teardown() -> float:
+    """Once the run ended (finished, stopped, diverged: heartbeat and checkpoint written), the
+    process must be gone within ``teardown_limit_s()``. Its teardown (the process group's
+    ``destroy_process_group()``, interpreter exit) now and then never returns: seen twice in the
+    suite, a rank that had saved and said "exiting" still there a minute later, holding its
+    torchrun (and on a GPU its memory) open; pytorch issue 75097. faulthandler's watchdog runs in
+    a C thread that needs no GIL (a hung C++ call may hold it, and a Python timer then never
+    runs): past the limit it prints every thread's stack to stderr and exits 1. Never cancelled:
+    a process that exits in time takes the watchdog with it. The supervisor reads a non-zero exit
+    after every rank ended as the ending the ranks reported (docs/reliability.md)."""
+    limit = teardown_limit_s()
+    faulthandler.dump_traceback_later(limit, exit=True)
+    return limit
 
 
 def _maybe_inject_teardown_hang(rank: int) -> None:
@@ -109,23 +118,11 @@ class Distributed:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
-    def shutdown(self, exit_code: int = 0) -> None:
-        """Destroy the process group, in bounded time. ``destroy_process_group()`` now and then
-        never returns (pytorch issue 75097; seen here once, a rank that had saved and said
-        "exiting" still there 180 s later). Everything the run needs is on disk by now, so a rank
-        still in it after ``TEARDOWN_LIMIT_S`` says so and exits with the code it was about to
-        exit with, instead of holding its GPU (and its torchrun) forever."""
-        if not (self.ddp and dist.is_initialized()):
-            return
-        limit = teardown_limit_s()
-        guard = threading.Timer(limit, _exit_after_stuck_teardown, args=(exit_code, limit))
-        guard.daemon = True
-        guard.start()
-        try:
+    def shutdown(self) -> None:
+        """Destroy the process group (after ``bound_the_teardown``, which bounds the time it may take)."""
+        if self.ddp and dist.is_initialized():
             _maybe_inject_teardown_hang(self.rank)
             dist.destroy_process_group()
-        finally:
-            guard.cancel()
 
 
 def setup_distributed(device_type: str, device: str) -> Distributed:
