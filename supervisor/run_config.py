@@ -89,6 +89,9 @@ class RunConfig:
     # A script's: appended when the run directory holds a checkpoint to resume from; None: never.
     resume_flag: str | None = DEFAULT_RESUME_FLAG
     resume_flag_given: bool = True  # False: an existing run's recorded resume flag is reused
+    # A script's --probe MODULE:FUNCTION: its own restore without training, run in the probe child
+    # after the generic checks (imported from ``cwd`` first); None: the generic checks only.
+    user_probe: str | None = None
     nproc_per_node: int = 1
     multi_node: MultiNode | None = None
     timeouts: TimeoutConfig = field(default_factory=TimeoutConfig)

@@ -22,7 +22,7 @@ from supervisor.attempts.attempt import AttemptResult, Attempts
 from supervisor.attempts.orphans import (
     find_foreign_trainers,
 )
-from supervisor.checkpoints.checkpoint_validation import probe_command
+from supervisor.checkpoints.checkpoint_validation import probe_command_for
 from supervisor.checkpoints.disk_guard import DiskGuard
 from supervisor.checkpoints.remote_checkpoints import RemoteCheckpoints
 from supervisor.checkpoints.resume_choice import ResumeChoice, UnsupportedCheckpoint
@@ -110,7 +110,7 @@ class Supervisor:
         self.remote_checkpoints.resolve_uri()
         self.start.begin()
         if self.validator is not None:  # the run's record may have named a script: its own format
-            self.validator.use_probe(probe_command(self.config.runs_script))
+            self.validator.use_probe(probe_command_for(self.config))
         refused = self.remote_checkpoints.open()
         if refused is not None:
             return self._end(SupervisorStateName.REFUSED, refused)

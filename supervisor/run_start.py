@@ -107,6 +107,9 @@ class RunStart:
         if not self.config.resume_flag_given and "resume_flag" in previous.run_config:
             recorded_flag = previous.run_config.get("resume_flag")
             self.config.resume_flag = recorded_flag if isinstance(recorded_flag, str) and recorded_flag else None
+        recorded_probe = previous.run_config.get("user_probe")
+        if self.config.user_probe is None and isinstance(recorded_probe, str) and recorded_probe:
+            self.config.user_probe = recorded_probe  # a script's --probe goes with its run
         if is_script(accepted.worker_module):
             return self._reuse_recorded_script(accepted, base)
         accepted = policy.RecordedRun(tuple(absolute_path_args(list(accepted.worker_args), base)),

@@ -20,7 +20,7 @@ from supervisor.checkpoints.checkpoint_selection import (
     Selection,
     select_checkpoint_for_restart,
 )
-from supervisor.checkpoints.checkpoint_validation import probe_command
+from supervisor.checkpoints.checkpoint_validation import probe_command_for
 from supervisor.checkpoints.disk_guard import DiskGuard
 from supervisor.journal import Journal
 from supervisor.multinode import node_coordination
@@ -56,7 +56,7 @@ def production_wiring(parts: CycleParts) -> Wiring:
     they are written (node R >= 1 never validates); the coordination store of a multi-node run."""
     config = parts.config
     # A user's script saves its own format: the generic probe judges it (not gpt2sup's restore).
-    validator = (WarmValidator(parts.run_dir.root, config.probe_timeout, command=probe_command(config.runs_script))
+    validator = (WarmValidator(parts.run_dir.root, config.probe_timeout, command=probe_command_for(config))
                  if config.is_node_zero else None)
     attempts = TorchrunAttempts(config, parts.run_dir, parts.journal, parts.stops, parts.disk,
                                 peer_ended=parts.peer_ended_line if parts.node is not None else None,

@@ -2,6 +2,7 @@
 
     python -m worker.checkpoint_probe PATH [--deep] [--size-bytes N] [--generic]   one file, one verdict
     python -m worker.checkpoint_probe --serve [--generic]                          many files, one import
+    ... --generic --user-probe MODULE:FUNCTION [--user-probe-path DIR]           + the user's restore
 
 Why a child process: loading parses an untrusted pickle and memory-maps tensor bytes. A damaged
 file can make it raise, hang, or (in native code) crash the interpreter. The caller
@@ -58,6 +59,12 @@ size floor or restore. Its checks, in the same ``checks`` list:
   ``--deep``, every floating tensor under the top-level ``model`` key (or, for a flat mapping of
   tensors such as a bare state_dict, every one of them) must be finite.
 
+- ``user-probe`` (``--user-probe MODULE:FUNCTION``, ``gpt2sup run --probe``): last, the user's
+  own restore without training, ``FUNCTION(path)``, imported once per child from
+  ``--user-probe-path`` first. It raises: the file is invalid, with the exception as the reason.
+  It cannot be imported, or fails in its own code (ImportError, NameError, AttributeError,
+  SyntaxError, TypeError): inconclusive, never a verdict on the file.
+
 A generic verdict reports ``step`` (the dict's int ``step``, if any), ``config`` (the dict's
 ``config``, if it is a dict after loading, e.g. a pickled ``GPTConfig`` dataclass) and
 ``source_format`` ``"generic"``; ``format_version``, ``has_optimizer_state`` and
@@ -66,6 +73,7 @@ A generic verdict reports ``step`` (the dict's int ``step``, if any), ``config``
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -455,8 +463,9 @@ def check_generic_tensors(checkpoint: Any, torch: Any, deep: bool) -> str:
     return found + f"; {scanned} floating tensor{'' if scanned == 1 else 's'} {where} finite"
 
 
-def probe_generic(path: Path, *, deep: bool = False) -> dict[str, Any]:
-    """Generic-mode verdict for ``path`` (module docstring, ``--generic``)."""
+def probe_generic(path: Path, *, deep: bool = False, user: UserProbe | None = None) -> dict[str, Any]:
+    """Generic-mode verdict for ``path`` (module docstring, ``--generic``); ``user``: the run's
+    ``--probe MODULE:FUNCTION``, run last, once the generic checks passed."""
     started = time.perf_counter()
     import torch  # inside, as in ``probe``
 
@@ -495,11 +504,57 @@ def probe_generic(path: Path, *, deep: bool = False) -> dict[str, Any]:
         ("step", lambda: check_generic_step(checkpoint, path)),
         ("tensors", lambda: check_generic_tensors(checkpoint, torch, deep)),
     ]
+    if user is not None:
+        steps.append(("user-probe", lambda: user.check(path, verdict)))
     for name, check in steps:
         if not _run_check(verdict, name, check):
             return verdict
     verdict["ok"] = True
     return verdict
+
+
+# Exceptions out of a user's probe that say its code is broken (a typo, a wrong signature, a
+# missing import), not that the file is: the file is not judged (inconclusive), never quarantined.
+_PROBE_CODE_ERRORS = (ImportError, NameError, AttributeError, SyntaxError, TypeError)
+
+
+class UserProbe:
+    """``--probe MODULE:FUNCTION``: the user's own restore-without-training, ``FUNCTION(path)``.
+
+    It returns (anything) when the file restores, raises when it does not: then the file is
+    invalid, with the exception as the reason. Imported once per child, from ``search_path`` (the
+    directory the run was started in) first. A probe that cannot be imported, or that fails with
+    an error of its own code (``_PROBE_CODE_ERRORS``), leaves every file unjudged (inconclusive).
+    """
+
+    def __init__(self, spec: str, search_path: str | None = None) -> None:
+        self.spec = spec
+        self.function: Callable[[str], Any] | None = None
+        self.import_error: str | None = None
+        module_name, _, function_name = spec.partition(":")
+        if search_path and search_path not in sys.path:
+            sys.path.insert(0, search_path)
+        try:
+            module = importlib.import_module(module_name)
+            self.function = getattr(module, function_name)
+            if not callable(self.function):
+                raise TypeError(f"{function_name} is not a function")
+        except Exception as error:  # noqa: BLE001  whatever their module raises: not the file's fault
+            self.function, self.import_error = None, f"{type(error).__name__}: {error}"
+
+    def check(self, path: Path, verdict: dict[str, Any]) -> str:
+        if self.function is None:
+            verdict["inconclusive"] = True
+            raise CheckFailed(f"{CANNOT_JUDGE_PREFIX}--probe {self.spec} could not be imported: {self.import_error}")
+        try:
+            self.function(str(path))
+        except _PROBE_CODE_ERRORS as error:
+            verdict["inconclusive"] = True
+            raise CheckFailed(f"{CANNOT_JUDGE_PREFIX}--probe {self.spec} failed in its own code: "
+                              f"{type(error).__name__}: {error}") from None
+        except Exception as error:  # noqa: BLE001  the restore failed on this file: the file's verdict
+            raise CheckFailed(f"--probe {self.spec} could not restore it: {type(error).__name__}: {error}") from None
+        return f"--probe {self.spec} restored it"
 
 
 # --- driver --------------------------------------------------------------------------------------
@@ -623,7 +678,8 @@ def _import_for_probing() -> float:
     return time.perf_counter() - started
 
 
-def serve(requests: Any, out: Any, import_seconds: float, *, generic: bool = False) -> None:
+def serve(requests: Any, out: Any, import_seconds: float, *, generic: bool = False,
+          user: UserProbe | None = None) -> None:
     """The ``--serve`` loop: one verdict line per request line (module docstring). ``generic``
     probes every request in generic mode; a request's own ``"generic": true`` does it for one."""
     out.write(json.dumps({"ready": True, "import_torch_seconds": round(import_seconds, 4)}) + "\n")
@@ -634,7 +690,7 @@ def serve(requests: Any, out: Any, import_seconds: float, *, generic: bool = Fal
         request = json.loads(line)
         size = request.get("size_bytes")
         if generic or request.get("generic") is True:
-            verdict = probe_generic(Path(request["path"]), deep=bool(request.get("deep")))
+            verdict = probe_generic(Path(request["path"]), deep=bool(request.get("deep")), user=user)
         else:
             verdict = probe(Path(request["path"]), deep=bool(request.get("deep")),
                             size_bytes=int(size) if size is not None else None)
@@ -654,7 +710,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve", action="store_true", help="read one JSON request per stdin line")
     parser.add_argument("--generic", action="store_true",
                         help="a checkpoint in a format of its own: load, step vs. name, tensors (no gpt2sup format checks)")
+    parser.add_argument("--user-probe", metavar="MODULE:FUNCTION", default=None,
+                        help="with --generic: also run FUNCTION(path), the user's restore without training")
+    parser.add_argument("--user-probe-path", metavar="DIR", default=None,
+                        help="where --user-probe's module is imported from first (the run's directory)")
     args = parser.parse_args(argv)
+    if args.user_probe is not None and not args.generic:
+        parser.error("--user-probe needs --generic")
     if (args.path is None) == (not args.serve):
         parser.error("give either PATH or --serve")
 
@@ -667,11 +729,12 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as error:  # noqa: BLE001  any import failure means "cannot judge", exit 3
             print(f"cannot import torch or the worker: {type(error).__name__}: {error}", file=sys.stderr)
             return ProbeExit.CANNOT_JUDGE
+        user = UserProbe(args.user_probe, args.user_probe_path) if args.user_probe else None
         if args.serve:
-            serve(sys.stdin, verdict_out, import_seconds, generic=args.generic)
+            serve(sys.stdin, verdict_out, import_seconds, generic=args.generic, user=user)
             return ProbeExit.VERDICT
         if args.generic:
-            verdict = probe_generic(args.path, deep=args.deep)
+            verdict = probe_generic(args.path, deep=args.deep, user=user)
         else:
             verdict = probe(args.path, deep=args.deep, size_bytes=args.size_bytes)
         verdict["import_torch_seconds"] = round(import_seconds, 4)

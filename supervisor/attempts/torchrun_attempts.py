@@ -585,11 +585,15 @@ class TorchrunAttempts:
         """The final checkpoint a finished rank named passes validation (node 0 only writes it)."""
         if not self.config.is_node_zero:
             return True
-        from supervisor.checkpoints.checkpoint_validation import validate_checkpoint
+        from supervisor.checkpoints.checkpoint_validation import (
+            probe_command_for,
+            validate_checkpoint,
+        )
 
         path = self.run_dir.root / name
         return path.is_file() and validate_checkpoint(path, probe_timeout=self.config.probe_timeout,
-                                                      generic=self.config.runs_script).ok
+                                                      generic=self.config.runs_script,
+                                                      command=probe_command_for(self.config)).ok
 
     def _check_survivors(self, report: KillReport) -> None:
         if report.survivors:

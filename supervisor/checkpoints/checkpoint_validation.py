@@ -52,13 +52,16 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from shared.checkpoint_crc import check_zip_crc
 from shared.exit_codes import ProbeExit
 from shared.run_dir import scan_checkpoints, step_from_checkpoint_name
 from shared.vocabulary import Verdict
 from supervisor.messages import signal_name
+
+if TYPE_CHECKING:
+    from supervisor.run_config import RunConfig
 
 SIBLING_SIZE_FRACTION = 0.5  # a broken zip below this fraction of its siblings' median: "cut short"
 # ``auto`` probe timeout per file: a multiple of this machine's measured ``import torch`` (the
@@ -262,11 +265,26 @@ class ProbeOutcome(NamedTuple):
     seconds: float
 
 
-def probe_command(generic: bool = False) -> list[str]:
+def probe_command(generic: bool = False, user_probe: str | None = None,
+                  user_probe_path: str | Path | None = None) -> list[str]:
     """The probe child's argv: ``python -m worker.checkpoint_probe --serve``, plus ``--generic``
     for checkpoints in a format of their own (a user script's), judged without gpt2sup's format
-    checks (``worker.checkpoint_probe``'s docstring)."""
-    return [sys.executable, "-m", PROBE_MODULE, "--serve", *(["--generic"] if generic else [])]
+    checks, and ``--user-probe MODULE:FUNCTION`` (``gpt2sup run --probe``), the user's own
+    restore, imported from ``user_probe_path`` first (``worker.checkpoint_probe``'s docstring)."""
+    argv = [sys.executable, "-m", PROBE_MODULE, "--serve", *(["--generic"] if generic else [])]
+    if generic and user_probe:
+        argv += ["--user-probe", user_probe]
+        if user_probe_path is not None:
+            argv += ["--user-probe-path", str(user_probe_path)]
+    return argv
+
+
+def probe_command_for(config: RunConfig) -> list[str]:
+    """The load-probe child's argv for a run: gpt2sup's own probe for its worker; for a user's
+    script the generic one, with its ``--probe MODULE:FUNCTION`` (imported from the run's cwd)."""
+    if not config.runs_script:
+        return probe_command()
+    return probe_command(True, config.user_probe, config.cwd)
 
 
 def _probe_env() -> dict[str, str]:
@@ -630,12 +648,14 @@ def validate_checkpoint(
     siblings: Sequence[Sibling] | None = None,
     session: ProbeSession | None = None,
     generic: bool = False,
+    command: Sequence[str] | None = None,
 ) -> ValidationResult:
     """Run checks 1-4 (module docstring) on one file, stopping at the first failure.
 
     ``probe_timeout`` None means ``auto``. Pass a ``session`` to share one probe child across
     files (the caller closes it); without one, a child is started and closed for this file.
-    ``generic`` probes a checkpoint in a format of its own (:func:`probe_command`).
+    ``generic`` probes a checkpoint in a format of its own (:func:`probe_command`); ``command``:
+    the probe child's argv, when it is not the plain one (``--probe``: :func:`probe_command_for`).
     """
     path = Path(path)
     siblings = list(siblings or [])
@@ -644,7 +664,7 @@ def validate_checkpoint(
         return result
     if session is not None:
         return _finish(result, _timed_crc(path.resolve()), siblings, session, deep, generic)
-    with ProbeSession(probe_timeout, command=probe_command(generic)) as own:
+    with ProbeSession(probe_timeout, command=command or probe_command(generic)) as own:
         own.start()  # import torch while the CRC pass reads the file
         return _finish(result, _timed_crc(path.resolve()), siblings, own, deep, generic)
 

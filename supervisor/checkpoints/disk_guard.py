@@ -91,10 +91,13 @@ class DiskGuard:
 
     def _passes_validation(self, name: str) -> bool:
         if name not in self._validated:
-            from supervisor.checkpoints.checkpoint_validation import validate_checkpoint
+            from supervisor.checkpoints.checkpoint_validation import (
+                probe_command_for,
+                validate_checkpoint,
+            )
 
             result = validate_checkpoint(self.run_dir.root / name, probe_timeout=self.config.probe_timeout,
-                                         generic=self.config.runs_script)
+                                         generic=self.config.runs_script, command=probe_command_for(self.config))
             self._validated[name] = result.ok
         return self._validated[name]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -248,6 +249,10 @@ T, B, L = DEFAULTS.timeouts, DEFAULTS.backoff, DEFAULTS.limits
               help="A script's (-- SCRIPT.py ...) own resume flag, appended to its arguments whenever --log-dir "
                    "holds a checkpoint (after a crash, on a rerun); `none`: never appended  "
                    "[default: the run's recorded one, else --auto_resume].")
+@click.option("--probe", "user_probe", default=None, show_default=False, metavar="MODULE:FUNCTION",
+              help="A script's own restore without training, FUNCTION(path), run on each checkpoint in the "
+                   "load-probe child after the generic checks (imported from this directory first); raising "
+                   "rejects the file  [default: the run's recorded one, else none].")
 @click.option("--nnodes", default=None, help="Multi-node: number of nodes (torchrun --nnodes), one supervisor per node "
               "[default: SLURM's node count under srun].")
 @click.option("--node-rank", default=None, type=click.IntRange(min=0),
@@ -270,7 +275,7 @@ def run(log_dir: str, max_restarts: int, nproc_per_node: int, hang_timeout: floa
         min_free_disk: int | None, prune_on_low_disk: bool, kill_grace: float, stop_timeout: float | None,
         probe_timeout: float | None, allow_config_change: bool, workers_outlive_supervisor: bool,
         checkpoint_uri: str | None, upload_timeout: float, worker_module: str | None,
-        resume_flag: str | None, nnodes: str | None,
+        resume_flag: str | None, user_probe: str | None, nnodes: str | None,
         node_rank: int | None, rdzv_endpoint: str | None, rdzv_id: str | None, rdzv_backend: str,
         coordination_port: int | None, worker_args: tuple[str, ...]) -> None:
     """Launch torchrun workers and keep them alive: restart on crashes and hangs, from the newest
@@ -292,6 +297,8 @@ def run(log_dir: str, max_restarts: int, nproc_per_node: int, hang_timeout: floa
         _refuse_what_a_script_cannot_use(multi_node, checkpoint_uri, allow_config_change)
     else:
         args = absolute_path_args(_worker_args(args), Path.cwd())
+    if user_probe is not None:  # no script and no arguments: a plain rerun, maybe of a script's run
+        _check_user_probe(user_probe, script is not None or (worker_module is None and not args))
     config = RunConfig(
         log_dir=_usable_log_dir(log_dir),
         cwd=Path.cwd(),
@@ -300,6 +307,7 @@ def run(log_dir: str, max_restarts: int, nproc_per_node: int, hang_timeout: floa
         worker_module_given=script is not None or worker_module is not None,
         resume_flag=_resume_flag(resume_flag) if resume_flag is not None else DEFAULTS.resume_flag,
         resume_flag_given=resume_flag is not None,
+        user_probe=user_probe,
         nproc_per_node=nproc_per_node,
         multi_node=multi_node,
         timeouts=policy.TimeoutConfig(hang_timeout=hang_timeout, startup_timeout=startup_timeout,
@@ -389,6 +397,15 @@ def _script_and_args(given: tuple[str, ...], worker_module: str | None,
         _fail(f"{flag} is appended by gpt2sup run whenever --log-dir holds a checkpoint; leave it out "
               "(or pass --resume-flag none to manage it yourself)")
     return str(path), args[1:]
+
+
+def _check_user_probe(spec: str, may_be_a_script: bool) -> None:
+    """``--probe MODULE:FUNCTION``: the spelling, and only for a script (gpt2sup's worker has its own
+    probe: the worker's restore runs in the probe child already)."""
+    if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", spec):
+        _fail(f"--probe must be MODULE:FUNCTION (e.g. myprobe:restore), got {spec!r}")
+    if not may_be_a_script:
+        _fail("--probe is for a script (-- SCRIPT.py ...): gpt2sup's worker is probed by its own restore")
 
 
 def _refuse_what_a_script_cannot_use(multi_node: MultiNode | None, checkpoint_uri: str | None,

@@ -475,3 +475,54 @@ def test_a_plain_rerun_on_a_scripts_directory_relaunches_the_same_script(tmp_pat
         assert not (elsewhere / "log").exists()  # nothing trained in the directory it was typed in
     finally:
         clean_up(tmp_path, proc)
+
+
+# ``--probe MODULE:FUNCTION``: the user's own restore without training, run on each checkpoint in
+# the probe child. This one stands for a restore that fails on checkpoints from step 12 on (say,
+# a model change the script's own resume cannot load): the generic checks pass them, the probe
+# does not.
+USER_PROBE = '''
+import re
+
+
+def restore(path):
+    step = int(re.search(r"model_(\\d+)\\.pt", path).group(1))
+    if step >= 12:
+        raise RuntimeError(f"cannot load step {step}: size mismatch for transformer.h.0.attn")
+'''
+
+
+def test_a_scripts_own_probe_rejects_a_checkpoint_the_generic_checks_pass(tmp_path):
+    """``gpt2sup run --probe userprobe:restore -- SCRIPT``: before the restart, a checkpoint the
+    user's restore fails on is quarantined with the probe's reason and the script resumes from the
+    newest one it restores. Catches a --probe that is parsed but never reaches the probe child
+    (the generic checks alone pass every file here), and one imported from the wrong directory."""
+    (tmp_path / "userprobe.py").write_text(USER_PROBE)
+    log_dir = tmp_path / "run"
+    args = guide_args(log_dir, "--max_steps", "40", "--checkpoint_interval", "4", "--step_sleep", "0.05")
+    proc = None
+    try:
+        proc = start_script_run(tmp_path, log_dir, args, "--probe", "userprobe:restore")
+        wait_for(lambda: (log_dir / "model_00016.pt").exists(), 300, "checkpoint 16")
+        for rank in script_ranks(log_dir):
+            rank.send_signal(signal.SIGKILL)
+        code = wait_exit(proc, log_dir, timeout=300)
+        assert code == SupervisorExit.FINISHED, failure_text(log_dir)
+        quarantined = events_named(log_dir, "quarantined")
+        assert quarantined and all(int(e["checkpoint"][6:11]) >= 12 for e in quarantined), failure_text(log_dir)
+        assert any("--probe userprobe:restore could not restore it: RuntimeError: cannot load step" in e["message"]
+                   for e in quarantined), failure_text(log_dir)
+        valid = [e for e in events_named(log_dir, "checkpoint_valid") if e.get("checkpoint")]
+        assert valid[0]["checkpoint"] == "model_00008.pt", failure_text(log_dir)
+        assert "resumed from" in attempt_log(log_dir, 2) and "model_00008.pt" in attempt_log(log_dir, 2)
+    finally:
+        clean_up(tmp_path, proc)
+
+
+def test_probe_is_refused_in_one_line_for_gpt2sups_own_worker_and_when_misspelled(tmp_path):
+    for args, words in ((["--probe", "userprobe:restore", "--", "--max_steps", "3"], "--probe is for a script"),
+                        (["--probe", "userprobe.restore", "--", str(SCRIPT)], "--probe must be MODULE:FUNCTION")):
+        done = run_gpt2sup(tmp_path, "run", "--log-dir", str(tmp_path / "run"), *args)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == SupervisorExit.REFUSED and len(lines) == 1 and words in lines[0], done.stderr
+        assert not (tmp_path / "run" / "attempts").exists()

@@ -219,3 +219,52 @@ def test_probe_command_and_walking_odd_structures() -> None:
         deep_nest = [deep_nest]
     names = [name for name, _ in checkpoint_probe._walk_tensors({"a": looped, "b": (deep_nest,)}, torch)]
     assert names[0] == "a.0" and len(names) == 2
+
+
+# A user's own restore without training (``gpt2sup run --probe probe:restore``), imported in the
+# probe child from the run's directory: here it rebuilds the guide's GPTConfig and rejects a
+# checkpoint whose model lacks a key, the way a real restore would fail on a state dict.
+USER_PROBE = '''
+import torch
+
+
+def restore(path):
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    missing = {"w"} - set(checkpoint["model"])
+    if missing:
+        raise KeyError(f"model state dict misses {sorted(missing)}")
+
+
+def broken(path):
+    return undefined_name  # noqa: F821 - a bug in the probe itself, not in the file
+'''
+
+
+def test_a_users_own_probe_runs_after_the_generic_checks_and_its_exception_rejects_the_file(tmp_path: Path) -> None:
+    (tmp_path / "userprobe.py").write_text(USER_PROBE)
+    good, bad = tmp_path / "good" / "model_00002.pt", tmp_path / "bad" / "model_00002.pt"
+    for path, model in ((good, {"w": torch.ones(2)}), (bad, {"v": torch.ones(2)})):
+        path.parent.mkdir()
+        torch.save({"model": model, "step": 2}, path)
+
+    command = probe_command(True, "userprobe:restore", tmp_path)
+    assert command[-4:] == ["--user-probe", "userprobe:restore", "--user-probe-path", str(tmp_path)]
+    passed = validate_checkpoint(good, generic=True, command=command)
+    assert passed.ok and [c.name for c in passed.checks][-1] == "user-probe", passed.checks
+    rejected = validate_checkpoint(bad, generic=True, command=command)
+    assert rejected.verdict is Verdict.INVALID and not rejected.inconclusive
+    assert rejected.reason == "--probe userprobe:restore could not restore it: KeyError: \"model state dict misses ['w']\""
+    # Without --probe the same file passes: the generic checks know nothing of the user's model.
+    assert validate_checkpoint(bad, generic=True).ok
+
+
+def test_a_probe_that_cannot_be_imported_or_fails_in_its_own_code_judges_nothing(tmp_path: Path) -> None:
+    # A bug in the user's probe must never quarantine their checkpoints: inconclusive, said so.
+    (tmp_path / "userprobe.py").write_text(USER_PROBE)
+    path = tmp_path / "model_00002.pt"
+    torch.save({"model": {"w": torch.ones(2)}, "step": 2}, path)
+    for spec, words in (("userprobe:broken", "failed in its own code: NameError"),
+                        ("no_such_module:restore", "could not be imported: ModuleNotFoundError")):
+        result = validate_checkpoint(path, generic=True, command=probe_command(True, spec, tmp_path))
+        assert result.verdict is Verdict.INCONCLUSIVE and result.inconclusive, (spec, result.reason)
+        assert words in result.reason and spec in result.reason
