@@ -209,3 +209,28 @@ def test_the_orphan_verdict_waits_for_answering_ranks_and_not_for_silent_or_stop
     assert orphan_stop_verdict(300.0, stop_forced=False, silent=0, stopped=0, **kw) is None  # saving
     assert "stop timeout" in orphan_stop_verdict(600.0, stop_forced=False, silent=0, stopped=0, **kw)
     assert orphan_stop_verdict(0.0, stop_forced=True, silent=0, stopped=0, **kw) == "a forced stop request"
+
+
+def test_a_scripts_rank_without_a_log_dir_is_proven_by_the_supervisor_named_in_its_environment(tmp_path, reap):
+    # `gpt2sup run -- train.py`: the script's ranks carry no --log_dir of ours on their command
+    # line; GPT2SUP_SUPERVISOR in their environment names the (now dead) supervisor that started
+    # them. A process naming another supervisor, or none, is left alone.
+    run = tmp_path / "run"
+    run.mkdir()
+    boss = _dead_supervisor()
+    sleeper = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(600)"]
+
+    def start(token: str | None) -> subprocess.Popen:
+        env = {k: v for k, v in os.environ.items() if k != "GPT2SUP_SUPERVISOR"}
+        if token is not None:
+            env["GPT2SUP_SUPERVISOR"] = token
+        proc = subprocess.Popen(sleeper, stdout=subprocess.PIPE, text=True, env=env)
+        assert proc.stdout.readline().strip() == "up"
+        reap.append(proc)
+        return proc
+
+    ours, other, unnamed = start(boss.token), start(f"{boss.pid}:{boss.create_time + 100:.3f}"), start(None)
+    survey = survey_orphans(_state(run, boss, [ours, other, unnamed]), run)
+    assert [p.pid for p in survey.orphans] == [ours.pid]
+    assert set(survey.left_alone) == {other.pid, unnamed.pid}
+    assert all(reason == "no --log_dir on its command line" for reason in survey.left_alone.values())
