@@ -8,7 +8,6 @@ torchrun, real signals, real files.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import time
@@ -35,6 +34,7 @@ from tests.supervisor.test_own_script_e2e import (
     failure_text,
     processes_of,
     run_gpt2sup,
+    script_ranks,
     start_script_run,
 )
 
@@ -51,20 +51,7 @@ def client_run(tmp_path: Path, log_dir: Path, script_args: list[str], *superviso
 
 
 def client_ranks(log_dir: Path) -> list[psutil.Process]:
-    """The ranks of the current attempt: torchrun's children running the script."""
-    launched = events_named(log_dir, "launched")
-    if not launched:
-        return []
-    try:
-        children = psutil.Process(launched[-1]["pid"]).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-    ranks = []
-    for child in children:
-        with contextlib.suppress(psutil.Error):
-            if any(arg.endswith(SCRIPT.name) for arg in child.cmdline()):
-                ranks.append(child)
-    return ranks
+    return script_ranks(log_dir, SCRIPT)
 
 
 def beat(log_dir: Path, rank: int) -> Heartbeat | None:

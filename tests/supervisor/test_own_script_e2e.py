@@ -91,8 +91,8 @@ def clean_up(tmp_path: Path, *procs: subprocess.Popen | None) -> None:
         kill_process_tree(leftover.pid)
 
 
-def script_ranks(log_dir: Path) -> list[psutil.Process]:
-    """The ranks of the current attempt: torchrun's children running the script."""
+def script_ranks(log_dir: Path, script: Path = SCRIPT) -> list[psutil.Process]:
+    """The ranks of the current attempt: torchrun's children running ``script``."""
     launched = events_named(log_dir, "launched")
     if not launched:
         return []
@@ -104,7 +104,7 @@ def script_ranks(log_dir: Path) -> list[psutil.Process]:
     ranks = []
     for child in children:
         with contextlib.suppress(psutil.Error):
-            if any(arg.endswith(SCRIPT.name) for arg in child.cmdline()):
+            if any(arg.endswith(script.name) for arg in child.cmdline()):
                 ranks.append(child)
     return ranks
 
