@@ -22,7 +22,9 @@ What it saves (rank 0 only), in ``--log_dir`` (default ``log``):
   ``model``, ``optimizer``, ``config`` (the ``GPTConfig`` dataclass, pickled as
   ``__main__.GPTConfig``), ``step``, ``val_loss``, ``train_loader_state``, ``rng_state``,
   ``cuda_rng_state``, ``numpy_rng_state`` and ``python_rng_state``. It is written to
-  ``model_{step:05d}.pt.tmp``, flushed, fsynced and renamed into place.
+  ``model_{step:05d}.pt.tmp``, flushed, fsynced and renamed into place. ``--checkpoint_prefix``
+  names them otherwise (``step_`` gives ``step_{step:05d}.pt``; supervise those with
+  ``gpt2sup run --checkpoint-glob LOG_DIR/step_*.pt``).
 * ``latest_checkpoint.pt``: a relative symlink to the newest saved checkpoint, replaced
   atomically after each save.
 * ``log.txt``: one ``{step} train {loss:.6f}`` line per step and ``{step} val {loss:.6f}`` lines.
@@ -237,6 +239,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max_steps", type=int, default=50, help="train steps 0 .. max_steps-1")
     p.add_argument("--checkpoint_interval", type=int, default=10, help="save every N steps")
     p.add_argument("--keep_last_n_checkpoints", type=int, default=-1, help="-1 keeps all")
+    p.add_argument("--checkpoint_prefix", default="model_", help="checkpoint files are PREFIX{step:05d}.pt")
     p.add_argument("--auto_resume", action="store_true", help="resume from the newest checkpoint")
     p.add_argument("--resume", action="store_true", help="resume from --checkpoint_path")
     p.add_argument("--checkpoint_path", default=None, help="the checkpoint --resume loads")
@@ -298,9 +301,9 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(checkpoint: dict[str, Any], log_dir: Path, step: int) -> Path:
-    """Write ``model_{step:05d}.pt`` atomically and point ``latest_checkpoint.pt`` at it."""
-    path = log_dir / f"model_{step:05d}.pt"
+def save_checkpoint(checkpoint: dict[str, Any], log_dir: Path, step: int, prefix: str = "model_") -> Path:
+    """Write ``{prefix}{step:05d}.pt`` atomically and point ``latest_checkpoint.pt`` at it."""
+    path = log_dir / f"{prefix}{step:05d}.pt"
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         torch.save(checkpoint, f)
@@ -317,21 +320,22 @@ def save_checkpoint(checkpoint: dict[str, Any], log_dir: Path, step: int) -> Pat
     return path
 
 
-def prune_checkpoints(log_dir: Path, keep: int) -> None:
-    """Delete the oldest ``model_*.pt`` (by step) so that ``keep`` remain; -1 keeps all."""
+def prune_checkpoints(log_dir: Path, keep: int, prefix: str = "model_") -> None:
+    """Delete the oldest ``{prefix}*.pt`` (by step) so that ``keep`` remain; -1 keeps all."""
     if keep == -1:
         return
-    saved = sorted(log_dir.glob("model_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    saved = sorted((p for p in log_dir.glob(f"{prefix}*.pt") if p.stem[len(prefix):].isdigit()),
+                   key=lambda p: int(p.stem[len(prefix):]))
     for old in saved[:-keep]:
         old.unlink(missing_ok=True)
 
 
-def find_latest_checkpoint(log_dir: Path) -> Path | None:
-    """The target of ``latest_checkpoint.pt`` if it exists, else the newest ``model_*.pt``."""
+def find_latest_checkpoint(log_dir: Path, prefix: str = "model_") -> Path | None:
+    """The target of ``latest_checkpoint.pt`` if it exists, else the newest ``{prefix}*.pt``."""
     link = log_dir / LATEST_LINK
     if link.is_symlink() and link.exists():
         return link.resolve()
-    candidates = [p for p in log_dir.glob("model_*.pt") if p.is_file()]  # "*.pt" skips ".pt.tmp"
+    candidates = [p for p in log_dir.glob(f"{prefix}*.pt") if p.is_file()]  # "*.pt" skips ".pt.tmp"
     if not candidates:
         return None
     return max(candidates, key=lambda p: p.stat().st_mtime)
@@ -344,7 +348,7 @@ def choose_resume_path(args: argparse.Namespace, ddp: bool, rank: int) -> str | 
         if args.resume:
             choice[0] = args.checkpoint_path
         elif args.auto_resume:
-            found = find_latest_checkpoint(Path(args.log_dir))
+            found = find_latest_checkpoint(Path(args.log_dir), args.checkpoint_prefix)
             choice[0] = str(found) if found is not None else None
     if ddp:
         dist.broadcast_object_list(choice, src=0)
@@ -485,9 +489,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"validation loss: {val_loss:.4f}", flush=True)
                 log_line(log_file, f"{step} val {val_loss:.6f}")
                 checkpoint = make_checkpoint(raw_model, optimizer, step, val_loss, train_loader)
-                path = save_checkpoint(checkpoint, log_dir, step)
+                path = save_checkpoint(checkpoint, log_dir, step, args.checkpoint_prefix)
                 print(f"saved {path}", flush=True)
-                prune_checkpoints(log_dir, args.keep_last_n_checkpoints)
+                prune_checkpoints(log_dir, args.keep_last_n_checkpoints, args.checkpoint_prefix)
         if args.step_sleep > 0:
             time.sleep(args.step_sleep)
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 DEFAULT_LOG_DIR = "log"
-CHECKPOINT_NAME_RE = re.compile(r"^model_(\d+)\.pt$")
 LATEST_LINK_NAME = "latest_checkpoint.pt"
 QUARANTINE_SUFFIX = ".corrupt"
 TMP_SUFFIX = ".tmp"
@@ -19,23 +18,108 @@ def checkpoint_name(step: int) -> str:
     return f"model_{step:05d}.pt"
 
 
-def step_from_checkpoint_name(name: str) -> int | None:
-    """The step encoded in a checkpoint file name, or ``None`` if it is not one."""
-    match = CHECKPOINT_NAME_RE.match(name)
-    return int(match.group(1)) if match else None
+class CheckpointNamingError(ValueError):
+    """A ``--checkpoint-glob`` gpt2sup cannot read steps from (the message is one line for the user)."""
+
+
+@dataclass(frozen=True)
+class CheckpointNaming:
+    """How a run directory's checkpoint files are named: a file-name pattern with one ``*`` that
+    stands for the step number (``model_*.pt``, gpt2sup's worker and the guide; ``step_*.pt``, a
+    script's own). Checkpoints are ordered by that number, so it must be all digits; a name whose
+    ``*`` part is not is not a checkpoint. Staging (``.tmp``) and quarantined (``.corrupt``) files
+    never count, whatever the pattern.
+
+    A run whose script names its files otherwise records its pattern in the run directory
+    (:data:`NAMING_FILE`), so that every reader (the supervisor, ``status``, ``report``,
+    ``verify DIR``, the load-probe) lists the same files without being told.
+    """
+
+    pattern: str = "model_*.pt"
+
+    def __post_init__(self) -> None:
+        if "/" in self.pattern or os.sep in self.pattern:
+            raise CheckpointNamingError(f"{self.pattern!r}: a file-name pattern, without a directory")
+        if any(ch in self.pattern for ch in "?[]"):
+            raise CheckpointNamingError(f"{self.pattern!r}: only '*' (the step number) is understood, not '?' or '[...]'")
+        if self.pattern.count("*") != 1:
+            raise CheckpointNamingError(f"{self.pattern!r}: needs exactly one '*', standing for the step number "
+                                        "(e.g. step_*.pt)")
+        prefix, suffix = self.pattern.split("*")
+        if not prefix and not suffix:
+            raise CheckpointNamingError("'*' alone matches every file; name the checkpoints' prefix or suffix "
+                                        "(e.g. step_*.pt)")
+        object.__setattr__(self, "_regex", re.compile(f"^{re.escape(prefix)}([0-9]+){re.escape(suffix)}$"))
+
+    @property
+    def is_default(self) -> bool:
+        return self.pattern == DEFAULT_NAMING_PATTERN
+
+    def step_of(self, name: str) -> int | None:
+        """The step a file named ``name`` holds, or ``None`` if it is not a checkpoint's name."""
+        if name.endswith((TMP_SUFFIX, QUARANTINE_SUFFIX)):
+            return None
+        match = self._regex.match(name)  # type: ignore[attr-defined]
+        return int(match.group(1)) if match else None
+
+    def to_json(self) -> dict[str, str]:
+        return {"pattern": self.pattern}
+
+
+DEFAULT_NAMING_PATTERN = "model_*.pt"
+NAMING_FILE = "checkpoint_naming.json"
+DEFAULT_NAMING = CheckpointNaming()
+
+
+def naming_of(directory: str | Path) -> CheckpointNaming:
+    """The naming a run directory records (:data:`NAMING_FILE`), else the default ``model_*.pt``.
+
+    A record that cannot be read or understood counts as none: the default naming still lists
+    gpt2sup's own files, and a reader never fails on a damaged record."""
+    import json
+
+    try:
+        with open(Path(directory) / NAMING_FILE, encoding="utf-8") as handle:
+            return CheckpointNaming(str(json.load(handle)["pattern"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT_NAMING
+
+
+def record_naming(directory: str | Path, naming: CheckpointNaming) -> None:
+    """Write (or, for the default naming, remove) the run directory's naming record, atomically."""
+    from shared.atomic_io import write_json_atomic
+
+    path = Path(directory) / NAMING_FILE
+    if naming.is_default:
+        path.unlink(missing_ok=True)
+    else:
+        write_json_atomic(path, naming.to_json())
+
+
+def step_from_checkpoint_name(name: str, naming: CheckpointNaming | None = None) -> int | None:
+    """The step encoded in a checkpoint file name, or ``None`` if it is not one (default naming:
+    ``model_N.pt``)."""
+    return (naming or DEFAULT_NAMING).step_of(name)
+
+
+def step_from_checkpoint_path(path: str | Path) -> int | None:
+    """The step in ``path``'s name, by the naming its directory records."""
+    path = Path(path)
+    return naming_of(path.parent).step_of(path.name)
 
 
 class CheckpointFile(NamedTuple):
-    """One complete ``model_N.pt`` in a run directory."""
+    """One complete checkpoint file (``model_N.pt``, or as the directory's naming says)."""
 
     step: int
     path: Path
     size: int
 
 
-def scan_checkpoints(directory: Path) -> list[CheckpointFile]:
-    """The complete checkpoint files (``model_N.pt``) of ``directory``, sorted by step ascending:
-    the one lister (the run's checkpoints, a file's siblings, ``gpt2sup verify DIR``).
+def scan_checkpoints(directory: Path, naming: CheckpointNaming | None = None) -> list[CheckpointFile]:
+    """The complete checkpoint files (``model_N.pt``, or as ``directory`` records its naming) of
+    ``directory``, sorted by step ascending: the one lister (the run's checkpoints, a file's
+    siblings, ``gpt2sup verify DIR``).
 
     Symlink rule: only regular files count, a symlink is never followed, whatever it is named. A
     run's checkpoints are files its trainer wrote there; a link named like one would count its
@@ -44,9 +128,10 @@ def scan_checkpoints(directory: Path) -> list[CheckpointFile]:
     ``.corrupt`` files never match the name; a file that vanishes while we list is skipped.
     Raises ``OSError`` when the directory itself cannot be listed (callers say what that means).
     """
+    naming = naming or naming_of(directory)
     found: list[CheckpointFile] = []
     for entry in list(os.scandir(directory)):
-        step = step_from_checkpoint_name(entry.name)
+        step = naming.step_of(entry.name)
         if step is None:
             continue
         try:
@@ -86,7 +171,17 @@ class RunDir:
 
     # --- worker-written files -------------------------------------------------------------
     def checkpoint(self, step: int) -> Path:
+        """Where gpt2sup's worker writes the checkpoint of ``step`` (``model_NNNNN.pt``)."""
         return self.root / checkpoint_name(step)
+
+    def checkpoint_of_step(self, step: int) -> Path:
+        """The checkpoint of ``step`` by this directory's naming: a script's file as it is on
+        disk (``step_500.pt`` or ``step_0500.pt``), else the worker's name for it."""
+        naming = self.naming()
+        if naming.is_default:
+            return self.checkpoint(step)
+        found = [item.path for item in self.list_checkpoints() if item.step == step]
+        return found[-1] if found else self.root / naming.pattern.replace("*", str(step))
 
     @property
     def latest_link(self) -> Path:
@@ -191,6 +286,16 @@ class RunDir:
         return self.incidents_dir / f"{number:03d}"
 
     # --- listings ---------------------------------------------------------------------------
+    @property
+    def naming_record(self) -> Path:
+        """A script's own checkpoint naming (``--checkpoint-glob``); absent for ``model_N.pt``."""
+        return self.root / NAMING_FILE
+
+    def naming(self) -> CheckpointNaming:
+        """How this directory's checkpoints are named (read from :attr:`naming_record` each call:
+        cheap, and a long-lived reader sees a rerun's new pattern)."""
+        return naming_of(self.root)
+
     def list_checkpoints(self) -> list[CheckpointFile]:
         """:func:`scan_checkpoints` of the run directory; none when it cannot be listed."""
         try:

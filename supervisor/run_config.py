@@ -92,6 +92,9 @@ class RunConfig:
     # A script's --probe MODULE:FUNCTION: its own restore without training, run in the probe child
     # after the generic checks (imported from ``cwd`` first); None: the generic checks only.
     user_probe: str | None = None
+    # A script's --checkpoint-glob file-name pattern (``step_*.pt``), recorded in the run directory
+    # (shared.run_dir.NAMING_FILE) for every reader; None: the directory's recorded one, else model_*.pt.
+    checkpoint_naming: str | None = None
     nproc_per_node: int = 1
     multi_node: MultiNode | None = None
     timeouts: TimeoutConfig = field(default_factory=TimeoutConfig)

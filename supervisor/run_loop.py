@@ -117,7 +117,7 @@ class Supervisor:
         self.progress.best_step = self.resume.choose()
         self.remote_checkpoints.start_uploads()
         if self.start.already_finished(self.progress.best_step):
-            name = self.run_dir.checkpoint(self.progress.best_step).name  # type: ignore[arg-type]
+            name = self.run_dir.checkpoint_of_step(self.progress.best_step).name  # type: ignore[arg-type]
             return self._end(SupervisorStateName.FINISHED, messages.already_finished(self.progress.best_step, name))
         restarts_used = consecutive_failures = 0
         relaunch: OutcomeKind | None = None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from shared.run_dir import RunDir
+from shared.run_dir import CheckpointNaming, RunDir, record_naming
 from shared.supervisor_state import (
     SupervisorState,
     load_supervisor_state,
@@ -35,6 +35,10 @@ from supervisor.stop_signals import StopSignals
 
 class RecordUnreadable(Exception):
     """``supervisor.json`` exists but cannot be read, and the run's arguments were not given."""
+
+
+class StartRefused(Exception):
+    """The options cannot apply to the run this directory holds (one line for the user, exit 2)."""
 
 
 def record_unreadable(path: Path) -> str | None:
@@ -60,6 +64,7 @@ class RunStart:
             raise RecordUnreadable(self._unreadable_line(unreadable))
         accepted = self._reuse_recorded_run(previous)
         self.previous, self.accepted = previous, accepted
+        self._record_checkpoint_naming()
         me = psutil.Process()
         self.journal.attempt = self.run_dir.highest_attempt()
         self.journal.begin(CycleState(
@@ -81,6 +86,16 @@ class RunStart:
         if previous is not None:
             self._kill_orphans(previous)
 
+    def _record_checkpoint_naming(self) -> None:
+        """``--checkpoint-glob``: record the script's naming in the run directory (under the run's
+        lock), where every reader of its checkpoints finds it; a plain rerun keeps the record."""
+        if self.config.checkpoint_naming is None:
+            return
+        if not self.config.runs_script:
+            raise StartRefused(f"--checkpoint-glob is for a script, and the run in {self.run_dir.root} is "
+                               f"gpt2sup's worker ({self.config.worker_module}), which names its own model_NNNNN.pt")
+        record_naming(self.run_dir.root, CheckpointNaming(self.config.checkpoint_naming))
+
     def already_finished(self, best_step: int | None) -> bool:
         """The previous supervisor finished this run and nothing asks for more: launch nothing."""
         previous, accepted = self.previous, self.accepted
@@ -89,7 +104,7 @@ class RunStart:
             return False
         same_run = (list(accepted.worker_args) == self.config.worker_args
                     and accepted.worker_module == self.config.worker_module)
-        chosen = self.run_dir.checkpoint(best_step).name
+        chosen = self.run_dir.checkpoint_of_step(best_step).name
         return policy.already_finished(self.journal.state.finished_checkpoint if self.journal.state else None,
                                        chosen, same_run)
 

@@ -94,7 +94,7 @@ from shared.checkpoint_format import (
     unsupported_format_message,
 )
 from shared.exit_codes import ProbeExit
-from shared.run_dir import step_from_checkpoint_name
+from shared.run_dir import naming_of, step_from_checkpoint_name
 from worker.runtime.compiler_import import skip_compiler_import_for_optimizers
 
 TIED_NAME = "lm_head.weight"
@@ -424,6 +424,11 @@ def check_generic_step(checkpoint: Any, path: Path) -> str:
     step = checkpoint.get("step") if isinstance(checkpoint, dict) else None
     if not isinstance(step, int) or isinstance(step, bool):
         return "no step to compare (no int 'step' in the file)"
+    naming = naming_of(path.parent)
+    if not naming.is_default:
+        # A script's own naming (--checkpoint-glob): its number orders the files, but nothing says
+        # it is the step the file records (an epoch, a sample count): no verdict from comparing.
+        return f"step {step}; its files are named {naming.pattern}: the name's number is not compared"
     name_step = step_from_checkpoint_name(path.name)
     if name_step is None:
         return f"step {step}; no step to compare in the file name {path.name}"

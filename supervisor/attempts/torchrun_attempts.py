@@ -20,7 +20,7 @@ from typing import Protocol
 import psutil
 
 from shared.heartbeat import Heartbeat
-from shared.run_dir import RunDir, step_from_checkpoint_name
+from shared.run_dir import CheckpointNaming, RunDir
 from shared.supervisor_state import ProcessRecord
 from shared.vocabulary import EventKind, OutcomeKind, RankStatus, SupervisorStateName
 from supervisor import messages, policy
@@ -369,7 +369,7 @@ class TorchrunAttempts:
             if self.validator is not None:  # validate each new checkpoint while training goes on
                 named = [b.last_checkpoint for b in live.beats.values() if b.last_checkpoint]
                 writing = {b.save_in_flight or "" for b in live.beats.values()}
-                newest = max(named, key=lambda n: step_from_checkpoint_name(n) or -1) if named else None
+                newest = _newest_by_step(named, self.run_dir.naming())
                 self.validator.offer(newest, writing)
         elif self.validator is not None and self.config.runs_script:
             # No heartbeat names a checkpoint: the newest one on disk is offered (the validator
@@ -570,7 +570,7 @@ class TorchrunAttempts:
                            stopped=stopped)
         self._check_survivors(kill_tree(tree.live_processes(), grace_s=0.0, reap=tree.popen))
         self._read_heartbeats(live)
-        ended = self._ranks_ended_cleanly(live.beats, _newest_named_checkpoint(live.beats), len(live.ranks))
+        ended = self._ranks_ended_cleanly(live.beats, _newest_named_checkpoint(live.beats, self.run_dir.naming()), len(live.ranks))
         return self._on_exit(live, 0 if ended else TORCHRUN_FAILED_EXIT, agent_cause=why)
 
     def _ranks_ended_cleanly(self, beats: dict[int, Heartbeat], final: str | None, ranks_known: int) -> bool:
@@ -618,7 +618,7 @@ class TorchrunAttempts:
         step = _last_completed_step(failing, live)
         step_known = step is not None or not self.config.runs_script
         if not step_known and read.final_checkpoint:  # a script: its newest checkpoint's step is what is known
-            step = step_from_checkpoint_name(read.final_checkpoint)
+            step = self.run_dir.naming().step_of(read.final_checkpoint)
         message = failing.message if failing is not None and failing.status != RankStatus.RUNNING else None
         evidence = policy.ExitEvidence(
             returncode=code, stop_requested=read.facts.stop_requested,
@@ -661,7 +661,7 @@ class TorchrunAttempts:
         # The writer's heartbeat names the final checkpoint: global rank 0, or node 0's local rank 0
         # in a multi-node run (the worker's choose_leader). Another node's directory holds no
         # checkpoint; its workers exit 7 on every rank if the writer's final save failed.
-        final = _newest_named_checkpoint(beats)
+        final = _newest_named_checkpoint(beats, self.run_dir.naming())
         if final is None and self.config.runs_script:
             newest = self.run_dir.newest_checkpoint()  # no heartbeat names one: the newest on disk
             final = newest.path.name if newest is not None else None
@@ -698,11 +698,15 @@ class _ExitRead:
         return dataclasses.replace(self, facts=facts)
 
 
-def _newest_named_checkpoint(beats: dict[int, Heartbeat]) -> str | None:
+def _newest_named_checkpoint(beats: dict[int, Heartbeat], naming: CheckpointNaming) -> str | None:
     """The newest checkpoint a heartbeat names: the writer's (global rank 0, or node 0's local
     rank 0 in a multi-node run); another node's ranks name none."""
-    named = [b.last_checkpoint for b in beats.values() if b.last_checkpoint]
-    return max(named, key=lambda name: step_from_checkpoint_name(name) or -1) if named else None
+    return _newest_by_step([b.last_checkpoint for b in beats.values() if b.last_checkpoint], naming)
+
+
+def _newest_by_step(names: list[str], naming: CheckpointNaming) -> str | None:
+    """The name with the highest step (by the run directory's naming); ``None`` for none."""
+    return max(names, key=lambda name: naming.step_of(name) or -1) if names else None
 
 
 def _failing_rank(beats: dict[int, Heartbeat], outcome: policy.Outcome, code: int) -> Heartbeat | None:

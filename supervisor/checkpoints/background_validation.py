@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.run_dir import CHECKPOINT_NAME_RE, RunDir
+from shared.run_dir import RunDir
 from shared.vocabulary import Verdict
 from supervisor.checkpoints.checkpoint_selection import (
     Selection,
@@ -158,7 +158,7 @@ class WarmValidator:
 
     def _validate_wanted(self) -> None:
         name = self._wanted
-        if not name or not CHECKPOINT_NAME_RE.match(name) or name in self._in_flight:
+        if not name or self.run.naming().step_of(name) is None or name in self._in_flight:
             return  # a .tmp, a link, or a file the worker is still writing
         path = self.run.root / name
         first = FileKey.of(path)

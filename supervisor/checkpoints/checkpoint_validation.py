@@ -48,7 +48,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,7 +56,7 @@ from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from shared.checkpoint_crc import check_zip_crc
 from shared.exit_codes import ProbeExit
-from shared.run_dir import scan_checkpoints, step_from_checkpoint_name
+from shared.run_dir import scan_checkpoints, step_from_checkpoint_path
 from shared.vocabulary import Verdict
 from supervisor.messages import signal_name
 
@@ -571,7 +571,7 @@ class ProbeSession:
 
 def _file_and_size(path: Path, siblings: Sequence[Sibling]) -> ValidationResult:
     """Checks 1 and 2: a result that is already final when ``ok`` is False."""
-    result = ValidationResult(path=str(path), ok=False, step=step_from_checkpoint_name(path.name))
+    result = ValidationResult(path=str(path), ok=False, step=step_from_checkpoint_path(path))
     t0 = time.perf_counter()
     passed, detail, size = check_file(path)
     if not result.record("file", passed, detail, time.perf_counter() - t0):
@@ -579,7 +579,7 @@ def _file_and_size(path: Path, siblings: Sequence[Sibling]) -> ValidationResult:
     result.size_bytes = size
     # Through a symlink (latest_checkpoint.pt) the step to compare against is the target's name.
     if result.step is None:
-        result.step = step_from_checkpoint_name(path.resolve().name)
+        result.step = step_from_checkpoint_path(path.resolve())
     t0 = time.perf_counter()
     layout = tensor_layout(path.resolve()) if size else None
     passed, detail = check_size(size or 0, layout, siblings)
@@ -670,21 +670,24 @@ def validate_checkpoint(
 
 
 def validate_many(
-    paths: Iterable[str | Path], deep: bool = False, *, probe_timeout: float | None = None, generic: bool = False
+    paths: Iterable[str | Path], deep: bool = False, *, probe_timeout: float | None = None,
+    generic: bool | Callable[[Path], bool] = False,
 ) -> list[ValidationResult]:
     """Validate each path, results in order: CRCs in threads, every probe in one child
-    (``generic``: in generic mode, :func:`probe_command`)."""
+    (``generic``: in generic mode, :func:`probe_command`; a function of the path: generic mode
+    for the files it names, e.g. those of a script's run, in the same child)."""
     paths = [Path(raw) for raw in paths]
+    generic_for = generic if callable(generic) else (lambda _path, every=generic: every)
     cache: dict[Path, list[Sibling]] = {}
     siblings = [list_siblings(path, cache) if path.exists() else [] for path in paths]
     results = [_file_and_size(path, sibs) for path, sibs in zip(paths, siblings)]
     pending = [i for i, result in enumerate(results) if result.ok]
     if not pending:
         return results
-    with ProbeSession(probe_timeout, command=probe_command(generic)) as session, \
+    with ProbeSession(probe_timeout, command=probe_command(generic is True)) as session, \
             ThreadPoolExecutor(max_workers=_CRC_THREADS) as pool:
         crcs = {i: pool.submit(_timed_crc, paths[i].resolve()) for i in pending}
         session.start()  # the child imports torch while the threads read files
         for i in pending:
-            results[i] = _finish(results[i], crcs[i].result(), siblings[i], session, deep, generic)
+            results[i] = _finish(results[i], crcs[i].result(), siblings[i], session, deep, generic_for(paths[i]))
     return results

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+from click.core import ParameterSource
 
 from shared.exit_codes import SupervisorExit, exit_status_epilog
 from shared.run_dir import DEFAULT_LOG_DIR, RunDir
@@ -181,7 +182,7 @@ T, B, L = DEFAULTS.timeouts, DEFAULTS.backoff, DEFAULTS.limits
     "(models: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny, mini, small-cpu).\n\n"
     "Your own trainer: `gpt2sup run -- train_gpt2.py ARGS` runs any torchrun script, unchanged, and "
     "restarts it with --resume-flag after a crash; --log-dir must be where it writes its "
-    "model_NNNNN.pt files (docs/own-trainer.md).\n\n"
+    "model_NNNNN.pt files, or --checkpoint-glob names its own (docs/own-trainer.md).\n\n"
     + exit_status_epilog(SupervisorExit, "Exit codes:") + "\n\n"
     "SLURM: under `srun` (one task per node) on more than one node, --nnodes, --node-rank, "
     "--rdzv-endpoint (the first host of the node list, port $" + PORT_ENV + " or " + str(DEFAULT_PORT) + ") and "
@@ -253,6 +254,11 @@ T, B, L = DEFAULTS.timeouts, DEFAULTS.backoff, DEFAULTS.limits
               help="A script's own restore without training, FUNCTION(path), run on each checkpoint in the "
                    "load-probe child after the generic checks (imported from this directory first); raising "
                    "rejects the file  [default: the run's recorded one, else none].")
+@click.option("--checkpoint-glob", default=None, show_default=False, metavar="DIR/PATTERN",
+              help="Where a script (-- SCRIPT.py ...) writes its checkpoints: one directory, and a file-name "
+                   "pattern with one '*' for the step number, e.g. ckpt/step_*.pt. The directory is the run "
+                   "directory (--log-dir defaults to it)  [default: the run's recorded one, else "
+                   "LOG_DIR/model_*.pt].")
 @click.option("--nnodes", default=None, help="Multi-node: number of nodes (torchrun --nnodes), one supervisor per node "
               "[default: SLURM's node count under srun].")
 @click.option("--node-rank", default=None, type=click.IntRange(min=0),
@@ -275,7 +281,7 @@ def run(log_dir: str, max_restarts: int, nproc_per_node: int, hang_timeout: floa
         min_free_disk: int | None, prune_on_low_disk: bool, kill_grace: float, stop_timeout: float | None,
         probe_timeout: float | None, allow_config_change: bool, workers_outlive_supervisor: bool,
         checkpoint_uri: str | None, upload_timeout: float, worker_module: str | None,
-        resume_flag: str | None, user_probe: str | None, nnodes: str | None,
+        resume_flag: str | None, user_probe: str | None, checkpoint_glob: str | None, nnodes: str | None,
         node_rank: int | None, rdzv_endpoint: str | None, rdzv_id: str | None, rdzv_backend: str,
         coordination_port: int | None, worker_args: tuple[str, ...]) -> None:
     """Launch torchrun workers and keep them alive: restart on crashes and hangs, from the newest
@@ -297,8 +303,13 @@ def run(log_dir: str, max_restarts: int, nproc_per_node: int, hang_timeout: floa
         _refuse_what_a_script_cannot_use(multi_node, checkpoint_uri, allow_config_change)
     else:
         args = absolute_path_args(_worker_args(args), Path.cwd())
-    if user_probe is not None:  # no script and no arguments: a plain rerun, maybe of a script's run
-        _check_user_probe(user_probe, script is not None or (worker_module is None and not args))
+    may_be_a_script = script is not None or (worker_module is None and not args)  # a plain rerun may be
+    if user_probe is not None:
+        _check_user_probe(user_probe, may_be_a_script)
+    naming = None
+    if checkpoint_glob is not None:
+        log_dir_given = click.get_current_context().get_parameter_source("log_dir") != ParameterSource.DEFAULT
+        log_dir, naming = _checkpoint_glob(checkpoint_glob, log_dir if log_dir_given else None, may_be_a_script)
     config = RunConfig(
         log_dir=_usable_log_dir(log_dir),
         cwd=Path.cwd(),
@@ -308,6 +319,7 @@ def run(log_dir: str, max_restarts: int, nproc_per_node: int, hang_timeout: floa
         resume_flag=_resume_flag(resume_flag) if resume_flag is not None else DEFAULTS.resume_flag,
         resume_flag_given=resume_flag is not None,
         user_probe=user_probe,
+        checkpoint_naming=naming,
         nproc_per_node=nproc_per_node,
         multi_node=multi_node,
         timeouts=policy.TimeoutConfig(hang_timeout=hang_timeout, startup_timeout=startup_timeout,
@@ -331,7 +343,7 @@ def run(log_dir: str, max_restarts: int, nproc_per_node: int, hang_timeout: floa
 def _supervise(config: RunConfig) -> SupervisorExit:
     from supervisor.run_lock import RunLockHeld
     from supervisor.run_loop import Supervisor
-    from supervisor.run_start import RecordUnreadable
+    from supervisor.run_start import RecordUnreadable, StartRefused
     from supervisor.wiring import production_wiring
 
     try:
@@ -347,7 +359,7 @@ def _supervise(config: RunConfig) -> SupervisorExit:
         who = f"pid {pid}" if pid is not None else "another process"
         of_node = f" for node {node}" if node is not None else ""
         _fail(f"refusing to start: another supervisor{of_node} ({who}) is already running on {config.log_dir}")
-    except RecordUnreadable as exc:
+    except (RecordUnreadable, StartRefused) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         _fail("interrupted", SupervisorExit.STOPPED)
@@ -406,6 +418,30 @@ def _check_user_probe(spec: str, may_be_a_script: bool) -> None:
         _fail(f"--probe must be MODULE:FUNCTION (e.g. myprobe:restore), got {spec!r}")
     if not may_be_a_script:
         _fail("--probe is for a script (-- SCRIPT.py ...): gpt2sup's worker is probed by its own restore")
+
+
+def _checkpoint_glob(glob: str, log_dir: str | None, may_be_a_script: bool) -> tuple[str, str]:
+    """``--checkpoint-glob DIR/PATTERN``: the run directory it names and its file-name pattern.
+
+    gpt2sup keeps its records (heartbeats, events, quarantined files) beside the checkpoints, so
+    the pattern's directory is the run directory: --log-dir defaults to it, and another one given
+    is refused rather than watched apart from the files it should judge."""
+    from shared.run_dir import CheckpointNaming, CheckpointNamingError
+
+    if not may_be_a_script:
+        _fail("--checkpoint-glob is for a script (-- SCRIPT.py ...): gpt2sup's worker names its own model_NNNNN.pt")
+    path = Path(glob).expanduser()
+    directory = path.parent
+    if any(ch in str(directory) for ch in "*?["):
+        _fail(f"--checkpoint-glob {glob}: the directory cannot hold wildcards; give one directory and a file pattern")
+    try:
+        naming = CheckpointNaming(path.name)
+    except CheckpointNamingError as exc:
+        _fail(f"--checkpoint-glob {glob}: {exc}")
+    if log_dir is not None and (Path.cwd() / log_dir).resolve() != (Path.cwd() / directory).resolve():
+        _fail(f"--checkpoint-glob {glob} is not in --log-dir {log_dir}: gpt2sup keeps its records beside the "
+              "checkpoints; leave --log-dir out or give it the checkpoints' directory")
+    return str(directory), naming.pattern
 
 
 def _refuse_what_a_script_cannot_use(multi_node: MultiNode | None, checkpoint_uri: str | None,

@@ -16,7 +16,8 @@ from typing import Any
 import click
 
 from shared.exit_codes import VerifyExit, exit_status_epilog
-from shared.run_dir import scan_checkpoints
+from shared.run_dir import RunDir, naming_of, scan_checkpoints
+from shared.supervisor_state import read_supervisor_state
 from shared.vocabulary import Verdict
 from supervisor.checkpoints.checkpoint_selection import read_quarantine_record
 from supervisor.checkpoints.checkpoint_validation import (
@@ -24,6 +25,7 @@ from supervisor.checkpoints.checkpoint_validation import (
     parse_probe_timeout,
     validate_many,
 )
+from supervisor.run_config import is_script
 
 _DEEP_CHECKS = ("model-finite", "optimizer-shapes", "optimizer-finite")
 _LABELS = {Verdict.VALID: ("OK  ", "green"), Verdict.INVALID: ("FAIL", "red"), Verdict.INCONCLUSIVE: ("INCONCLUSIVE", "yellow"),
@@ -65,7 +67,7 @@ def expand_paths(raw_paths: tuple[str, ...]) -> list[Path | ValidationResult]:
             continue
         if not found:
             items.append(ValidationResult(path=raw, ok=False, no_checkpoint=True,
-                                          reason="no checkpoint yet: the directory holds no model_*.pt "
+                                          reason=f"no checkpoint yet: the directory holds no {naming_of(path).pattern} "
                                                  "(a run writes its first one at its first save)"))
         items.extend(file.path for file in found)
     return items
@@ -131,9 +133,27 @@ def verify_all(raw_paths: tuple[str, ...], *, deep: bool, timeout: float | None)
             else:
                 items.extend(expand_paths((raw,)))
         paths = [item for item in items if isinstance(item, Path)]
-        validated = iter(validate_many(paths, deep=deep, probe_timeout=timeout))
+        validated = iter(validate_many(paths, deep=deep, probe_timeout=timeout, generic=ScriptRuns().holds))
         results = [item if isinstance(item, ValidationResult) else next(validated) for item in items]
     return [dataclasses.replace(r, path=keys[Path(r.path)]) if Path(r.path) in keys else r for r in results]
+
+
+class ScriptRuns:
+    """Which files a script's run wrote (``gpt2sup run -- SCRIPT.py``, as the run directory's
+    ``supervisor.json`` records): those are judged by the generic probe, as the supervisor judges
+    them, not by gpt2sup's worker's restore, which would fail every good file of another trainer."""
+
+    def __init__(self) -> None:
+        self._known: dict[Path, bool] = {}
+
+    def holds(self, path: Path) -> bool:
+        directory = path.parent
+        if directory not in self._known:
+            state = read_supervisor_state(RunDir.at(directory).supervisor_state)
+            run_config = state.run_config if state is not None and isinstance(state.run_config, dict) else {}
+            module = run_config.get("worker_module")
+            self._known[directory] = isinstance(module, str) and is_script(module)
+        return self._known[directory]
 
 
 def _megabytes(size: int | None) -> str:
@@ -206,8 +226,10 @@ def verify(paths: tuple[str, ...], as_json: bool, deep: bool, timeout: float | N
     """Check that checkpoint files are sound before you trust them.
 
     Each PATH is a checkpoint file (ours, or one written by the build-nanogpt trainer, or a
-    quarantined .corrupt file) or a directory; a directory means every model_N.pt in it, in step
-    order. All files share one probe child, so N files cost one `import torch` plus the reads.
+    quarantined .corrupt file) or a directory; a directory means every model_N.pt in it (or every
+    file of the run's --checkpoint-glob), in step order. Files of a script's run (`gpt2sup run --
+    SCRIPT.py`) get the generic load-probe, as the supervisor gives them. All files share one probe
+    child, so N files cost one `import torch` plus the reads.
     Checks run cheapest first and stop at the first failure:
 
     \b

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.atomic_io import read_json, read_jsonl
-from shared.run_dir import RunDir, step_from_checkpoint_name
+from shared.run_dir import DEFAULT_NAMING, CheckpointNaming, RunDir
 from shared.vocabulary import EventKind
 
 FAILURE_EVENTS = (EventKind.CRASHED, EventKind.HUNG)
@@ -289,7 +289,8 @@ def recoveries_of(events: list[dict[str, Any]], timeline: _Timeline, end_of_time
     return found
 
 
-def faults_of(events: list[dict[str, Any]], timeline: _Timeline) -> list[Fault]:
+def faults_of(events: list[dict[str, Any]], timeline: _Timeline,
+              naming: CheckpointNaming = DEFAULT_NAMING) -> list[Fault]:
     faults = []
     for index, event in enumerate(events):
         kind = str(event.get("event"))
@@ -301,7 +302,7 @@ def faults_of(events: list[dict[str, Any]], timeline: _Timeline) -> list[Fault]:
         if step is None and kind == EventKind.REPLAY_CHECK and isinstance(event.get("resumed_step"), int):
             step = event["resumed_step"]
         if step is None and checkpoint is not None:
-            step = step_from_checkpoint_name(checkpoint)
+            step = naming.step_of(checkpoint)
         if step is None:
             step = timeline.step_at(when)
         fault = Fault(when, kind, event.get("attempt"), step, str(event.get("message", "")), checkpoint=checkpoint,
@@ -350,7 +351,8 @@ def checkpoint_rows(run: RunDir, events: list[dict[str, Any]], timeline: _Timeli
         rows.append(CheckpointRow(item.path.name, item.step, item.size, text,
                                   val_loss=record.values.get("val_loss") if record else None))
     try:
-        corrupt = sorted(p for p in run.root.glob("model_*.pt.corrupt*") if not p.name.endswith(".reason.json"))
+        corrupt = sorted(p for p in run.root.glob(f"{run.naming().pattern}.corrupt*")
+                         if not p.name.endswith(".reason.json"))
     except OSError:
         corrupt = []
     for path in corrupt:
@@ -360,7 +362,7 @@ def checkpoint_rows(run: RunDir, events: list[dict[str, Any]], timeline: _Timeli
         except OSError:
             continue
         quarantines = [text for _, text in said.get(original, []) if text.startswith("quarantined")]
-        rows.append(CheckpointRow(path.name, step_from_checkpoint_name(original), size,
+        rows.append(CheckpointRow(path.name, run.naming().step_of(original), size,
                                   quarantines[-1] if quarantines else "quarantined", quarantined=True))
     rows.sort(key=lambda row: (row.step if row.step is not None else -1, row.quarantined))
     return rows
@@ -462,7 +464,7 @@ def load_history(log_dir: Path | str, *, live_until: float | None = None) -> Run
         steps=steps,
         events=events,
         sessions=sessions,
-        faults=faults_of(events, timeline),
+        faults=faults_of(events, timeline, run.naming()),
         recoveries=recoveries,
         checkpoints=checkpoint_rows(run, events, timeline, state),
         goodput=goodput_of(steps, sessions, recoveries),

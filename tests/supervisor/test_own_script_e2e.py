@@ -283,6 +283,63 @@ def test_a_truncated_newest_checkpoint_of_a_script_is_quarantined_and_the_previo
         clean_up(tmp_path, proc)
 
 
+def test_a_scripts_own_checkpoint_names_are_found_by_the_glob_quarantined_resumed_and_listed(tmp_path):
+    """``gpt2sup run --checkpoint-glob run/step_*.pt -- SCRIPT`` (no --log-dir: the glob's
+    directory is the run's): the script's ``step_NNNNN.pt`` files are its checkpoints. A truncated
+    newest one is quarantined before the restart, the script resumes from the previous one
+    through the repointed link, and ``status``, ``verify`` and a plain rerun see the same files.
+    Catches a supervisor that still looks for ``model_*.pt`` (it would find nothing to judge, append
+    no resume flag, and the script would start over), and readers that ignore the run's naming."""
+    log_dir = tmp_path / "run"
+    args = guide_args(log_dir, "--max_steps", "40", "--checkpoint_interval", "4", "--step_sleep", "0.05",
+                      "--checkpoint_prefix", "step_")
+    argv = gpt2sup_argv("run", "--checkpoint-glob", "run/step_*.pt", "--nproc-per-node", "1", *FAST_ARGS,
+                        "--", str(SCRIPT), *args)
+    proc = None
+    try:
+        with open(f"{log_dir}.console", "ab") as console:
+            proc = subprocess.Popen(argv, cwd=tmp_path, env=child_env(), stdout=console, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+        wait_for(lambda: (log_dir / "step_00016.pt").exists(), 300, "checkpoint 16")
+        supervisor = psutil.Process(proc.pid)
+        supervisor.suspend()  # it validates only after the damage is done
+        try:
+            for rank in script_ranks(log_dir):
+                rank.send_signal(signal.SIGKILL)
+            wait_for(lambda: not script_ranks(log_dir), 30, "the rank to die")
+            saved = sorted(p for p in log_dir.glob("step_*.pt") if not p.is_symlink())
+            newest, previous = saved[-1], saved[-2]
+            with open(newest, "r+b") as handle:
+                handle.truncate(newest.stat().st_size // 2)
+        finally:
+            supervisor.resume()
+
+        code = wait_exit(proc, log_dir, timeout=300)
+        assert code == SupervisorExit.FINISHED, failure_text(log_dir)
+        assert [e["checkpoint"] for e in events_named(log_dir, "quarantined")] == [newest.name], failure_text(log_dir)
+        assert (log_dir / (newest.name + ".corrupt")).exists()
+        valid = [e for e in events_named(log_dir, "checkpoint_valid") if e.get("checkpoint")]
+        assert valid and valid[-1]["checkpoint"] == previous.name, failure_text(log_dir)
+        resumed = [line for line in attempt_log(log_dir, 2).splitlines() if line.startswith("resumed from")]
+        assert resumed == [f"resumed from {previous.resolve()} at step {int(previous.stem[5:]) + 1}"], \
+            attempt_log(log_dir, 2)[:2000]
+        assert os.readlink(log_dir / "latest_checkpoint.pt") == "step_00039.pt"
+        assert not list(log_dir.glob("model_*")), "the run wrote files of gpt2sup's naming"
+    finally:
+        clean_up(tmp_path, proc)
+
+    status = run_gpt2sup(tmp_path, "status", "--log-dir", "run")
+    assert status.returncode == 0 and "step_00039.pt" in status.stdout, status.stdout + status.stderr
+    verified = run_gpt2sup(tmp_path, "verify", "run", timeout=300)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "step_00039.pt" in verified.stdout and "step_00004.pt" in verified.stdout, verified.stdout
+    # A plain rerun: the recorded naming names the finished run's last checkpoint.
+    again = run_gpt2sup(tmp_path, "run", "--log-dir", "run", *FAST_ARGS)
+    assert again.returncode == SupervisorExit.FINISHED, again.stdout + again.stderr
+    assert "step_00039.pt" in again.stdout + again.stderr, again.stdout + again.stderr
+    assert len(events_named(log_dir, "launched")) == 2
+
+
 def test_a_stopped_script_with_an_explicit_hang_timeout_is_found_by_its_silence_and_restarted(tmp_path):
     """With ``--hang-timeout`` a script without heartbeats is judged by its silence: a SIGSTOPped
     rank (a deadlocked collective, a stuck NFS read) is found, its evidence captured, the tree

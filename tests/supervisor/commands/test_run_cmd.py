@@ -208,3 +208,10 @@ def test_a_plain_run_on_a_finished_run_says_so_and_launches_nothing(tmp_path):
         ending = events_named(log_dir, "finished")[-1]["message"]
         assert ending.startswith("already finished at step 2 (model_00002.pt)"), ending
     assert sorted(p.name for p in (log_dir / "attempts").iterdir()) == ["001.log", "002.log"]
+    # A plain rerun naming a script's checkpoint glob: the run is the worker's, which names its own.
+    glob = subprocess.run(gpt2sup_argv("run", "--log-dir", str(log_dir), "--checkpoint-glob", f"{log_dir}/step_*.pt"),
+                          cwd=REPO_ROOT, env=child_env(), capture_output=True, text=True, timeout=120, check=False)
+    lines = [line for line in glob.stderr.splitlines() if line.strip()]
+    assert glob.returncode == SupervisorExit.REFUSED and len(lines) == 1, glob.stdout + glob.stderr
+    assert "--checkpoint-glob is for a script" in lines[0] and "worker.train_gpt2" in lines[0], lines
+    assert not (log_dir / "checkpoint_naming.json").exists() and len(events_named(log_dir, "launched")) == 2
