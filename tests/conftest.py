@@ -20,6 +20,7 @@ os.environ.setdefault("GPT2SUP_OFFLINE", "1")
 
 # The real S3 server (SeaweedFS on loopback), for the store's tests and the supervisor's.
 from tests.s3_server import aws_env, private_aws_env, private_s3_server, s3_server  # noqa: F401 - fixtures, used by name
+from tests.shared_probe_child import one_probe_child_per_module  # noqa: F401 - a fixture, used by name
 
 
 def _reset_inherited_ignored_stop_signals() -> None:

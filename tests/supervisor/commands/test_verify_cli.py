@@ -30,7 +30,9 @@ from tests.checkpoint_factory import (
 )
 
 # Real training processes or probe children: the end-to-end layer, run by CI, not the inner loop.
-pytestmark = pytest.mark.slow
+# One real probe child serves the module's verdicts (tests/shared_probe_child.py); the tests about
+# the child's own life build their ProbeSession themselves.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_probe_child_per_module")]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
