@@ -40,6 +40,15 @@ def one_process_worker_args() -> list[str]:
     return args
 
 
+# ``start_supervisor(log_dir, **ONE_PROCESS)``: a one-process run, compared with the
+# ``reference_checkpoint_one_process`` fixture. For the scenarios where the number of ranks is
+# not the point (a bad checkpoint, a full disk, a lost machine, a clock): one process less to
+# start per attempt, about 3 CPU-s on the suite's 2 cores. The ones about several ranks (one
+# killed or stopped while its peer waits, a crash naming its rank, every rank stopping at one
+# step, stragglers, orphans) keep two.
+ONE_PROCESS: dict[str, Any] = {"nproc": 1, "worker_args": one_process_worker_args()}
+
+
 # Short timeouts so failures are found quickly, long enough that a loaded 2-core box does not
 # produce false hangs.
 FAST_SUPERVISOR_ARGS = [

@@ -18,6 +18,7 @@ from shared.exit_codes import SupervisorExit
 from tests.supervisor.helpers import (
     FINAL_CHECKPOINT,
     MAX_STEPS,
+    ONE_PROCESS,
     REPO_ROOT,
     console_text,
     events_named,
@@ -59,24 +60,24 @@ def test_ranks_an_hour_behind_the_supervisor_finish_with_their_final_checkpoint(
     """Their beats were dropped as 'older than the launch': the run ended 'before its first step,
     final checkpoint NOT on disk (exit 5)' with the checkpoint on disk."""
     log_dir = tmp_path / "run"
-    proc = start_supervisor(log_dir, *SHIFTED_WORKER, env={"GPT2SUP_TEST_RANK_CLOCK_SHIFT_S": str(-HOUR)})
+    proc = start_supervisor(log_dir, *SHIFTED_WORKER, env={"GPT2SUP_TEST_RANK_CLOCK_SHIFT_S": str(-HOUR)}, **ONE_PROCESS)
     _assert_finished_at_the_last_step(proc, log_dir)
 
 
 def test_a_stopped_rank_whose_clock_is_an_hour_ahead_is_found_and_status_ages_its_beat(tmp_path):
     """Its beats looked fresh for an hour: never detected, and status said 'heartbeat 0.0s ago'."""
     log_dir = tmp_path / "run"
-    proc = start_supervisor(log_dir, *SHIFTED_WORKER, env={"GPT2SUP_TEST_RANK_CLOCK_SHIFT_S": str(HOUR)})
+    proc = start_supervisor(log_dir, *SHIFTED_WORKER, env={"GPT2SUP_TEST_RANK_CLOCK_SHIFT_S": str(HOUR)}, **ONE_PROCESS)
     try:
-        hb = wait_for_step(log_dir, 4, rank=1)
+        hb = wait_for_step(log_dir, 4, rank=0)
         os.kill(hb["pid"], signal.SIGSTOP)
         stopped_at = time.monotonic()
         time.sleep(4.0)
         ranks = {r["rank"]: r for r in _status_json(log_dir)["ranks"]}
-        assert ranks[1]["age_s"] >= 3.0, ranks[1]
+        assert ranks[0]["age_s"] >= 3.0, ranks[0]
         hung = wait_for(lambda: events_named(log_dir, "hung"), 60, "the hung event")[0]
         assert time.monotonic() - stopped_at < 8 + 15, hung  # --hang-timeout 8, polls, a loaded box
-        assert hung["rank"] == 1 and "silent for" in hung["message"], hung
+        assert hung["rank"] == 0 and "silent for" in hung["message"], hung
     finally:
         proc.send_signal(signal.SIGTERM)
         wait_exit(proc, log_dir, timeout=180)
@@ -88,7 +89,7 @@ def test_the_supervisors_clock_stepping_an_hour_ahead_mid_run_kills_no_healthy_r
     step_file = tmp_path / "step-the-clock"
     proc = start_supervisor(log_dir, main_code=SUPERVISOR_MAIN,
                             env={"GPT2SUP_TEST_SUPERVISOR_CLOCK_SHIFT_S": str(HOUR),
-                                 "GPT2SUP_TEST_SUPERVISOR_CLOCK_STEP_FILE": str(step_file)})
+                                 "GPT2SUP_TEST_SUPERVISOR_CLOCK_STEP_FILE": str(step_file)}, **ONE_PROCESS)
     wait_for_step(log_dir, 3)
     step_file.touch()
     _assert_finished_at_the_last_step(proc, log_dir)
@@ -101,7 +102,7 @@ def test_a_machine_wide_clock_step_back_mid_run_ends_at_the_real_last_step_and_g
     step_file = tmp_path / "step-the-clock"
     env = {"GPT2SUP_TEST_SUPERVISOR_CLOCK_SHIFT_S": str(-HOUR), "GPT2SUP_TEST_SUPERVISOR_CLOCK_STEP_FILE": str(step_file),
            "GPT2SUP_TEST_RANK_CLOCK_SHIFT_S": str(-HOUR), "GPT2SUP_TEST_RANK_CLOCK_STEP_FILE": str(step_file)}
-    proc = start_supervisor(log_dir, *SHIFTED_WORKER, main_code=SUPERVISOR_MAIN, env=env)
+    proc = start_supervisor(log_dir, *SHIFTED_WORKER, main_code=SUPERVISOR_MAIN, env=env, **ONE_PROCESS)
     wait_for_step(log_dir, 4)
     step_file.touch()
     _assert_finished_at_the_last_step(proc, log_dir)
@@ -113,7 +114,7 @@ def test_torchrun_stopped_after_its_ranks_finished_and_saved_is_named_and_the_ru
     """It read 'rank 0 silent for 120.0s in phase train after step 39', spent a restart, and never
     named torchrun."""
     log_dir = tmp_path / "run"
-    proc = start_supervisor(log_dir, "--checkpoint-timeout", "600")
+    proc = start_supervisor(log_dir, "--checkpoint-timeout", "600", **ONE_PROCESS)
     wait_for_step(log_dir, MAX_STEPS - 3)
     torchrun_pid = next(p["pid"] for p in supervisor_json(log_dir)["processes"] if p["role"] == "torchrun")
     assert "torchrun" in " ".join(psutil.Process(torchrun_pid).cmdline())

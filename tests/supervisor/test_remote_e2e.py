@@ -19,6 +19,7 @@ from shared.remote import open_store
 from tests.s3_server import S3Server, raw_client
 from tests.supervisor.helpers import (
     FINAL_CHECKPOINT,
+    ONE_PROCESS,
     REPO_ROOT,
     assert_same_weights,
     child_env,
@@ -113,12 +114,13 @@ def test_a_run_uploads_its_checkpoints_and_the_last_one_before_finished(tmp_path
 
 
 def test_machine_lost_mid_run_resumes_from_the_bucket_on_an_empty_dir_bitwise(
-        tmp_path, aws_env: S3Server, reference_checkpoint):
+        tmp_path, aws_env: S3Server, reference_checkpoint_one_process):
+    reference_checkpoint = reference_checkpoint_one_process
     log_dir, uri = tmp_path / "run", aws_env.fresh_uri()
     # Time to lose the machine mid-run (no effect on the math): the first commit must come well
     # before the last step however slow the uploader is on a loaded machine (it runs at nice +10).
     slow = {"GPT2SUP_INJECT_SLOW_RANK": "0:0.6"}
-    proc = start_supervisor(log_dir, "--checkpoint-uri", uri, env=slow)
+    proc = start_supervisor(log_dir, "--checkpoint-uri", uri, env=slow, **ONE_PROCESS)
     wait_for(lambda: _committed(uri), 240, "a first committed checkpoint")
     _kill_tree(proc.pid)
     proc.wait(timeout=30)
@@ -127,7 +129,7 @@ def test_machine_lost_mid_run_resumes_from_the_bucket_on_an_empty_dir_bitwise(
     shutil.rmtree(log_dir)
     Path(f"{log_dir}.console").unlink()
     # A new machine: the same command, an empty --log-dir.
-    proc = start_supervisor(log_dir, "--checkpoint-uri", uri)
+    proc = start_supervisor(log_dir, "--checkpoint-uri", uri, **ONE_PROCESS)
     assert wait_exit(proc, log_dir) == SupervisorExit.FINISHED, console_text(log_dir)[-3000:]
     downloaded = events_named(log_dir, "downloaded")
     assert any("run_identity.json" in e["message"] for e in downloaded), downloaded
@@ -213,9 +215,9 @@ def test_a_stop_uploads_the_stops_checkpoint_before_stopped(tmp_path, aws_env: S
 
 
 def test_a_flipped_byte_in_the_newest_remote_checkpoint_is_marked_bad_and_the_previous_used(
-        tmp_path, aws_env: S3Server, reference_checkpoint):
+        tmp_path, aws_env: S3Server, reference_checkpoint_one_process):
     log_dir, uri = tmp_path / "run", aws_env.fresh_uri()
-    proc = start_supervisor(log_dir, "--checkpoint-uri", uri)
+    proc = start_supervisor(log_dir, "--checkpoint-uri", uri, **ONE_PROCESS)
     assert wait_exit(proc, log_dir) == SupervisorExit.FINISHED, console_text(log_dir)[-3000:]
     committed = sorted(_committed(uri))
     newest, previous = committed[-1], committed[-2]
@@ -226,13 +228,13 @@ def test_a_flipped_byte_in_the_newest_remote_checkpoint_is_marked_bad_and_the_pr
     client.put_object(Bucket=aws_env.bucket, Key=key, Body=bytes(data))
     shutil.rmtree(log_dir)  # the local copy is gone
     Path(f"{log_dir}.console").unlink()
-    proc = start_supervisor(log_dir, "--checkpoint-uri", uri)
+    proc = start_supervisor(log_dir, "--checkpoint-uri", uri, **ONE_PROCESS)
     assert wait_exit(proc, log_dir) == SupervisorExit.FINISHED, console_text(log_dir)[-3000:]
     bad = [e for e in events_named(log_dir, "warning") if e.get("remote_bad")]
     assert bad and bad[0]["step"] == newest, read_events(log_dir)
     assert client.head_object(Bucket=aws_env.bucket, Key=key + ".bad.json")  # marked, never deleted
     assert events_named(log_dir, "checkpoint_valid")[0]["step"] == previous
-    assert_same_weights(log_dir / FINAL_CHECKPOINT, reference_checkpoint)
+    assert_same_weights(log_dir / FINAL_CHECKPOINT, reference_checkpoint_one_process)
 
 
 def test_wrong_credentials_refuse_in_one_line_before_training_and_leak_no_secret(tmp_path, aws_env: S3Server):

@@ -22,6 +22,7 @@ from shared.exit_codes import SupervisorExit
 from tests.supervisor.helpers import (
     FAST_SUPERVISOR_ARGS,
     NPROC,
+    ONE_PROCESS,
     REPO_ROOT,
     WORKER_ARGS,
     assert_same_weights,
@@ -89,7 +90,7 @@ def test_run_piped_into_a_reader_that_dies_then_ctrl_c_exits_4_not_an_internal_e
 def test_sighup_saves_stops_exits_4_and_leaves_an_event(tmp_path):
     """Terminal closed / ssh dropped: the supervisor must not die silently over orphaned workers."""
     log_dir = tmp_path / "run"
-    proc = start_supervisor(log_dir)
+    proc = start_supervisor(log_dir, **ONE_PROCESS)
     wait_for_step(log_dir, 2, rank=0)
     launched = _recorded(log_dir)
     worker_pid = heartbeat(log_dir, 0)["pid"]
@@ -108,7 +109,7 @@ def test_sighup_saves_stops_exits_4_and_leaves_an_event(tmp_path):
 
 def test_workers_outlive_supervisor_flag_leaves_the_supervisor_unnamed(tmp_path):
     log_dir = tmp_path / "run"
-    proc = start_supervisor(log_dir, "--workers-outlive-supervisor")
+    proc = start_supervisor(log_dir, "--workers-outlive-supervisor", **ONE_PROCESS)
     try:
         wait_for_step(log_dir, 1, rank=0)
         environ = Path(f"/proc/{heartbeat(log_dir, 0)['pid']}/environ").read_bytes()
@@ -171,17 +172,18 @@ def _copy_unless_vanished(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def test_a_copy_of_a_live_run_directory_is_trained_without_touching_the_original(tmp_path, reference_checkpoint):
+def test_a_copy_of_a_live_run_directory_is_trained_without_touching_the_original(
+        tmp_path, reference_checkpoint_one_process):
     """`cp -a runA runB` while A trains, then `gpt2sup run --log-dir runB`: A loses nothing."""
     run_a, run_b = tmp_path / "runA", tmp_path / "runB"
-    first = start_supervisor(run_a)
+    first = start_supervisor(run_a, **ONE_PROCESS)
     wait_for_step(run_a, 3, rank=0)
     a_processes = _recorded(run_a)
     # events.jsonl comes along: look only at B's own. Like `cp -a`, a file that vanishes while it is
     # copied (a heartbeat's temporary file, renamed over the heartbeat) is left out, not an error.
     shutil.copytree(run_a, run_b, symlinks=True, copy_function=_copy_unless_vanished)
     copied = len(read_events(run_b))
-    second = start_supervisor(run_b)
+    second = start_supervisor(run_b, **ONE_PROCESS)
     wait_for(lambda: [e for e in read_events(run_b)[copied:] if e["event"] == "launched"], 120, "B's own launch")
     assert not events_named(run_b, "orphans_killed")
     left_alone = [e for e in read_events(run_b)[copied:] if e["event"] == "warning" and "not touching" in e["message"]]
@@ -192,21 +194,21 @@ def test_a_copy_of_a_live_run_directory_is_trained_without_touching_the_original
     code = wait_exit(first, run_a)
     assert code == SupervisorExit.FINISHED, console_text(run_a)[-3000:]
     assert len(events_named(run_a, "launched")) == 1 and not events_named(run_a, "crashed")
-    assert_same_weights(run_a / "model_00011.pt", reference_checkpoint)
+    assert_same_weights(run_a / "model_00011.pt", reference_checkpoint_one_process)
 
 
 def test_a_bare_torchrun_on_the_directory_makes_run_refuse_naming_its_pids(tmp_path):
     log_dir = tmp_path / "run"
     bare = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(NPROC),
-         "-m", "worker.train_gpt2", "--log_dir", str(log_dir), *WORKER_ARGS,
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
+         "-m", "worker.train_gpt2", "--log_dir", str(log_dir), *one_process_worker_args(),
          "--max_steps", "100000"],  # still training when `gpt2sup run` looks, however slow the machine
         cwd=REPO_ROOT, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     try:
         wait_for_step(log_dir, 1, rank=0)
-        ranks = {heartbeat(log_dir, r)["pid"] for r in range(NPROC)}
+        ranks = {heartbeat(log_dir, 0)["pid"]}
         refused = subprocess.run(_run_argv(log_dir), check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
                                  env=child_env())
         assert refused.returncode == SupervisorExit.REFUSED, refused.stdout + refused.stderr
@@ -221,12 +223,13 @@ def test_a_bare_torchrun_on_the_directory_makes_run_refuse_naming_its_pids(tmp_p
     assert not [p for p in psutil.process_iter(["cmdline"]) if str(log_dir) in " ".join(p.info["cmdline"] or [])]
 
 
-def test_a_full_disk_mid_run_does_not_kill_the_supervisor_and_its_journal_catches_up(tmp_path, reference_checkpoint):
+def test_a_full_disk_mid_run_does_not_kill_the_supervisor_and_its_journal_catches_up(
+        tmp_path, reference_checkpoint_one_process):
     """The run directory's disk at 100% for a while: no `internal error: OSError: [Errno 28]`."""
     with mounted_tmpfs(tmp_path / "disk", "200m") as disk:
         log_dir = disk / "run"
-        proc = start_supervisor(log_dir)
-        victim = wait_for_step(log_dir, 5, rank=1)["pid"]
+        proc = start_supervisor(log_dir, **ONE_PROCESS)
+        victim = wait_for_step(log_dir, 5, rank=0)["pid"]
         filled_at = time.time()
         filler = fill_disk(disk)
         # A crash while the disk is full: the supervisor must record it (supervisor.json cannot be
@@ -237,7 +240,7 @@ def test_a_full_disk_mid_run_does_not_kill_the_supervisor_and_its_journal_catche
         filler.unlink()
         code = wait_exit(proc, log_dir)
         assert code == SupervisorExit.FINISHED, console_text(log_dir)[-3000:]
-        assert_same_weights(log_dir / "model_00011.pt", reference_checkpoint)
+        assert_same_weights(log_dir / "model_00011.pt", reference_checkpoint_one_process)
         # supervisor.json is rewritten in its own block; an event may still find room in the last
         # page of events.jsonl. Whatever did not fit waited in memory and was written late, in order.
         crash = [e for e in events_named(log_dir, "crashed") if e["time"] >= filled_at]
@@ -260,8 +263,8 @@ def test_a_disk_full_through_the_final_save_is_neither_a_hang_nor_a_stop_but_exi
     # The run directory is the mount point: its console (<log_dir>.console) stays off the full disk.
     with mounted_tmpfs(tmp_path / "run", "200m") as disk:
         log_dir = disk
-        worker_args = [*WORKER_ARGS, "--max_steps", str(steps), "--final_save_retry_s", "1"]
-        proc = start_supervisor(log_dir, "--hang-timeout", "3", worker_args=worker_args)
+        worker_args = [*one_process_worker_args(), "--max_steps", str(steps), "--final_save_retry_s", "1"]
+        proc = start_supervisor(log_dir, "--hang-timeout", "3", nproc=1, worker_args=worker_args)
         beat = wait_for_step(log_dir, 9)
         filler = fill_disk(disk)
         try:

@@ -18,8 +18,8 @@ import pytest
 from shared.exit_codes import SupervisorExit
 from tests.supervisor.helpers import (
     FINAL_CHECKPOINT,
+    ONE_PROCESS,
     REPO_ROOT,
-    WORKER_ARGS,
     assert_same_weights,
     child_env,
     console_text,
@@ -98,20 +98,18 @@ def test_sigstop_of_a_rank_is_detected_evidence_captured_tree_killed(tmp_path, r
     _finish_ok(proc, log_dir, reference_checkpoint)
 
 
-def test_truncated_newest_checkpoint_is_quarantined_and_previous_used(tmp_path, reference_checkpoint):
+def test_truncated_newest_checkpoint_is_quarantined_and_previous_used(tmp_path, reference_checkpoint_one_process):
     log_dir = tmp_path / "run"
-    proc = start_supervisor(log_dir)
+    proc = start_supervisor(log_dir, **ONE_PROCESS)
     wait_for(lambda: (log_dir / "model_00008.pt").exists(), 180, "checkpoint 8")
-    ranks = [heartbeat(log_dir, r)["pid"] for r in (0, 1)]
-    for pid in ranks:  # freeze the run so no newer checkpoint appears while we damage this one
-        os.kill(pid, signal.SIGSTOP)
+    rank = heartbeat(log_dir, 0)["pid"]
+    os.kill(rank, signal.SIGSTOP)  # freeze the run so no newer checkpoint appears while we damage this one
     checkpoints = sorted(p for p in log_dir.glob("model_*.pt") if not p.is_symlink())
     newest, previous = checkpoints[-1], checkpoints[-2]
     with open(newest, "r+b") as handle:
         handle.truncate(newest.stat().st_size // 2)
-    for pid in ranks:
-        os.kill(pid, signal.SIGKILL)
-    _finish_ok(proc, log_dir, reference_checkpoint)
+    os.kill(rank, signal.SIGKILL)
+    _finish_ok(proc, log_dir, reference_checkpoint_one_process)
     quarantined = events_named(log_dir, "quarantined")
     assert [e["checkpoint"] for e in quarantined] == [newest.name]
     assert (log_dir / (newest.name + ".corrupt")).exists()
@@ -299,7 +297,8 @@ def _gave_up_at_once(log_dir: Path, proc) -> str:
 
 def test_a_misspelled_worker_flag_gives_up_at_once_with_argparses_own_line(tmp_path):
     log_dir = tmp_path / "run"
-    proc = start_supervisor(log_dir, "--backoff-initial", "60", worker_args=[*WORKER_ARGS, "--max_stpes", "10"])
+    proc = start_supervisor(log_dir, "--backoff-initial", "60", nproc=1,
+                            worker_args=[*one_process_worker_args(), "--max_stpes", "10"])
     line = _gave_up_at_once(log_dir, proc)
     assert line.startswith("gave up: python -m worker.train_gpt2: error: unrecognized arguments: --max_stpes 10 ("), line
     assert "usage:" not in line
@@ -404,17 +403,15 @@ def test_an_unreadable_heartbeat_does_not_restart_a_healthy_attempt(tmp_path):
 
 
 def test_a_byte_flipped_after_validation_is_rejected_by_the_worker_and_the_previous_checkpoint_used(
-        tmp_path, reference_checkpoint):
+        tmp_path, reference_checkpoint_one_process):
     log_dir = tmp_path / "run"
     # The backoff is the window for the flip: long enough that a test process starved on a busy
     # CI machine still flips before the relaunched worker reads the file (CI once missed 4 s).
-    proc = start_supervisor(log_dir, "--backoff-initial", "15")
+    proc = start_supervisor(log_dir, "--backoff-initial", "15", **ONE_PROCESS)
     wait_for(lambda: (log_dir / "model_00008.pt").exists(), 180, "checkpoint 8")
-    ranks = [heartbeat(log_dir, r)["pid"] for r in (0, 1)]
-    for pid in ranks:  # freeze, then crash: the supervisor validates model_00008.pt and backs off
-        os.kill(pid, signal.SIGSTOP)
-    for pid in ranks:
-        os.kill(pid, signal.SIGKILL)
+    rank = heartbeat(log_dir, 0)["pid"]
+    os.kill(rank, signal.SIGSTOP)  # freeze, then crash: the supervisor validates model_00008.pt and backs off
+    os.kill(rank, signal.SIGKILL)
     wait_for(lambda: events_named(log_dir, "backoff"), 120, "the backoff after validation")
     assert [e["checkpoint"] for e in events_named(log_dir, "checkpoint_valid")][-1] == "model_00008.pt"
     chosen = log_dir / "model_00008.pt"
@@ -424,7 +421,7 @@ def test_a_byte_flipped_after_validation_is_rejected_by_the_worker_and_the_previ
         handle.seek(-1, os.SEEK_CUR)
         handle.write(bytes([byte[0] ^ 0xFF]))
     flipped_at = time.time()
-    _finish_ok(proc, log_dir, reference_checkpoint)
+    _finish_ok(proc, log_dir, reference_checkpoint_one_process)
     relaunch = [e for e in events_named(log_dir, "launched") if e["attempt"] == 2]
     assert relaunch and relaunch[0]["time"] > flipped_at, "the flip came too late: the scenario did not run"
     rejected = [e for e in events_named(log_dir, "crashed") if e["kind"] == "bad_checkpoint"]
