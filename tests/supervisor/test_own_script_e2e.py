@@ -333,6 +333,11 @@ def test_a_scripts_own_checkpoint_names_are_found_by_the_glob_quarantined_resume
     verified = run_gpt2sup(tmp_path, "verify", "run", timeout=300)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "step_00039.pt" in verified.stdout and "step_00004.pt" in verified.stdout, verified.stdout
+    page = tmp_path / "report.html"
+    reported = run_gpt2sup(tmp_path, "report", "--log-dir", "run", "--out", str(page))
+    assert reported.returncode == 0, reported.stdout + reported.stderr
+    html = page.read_text()
+    assert "step_00039.pt" in html and f"{newest.name}.corrupt" in html, reported.stdout
     # A plain rerun: the recorded naming names the finished run's last checkpoint.
     again = run_gpt2sup(tmp_path, "run", "--log-dir", "run", *FAST_ARGS)
     assert again.returncode == SupervisorExit.FINISHED, again.stdout + again.stderr

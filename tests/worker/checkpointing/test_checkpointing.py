@@ -14,7 +14,7 @@ import torch
 
 from shared.checkpoint_format import FORMAT_VERSION, REQUIRED_KEYS
 from shared.exit_codes import WorkerExit
-from shared.run_dir import CHECKPOINT_NAME_RE, RunDir, step_from_checkpoint_name
+from shared.run_dir import RunDir, step_from_checkpoint_name
 from tests.worker.helpers import (
     FAST_ARGS,
     FINAL_CHECKPOINT,
@@ -67,7 +67,7 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_link_on_a_complete_file(la
             names = os.listdir(run)
         except FileNotFoundError:
             names = []
-        if any(n.endswith(".pt.tmp") for n in names) and any(CHECKPOINT_NAME_RE.match(n) for n in names):
+        if any(n.endswith(".pt.tmp") for n in names) and any(step_from_checkpoint_name(n) is not None for n in names):
             os.kill(launch.pid, signal.SIGKILL)
             break
         time.sleep(0.0005)
