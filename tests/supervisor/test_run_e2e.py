@@ -372,9 +372,13 @@ def test_an_unreadable_heartbeat_does_not_restart_a_healthy_attempt(tmp_path):
     log_dir = tmp_path / "run"
     args = one_process_worker_args()
     args[args.index("--max_steps") + 1] = "100000"  # still training when we are done breaking it
+    args[args.index("--checkpoint_interval") + 1] = "100000"  # no checkpoint needed: nothing to write
     # Short, but long enough for the first beat of a rank started on a loaded machine.
     startup_timeout = 25
-    proc = start_supervisor(log_dir, "--startup-timeout", str(startup_timeout), nproc=1, worker_args=args)
+    # The rank only has to stay alive and beat while the test waits out the start-up timeout:
+    # 0.5 s of sleep per step keeps it beating at a fraction of the CPU (the suite is CPU-bound).
+    proc = start_supervisor(log_dir, "--startup-timeout", str(startup_timeout), nproc=1, worker_args=args,
+                            env={"GPT2SUP_INJECT_SLOW_RANK": "0:0.5"})
     try:
         wait_for_step(log_dir, 1, rank=0)
         launched = events_named(log_dir, "launched")

@@ -159,14 +159,15 @@ def test_a_supervised_finetune_killed_mid_way_resumes_bitwise(tmp_path: Path) ->
     data, base = write_dolly(tmp_path / "dolly.jsonl", 50), pretrained(tmp_path / "pre" / "model_00007.pt")
     args = [*FT_ARGS, "--pretrained_checkpoint", str(base), "--data_path", str(data)]
     reference = tmp_path / "reference"
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+    # One process (two accumulation steps per step): the recovery, not the rank count, is the point.
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
                            "-m", "worker.finetune_dolly", "--log_dir", str(reference), *args],
                           cwd=PROJECT_ROOT, env=child_env(), capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
 
     run = tmp_path / "supervised"
     crash = {"GPT2SUP_INJECT_CRASH_AT_STEP": "7", "GPT2SUP_INJECT_CRASH_ONCE_FILE": str(tmp_path / "crashed-once")}
-    proc = start_supervisor(run, "--worker", "worker.finetune_dolly", worker_args=args, env=crash)
+    proc = start_supervisor(run, "--worker", "worker.finetune_dolly", nproc=1, worker_args=args, env=crash)
     assert wait_exit(proc, run, timeout=600) == 0, console_text(run)[-3000:]
     assert len(events_named(run, "restarted")) == 1
     assert_same_weights(run / "model_00009.pt", reference / "model_00009.pt")

@@ -20,11 +20,11 @@ import pytest
 from tests.supervisor.helpers import (
     NO_TORCH_MAIN,
     REPO_ROOT,
-    WORKER_ARGS,
     child_env,
     events_named,
     gpt2sup_argv,
     heartbeat,
+    one_process_worker_args,
     start_supervisor,
     wait_exit,
     wait_for,
@@ -48,27 +48,26 @@ def page_data(page: str) -> dict:
 
 @pytest.fixture(scope="module")
 def faulty_run(tmp_path_factory) -> Path:
-    """24 steps on 2 ranks: SIGKILL of rank 1 after step 5, SIGSTOP of rank 1 after step 10 (a hang),
-    then the newest checkpoint cut in half while the ranks are frozen and killed (a quarantine)."""
+    """24 steps on one rank (what the page shows does not depend on the rank count): SIGKILL after
+    step 5, SIGSTOP after step 10 (a hang), then the newest checkpoint cut in half while the rank
+    is frozen, and the rank killed (a quarantine)."""
     log_dir = tmp_path_factory.mktemp("report") / "run"
-    args = list(WORKER_ARGS)
+    args = one_process_worker_args()
     args[args.index("--max_steps") + 1] = "24"
     args[args.index("--eval_interval") + 1] = "4"
-    proc = start_supervisor(log_dir, worker_args=args)
+    proc = start_supervisor(log_dir, nproc=1, worker_args=args)
     try:
-        os.kill(wait_for_step(log_dir, 5, rank=1)["pid"], signal.SIGKILL)
+        os.kill(wait_for_step(log_dir, 5, rank=0)["pid"], signal.SIGKILL)
         wait_for(lambda: events_named(log_dir, "restarted"), 180, "the restart after the crash")
-        os.kill(wait_for_step(log_dir, 10, rank=1, after=time.time())["pid"], signal.SIGSTOP)
+        os.kill(wait_for_step(log_dir, 10, rank=0, after=time.time())["pid"], signal.SIGSTOP)
         wait_for(lambda: len(events_named(log_dir, "restarted")) >= 2, 180, "the restart after the hang")
         wait_for(lambda: (log_dir / "model_00016.pt").exists(), 180, "checkpoint 16")
-        ranks = [heartbeat(log_dir, r)["pid"] for r in (0, 1)]
-        for pid in ranks:
-            os.kill(pid, signal.SIGSTOP)
+        rank = heartbeat(log_dir, 0)["pid"]
+        os.kill(rank, signal.SIGSTOP)
         newest = max(p for p in log_dir.glob("model_*.pt") if not p.is_symlink())
         with open(newest, "r+b") as handle:
             handle.truncate(newest.stat().st_size // 2)
-        for pid in ranks:
-            os.kill(pid, signal.SIGKILL)
+        os.kill(rank, signal.SIGKILL)
         assert wait_exit(proc, log_dir) == 0
     finally:
         if proc.poll() is None:
@@ -98,7 +97,7 @@ def test_the_report_shows_the_crash_the_hang_the_quarantine_and_the_curves(fault
     # The hang's stacks are linked, relative to where the page is, and the links resolve.
     links = re.findall(r'href="([^"]+)"', page)
     incident_links = [link for link in links if "incidents/001" in link]
-    assert any(link.endswith(("py-spy-rank1.txt", "faulthandler.log")) for link in incident_links)
+    assert any(link.endswith(("py-spy-rank0.txt", "faulthandler.log")) for link in incident_links)
     for link in incident_links:
         assert (out.parent / link).exists(), link
     # The curves' data is the run's metrics (fewer than the downsampling limit: every step).
