@@ -15,7 +15,6 @@ weights), and a fine-tune killed mid-way resumes bit for bit. The data, template
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 
 from shared.exit_codes import WorkerExit
@@ -35,6 +34,7 @@ from worker.data.finetune_data import (
 from worker.data.shards import DataError, cache_root
 from worker.errors import WorkerError
 from worker.runtime.distributed import Distributed
+from worker.runtime.lifetime import end_process
 from worker.train_gpt2 import (
     TrainConfig,
     TrainingData,
@@ -123,4 +123,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    end_process(main())

@@ -13,6 +13,7 @@ and ``RunLogger`` (what the outside world sees), ``StopRequest`` (signals, super
 from __future__ import annotations
 
 import argparse
+import atexit
 import faulthandler
 import functools
 import math
@@ -59,7 +60,7 @@ from worker.runtime.distributed import (
     bound_the_teardown,
     setup_distributed,
 )
-from worker.runtime.lifetime import StopRequest, SupervisorWatch
+from worker.runtime.lifetime import StopRequest, SupervisorWatch, end_process
 from worker.runtime.telemetry import HeartbeatWriter, RunLogger, print_to_stderr
 from worker.runtime.tensorboard_log import TensorBoardLog, require_tensorboard
 from worker.runtime.worker_lock import hold_worker_lock
@@ -261,6 +262,7 @@ def main(argv: list[str] | None = None, *, parser: argparse.ArgumentParser | Non
         stop = StopRequest(SupervisorWatch.from_env(os.environ))
         stop.install()
         distributed = setup_distributed(config.device_type, config.device)
+        maybe_inject_exit_abort(distributed.rank)
         run_dir = RunDir.at(config.log_dir)
         with hold_worker_lock(run_dir, distributed):  # before any write: exit 8 touches nothing
             heartbeat = HeartbeatWriter(run_dir, distributed.rank, distributed.world_size, config.max_steps)
@@ -550,6 +552,15 @@ def maybe_inject_crash(step: int, rank: int, heartbeat: HeartbeatWriter) -> None
     os._exit(int(WorkerExit.CRASHED))
 
 
+def maybe_inject_exit_abort(rank: int) -> None:
+    """Fault injection (docs/worker.md): ``GPT2SUP_INJECT_EXIT_ABORT=R`` makes rank R abort (SIGABRT)
+    in the interpreter's teardown, whatever ended the process, as a C++ destructor of the process
+    group's threads now and then does ("terminate called without an active exception")."""
+    target = os.environ.get("GPT2SUP_INJECT_EXIT_ABORT")
+    if target is not None and target.strip() == str(rank):
+        atexit.register(os.abort)
+
+
 def maybe_inject_teardown_abort(rank: int) -> None:
     """Fault injection (docs/worker.md): ``GPT2SUP_INJECT_TEARDOWN_ABORT=R`` makes rank R abort
     (SIGABRT) after its run ended and its last checkpoint was saved, as gloo's teardown sometimes
@@ -561,4 +572,4 @@ def maybe_inject_teardown_abort(rank: int) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    end_process(main())

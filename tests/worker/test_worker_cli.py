@@ -111,6 +111,10 @@ def cli(launcher: WorkerLauncher, ref_bare: Path, tmp_path_factory) -> dict[str,
         "other_model": CliCase([*RESUME_ARGS, "--model", "mini", "--resume",
                                 "--checkpoint_path", str(ref_bare / FINAL_CHECKPOINT)]),
         "missing_pretrained": CliCase([*short, "--pretrained_checkpoint", str(base / "nope.pt")]),
+        # The same refusal, then an abort in the interpreter's teardown (gloo's threads do that now and
+        # then: "terminate called without an active exception").
+        "abort_after_refusal": CliCase([*short, "--pretrained_checkpoint", str(base / "nope.pt")],
+                                       env={"GPT2SUP_INJECT_EXIT_ABORT": "0"}),
         "auto_resume_empty": CliCase([*short, "--auto_resume"]),
         "empty_data_dir": CliCase([*short, "--data_dir", str(empty_data)]),
         "other_data": CliCase([*RESUME_ARGS, "--resume", "--checkpoint_path", str(other_data)]),
@@ -197,6 +201,13 @@ def test_missing_pretrained_checkpoint(cli):
     # A --pretrained_checkpoint is an input of the command, not one of the run's checkpoints: its own
     # permanent exit (11), never CHECKPOINT_ERROR (4), which would have the supervisor quarantine it.
     assert_one_line_error(cli["missing_pretrained"], WorkerExit.PRETRAINED_ERROR, "nope.pt")
+
+
+def test_an_abort_in_the_teardown_after_a_refusal_keeps_the_refusals_exit_code(cli):
+    """CI once saw a rank refuse a damaged pretrained file, write why, and then die of SIGABRT in
+    its teardown: the supervisor read a crash and restarted a permanent error. The exit code a
+    worker decided is its exit code, whatever the interpreter's teardown would do after it."""
+    assert_one_line_error(cli["abort_after_refusal"], WorkerExit.PRETRAINED_ERROR, "nope.pt")
 
 
 def test_auto_resume_with_nothing_to_resume_starts_fresh_and_says_so(cli):

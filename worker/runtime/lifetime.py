@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 from shared.atomic_io import read_json
 from shared.exit_codes import WorkerExit
@@ -216,3 +216,27 @@ class StopRequest:
 
 
 __all__ = ["STOP_REQUEST_NAME", "SUPERVISOR_ENV", "StopRequest", "SupervisorWatch", "gone_peers", "looks_like_peer_loss"]
+
+
+def end_process(code: int) -> NoReturn:
+    """The worker's last act: exit with the code it decided.
+
+    A non-zero code is a verdict the rank has already written down (its heartbeat's last word,
+    one line on stderr): a permanent refusal (a damaged pretrained file, other data, a newer
+    format), a bad checkpoint, a divergence. The interpreter's teardown after it (the process
+    group's threads, C++ destructors) now and then aborts ("terminate called without an active
+    exception"), and a rank that ends by SIGABRT is read as a crash: CI once saw a refusal of a
+    damaged pretrained file restarted that way. So an error skips that teardown: stdout and stderr
+    are flushed and the process ends with its code (``os._exit``). Every file the worker keeps is
+    written and closed before this (heartbeats and checkpoints atomically, the logs line by line).
+
+    Exit 0 (finished or stopped, the process group already shut down) takes the normal way out:
+    its teardown is bounded by ``bound_the_teardown`` and the supervisor reads an abort after
+    ``finished`` or ``stopped`` as that ending.
+    """
+    if code == 0:
+        sys.exit(0)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
