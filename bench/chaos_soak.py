@@ -1,9 +1,9 @@
 """Seeded chaos soak: many mixed faults against one supervised 2-rank run, then a bitwise check.
 
     python bench/chaos_soak.py [--seed N] [--faults 12] [--max-steps 200]     # full soak
-    python bench/chaos_soak.py --short                                         # 5 faults, 144 steps
+    python bench/chaos_soak.py --short                                         # 5 faults, 144 steps, 1 process
 
-One run of the tiny model (2 processes, dropout > 0) on its own tmpfs is broken again and again
+One run of the tiny model (2 processes, dropout > 0; ``--short``, the suite's form, 1 process) on its own tmpfs is broken again and again
 while it trains: a worker SIGKILLed, a rank SIGSTOPped (hang), the supervisor SIGKILLed (then a
 new ``gpt2sup run``), the supervisor SIGSTOPped (then SIGCONT), SIGHUP to the supervisor (then a
 new ``gpt2sup run``), the disk filled to 100%, a rank stopped while it saves, a byte flipped in
@@ -86,6 +86,12 @@ TMPFS_SIZE = "320m"
 # outlast every fault, or the run ends before the last one (CI once reached the final step during
 # the full disk, with 96 steps).
 SHORT_FAULTS, SHORT_MAX_STEPS = 5, 144
+# --short runs one process: none of its faults is about a second rank (those are proven by their
+# own end-to-end tests; the full soak keeps 2), and a rank less per attempt is ~40 CPU-s of the
+# suite's. One rank steps about twice as fast, so a sleep in every step (no change to the math)
+# keeps the steps that go by while the supervisor is stopped or the disk is full within the run.
+SHORT_NPROC = 1
+ONE_PROCESS_STEP_SLEEP_S = 0.05
 # The last save's disk: full but for this much, too little for a checkpoint (40 MB), enough for the
 # heartbeats and the journal, so the worker can say why it ends (a 100% full disk is ``full_disk``).
 LAST_SAVE_SPARE_BYTES = 4 << 20
@@ -96,12 +102,12 @@ TINY_PROBE_TIMEOUT = "0.001"  # no load-probe answers this fast: validation is i
 FINAL_SAVE_RETRY_S = 2  # the worker's retry window for a failed final save, well under the hang timeout
 
 
-def worker_args(max_steps: int) -> list[str]:
+def worker_args(max_steps: int, nproc: int = NPROC) -> list[str]:
     return [
         "--model", "tiny", "--max_steps", str(max_steps), "--checkpoint_interval", str(CHECKPOINT_INTERVAL),
         "--keep_last_n_checkpoints", "3", "--dropout", "0.1",
         "--eval_interval", "0", "--hellaswag_interval", "0", "--generate_interval", "0",
-        "--micro_batch_size", "2", "--seq_len", "32", "--total_batch_size", str(2 * 32 * NPROC),
+        "--micro_batch_size", "2", "--seq_len", "32", "--total_batch_size", str(2 * 32 * nproc),
         "--final_save_retry_s", str(FINAL_SAVE_RETRY_S),
     ]
 
@@ -139,6 +145,7 @@ class Soak:
     supervisors_started: int = 0
     recorded: set[tuple[int, float]] = field(default_factory=set)
     extra_args: list[str] = field(default_factory=list)
+    nproc: int = NPROC
 
     # -- files -------------------------------------------------------------------------------
     def events(self) -> list[dict[str, Any]]:
@@ -182,9 +189,13 @@ class Soak:
     # -- supervisor --------------------------------------------------------------------------
     def start_supervisor(self, *extra: str) -> None:
         argv = [sys.executable, "-m", "supervisor.cli", "run", "--log-dir", str(self.run_dir),
-                "--nproc-per-node", str(NPROC), *SUPERVISOR_ARGS, *extra, "--", *worker_args(self.max_steps)]
+                "--nproc-per-node", str(self.nproc), *SUPERVISOR_ARGS, *extra, "--",
+                *worker_args(self.max_steps, self.nproc)]
+        env = child_env()
+        if self.nproc == 1:
+            env["GPT2SUP_INJECT_SLOW_RANK"] = f"0:{ONE_PROCESS_STEP_SLEEP_S}"
         with open(self.console(self.supervisors_started), "wb") as console:
-            self.supervisor = subprocess.Popen(argv, cwd=ROOT, env=child_env(), stdout=console,
+            self.supervisor = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=console,
                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.supervisors_started += 1
 
@@ -229,7 +240,7 @@ class Soak:
     # -- faults ------------------------------------------------------------------------------
     def inject(self, fault: Fault, rng: random.Random, since: float) -> None:
         """Strike ``fault.at_step`` steps after the run is training again (after ``since``)."""
-        rank = rng.randrange(NPROC)
+        rank = rng.randrange(self.nproc)
         start = self.wait_training(0, rank, since)
         target = int(start["step"]) + fault.at_step
         if fault.kind == "byte_flip":
@@ -459,9 +470,9 @@ def plan(seed: int, count: int, always: tuple[str, ...] = ALWAYS) -> list[Fault]
     return [Fault(kind, rng.randint(1, 3)) for kind in kinds] + [Fault(LAST_SAVE_FAULT, 0)]
 
 
-def reference_run(out: Path, max_steps: int) -> None:
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(NPROC),
-            "-m", "worker.train_gpt2", "--log_dir", str(out), *worker_args(max_steps)]
+def reference_run(out: Path, max_steps: int, nproc: int = NPROC) -> None:
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+            "-m", "worker.train_gpt2", "--log_dir", str(out), *worker_args(max_steps, nproc)]
     done = subprocess.run(argv, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=1800, check=False)
     if done.returncode != 0:
         raise SoakError("the uninterrupted reference run failed:\n" + done.stderr[-3000:])
@@ -568,18 +579,18 @@ def run_and_check(soak_run: Soak, reference: Path, result: dict[str, Any]) -> li
 
 
 def soak(seed: int, faults: int, max_steps: int, workdir: Path, log: Callable[[str], None] = print,
-         always: tuple[str, ...] = ALWAYS) -> dict[str, Any]:
+         always: tuple[str, ...] = ALWAYS, nproc: int = NPROC) -> dict[str, Any]:
     """Run the whole soak; returns the figures (``ok`` False with ``problems`` on failure)."""
-    log(f"chaos soak seed={seed} faults={faults} max_steps={max_steps} (replay: --seed {seed} --faults {faults} "
-        f"--max-steps {max_steps})")
+    log(f"chaos soak seed={seed} faults={faults} max_steps={max_steps} nproc={nproc} (replay: --seed {seed} "
+        f"--faults {faults} --max-steps {max_steps} --nproc {nproc})")
     started = time.monotonic()
     reference = workdir / "reference"
-    reference_run(reference, max_steps)
+    reference_run(reference, max_steps, nproc)
     log(f"  reference run: {time.monotonic() - started:.0f}s")
-    result: dict[str, Any] = {"seed": seed, "faults": faults, "max_steps": max_steps}
+    result: dict[str, Any] = {"seed": seed, "faults": faults, "max_steps": max_steps, "nproc": nproc}
     problems: list[str] = []
     with mounted_tmpfs(workdir / "disk", TMPFS_SIZE) as tmpfs:
-        soak_run = Soak(seed, plan(seed, faults, always), max_steps, tmpfs / "run", tmpfs, log)
+        soak_run = Soak(seed, plan(seed, faults, always), max_steps, tmpfs / "run", tmpfs, log, nproc=nproc)
         problems += run_and_check(soak_run, reference, result)
     result["problems"] = problems
     result["ok"] = not problems
@@ -608,16 +619,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None, help="fault plan seed (default: random, printed)")
     parser.add_argument("--faults", type=int, default=12)
     parser.add_argument("--max-steps", type=int, default=200, help="long enough to leave room for every fault")
+    parser.add_argument("--nproc", type=int, default=None, help=f"processes of the run (default {NPROC}; "
+                        f"--short: {SHORT_NPROC})")
     parser.add_argument("--short", action="store_true",
-                        help=f"{SHORT_FAULTS} faults over {SHORT_MAX_STEPS} steps (what the slow test runs)")
+                        help=f"{SHORT_FAULTS} faults over {SHORT_MAX_STEPS} steps on {SHORT_NPROC} process "
+                             "(what the slow test runs)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = parser.parse_args()
-    always = ALWAYS
+    always, nproc = ALWAYS, NPROC
     if args.short:
-        args.faults, args.max_steps, always = SHORT_FAULTS, SHORT_MAX_STEPS, SHORT_ALWAYS
+        args.faults, args.max_steps, always, nproc = SHORT_FAULTS, SHORT_MAX_STEPS, SHORT_ALWAYS, SHORT_NPROC
+    nproc = args.nproc or nproc
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
     with tempfile.TemporaryDirectory(prefix="gpt2sup-chaos-") as tmp:
-        result = soak(seed, args.faults, args.max_steps, Path(tmp), always=always)
+        result = soak(seed, args.faults, args.max_steps, Path(tmp), always=always, nproc=nproc)
     print_table(result)
     if args.json:
         print(json.dumps(result, indent=2, default=str))

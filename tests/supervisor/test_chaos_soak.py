@@ -1,7 +1,7 @@
 """The chaos soak's short mode as a test: mixed faults, then bitwise equality (issue 7.5).
 
-The full soak (12+ faults, every kind) is ``python bench/chaos_soak.py``; this runs the same code
-with five faults (its ``--short`` mode) so CI exercises it: always a byte flip between validation
+The full soak (12+ faults, every kind, 2 processes) is ``python bench/chaos_soak.py``; this runs
+the same code with five faults on one process (its ``--short`` mode) so CI exercises it: always a byte flip between validation
 and launch, a load-probe timeout (inconclusive validation: resume the newest checkpoint, flagged,
 quarantine nothing), the supervisor SIGSTOPped and continued (proven nowhere else), one seeded
 fault of the other kinds and, last, a full disk during the final save (that supervisor must exit 5,
@@ -26,6 +26,7 @@ def test_a_short_seeded_chaos_soak_ends_bitwise_equal_with_every_fault_seen_and_
         SHORT_ALWAYS,
         SHORT_FAULTS,
         SHORT_MAX_STEPS,
+        SHORT_NPROC,
         print_table,
         soak,
     )
@@ -33,7 +34,7 @@ def test_a_short_seeded_chaos_soak_ends_bitwise_equal_with_every_fault_seen_and_
     seed = int(os.environ.get("GPT2SUP_CHAOS_SEED", "7"))
     lines: list[str] = []
     result = soak(seed, faults=SHORT_FAULTS, max_steps=SHORT_MAX_STEPS, workdir=tmp_path, log=lines.append,
-                  always=SHORT_ALWAYS)
+                  always=SHORT_ALWAYS, nproc=SHORT_NPROC)
     print_table(result, log=lines.append)
     report = "\n".join(lines)
     assert result["ok"], report
