@@ -286,13 +286,8 @@ class RunDir:
         return self.incidents_dir / f"{number:03d}"
 
     # --- listings ---------------------------------------------------------------------------
-    @property
-    def naming_record(self) -> Path:
-        """A script's own checkpoint naming (``--checkpoint-glob``); absent for ``model_N.pt``."""
-        return self.root / NAMING_FILE
-
     def naming(self) -> CheckpointNaming:
-        """How this directory's checkpoints are named (read from :attr:`naming_record` each call:
+        """How this directory's checkpoints are named (its :data:`NAMING_FILE`, read each call:
         cheap, and a long-lived reader sees a rerun's new pattern)."""
         return naming_of(self.root)
 

@@ -127,8 +127,31 @@ def newest_logged_step(log_dir: Path) -> int:
         return -1
 
 
-def checkpoints(log_dir: Path) -> list[Path]:
-    return sorted(p for p in log_dir.glob("model_*.pt") if not p.is_symlink())
+def checkpoints(log_dir: Path, pattern: str = "model_*.pt") -> list[Path]:
+    return sorted(p for p in log_dir.glob(pattern) if not p.is_symlink())
+
+
+def kill_the_ranks_and_truncate_the_newest(proc: subprocess.Popen, log_dir: Path,
+                                           pattern: str = "model_*.pt") -> list[Path]:
+    """SIGKILL the script's ranks and cut its newest checkpoint in half, with the supervisor frozen
+    so that it validates only after the damage is done; the checkpoints as they were, oldest first.
+
+    The oldest is touched: the script's own fallback (the newest mtime, used when
+    ``latest_checkpoint.pt`` dangles) would pick it, so only a repointed link resumes from the
+    one before the damaged file."""
+    supervisor = psutil.Process(proc.pid)
+    supervisor.suspend()
+    try:
+        for rank in script_ranks(log_dir):
+            rank.send_signal(signal.SIGKILL)
+        wait_for(lambda: not script_ranks(log_dir), 30, "the rank to die")
+        saved = checkpoints(log_dir, pattern)
+        with open(saved[-1], "r+b") as handle:
+            handle.truncate(saved[-1].stat().st_size // 2)
+        os.utime(saved[0])
+    finally:
+        supervisor.resume()
+    return saved
 
 
 def _guide_pickle() -> types.ModuleType:
@@ -248,23 +271,8 @@ def test_a_truncated_newest_checkpoint_of_a_script_is_quarantined_and_the_previo
     try:
         proc = start_script_run(tmp_path, log_dir, args)
         wait_for(lambda: (log_dir / "model_00016.pt").exists(), 300, "checkpoint 16")
-        # Freeze the supervisor so that it validates only after the damage is done.
-        supervisor = psutil.Process(proc.pid)
-        supervisor.suspend()
-        try:
-            for rank in script_ranks(log_dir):
-                rank.send_signal(signal.SIGKILL)
-            wait_for(lambda: not script_ranks(log_dir), 30, "the rank to die")
-            saved = checkpoints(log_dir)
-            newest, previous = saved[-1], saved[-2]
-            with open(newest, "r+b") as handle:
-                handle.truncate(newest.stat().st_size // 2)
-            # The oldest checkpoint, touched: the script's fallback (the newest mtime, used when
-            # latest_checkpoint.pt dangles) would pick it, so only a repointed link resumes
-            # from `previous`.
-            os.utime(saved[0])
-        finally:
-            supervisor.resume()
+        saved = kill_the_ranks_and_truncate_the_newest(proc, log_dir)
+        newest, previous = saved[-1], saved[-2]
 
         code = wait_exit(proc, log_dir, timeout=300)
         assert code == SupervisorExit.FINISHED, failure_text(log_dir)
@@ -301,18 +309,8 @@ def test_a_scripts_own_checkpoint_names_are_found_by_the_glob_quarantined_resume
             proc = subprocess.Popen(argv, cwd=tmp_path, env=child_env(), stdout=console, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL)
         wait_for(lambda: (log_dir / "step_00016.pt").exists(), 300, "checkpoint 16")
-        supervisor = psutil.Process(proc.pid)
-        supervisor.suspend()  # it validates only after the damage is done
-        try:
-            for rank in script_ranks(log_dir):
-                rank.send_signal(signal.SIGKILL)
-            wait_for(lambda: not script_ranks(log_dir), 30, "the rank to die")
-            saved = sorted(p for p in log_dir.glob("step_*.pt") if not p.is_symlink())
-            newest, previous = saved[-1], saved[-2]
-            with open(newest, "r+b") as handle:
-                handle.truncate(newest.stat().st_size // 2)
-        finally:
-            supervisor.resume()
+        saved = kill_the_ranks_and_truncate_the_newest(proc, log_dir, "step_*.pt")
+        newest, previous = saved[-1], saved[-2]
 
         code = wait_exit(proc, log_dir, timeout=300)
         assert code == SupervisorExit.FINISHED, failure_text(log_dir)
